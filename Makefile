@@ -1,0 +1,71 @@
+# qcnn: `make demo` runs the main job, `make test` runs every test. Both set the machine up first.
+PYTHON  ?= python3
+PIP     := $(PYTHON) -m pip
+JOBS    ?= 2
+STAMPS  := .stamps
+BUILD   := build
+APT_PKGS := catch2 nlohmann-json3-dev ninja-build dataset-fashion-mnist
+PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors
+TORCH_PIN := torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
+CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' 2>/dev/null)
+
+.PHONY: setup demo test test-cpp test-python cuda-check bench clean
+
+setup: $(STAMPS)/apt $(STAMPS)/python $(STAMPS)/ext $(STAMPS)/cmake
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@if dpkg -s $(APT_PKGS) >/dev/null 2>&1; then echo "setup: Debian packages present"; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS); fi
+	@touch $@
+
+# Keep a torch that is already there (>= 2.11, e.g. on a GPU machine); otherwise take the
+# pinned CPU build. A bare `torch` requirement would pull gigabytes of CUDA wheels.
+$(STAMPS)/python: $(STAMPS)/apt
+	@$(PYTHON) -c "import torch, packaging.version as v; assert v.parse(torch.__version__.split('+')[0]) >= v.parse('2.11')" 2>/dev/null \
+		|| $(PIP) install -q $(TORCH_PIN)
+	@$(PIP) install -q $(PY_DEPS)
+	@touch $@
+
+$(STAMPS)/ext: $(STAMPS)/python $(EXT_SOURCES)
+	$(PIP) install -q --no-build-isolation -e .
+	@touch $@
+
+$(STAMPS)/cmake: $(STAMPS)/apt $(CORE_SOURCES)
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+	@touch $@
+
+test: setup test-cpp cuda-check test-python
+
+test-cpp: $(STAMPS)/cmake
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-python: $(STAMPS)/ext
+	$(PYTHON) -m pytest -q tests/python
+
+# No GPU on CI: compile every .cu file (compile only) so the CUDA code cannot rot.
+TORCH_DIR = $(shell $(PYTHON) -c "import torch, os; print(os.path.dirname(torch.__file__))")
+PY_INC = $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CU_SOURCES := $(wildcard csrc/ops/cuda/*.cu)
+cuda-check: $(STAMPS)/python
+	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
+	mkdir -p $(BUILD)/cuda-check; \
+	for f in $(CU_SOURCES); do echo "nvcc -c $$f"; \
+	  $(NVCC) -c $$f -o $(BUILD)/cuda-check/$$(basename $$f).o -std=c++17 -O3 --expt-relaxed-constexpr \
+	    -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 \
+	    -Icsrc -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include -I$(PY_INC) || exit 1; \
+	done; echo "cuda-check: $(words $(CU_SOURCES)) CUDA files compiled"
+
+demo: setup
+	$(PYTHON) training/demo.py
+
+bench: setup
+	@mkdir -p runs/bench
+	for b in benchmarks/bench_*.py; do $(PYTHON) $$b --json runs/bench/$$(basename $$b .py).json || exit 1; done
+
+clean:
+	rm -rf $(STAMPS) $(BUILD) python/qcnn/_C*.so python/*.egg-info

@@ -1,0 +1,1 @@
+"""Python entry points of qcnn's compiled ops (torch.ops.qcnn.*)."""
