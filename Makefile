@@ -3,7 +3,7 @@ PYTHON  ?= python3
 PIP     := $(PYTHON) -m pip
 JOBS    ?= 2
 STAMPS  := .stamps
-BUILD   := build
+BUILD   := build/cmake
 APT_PKGS := catch2 nlohmann-json3-dev ninja-build dataset-fashion-mnist
 PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors
 TORCH_PIN := torch==2.13.0
@@ -53,9 +53,9 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CU_SOURCES := $(wildcard csrc/ops/cuda/*.cu)
 cuda-check: $(STAMPS)/python
 	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
-	mkdir -p $(BUILD)/cuda-check; \
+	mkdir -p build/cuda-check; \
 	for f in $(CU_SOURCES); do echo "nvcc -c $$f"; \
-	  $(NVCC) -c $$f -o $(BUILD)/cuda-check/$$(basename $$f).o -std=c++17 -O3 --expt-relaxed-constexpr \
+	  $(NVCC) -c $$f -o build/cuda-check/$$(basename $$f).o -std=c++17 -O3 --expt-relaxed-constexpr \
 	    -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 \
 	    -Icsrc -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include -I$(PY_INC) || exit 1; \
 	done; echo "cuda-check: $(words $(CU_SOURCES)) CUDA files compiled"
@@ -68,4 +68,4 @@ bench: setup
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b --json runs/bench/$$(basename $$b .py).json || exit 1; done
 
 clean:
-	rm -rf $(STAMPS) $(BUILD) python/qcnn/_C*.so python/*.egg-info
+	rm -rf $(STAMPS) build python/qcnn/_C*.so python/*.egg-info

@@ -47,7 +47,7 @@ def extension():
     nvcc = ["-std=c++17", "-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if debug:
         cxx.append("-g")
-    macros = [("Py_LIMITED_API", "0x030B0000")]
+    macros = []
     if not debug:
         macros.append(("NDEBUG", None))
     kwargs = dict(
