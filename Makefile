@@ -46,18 +46,21 @@ test-cpp: $(STAMPS)/cmake
 test-python: $(STAMPS)/ext
 	$(PYTHON) -m pytest -q tests/python
 
-# No GPU on CI: compile every .cu file (compile only) so the CUDA code cannot rot.
+# No GPU on CI: compile every .cu file (compile only) so the CUDA code cannot rot. The CPU build
+# of torch lacks one generated CUDA config header; the shim defines what the CUDA build's defines.
 TORCH_DIR = $(shell $(PYTHON) -c "import torch, os; print(os.path.dirname(torch.__file__))")
 PY_INC = $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CU_SOURCES := $(wildcard csrc/ops/cuda/*.cu)
 cuda-check: $(STAMPS)/python
 	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
-	mkdir -p build/cuda-check; \
+	mkdir -p build/cuda-check/shim/c10/cuda/impl; \
+	if [ ! -f $(TORCH_DIR)/include/c10/cuda/impl/cuda_cmake_macros.h ]; then \
+	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/cuda-check/shim/c10/cuda/impl/cuda_cmake_macros.h; fi; \
 	for f in $(CU_SOURCES); do echo "nvcc -c $$f"; \
 	  $(NVCC) -c $$f -o build/cuda-check/$$(basename $$f).o -std=c++20 -O3 --expt-relaxed-constexpr \
 	    -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 \
-	    -Icsrc -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include -I$(PY_INC) || exit 1; \
+	    -Icsrc -Ibuild/cuda-check/shim -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include -I$(PY_INC) || exit 1; \
 	done; echo "cuda-check: $(words $(CU_SOURCES)) CUDA files compiled"
 
 demo: setup

@@ -68,18 +68,5 @@ QCNN_HOST_DEVICE inline LsqPartials lsq_partials(float x, float scale, float inv
   return {(x_fq - x) * inv_scale, 0.0f};
 }
 
-// Signed fixed-point Qm.n grid of Goyal et al.: `bits` total with one sign bit, symmetric narrow
-// range, step 2^-frac_bits. frac_bits may be negative or exceed bits.
-struct FixedPointGrid {
-  float scale;
-  float qmin;
-  float qmax;
-};
-
-inline FixedPointGrid fixed_point_grid(int bits, int frac_bits) {
-  const float qmax = static_cast<float>((int64_t{1} << (bits - 1)) - 1);
-  return {std::ldexp(1.0f, -frac_bits), -qmax, qmax};
-}
-
 }  // namespace core
 }  // namespace qcnn
