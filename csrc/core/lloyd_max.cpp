@@ -1,0 +1,129 @@
+#include "core/lloyd_max.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace qcnn::codebook {
+
+GridDensity::GridDensity(const double* density, int64_t n, double start, double step)
+    : n_(n), start_(start), step_(step) {
+  if (n < 2) throw std::invalid_argument("density needs at least 2 grid points");
+  if (!(step > 0.0) || !std::isfinite(step)) throw std::invalid_argument("grid_step must be finite and > 0");
+  if (!std::isfinite(start)) throw std::invalid_argument("grid_start must be finite");
+  p_.assign(density, density + n);
+  for (const double v : p_)
+    if (!(v >= 0.0) || !std::isfinite(v)) throw std::invalid_argument("density must be finite and >= 0");
+  centre_ = 0.5 * (start_ + end());
+  m0_.assign(n, 0.0);
+  m1_.assign(n, 0.0);
+  m2_.assign(n, 0.0);
+  for (int64_t i = 0; i + 1 < n; ++i) {
+    double seg[3];
+    segment_moments(i, step_, seg);
+    m0_[i + 1] = m0_[i] + seg[0];
+    m1_[i + 1] = m1_[i] + seg[1];
+    m2_[i + 1] = m2_[i] + seg[2];
+  }
+  if (!(mass() > 0.0)) throw std::invalid_argument("density has zero total mass");
+}
+
+// Integrals over [x_i, x_i + s] of u^r p(x), r = 0, 1, 2, u = x - centre, p linear on the segment:
+// p = p_i + b t with t = x - x_i, a = x_i - centre.
+void GridDensity::segment_moments(int64_t i, double s, double out[3]) const {
+  const double a = start_ + step_ * static_cast<double>(i) - centre_;
+  const double p = p_[i];
+  const double b = (p_[i + 1] - p_[i]) / step_;
+  const double s2 = s * s, s3 = s2 * s, s4 = s3 * s;
+  out[0] = p * s + b * s2 / 2.0;
+  out[1] = a * p * s + (a * b + p) * s2 / 2.0 + b * s3 / 3.0;
+  out[2] = a * a * p * s + (a * a * b + 2.0 * a * p) * s2 / 2.0 + (2.0 * a * b + p) * s3 / 3.0 + b * s4 / 4.0;
+}
+
+void GridDensity::moments_below(double y, double out[3]) const {
+  if (y <= start_) {
+    out[0] = out[1] = out[2] = 0.0;
+    return;
+  }
+  if (y >= end()) {
+    out[0] = m0_.back();
+    out[1] = m1_.back();
+    out[2] = m2_.back();
+    return;
+  }
+  const int64_t i = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>((y - start_) / step_), 0), n_ - 2);
+  const double s = std::min(std::max(y - (start_ + step_ * static_cast<double>(i)), 0.0), step_);
+  segment_moments(i, s, out);
+  out[0] += m0_[i];
+  out[1] += m1_[i];
+  out[2] += m2_[i];
+}
+
+double GridDensity::quantile(double q) const {
+  const double target = q * mass();
+  int64_t i = std::upper_bound(m0_.begin(), m0_.end(), target) - m0_.begin() - 1;
+  i = std::min<int64_t>(std::max<int64_t>(i, 0), n_ - 2);
+  double lo = 0.0, hi = step_, seg[3];
+  for (int it = 0; it < 80; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    segment_moments(i, mid, seg);
+    if (m0_[i] + seg[0] < target) lo = mid;
+    else hi = mid;
+  }
+  return start_ + step_ * static_cast<double>(i) + 0.5 * (lo + hi);
+}
+
+LloydMaxInit parse_lloyd_max_init(const std::string& name) {
+  if (name == "quantile") return LloydMaxInit::Quantile;
+  if (name == "linear") return LloydMaxInit::Linear;
+  throw std::invalid_argument("init must be 'quantile' or 'linear' for Lloyd-Max, got '" + name + "'");
+}
+
+LloydMaxResult lloyd_max(const GridDensity& density, int64_t k, LloydMaxInit init, int64_t max_iter, double tol) {
+  if (k < 1) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
+  if (max_iter < 1) throw std::invalid_argument("max_iter must be >= 1");
+  if (!(tol >= 0.0)) throw std::invalid_argument("tol must be >= 0");
+  const double span = density.end() - density.start();
+  const double c = density.centre();
+  std::vector<double> levels(k), next(k);
+  for (int64_t m = 0; m < k; ++m) {
+    const double q = (static_cast<double>(m) + 0.5) / static_cast<double>(k);
+    levels[m] = init == LloydMaxInit::Quantile
+                    ? density.quantile(q)
+                    : density.start() + span * q;
+  }
+  // below[m] = moments up to threshold m (m = 0..k): below[0] = 0, below[k] = totals.
+  std::vector<double> below(3 * (k + 1), 0.0);
+  auto update_moments = [&](const std::vector<double>& lv) {
+    density.moments_below(density.end() + 1.0, &below[3 * k]);
+    for (int64_t m = 0; m + 1 < k; ++m) density.moments_below(0.5 * (lv[m] + lv[m + 1]), &below[3 * (m + 1)]);
+  };
+  LloydMaxResult result;
+  for (int64_t iter = 1; iter <= max_iter; ++iter) {
+    result.iterations = iter;
+    update_moments(levels);
+    double moved = 0.0;
+    for (int64_t m = 0; m < k; ++m) {
+      const double mass = below[3 * (m + 1)] - below[3 * m];
+      next[m] = mass > 0.0 ? c + (below[3 * (m + 1) + 1] - below[3 * m + 1]) / mass : levels[m];
+    }
+    std::sort(next.begin(), next.end());
+    for (int64_t m = 0; m < k; ++m) moved = std::max(moved, std::abs(next[m] - levels[m]));
+    levels.swap(next);
+    if (moved <= tol * span) break;
+  }
+  update_moments(levels);
+  double distortion = 0.0;
+  for (int64_t m = 0; m < k; ++m) {
+    const double* lo = &below[3 * m];
+    const double* hi = &below[3 * (m + 1)];
+    const double u = levels[m] - c;
+    const double d = (hi[2] - lo[2]) - 2.0 * u * (hi[1] - lo[1]) + u * u * (hi[0] - lo[0]);
+    distortion += std::max(d, 0.0);
+  }
+  result.levels = levels;
+  result.distortion = distortion / density.mass();
+  return result;
+}
+
+}  // namespace qcnn::codebook
