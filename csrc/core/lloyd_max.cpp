@@ -1,5 +1,7 @@
 #include "core/lloyd_max.h"
 
+#include "core/kmeans_1d.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -74,9 +76,10 @@ double GridDensity::quantile(double q) const {
 }
 
 LloydMaxInit parse_lloyd_max_init(const std::string& name) {
+  if (name == "optimal") return LloydMaxInit::Optimal;
   if (name == "quantile") return LloydMaxInit::Quantile;
   if (name == "linear") return LloydMaxInit::Linear;
-  throw std::invalid_argument("init must be 'quantile' or 'linear' for Lloyd-Max, got '" + name + "'");
+  throw std::invalid_argument("init must be 'optimal', 'quantile' or 'linear' for Lloyd-Max, got '" + name + "'");
 }
 
 LloydMaxResult lloyd_max(const GridDensity& density, int64_t k, LloydMaxInit init, int64_t max_iter, double tol) {
@@ -86,11 +89,19 @@ LloydMaxResult lloyd_max(const GridDensity& density, int64_t k, LloydMaxInit ini
   const double span = density.end() - density.start();
   const double c = density.centre();
   std::vector<double> levels(k), next(k);
-  for (int64_t m = 0; m < k; ++m) {
-    const double q = (static_cast<double>(m) + 0.5) / static_cast<double>(k);
-    levels[m] = init == LloydMaxInit::Quantile
-                    ? density.quantile(q)
-                    : density.start() + span * q;
+  if (init == LloydMaxInit::Optimal) {
+    WeightedValues grid;
+    for (int64_t i = 0; i < density.size(); ++i) {
+      if (density.value(i) <= 0.0) continue;
+      grid.value.push_back(density.start() + density.step() * static_cast<double>(i));
+      grid.weight.push_back(density.value(i));
+    }
+    levels = kmeans_1d_optimal(grid, k).centroids;
+  } else {
+    for (int64_t m = 0; m < k; ++m) {
+      const double q = (static_cast<double>(m) + 0.5) / static_cast<double>(k);
+      levels[m] = init == LloydMaxInit::Quantile ? density.quantile(q) : density.start() + span * q;
+    }
   }
   // below[m] = moments up to threshold m (m = 0..k): below[0] = 0, below[k] = totals.
   std::vector<double> below(3 * (k + 1), 0.0);

@@ -21,6 +21,9 @@ class GridDensity {
   // Smallest y with mass below y = q * mass() (0 < q < 1), by bisection on the closed form.
   double quantile(double q) const;
   double centre() const { return centre_; }
+  double step() const { return step_; }
+  int64_t size() const { return n_; }
+  double value(int64_t i) const { return p_[i]; }
 
  private:
   int64_t n_;
@@ -30,8 +33,13 @@ class GridDensity {
   void segment_moments(int64_t i, double s, double out[3]) const;
 };
 
-enum class LloydMaxInit { Quantile, Linear };
-LloydMaxInit parse_lloyd_max_init(const std::string& name);  // "quantile" | "linear"
+enum class LloydMaxInit {
+  Optimal,   // minimum-SSE k-means of the grid points weighted by the density (escapes the poor
+             // local optima that quantile starts reach on skewed or outlier-heavy densities)
+  Quantile,  // the density's (m + 1/2) / k quantiles
+  Linear,    // (m + 1/2) / k of the grid span
+};
+LloydMaxInit parse_lloyd_max_init(const std::string& name);  // "optimal" | "quantile" | "linear"
 
 struct LloydMaxResult {
   std::vector<double> levels;  // k reconstruction levels, ascending
@@ -40,8 +48,8 @@ struct LloydMaxResult {
 };
 
 // Alternates thresholds = midpoints of adjacent levels and levels = conditional means of their
-// cells, until no level moves by more than tol * (grid span) or max_iter. Quantile init puts the
-// levels at the density's (m + 1/2)/k quantiles. A cell of zero mass keeps its level.
+// cells, until no level moves by more than tol * (grid span) or max_iter. A cell of zero mass
+// keeps its level.
 LloydMaxResult lloyd_max(const GridDensity& density, int64_t k, LloydMaxInit init, int64_t max_iter, double tol);
 
 }  // namespace qcnn::codebook

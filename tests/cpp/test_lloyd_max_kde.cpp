@@ -31,7 +31,7 @@ TEST_CASE("Lloyd-Max reproduces Max (1960) for the standard normal", "[codebook]
   const std::vector<Case> cases = {
       {2, {0.7979}, 0.3634}, {4, {0.4528, 1.510}, 0.1175}, {8, {0.2451, 0.7560, 1.344, 2.152}, 0.03454}};
   for (const auto& c : cases) {
-    for (auto init : {LloydMaxInit::Quantile, LloydMaxInit::Linear}) {
+    for (auto init : {LloydMaxInit::Optimal, LloydMaxInit::Quantile, LloydMaxInit::Linear}) {
       const auto r = lloyd_max(g, c.k, init, 100000, 1e-13);
       for (int m = 0; m < c.k / 2; ++m) {
         REQUIRE(r.levels[c.k / 2 + m] == Approx(c.positive[m]).margin(5e-4));
