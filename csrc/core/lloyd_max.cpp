@@ -27,6 +27,16 @@ GridDensity::GridDensity(const double* density, int64_t n, double start, double 
     m1_[i + 1] = m1_[i] + seg[1];
     m2_[i + 1] = m2_[i] + seg[2];
   }
+  r0_.assign(n, 0.0);
+  r1_.assign(n, 0.0);
+  r2_.assign(n, 0.0);
+  for (int64_t i = n - 2; i >= 0; --i) {
+    double seg[3];
+    segment_moments(i, step_, seg);
+    r0_[i] = r0_[i + 1] + seg[0];
+    r1_[i] = r1_[i + 1] + seg[1];
+    r2_[i] = r2_[i + 1] + seg[2];
+  }
   if (!(mass() > 0.0)) throw std::invalid_argument("density has zero total mass");
 }
 
@@ -59,6 +69,38 @@ void GridDensity::moments_below(double y, double out[3]) const {
   out[0] += m0_[i];
   out[1] += m1_[i];
   out[2] += m2_[i];
+}
+
+void GridDensity::moments_above(double y, double out[3]) const {
+  if (y >= end()) {
+    out[0] = out[1] = out[2] = 0.0;
+    return;
+  }
+  if (y <= start_) {
+    out[0] = r0_[0];
+    out[1] = r1_[0];
+    out[2] = r2_[0];
+    return;
+  }
+  const int64_t i = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>((y - start_) / step_), 0), n_ - 2);
+  const double s = std::min(std::max(y - (start_ + step_ * static_cast<double>(i)), 0.0), step_);
+  double full[3], part[3];
+  segment_moments(i, step_, full);
+  segment_moments(i, s, part);
+  for (int r = 0; r < 3; ++r) out[r] = (r == 0 ? r0_ : r == 1 ? r1_ : r2_)[i + 1] + (full[r] - part[r]);
+}
+
+void GridDensity::cell_moments(double lo, double hi, double out[3]) const {
+  double a[3], b[3];
+  moments_below(lo, a);
+  if (a[0] <= 0.5 * mass()) {
+    moments_below(hi, b);
+    for (int r = 0; r < 3; ++r) out[r] = b[r] - a[r];
+  } else {
+    moments_above(lo, a);
+    moments_above(hi, b);
+    for (int r = 0; r < 3; ++r) out[r] = a[r] - b[r];
+  }
 }
 
 double GridDensity::quantile(double q) const {
@@ -103,34 +145,36 @@ LloydMaxResult lloyd_max(const GridDensity& density, int64_t k, LloydMaxInit ini
       levels[m] = init == LloydMaxInit::Quantile ? density.quantile(q) : density.start() + span * q;
     }
   }
-  // below[m] = moments up to threshold m (m = 0..k): below[0] = 0, below[k] = totals.
-  std::vector<double> below(3 * (k + 1), 0.0);
-  auto update_moments = [&](const std::vector<double>& lv) {
-    density.moments_below(density.end() + 1.0, &below[3 * k]);
-    for (int64_t m = 0; m + 1 < k; ++m) density.moments_below(0.5 * (lv[m] + lv[m + 1]), &below[3 * (m + 1)]);
+  // cells[m] = moments of cell m = (t_{m-1}, t_m], t_{-1} = -inf, t_{k-1} = +inf.
+  std::vector<double> cells(3 * k, 0.0);
+  const double below_all = density.start() - 1.0, above_all = density.end() + 1.0;
+  auto update_cells = [&](const std::vector<double>& lv) {
+    for (int64_t m = 0; m < k; ++m) {
+      const double lo = m == 0 ? below_all : 0.5 * (lv[m - 1] + lv[m]);
+      const double hi = m + 1 == k ? above_all : 0.5 * (lv[m] + lv[m + 1]);
+      density.cell_moments(lo, hi, &cells[3 * m]);
+    }
   };
   LloydMaxResult result;
   for (int64_t iter = 1; iter <= max_iter; ++iter) {
     result.iterations = iter;
-    update_moments(levels);
+    update_cells(levels);
     double moved = 0.0;
     for (int64_t m = 0; m < k; ++m) {
-      const double mass = below[3 * (m + 1)] - below[3 * m];
-      next[m] = mass > 0.0 ? c + (below[3 * (m + 1) + 1] - below[3 * m + 1]) / mass : levels[m];
+      const double mass = cells[3 * m];
+      next[m] = mass > 0.0 ? c + cells[3 * m + 1] / mass : levels[m];
     }
     std::sort(next.begin(), next.end());
     for (int64_t m = 0; m < k; ++m) moved = std::max(moved, std::abs(next[m] - levels[m]));
     levels.swap(next);
     if (moved <= tol * span) break;
   }
-  update_moments(levels);
+  update_cells(levels);
   double distortion = 0.0;
   for (int64_t m = 0; m < k; ++m) {
-    const double* lo = &below[3 * m];
-    const double* hi = &below[3 * (m + 1)];
+    const double* cell = &cells[3 * m];
     const double u = levels[m] - c;
-    const double d = (hi[2] - lo[2]) - 2.0 * u * (hi[1] - lo[1]) + u * u * (hi[0] - lo[0]);
-    distortion += std::max(d, 0.0);
+    distortion += std::max(cell[2] - 2.0 * u * cell[1] + u * u * cell[0], 0.0);
   }
   result.levels = levels;
   result.distortion = distortion / density.mass();

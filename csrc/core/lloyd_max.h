@@ -18,6 +18,9 @@ class GridDensity {
   double mass() const { return m0_.back(); }
   // Integrals of p, (x - centre) p and (x - centre)^2 p over (-inf, y].
   void moments_below(double y, double out[3]) const;
+  // The same over [lo, hi]. Cells in the upper half of the mass are differenced from suffix sums,
+  // so tail cells keep their relative precision (prefix sums there are ~mass, the cell ~1e-15 of it).
+  void cell_moments(double lo, double hi, double out[3]) const;
   // Smallest y with mass below y = q * mass() (0 < q < 1), by bisection on the closed form.
   double quantile(double q) const;
   double centre() const { return centre_; }
@@ -30,6 +33,8 @@ class GridDensity {
   double start_, step_, centre_;
   std::vector<double> p_;
   std::vector<double> m0_, m1_, m2_;  // moments up to each grid point
+  std::vector<double> r0_, r1_, r2_;  // moments from each grid point to the end
+  void moments_above(double y, double out[3]) const;
   void segment_moments(int64_t i, double s, double out[3]) const;
 };
 
