@@ -107,7 +107,8 @@ KMeansInit parse_kmeans_init(const std::string& name) {
   if (name == "kmeans++" || name == "k-means++") return KMeansInit::KMeansPlusPlus;
   if (name == "quantile") return KMeansInit::Quantile;
   if (name == "linear") return KMeansInit::Linear;
-  throw std::invalid_argument("init must be 'kmeans++', 'quantile' or 'linear', got '" + name + "'");
+  if (name == "optimal") return KMeansInit::Optimal;
+  throw std::invalid_argument("init must be 'kmeans++', 'quantile', 'linear' or 'optimal', got '" + name + "'");
 }
 
 std::vector<double> kmeans_1d_init(const WeightedValues& data, const PrefixSums& sums, int64_t k,
@@ -139,6 +140,9 @@ std::vector<double> kmeans_1d_init(const WeightedValues& data, const PrefixSums&
     }
     case KMeansInit::KMeansPlusPlus:
       c = kmeans_plus_plus(data, sums, k, seed);
+      break;
+    case KMeansInit::Optimal:
+      c = kmeans_1d_optimal(data, k).centroids;
       break;
   }
   std::sort(c.begin(), c.end());

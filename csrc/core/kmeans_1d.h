@@ -14,9 +14,11 @@ enum class KMeansInit {
   KMeansPlusPlus,  // greedy D^2 sampling (Arthur & Vassilvitskii 2007), seeded, deterministic
   Quantile,        // weighted quantiles (m + 1/2) / k: centroids follow the density
   Linear,          // evenly spaced over [min, max] (Deep Compression's choice for retraining)
+  Optimal,         // the minimum-SSE partition's means (kmeans_1d_optimal): for small inputs such
+                   // as KDE grids, where the O(k n) DP is cheap; Lloyd then confirms the fixed point
 };
 
-// "kmeans++" | "quantile" | "linear"; throws std::invalid_argument naming `init` otherwise.
+// "kmeans++" | "quantile" | "linear" | "optimal"; throws std::invalid_argument naming `init` otherwise.
 KMeansInit parse_kmeans_init(const std::string& name);
 
 struct KMeansOptions {

@@ -44,7 +44,7 @@ _DEFAULTS: dict[str, dict] = {
     "kmeans": dict(_KMEANS_OPTS),
     "kmeans_optimal": {},
     "lloyd_max": {**_LLOYD_MAX_OPTS, "grid_size": 4096},
-    "kde_kmeans": {**_KMEANS_OPTS, **_KDE_OPTS},
+    "kde_kmeans": {**_KMEANS_OPTS, **_KDE_OPTS, "init": "optimal"},
     "kde_lloyd_max": {**_LLOYD_MAX_OPTS, **_KDE_OPTS},
 }
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -105,9 +105,9 @@ def _resolve_opts(method: str, opts: dict, group_size: int) -> dict:
         raise ValueError(f"unknown option(s) {unknown} for method={method!r}; valid: {sorted(defaults)}")
     o = {**defaults, **opts}
     if "init" in o:
-        valid = ("kmeans++", "quantile", "linear") if "sample_size" not in o or method == "kde_kmeans" else ()
-        if method in ("lloyd_max", "kde_lloyd_max"):
-            valid = ("optimal", "quantile", "linear")
+        valid = ("optimal", "quantile", "linear")
+        if method in ("kmeans", "kde_kmeans"):
+            valid = ("kmeans++", *valid)
         if o["init"] not in valid:
             raise ValueError(f"init must be one of {valid} for method={method!r}, got {o['init']!r}")
         o["max_iter"] = _check_int("max_iter", o["max_iter"], 1)
@@ -138,11 +138,12 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     """Fit a 2**bits-entry codebook per tensor, per output channel (dim 0) or per group of
     consecutive channels, and quantize w with it.
 
-    opts by method (defaults): kmeans: init="kmeans++" | "quantile" | "linear", max_iter=300,
-    tol=1e-6 (max centroid move / value range). lloyd_max: init="optimal" | "quantile" | "linear" (optimal: the
+    opts by method (defaults): kmeans: init="kmeans++" (greedy, seeded) | "quantile" | "linear" |
+    "optimal" (start from the minimum-SSE partition), max_iter=300, tol=1e-6 (max centroid move /
+    value range). lloyd_max: init="optimal" | "quantile" | "linear" (optimal: the
     minimum-SSE k-means of the density-weighted grid points, then Lloyd-Max refinement),
     max_iter=1000, tol=1e-9, grid_size=4096. kde_kmeans / kde_lloyd_max: their k-means / Lloyd-Max
-    options plus sample_size=10000 (an int count or a float fraction of each group; capped at the
+    options (kde_kmeans defaults to init="optimal": the DP on grid_size points is cheap) plus sample_size=10000 (an int count or a float fraction of each group; capped at the
     group size), bandwidth="scott" | "silverman" | float (factor times the sample std, as
     scipy.stats.gaussian_kde's bw_method), grid_size=2048. Everything is deterministic given seed.
     """

@@ -18,7 +18,8 @@ __all__ = [
 
 def kmeans_1d(x: torch.Tensor, k: int, sample_weight: torch.Tensor | None = None, init: str = "kmeans++",
               max_iter: int = 300, tol: float = 1e-6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's 1-D k-means per row. init: "kmeans++" (greedy, seeded) | "quantile" | "linear".
+    """Lloyd's 1-D k-means per row. init: "kmeans++" (greedy, seeded) | "quantile" | "linear" |
+    "optimal" (start from the minimum-SSE partition).
     Stops when no centroid moves by more than tol * (max - min) or the partition is stable.
     Returns (centroids [..., k] ascending, float64 for float64 x else float32; weighted SSE [...] float64)."""
     return torch.ops.qcnn.kmeans_1d.default(x, k, sample_weight, init, max_iter, tol, seed)
