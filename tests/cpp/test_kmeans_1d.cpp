@@ -203,6 +203,9 @@ TEST_CASE("Lloyd never beats the optimum; inits are deterministic", "[codebook]"
         REQUIRE(kmeans_1d(d, k, opt).centroids == r.centroids);
         REQUIRE(std::is_sorted(r.centroids.begin(), r.centroids.end()));
       }
+      KMeansOptions from_optimum;
+      from_optimum.init = KMeansInit::Optimal;
+      REQUIRE(kmeans_1d(d, k, from_optimum).sse <= best * (1 + 1e-9));
     }
   }
 }
