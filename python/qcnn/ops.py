@@ -10,7 +10,8 @@ import torch
 
 _lib = torch.ops.qcnn
 
-__all__ = ["fake_quant", "fake_quant_binary", "fake_quant_fixed"]
+__all__ = ["fake_quant", "fake_quant_binary", "fake_quant_fixed", "kmeans_1d", "kmeans_1d_optimal", "lloyd_max",
+           "quantize_to_codebook"]
 
 
 def _as_param(value, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -149,3 +150,4 @@ def fake_quant_fixed(x: torch.Tensor, bits: int, frac_bits: int) -> torch.Tensor
     s = torch.tensor([scale], dtype=torch.float32, device=x.device)
     z = torch.zeros(1, dtype=torch.int32, device=x.device)
     return _lib.fake_quant.default(x, s, z, qmin, qmax, None)
+from .codebook._ops import kmeans_1d, kmeans_1d_optimal, lloyd_max, quantize_to_codebook  # noqa: E402,F401
