@@ -139,7 +139,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   if (numel(model.input_shape_) > kMaxDim) fail(iwhere, "input too large");
   const int64_t channels = model.input_shape_[0];
   const std::string lut_name = get_string(input, "lut", iwhere);
-  model.lut_ = copy_tensor<int32_t>(file.tensor(lut_name, DType::I32, {channels, 256}));
+  const auto lut16 = copy_tensor<int16_t>(file.tensor(lut_name, DType::I16, {channels, 256}));
+  model.lut_.assign(lut16.begin(), lut16.end());
   const json& iq = field(input, "qparams", iwhere);
   const int64_t iqmin = get_int(iq, "qmin", iwhere, INT32_MIN, INT32_MAX), iqmax = get_int(iq, "qmax", iwhere, INT32_MIN, INT32_MAX);
   for (size_t i = 0; i < model.lut_.size(); ++i)
@@ -277,7 +278,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
         }
         if (quantized_out) {
           step->multiplier = copy_tensor<int32_t>(file.tensor(step->name + ".requant.multiplier", DType::I32, {m}));
-          step->shift = copy_tensor<int32_t>(file.tensor(step->name + ".requant.shift", DType::I32, {m}));
+          const auto shift8 = copy_tensor<uint8_t>(file.tensor(step->name + ".requant.shift", DType::U8, {m}));
+          step->shift.assign(shift8.begin(), shift8.end());
           step->bias = copy_tensor<int64_t>(file.tensor(step->name + ".requant.bias", DType::I64, {m}));
           for (int64_t i = 0; i < m; ++i) {
             if (step->shift[i] < 0 || step->shift[i] > 62) fail(origin + ": tensor '" + step->name + ".requant.shift'", "entries must be in [0, 62]");

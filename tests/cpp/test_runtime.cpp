@@ -61,11 +61,11 @@ struct TinyModel {
   std::vector<float> scale{0.5f, 0.25f, 2.0f}, bias{1.0f, -1.0f, 0.0f};
 
   TinyModel() {
-    std::vector<int32_t> lut(256);
-    for (int i = 0; i < 256; ++i) lut[i] = i;
+    std::vector<int16_t> lut(256);
+    for (int i = 0; i < 256; ++i) lut[i] = static_cast<int16_t>(i);
     std::vector<uint8_t> packed(qcnn::packed_size(12, 2));
     qcnn::pack_bits(indices.data(), 12, 2, packed.data());
-    tensors["input.lut"] = raw("I32", {1, 256}, lut);
+    tensors["input.lut"] = raw("I16", {1, 256}, lut);
     tensors["fc.weight.indices"] = raw("U8", {static_cast<int64_t>(packed.size())}, packed);
     tensors["fc.weight.levels"] = raw("I32", {1, 4}, levels);
     tensors["fc.output.scale"] = raw("F32", {3}, scale);
@@ -206,10 +206,7 @@ TEST_CASE("reader rejects malformed headers with a message naming the problem", 
     tm.tensors["fc.weight.levels"] = raw("I32", {1, 4}, std::vector<int32_t>{-32767, 1, 1, 32767});
     tm.doc["input"]["qparams"]["qmax"] = 255;
     CHECK_NOTHROW(load_bytes(tm.bytes()));  // 4 * 255 * 32767 fits
-    std::vector<int32_t> wide(256, 0);
-    wide[255] = 1 << 20;  // codes up to 2^20: beyond int16
-    tm.doc["input"]["qparams"]["qmax"] = 1 << 20;
-    tm.tensors["input.lut"] = raw("I32", {1, 256}, wide);
+    tm.doc["nodes"][1]["input_zero_point"] = -40000;  // |x - zp| beyond int16
     require_format_error(tm.bytes(), "exceed int16");
   }
   SECTION("lut outside qparams") {

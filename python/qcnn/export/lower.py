@@ -13,9 +13,9 @@ import torch
 from .graph import Graph, Node, QParams
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-# Wide tensors (outputs feeding adds, several quantizers, or average pools) keep 8 more fraction
-# bits than the coarsest accumulator step of their producer; they use the whole int32 range.
-WIDE_EXTRA_BITS = 8
+# Wide tensors (outputs feeding adds, several quantizers, or average pools) use int32 codes whose
+# scale maps a proven bound on |value| (worst case over all inputs) to 2**30.
+WIDE_RANGE = 2 ** 30
 BIAS_LIMIT = 2 ** 62
 
 
@@ -38,8 +38,8 @@ def quantize_multiplier(real: float, mantissa_bits: int = 31) -> tuple[int, int]
     return (mant if real > 0 else -mant), shift
 
 
-def wide_qparams(scale: float) -> QParams:
-    return QParams(scale, 0, INT32_MIN, INT32_MAX)
+def wide_qparams(bound: float) -> QParams:
+    return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
 
 
 def _code_range(q: QParams) -> int:
@@ -52,6 +52,11 @@ class Tensor:
     name: str
     qparams: QParams | None
     shape: tuple[int, ...]
+    bound: float = 0.0   # proven bound on |real value|
+
+
+def _bound(q: QParams) -> float:
+    return q.scale * _code_range(q)
 
 
 class Lowering:
@@ -100,8 +105,7 @@ class Lowering:
         self.emit({"name": name, "op": "requantize", "inputs": [src.name], "shape": list(src.shape),
                    "qparams": target.to_json(), "input_zero_point": src.qparams.zero_point,
                    "multiplier": mult, "shift": shift, "clamp": [target.qmin, target.qmax]})
-        t = Tensor(name, target, src.shape)
-        return t
+        return Tensor(name, target, src.shape, min(src.bound, _bound(target)))
 
     # Lowering of each op --------------------------------------------------------------------------
     def lower_input(self) -> None:
@@ -113,11 +117,13 @@ class Lowering:
             scale = (hi - lo) / 255.0
             target = QParams(scale, int(min(255, max(0, round(-lo / scale)))), 0, 255)
         pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 1, 256).expand(1, g.input_shape[0], 1, 256)
-        lut = target.codes(g.normalize(pixels)).reshape(g.input_shape[0], 256).contiguous()
+        if _code_range(target) > 32767 or target.qmin < -32768 or target.qmax > 32767:
+            raise ValueError("the first layer's input quantizer must have int16 codes")
+        lut = target.codes(g.normalize(pixels)).reshape(g.input_shape[0], 256).to(torch.int16).contiguous()
         self.tensors["input.lut"] = lut
         self.input_json = {"shape": list(g.input_shape), "mean": [float(m) for m in g.mean],
                            "std": [float(s) for s in g.std], "qparams": target.to_json(), "lut": "input.lut"}
-        self.values["input"] = Tensor("input", target, tuple(g.input_shape))
+        self.values["input"] = Tensor("input", target, tuple(g.input_shape), _bound(target))
 
     def weight_tensors(self, node: Node, x_q: QParams, k: int) -> tuple[dict, torch.Tensor]:
         """Stores the weight of a conv/linear node; returns its JSON and the per-channel weight scale."""
@@ -136,6 +142,7 @@ class Lowering:
             levels = torch.round(cb / group_scale[:, None]).to(torch.int32)
             scale = group_scale.expand(m).to(torch.float64)
             self.tensors[f"{prefix}.codebook"] = w.codebook.to(torch.float32).contiguous()
+            scale_stored = None  # the real weights are the float codebook
         else:
             levels = w.levels.to(torch.int32)
             worst = k * _code_range(x_q) * int(levels.abs().max())
@@ -143,8 +150,10 @@ class Lowering:
                 raise ValueError(f"node {node.name!r}: integer weights too wide for an int32 accumulator "
                                  f"(K * max|x| * max|w| = {worst})")
             scale = w.scale.to(torch.float64)
+            scale_stored = scale
         self.tensors[f"{prefix}.levels"] = levels.contiguous()
-        self.tensors[f"{prefix}.scale"] = scale.to(torch.float32).contiguous()
+        if scale_stored is not None:  # real weight = scale[m] * levels[g, index]
+            self.tensors[f"{prefix}.scale"] = scale_stored.to(torch.float32).contiguous()
         from ._ops import huffman_code_lengths, huffman_encode, pack_bits  # the compiled ops
 
         flat = w.indices.reshape(-1).contiguous()
@@ -163,7 +172,8 @@ class Lowering:
         self.tensors[f"{prefix}.indices"] = stored
         info = {"kind": w.kind, "bits": w.bits, "codes": w.codes, "groups": w.groups, "count": int(flat.numel()),
                 "coding": coding}
-        return info, scale
+        group_max = levels.abs().amax(dim=1).to(torch.float64)
+        return info, scale, group_max.expand(m)
 
     def lower_conv(self, node: Node) -> None:
         src = self.values[node.inputs[0]]
@@ -196,16 +206,11 @@ class Lowering:
                 raise ValueError(f"node {node.name!r}: weight has {node.weight.indices[0].numel()} inputs, input {k}")
             shape = (m,)
             geometry = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "in_channels": int(k)}
-        weight_info, w_scale = self.weight_tensors(node, node.act, k)
+        weight_info, w_scale, level_max = self.weight_tensors(node, node.act, k)
         one = torch.ones(m, dtype=torch.float64)
         bias = node.bias.to(torch.float64) if node.bias is not None else torch.zeros(m, dtype=torch.float64)
         bn_scale = node.bn_scale.to(torch.float64) if node.bn_scale is not None else one
         bn_shift = node.bn_shift.to(torch.float64) if node.bn_shift is not None else torch.zeros_like(one)
-        if node.bias is not None:
-            self.tensors[f"{node.name}.bias"] = node.bias.to(torch.float32).contiguous()
-        if node.bn_scale is not None:
-            self.tensors[f"{node.name}.bn.scale"] = node.bn_scale.to(torch.float32).contiguous()
-            self.tensors[f"{node.name}.bn.shift"] = node.bn_shift.to(torch.float32).contiguous()
         # y = eff_scale * acc + eff_bias  (acc = sum (q_x - z_x) * level)
         eff_scale = node.act.scale * w_scale * bn_scale
         eff_bias = bn_scale * bias + bn_shift
@@ -221,10 +226,14 @@ class Lowering:
             out["qparams"] = None
             self.values[node.name] = Tensor(node.name, None, shape)
         else:
+            # |y| <= |eff_scale| * K * max|q_x - z_x| * max|level| + |eff_bias| for every input.
+            bound_m = eff_scale.abs() * (k * _code_range(node.act)) * level_max + eff_bias.abs()
+            bound = float(bound_m.max())
             target = self.narrow_target(node.name)
             if target is None:
-                top = float(eff_scale.abs().max())
-                target = wide_qparams(top / 2 ** WIDE_EXTRA_BITS if top > 0 else 1.0)
+                target = wide_qparams(bound)
+            else:
+                bound = min(bound, _bound(target))
             mults, shifts, biases = [], [], []
             for ch in range(m):
                 mt, sh = quantize_multiplier(float(eff_scale[ch]) / target.scale)
@@ -233,12 +242,12 @@ class Lowering:
                 shifts.append(sh)
                 biases.append(max(-BIAS_LIMIT, min(BIAS_LIMIT, b)))
             self.tensors[f"{node.name}.requant.multiplier"] = torch.tensor(mults, dtype=torch.int32)
-            self.tensors[f"{node.name}.requant.shift"] = torch.tensor(shifts, dtype=torch.int32)
+            self.tensors[f"{node.name}.requant.shift"] = torch.tensor(shifts, dtype=torch.uint8)
             self.tensors[f"{node.name}.requant.bias"] = torch.tensor(biases, dtype=torch.int64)
             lo = max(target.qmin, target.zero_point) if node.relu else target.qmin
             out["qparams"] = target.to_json()
             out["clamp"] = [int(lo), int(target.qmax)]
-            self.values[node.name] = Tensor(node.name, target, shape)
+            self.values[node.name] = Tensor(node.name, target, shape, bound)
         self.emit(out)
 
     def lower_add(self, node: Node) -> None:
@@ -247,7 +256,12 @@ class Lowering:
             raise ValueError(f"node {node.name!r}: add inputs must be quantized")
         if a.shape != b.shape:
             raise ValueError(f"node {node.name!r}: add inputs have shapes {list(a.shape)} and {list(b.shape)}")
-        target = self.narrow_target(node.name) or wide_qparams(min(a.qparams.scale, b.qparams.scale))
+        bound = a.bound + b.bound
+        target = self.narrow_target(node.name)
+        if target is None:
+            target = wide_qparams(bound)
+        else:
+            bound = min(bound, _bound(target))
         ra, rb = a.qparams.scale / target.scale, b.qparams.scale / target.scale
         _, shift = quantize_multiplier(max(ra, rb), 29)
         ma, mb = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
@@ -256,7 +270,7 @@ class Lowering:
                    "qparams": target.to_json(), "a_zero_point": a.qparams.zero_point, "a_multiplier": ma,
                    "b_zero_point": b.qparams.zero_point, "b_multiplier": mb, "shift": shift, "relu": bool(node.relu),
                    "clamp": [int(lo), int(target.qmax)]})
-        self.values[node.name] = Tensor(node.name, target, a.shape)
+        self.values[node.name] = Tensor(node.name, target, a.shape, bound)
 
     def lower_simple(self, node: Node) -> None:
         src = self.values[node.inputs[0]]
@@ -291,7 +305,7 @@ class Lowering:
             shape = (int(np.prod(shape)),)
         spec["shape"] = list(shape)
         self.emit(spec)
-        self.values[node.name] = Tensor(node.name, q, shape)
+        self.values[node.name] = Tensor(node.name, q, shape, src.bound)
 
     def run(self) -> dict:
         self.lower_input()

@@ -16,7 +16,7 @@ METADATA_KEY = "qcnn"
 def write_qcnn(path: str | Path, doc: dict, tensors: dict[str, torch.Tensor]) -> int:
     """Writes the file; returns its size in bytes."""
     path = Path(path)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={METADATA_KEY: json.dumps(doc)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={METADATA_KEY: json.dumps(doc, separators=(",", ":"))})
     return path.stat().st_size
 
 

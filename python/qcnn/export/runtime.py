@@ -51,7 +51,8 @@ class IntegerModel(nn.Module):
         self.doc = doc
         self.weight_path = weight_path
         self.input_shape = tuple(doc["input"]["shape"])
-        self.register_buffer("lut", _tensor(tensors, doc["input"]["lut"], torch.int32, (self.input_shape[0], 256)))
+        self.register_buffer("lut", _tensor(tensors, doc["input"]["lut"], torch.int16,
+                                           (self.input_shape[0], 256)).to(torch.int32))
         self.steps: list[dict] = []
         for node in doc["nodes"]:
             step = dict(node)
@@ -75,7 +76,7 @@ class IntegerModel(nn.Module):
                     step["out_bias"] = _tensor(tensors, f"{name}.output.bias", torch.float32, (m,))
                 else:
                     step["multiplier"] = _tensor(tensors, f"{name}.requant.multiplier", torch.int32, (m,))
-                    step["shift"] = _tensor(tensors, f"{name}.requant.shift", torch.int32, (m,))
+                    step["shift"] = _tensor(tensors, f"{name}.requant.shift", torch.uint8, (m,)).to(torch.int32)
                     step["bias"] = _tensor(tensors, f"{name}.requant.bias", torch.int64, (m,))
             elif node["op"] == "requantize":
                 step["multiplier"] = torch.tensor([node["multiplier"]], dtype=torch.int32)
