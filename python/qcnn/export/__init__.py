@@ -51,8 +51,12 @@ def to_graph(model) -> Graph:
     """The float-level export graph of a qcnn model (or the graph itself)."""
     if isinstance(model, Graph):
         return model
-    from .trace import graph_from_model
-
+    try:
+        from .trace import graph_from_model
+    except ImportError as err:
+        raise TypeError(
+            f"qcnn.export: got {type(model).__name__}; this build converts only qcnn.export.Graph objects "
+            "(the qcnn.nn model adapter, qcnn/export/trace.py, is not present)") from err
     return graph_from_model(model)
 
 
