@@ -22,3 +22,7 @@ _load_extension()
 from . import ops  # noqa: E402,F401
 
 __version__ = "0.1.0"
+
+# Deployment: `qcnn.export(model, path)`, `qcnn.load(path)`, `qcnn.export_onnx(model, path)`.
+# (The function `qcnn.export` shadows the subpackage attribute; import from `qcnn.export` for the rest.)
+from .export import export, export_onnx, load  # noqa: E402,F401

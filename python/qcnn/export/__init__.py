@@ -1,0 +1,85 @@
+"""Export of quantized models to the .qcnn format, integer inference of .qcnn files, ONNX export."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .graph import Graph, Node, QParams, QuantWeight, reference_forward
+from .lower import lower_graph, quantize_multiplier
+from .qfile import read_qcnn, write_qcnn
+from .runtime import IntegerModel, load
+
+__all__ = ["export", "load", "export_onnx", "ExportReport", "Graph", "Node", "QParams", "QuantWeight",
+           "reference_forward", "lower_graph", "quantize_multiplier", "read_qcnn", "write_qcnn", "IntegerModel",
+           "to_graph"]
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    file_bytes: int                 # the .qcnn file as written
+    float32_bytes: int              # the float32 state dict of the source model
+    packed_index_bytes: int         # weight indices, bit-packed
+    huffman_index_bytes: int        # weight indices, Huffman coded (including code-length tables)
+    stored_index_bytes: int         # what the file holds
+
+    @property
+    def ratio(self) -> float:
+        return self.float32_bytes / self.file_bytes
+
+    def __str__(self) -> str:
+        return (f"{self.path}: {self.file_bytes} bytes, {self.ratio:.2f}x smaller than float32 "
+                f"({self.float32_bytes} bytes); weight indices {self.packed_index_bytes} bytes packed, "
+                f"{self.huffman_index_bytes} bytes Huffman-coded, {self.stored_index_bytes} stored")
+
+
+def _graph_float_bytes(graph: Graph) -> int:
+    """float32 bytes of the equivalent state dict: weights, biases, BatchNorm (4 per channel)."""
+    total = 0
+    for node in graph.nodes:
+        if node.weight is not None:
+            m = node.weight.out_channels
+            total += 4 * node.weight.indices.numel()
+            total += 4 * m if node.bias is not None else 0
+            total += 16 * m if node.bn_scale is not None else 0
+    return total
+
+
+def to_graph(model) -> Graph:
+    """The float-level export graph of a qcnn model (or the graph itself)."""
+    if isinstance(model, Graph):
+        return model
+    try:
+        from .trace import graph_from_model
+    except ImportError as err:
+        raise TypeError(
+            f"qcnn.export: got {type(model).__name__}; this build converts only qcnn.export.Graph objects "
+            "(the qcnn.nn model adapter, qcnn/export/trace.py, is not present)") from err
+    return graph_from_model(model)
+
+
+def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool = True) -> ExportReport:
+    """Writes `model` (a qcnn quantized model or an export Graph) as a .qcnn file.
+
+    entropy_coding=True stores the weight indices of each layer Huffman-coded when that is smaller."""
+    graph = to_graph(model)
+    doc, tensors, index_bytes = lower_graph(graph, entropy_coding)
+    size = write_qcnn(path, doc, tensors)
+    if isinstance(model, torch.nn.Module):
+        float_bytes = sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    else:
+        float_bytes = _graph_float_bytes(graph)
+    report = ExportReport(Path(path), size, float_bytes, index_bytes["packed"], index_bytes["huffman"],
+                          index_bytes["stored"])
+    if verbose:
+        print(report)
+    return report
+
+
+def export_onnx(model, path: str | Path) -> Path:
+    """ONNX export: QuantizeLinear/DequantizeLinear for the activation quantizers, dequantized weights."""
+    from .onnx_export import export_onnx as _export_onnx
+
+    return _export_onnx(to_graph(model), path)

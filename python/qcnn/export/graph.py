@@ -1,0 +1,246 @@
+"""The float-level graph that qcnn exports: what a fake-quantized model computes, layer by layer.
+
+`trace.graph_from_model` builds it from a qcnn model; tests may build it directly. `lower.lower_graph`
+turns it into the integer program stored in a .qcnn file, `reference_forward` evaluates it with
+plain torch float ops (the independent reference the integer runtimes are compared with).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+OPS = ("conv2d", "linear", "quant", "relu", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
+       "flatten", "add")
+WEIGHT_KINDS = ("codebook", "uniform", "fixed", "binary")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine activation quantizer x = scale * (q - zero_point), q in [qmin, qmax]."""
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    def __post_init__(self):
+        if not (self.scale > 0 and np.isfinite(self.scale)):
+            raise ValueError(f"QParams.scale must be positive and finite, got {self.scale}")
+        if not self.qmin <= self.zero_point <= self.qmax:
+            raise ValueError(f"QParams.zero_point {self.zero_point} outside [qmin, qmax] = [{self.qmin}, {self.qmax}]")
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes with the rounding of torch's fake_quantize (float32 x * (1/scale), half to even)."""
+        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(self.scale, dtype=torch.float32)
+        q = torch.round(x.to(torch.float32) * inv) + self.zero_point
+        return q.clamp(self.qmin, self.qmax).to(torch.int32)
+
+    def to_json(self) -> dict:
+        return {"scale": float(self.scale), "zero_point": int(self.zero_point), "qmin": int(self.qmin),
+                "qmax": int(self.qmax)}
+
+
+@dataclass
+class QuantWeight:
+    """Quantized weights: w[m, ...] = value(g(m), indices[m, ...]) with g(m) = 0 (one codebook) or m.
+
+    kind "codebook": value = codebook[g, idx] (float centroids).
+    kind "uniform" / "fixed" / "binary": value = scale[m] * levels[g, idx] (integer levels).
+    """
+    kind: str
+    indices: torch.Tensor                   # uint8 [M, C, kh, kw] or [M, F]
+    bits: int
+    codebook: torch.Tensor | None = None    # float32 [G, k] (kind "codebook")
+    levels: torch.Tensor | None = None      # int32 [G, k] (other kinds)
+    scale: torch.Tensor | None = None       # float32 [M] (other kinds)
+
+    def __post_init__(self):
+        if self.kind not in WEIGHT_KINDS:
+            raise ValueError(f"QuantWeight.kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
+        if self.indices.dtype != torch.uint8:
+            raise TypeError(f"QuantWeight.indices must be uint8, got {self.indices.dtype}")
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"QuantWeight.bits must be in [1, 8], got {self.bits}")
+        table = self.codebook if self.kind == "codebook" else self.levels
+        if table is None or table.dim() != 2:
+            raise ValueError(f"QuantWeight of kind {self.kind!r} needs a 2-D "
+                             f"{'codebook' if self.kind == 'codebook' else 'levels'} [G, k]")
+        m = self.indices.shape[0]
+        if table.shape[0] not in (1, m):
+            raise ValueError(f"QuantWeight table has {table.shape[0]} groups; expected 1 or {m}")
+        if table.shape[1] > 2 ** self.bits:
+            raise ValueError(f"QuantWeight has {table.shape[1]} entries, more than 2**bits = {2 ** self.bits}")
+        if self.indices.numel() and int(self.indices.max()) >= table.shape[1]:
+            raise ValueError("QuantWeight.indices reference entries beyond the table")
+        if self.kind != "codebook" and (self.scale is None or self.scale.shape != (m,)):
+            raise ValueError(f"QuantWeight of kind {self.kind!r} needs scale of shape [{m}]")
+
+    @property
+    def out_channels(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def groups(self) -> int:
+        return (self.codebook if self.kind == "codebook" else self.levels).shape[0]
+
+    @property
+    def codes(self) -> int:
+        return (self.codebook if self.kind == "codebook" else self.levels).shape[1]
+
+    def dequantize(self) -> torch.Tensor:
+        m = self.out_channels
+        idx = self.indices.reshape(m, -1).long()
+        if self.kind == "codebook":
+            table = self.codebook.to(torch.float32).expand(m, -1)
+            w = torch.gather(table, 1, idx)
+        else:
+            table = self.levels.to(torch.float32).expand(m, -1)
+            w = torch.gather(table, 1, idx) * self.scale.to(torch.float32)[:, None]
+        return w.reshape(self.indices.shape)
+
+    # Constructors from the usual quantizer outputs -------------------------------------------
+    @staticmethod
+    def from_codebook(indices: torch.Tensor, codebook: torch.Tensor) -> "QuantWeight":
+        cb = codebook.detach().to(torch.float32)
+        cb = cb[None] if cb.dim() == 1 else cb
+        bits = max(1, int(np.ceil(np.log2(cb.shape[1]))))
+        return QuantWeight("codebook", indices.to(torch.uint8), bits, codebook=cb)
+
+    @staticmethod
+    def from_integers(kind: str, w_int: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> "QuantWeight":
+        """Integer weights w_int in [qmin, qmax] with per-channel (or scalar) scale."""
+        if qmax < qmin:
+            raise ValueError(f"qmax {qmax} < qmin {qmin}")
+        w_int = w_int.detach().round().to(torch.int64)
+        if w_int.numel() and (int(w_int.min()) < qmin or int(w_int.max()) > qmax):
+            raise ValueError(f"integer weights outside [{qmin}, {qmax}]")
+        k = qmax - qmin + 1
+        bits = max(1, int(np.ceil(np.log2(k))))
+        m = w_int.shape[0]
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(m).clone()
+        levels = torch.arange(qmin, qmax + 1, dtype=torch.int32)[None]
+        return QuantWeight(kind, (w_int - qmin).to(torch.uint8), bits, levels=levels, scale=scale)
+
+    @staticmethod
+    def binary(signs: torch.Tensor, alpha: torch.Tensor) -> "QuantWeight":
+        """Binary weights alpha[m] * sign, sign in {-1, +1} (index 0 = -1, 1 = +1)."""
+        idx = (signs.detach() > 0).to(torch.uint8)
+        m = signs.shape[0]
+        levels = torch.tensor([[-1, 1]], dtype=torch.int32)
+        return QuantWeight("binary", idx, 1, levels=levels,
+                           scale=torch.as_tensor(alpha, dtype=torch.float32).reshape(-1).expand(m).clone())
+
+
+@dataclass
+class Node:
+    """One operation; its output value is named `name`. Inputs name earlier nodes or "input"."""
+    name: str
+    op: str
+    inputs: list[str]
+    weight: QuantWeight | None = None       # conv2d, linear
+    bias: torch.Tensor | None = None        # conv2d, linear: float32 [M]
+    bn_scale: torch.Tensor | None = None    # folded BatchNorm after conv/linear: y = bn_scale * y + bn_shift
+    bn_shift: torch.Tensor | None = None
+    act: QParams | None = None              # conv2d/linear: input quantizer; quant: the quantizer
+    relu: bool = False                      # conv2d, linear, add: ReLU on the output
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"node {self.name!r}: op must be one of {OPS}, got {self.op!r}")
+        if self.op in ("conv2d", "linear") and self.weight is None:
+            raise ValueError(f"node {self.name!r}: {self.op} needs a weight")
+        if self.op == "quant" and self.act is None:
+            raise ValueError(f"node {self.name!r}: quant needs act (its QParams)")
+        if self.op == "add" and len(self.inputs) != 2:
+            raise ValueError(f"node {self.name!r}: add needs 2 inputs")
+        if self.op != "add" and len(self.inputs) != 1:
+            raise ValueError(f"node {self.name!r}: {self.op} needs 1 input")
+
+
+@dataclass
+class Graph:
+    input_shape: tuple[int, int, int]                 # C, H, W
+    mean: list[float]                                 # per-channel normalisation of pixels / 255
+    std: list[float]
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self):
+        c = self.input_shape[0]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"Graph.mean and Graph.std need {c} entries (one per input channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("Graph.std entries must be positive")
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].name
+
+    def validate(self) -> None:
+        seen = {"input"}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name not in seen:
+                    raise ValueError(f"node {node.name!r} uses {name!r} before it is defined")
+            if node.name in seen:
+                raise ValueError(f"duplicate node name {node.name!r}")
+            seen.add(node.name)
+        if not self.nodes:
+            raise ValueError("graph has no nodes")
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [N, C, H, W] -> the float input of the model ((p / 255 - mean) / std)."""
+        x = pixels.to(torch.float32) / 255.0
+        mean = torch.tensor(self.mean, dtype=torch.float32)[None, :, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32)[None, :, None, None]
+        return (x - mean) / std
+
+
+def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """Evaluates the graph in float32 with fake quantization (the semantics the integer engine follows)."""
+    graph.validate()
+    values = {"input": x}
+    for node in graph.nodes:
+        a = values[node.inputs[0]]
+        if node.op in ("conv2d", "linear"):
+            if node.act is not None:
+                a = node.act.fake_quant(a)
+            w = node.weight.dequantize()
+            if node.op == "conv2d":
+                y = F.conv2d(a, w, None, node.stride, node.padding)
+            else:
+                y = F.linear(a, w.reshape(w.shape[0], -1))
+            shape = (1, -1) + (1,) * (y.dim() - 2)
+            if node.bias is not None:
+                y = y + node.bias.reshape(shape)
+            if node.bn_scale is not None:
+                y = y * node.bn_scale.reshape(shape) + node.bn_shift.reshape(shape)
+            if node.relu:
+                y = F.relu(y)
+        elif node.op == "quant":
+            y = node.act.fake_quant(a)
+        elif node.op == "relu":
+            y = F.relu(a)
+        elif node.op == "max_pool2d":
+            y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding)
+        elif node.op == "avg_pool2d":
+            y = F.avg_pool2d(a, node.kernel_size, node.stride)
+        elif node.op == "global_max_pool":
+            y = torch.amax(a, dim=(2, 3), keepdim=True)
+        elif node.op == "global_avg_pool":
+            y = torch.mean(a, dim=(2, 3), keepdim=True)
+        elif node.op == "flatten":
+            y = torch.flatten(a, 1)
+        else:  # add
+            y = a + values[node.inputs[1]]
+            if node.relu:
+                y = F.relu(y)
+        values[node.name] = y
+    return values[graph.output]

@@ -1,0 +1,330 @@
+"""Lowering of a float-level Graph to the integer program of a .qcnn file (docs/FORMAT.md).
+
+All float -> fixed-point conversions happen here, once; both runtimes only execute integers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .graph import Graph, Node, QParams
+
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+# Wide tensors (outputs feeding adds, several quantizers, or average pools) use int32 codes whose
+# scale maps a proven bound on |value| (worst case over all inputs) to 2**30.
+WIDE_RANGE = 2 ** 30
+BIAS_LIMIT = 2 ** 62
+
+
+def quantize_multiplier(real: float, mantissa_bits: int = 31) -> tuple[int, int]:
+    """(m, s) with real ~= m * 2**-s, |m| < 2**mantissa_bits normalized to >= 2**(mantissa_bits-1), 0 <= s <= 62."""
+    if not math.isfinite(real):
+        raise ValueError(f"requantization factor must be finite, got {real}")
+    if real == 0.0:
+        return 0, 0
+    frac, exp = math.frexp(abs(real))  # abs(real) = frac * 2**exp, frac in [0.5, 1)
+    mant = round(frac * 2 ** mantissa_bits)
+    if mant == 2 ** mantissa_bits:
+        mant //= 2
+        exp += 1
+    shift = mantissa_bits - exp
+    if shift > 62:
+        mant, shift = round(abs(real) * 2.0 ** 62), 62
+    if shift < 0:
+        raise ValueError(f"requantization factor {real} is too large (>= 2**{mantissa_bits - 1})")
+    return (mant if real > 0 else -mant), shift
+
+
+def wide_qparams(bound: float) -> QParams:
+    return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
+
+
+def _code_range(q: QParams) -> int:
+    """Largest |q - zero_point|."""
+    return max(abs(q.qmax - q.zero_point), abs(q.qmin - q.zero_point))
+
+
+@dataclass
+class Tensor:
+    name: str
+    qparams: QParams | None
+    shape: tuple[int, ...]
+    bound: float = 0.0   # proven bound on |real value|
+
+
+def _bound(q: QParams) -> float:
+    return q.scale * _code_range(q)
+
+
+class Lowering:
+    def __init__(self, graph: Graph, entropy_coding: bool):
+        graph.validate()
+        self.graph = graph
+        self.entropy_coding = entropy_coding
+        self.nodes: list[dict] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.values: dict[str, Tensor] = {}
+        self.consumers: dict[str, list[Node]] = {"input": []}
+        for node in graph.nodes:
+            self.consumers.setdefault(node.name, [])
+            for name in node.inputs:
+                self.consumers[name].append(node)
+        self.index_bytes = {"packed": 0, "huffman": 0, "stored": 0}
+
+    # Where the codes of a value should go -------------------------------------------------------
+    def narrow_target(self, value: str) -> QParams | None:
+        """The quantizer that the value meets next, if its only path goes through ops that commute
+        with monotone quantization (ReLU, max pooling, flatten); None if it needs a wide tensor."""
+        users = self.consumers[value]
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.op in ("conv2d", "linear"):
+            return user.act
+        if user.op == "quant":
+            return user.act
+        if user.op in ("relu", "max_pool2d", "global_max_pool", "flatten"):
+            return self.narrow_target(user.name)
+        return None
+
+    def emit(self, node: dict) -> None:
+        self.nodes.append(node)
+
+    def requantized(self, value: str, target: QParams, user: str) -> Tensor:
+        """The value as codes of `target`, inserting a requantize node when needed."""
+        src = self.values[value]
+        if src.qparams is None:
+            raise ValueError(f"node {user!r}: its input {value!r} is float; only the last layer may output float")
+        if src.qparams == target:
+            return src
+        name = f"{value}.to_{user}"
+        mult, shift = quantize_multiplier(src.qparams.scale / target.scale)
+        self.emit({"name": name, "op": "requantize", "inputs": [src.name], "shape": list(src.shape),
+                   "qparams": target.to_json(), "input_zero_point": src.qparams.zero_point,
+                   "multiplier": mult, "shift": shift, "clamp": [target.qmin, target.qmax]})
+        return Tensor(name, target, src.shape, min(src.bound, _bound(target)))
+
+    # Lowering of each op --------------------------------------------------------------------------
+    def lower_input(self) -> None:
+        g = self.graph
+        target = self.narrow_target("input")
+        if target is None:
+            lo = min((0.0 - m) / s for m, s in zip(g.mean, g.std))
+            hi = max((1.0 - m) / s for m, s in zip(g.mean, g.std))
+            scale = (hi - lo) / 255.0
+            target = QParams(scale, int(min(255, max(0, round(-lo / scale)))), 0, 255)
+        pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 1, 256).expand(1, g.input_shape[0], 1, 256)
+        if _code_range(target) > 32767 or target.qmin < -32768 or target.qmax > 32767:
+            raise ValueError("the first layer's input quantizer must have int16 codes")
+        lut = target.codes(g.normalize(pixels)).reshape(g.input_shape[0], 256).to(torch.int16).contiguous()
+        self.tensors["input.lut"] = lut
+        self.input_json = {"shape": list(g.input_shape), "mean": [float(m) for m in g.mean],
+                           "std": [float(s) for s in g.std], "qparams": target.to_json(), "lut": "input.lut"}
+        self.values["input"] = Tensor("input", target, tuple(g.input_shape), _bound(target))
+
+    def weight_tensors(self, node: Node, x_q: QParams, k: int) -> tuple[dict, torch.Tensor]:
+        """Stores the weight of a conv/linear node; returns its JSON and the per-channel weight scale."""
+        w = node.weight
+        m = w.out_channels
+        prefix = f"{node.name}.weight"
+        if w.kind == "codebook":
+            # Integer centroids with one scale per codebook group; the largest level keeps the
+            # int32 accumulator safe: K * max|q_x - z_x| * L < 2**31 (worst case, no data needed).
+            level_max = min(32767, (2 ** 31 - 1) // (k * max(1, _code_range(x_q))))
+            if level_max < 1:
+                raise ValueError(f"node {node.name!r}: K = {k} too large for an int32 accumulator")
+            cb = w.codebook.to(torch.float64)
+            group_scale = cb.abs().amax(dim=1) / level_max
+            group_scale = torch.where(group_scale > 0, group_scale, torch.ones_like(group_scale))
+            levels = torch.round(cb / group_scale[:, None]).to(torch.int32)
+            scale = group_scale.expand(m).to(torch.float64)
+            self.tensors[f"{prefix}.codebook"] = w.codebook.to(torch.float32).contiguous()
+            scale_stored = None  # the real weights are the float codebook
+        else:
+            levels = w.levels.to(torch.int32)
+            worst = k * _code_range(x_q) * int(levels.abs().max())
+            if worst > INT32_MAX or int(levels.abs().max()) > 32767:
+                raise ValueError(f"node {node.name!r}: integer weights too wide for an int32 accumulator "
+                                 f"(K * max|x| * max|w| = {worst})")
+            scale = w.scale.to(torch.float64)
+            scale_stored = scale
+        self.tensors[f"{prefix}.levels"] = levels.contiguous()
+        if scale_stored is not None:  # real weight = scale[m] * levels[g, index]
+            self.tensors[f"{prefix}.scale"] = scale_stored.to(torch.float32).contiguous()
+        from ._ops import huffman_code_lengths, huffman_encode, pack_bits  # the compiled ops
+
+        flat = w.indices.reshape(-1).contiguous()
+        packed = pack_bits(flat, w.bits)
+        coding = "packed"
+        stored = packed
+        counts = torch.bincount(flat.long(), minlength=w.codes)
+        lengths = huffman_code_lengths(counts, 16)
+        huff = huffman_encode(flat, lengths)
+        self.index_bytes["packed"] += packed.numel()
+        self.index_bytes["huffman"] += huff.numel() + lengths.numel()
+        if self.entropy_coding and huff.numel() + lengths.numel() < packed.numel():
+            coding, stored = "huffman", huff
+            self.tensors[f"{prefix}.code_lengths"] = lengths
+        self.index_bytes["stored"] += stored.numel() + (lengths.numel() if coding == "huffman" else 0)
+        self.tensors[f"{prefix}.indices"] = stored
+        info = {"kind": w.kind, "bits": w.bits, "codes": w.codes, "groups": w.groups, "count": int(flat.numel()),
+                "coding": coding}
+        group_max = levels.abs().amax(dim=1).to(torch.float64)
+        return info, scale, group_max.expand(m)
+
+    def lower_conv(self, node: Node) -> None:
+        src = self.values[node.inputs[0]]
+        if node.act is None:
+            raise ValueError(f"node {node.name!r}: {node.op} has no input quantizer; the integer runtime needs one")
+        if _code_range(node.act) > 32767:
+            raise ValueError(f"node {node.name!r}: input codes must fit int16 after the zero point")
+        x = self.requantized(node.inputs[0], node.act, node.name)
+        m = node.weight.out_channels
+        if node.op == "conv2d":
+            if len(x.shape) != 3:
+                raise ValueError(f"node {node.name!r}: conv2d input must be [C, H, W], got {list(x.shape)}")
+            c, h, wd = x.shape
+            kh, kw = node.weight.indices.shape[2:]
+            if node.weight.indices.shape[1] != c:
+                raise ValueError(f"node {node.name!r}: weight has {node.weight.indices.shape[1]} input channels, input {c}")
+            oh = (h + 2 * node.padding[0] - kh) // node.stride[0] + 1
+            ow = (wd + 2 * node.padding[1] - kw) // node.stride[1] + 1
+            if oh < 1 or ow < 1:
+                raise ValueError(f"node {node.name!r}: kernel larger than the padded input")
+            shape = (m, oh, ow)
+            k = c * kh * kw
+            geometry = {"kernel": [int(kh), int(kw)], "stride": list(map(int, node.stride)),
+                        "padding": list(map(int, node.padding)), "in_channels": int(c)}
+        else:
+            if len(x.shape) != 1:
+                raise ValueError(f"node {node.name!r}: linear input must be flat, got {list(x.shape)} (add a flatten)")
+            k = x.shape[0]
+            if node.weight.indices[0].numel() != k:
+                raise ValueError(f"node {node.name!r}: weight has {node.weight.indices[0].numel()} inputs, input {k}")
+            shape = (m,)
+            geometry = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "in_channels": int(k)}
+        weight_info, w_scale, level_max = self.weight_tensors(node, node.act, k)
+        one = torch.ones(m, dtype=torch.float64)
+        bias = node.bias.to(torch.float64) if node.bias is not None else torch.zeros(m, dtype=torch.float64)
+        bn_scale = node.bn_scale.to(torch.float64) if node.bn_scale is not None else one
+        bn_shift = node.bn_shift.to(torch.float64) if node.bn_shift is not None else torch.zeros_like(one)
+        # y = eff_scale * acc + eff_bias  (acc = sum (q_x - z_x) * level)
+        eff_scale = node.act.scale * w_scale * bn_scale
+        eff_bias = bn_scale * bias + bn_shift
+        is_last = node.name == self.graph.output
+        out: dict = {"name": node.name, "op": node.op, "inputs": [x.name], "shape": list(shape),
+                     "input_zero_point": node.act.zero_point, "relu": bool(node.relu), "weight": weight_info,
+                     **geometry, "out_channels": int(m)}
+        if is_last:
+            if node.relu:
+                raise ValueError(f"node {node.name!r}: the float output layer cannot have a ReLU")
+            self.tensors[f"{node.name}.output.scale"] = eff_scale.to(torch.float32).contiguous()
+            self.tensors[f"{node.name}.output.bias"] = eff_bias.to(torch.float32).contiguous()
+            out["qparams"] = None
+            self.values[node.name] = Tensor(node.name, None, shape)
+        else:
+            # |y| <= |eff_scale| * K * max|q_x - z_x| * max|level| + |eff_bias| for every input.
+            bound_m = eff_scale.abs() * (k * _code_range(node.act)) * level_max + eff_bias.abs()
+            bound = float(bound_m.max())
+            target = self.narrow_target(node.name)
+            if target is None:
+                target = wide_qparams(bound)
+            else:
+                bound = min(bound, _bound(target))
+            mults, shifts, biases = [], [], []
+            for ch in range(m):
+                mt, sh = quantize_multiplier(float(eff_scale[ch]) / target.scale)
+                b = round(float(eff_bias[ch]) / target.scale * 2.0 ** sh)
+                mults.append(mt)
+                shifts.append(sh)
+                biases.append(max(-BIAS_LIMIT, min(BIAS_LIMIT, b)))
+            self.tensors[f"{node.name}.requant.multiplier"] = torch.tensor(mults, dtype=torch.int32)
+            self.tensors[f"{node.name}.requant.shift"] = torch.tensor(shifts, dtype=torch.uint8)
+            self.tensors[f"{node.name}.requant.bias"] = torch.tensor(biases, dtype=torch.int64)
+            lo = max(target.qmin, target.zero_point) if node.relu else target.qmin
+            out["qparams"] = target.to_json()
+            out["clamp"] = [int(lo), int(target.qmax)]
+            self.values[node.name] = Tensor(node.name, target, shape, bound)
+        self.emit(out)
+
+    def lower_add(self, node: Node) -> None:
+        a, b = (self.values[n] for n in node.inputs)
+        if a.qparams is None or b.qparams is None:
+            raise ValueError(f"node {node.name!r}: add inputs must be quantized")
+        if a.shape != b.shape:
+            raise ValueError(f"node {node.name!r}: add inputs have shapes {list(a.shape)} and {list(b.shape)}")
+        bound = a.bound + b.bound
+        target = self.narrow_target(node.name)
+        if target is None:
+            target = wide_qparams(bound)
+        else:
+            bound = min(bound, _bound(target))
+        ra, rb = a.qparams.scale / target.scale, b.qparams.scale / target.scale
+        _, shift = quantize_multiplier(max(ra, rb), 29)
+        ma, mb = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
+        lo = max(target.qmin, target.zero_point) if node.relu else target.qmin
+        self.emit({"name": node.name, "op": "add", "inputs": [a.name, b.name], "shape": list(a.shape),
+                   "qparams": target.to_json(), "a_zero_point": a.qparams.zero_point, "a_multiplier": ma,
+                   "b_zero_point": b.qparams.zero_point, "b_multiplier": mb, "shift": shift, "relu": bool(node.relu),
+                   "clamp": [int(lo), int(target.qmax)]})
+        self.values[node.name] = Tensor(node.name, target, a.shape, bound)
+
+    def lower_simple(self, node: Node) -> None:
+        src = self.values[node.inputs[0]]
+        q = src.qparams
+        if q is None:
+            raise ValueError(f"node {node.name!r}: input {node.inputs[0]!r} is float")
+        if node.op == "quant":
+            self.values[node.name] = self.requantized(node.inputs[0], node.act, node.name)
+            return
+        spec: dict = {"name": node.name, "op": node.op, "inputs": [src.name], "qparams": q.to_json()}
+        shape = src.shape
+        if node.op == "relu":
+            spec["clamp"] = [max(q.qmin, q.zero_point), q.qmax]
+        elif node.op in ("max_pool2d", "avg_pool2d"):
+            if len(shape) != 3:
+                raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")
+            pad = node.padding if node.op == "max_pool2d" else (0, 0)
+            if node.op == "avg_pool2d" and tuple(node.padding) != (0, 0):
+                raise ValueError(f"node {node.name!r}: avg_pool2d with padding is not supported")
+            oh = (shape[1] + 2 * pad[0] - node.kernel_size[0]) // node.stride[0] + 1
+            ow = (shape[2] + 2 * pad[1] - node.kernel_size[1]) // node.stride[1] + 1
+            if oh < 1 or ow < 1:
+                raise ValueError(f"node {node.name!r}: pooling window larger than the input")
+            shape = (shape[0], oh, ow)
+            spec.update(kernel=list(map(int, node.kernel_size)), stride=list(map(int, node.stride)),
+                        padding=list(map(int, pad)))
+        elif node.op in ("global_max_pool", "global_avg_pool"):
+            if len(shape) != 3:
+                raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")
+            shape = (shape[0], 1, 1)
+        elif node.op == "flatten":
+            shape = (int(np.prod(shape)),)
+        spec["shape"] = list(shape)
+        self.emit(spec)
+        self.values[node.name] = Tensor(node.name, q, shape, src.bound)
+
+    def run(self) -> dict:
+        self.lower_input()
+        last = self.graph.nodes[-1]
+        if last.op not in ("conv2d", "linear"):
+            raise ValueError(f"the last node ({last.name!r}) must be a conv2d or linear layer producing the logits")
+        for node in self.graph.nodes:
+            if node.op in ("conv2d", "linear"):
+                self.lower_conv(node)
+            elif node.op == "add":
+                self.lower_add(node)
+            else:
+                self.lower_simple(node)
+        return {"format": "qcnn", "version": 1, "input": self.input_json, "nodes": self.nodes,
+                "output": self.values[self.graph.output].name}
+
+
+def lower_graph(graph: Graph, entropy_coding: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Returns (metadata document, tensors, index byte counts {packed, huffman, stored})."""
+    lowering = Lowering(graph, entropy_coding)
+    doc = lowering.run()
+    return doc, lowering.tensors, lowering.index_bytes

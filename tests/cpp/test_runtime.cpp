@@ -1,0 +1,257 @@
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/bitpack.h"
+#include "runtime/model.h"
+#include "runtime/safetensors.h"
+
+using nlohmann::json;
+using qcnn::runtime::FormatError;
+using qcnn::runtime::Model;
+using qcnn::runtime::SafetensorsFile;
+
+namespace {
+
+struct RawTensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+
+template <typename T>
+RawTensor raw(const std::string& dtype, std::vector<int64_t> shape, const std::vector<T>& v) {
+  RawTensor t{dtype, std::move(shape), std::vector<uint8_t>(v.size() * sizeof(T))};
+  if (!v.empty()) std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+  return t;
+}
+
+std::vector<uint8_t> build_raw(const std::string& metadata, const std::map<std::string, RawTensor>& tensors) {
+  json header;
+  header["__metadata__"] = {{"qcnn", metadata}};
+  std::vector<uint8_t> data;
+  for (const auto& [name, t] : tensors) {
+    header[name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + t.bytes.size()}}};
+    data.insert(data.end(), t.bytes.begin(), t.bytes.end());
+  }
+  const std::string h = header.dump();
+  std::vector<uint8_t> out(8);
+  uint64_t len = h.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(len >> (8 * i));
+  out.insert(out.end(), h.begin(), h.end());
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+
+std::vector<uint8_t> build(const json& doc, const std::map<std::string, RawTensor>& tensors) {
+  return build_raw(doc.dump(), tensors);
+}
+
+// A 2x2 single-channel input, flatten, linear 4 -> 3 with 2-bit codebook levels {-2, -1, 1, 2}.
+struct TinyModel {
+  json doc;
+  std::map<std::string, RawTensor> tensors;
+  std::vector<uint8_t> indices{0, 1, 2, 3, 3, 2, 1, 0, 1, 1, 2, 2};
+  std::vector<int32_t> levels{-2, -1, 1, 2};
+  std::vector<float> scale{0.5f, 0.25f, 2.0f}, bias{1.0f, -1.0f, 0.0f};
+
+  TinyModel() {
+    std::vector<int16_t> lut(256);
+    for (int i = 0; i < 256; ++i) lut[i] = static_cast<int16_t>(i);
+    std::vector<uint8_t> packed(qcnn::packed_size(12, 2));
+    qcnn::pack_bits(indices.data(), 12, 2, packed.data());
+    tensors["input.lut"] = raw("I16", {1, 256}, lut);
+    tensors["fc.weight.indices"] = raw("U8", {static_cast<int64_t>(packed.size())}, packed);
+    tensors["fc.weight.levels"] = raw("I32", {1, 4}, levels);
+    tensors["fc.output.scale"] = raw("F32", {3}, scale);
+    tensors["fc.output.bias"] = raw("F32", {3}, bias);
+    json q = {{"scale", 1.0}, {"zero_point", 0}, {"qmin", 0}, {"qmax", 255}};
+    doc = {{"format", "qcnn"},
+           {"version", 1},
+           {"input", {{"shape", {1, 2, 2}}, {"mean", {0.0}}, {"std", {1.0}}, {"qparams", q}, {"lut", "input.lut"}}},
+           {"nodes",
+            {{{"name", "flat"}, {"op", "flatten"}, {"inputs", {"input"}}, {"shape", {4}}, {"qparams", q}},
+             {{"name", "fc"}, {"op", "linear"}, {"inputs", {"flat"}}, {"shape", {3}}, {"qparams", nullptr},
+              {"input_zero_point", 0}, {"relu", false}, {"kernel", {1, 1}}, {"stride", {1, 1}}, {"padding", {0, 0}},
+              {"in_channels", 4}, {"out_channels", 3},
+              {"weight", {{"kind", "codebook"}, {"bits", 2}, {"codes", 4}, {"groups", 1}, {"count", 12}, {"coding", "packed"}}}}}},
+           {"output", "fc"}};
+  }
+  std::vector<uint8_t> bytes() const { return build(doc, tensors); }
+};
+
+Model load_bytes(std::vector<uint8_t> bytes) {
+  return Model::from_file(SafetensorsFile::parse(std::move(bytes), "test.qcnn"));
+}
+
+// Loading must fail with a FormatError whose message contains `needle`.
+void require_format_error(const std::vector<uint8_t>& bytes, const std::string& needle) {
+  try {
+    load_bytes(bytes);
+    FAIL("expected a FormatError containing '" << needle << "'");
+  } catch (const FormatError& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find(needle) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("runtime runs a hand-built model exactly", "[runtime]") {
+  TinyModel tm;
+  for (auto path : {qcnn::runtime::WeightPath::Dense, qcnn::runtime::WeightPath::Shared}) {
+    qcnn::runtime::LoadOptions opts;
+    opts.weight_path = path;
+    Model m = Model::from_file(SafetensorsFile::parse(tm.bytes(), "tiny"), opts);
+    REQUIRE(m.num_classes() == 3);
+    std::vector<uint8_t> px{3, 200, 17, 255, 0, 0, 0, 1};
+    auto logits = m.run(px.data(), 2, 1);
+    for (int n = 0; n < 2; ++n)
+      for (int c = 0; c < 3; ++c) {
+        int64_t acc = 0;
+        for (int k = 0; k < 4; ++k) acc += int64_t{px[n * 4 + k]} * tm.levels[tm.indices[c * 4 + k]];
+        CHECK(logits[n * 3 + c] == Approx(acc * tm.scale[c] + tm.bias[c]));
+      }
+  }
+}
+
+TEST_CASE("reader rejects the file truncated at every byte", "[runtime]") {
+  const auto bytes = TinyModel().bytes();
+  for (size_t len = 0; len < bytes.size(); ++len) {
+    std::vector<uint8_t> cut(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(len));
+    CHECK_THROWS_AS(load_bytes(cut), FormatError);
+  }
+}
+
+TEST_CASE("reader rejects malformed headers with a message naming the problem", "[runtime]") {
+  TinyModel tm;
+  auto bytes = tm.bytes();
+  SECTION("header length beyond the file") {
+    bytes[0] = 0xFF; bytes[1] = 0xFF; bytes[2] = 0x0F;
+    require_format_error(bytes, "beyond the end of the file");
+  }
+  SECTION("oversized header length") {
+    bytes[7] = 0x01;
+    require_format_error(bytes, "exceeds the 100 MB limit");
+  }
+  SECTION("invalid JSON header") {
+    bytes[8] = '[';
+    bytes[9] = '!';
+    require_format_error(bytes, "invalid JSON");
+  }
+  SECTION("wrong dtype") {
+    tm.tensors["fc.weight.levels"].dtype = "F32";
+    require_format_error(tm.bytes(), "'fc.weight.levels' has dtype F32, expected I32");
+  }
+  SECTION("unknown dtype") {
+    tm.tensors["fc.weight.levels"].dtype = "Q7";
+    require_format_error(tm.bytes(), "unsupported dtype");
+  }
+  SECTION("shape disagrees with byte length") {
+    tm.tensors["fc.output.scale"].shape = {4};
+    require_format_error(tm.bytes(), "tensor 'fc.output.scale'");
+  }
+  SECTION("oversized shape") {
+    tm.tensors["fc.output.scale"].shape = {int64_t{1} << 40, int64_t{1} << 40};
+    require_format_error(tm.bytes(), "fc.output.scale");
+  }
+  SECTION("missing tensor") {
+    tm.tensors.erase("fc.output.bias");
+    require_format_error(tm.bytes(), "'fc.output.bias' is missing");
+  }
+  SECTION("invalid metadata JSON") {
+    std::string meta = tm.doc.dump();
+    meta.resize(meta.size() / 2);
+    require_format_error(build_raw(meta, tm.tensors), "__metadata__['qcnn']: invalid JSON");
+  }
+  SECTION("wrong format name") {
+    tm.doc["format"] = "onnx";
+    require_format_error(tm.bytes(), "format must be 'qcnn'");
+  }
+  SECTION("unknown op") {
+    tm.doc["nodes"][0]["op"] = "softmax";
+    require_format_error(tm.bytes(), "node 'flat': unknown op 'softmax'");
+  }
+  SECTION("undefined input") {
+    tm.doc["nodes"][1]["inputs"] = {"nowhere"};
+    require_format_error(tm.bytes(), "node 'fc': input \"nowhere\" is not an earlier value");
+  }
+  SECTION("declared shape differs") {
+    tm.doc["nodes"][1]["shape"] = {4};
+    require_format_error(tm.bytes(), "declared shape");
+  }
+  SECTION("bad bit width") {
+    tm.doc["nodes"][1]["weight"]["bits"] = 9;
+    require_format_error(tm.bytes(), "field 'bits' = 9 outside");
+  }
+  SECTION("index count mismatch") {
+    tm.doc["nodes"][1]["weight"]["count"] = 11;
+    require_format_error(tm.bytes(), "count 11");
+  }
+  SECTION("indices byte length") {
+    tm.tensors["fc.weight.indices"] = raw("U8", {2}, std::vector<uint8_t>{0, 0});
+    require_format_error(tm.bytes(), "'fc.weight.indices'");
+  }
+  SECTION("index beyond the codebook") {
+    tm.doc["nodes"][1]["weight"]["codes"] = 3;
+    tm.tensors["fc.weight.levels"] = raw("I32", {1, 3}, std::vector<int32_t>{1, 2, 3});
+    require_format_error(tm.bytes(), "exceeds codebook size");
+  }
+  SECTION("accumulator overflow") {
+    tm.tensors["fc.weight.levels"] = raw("I32", {1, 4}, std::vector<int32_t>{-32767, 1, 1, 32767});
+    tm.doc["input"]["qparams"]["qmax"] = 255;
+    CHECK_NOTHROW(load_bytes(tm.bytes()));  // 4 * 255 * 32767 fits
+    tm.doc["nodes"][1]["input_zero_point"] = -40000;  // |x - zp| beyond int16
+    require_format_error(tm.bytes(), "exceed int16");
+  }
+  SECTION("lut outside qparams") {
+    tm.doc["input"]["qparams"]["qmax"] = 100;
+    require_format_error(tm.bytes(), "'input.lut'");
+  }
+  SECTION("data offsets out of range") {
+    json h;
+    std::string s(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(bytes[0] | (bytes[1] << 8)));
+    h = json::parse(s);
+    h["fc.output.bias"]["data_offsets"] = {0, 1 << 20};
+    const std::string hs = h.dump();
+    std::vector<uint8_t> b(8);
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(uint64_t(hs.size()) >> (8 * i));
+    b.insert(b.end(), hs.begin(), hs.end());
+    b.insert(b.end(), bytes.begin() + 8 + static_cast<std::ptrdiff_t>(s.size()), bytes.end());
+    require_format_error(b, "outside the data section");
+    h["fc.output.bias"]["data_offsets"] = {8, 4};
+    const std::string hs2 = h.dump();
+    std::vector<uint8_t> b2(8);
+    for (int i = 0; i < 8; ++i) b2[i] = static_cast<uint8_t>(uint64_t(hs2.size()) >> (8 * i));
+    b2.insert(b2.end(), hs2.begin(), hs2.end());
+    b2.insert(b2.end(), bytes.begin() + 8 + static_cast<std::ptrdiff_t>(s.size()), bytes.end());
+    require_format_error(b2, "outside the data section");
+  }
+}
+
+TEST_CASE("reader survives random corruption", "[runtime]") {
+  const auto bytes = TinyModel().bytes();
+  std::mt19937 rng(2024);
+  int loaded = 0, rejected = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    auto b = bytes;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int f = 0; f < flips; ++f) b[rng() % b.size()] = static_cast<uint8_t>(rng());
+    try {
+      Model m = load_bytes(b);
+      std::vector<uint8_t> px{1, 2, 3, 4};
+      auto out = m.run(px.data(), 1, 1);
+      CHECK(static_cast<int64_t>(out.size()) == m.num_classes());
+      ++loaded;
+    } catch (const FormatError&) {
+      ++rejected;
+    }
+  }
+  CHECK(loaded + rejected == 3000);
+  CHECK(rejected > 0);
+}

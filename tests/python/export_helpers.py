@@ -1,0 +1,122 @@
+"""Builders of export graphs for the tests: random graphs and a small trained Fashion-MNIST model
+quantized post-training (independent of qcnn.nn, so the export path is tested on its own)."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qcnn.export import Graph, Node, QParams, QuantWeight
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+MEAN, STD = 0.2860, 0.3530
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D Lloyd k-means over all weights (linear init); returns (sorted codebook, uint8 indices)."""
+    flat = w.detach().reshape(-1).double()
+    k = 2 ** bits
+    cb = torch.linspace(float(flat.min()), float(flat.max()), k, dtype=torch.float64)
+    for _ in range(iters):
+        idx = torch.argmin((flat[:, None] - cb[None]).abs(), dim=1)
+        for j in range(k):
+            sel = flat[idx == j]
+            if sel.numel():
+                cb[j] = sel.mean()
+        cb = torch.sort(cb).values
+    idx = torch.argmin((flat[:, None] - cb[None]).abs(), dim=1)
+    return cb.float(), idx.to(torch.uint8).reshape(w.shape)
+
+
+def quantize_weight(w: torch.Tensor, kind: str, bits: int) -> QuantWeight:
+    if kind == "codebook":
+        cb, idx = kmeans_codebook(w, bits)
+        return QuantWeight.from_codebook(idx, cb)
+    if kind == "binary":
+        alpha = w.abs().reshape(w.shape[0], -1).mean(1)
+        return QuantWeight.binary(torch.where(w >= 0, 1.0, -1.0), alpha)
+    if kind == "fixed":
+        top = 2 ** (bits - 1) - 1
+        frac = bits - 1 - int(np.ceil(np.log2(float(w.abs().max()) + 1e-12)))
+        q = torch.clamp(torch.round(w * 2.0 ** frac), -top, top)
+        return QuantWeight.from_integers("fixed", q, torch.tensor(2.0 ** -frac), -top, top)
+    # uniform, symmetric, per channel
+    top = max(1, 2 ** (bits - 1) - 1)
+    scale = w.abs().reshape(w.shape[0], -1).amax(1).clamp_min(1e-8) / top
+    q = torch.clamp(torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1)))), -top, top)
+    return QuantWeight.from_integers("uniform", q, scale, -top, top)
+
+
+def act_qparams(x: torch.Tensor, bits: int, signed: bool = False) -> QParams:
+    if signed:
+        top = 2 ** (bits - 1) - 1
+        return QParams(float(x.abs().max()) / top + 1e-8, 0, -top - 1, top)
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = (hi - lo) / (2 ** bits - 1) + 1e-8
+    return QParams(scale, int(round(-lo / scale)), 0, 2 ** bits - 1)
+
+
+def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, residual: bool = False,
+                     avg: bool = False) -> Graph:
+    """A random conv net: conv-bn-relu, maxpool, conv(-add), pool, linear. Activation quantizers are
+    calibrated on random inputs so that the codes use their range."""
+    gen = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(8, 1, 3, 3, generator=gen) * 0.4
+    w2 = torch.randn(8, 8, 3, 3, generator=gen) * 0.15
+    w3 = torch.randn(10, 8 * 4 * 4 if not avg else 8, generator=gen) * 0.2
+    nodes = []
+    x = (torch.randint(0, 256, (32, 1, 16, 16), generator=gen).float() / 255 - MEAN) / STD
+    q1 = act_qparams(x, 8)
+    nodes.append(Node("conv1", "conv2d", ["input"], weight=quantize_weight(w1, kind, bits),
+                      bias=torch.randn(8, generator=gen) * 0.1, act=q1, relu=True, padding=(1, 1)))
+    h = F.relu(F.conv2d(q1.fake_quant(x), nodes[-1].weight.dequantize(), nodes[-1].bias, padding=1))
+    nodes.append(Node("pool1", "max_pool2d", ["conv1"], kernel_size=(2, 2), stride=(2, 2)))
+    h = F.max_pool2d(h, 2)
+    q2 = act_qparams(h, act_bits)
+    bn_scale = torch.rand(8, generator=gen) + 0.5
+    bn_shift = torch.randn(8, generator=gen) * 0.1
+    nodes.append(Node("conv2", "conv2d", ["pool1"], weight=quantize_weight(w2, kind, bits), bn_scale=bn_scale,
+                      bn_shift=bn_shift, act=q2, relu=not residual, padding=(1, 1)))
+    h2 = F.conv2d(q2.fake_quant(h), nodes[-1].weight.dequantize(), padding=1) * bn_scale[:, None, None] \
+        + bn_shift[:, None, None]
+    last = "conv2"
+    if residual:
+        nodes.append(Node("add", "add", ["conv2", "pool1"], relu=True))
+        h2 = F.relu(h2 + h)
+        last = "add"
+    else:
+        h2 = F.relu(h2)
+    if avg:
+        nodes.append(Node("gap", "global_avg_pool", [last]))
+        h3 = h2.mean((2, 3), keepdim=True)
+    else:
+        nodes.append(Node("pool2", "max_pool2d", [last], kernel_size=(2, 2), stride=(2, 2)))
+        h3 = F.max_pool2d(h2, 2)
+    nodes.append(Node("flat", "flatten", [nodes[-1].name]))
+    q3 = act_qparams(h3, act_bits)
+    nodes.append(Node("fc", "linear", ["flat"], weight=quantize_weight(w3, kind, bits),
+                      bias=torch.randn(10, generator=gen) * 0.1, act=q3))
+    return Graph((1, 16, 16), [MEAN], [STD], nodes)
+
+
+def random_pixels(n: int, shape=(1, 16, 16), seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *shape), generator=gen, dtype=torch.uint8)

@@ -1,0 +1,258 @@
+"""Export / load round trips, integer runtime agreement (qcnn.load and build/qcnn-infer), file size."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qcnn
+from qcnn.export import Graph, Node, QParams, lower_graph, read_qcnn, reference_forward, write_qcnn
+from qcnn.export.runtime import decode_indices
+
+from export_helpers import (FASHION, MEAN, STD, act_qparams, quantize_weight, random_cnn_graph, random_pixels,
+                            read_idx, write_idx)
+
+ROOT = Path(__file__).resolve().parents[2]
+QCNN_INFER = ROOT / "build" / "qcnn-infer"
+
+KINDS_BITS = [("binary", 1)] + [("codebook", b) for b in (1, 2, 3, 4, 5, 6, 7, 8)] + \
+             [("uniform", b) for b in (2, 4, 8)] + [("fixed", b) for b in (3, 6)]
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+@pytest.mark.parametrize("kind,bits", KINDS_BITS)
+@pytest.mark.parametrize("weight_path", ["dense", "shared"])
+def test_round_trip_matches_reference(tmp_path, kind, bits, weight_path):
+    graph = random_cnn_graph(kind, bits, act_bits=4 if bits < 4 else 8, seed=bits)
+    path = tmp_path / "m.qcnn"
+    qcnn.export(graph, path, verbose=False)
+    doc, tensors = read_qcnn(path)
+    for node in doc["nodes"]:
+        if node["op"] in ("conv2d", "linear"):
+            assert node["weight"]["bits"] == bits and node["weight"]["kind"] == kind
+    model = qcnn.load(path, weight_path=weight_path)
+    px = random_pixels(256)
+    ref = reference_forward(graph, graph.normalize(px))
+    out = model(px)
+    # Integer rounding differs from float rounding only on ties / one code step somewhere.
+    assert agreement(out, ref) >= 0.98
+    scale = ref.abs().max().item()
+    assert (out - ref).abs().median().item() <= 0.02 * scale
+
+
+def test_indices_round_trip_exactly(tmp_path):
+    for kind, bits in KINDS_BITS:
+        graph = random_cnn_graph(kind, bits, seed=3)
+        for coding in (False, True):
+            doc, tensors, _ = lower_graph(graph, entropy_coding=coding)
+            path = tmp_path / f"{kind}{bits}{coding}.qcnn"
+            write_qcnn(path, doc, tensors)
+            doc2, tensors2 = read_qcnn(path)
+            for node, gnode in zip([n for n in doc2["nodes"] if n["op"] in ("conv2d", "linear")],
+                                   [n for n in graph.nodes if n.weight is not None]):
+                idx = decode_indices(tensors2, node)
+                assert torch.equal(idx.reshape(-1), gnode.weight.indices.reshape(-1))
+
+
+def test_residual_avgpool_and_requantize_nodes(tmp_path):
+    graph = random_cnn_graph("codebook", 4, seed=11, residual=True, avg=True)
+    path = tmp_path / "res.qcnn"
+    qcnn.export(graph, path, verbose=False)
+    doc, _ = read_qcnn(path)
+    ops = [n["op"] for n in doc["nodes"]]
+    assert "add" in ops and "requantize" in ops and "global_avg_pool" in ops
+    px = random_pixels(256, seed=5)
+    ref = reference_forward(graph, graph.normalize(px))
+    for weight_path in ("dense", "shared"):
+        out = qcnn.load(path, weight_path=weight_path)(px)
+        assert agreement(out, ref) >= 0.98
+        assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item())
+
+
+def test_entropy_coding_shrinks_peaked_indices(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 32, 3, 3, generator=gen) * 0.1   # Gaussian weights: central centroids dominate
+    nodes = [Node("flat", "flatten", ["input"]),
+             Node("fc", "linear", ["flat"], weight=quantize_weight(w.reshape(64, -1)[:, :256], "codebook", 5),
+                  act=QParams(0.02, 0, 0, 255))]
+    graph = Graph((1, 16, 16), [MEAN], [STD], nodes)
+    plain = qcnn.export(graph, tmp_path / "p.qcnn", verbose=False)
+    coded = qcnn.export(graph, tmp_path / "h.qcnn", entropy_coding=True, verbose=False)
+    assert coded.huffman_index_bytes < plain.packed_index_bytes
+    assert coded.file_bytes < plain.file_bytes
+    px = random_pixels(16)
+    assert torch.equal(qcnn.load(tmp_path / "p.qcnn")(px), qcnn.load(tmp_path / "h.qcnn")(px))
+
+
+def test_size_ratio_of_a_4bit_model(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    nodes, c_in = [], 1
+    # Per output channel the file holds ~17 bytes besides the indices (multiplier, shift, bias, scale),
+    # so the ratio approaches 8x only when K = C*kh*kw is large: a VGG-style stack.
+    for i, c_out in enumerate([64, 128, 128, 128, 128]):
+        w = torch.randn(c_out, c_in, 3, 3, generator=gen) * 0.1
+        nodes.append(Node(f"conv{i}", "conv2d", [nodes[-1].name if nodes else "input"],
+                          weight=quantize_weight(w, "uniform", 4), bias=torch.zeros(c_out),
+                          bn_scale=torch.ones(c_out), bn_shift=torch.zeros(c_out),
+                          act=QParams(0.05, 0, 0, 255), relu=True, padding=(1, 1)))
+        c_in = c_out
+    nodes += [Node("gmp", "global_max_pool", [nodes[-1].name]), Node("flat", "flatten", ["gmp"]),
+              Node("fc", "linear", ["flat"], weight=quantize_weight(torch.randn(10, 128, generator=gen), "uniform", 4),
+                   bias=torch.zeros(10), act=QParams(0.05, 0, 0, 255))]
+    graph = Graph((1, 16, 16), [MEAN], [STD], nodes)
+    report = qcnn.export(graph, tmp_path / "m.qcnn", verbose=False)
+    assert report.file_bytes == (tmp_path / "m.qcnn").stat().st_size
+    assert report.ratio >= 7.5, str(report)
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        qcnn.load(tmp_path / "missing.qcnn")
+    bad = tmp_path / "bad.qcnn"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="safetensors"):
+        qcnn.load(bad)
+    graph = random_cnn_graph("codebook", 3)
+    good = tmp_path / "good.qcnn"
+    qcnn.export(graph, good, verbose=False)
+    data = good.read_bytes()
+    (tmp_path / "cut.qcnn").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        qcnn.load(tmp_path / "cut.qcnn")
+    with pytest.raises(ValueError, match="weight_path"):
+        qcnn.load(good, weight_path="fast")
+    with pytest.raises(ValueError, match="pixels must be uint8"):
+        qcnn.load(good)(torch.zeros(1, 1, 16, 16))
+
+
+def test_graph_validation_errors():
+    with pytest.raises(ValueError, match="zero_point"):
+        QParams(0.1, 300, 0, 255)
+    with pytest.raises(ValueError, match="op must be one of"):
+        Node("x", "softmax", ["input"])
+    graph = random_cnn_graph("codebook", 2)
+    graph.nodes[0].act = None
+    with pytest.raises(ValueError, match="conv1.*no input quantizer"):
+        lower_graph(graph)
+
+
+# --- a trained model: agreement with the fake-quant torch model ------------------------------------
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias.detach() - bn.running_mean * scale
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed")
+    torch.manual_seed(0)
+    images = torch.from_numpy(read_idx(FASHION / "train-images-idx3-ubyte.gz")[:12000].copy())[:, None]
+    labels = torch.from_numpy(read_idx(FASHION / "train-labels-idx1-ubyte.gz")[:12000].astype(np.int64))
+    norm = lambda px: (px.float() / 255 - MEAN) / STD  # noqa: E731
+    net = SmallNet()
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    for start in range(0, 12000, 100):
+        opt.zero_grad()
+        F.cross_entropy(net(norm(images[start:start + 100])), labels[start:start + 100]).backward()
+        opt.step()
+    net.eval()
+    calib = norm(images[:500])
+    with torch.no_grad():
+        h1 = F.max_pool2d(F.relu(net.bn1(net.conv1(calib))), 2)
+        h2 = torch.flatten(F.max_pool2d(F.relu(net.bn2(net.conv2(h1))), 2), 1)
+    s1, b1 = bn_affine(net.bn1)
+    s2, b2 = bn_affine(net.bn2)
+    graph = Graph((1, 28, 28), [MEAN], [STD], [
+        Node("conv1", "conv2d", ["input"], weight=quantize_weight(net.conv1.weight, "codebook", 4),
+             bias=net.conv1.bias.detach(), bn_scale=s1, bn_shift=b1, act=act_qparams(calib, 8), relu=True,
+             padding=(1, 1)),
+        Node("pool1", "max_pool2d", ["conv1"], kernel_size=(2, 2), stride=(2, 2)),
+        Node("conv2", "conv2d", ["pool1"], weight=quantize_weight(net.conv2.weight, "codebook", 4),
+             bias=net.conv2.bias.detach(), bn_scale=s2, bn_shift=b2, act=act_qparams(h1, 4), relu=True,
+             padding=(1, 1)),
+        Node("pool2", "max_pool2d", ["conv2"], kernel_size=(2, 2), stride=(2, 2)),
+        Node("flat", "flatten", ["pool2"]),
+        Node("fc", "linear", ["flat"], weight=quantize_weight(net.fc.weight, "codebook", 4),
+             bias=net.fc.bias.detach(), act=act_qparams(h2, 4)),
+    ])
+    out = tmp_path_factory.mktemp("trained")
+    path = out / "net.qcnn"
+    report = qcnn.export(graph, path, entropy_coding=True, verbose=False)
+    test_px = torch.from_numpy(read_idx(FASHION / "t10k-images-idx3-ubyte.gz")[:2000].copy())[:, None]
+    test_labels = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")[:2000]
+    with torch.no_grad():
+        ref = reference_forward(graph, graph.normalize(test_px))
+    return dict(graph=graph, path=path, report=report, px=test_px, labels=test_labels, ref=ref, dir=out)
+
+
+def test_trained_model_agreement_python(trained):
+    acc_ref = (trained["ref"].argmax(1).numpy() == trained["labels"]).mean()
+    assert acc_ref > 0.75  # the model did learn
+    for weight_path in ("dense", "shared"):
+        out = qcnn.load(trained["path"], weight_path=weight_path)(trained["px"])
+        assert agreement(out, trained["ref"]) >= 0.995
+
+
+@pytest.mark.skipif(not QCNN_INFER.exists(), reason="build/qcnn-infer not built (run the CMake build first)")
+def test_trained_model_agreement_qcnn_infer(trained):
+    d = trained["dir"]
+    ref_pred = trained["ref"].argmax(1).numpy().astype(np.uint8)
+    write_idx(d / "images.gz", trained["px"][:, 0].numpy())
+    write_idx(d / "ref-labels", ref_pred)  # labels = the fake-quant model's predictions: accuracy = agreement
+    for weight_path in ("dense", "shared"):
+        res = subprocess.run([str(QCNN_INFER), str(trained["path"]), "--images", str(d / "images.gz"),
+                              "--labels", str(d / "ref-labels"), "--batch", "100", "--threads", "2",
+                              "--path", weight_path], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        line = json.loads(res.stdout.strip().splitlines()[-1])
+        assert line["images"] == 2000
+        assert line["accuracy"] >= 0.995
+
+
+@pytest.mark.skipif(not QCNN_INFER.exists(), reason="build/qcnn-infer not built")
+def test_qcnn_infer_errors(tmp_path, trained):
+    cut = tmp_path / "cut.qcnn"
+    data = trained["path"].read_bytes()
+    cut.write_bytes(data[:-10])
+    write_idx(tmp_path / "l", np.zeros(3, np.uint8))
+    write_idx(tmp_path / "i", np.zeros((3, 28, 28), np.uint8))
+    res = subprocess.run([str(QCNN_INFER), str(cut), "--images", str(tmp_path / "i"), "--labels", str(tmp_path / "l")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "data section" in res.stderr
+    res = subprocess.run([str(QCNN_INFER), str(trained["path"]), "--images", str(tmp_path / "l"),
+                          "--labels", str(tmp_path / "l")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "pixels" in res.stderr
+    res = subprocess.run([str(QCNN_INFER), str(trained["path"]), "--batch", "0"], capture_output=True, text=True)
+    assert res.returncode == 1
+
+
+def test_trained_model_size(trained):
+    report = trained["report"]
+    assert report.huffman_index_bytes < report.packed_index_bytes
+    assert report.ratio >= 5.0  # tiny model: per-layer metadata weighs more
