@@ -4,8 +4,8 @@ PIP     := $(PYTHON) -m pip
 JOBS    ?= 2
 STAMPS  := .stamps
 BUILD   := build/cmake
-APT_PKGS := catch2 nlohmann-json3-dev ninja-build dataset-fashion-mnist
-PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors
+APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist
+PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx onnxruntime
 TORCH_PIN := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
