@@ -257,14 +257,17 @@ def plot_rounds(rounds: list[dict], path: Path, title: str = "") -> None:
 def plot_weight_histogram(model: nn.Module, layer_name: str, path: Path) -> None:
     """Histogram of a layer's latent weights with its quantization levels as vertical lines."""
     plt = _pyplot()
-    layer = dict(engine.unwrap(model).named_modules())[layer_name]
-    weights = layer.weight.detach().flatten().cpu().numpy()
-    levels = qz.levels(layer)
+    modules = dict(engine.unwrap(model).named_modules())
+    if layer_name not in modules or not hasattr(modules[layer_name], "weight_quant"):
+        raise ValueError(f"plot_weight_histogram: {layer_name!r} is not a quantized layer of the model")
+    weights, levels = qz.histogram_data(modules[layer_name])
+    weights = weights.numpy()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(weights, bins=120, color="0.5")
     for v in levels:
         ax.axvline(v, color="tab:red", lw=0.8)
-    ax.set_title(f"{layer_name}: latent weights and {len(levels)} levels")
+    per_channel = getattr(modules[layer_name].weight_quant, "per_channel", False)
+    ax.set_title(f"{layer_name}{' channel 0' if per_channel else ''}: latent weights, {len(levels)} levels")
     ax.set_xlabel("weight")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
