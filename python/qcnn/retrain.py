@@ -29,8 +29,7 @@ def _wrap_ddp(model: nn.Module) -> nn.Module:
     engine.sync_state(model)
     device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
     # Buffers (BN statistics, codebooks) are synchronized explicitly from rank 0 after each epoch and refit.
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
-                                               find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def model_device(model: nn.Module) -> torch.device:
