@@ -1,4 +1,5 @@
 """The training scripts under torchrun with 2 CPU processes (gloo) on a small subset."""
+import importlib.util
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import yaml
 import qcnn
 
 ROOT = Path(__file__).resolve().parents[2]
-HAVE_QUANT_OPS = hasattr(qcnn.ops, "fake_quant") and hasattr(qcnn.ops, "quantize_to_codebook")
+HAVE_QUANT_OPS = hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None
 
 
 def _free_port():

@@ -273,7 +273,8 @@ class CodebookWeightQuantizer(WeightQuantizer):
             self.frozen_indices.copy_(torch.where(self.frozen, self.nearest(frozen_values), self.frozen_indices))
 
     def nearest(self, weight: torch.Tensor) -> torch.Tensor:
-        indices, _ = ops.quantize_to_codebook(weight.detach(), self.codebook.detach())
+        from ..codebook import quantize_to_codebook
+        indices, _ = quantize_to_codebook(weight.detach(), self.codebook.detach())
         return indices.to(torch.int64)
 
     def _gather(self, indices: torch.Tensor) -> torch.Tensor:
@@ -290,7 +291,8 @@ class CodebookWeightQuantizer(WeightQuantizer):
         if self.train_centroids:
             q = self._gather(self.nearest(weight))
             return q + (weight - weight.detach())
-        _, dequantized = ops.quantize_to_codebook(weight.detach(), self.codebook)
+        from ..codebook import quantize_to_codebook
+        _, dequantized = quantize_to_codebook(weight.detach(), self.codebook)
         # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
         # gradient flows to the latent weight.
         return dequantized + (weight - weight.detach())
