@@ -115,9 +115,6 @@ def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) ->
     """Calibration (round 0), refit on rank 0 (or incremental freezing), broadcast. Returns the round info."""
     rcfg = cfg.retrain
     r = state["round"]
-    if r == 0 and cfg.quant is not None:
-        qz.calibrate_activations(model, train_loader, cfg.quant.calibration_batches)
-        engine.sync_state(model)
     info = None
     if engine.is_main():
         if rcfg.incremental:
@@ -127,6 +124,10 @@ def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) ->
             info = qz.refit_weights(model)
     info = engine.broadcast_object(info)
     engine.sync_state(model)
+    if r == 0 and cfg.quant is not None:
+        # Activation ranges are observed on the network with its weights already quantized.
+        qz.calibrate_activations(model, train_loader, cfg.quant.calibration_batches)
+        engine.sync_state(model)
     return info
 
 
@@ -199,10 +200,13 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             state["epoch"] += 1
             state["global_epoch"] += 1
             state.setdefault("train_stats", []).append(stats)
-            if state["epoch"] == epochs:
+            finished_round = state["epoch"] == epochs
+            if finished_round:
                 _finish_round(model, cfg, state, val_loader, stats)
             _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
             done_now += 1
+            if finished_round:
+                break
     return {"finished": True, "rounds": state["rounds"]}
 
 
