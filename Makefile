@@ -55,7 +55,7 @@ cuda-check: $(STAMPS)/python
 	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
 	mkdir -p build/cuda-check; \
 	for f in $(CU_SOURCES); do echo "nvcc -c $$f"; \
-	  $(NVCC) -c $$f -o build/cuda-check/$$(basename $$f).o -std=c++17 -O3 --expt-relaxed-constexpr \
+	  $(NVCC) -c $$f -o build/cuda-check/$$(basename $$f).o -std=c++20 -O3 --expt-relaxed-constexpr \
 	    -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 \
 	    -Icsrc -I$(TORCH_DIR)/include -I$(TORCH_DIR)/include/torch/csrc/api/include -I$(PY_INC) || exit 1; \
 	done; echo "cuda-check: $(words $(CU_SOURCES)) CUDA files compiled"
