@@ -171,8 +171,8 @@ class WeightQuantConfig(_Section):
         if self.kind == "binary":
             _check_range(_join(path, "bits"), self.bits, 1, 1)
         elif self.kind == "fixed":
-            _check_range(_join(path, "bits"), self.bits, 2, 32)
-            _check_range(_join(path, "frac_bits"), self.frac_bits, -32, 64)
+            _check_range(_join(path, "bits"), self.bits, 2, 16)
+            _check_range(_join(path, "frac_bits"), self.frac_bits, -64, 64)
         elif self.kind == "codebook":
             _check_range(_join(path, "bits"), self.bits, 1, 8)
         else:

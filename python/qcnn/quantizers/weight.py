@@ -200,8 +200,8 @@ class FixedPointWeightQuantizer(WeightQuantizer):
 
     def __init__(self, weight_shape, bits: int, frac_bits: int | None = None):
         super().__init__(weight_shape)
-        if not 2 <= bits <= 32:
-            raise ValueError(f"FixedPointWeightQuantizer: bits must be in [2, 32], got {bits}")
+        if not 2 <= bits <= 16:
+            raise ValueError(f"FixedPointWeightQuantizer: bits must be in [2, 16], got {bits}")
         self.bits, self.auto_frac = bits, frac_bits is None
         self.register_buffer("frac_bits", torch.tensor(0 if frac_bits is None else int(frac_bits)))
 
