@@ -122,3 +122,17 @@ def test_convergence_rule():
     assert not retrain._converged(cfg, [r(90.0, None), r(90.05, 0.05)])   # clusters still moving
     assert not retrain._converged(cfg, [r(90.0, None), r(90.5, 0.01)])    # accuracy still rising
     assert retrain._converged(cfg, [r(90.0, None)] + [r(91.0 + i, 0.5) for i in range(4)])  # round limit
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
+def test_demo_quick(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
+    import demo
+    summary = demo.main(["--quick", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["float_test_acc"] == summary["float_test_acc"] and 0.0 <= saved["quant_test_acc"] <= 100.0
+    assert len(saved["round_table"]) == saved["rounds"] >= 1
+    again = demo.main(["--quick", "--out-dir", str(tmp_path)])  # reuses the matching baseline
+    assert again["float_test_acc"] == summary["float_test_acc"]
