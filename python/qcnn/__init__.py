@@ -23,6 +23,10 @@ from . import ops  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
+from . import config, data, engine, fold, models, nn, quantizers  # noqa: E402,F401
+from .fold import fold_batchnorm  # noqa: E402,F401
+from .quantize import quantize_  # noqa: E402,F401
+
 # Deployment: `qcnn.export(model, path)`, `qcnn.load(path)`, `qcnn.export_onnx(model, path)`.
 # (The function `qcnn.export` shadows the subpackage attribute; import from `qcnn.export` for the rest.)
 from .export import export, export_onnx, load  # noqa: E402,F401

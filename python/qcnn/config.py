@@ -1,0 +1,401 @@
+"""Run configuration: dataclasses that map one to one onto YAML, validated with errors naming the key path.
+
+    cfg = qcnn.config.load("configs/w4_kmeans.yaml")    # RunConfig
+    cfg.to_dict() == RunConfig.from_dict(cfg.to_dict()).to_dict()
+
+Unknown keys, wrong types and out-of-range values raise ConfigError, whose message names the file and the
+key path (e.g. ``configs/x.yaml: quant.overrides[1].weight.bits: must be in [2, 8], got 9``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the file (when known) and the key path."""
+
+    def __init__(self, path: str, message: str, file: str | None = None):
+        self.key_path, self.file, self.message = path, file, message
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}{path or '<root>'}: {message}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, path: str) -> Any:
+    """Checks/converts one YAML value against a type annotation."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(path, "must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(path, f"{value!r} matches none of {[_type_name(a) for a in args if a is not type(None)]}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(path, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"must be a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"must be a mapping, got {type(value).__name__}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return tp.from_dict(value, _path=path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config: unsupported annotation {tp!r} at {path}")
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+class _Section:
+    """from_dict/to_dict/validate for the config dataclasses below."""
+
+    @classmethod
+    def from_dict(cls, data: Any, _path: str = ""):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(_path, f"must be a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in names:
+                raise ConfigError(_join(_path, str(key)), f"unknown key (allowed: {sorted(names)})")
+        kwargs = {k: _convert(v, hints[k], _join(_path, k)) for k, v in data.items()}
+        obj = cls(**kwargs)
+        obj.validate(_path)
+        return obj
+
+    def to_dict(self) -> dict:
+        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def validate(self, path: str = "") -> None:
+        """Checks the value ranges; subclasses override. Raises ConfigError naming the key path."""
+
+    def replace(self, **changes):
+        obj = dataclasses.replace(self, **changes)
+        obj.validate()
+        return obj
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_range(path: str, value, lo, hi) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise ConfigError(path, f"must be in [{lo}, {hi}], got {value}")
+
+
+WEIGHT_KINDS = ("uniform", "binary", "fixed", "codebook")
+CODEBOOK_METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max")
+
+
+@dataclass
+class WeightQuantConfig(_Section):
+    """How the weights of a layer are quantized.
+
+    kind: uniform (bits, granularity, symmetric, calibration max|mse, learn_scale = LSQ), binary
+    (alpha*sign(w), alpha = mean|w|), fixed (Qm.n with `bits` total and `frac_bits`, or frac_bits null for
+    BW-1-ceil(log2 max|w|)), codebook (qcnn.codebook.fit `method`, per tensor or channel; `train_centroids`
+    trains the centroids from per-cluster summed gradients; fit_options go to qcnn.codebook.fit).
+    """
+
+    kind: Literal["uniform", "binary", "fixed", "codebook"] = "codebook"
+    bits: int = 4
+    granularity: Literal["tensor", "channel"] = "channel"
+    symmetric: bool = True
+    calibration: Literal["max", "mse"] = "mse"
+    learn_scale: bool = False
+    frac_bits: Optional[int] = None
+    method: Literal["kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max"] = "kmeans"
+    train_centroids: bool = False
+    fit_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str = "") -> None:
+        if self.kind == "binary":
+            _check_range(_join(path, "bits"), self.bits, 1, 1)
+        elif self.kind == "fixed":
+            _check_range(_join(path, "bits"), self.bits, 2, 16)
+            _check_range(_join(path, "frac_bits"), self.frac_bits, -64, 64)
+        elif self.kind == "codebook":
+            _check_range(_join(path, "bits"), self.bits, 1, 8)
+        else:
+            _check_range(_join(path, "bits"), self.bits, 2, 8)
+        if self.learn_scale and self.kind != "uniform":
+            raise ConfigError(_join(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
+        if self.train_centroids and self.kind != "codebook":
+            raise ConfigError(_join(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
+
+
+@dataclass
+class ActQuantConfig(_Section):
+    """Uniform activation quantization with a learned clip: PACT (clip alpha) or LSQ (step size), initialized
+    by an observer over `calibration_batches` batches (max, or a high percentile of |x|)."""
+
+    bits: int = 8
+    signed: bool = False
+    method: Literal["pact", "lsq"] = "lsq"
+    observer: Literal["max", "percentile"] = "percentile"
+    percentile: float = 99.99
+
+    def validate(self, path: str = "") -> None:
+        _check_range(_join(path, "bits"), self.bits, 2 if self.signed else 1, 8)
+        _check_range(_join(path, "percentile"), self.percentile, 50.0, 100.0)
+
+
+@dataclass
+class OverrideConfig(_Section):
+    """Per-layer override. `pattern` is a glob on the module name (e.g. 'features.0', 'classifier.*') or a
+    regex prefixed with 're:'. `weight` / `act` are partial mappings merged over the defaults, null for float,
+    and left out to keep the default."""
+
+    pattern: str = ""
+    weight: Optional[dict[str, Any]] = field(default_factory=dict)
+    act: Optional[dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self, path: str = "") -> None:
+        if not self.pattern:
+            raise ConfigError(_join(path, "pattern"), "must be a non-empty glob or 're:<regex>'")
+        if self.pattern.startswith("re:"):
+            import re
+            try:
+                re.compile(self.pattern[3:])
+            except re.error as err:
+                raise ConfigError(_join(path, "pattern"), f"bad regex: {err}") from err
+
+
+@dataclass
+class QuantConfig(_Section):
+    """Default quantizers plus overrides. `weight` / `act` null means float. `input_act` quantizes the input
+    of the first layer (the image; signed) and defaults to `act` with signed=True when left out."""
+
+    weight: Optional[WeightQuantConfig] = None
+    act: Optional[ActQuantConfig] = None
+    input_act: Optional[ActQuantConfig] = None
+    overrides: list[OverrideConfig] = field(default_factory=list)
+    calibration_batches: int = 4
+
+    def validate(self, path: str = "") -> None:
+        _check_range(_join(path, "calibration_batches"), self.calibration_batches, 1, 10_000)
+        for i, override in enumerate(self.overrides):
+            resolve_weight(self.weight, override.weight, f"{_join(path, 'overrides')}[{i}].weight")
+            resolve_act(self.act, override.act, f"{_join(path, 'overrides')}[{i}].act")
+
+
+def _merge(default: _Section | None, partial: dict | None, cls, path: str):
+    if partial is None:
+        return None
+    if not partial:
+        return default
+    base = default.to_dict() if default is not None else {}
+    return cls.from_dict({**base, **partial}, _path=path)
+
+
+def resolve_weight(default: WeightQuantConfig | None, partial: dict | None, path: str = "") -> WeightQuantConfig | None:
+    """The weight quantizer config of a layer: `default` with an override's partial mapping applied."""
+    return _merge(default, partial, WeightQuantConfig, path)
+
+
+def resolve_act(default: ActQuantConfig | None, partial: dict | None, path: str = "") -> ActQuantConfig | None:
+    return _merge(default, partial, ActQuantConfig, path)
+
+
+@dataclass
+class DataConfig(_Section):
+    path: str = "/usr/share/datasets/fashion-mnist"
+    val_size: int = 5000
+    seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    augment: bool = True
+    crop_padding: int = 2
+    hflip: bool = True
+    train_subset: Optional[int] = None
+    val_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+
+    def validate(self, path: str = "") -> None:
+        _check_range(_join(path, "val_size"), self.val_size, 0, 59_999)
+        _check_range(_join(path, "batch_size"), self.batch_size, 1, 1 << 16)
+        _check_range(_join(path, "eval_batch_size"), self.eval_batch_size, 1, 1 << 16)
+        _check_range(_join(path, "crop_padding"), self.crop_padding, 0, 8)
+        for key in ("train_subset", "val_subset", "test_subset"):
+            _check_range(_join(path, key), getattr(self, key), 1, 60_000)
+
+
+@dataclass
+class ModelConfig(_Section):
+    name: str = "vgg_small"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str = "") -> None:
+        from . import models
+        if self.name not in models.names():
+            raise ConfigError(_join(path, "name"), f"unknown model {self.name!r}; known: {models.names()}")
+
+
+@dataclass
+class TrainingConfig(_Section):
+    """Optimizer and schedule. In the retraining loop the schedule restarts every round (over
+    retrain.epochs_per_round epochs, starting from retrain.lr)."""
+
+    epochs: int = 10
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = "onecycle"
+    step_size: int = 5
+    gamma: float = 0.1
+    warmup_fraction: float = 0.15
+    label_smoothing: float = 0.0
+    seed: int = 0
+    threads: Optional[int] = None
+
+    def validate(self, path: str = "") -> None:
+        _check_range(_join(path, "epochs"), self.epochs, 1, 10_000)
+        _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
+        _check_range(_join(path, "momentum"), self.momentum, 0.0, 0.999)
+        _check_range(_join(path, "weight_decay"), self.weight_decay, 0.0, 1.0)
+        _check_range(_join(path, "step_size"), self.step_size, 1, 10_000)
+        _check_range(_join(path, "gamma"), self.gamma, 0.0, 1.0)
+        _check_range(_join(path, "warmup_fraction"), self.warmup_fraction, 0.0, 0.9)
+        _check_range(_join(path, "label_smoothing"), self.label_smoothing, 0.0, 0.5)
+        _check_range(_join(path, "threads"), self.threads, 1, 1024)
+
+
+@dataclass
+class RetrainConfig(_Section):
+    """Ji et al. 2015 supervised iterative quantization: each round refits codebooks (scales) on the latent
+    weights, retrains `epochs_per_round` epochs and evaluates on the validation split; stop when the val
+    accuracy gain (points) < acc_gain_threshold AND the cluster-change fraction < change_threshold, or after
+    max_rounds. incremental: INQ-like, round r quantizes and freezes the share incremental_fractions[r] of
+    each layer's weights, largest magnitude first (runs exactly len(incremental_fractions) rounds)."""
+
+    max_rounds: int = 4
+    min_rounds: int = 2
+    epochs_per_round: int = 1
+    lr: float = 0.01
+    acc_gain_threshold: float = 0.1
+    change_threshold: float = 0.02
+    incremental: bool = False
+    incremental_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
+    histogram_layer: Optional[str] = None
+
+    def validate(self, path: str = "") -> None:
+        _check_range(_join(path, "max_rounds"), self.max_rounds, 1, 1000)
+        _check_range(_join(path, "min_rounds"), self.min_rounds, 1, self.max_rounds)
+        _check_range(_join(path, "epochs_per_round"), self.epochs_per_round, 1, 1000)
+        _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
+        _check_range(_join(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
+        fr = self.incremental_fractions
+        for i, f in enumerate(fr):
+            _check_range(f"{_join(path, 'incremental_fractions')}[{i}]", f, 1e-6, 1.0)
+        if self.incremental:
+            if not fr or any(b < a for a, b in zip(fr, fr[1:])) or fr[-1] != 1.0:
+                raise ConfigError(_join(path, "incremental_fractions"),
+                                  f"must be non-decreasing and end at 1.0, got {fr}")
+
+
+@dataclass
+class RunConfig(_Section):
+    """One experiment. `baseline` is the float model to start from (a runs/<name>/model.pt); null trains from
+    scratch (train.py) or, for retrain.py, means runs/baseline/model.pt."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    baseline: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    quant: Optional[QuantConfig] = None
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def validate(self, path: str = "") -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(_join(path, "name"), f"must be a non-empty name without '/', got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def load(path: str | Path) -> RunConfig:
+    """Reads and validates a YAML run config; errors name the file and the key path."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError("", f"cannot read ({err})", file=str(path)) from err
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(err.key_path, err.message, file=str(path)) from None
+
+
+def from_dict(data: dict) -> RunConfig:
+    return RunConfig.from_dict(copy.deepcopy(data))
+
+
+def dump(cfg: RunConfig, path: str | Path) -> None:
+    """Writes the fully resolved config as YAML (loads back to an equal config)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,204 @@
+"""Training primitives shared by float training and the retraining loop: optimizer and schedule, one
+epoch of training, evaluation, RNG state capture, atomic checkpoints, and the distributed plumbing."""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - tqdm is a declared dependency
+    tqdm = None
+
+
+# ----------------------------------------------------------------------------------------- distributed
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Initializes torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
+    Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def sync_state(module: nn.Module) -> None:
+    """Copies every parameter and buffer of rank 0 to all ranks (no-op without torch.distributed)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def broadcast_object(obj):
+    """rank 0's `obj` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ------------------------------------------------------------------------------------ optimization
+def build_optimizer(params, tcfg, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov and tcfg.momentum > 0,
+                               weight_decay=tcfg.weight_decay)
+    if tcfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=tcfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=tcfg.weight_decay)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, tcfg) -> float:
+    """Learning-rate multiplier at optimizer step `step` of `total_steps` (stepped once per batch)."""
+    t = min(step / max(total_steps, 1), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "step":
+        return tcfg.gamma ** (step // (tcfg.step_size * steps_per_epoch))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    # onecycle: linear warm-up from 10% to the peak, then cosine decay to 0.
+    w = tcfg.warmup_fraction
+    if t < w:
+        return 0.1 + 0.9 * t / w
+    return 0.5 * (1.0 + math.cos(math.pi * (t - w) / (1.0 - w)))
+
+
+def build_scheduler(optimizer, tcfg, schedule: str, epochs: int, steps_per_epoch: int):
+    total = epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, step, total, steps_per_epoch, tcfg))
+
+
+def train_epoch(model: nn.Module, loader, optimizer, scheduler, *, label_smoothing: float = 0.0,
+                desc: str = "train", progress: bool = True) -> dict:
+    """One pass over `loader`; returns {'loss', 'acc'} averaged over this rank's samples."""
+    model.train()
+    device = next(model.parameters()).device
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not (progress and is_main())) if tqdm else None
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_epoch: loss became {loss.item()} ({desc})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    if bar is not None:
+        bar.close()
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> dict:
+    """{'loss', 'acc' (percent), 'n'} of `model` in eval mode over the whole loader."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.shape[0]
+    model.train(was_training)
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1), "n": seen}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels, true labels) over the loader, in eval mode."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, labels = [], []
+    for x, y in loader:
+        preds.append(model(x.to(device)).argmax(1).cpu())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(preds), torch.cat(labels)
+
+
+# ----------------------------------------------------------------------------------- checkpointing
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file in the same directory, then os.replace: a crash never leaves a
+    half-written file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    # weights_only=False: the checkpoint holds RNG states (numpy arrays, python tuples) written by us.
+    return torch.load(path, map_location="cpu", weights_only=False)

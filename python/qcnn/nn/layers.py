@@ -1,0 +1,105 @@
+"""QuantConv2d and QuantLinear: nn.Conv2d / nn.Linear whose weight passes through a weight quantizer and
+whose input passes through an optional activation quantizer. They stay instances of their float classes,
+with the same parameter names, so state dicts, optimizers and isinstance checks keep working."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantizers.act import QuantAct
+from ..quantizers.weight import WeightQuantizer
+
+
+def _check_quantizers(cls_name: str, weight_quant, act_quant) -> None:
+    if weight_quant is not None and not isinstance(weight_quant, WeightQuantizer):
+        raise TypeError(f"{cls_name}: weight_quant must be a qcnn WeightQuantizer or None, got {type(weight_quant).__name__}")
+    if act_quant is not None and not isinstance(act_quant, QuantAct):
+        raise TypeError(f"{cls_name}: act_quant must be a qcnn.nn.QuantAct or None, got {type(act_quant).__name__}")
+
+
+class QuantLayer:
+    """What QuantConv2d and QuantLinear share (a plain class beside their torch base; holds no state)."""
+
+    weight: nn.Parameter
+    weight_quant: WeightQuantizer | None
+    act_quant: QuantAct | None
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+
+    def refit(self, fit: bool = True) -> float | None:
+        """Refits the weight quantizer on the current latent weights; returns the level-change fraction."""
+        return None if self.weight_quant is None else self.weight_quant.refit(self.weight, fit=fit)
+
+    def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.act_quant is None else self.act_quant(x)
+
+    def _install(self, weight_quant, act_quant) -> None:
+        _check_quantizers(type(self).__name__, weight_quant, act_quant)
+        if weight_quant is not None and tuple(weight_quant.weight_shape) != tuple(self.weight.shape):
+            raise ValueError(f"{type(self).__name__}: weight_quant was built for shape {weight_quant.weight_shape}, "
+                             f"the weight is {tuple(self.weight.shape)}")
+        self.weight_quant = weight_quant
+        self.act_quant = act_quant
+
+
+class QuantConv2d(QuantLayer, nn.Conv2d):
+    def __init__(self, *args, weight_quant: WeightQuantizer | None = None, act_quant: QuantAct | None = None, **kwargs):
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._install(weight_quant, act_quant)
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, weight_quant: WeightQuantizer | None = None,
+                   act_quant: QuantAct | None = None) -> "QuantConv2d":
+        """A QuantConv2d sharing `module`'s parameters (the same nn.Parameter objects)."""
+        if not isinstance(module, nn.Conv2d):
+            raise TypeError(f"QuantConv2d.from_float: module must be an nn.Conv2d, got {type(module).__name__}")
+        if module.padding_mode != "zeros":
+            raise ValueError(f"QuantConv2d.from_float: padding_mode {module.padding_mode!r} is not supported (only 'zeros')")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for key in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+                    "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(new, key, getattr(module, key))
+        new.weight = module.weight
+        new.bias = module.bias
+        new.train(module.training)
+        if weight_quant is not None:
+            weight_quant.to(module.weight.device)
+        if act_quant is not None:
+            act_quant.to(module.weight.device)
+        new._install(weight_quant, act_quant)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self._quantized_input(x), self.quantized_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+
+class QuantLinear(QuantLayer, nn.Linear):
+    def __init__(self, *args, weight_quant: WeightQuantizer | None = None, act_quant: QuantAct | None = None, **kwargs):
+        nn.Linear.__init__(self, *args, **kwargs)
+        self._install(weight_quant, act_quant)
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, weight_quant: WeightQuantizer | None = None,
+                   act_quant: QuantAct | None = None) -> "QuantLinear":
+        """A QuantLinear sharing `module`'s parameters (the same nn.Parameter objects)."""
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"QuantLinear.from_float: module must be an nn.Linear, got {type(module).__name__}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = module.in_features, module.out_features
+        new.weight = module.weight
+        new.bias = module.bias
+        new.train(module.training)
+        if weight_quant is not None:
+            weight_quant.to(module.weight.device)
+        if act_quant is not None:
+            act_quant.to(module.weight.device)
+        new._install(weight_quant, act_quant)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._quantized_input(x), self.quantized_weight(), self.bias)

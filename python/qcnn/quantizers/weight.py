@@ -1,0 +1,347 @@
+"""Weight quantizers: modules that map latent float weights to their quantized values in the forward pass
+(straight-through estimator in the backward pass). All are fitted lazily on the first forward, or by
+refit(weight), which returns the fraction of weights whose quantization level changed since the last fit
+(Ji et al. 2015's loop uses it as a convergence signal)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import ops
+
+
+def _channel_view(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _broadcast_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+class WeightQuantizer(nn.Module):
+    """Base class. Subclasses implement _fit(weight) and quantize(weight), and assignment(weight) giving
+    an integer level per weight."""
+
+    def __init__(self, weight_shape: tuple[int, ...] | torch.Size):
+        super().__init__()
+        self.weight_shape = tuple(weight_shape)
+        self.register_buffer("fitted", torch.tensor(False))
+        self.register_buffer("fit_assignment", torch.zeros(self.weight_shape, dtype=torch.int64))
+
+    def _check(self, weight: torch.Tensor) -> None:
+        if tuple(weight.shape) != self.weight_shape:
+            raise ValueError(f"{type(self).__name__}: weight shape {tuple(weight.shape)} does not match the "
+                             f"quantizer's {self.weight_shape}")
+
+    @torch.no_grad()
+    def refit(self, weight: torch.Tensor, fit: bool = True) -> float | None:
+        """Fits on the current latent weights (fit=False only recomputes the assignment). Returns the
+        fraction of weights whose level changed since the previous fit, None on the first fit."""
+        self._check(weight)
+        w = weight.detach()
+        if fit or not bool(self.fitted):
+            self._fit(w)
+        new = self.assignment(w)
+        change = None
+        if bool(self.fitted):
+            from ..codebook import cluster_change_fraction
+            change = float(cluster_change_fraction(self.fit_assignment, new))
+        self.fit_assignment.copy_(new)
+        self.fitted.fill_(True)
+        return change
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            self.refit(weight)
+        return self.quantize(weight)
+
+    def _fit(self, weight: torch.Tensor) -> None:  # pragma: no cover - every subclass overrides
+        raise TypeError(f"{type(self).__name__} must implement _fit")
+
+    def levels(self, channel: int = 0) -> torch.Tensor:
+        """The quantization levels (of `channel` for per-channel quantizers), for plots."""
+        raise TypeError(f"{type(self).__name__} must implement levels")
+
+    def describe(self) -> dict:
+        return {"type": type(self).__name__}
+
+
+class UniformWeightQuantizer(WeightQuantizer):
+    """Uniform affine or symmetric quantization, per tensor or per output channel (axis 0).
+    Scale from max|w| or from a clip search minimizing the squared error (calibration='mse'); with
+    learn_scale=True the scale is an nn.Parameter trained through fake_quant's LSQ gradient
+    (Esser et al. 2020, gradient scale 1/sqrt(N*Qp))."""
+
+    MSE_CANDIDATES = 48
+
+    def __init__(self, weight_shape, bits: int, *, per_channel: bool = True, symmetric: bool = True,
+                 calibration: str = "mse", learn_scale: bool = False):
+        super().__init__(weight_shape)
+        if not 2 <= bits <= 8:
+            raise ValueError(f"UniformWeightQuantizer: bits must be in [2, 8], got {bits}")
+        if calibration not in ("max", "mse"):
+            raise ValueError(f"UniformWeightQuantizer: calibration must be 'max' or 'mse', got {calibration!r}")
+        self.bits, self.per_channel, self.symmetric = bits, per_channel, symmetric
+        self.calibration, self.learn_scale = calibration, learn_scale
+        if symmetric:
+            self.qmin, self.qmax = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        else:
+            self.qmin, self.qmax = 0, 2 ** bits - 1
+        n = self.weight_shape[0] if per_channel else 1
+        scale = torch.ones(n)
+        if learn_scale:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
+
+    @property
+    def axis(self) -> int | None:
+        return 0 if self.per_channel else None
+
+    def _scale_arg(self, scale: torch.Tensor) -> torch.Tensor:
+        return scale if self.per_channel else scale.reshape(())
+
+    def _zp_arg(self, zp: torch.Tensor) -> torch.Tensor:
+        return zp if self.per_channel else zp.reshape(())
+
+    def _ranges(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = _channel_view(w) if self.per_channel else w.reshape(1, -1)
+        return flat.min(dim=1).values.clamp(max=0), flat.max(dim=1).values.clamp(min=0)
+
+    def _scale_zp(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tiny = torch.finfo(torch.float32).tiny
+        if self.symmetric:
+            scale = (torch.maximum(-lo, hi) / self.qmax).clamp(min=tiny)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
+        scale = ((hi - lo) / (self.qmax - self.qmin)).clamp(min=tiny)
+        zp = (self.qmin - torch.round(lo / scale)).clamp(self.qmin, self.qmax).to(torch.int32)
+        return scale, zp
+
+    def _fake_quant(self, w, scale, zp, grad_factor: float = 1.0):
+        return ops.fake_quant(w, self._scale_arg(scale), self._zp_arg(zp), self.qmin, self.qmax, axis=self.axis,
+                              grad_factor=grad_factor)
+
+    def _fit(self, w: torch.Tensor) -> None:
+        if self.learn_scale and bool(self.fitted):
+            return  # a learned scale is initialized once, then trained
+        lo, hi = self._ranges(w)
+        best_scale, best_zp = self._scale_zp(lo, hi)
+        if self.calibration == "mse":
+            flat = _channel_view(w) if self.per_channel else w.reshape(1, -1)
+            best_err = torch.full_like(best_scale, math.inf)
+            for ratio in torch.linspace(0.3, 1.0, self.MSE_CANDIDATES).tolist():
+                scale, zp = self._scale_zp(lo * ratio, hi * ratio)
+                q = self._fake_quant(w, scale.float(), zp)
+                err = ((_channel_view(q) if self.per_channel else q.reshape(1, -1)) - flat).pow(2).sum(dim=1)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_scale = torch.where(better, scale, best_scale)
+                best_zp = torch.where(better, zp, best_zp)
+        self.scale.data.copy_(best_scale)
+        self.zero_point.copy_(best_zp)
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        grad_factor = 1.0
+        if self.learn_scale:
+            per_scale = weight.numel() // self.scale.numel()
+            grad_factor = 1.0 / math.sqrt(per_scale * self.qmax)
+        scale = self.scale if self.learn_scale else self.scale.detach()
+        return self._fake_quant(weight, scale, self.zero_point, grad_factor)
+
+    @torch.no_grad()
+    def assignment(self, weight: torch.Tensor) -> torch.Tensor:
+        q = self.quantize(weight)
+        scale = self.scale if self.per_channel else self.scale.reshape(())
+        scale = _broadcast_channel(scale, q) if self.per_channel else scale
+        return torch.round(q / scale).to(torch.int64)
+
+    def levels(self, channel: int = 0) -> torch.Tensor:
+        i = channel if self.per_channel else 0
+        return (torch.arange(self.qmin, self.qmax + 1) - self.zero_point[i]).float() * self.scale[i].detach()
+
+    def describe(self) -> dict:
+        return {"type": "uniform", "bits": self.bits, "scale": self.scale.detach().tolist(),
+                "zero_point": self.zero_point.tolist()}
+
+
+class BinaryWeightQuantizer(WeightQuantizer):
+    """alpha * sign(w), alpha = mean|w| per output channel or per tensor (XNOR-Net/BWN); gradient passed
+    straight through where |w| <= 1."""
+
+    def __init__(self, weight_shape, *, per_channel: bool = True):
+        super().__init__(weight_shape)
+        self.per_channel = per_channel
+        self.bits = 1
+
+    def _fit(self, weight: torch.Tensor) -> None:
+        pass  # alpha is recomputed from the weights in every forward
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        return ops.fake_quant_binary(weight, axis=0 if self.per_channel else None)
+
+    @torch.no_grad()
+    def assignment(self, weight: torch.Tensor) -> torch.Tensor:
+        return (self.quantize(weight) > 0).to(torch.int64)
+
+    @torch.no_grad()
+    def levels(self, channel: int = 0) -> torch.Tensor:
+        return torch.tensor([])
+
+    def describe(self) -> dict:
+        return {"type": "binary"}
+
+
+class FixedPointWeightQuantizer(WeightQuantizer):
+    """Signed fixed point Qm.n with `bits` total bits and `frac_bits` fractional bits (Goyal et al. 2021);
+    frac_bits=None picks BW - 1 - ceil(log2 max|w|) at each fit (no clipping)."""
+
+    def __init__(self, weight_shape, bits: int, frac_bits: int | None = None):
+        super().__init__(weight_shape)
+        if not 2 <= bits <= 16:
+            raise ValueError(f"FixedPointWeightQuantizer: bits must be in [2, 16], got {bits}")
+        self.bits, self.auto_frac = bits, frac_bits is None
+        self.register_buffer("frac_bits", torch.tensor(0 if frac_bits is None else int(frac_bits)))
+
+    def _fit(self, weight: torch.Tensor) -> None:
+        if self.auto_frac:
+            peak = float(weight.abs().max())
+            int_bits = math.ceil(math.log2(peak)) if peak > 0 else 0
+            self.frac_bits.fill_(self.bits - 1 - int_bits)
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        return ops.fake_quant_fixed(weight, self.bits, int(self.frac_bits))
+
+    @torch.no_grad()
+    def assignment(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.round(torch.ldexp(self.quantize(weight), self.frac_bits.to(weight.dtype))).to(torch.int64)
+
+    def levels(self, channel: int = 0) -> torch.Tensor:
+        top = 2 ** (self.bits - 1) - 1
+        return torch.arange(-top, top + 1).float() * 2.0 ** -int(self.frac_bits)
+
+    def describe(self) -> dict:
+        return {"type": "fixed", "bits": self.bits, "frac_bits": int(self.frac_bits)}
+
+
+class CodebookWeightQuantizer(WeightQuantizer):
+    """Non-uniform quantization with a 2^bits-entry codebook fitted by qcnn.codebook.fit (k-means,
+    Lloyd-Max, KDE variants), per tensor or per output channel.
+
+    Latent float weights are kept; the forward uses each weight's nearest centroid and the gradient passes
+    straight through the assignment. train_centroids=True makes the codebook a Parameter whose gradient is
+    the sum of the weight gradients of its cluster (Deep Compression, Han et al. 2016): the backward of the
+    gather below is a scatter-add over the indices.
+
+    Incremental mode (INQ, Zhou et al. 2017): freeze(weight, fraction) fixes the largest-magnitude weights
+    at their centroids; frozen weights use their stored centroid, the others stay float and keep training.
+    """
+
+    def __init__(self, weight_shape, bits: int, *, method: str = "kmeans", per_channel: bool = True,
+                 train_centroids: bool = False, seed: int = 0, fit_options: dict | None = None):
+        super().__init__(weight_shape)
+        if not 1 <= bits <= 8:
+            raise ValueError(f"CodebookWeightQuantizer: bits must be in [1, 8], got {bits}")
+        self.bits, self.method, self.per_channel = bits, method, per_channel
+        self.train_centroids, self.seed = train_centroids, seed
+        self.fit_options = dict(fit_options or {})
+        k = 2 ** bits
+        shape = (self.weight_shape[0], k) if per_channel else (k,)
+        if train_centroids:
+            self.codebook = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_buffer("codebook", torch.zeros(shape))
+        self.register_buffer("incremental", torch.tensor(False))
+        self.register_buffer("frozen", torch.zeros(self.weight_shape, dtype=torch.bool))
+        self.register_buffer("frozen_indices", torch.zeros(self.weight_shape, dtype=torch.int64))
+
+    def _fit(self, weight: torch.Tensor) -> None:
+        from .. import codebook
+        result = codebook.fit(weight, self.bits, method=self.method,
+                              granularity="channel" if self.per_channel else "tensor", seed=self.seed,
+                              **self.fit_options)
+        centroids = result.codebook.to(self.codebook.dtype)
+        if centroids.shape != self.codebook.shape:
+            raise ValueError(f"CodebookWeightQuantizer: codebook.fit returned a codebook of shape "
+                             f"{tuple(centroids.shape)}, expected {tuple(self.codebook.shape)}")
+        frozen_values = self._frozen_values() if bool(self.incremental) else None
+        self.codebook.data.copy_(centroids)
+        if frozen_values is not None:
+            # Frozen weights follow the refitted codebook: their centroid becomes the nearest new one.
+            self.frozen_indices.copy_(torch.where(self.frozen, self.nearest(frozen_values), self.frozen_indices))
+
+    def nearest(self, weight: torch.Tensor) -> torch.Tensor:
+        from ..codebook import quantize_to_codebook
+        indices, _ = quantize_to_codebook(weight.detach(), self.codebook.detach())
+        return indices.to(torch.int64)
+
+    def _gather(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.per_channel:
+            return self.codebook.gather(1, _channel_view(indices)).reshape(indices.shape)
+        return self.codebook[indices]
+
+    def _frozen_values(self) -> torch.Tensor:
+        return self._gather(self.frozen_indices).detach()
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        if bool(self.incremental):
+            return torch.where(self.frozen, self._gather(self.frozen_indices), weight)
+        if self.train_centroids:
+            q = self._gather(self.nearest(weight))
+            return q + (weight - weight.detach())
+        from ..codebook import quantize_to_codebook
+        _, dequantized = quantize_to_codebook(weight.detach(), self.codebook)
+        # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
+        # gradient flows to the latent weight.
+        return dequantized + (weight - weight.detach())
+
+    @torch.no_grad()
+    def assignment(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.nearest(weight)
+
+    @torch.no_grad()
+    def freeze(self, weight: torch.Tensor, fraction: float) -> float:
+        """INQ step: switches to incremental mode and freezes the largest-magnitude unfrozen weights until
+        `fraction` of the layer is frozen. Returns the frozen fraction."""
+        self._check(weight)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"CodebookWeightQuantizer.freeze: fraction must be in (0, 1], got {fraction}")
+        if not bool(self.fitted):
+            self.refit(weight)
+        self.incremental.fill_(True)
+        target = min(weight.numel(), round(fraction * weight.numel()))
+        extra = target - int(self.frozen.sum())
+        if extra > 0:
+            magnitude = weight.detach().abs().flatten().masked_fill(self.frozen.flatten(), -1.0)
+            chosen = torch.topk(magnitude, extra, sorted=False).indices
+            newly = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+            newly[chosen] = True
+            newly = newly.reshape(weight.shape)
+            self.frozen_indices.copy_(torch.where(newly, self.nearest(weight), self.frozen_indices))
+            self.frozen |= newly
+        return float(self.frozen.float().mean())
+
+    def levels(self, channel: int = 0) -> torch.Tensor:
+        return (self.codebook[channel] if self.per_channel else self.codebook).detach()
+
+    def describe(self) -> dict:
+        return {"type": "codebook", "bits": self.bits, "method": self.method,
+                "codebook": self.codebook.detach().tolist(), "frozen_fraction": float(self.frozen.float().mean())}
+
+
+def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:
+    """The weight quantizer for a qcnn.config.WeightQuantConfig."""
+    per_channel = cfg.granularity == "channel"
+    if cfg.kind == "uniform":
+        return UniformWeightQuantizer(weight_shape, cfg.bits, per_channel=per_channel, symmetric=cfg.symmetric,
+                                      calibration=cfg.calibration, learn_scale=cfg.learn_scale)
+    if cfg.kind == "binary":
+        return BinaryWeightQuantizer(weight_shape, per_channel=per_channel)
+    if cfg.kind == "fixed":
+        return FixedPointWeightQuantizer(weight_shape, cfg.bits, cfg.frac_bits)
+    if cfg.kind == "codebook":
+        return CodebookWeightQuantizer(weight_shape, cfg.bits, method=cfg.method, per_channel=per_channel,
+                                       train_centroids=cfg.train_centroids, fit_options=cfg.fit_options)
+    raise ValueError(f"build_weight_quantizer: unknown kind {cfg.kind!r}")

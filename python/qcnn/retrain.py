@@ -1,0 +1,277 @@
+"""Float training and Ji et al. 2015's supervised iterative quantization loop, with atomic per-epoch
+checkpoints that resume to bit-identical results, and DistributedDataParallel support.
+
+Round r of qcnn.retrain.run: fit codebooks (or scales) on the current latent weights (rank 0, then
+broadcast) -> retrain E epochs with quantized weights -> evaluate on the validation split. Stop when the
+validation accuracy gain < acc_gain_threshold AND the cluster-change fraction < change_threshold (after
+min_rounds), or after max_rounds. In incremental mode (INQ-like) round r instead freezes the share
+incremental_fractions[r] of each layer's weights at their quantized values, largest magnitude first.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import engine
+from . import quantize as qz
+from .config import RunConfig
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _wrap_ddp(model: nn.Module) -> nn.Module:
+    if engine.world_size() == 1:
+        return model
+    engine.sync_state(model)
+    device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    # Buffers (BN statistics, codebooks) are synchronized explicitly from rank 0 after each epoch and refit.
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, loader) -> None:
+    if not engine.is_main():
+        return
+    engine.atomic_save({
+        "model": engine.unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": engine.rng_state(),
+        "data_order": {"seed": loader.seed, "epoch": loader.epoch},
+        "loop": state,
+    }, run_dir / CHECKPOINT)
+
+
+def _restore(run_dir: Path, model: nn.Module, kind: str):
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    ckpt = engine.load_checkpoint(path)
+    if ckpt["loop"].get("kind") != kind:
+        raise ValueError(f"--resume: {path} is a {ckpt['loop'].get('kind')!r} checkpoint, not {kind!r}")
+    engine.unwrap(model).load_state_dict(ckpt["model"])
+    engine.set_rng_state(ckpt["rng"])
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------- float training
+def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: bool = False,
+                stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+    """Trains the float model for cfg.training.epochs with a checkpoint per epoch. Returns
+    {'finished', 'history'}; with stop_after_epochs the call returns early (as if killed) after that many
+    epochs of this invocation, and a later call with resume=True continues from the checkpoint."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = cfg.training
+    state = {"kind": "float", "epoch": 0, "history": []}
+    ckpt = _restore(run_dir, model, "float") if resume else None
+    ddp = _wrap_ddp(model)
+    optimizer = engine.build_optimizer(ddp.parameters(), tcfg, tcfg.lr)
+    scheduler = engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, len(train_loader))
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["loop"]
+    done_now = 0
+    while state["epoch"] < tcfg.epochs:
+        if stop_after_epochs is not None and done_now >= stop_after_epochs:
+            return {"finished": False, "history": state["history"]}
+        epoch = state["epoch"]
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler, label_smoothing=tcfg.label_smoothing,
+                                   desc=f"epoch {epoch + 1}/{tcfg.epochs}", progress=progress)
+        engine.sync_state(model)
+        val = engine.evaluate(model, val_loader)
+        record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
+                  "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if engine.is_main():
+            print(f"[{cfg.name}] epoch {epoch + 1}/{tcfg.epochs} train loss {stats['loss']:.4f} "
+                  f"acc {stats['acc']:.2f} | val loss {val['loss']:.4f} acc {val['acc']:.2f} "
+                  f"({record['seconds']:.0f}s)", flush=True)
+            _write_jsonl(run_dir / "epochs.jsonl", state["history"])
+        _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
+        done_now += 1
+    return {"finished": True, "history": state["history"]}
+
+
+# ---------------------------------------------------------------------------------- retraining loop
+def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) -> dict:
+    """Calibration (round 0), refit on rank 0 (or incremental freezing), broadcast. Returns the round info."""
+    rcfg = cfg.retrain
+    r = state["round"]
+    info = None
+    if engine.is_main():
+        if rcfg.incremental:
+            info = qz.refit_weights(model, refit=(r == 0))
+            info["frozen_fraction"] = qz.freeze_weights(model, rcfg.incremental_fractions[r])
+        else:
+            info = qz.refit_weights(model)
+    info = engine.broadcast_object(info)
+    engine.sync_state(model)
+    if r == 0 and cfg.quant is not None:
+        # Activation ranges are observed on the network with its weights already quantized.
+        qz.calibrate_activations(model, train_loader, cfg.quant.calibration_batches)
+        engine.sync_state(model)
+    return info
+
+
+def _converged(cfg: RunConfig, rounds: list[dict]) -> bool:
+    rcfg = cfg.retrain
+    if rcfg.incremental:
+        return len(rounds) >= len(rcfg.incremental_fractions)
+    if len(rounds) >= rcfg.max_rounds:
+        return True
+    if len(rounds) < max(rcfg.min_rounds, 2):
+        return False
+    gain = rounds[-1]["val_acc"] - rounds[-2]["val_acc"]
+    change = rounds[-1]["change_fraction"]
+    return gain < rcfg.acc_gain_threshold and change is not None and change < rcfg.change_threshold
+
+
+def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: bool = False,
+        stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+    """The quantize-then-retrain loop on a model already prepared with qcnn.quantize_(model, cfg.quant).
+
+    Writes cfg.run_dir/{checkpoint.pt, rounds.jsonl, accuracy.png, histogram.png} (rank 0 only).
+    Returns {'finished', 'rounds': [per-round records]}. stop_after_epochs returns early as if killed after
+    that many epochs of this call; resume=True continues from the last checkpoint and ends in exactly the
+    state an uninterrupted run reaches.
+    """
+    if not qz.quant_layers(model):
+        raise ValueError("qcnn.retrain.run: the model has no quantized layers; call qcnn.quantize_(model, cfg.quant) first")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rcfg, tcfg = cfg.retrain, cfg.training
+    epochs = rcfg.epochs_per_round
+    state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
+             "done": False}
+    ckpt = _restore(run_dir, model, "retrain") if resume else None
+    if ckpt is not None:
+        state = ckpt["loop"]
+    ddp = _wrap_ddp(model)
+    optimizer = scheduler = None
+    if ckpt is not None and state["round_info"] is not None:
+        optimizer = engine.build_optimizer(ddp.parameters(), tcfg, rcfg.lr)
+        scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    done_now = 0
+    while not state["done"]:
+        r = state["round"]
+        if state["round_info"] is None:
+            t0 = time.perf_counter()
+            train_loader.set_epoch(state["global_epoch"])
+            info = _round_start(model, cfg, state, train_loader)
+            before = engine.evaluate(model, val_loader)
+            info.update(val_acc_before=before["acc"], val_loss_before=before["loss"],
+                        fit_seconds=time.perf_counter() - t0)
+            state["round_info"] = info
+            optimizer = engine.build_optimizer(ddp.parameters(), tcfg, rcfg.lr)
+            scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
+            if engine.is_main():
+                change = info["change_fraction"]
+                print(f"[{cfg.name}] round {r}: refit, cluster change "
+                      f"{'-' if change is None else f'{change:.4f}'}, val acc before retraining {before['acc']:.2f}",
+                      flush=True)
+        while state["epoch"] < epochs:
+            if stop_after_epochs is not None and done_now >= stop_after_epochs:
+                return {"finished": False, "rounds": state["rounds"]}
+            train_loader.set_epoch(state["global_epoch"])
+            stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler,
+                                       label_smoothing=tcfg.label_smoothing,
+                                       desc=f"round {r} epoch {state['epoch'] + 1}/{epochs}", progress=progress)
+            engine.sync_state(model)
+            state["epoch"] += 1
+            state["global_epoch"] += 1
+            state.setdefault("train_stats", []).append(stats)
+            finished_round = state["epoch"] == epochs
+            if finished_round:
+                _finish_round(model, cfg, state, val_loader, stats)
+            _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
+            done_now += 1
+            if finished_round:
+                break
+    return {"finished": True, "rounds": state["rounds"]}
+
+
+def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, stats: dict) -> None:
+    val = engine.evaluate(model, val_loader)
+    info = state["round_info"]
+    record = {"round": state["round"], "val_acc": val["acc"], "val_loss": val["loss"],
+              "train_loss": stats["loss"], "train_acc": stats["acc"], **info,
+              "quantizers": qz.describe(model)}
+    state["rounds"].append(record)
+    state["done"] = _converged(cfg, state["rounds"])
+    state["round"] += 1
+    state["epoch"] = 0
+    state["round_info"] = None
+    state["train_stats"] = []
+    if engine.is_main():
+        change = record["change_fraction"]
+        print(f"[{cfg.name}] round {record['round']}: val acc {val['acc']:.2f} loss {val['loss']:.4f} "
+              f"change {'-' if change is None else f'{change:.4f}'}{' (converged)' if state['done'] else ''}",
+              flush=True)
+        _write_jsonl(cfg.run_dir / "rounds.jsonl", state["rounds"])
+        plot_rounds(state["rounds"], cfg.run_dir / "accuracy.png", title=cfg.name)
+        layer = cfg.retrain.histogram_layer or qz.default_histogram_layer(model)
+        plot_weight_histogram(model, layer, cfg.run_dir / "histogram.png")
+
+
+# ------------------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_rounds(rounds: list[dict], path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r["round"] for r in rounds]
+    ax.plot(xs, [r["val_acc_before"] for r in rounds], "o--", label="after refit")
+    ax.plot(xs, [r["val_acc"] for r in rounds], "o-", label="after retraining")
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_weight_histogram(model: nn.Module, layer_name: str, path: Path) -> None:
+    """Histogram of a layer's latent weights with its quantization levels as vertical lines."""
+    plt = _pyplot()
+    modules = dict(engine.unwrap(model).named_modules())
+    if layer_name not in modules or not hasattr(modules[layer_name], "weight_quant"):
+        raise ValueError(f"plot_weight_histogram: {layer_name!r} is not a quantized layer of the model")
+    weights, levels = qz.histogram_data(modules[layer_name])
+    weights = weights.numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(weights, bins=120, color="0.5")
+    for v in levels:
+        ax.axvline(v, color="tab:red", lw=0.8)
+    per_channel = getattr(modules[layer_name].weight_quant, "per_channel", False)
+    ax.set_title(f"{layer_name}{' channel 0' if per_channel else ''}: latent weights, {len(levels)} levels")
+    ax.set_xlabel("weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

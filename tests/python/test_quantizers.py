@@ -1,0 +1,182 @@
+"""Weight and activation quantizers against plain-PyTorch references."""
+import importlib.util
+
+import pytest
+import torch
+
+import qcnn
+
+if not (hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None):
+    pytest.skip("qcnn.ops.fake_quant / qcnn.codebook not built yet", allow_module_level=True)
+
+from qcnn.quantizers import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,  # noqa: E402
+                             QuantAct, UniformWeightQuantizer)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_uniform_max_matches_torch_fake_quantize(per_channel, symmetric):
+    w = torch.randn(6, 3, 3, 3)
+    q = UniformWeightQuantizer(w.shape, 4, per_channel=per_channel, symmetric=symmetric, calibration="max")
+    out = q(w)
+    flat = w.reshape(6, -1) if per_channel else w.reshape(1, -1)
+    lo, hi = flat.min(1).values.clamp(max=0), flat.max(1).values.clamp(min=0)
+    if symmetric:
+        qmin, qmax = -7, 7
+        scale = torch.maximum(-lo, hi) / 7
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        qmin, qmax = 0, 15
+        scale = (hi - lo) / 15
+        zp = (-torch.round(lo / scale)).clamp(0, 15).to(torch.int32)
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, qmin, qmax)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(w, float(scale), int(zp), qmin, qmax)
+    torch.testing.assert_close(out, ref)
+    levels = out.reshape(6, -1) if per_channel else out.reshape(1, -1)
+    assert all(len(torch.unique(row)) <= 16 for row in levels)
+
+
+def test_uniform_mse_calibration_lowers_error():
+    w = torch.randn(8, 200)
+    w[:, 0] *= 20  # outliers: clipping them pays off
+    err = {}
+    for cal in ("max", "mse"):
+        out = UniformWeightQuantizer(w.shape, 3, calibration=cal)(w)
+        err[cal] = (out - w).pow(2).sum().item()
+    assert err["mse"] < 0.9 * err["max"]
+
+
+def test_uniform_lsq_scale_receives_gradient_and_refit_keeps_it():
+    w = torch.randn(4, 10, requires_grad=True)
+    q = UniformWeightQuantizer(w.shape, 4, learn_scale=True)
+    q(w).pow(2).sum().backward()
+    assert q.scale.grad is not None and q.scale.grad.abs().sum() > 0
+    assert w.grad is not None
+    with torch.no_grad():
+        q.scale.mul_(1.5)
+    kept = q.scale.detach().clone()
+    change = q.refit(w)
+    assert torch.equal(q.scale.detach(), kept) and 0.0 <= change <= 1.0
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_binary_is_mean_abs_times_sign(per_channel):
+    w = torch.randn(5, 4, 3, 3)
+    out = BinaryWeightQuantizer(w.shape, per_channel=per_channel)(w)
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True) if per_channel else w.abs().mean()
+    torch.testing.assert_close(out, alpha * torch.sign(w))
+
+
+def test_fixed_point_auto_fraction_bits():
+    w = torch.randn(3, 50) * 0.7
+    q = FixedPointWeightQuantizer(w.shape, 8)
+    out = q(w)
+    frac = 8 - 1 - int(torch.ceil(torch.log2(w.abs().max())))
+    assert int(q.frac_bits) == frac
+    ref = torch.clamp(torch.round(w * 2 ** frac), -127, 127) / 2 ** frac
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_codebook_forward_is_nearest_centroid_with_ste(per_channel):
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    q = CodebookWeightQuantizer(w.shape, 2, per_channel=per_channel)
+    out = q(w)
+    cb = q.codebook if per_channel else q.codebook.expand(4, -1)
+    assert cb.shape == (4, 4)
+    flat = w.detach().reshape(4, -1)
+    nearest = (flat[:, :, None] - cb[:, None, :]).abs().argmin(-1)
+    ref = cb.gather(1, nearest).reshape(w.shape)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(w)
+    out.backward(g)
+    torch.testing.assert_close(w.grad, g)  # straight through
+
+
+def test_trained_centroids_get_per_cluster_summed_gradients():
+    w = torch.randn(3, 40, requires_grad=True)
+    q = CodebookWeightQuantizer(w.shape, 2, per_channel=True, train_centroids=True)
+    out = q(w)
+    g = torch.randn_like(w)
+    out.backward(g)
+    idx = q.nearest(w)
+    ref = torch.zeros(3, 4)
+    for c in range(3):  # brute force reference
+        for j in range(40):
+            ref[c, idx[c, j]] += g[c, j]
+    torch.testing.assert_close(q.codebook.grad, ref)
+    torch.testing.assert_close(w.grad, g)
+
+
+def test_refit_change_fraction_and_freeze():
+    torch.manual_seed(3)
+    w = torch.randn(2, 500)
+    q = CodebookWeightQuantizer(w.shape, 3, per_channel=False)
+    assert q.refit(w) is None
+    assert q.refit(w) == 0.0
+    w2 = w + 0.3 * torch.randn_like(w)
+    change = q.refit(w2)
+    old, new = q.nearest(w), q.nearest(w2)
+    assert 0.0 < change <= 1.0
+    frac = q.freeze(w2, 0.5)
+    assert frac == pytest.approx(0.5, abs=1e-3)
+    frozen_mag = w2.abs()[q.frozen]
+    assert frozen_mag.min() >= w2.abs()[~q.frozen].max()  # largest magnitude first
+    out = q(w2.requires_grad_())
+    torch.testing.assert_close(out[q.frozen], q.codebook[q.nearest(w2)][q.frozen])
+    torch.testing.assert_close(out[~q.frozen], w2[~q.frozen])
+    out.sum().backward()
+    assert torch.all(w2.grad[q.frozen] == 0) and torch.all(w2.grad[~q.frozen] == 1)
+    assert q.freeze(w2, 1.0) == 1.0
+    assert len(torch.unique(q(w2))) <= 8
+    del old, new
+
+
+@pytest.mark.parametrize("method", ["lsq", "pact"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_act_quantizer_levels_and_calibration(method, signed):
+    act = QuantAct(bits=3, signed=signed, method=method, observer="max")
+    x = torch.randn(64, 10) * 2 if signed else torch.rand(64, 10) * 3
+    act.start_calibration()
+    assert torch.equal(act(x), x)  # observing is a pass-through
+    act.finish_calibration()
+    peak = x.abs().max().item()
+    qmax = 3 if signed else 7
+    assert float(act.step) == pytest.approx(peak / qmax, rel=1e-5)
+    y = act(x)
+    codes = y / act.step
+    torch.testing.assert_close(codes, torch.round(codes), atol=1e-4, rtol=0)
+    assert len(torch.unique(y)) <= 8
+    assert (y - x.clamp(-peak if signed else 0, peak)).abs().max() <= float(act.step) / 2 + 1e-5
+
+
+def test_pact_alpha_gradient_counts_clipped_inputs():
+    act = QuantAct(bits=4, method="pact")
+    act.start_calibration(); act(torch.tensor([1.0])); act.finish_calibration()
+    x = torch.tensor([0.2, 0.5, 1.5, 3.0, -1.0])
+    act(x).sum().backward()
+    assert act.alpha.grad.item() == pytest.approx(2.0)  # two inputs above alpha=1
+
+
+def test_lsq_act_scale_gets_gradient():
+    act = QuantAct(bits=2, method="lsq")
+    x = torch.rand(16, 8) * 4
+    act(x).sum().backward()
+    assert act.scale.grad is not None and act.scale.grad.abs() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="bits"):
+        QuantAct(bits=9)
+    with pytest.raises(ValueError, match="bits"):
+        QuantAct(bits=1, signed=True)
+    with pytest.raises(ValueError, match="method"):
+        QuantAct(method="dorefa")
+    with pytest.raises(ValueError, match="bits"):
+        UniformWeightQuantizer((2, 2), 1)
+    with pytest.raises(ValueError, match="shape"):
+        CodebookWeightQuantizer((2, 2), 2).refit(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="fraction"):
+        CodebookWeightQuantizer((2, 2), 2).freeze(torch.randn(2, 2), 0.0)

@@ -1,0 +1,138 @@
+"""The training loops: exact resumption after an interruption, convergence rule, outputs."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import qcnn
+from qcnn import config as qconfig, engine, models, retrain
+from qcnn.data import build_loaders
+
+HAVE_QUANT_OPS = hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None
+
+
+def _cfg(tmp_path, name, **quant):
+    data = {"train_subset": 256, "val_subset": 128, "test_subset": 128, "batch_size": 64}
+    cfg = {"name": name, "out_dir": str(tmp_path), "data": data,
+           "model": {"name": "vgg_small", "kwargs": {"width": 4}},
+           "training": {"epochs": 3, "lr": 0.05}}
+    if quant:
+        cfg["quant"] = quant
+        cfg["retrain"] = {"max_rounds": 2, "min_rounds": 2, "epochs_per_round": 2, "lr": 0.01}
+    return qconfig.from_dict(cfg)
+
+
+def _fresh(cfg, quantize=True):
+    engine.seed_everything(0)
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    splits = build_loaders(cfg.data)
+    if cfg.quant is not None and quantize:
+        qcnn.quantize_(model, cfg.quant)
+    return model, splits
+
+
+def _assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_float_training_resumes_exactly(tmp_path):
+    full_cfg, cut_cfg = _cfg(tmp_path, "full"), _cfg(tmp_path, "cut")
+    model, splits = _fresh(full_cfg)
+    assert retrain.train_float(model, full_cfg, splits.train, splits.val, progress=False)["finished"]
+
+    cut, cut_splits = _fresh(cut_cfg)
+    assert not retrain.train_float(cut, cut_cfg, cut_splits.train, cut_splits.val, stop_after_epochs=1,
+                                   progress=False)["finished"]
+    torch.manual_seed(1234)  # the resumed process starts from other RNG states and another init
+    resumed, res_splits = _fresh(cut_cfg)
+    for p in resumed.parameters():
+        p.data.normal_()
+    assert retrain.train_float(resumed, cut_cfg, res_splits.train, res_splits.val, resume=True,
+                               progress=False)["finished"]
+    _assert_same_state(model, resumed)
+    history = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_checkpoint_is_atomic(tmp_path):
+    engine.atomic_save({"a": torch.ones(3)}, tmp_path / "c.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    assert torch.equal(engine.load_checkpoint(tmp_path / "c.pt")["a"], torch.ones(3))
+
+
+def test_lr_schedules():
+    tcfg = qconfig.TrainingConfig(warmup_fraction=0.2, step_size=1, gamma=0.5)
+    one = [engine.lr_factor("onecycle", s, 100, 10, tcfg) for s in range(101)]
+    assert one[0] == pytest.approx(0.1) and max(one) == pytest.approx(1.0, abs=0.01) and one[-1] == pytest.approx(0.0)
+    assert engine.lr_factor("step", 25, 100, 10, tcfg) == pytest.approx(0.25)
+    assert engine.lr_factor("cosine", 50, 100, 10, tcfg) == pytest.approx(0.5)
+
+
+def test_run_requires_quantized_model(tmp_path):
+    cfg = _cfg(tmp_path, "noquant")
+    model, splits = _fresh(cfg)
+    with pytest.raises(ValueError, match="quantize_"):
+        retrain.run(model, cfg, splits.train, splits.val, progress=False)
+
+
+CODEBOOK_QUANT = {"weight": {"kind": "codebook", "bits": 2, "method": "kmeans", "granularity": "channel"},
+                  "act": {"bits": 4}, "calibration_batches": 2}
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
+@pytest.mark.parametrize("variant", ["iterative", "incremental"])
+def test_retrain_loop_resumes_exactly(tmp_path, variant):
+    quant = dict(CODEBOOK_QUANT)
+    if variant == "incremental":
+        quant["weight"] = {**quant["weight"], "train_centroids": True}
+    full_cfg, cut_cfg = _cfg(tmp_path, "full", **quant), _cfg(tmp_path, "cut", **quant)
+    if variant == "incremental":
+        rc = full_cfg.retrain.replace(incremental=True, incremental_fractions=[0.6, 1.0])
+        full_cfg, cut_cfg = full_cfg.replace(retrain=rc), cut_cfg.replace(retrain=rc)
+    model, splits = _fresh(full_cfg)
+    result = retrain.run(model, full_cfg, splits.train, splits.val, progress=False)
+    assert result["finished"] and len(result["rounds"]) == 2
+
+    for stop in (1, 1, None):  # interrupted mid-round, then at the round boundary, then to the end
+        resumed, res_splits = _fresh(cut_cfg)
+        out = retrain.run(resumed, cut_cfg, res_splits.train, res_splits.val, resume=True,
+                          stop_after_epochs=stop, progress=False)
+    assert out["finished"]
+    _assert_same_state(model, resumed)
+    assert [r["val_acc"] for r in out["rounds"]] == [r["val_acc"] for r in result["rounds"]]
+    rounds = [json.loads(l) for l in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[0]["change_fraction"] is None and 0.0 <= rounds[1]["change_fraction"] <= 1.0
+    assert (tmp_path / "cut" / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "cut" / "histogram.png").stat().st_size > 0
+    if variant == "incremental":
+        assert [r["frozen_fraction"] for r in rounds] == pytest.approx([0.6, 1.0], abs=0.01)
+
+
+def test_convergence_rule():
+    cfg = qconfig.from_dict({"retrain": {"max_rounds": 5, "min_rounds": 2, "acc_gain_threshold": 0.1,
+                                         "change_threshold": 0.02}})
+    r = lambda acc, change: {"val_acc": acc, "change_fraction": change}  # noqa: E731
+    assert not retrain._converged(cfg, [r(90.0, None)])
+    assert retrain._converged(cfg, [r(90.0, None), r(90.05, 0.01)])
+    assert not retrain._converged(cfg, [r(90.0, None), r(90.05, 0.05)])   # clusters still moving
+    assert not retrain._converged(cfg, [r(90.0, None), r(90.5, 0.01)])    # accuracy still rising
+    assert retrain._converged(cfg, [r(90.0, None)] + [r(91.0 + i, 0.5) for i in range(4)])  # round limit
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
+def test_demo_quick(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
+    import demo
+    summary = demo.main(["--quick", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["float_test_acc"] == summary["float_test_acc"] and 0.0 <= saved["quant_test_acc"] <= 100.0
+    assert len(saved["round_table"]) == saved["rounds"] >= 1
+    again = demo.main(["--quick", "--out-dir", str(tmp_path)])  # reuses the matching baseline
+    assert again["float_test_acc"] == summary["float_test_acc"]

@@ -1,0 +1,101 @@
+"""Quantize a float model and retrain it: python training/retrain.py --config configs/w4_kmeans.yaml [--resume].
+
+Loads the float baseline (cfg.baseline, default runs/baseline/model.pt), applies qcnn.quantize_ with cfg.quant,
+runs Ji et al.'s loop (qcnn.retrain.run) and writes runs/<name>/{config.yaml, rounds.jsonl, accuracy.png,
+histogram.png, model.pt, summary.json}. The test set is evaluated once, at the end. Runs under
+`torchrun --nproc_per_node=N` (DistributedDataParallel; rank 0 writes the files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+
+import torch  # noqa: E402
+
+import qcnn  # noqa: E402
+from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
+from qcnn.data import build_loaders  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="YAML run config")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop (as if killed) after this many epochs; for testing --resume")
+    return p.parse_args(argv)
+
+
+def baseline_path(cfg: qconfig.RunConfig) -> Path:
+    return Path(cfg.baseline) if cfg.baseline else Path(cfg.out_dir) / "baseline" / "model.pt"
+
+
+def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = cfg or qconfig.load(args.config)
+    if cfg.quant is None:
+        raise SystemExit(f"retrain.py: {args.config}: the config has no 'quant' section")
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    rank, world, device = engine.setup_distributed()
+    engine.seed_everything(cfg.training.seed)
+    splits = build_loaders(cfg.data, rank, world)
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    source = baseline_path(cfg)
+    if not source.is_file():
+        raise SystemExit(f"retrain.py: float baseline {source} not found; train it with training/train.py "
+                         "or set 'baseline' in the config")
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    model.to(device)
+    float_val = engine.evaluate(model, splits.val)
+    qcnn.quantize_(model, cfg.quant)
+    run_dir = cfg.run_dir
+    if engine.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        qconfig.dump(cfg, run_dir / "config.yaml")
+    t0 = time.perf_counter()
+    result = retrain.run(model, cfg, splits.train, splits.val, resume=args.resume,
+                         stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    if not result["finished"]:
+        return {"finished": False}
+    test = engine.evaluate(model, splits.test)
+    folded_test = engine.evaluate(qcnn.fold_batchnorm(model), splits.test)
+    baseline_summary = source.parent / "summary.json"
+    float_test = json.loads(baseline_summary.read_text()).get("test_acc") if baseline_summary.is_file() else None
+    rounds = result["rounds"]
+    summary = {
+        "name": cfg.name, "kind": "quantized", "model": cfg.model.name, "baseline": str(source),
+        "quant": cfg.quant.to_dict(), "incremental": cfg.retrain.incremental,
+        "rounds": len(rounds), "float_val_acc": float_val["acc"], "float_test_acc": float_test,
+        "val_acc": rounds[-1]["val_acc"], "quant_test_acc": test["acc"], "test_acc": test["acc"],
+        "folded_test_acc": folded_test["acc"],
+        "round_table": [{k: r[k] for k in ("round", "val_acc_before", "val_acc", "val_loss", "change_fraction")}
+                        for r in rounds],
+        "retrain_seconds": time.perf_counter() - t0, "world_size": world, "torch": torch.__version__,
+    }
+    if engine.is_main():
+        torch.save(model.state_dict(), run_dir / "model.pt")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(format_rounds(rounds))
+        print(f"[{cfg.name}] float test acc {float_test if float_test is None else f'{float_test:.2f}'}%, "
+              f"quantized test acc {test['acc']:.2f}% (BN folded: {folded_test['acc']:.2f}%) -> {run_dir}", flush=True)
+    return summary
+
+
+def format_rounds(rounds: list[dict]) -> str:
+    lines = ["| round | val acc after refit | val acc after retraining | val loss | cluster change |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rounds:
+        change = "-" if r["change_fraction"] is None else f"{r['change_fraction']:.4f}"
+        lines.append(f"| {r['round']} | {r['val_acc_before']:.2f} | {r['val_acc']:.2f} | {r['val_loss']:.4f} | {change} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Train the float baseline: python training/train.py --config configs/baseline.yaml [--resume].
+
+Writes runs/<name>/{config.yaml, model.pt, summary.json, epochs.jsonl, checkpoint.pt}. Runs under
+`torchrun --nproc_per_node=N` with DistributedDataParallel as well (rank 0 writes the files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+
+import torch  # noqa: E402
+
+import qcnn  # noqa: E402
+from qcnn import config as qconfig, engine, models  # noqa: E402
+from qcnn.data import build_loaders  # noqa: E402
+from qcnn.retrain import train_float  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="YAML run config")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = cfg or qconfig.load(args.config)
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    rank, world, device = engine.setup_distributed()
+    engine.seed_everything(cfg.training.seed)
+    splits = build_loaders(cfg.data, rank, world)
+    model = models.create(cfg.model.name, **cfg.model.kwargs).to(device)
+    run_dir = cfg.run_dir
+    if engine.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        qconfig.dump(cfg, run_dir / "config.yaml")
+    t0 = time.perf_counter()
+    result = train_float(model, cfg, splits.train, splits.val, resume=args.resume,
+                         stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    if not result["finished"]:
+        return {"finished": False}
+    val = engine.evaluate(model, splits.val)
+    test = engine.evaluate(model, splits.test)
+    summary = {
+        "name": cfg.name, "kind": "float", "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": cfg.training.epochs, "val_acc": val["acc"], "test_acc": test["acc"],
+        "float_test_acc": test["acc"], "train_seconds": time.perf_counter() - t0, "world_size": world,
+        "torch": torch.__version__, "qcnn": qcnn.__version__,
+    }
+    if engine.is_main():
+        torch.save(model.state_dict(), run_dir / "model.pt")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"[{cfg.name}] float model: val acc {val['acc']:.2f}%, test acc {test['acc']:.2f}% -> {run_dir}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
