@@ -24,9 +24,21 @@ struct Moments {
   double w, s, q;  // prefix sums of w, w*u, w*u^2 (u = value - shift)
 };
 
-std::vector<Moments> interleave(const PrefixSums& sums) {
-  std::vector<Moments> out(sums.s0.size());
-  for (size_t i = 0; i < out.size(); ++i) out[i] = {sums.s0[i], sums.s1[i], sums.s2[i]};
+// Same sums as PrefixSums (centred on the weighted mean), built without its three separate arrays.
+std::vector<Moments> prefix_moments(const WeightedValues& data, double& shift) {
+  const int64_t n = data.size();
+  double w_total = 0.0, wx_total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    w_total += data.weight[i];
+    wx_total += data.weight[i] * data.value[i];
+  }
+  shift = wx_total / w_total;
+  std::vector<Moments> out(static_cast<size_t>(n + 1));
+  out[0] = {0.0, 0.0, 0.0};
+  for (int64_t i = 0; i < n; ++i) {
+    const double w = data.weight[i], u = data.value[i] - shift;
+    out[i + 1] = {out[i].w + w, out[i].s + w * u, out[i].q + w * u * u};
+  }
   return out;
 }
 
@@ -236,13 +248,15 @@ void solve(const std::vector<Moments>& moments, int64_t base, int64_t n, int64_t
   solve(moments, base + split, n - split, kk - h, budget, starts);
 }
 
-KMeansResult from_starts(const WeightedValues& data, const PrefixSums& sums, const std::vector<int64_t>& starts) {
+KMeansResult from_starts(const WeightedValues& data, const std::vector<Moments>& moments, double shift,
+                         const std::vector<int64_t>& starts) {
   KMeansResult result;
   const int64_t k = static_cast<int64_t>(starts.size());
   result.centroids.resize(k);
   for (int64_t m = 0; m < k; ++m) {
-    const int64_t end = m + 1 < k ? starts[m + 1] : data.size();
-    result.centroids[m] = sums.mean(starts[m], end);
+    const Moments& lo = moments[starts[m]];
+    const Moments& hi = moments[m + 1 < k ? starts[m + 1] : data.size()];
+    result.centroids[m] = shift + (hi.s - lo.s) / (hi.w - lo.w);
   }
   std::sort(result.centroids.begin(), result.centroids.end());
   result.sse = weighted_sse(data, result.centroids);
@@ -266,11 +280,12 @@ KMeansResult kmeans_1d_optimal(const WeightedValues& data, int64_t k, int64_t ta
   }
   if (n > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("kmeans_1d_optimal: more than 2^31 - 1 distinct values");
-  const PrefixSums sums(data);
+  double shift = 0.0;
+  const std::vector<Moments> moments = prefix_moments(data, shift);
   std::vector<int64_t> starts;
   starts.reserve(k);
-  solve(interleave(sums), 0, n, k, table_budget_bytes, starts);
-  return from_starts(data, sums, starts);
+  solve(moments, 0, n, k, table_budget_bytes, starts);
+  return from_starts(data, moments, shift, starts);
 }
 
 KMeansResult kmeans_1d_optimal_quadratic(const WeightedValues& data, int64_t k) {
@@ -300,7 +315,9 @@ KMeansResult kmeans_1d_optimal_quadratic(const WeightedValues& data, int64_t k) 
     starts[m] = m == 0 ? 0 : arg[m][j];
     j = starts[m] - 1;
   }
-  return from_starts(data, sums, starts);
+  double shift = 0.0;
+  const std::vector<Moments> moments = prefix_moments(data, shift);
+  return from_starts(data, moments, shift, starts);
 }
 
 }  // namespace qcnn::codebook
