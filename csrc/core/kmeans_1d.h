@@ -48,11 +48,13 @@ KMeansResult kmeans_1d(const WeightedValues& data, int64_t k, const KMeansOption
 
 // Minimum-SSE partition of the sorted values into k contiguous clusters. Each DP layer is a
 // row-minima problem over a totally monotone matrix, solved by SMAWK in O(n); the partition is
-// recovered from a k x n argmin table when it fits in `table_budget_bytes`, otherwise by
-// Hirschberg-style splitting (forward and backward DP meet at the middle cluster boundary), which
-// needs O(n) memory and about twice the time. Total O(k n) time.
+// recovered from a k x n int32 argmin table when it fits in `table_budget_bytes` (default 1 GiB),
+// otherwise by Hirschberg-style splitting (forward and backward DP meet at the middle cluster
+// boundary, the two halves run on two threads), which needs O(n) memory and 1.5-2x the work.
+// Total O(k n) time; memory 24 n bytes of prefix moments plus the table or O(n) rows. Layers of
+// at least split_rows rows are cut in two independent halves at a scanned middle row (two threads).
 KMeansResult kmeans_1d_optimal(const WeightedValues& data, int64_t k,
-                               int64_t table_budget_bytes = int64_t(256) << 20);
+                               int64_t table_budget_bytes = int64_t(1) << 30, int64_t split_rows = 1 << 15);
 
 // Reference O(k n^2) DP used by the tests.
 KMeansResult kmeans_1d_optimal_quadratic(const WeightedValues& data, int64_t k);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -24,9 +25,21 @@ struct Moments {
   double w, s, q;  // prefix sums of w, w*u, w*u^2 (u = value - shift)
 };
 
-std::vector<Moments> interleave(const PrefixSums& sums) {
-  std::vector<Moments> out(sums.s0.size());
-  for (size_t i = 0; i < out.size(); ++i) out[i] = {sums.s0[i], sums.s1[i], sums.s2[i]};
+// Same sums as PrefixSums (centred on the weighted mean), built without its three separate arrays.
+std::vector<Moments> prefix_moments(const WeightedValues& data, double& shift) {
+  const int64_t n = data.size();
+  double w_total = 0.0, wx_total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    w_total += data.weight[i];
+    wx_total += data.weight[i] * data.value[i];
+  }
+  shift = wx_total / w_total;
+  std::vector<Moments> out(static_cast<size_t>(n + 1));
+  out[0] = {0.0, 0.0, 0.0};
+  for (int64_t i = 0; i < n; ++i) {
+    const double w = data.weight[i], u = data.value[i] - shift;
+    out[i + 1] = {out[i].w + w, out[i].s + w * u, out[i].q + w * u * u};
+  }
   return out;
 }
 
@@ -56,15 +69,32 @@ class LayerSolver {
   // up front so references into them stay valid during the recursion.
   explicit LayerSolver(const CostT& cost) : cost_(cost), kept_(64), kept_value_(64) {}
 
-  // Fills value[j], arg[j] for j in [m, jmax].
-  void solve(const double* prev, int64_t m, int64_t jmax, double* value, Arg* arg) {
+  // Fills value[j], arg[j] for rows j in [row_lo, row_hi], searching columns [col_lo, col_hi].
+  void solve(const double* prev, int64_t row_lo, int64_t row_hi, int64_t col_lo, int64_t col_hi, double* value,
+             Arg* arg) {
+    if (row_hi < row_lo) return;
     prev_ = prev;
     value_ = value;
     arg_ = arg;
-    const int64_t rows = jmax - m + 1;
-    columns_.resize(static_cast<size_t>(rows));
-    for (int64_t c = 0; c < rows; ++c) columns_[c] = m + c;
-    run(m, rows, 1, columns_.data(), rows, 0);
+    const int64_t cols = col_hi - col_lo + 1;
+    columns_.resize(static_cast<size_t>(cols));
+    for (int64_t c = 0; c < cols; ++c) columns_[c] = col_lo + c;
+    run(row_lo, row_hi - row_lo + 1, 1, columns_.data(), cols, 0);
+  }
+
+  // Leftmost minimum of row j over columns [col_lo, min(col_hi, j)] by a plain scan.
+  std::pair<int64_t, double> row_minimum(const double* prev, int64_t j, int64_t col_lo, int64_t col_hi) {
+    prev_ = prev;
+    int64_t best = col_lo;
+    double best_value = a(j, col_lo);
+    for (int64_t i = col_lo + 1; i <= std::min(col_hi, j); ++i) {
+      const double v = a(j, i);
+      if (v < best_value) {
+        best_value = v;
+        best = i;
+      }
+    }
+    return {best, best_value};
   }
 
  private:
@@ -143,9 +173,12 @@ class LayerSolver {
 };
 
 // Layer m for rows j in [m, jmax]: cur[j] = min_i prev[i-1] + cost(i, j), arg[j] = that i.
+// Layers of at least `split_rows` rows are cut at their middle row, whose minimum is found by a
+// scan; the argmin is monotone in j, so the two halves are independent SMAWK problems over
+// [m, pivot] and [pivot, jmax] columns and run on two threads (when not already in a parallel region).
 template <typename CostT, typename Arg>
-void dp_layer(const CostT& cost, LayerSolver<CostT, Arg>& solver, const double* prev, int64_t m, int64_t jmax,
-              double* cur, Arg* arg) {
+void dp_layer(const CostT& cost, LayerSolver<CostT, Arg>* solvers[2], const double* prev, int64_t m, int64_t jmax,
+              double* cur, Arg* arg, int64_t split_rows) {
   if (m == 0) {
     for (int64_t j = 0; j <= jmax; ++j) {
       cur[j] = cost(0, j);
@@ -153,18 +186,40 @@ void dp_layer(const CostT& cost, LayerSolver<CostT, Arg>& solver, const double* 
     }
     return;
   }
-  solver.solve(prev, m, jmax, cur, arg);
+  const int64_t rows = jmax - m + 1;
+  if (rows < std::max<int64_t>(split_rows, 3)) {
+    solvers[0]->solve(prev, m, jmax, m, jmax, cur, arg);
+    return;
+  }
+  const int64_t mid = m + rows / 2;
+  const auto [pivot, pivot_value] = solvers[0]->row_minimum(prev, mid, m, mid);
+  cur[mid] = pivot_value;
+  arg[mid] = static_cast<Arg>(pivot);
+#ifdef _OPENMP
+#pragma omp parallel sections num_threads(2) if (!omp_in_parallel() && rows >= (1 << 15))
+#endif
+  {
+#ifdef _OPENMP
+#pragma omp section
+#endif
+    solvers[0]->solve(prev, m, mid - 1, m, pivot, cur, arg);
+#ifdef _OPENMP
+#pragma omp section
+#endif
+    solvers[1]->solve(prev, mid + 1, jmax, pivot, jmax, cur, arg);
+  }
 }
 
 // D[layers-1][j] for all j that leave room for `total_k - layers` clusters after j.
 template <typename CostT>
-std::vector<double> dp_last_layer(const CostT& cost, int64_t total_k, int64_t layers) {
+std::vector<double> dp_last_layer(const CostT& cost, int64_t total_k, int64_t layers, int64_t split_rows) {
   const int64_t n = cost.n;
   std::vector<double> prev(n, kInf), cur(n, kInf);
   std::vector<int64_t> arg(n, 0);
-  LayerSolver<CostT, int64_t> solver(cost);
+  LayerSolver<CostT, int64_t> solver_a(cost), solver_b(cost);
+  LayerSolver<CostT, int64_t>* solvers[2] = {&solver_a, &solver_b};
   for (int64_t m = 0; m < layers; ++m) {
-    dp_layer(cost, solver, prev.data(), m, n - total_k + m, cur.data(), arg.data());
+    dp_layer(cost, solvers, prev.data(), m, n - total_k + m, cur.data(), arg.data(), split_rows);
     prev.swap(cur);
   }
   return prev;
@@ -172,7 +227,7 @@ std::vector<double> dp_last_layer(const CostT& cost, int64_t total_k, int64_t la
 
 // Appends the global start index of each of the kk optimal clusters of window [base, base + n).
 void solve(const std::vector<Moments>& moments, int64_t base, int64_t n, int64_t kk, int64_t budget,
-           std::vector<int64_t>& starts) {
+           int64_t split_rows, std::vector<int64_t>& starts) {
   if (kk == 1) {
     starts.push_back(base);
     return;
@@ -185,9 +240,10 @@ void solve(const std::vector<Moments>& moments, int64_t base, int64_t n, int64_t
   if (static_cast<double>(kk) * static_cast<double>(n) * 4.0 <= static_cast<double>(budget)) {
     std::vector<int32_t> table(static_cast<size_t>(kk) * n, 0);
     std::vector<double> prev(n, kInf), cur(n, kInf);
-    LayerSolver<Cost<false>, int32_t> solver(forward);
+    LayerSolver<Cost<false>, int32_t> solver_a(forward), solver_b(forward);
+    LayerSolver<Cost<false>, int32_t>* solvers[2] = {&solver_a, &solver_b};
     for (int64_t m = 0; m + 1 < kk; ++m) {
-      dp_layer(forward, solver, prev.data(), m, n - kk + m, cur.data(), table.data() + m * n);
+      dp_layer(forward, solvers, prev.data(), m, n - kk + m, cur.data(), table.data() + m * n, split_rows);
       prev.swap(cur);
     }
     // Last layer: only j = n - 1 is needed, a single scan.
@@ -217,11 +273,11 @@ void solve(const std::vector<Moments>& moments, int64_t base, int64_t n, int64_t
 #ifdef _OPENMP
 #pragma omp section
 #endif
-    left = dp_last_layer(forward, kk, h);
+    left = dp_last_layer(forward, kk, h, split_rows);
 #ifdef _OPENMP
 #pragma omp section
 #endif
-    right = dp_last_layer(backward, kk, kk - h);
+    right = dp_last_layer(backward, kk, kk - h, split_rows);
   }
   int64_t split = h;
   double best_value = kInf;
@@ -232,17 +288,19 @@ void solve(const std::vector<Moments>& moments, int64_t base, int64_t n, int64_t
       split = s;
     }
   }
-  solve(moments, base, split, h, budget, starts);
-  solve(moments, base + split, n - split, kk - h, budget, starts);
+  solve(moments, base, split, h, budget, split_rows, starts);
+  solve(moments, base + split, n - split, kk - h, budget, split_rows, starts);
 }
 
-KMeansResult from_starts(const WeightedValues& data, const PrefixSums& sums, const std::vector<int64_t>& starts) {
+KMeansResult from_starts(const WeightedValues& data, const std::vector<Moments>& moments, double shift,
+                         const std::vector<int64_t>& starts) {
   KMeansResult result;
   const int64_t k = static_cast<int64_t>(starts.size());
   result.centroids.resize(k);
   for (int64_t m = 0; m < k; ++m) {
-    const int64_t end = m + 1 < k ? starts[m + 1] : data.size();
-    result.centroids[m] = sums.mean(starts[m], end);
+    const Moments& lo = moments[starts[m]];
+    const Moments& hi = moments[m + 1 < k ? starts[m + 1] : data.size()];
+    result.centroids[m] = shift + (hi.s - lo.s) / (hi.w - lo.w);
   }
   std::sort(result.centroids.begin(), result.centroids.end());
   result.sse = weighted_sse(data, result.centroids);
@@ -256,7 +314,8 @@ void check_args(const WeightedValues& data, int64_t k) {
 
 }  // namespace
 
-KMeansResult kmeans_1d_optimal(const WeightedValues& data, int64_t k, int64_t table_budget_bytes) {
+KMeansResult kmeans_1d_optimal(const WeightedValues& data, int64_t k, int64_t table_budget_bytes,
+                               int64_t split_rows) {
   check_args(data, k);
   const int64_t n = data.size();
   if (n <= k) {
@@ -266,11 +325,12 @@ KMeansResult kmeans_1d_optimal(const WeightedValues& data, int64_t k, int64_t ta
   }
   if (n > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("kmeans_1d_optimal: more than 2^31 - 1 distinct values");
-  const PrefixSums sums(data);
+  double shift = 0.0;
+  const std::vector<Moments> moments = prefix_moments(data, shift);
   std::vector<int64_t> starts;
   starts.reserve(k);
-  solve(interleave(sums), 0, n, k, table_budget_bytes, starts);
-  return from_starts(data, sums, starts);
+  solve(moments, 0, n, k, table_budget_bytes, split_rows, starts);
+  return from_starts(data, moments, shift, starts);
 }
 
 KMeansResult kmeans_1d_optimal_quadratic(const WeightedValues& data, int64_t k) {
@@ -300,7 +360,9 @@ KMeansResult kmeans_1d_optimal_quadratic(const WeightedValues& data, int64_t k) 
     starts[m] = m == 0 ? 0 : arg[m][j];
     j = starts[m] - 1;
   }
-  return from_starts(data, sums, starts);
+  double shift = 0.0;
+  const std::vector<Moments> moments = prefix_moments(data, shift);
+  return from_starts(data, moments, shift, starts);
 }
 
 }  // namespace qcnn::codebook

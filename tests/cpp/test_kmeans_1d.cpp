@@ -102,6 +102,8 @@ TEST_CASE("optimal DP equals brute force over all partitions", "[codebook]") {
       const double expected = brute_force_sse(d, k);
       const auto fast = kmeans_1d_optimal(d, k);
       const auto split = kmeans_1d_optimal(d, k, /*table_budget_bytes=*/0);
+      const auto halves = kmeans_1d_optimal(d, k, int64_t(1) << 30, /*split_rows=*/3);
+      REQUIRE(halves.sse == Approx(expected).margin(1e-12));
       REQUIRE(fast.sse == Approx(expected).margin(1e-12));
       REQUIRE(split.sse == Approx(expected).margin(1e-12));
       REQUIRE(std::is_sorted(fast.centroids.begin(), fast.centroids.end()));
@@ -122,8 +124,12 @@ TEST_CASE("SMAWK DP and Hirschberg split equal the quadratic DP", "[codebook]") 
       const auto ref = kmeans_1d_optimal_quadratic(d, k);
       const auto table = kmeans_1d_optimal(d, k);
       const auto split = kmeans_1d_optimal(d, k, 64);
+      const auto halves = kmeans_1d_optimal(d, k, int64_t(1) << 30, /*split_rows=*/3);
+      const auto both = kmeans_1d_optimal(d, k, 64, /*split_rows=*/3);
       REQUIRE(table.sse == Approx(ref.sse).epsilon(1e-12).margin(1e-12));
       REQUIRE(split.sse == Approx(ref.sse).epsilon(1e-12).margin(1e-12));
+      REQUIRE(halves.sse == Approx(ref.sse).epsilon(1e-12).margin(1e-12));
+      REQUIRE(both.sse == Approx(ref.sse).epsilon(1e-12).margin(1e-12));
     }
   }
 }
