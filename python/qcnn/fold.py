@@ -16,7 +16,9 @@ from .nn.layers import QuantConv2d, QuantLayer
 from .quantizers.act import QuantAct
 
 
-class _LeafTracer(torch.fx.Tracer):
+class QuantLeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps convs, linears, BatchNorms and the qcnn quantized layers whole."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, QuantLayer, QuantAct)) or \
             super().is_leaf_module(m, qualname)
@@ -25,7 +27,7 @@ class _LeafTracer(torch.fx.Tracer):
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm2d whose only input is a Conv2d output used by nothing else."""
     try:
-        graph = _LeafTracer().trace(model)
+        graph = QuantLeafTracer().trace(model)
     except Exception as err:  # fx raises many types for untraceable control flow
         raise TypeError(f"fold_batchnorm: cannot trace {type(model).__name__} with torch.fx to find conv-BN pairs "
                         f"({type(err).__name__}: {err})") from err
@@ -47,21 +49,29 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) with bn(y) = s * y + t per channel in eval mode."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("the BatchNorm has no running statistics (track_running_stats=False); it cannot be folded")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.detach(), shift.detach()
+
+
+@torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new conv equal to bn(conv(x)) with bn in eval mode (QuantConv2d: with its quantized weight)."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("fold_conv_bn: the BatchNorm has no running statistics (track_running_stats=False)")
     if bn.num_features != conv.out_channels:
         raise ValueError(f"fold_conv_bn: BatchNorm has {bn.num_features} features, the conv {conv.out_channels} outputs")
     weight = conv.quantized_weight() if isinstance(conv, QuantLayer) else conv.weight
     weight = weight.detach()
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
+    scale, shift = bn_affine(bn)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = (bias - bn.running_mean) * scale
-    if bn.bias is not None:
-        new_bias = new_bias + bn.bias
+    new_bias = bias * scale + shift
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
                       device=weight.device, dtype=weight.dtype)

@@ -1,0 +1,240 @@
+"""qcnn model -> export Graph: traces a quantized model with torch.fx and reads every layer's quantizers.
+
+Supported: (Quant)Conv2d (groups 1, dilation 1, zero padding), (Quant)Linear, BatchNorm2d directly after a
+conv (folded), ReLU (module, F.relu, torch.relu, .relu()), MaxPool2d, AvgPool2d, AdaptiveMax/AvgPool2d(1),
+Flatten / torch.flatten(x, 1), residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
+Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..fold import QuantLeafTracer, bn_affine
+from ..nn.layers import QuantLayer
+from ..quantizers.act import QuantAct
+from ..quantizers.weight import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,
+                                 UniformWeightQuantizer)
+from .graph import Graph, Node, QParams, QuantWeight
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+def act_qparams(act: QuantAct) -> QParams:
+    """The affine quantizer a calibrated QuantAct applies in eval mode."""
+    if not bool(act.calibrated):
+        raise ValueError("QuantAct is not calibrated; run the model (or calibrate_activations) before exporting")
+    step = float(act.scale.detach().abs().clamp(min=torch.finfo(torch.float32).tiny)) if act.method == "lsq" \
+        else float((act.alpha.detach() / act.qmax).clamp(min=torch.finfo(torch.float32).tiny))
+    # PACT clips at +-alpha = +-qmax * step before quantizing: the signed range is symmetric.
+    qmin = -act.qmax if act.method == "pact" and act.signed else act.qmin
+    return QParams(step, 0, qmin, act.qmax)
+
+
+@torch.no_grad()
+def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
+    """The deployed weights of a quantized layer: indices into per-channel or per-tensor level tables."""
+    wq, w = layer.weight_quant, layer.weight.detach()
+    if wq is None:
+        raise TypeError(f"layer {name!r} has float weights; the integer formats need a weight quantizer on every "
+                        "conv/linear (e.g. a uniform 8-bit override for it)")
+    if not bool(wq.fitted):
+        raise ValueError(f"layer {name!r}: the weight quantizer is not fitted yet; run the model once (or "
+                         "qcnn.quantize.refit_weights) before exporting")
+    m = w.shape[0]
+    if isinstance(wq, CodebookWeightQuantizer):
+        if bool(wq.incremental) and not bool(wq.frozen.all()):
+            raise ValueError(f"layer {name!r}: incremental quantization has frozen only "
+                             f"{float(wq.frozen.float().mean()):.0%} of the weights; export needs all of them frozen")
+        indices = wq.frozen_indices if bool(wq.incremental) else wq.nearest(w)
+        return QuantWeight.from_codebook(indices, wq.codebook.detach())
+    q = wq.quantize(w).detach().to(torch.float32)
+    if isinstance(wq, BinaryWeightQuantizer):
+        alpha = q.abs().reshape(m, -1).amax(dim=1)
+        return QuantWeight.binary(q, alpha)
+    if isinstance(wq, FixedPointWeightQuantizer):
+        top = 2 ** (wq.bits - 1) - 1
+        step = 2.0 ** -int(wq.frac_bits)
+        return QuantWeight.from_integers("fixed", torch.round(q / step), torch.full((m,), step), -top, top)
+    if isinstance(wq, UniformWeightQuantizer):
+        # value = scale * (code - zero_point), code in [qmin, qmax]: index = code - qmin, level = index + qmin - zp.
+        scale = wq.scale.detach().to(torch.float32).reshape(-1).expand(m)
+        zp = wq.zero_point.reshape(-1).to(torch.int32)
+        ints = torch.round(q / scale.reshape((m,) + (1,) * (q.dim() - 1))).to(torch.int64)
+        zp_m = zp.expand(m).reshape((m,) + (1,) * (q.dim() - 1)).to(torch.int64)
+        indices = (ints + zp_m - wq.qmin).to(torch.uint8)
+        levels = (torch.arange(wq.qmin, wq.qmax + 1, dtype=torch.int32)[None] - zp[:, None]).contiguous()
+        bits = max(1, math.ceil(math.log2(wq.qmax - wq.qmin + 1)))
+        return QuantWeight("uniform", indices, bits, levels=levels, scale=scale.clone())
+    raise TypeError(f"layer {name!r}: no export for weight quantizer {type(wq).__name__}")
+
+
+class _Tracer:
+    def __init__(self, model: nn.Module):
+        try:
+            self.fx_graph = QuantLeafTracer().trace(model)
+        except Exception as err:  # fx raises many types for untraceable control flow
+            raise TypeError(f"qcnn.export: cannot trace {type(model).__name__} with torch.fx "
+                            f"({type(err).__name__}: {err})") from err
+        self.modules = dict(model.named_modules())
+        self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}
+        self.value: dict[torch.fx.Node, str] = {}            # fx node -> graph value name
+        self.producers: dict[str, list[torch.fx.Node]] = {"input": []}  # graph value -> fx nodes that alias it
+        self.output: str | None = None
+
+    def fail(self, node: torch.fx.Node, what: str) -> TypeError:
+        return TypeError(f"qcnn.export: node {node.name!r} ({node.op} {node.target}): {what}")
+
+    def input_of(self, node: torch.fx.Node, i: int = 0) -> str:
+        arg = node.args[i] if i < len(node.args) else None
+        if not isinstance(arg, torch.fx.Node) or arg not in self.value:
+            raise self.fail(node, f"argument {i} is not a traced tensor")
+        return self.value[arg]
+
+    def alias(self, node: torch.fx.Node, value: str) -> None:
+        self.value[node] = value
+        self.producers[value].append(node)
+
+    def add(self, node: torch.fx.Node, graph_node: Node) -> None:
+        name = graph_node.name
+        if name in self.by_name or name == "input":
+            graph_node.name = name = node.name
+        self.nodes.append(graph_node)
+        self.by_name[name] = graph_node
+        self.producers[name] = []
+        self.alias(node, name)
+
+    def sole_use(self, value: str) -> bool:
+        """True when nothing but the current fx node consumes `value` (every alias has one user)."""
+        return value != "input" and all(len(n.users) == 1 for n in self.producers[value])
+
+    def fuse_relu(self, node: torch.fx.Node) -> None:
+        src = self.input_of(node)
+        target = self.by_name.get(src)
+        if target is not None and target.op in ("conv2d", "linear", "add") and not target.relu and self.sole_use(src):
+            target.relu = True
+            self.alias(node, src)
+        else:
+            self.add(node, Node(node.name, "relu", [src]))
+
+    def module(self, node: torch.fx.Node) -> None:
+        mod, qualname = self.modules[node.target], str(node.target)
+        src = self.input_of(node)
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            if not isinstance(mod, QuantLayer):
+                raise self.fail(node, "a float layer; call qcnn.quantize_ on the model first")
+            act = mod.act_quant
+            common = dict(weight=quant_weight(mod, qualname), act=None if act is None else act_qparams(act),
+                          bias=None if mod.bias is None else mod.bias.detach().to(torch.float32))
+            if isinstance(mod, nn.Conv2d):
+                if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or mod.padding_mode != "zeros" \
+                        or isinstance(mod.padding, str):
+                    raise self.fail(node, "only convs with groups=1, dilation=1 and explicit zero padding export")
+                self.add(node, Node(qualname, "conv2d", [src], kernel_size=tuple(mod.kernel_size),
+                                    stride=tuple(mod.stride), padding=tuple(mod.padding), **common))
+            else:
+                self.add(node, Node(qualname, "linear", [src], **common))
+        elif isinstance(mod, nn.BatchNorm2d):
+            conv = self.by_name.get(src)
+            if conv is None or conv.op != "conv2d" or conv.bn_scale is not None or conv.relu or not self.sole_use(src):
+                raise self.fail(node, "BatchNorm2d exports only when folded into the conv right before it")
+            if mod.num_features != conv.weight.out_channels:
+                raise self.fail(node, f"{mod.num_features} features after a conv with {conv.weight.out_channels}")
+            conv.bn_scale, conv.bn_shift = (t.to(torch.float32) for t in bn_affine(mod))
+            self.alias(node, src)
+        elif isinstance(mod, nn.ReLU):
+            self.fuse_relu(node)
+        elif isinstance(mod, _NO_OPS):
+            self.alias(node, src)
+        elif isinstance(mod, QuantAct):
+            self.add(node, Node(node.name, "quant", [src], act=act_qparams(mod)))
+        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+            self.pool(node, mod, src)
+        elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            if mod.output_size not in (1, (1, 1)):
+                raise self.fail(node, f"adaptive pooling exports only with output_size 1, got {mod.output_size}")
+            op = "global_avg_pool" if isinstance(mod, nn.AdaptiveAvgPool2d) else "global_max_pool"
+            self.add(node, Node(node.name, op, [src]))
+        elif isinstance(mod, nn.Flatten):
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                raise self.fail(node, "Flatten exports only with start_dim=1, end_dim=-1")
+            self.add(node, Node(node.name, "flatten", [src]))
+        else:
+            raise self.fail(node, f"module type {type(mod).__name__} has no export")
+
+    def pool(self, node: torch.fx.Node, mod: nn.Module, src: str) -> None:
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        kernel = pair(mod.kernel_size)
+        stride = pair(mod.stride if mod.stride is not None else mod.kernel_size)
+        padding = pair(mod.padding)
+        if mod.ceil_mode:
+            raise self.fail(node, "pooling with ceil_mode=True has no export")
+        if isinstance(mod, nn.MaxPool2d):
+            if pair(mod.dilation) != (1, 1) or mod.return_indices:
+                raise self.fail(node, "max pooling exports only with dilation 1 and no indices")
+            self.add(node, Node(node.name, "max_pool2d", [src], kernel_size=kernel, stride=stride, padding=padding))
+        else:
+            if padding != (0, 0) or mod.divisor_override is not None:
+                raise self.fail(node, "average pooling exports only without padding or divisor_override")
+            self.add(node, Node(node.name, "avg_pool2d", [src], kernel_size=kernel, stride=stride))
+
+    def function(self, node: torch.fx.Node) -> None:
+        fn = node.target
+        if fn in _RELU_FUNCTIONS or (node.op == "call_method" and fn in ("relu", "relu_")):
+            self.fuse_relu(node)
+        elif fn in _ADD_FUNCTIONS or (node.op == "call_method" and fn in ("add", "add_", "__add__")):
+            if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+                raise self.fail(node, "add exports only as a + b of two tensors")
+            self.add(node, Node(node.name, "add", [self.input_of(node, 0), self.input_of(node, 1)]))
+        elif fn is torch.flatten or (node.op == "call_method" and fn == "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            if start != 1 or end != -1:
+                raise self.fail(node, "flatten exports only with start_dim=1, end_dim=-1")
+            self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+        else:
+            raise self.fail(node, "this function has no export")
+
+    def run(self) -> None:
+        for node in self.fx_graph.nodes:
+            if node.op == "placeholder":
+                if "input" in self.value.values():
+                    raise self.fail(node, "the model must take exactly one input tensor")
+                self.alias(node, "input")
+            elif node.op == "call_module":
+                self.module(node)
+            elif node.op in ("call_function", "call_method"):
+                self.function(node)
+            elif node.op == "output":
+                if not isinstance(node.args[0], torch.fx.Node):
+                    raise self.fail(node, "the model must return one tensor")
+                self.output = self.value[node.args[0]]
+            else:
+                raise self.fail(node, "unsupported fx node kind")
+        if not self.nodes or self.output != self.nodes[-1].name:
+            raise TypeError("qcnn.export: the model's output must be the last layer's output (the logits)")
+
+
+def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 28, 28),
+                     mean: list[float] | None = None, std: list[float] | None = None) -> Graph:
+    """The export Graph of a quantized qcnn model (in eval semantics; `model` is not modified).
+
+    mean/std: the per-channel normalisation of pixels / 255 that the model expects (default: Fashion-MNIST's)."""
+    from ..data import FASHION_MEAN, FASHION_STD
+
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    channels = input_shape[0]
+    tracer = _Tracer(model)
+    tracer.run()
+    graph = Graph(tuple(input_shape), list(mean) if mean is not None else [FASHION_MEAN] * channels,
+                  list(std) if std is not None else [FASHION_STD] * channels, tracer.nodes)
+    graph.validate()
+    return graph
