@@ -1,6 +1,8 @@
 """make demo: float baseline (trained, or reused when runs/baseline matches configs/baseline.yaml), then the
 quantize-retrain loop with 4-bit k-means weights and 8-bit activations (configs/demo.yaml); prints float vs
-quantized test accuracy and the per-round table; writes runs/demo/summary.json.
+quantized test accuracy and the per-round table; then exports runs/demo/model.qcnn, prints its size against
+float32 and runs it with the integer runtimes (qcnn.load and build/qcnn-infer) on the test set
+(training/deploy.py); writes runs/demo/summary.json.
 
 --quick: a few hundred images, a narrow net and one epoch per stage, under a temporary --out-dir (for tests).
 """
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT / "training"))
 import yaml  # noqa: E402
 
 from qcnn import config as qconfig  # noqa: E402
+import deploy as deploy_script  # noqa: E402
 import retrain as retrain_script  # noqa: E402
 import train as train_script  # noqa: E402
 
@@ -48,6 +51,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out-dir", default=None, help="runs directory (default: runs)")
     p.add_argument("--baseline-config", type=Path, default=ROOT / "configs" / "baseline.yaml")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    p.add_argument("--infer", type=Path, default=deploy_script.DEFAULT_INFER, help="the qcnn-infer binary")
     args = p.parse_args(argv)
     base_cfg, demo_cfg = qconfig.load(args.baseline_config), qconfig.load(args.config)
     if args.quick:
@@ -63,6 +67,8 @@ def main(argv=None) -> dict:
     base_summary = json.loads((base_cfg.run_dir / "summary.json").read_text())
     summary = retrain_script.main(["--config", str(args.config), "--no-progress"], cfg=demo_cfg)
     summary["float_test_acc"] = base_summary["test_acc"]
+    print()
+    summary["deploy"] = deploy_script.deploy(demo_cfg.run_dir, args.infer, verbose=False)
     summary["demo_seconds"] = time.perf_counter() - t0
     (demo_cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -71,6 +77,7 @@ def main(argv=None) -> dict:
     print(f"quantized test accuracy {summary['quant_test_acc']:.2f}%  "
           f"(4-bit k-means weights, 8-bit activations; {summary['rounds']} rounds; "
           f"difference {summary['quant_test_acc'] - summary['float_test_acc']:+.2f} points)")
+    print(deploy_script.format_deploy(summary["deploy"]))
     print(f"demo total {summary['demo_seconds']:.0f}s -> {demo_cfg.run_dir / 'summary.json'}")
     return summary
 

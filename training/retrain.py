@@ -72,8 +72,8 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     summary = {
         "name": cfg.name, "kind": "quantized", "model": cfg.model.name, "baseline": str(source),
         "quant": cfg.quant.to_dict(), "incremental": cfg.retrain.incremental,
-        "rounds": len(rounds), "float_val_acc": float_val["acc"], "float_test_acc": float_test,
-        "val_acc": rounds[-1]["val_acc"], "quant_test_acc": test["acc"], "test_acc": test["acc"],
+        "rounds": len(rounds), "best_round": result["best_round"], "float_val_acc": float_val["acc"],
+        "float_test_acc": float_test, "val_acc": rounds[result["best_round"]]["val_acc"], "quant_test_acc": test["acc"], "test_acc": test["acc"],
         "folded_test_acc": folded_test["acc"],
         "round_table": [{k: r[k] for k in ("round", "val_acc_before", "val_acc", "val_loss", "change_fraction")}
                         for r in rounds],

@@ -1,12 +1,17 @@
 // qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--path dense|shared] [--limit N]
-// Prints one JSON line: accuracy, throughput, counts. Exit status 1 with a message on any error.
+//            [--predictions FILE]
+// Prints one JSON line: accuracy, throughput, counts. --predictions writes the predicted class of each image,
+// one per line. Exit status 1 with a message on any error.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -20,7 +25,7 @@ namespace {
 [[noreturn]] void usage(const std::string& msg) {
   std::cerr << "qcnn-infer: " << msg << "\n"
             << "usage: qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] "
-               "[--path dense|shared] [--limit N]\n";
+               "[--path dense|shared] [--limit N] [--predictions FILE]\n";
   std::exit(1);
 }
 
@@ -34,7 +39,7 @@ int64_t parse_positive(const char* flag, const char* value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_path, images_path, labels_path, path = "dense";
+  std::string model_path, images_path, labels_path, predictions_path, path = "dense";
   int64_t batch = 256, threads = 0, limit = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -48,6 +53,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = parse_positive("--threads", value());
     else if (a == "--limit") limit = parse_positive("--limit", value());
     else if (a == "--path") path = value();
+    else if (a == "--predictions") predictions_path = value();
     else if (a == "-h" || a == "--help") usage("help");
     else if (!a.empty() && a[0] == '-') usage("unknown option " + a);
     else if (model_path.empty()) model_path = a;
@@ -81,6 +87,7 @@ int main(int argc, char** argv) {
 #endif
     int64_t correct = 0;
     const int64_t classes = model.num_classes();
+    std::vector<int64_t> predictions(static_cast<size_t>(n));
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t start = 0; start < n; start += batch) {
       const int64_t b = std::min(batch, n - start);
@@ -88,10 +95,17 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < b; ++i) {
         const float* row = logits.data() + i * classes;
         const int64_t pred = std::max_element(row, row + classes) - row;
+        predictions[static_cast<size_t>(start + i)] = pred;
         correct += pred == labels.data[start + i];
       }
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!predictions_path.empty()) {
+      std::ofstream file(predictions_path);
+      for (const int64_t pred : predictions) file << pred << '\n';
+      file.flush();
+      if (!file) throw std::runtime_error("cannot write --predictions file " + predictions_path);
+    }
     nlohmann::json out = {{"model", model_path},
                           {"images", n},
                           {"correct", correct},

@@ -327,7 +327,9 @@ class RetrainConfig(_Section):
     weights, retrains `epochs_per_round` epochs and evaluates on the validation split; stop when the val
     accuracy gain (points) < acc_gain_threshold AND the cluster-change fraction < change_threshold, or after
     max_rounds. incremental: INQ-like, round r quantizes and freezes the share incremental_fractions[r] of
-    each layer's weights, largest magnitude first (runs exactly len(incremental_fractions) rounds)."""
+    each layer's weights, largest magnitude first (runs exactly len(incremental_fractions) rounds).
+    keep_best: end with the state of the round with the best validation accuracy, not the last round
+    (ignored in incremental mode, whose earlier rounds are only partly quantized)."""
 
     max_rounds: int = 4
     min_rounds: int = 2
@@ -338,6 +340,7 @@ class RetrainConfig(_Section):
     incremental: bool = False
     incremental_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
     histogram_layer: Optional[str] = None
+    keep_best: bool = True
 
     def validate(self, path: str = "") -> None:
         _check_range(_join(path, "max_rounds"), self.max_rounds, 1, 1000)

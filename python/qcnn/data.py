@@ -21,7 +21,7 @@ FASHION_STD = 0.3530
 NUM_CLASSES = 10
 
 _IDX_TYPE_UINT8 = 0x08
-_FILES = {
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -62,7 +62,9 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> torch.Tensor
     return torch.from_numpy(array.copy())
 
 
-def _find(root: Path, stem: str) -> Path:
+def find_idx(root: str | Path, stem: str) -> Path:
+    """The IDX file `stem` under `root`, gzip-compressed (as Debian ships it) or raw."""
+    root = Path(root)
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
@@ -71,10 +73,10 @@ def _find(root: Path, stem: str) -> Path:
 
 def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (images uint8 [N, 28, 28], labels int64 [N]) of the 'train' or 'test' split."""
-    if split not in _FILES:
+    if split not in IDX_FILES:
         raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', got {split!r}")
     root = Path(root)
-    image_path, label_path = (_find(root, stem) for stem in _FILES[split])
+    image_path, label_path = (find_idx(root, stem) for stem in IDX_FILES[split])
     images = read_idx(image_path, expected_ndim=3)
     labels = read_idx(label_path, expected_ndim=1)
     if images.shape[0] != labels.shape[0]:

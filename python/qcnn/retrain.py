@@ -9,6 +9,8 @@ incremental_fractions[r] of each layer's weights at their quantized values, larg
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import time
 from pathlib import Path
@@ -42,11 +44,12 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, loader) -> None:
+def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, loader, best_model=None) -> None:
     if not engine.is_main():
         return
     engine.atomic_save({
         "model": engine.unwrap(model).state_dict(),
+        "best_model": best_model,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": engine.rng_state(),
@@ -131,6 +134,14 @@ def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) ->
     return info
 
 
+def _stop_reason(cfg: RunConfig, state: dict) -> str:
+    if not state["done"]:
+        return ""
+    if cfg.retrain.incremental:
+        return " (all weights frozen)"
+    return " (round limit)" if len(state["rounds"]) >= cfg.retrain.max_rounds else " (converged)"
+
+
 def _converged(cfg: RunConfig, rounds: list[dict]) -> bool:
     rcfg = cfg.retrain
     if rcfg.incremental:
@@ -160,10 +171,12 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     rcfg, tcfg = cfg.retrain, cfg.training
     epochs = rcfg.epochs_per_round
     state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
-             "done": False}
+             "done": False, "best_round": None}
     ckpt = _restore(run_dir, model, "retrain") if resume else None
+    best_model = None  # the state after the round with the best validation accuracy so far
     if ckpt is not None:
         state = ckpt["loop"]
+        best_model = ckpt.get("best_model")
     ddp = _wrap_ddp(model)
     optimizer = scheduler = None
     if ckpt is not None and state["round_info"] is not None:
@@ -203,11 +216,20 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             finished_round = state["epoch"] == epochs
             if finished_round:
                 _finish_round(model, cfg, state, val_loader, stats)
-            _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
+                if state["best_round"] == state["rounds"][-1]["round"]:
+                    best_model = copy.deepcopy(model.state_dict())
+            _save(run_dir, ddp, optimizer, scheduler, state, train_loader, best_model)
             done_now += 1
             if finished_round:
                 break
-    return {"finished": True, "rounds": state["rounds"]}
+    last = state["rounds"][-1]["round"]
+    keep_best = rcfg.keep_best and not rcfg.incremental  # INQ's earlier rounds still have float weights
+    if keep_best and state["best_round"] != last:
+        model.load_state_dict(best_model)
+        if engine.is_main():
+            print(f"[{cfg.name}] keeping round {state['best_round']} (best validation accuracy), not round {last}",
+                  flush=True)
+    return {"finished": True, "rounds": state["rounds"], "best_round": state["best_round"] if keep_best else last}
 
 
 def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, stats: dict) -> None:
@@ -217,6 +239,8 @@ def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, sta
               "train_loss": stats["loss"], "train_acc": stats["acc"], **info,
               "quantizers": qz.describe(model)}
     state["rounds"].append(record)
+    if val["acc"] > max((r["val_acc"] for r in state["rounds"][:-1]), default=-1.0):
+        state["best_round"] = record["round"]
     state["done"] = _converged(cfg, state["rounds"])
     state["round"] += 1
     state["epoch"] = 0
@@ -225,7 +249,7 @@ def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, sta
     if engine.is_main():
         change = record["change_fraction"]
         print(f"[{cfg.name}] round {record['round']}: val acc {val['acc']:.2f} loss {val['loss']:.4f} "
-              f"change {'-' if change is None else f'{change:.4f}'}{' (converged)' if state['done'] else ''}",
+              f"change {'-' if change is None else f'{change:.4f}'}{_stop_reason(cfg, state)}",
               flush=True)
         _write_jsonl(cfg.run_dir / "rounds.jsonl", state["rounds"])
         plot_rounds(state["rounds"], cfg.run_dir / "accuracy.png", title=cfg.name)

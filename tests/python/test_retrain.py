@@ -96,6 +96,12 @@ def test_retrain_loop_resumes_exactly(tmp_path, variant):
     model, splits = _fresh(full_cfg)
     result = retrain.run(model, full_cfg, splits.train, splits.val, progress=False)
     assert result["finished"] and len(result["rounds"]) == 2
+    vals = [r["val_acc"] for r in result["rounds"]]
+    if variant == "iterative":  # ends in the state of the best validation round (the first of equals)
+        assert result["best_round"] == vals.index(max(vals))
+        assert engine.evaluate(model, splits.val)["acc"] == vals[result["best_round"]]
+    else:  # INQ keeps its last round: the earlier ones are only partly quantized
+        assert result["best_round"] == 1
 
     for stop in (1, 1, None):  # interrupted mid-round, then at the round boundary, then to the end
         resumed, res_splits = _fresh(cut_cfg)
@@ -130,9 +136,19 @@ def test_demo_quick(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
     import demo
+    import deploy
+    if not deploy.DEFAULT_INFER.is_file():
+        pytest.skip(f"{deploy.DEFAULT_INFER} not built (make setup builds it)")
     summary = demo.main(["--quick", "--out-dir", str(tmp_path)])
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved["float_test_acc"] == summary["float_test_acc"] and 0.0 <= saved["quant_test_acc"] <= 100.0
     assert len(saved["round_table"]) == saved["rounds"] >= 1
+    # The exported file runs in both integer runtimes and predicts what the fake-quant model predicts.
+    dep = saved["deploy"]
+    assert (tmp_path / "demo" / "model.qcnn").stat().st_size == dep["file_bytes_packed"]
+    assert dep["fake_quant_test_acc"] == pytest.approx(saved["quant_test_acc"], abs=1e-9)
+    assert dep["images"] == 256 and dep["file_bytes_packed"] < dep["float32_bytes"]
+    assert dep["load_agreement"] >= 98.0 and dep["infer_agreement"] >= 98.0
+    assert dep["infer_agreement_with_load"] == 100.0
     again = demo.main(["--quick", "--out-dir", str(tmp_path)])  # reuses the matching baseline
     assert again["float_test_acc"] == summary["float_test_acc"]

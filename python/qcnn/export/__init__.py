@@ -47,28 +47,45 @@ def _graph_float_bytes(graph: Graph) -> int:
     return total
 
 
-def to_graph(model) -> Graph:
-    """The float-level export graph of a qcnn model (or the graph itself)."""
+def _model_float_bytes(model: torch.nn.Module) -> int:
+    """float32 bytes of the model's own floating-point parameters and buffers (its quantizers' state,
+    codebooks and clips, is not part of the float model)."""
+    from ..quantizers.act import QuantAct
+    from ..quantizers.weight import WeightQuantizer
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (WeightQuantizer, QuantAct)):
+            continue
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        total += sum(4 * t.numel() for t in tensors if t.is_floating_point())
+    return total
+
+
+def to_graph(model, **trace_options) -> Graph:
+    """The float-level export graph of a qcnn model (or the graph itself). trace_options go to
+    trace.graph_from_model: input_shape (C, H, W), mean and std (the input normalisation; default Fashion-MNIST)."""
     if isinstance(model, Graph):
         return model
-    try:
-        from .trace import graph_from_model
-    except ImportError as err:
-        raise TypeError(
-            f"qcnn.export: got {type(model).__name__}; this build converts only qcnn.export.Graph objects "
-            "(the qcnn.nn model adapter, qcnn/export/trace.py, is not present)") from err
-    return graph_from_model(model)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"qcnn.export: model must be a quantized torch.nn.Module or a qcnn.export.Graph, "
+                        f"got {type(model).__name__}")
+    from .trace import graph_from_model
+
+    return graph_from_model(model, **trace_options)
 
 
-def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool = True) -> ExportReport:
+def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool = True,
+           **trace_options) -> ExportReport:
     """Writes `model` (a qcnn quantized model or an export Graph) as a .qcnn file.
 
-    entropy_coding=True stores the weight indices of each layer Huffman-coded when that is smaller."""
-    graph = to_graph(model)
+    entropy_coding=True stores the weight indices of each layer Huffman-coded when that is smaller.
+    trace_options: see to_graph."""
+    graph = to_graph(model, **trace_options)
     doc, tensors, index_bytes = lower_graph(graph, entropy_coding)
     size = write_qcnn(path, doc, tensors)
     if isinstance(model, torch.nn.Module):
-        float_bytes = sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())
+        float_bytes = _model_float_bytes(model)
     else:
         float_bytes = _graph_float_bytes(graph)
     report = ExportReport(Path(path), size, float_bytes, index_bytes["packed"], index_bytes["huffman"],
@@ -78,8 +95,8 @@ def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool 
     return report
 
 
-def export_onnx(model, path: str | Path) -> Path:
+def export_onnx(model, path: str | Path, **trace_options) -> Path:
     """ONNX export: QuantizeLinear/DequantizeLinear for the activation quantizers, dequantized weights."""
     from .onnx_export import export_onnx as _export_onnx
 
-    return _export_onnx(to_graph(model), path)
+    return _export_onnx(to_graph(model, **trace_options), path)

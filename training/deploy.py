@@ -1,0 +1,136 @@
+"""Deploy a retrained run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it with the Python
+integer runtime (qcnn.load) and with build/qcnn-infer on the test set, and compare both with the fake-quant
+PyTorch model: top-1 agreement and accuracy. Writes runs/<name>/deploy.json.
+
+python training/deploy.py --run runs/w4_kmeans [--infer build/qcnn-infer] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+
+import torch  # noqa: E402
+
+import qcnn  # noqa: E402
+from qcnn import config as qconfig, data, engine, models  # noqa: E402
+from qcnn.export import ExportReport, to_graph  # noqa: E402
+
+DEFAULT_INFER = ROOT / "build" / "qcnn-infer"
+
+
+def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
+    """The retrained quantized model of a run (its resolved config.yaml and model.pt), in eval mode."""
+    cfg = qconfig.load(run_dir / "config.yaml")
+    if cfg.quant is None:
+        raise ValueError(f"{run_dir / 'config.yaml'}: the run has no 'quant' section; only quantized runs deploy")
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    qcnn.quantize_(model, cfg.quant)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), cfg
+
+
+def run_infer(infer: Path, model_path: Path, data_path: str, limit: int | None, threads: int | None) -> tuple[dict, torch.Tensor]:
+    """Runs qcnn-infer on the test set; returns its JSON report and its predictions."""
+    images, labels = (data.find_idx(data_path, stem) for stem in data.IDX_FILES["test"])
+    with tempfile.TemporaryDirectory() as tmp:
+        pred_path = Path(tmp) / "predictions.txt"
+        cmd = [str(infer), str(model_path), "--images", str(images), "--labels", str(labels),
+               "--predictions", str(pred_path)]
+        if limit is not None:
+            cmd += ["--limit", str(limit)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        preds = torch.tensor([int(v) for v in pred_path.read_text().split()])
+    return report, preds
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 100.0 * float((a == b).float().mean())
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((pred == labels).float().mean())
+
+
+def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | None = None,
+           verbose: bool = True) -> dict:
+    model, cfg = load_quantized(run_dir)
+    images, labels = data.load_fashion_mnist(cfg.data.path, "test")
+    if cfg.data.test_subset is not None:
+        images, labels = images[:cfg.data.test_subset], labels[:cfg.data.test_subset]
+    pixels = images.unsqueeze(1)
+
+    packed: ExportReport = qcnn.export(model, run_dir / "model.qcnn", verbose=verbose)
+    huffman: ExportReport = qcnn.export(model, run_dir / "model.huffman.qcnn", entropy_coding=True, verbose=verbose)
+    graph = to_graph(model)
+    with torch.no_grad():
+        fake_pred = torch.cat([model(graph.normalize(chunk)).argmax(1) for chunk in pixels.split(1000)])
+    runtime = qcnn.load(run_dir / "model.qcnn")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        load_pred = torch.cat([runtime(chunk).argmax(1) for chunk in pixels.split(1000)])
+    load_seconds = time.perf_counter() - t0
+    result = {
+        "run": str(run_dir), "images": int(labels.numel()),
+        "float32_bytes": packed.float32_bytes,
+        "file_bytes_packed": packed.file_bytes, "ratio_packed": packed.ratio,
+        "file_bytes_huffman": huffman.file_bytes, "ratio_huffman": huffman.ratio,
+        "fake_quant_test_acc": accuracy(fake_pred, labels),
+        "load_test_acc": accuracy(load_pred, labels), "load_agreement": agreement(load_pred, fake_pred),
+        "load_images_per_second": labels.numel() / load_seconds,
+    }
+    if infer is not None:
+        if not Path(infer).is_file():
+            raise FileNotFoundError(f"qcnn-infer not found at {infer}; build it with `make setup` (or pass --infer)")
+        report, infer_pred = run_infer(Path(infer), run_dir / "model.qcnn", cfg.data.path, cfg.data.test_subset, threads)
+        if infer_pred.numel() != labels.numel():
+            raise RuntimeError(f"qcnn-infer returned {infer_pred.numel()} predictions for {labels.numel()} images")
+        result.update(infer_test_acc=accuracy(infer_pred, labels), infer_agreement=agreement(infer_pred, fake_pred),
+                      infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
+                      infer_agreement_with_load=agreement(infer_pred, load_pred))
+    (run_dir / "deploy.json").write_text(json.dumps(result, indent=2))
+    if verbose:
+        print(format_deploy(result))
+    return result
+
+
+def format_deploy(r: dict) -> str:
+    lines = [f"export: {r['file_bytes_packed']} bytes packed ({r['ratio_packed']:.2f}x smaller than the "
+             f"{r['float32_bytes']}-byte float32 model), {r['file_bytes_huffman']} bytes Huffman-coded "
+             f"({r['ratio_huffman']:.2f}x)",
+             f"fake-quant PyTorch model   test acc {r['fake_quant_test_acc']:.2f}%",
+             f"qcnn.load (integer, Python) test acc {r['load_test_acc']:.2f}%, agreement {r['load_agreement']:.2f}%"]
+    if "infer_test_acc" in r:
+        lines.append(f"qcnn-infer (integer, C++)  test acc {r['infer_test_acc']:.2f}%, agreement "
+                     f"{r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, type=Path, help="run directory with config.yaml and model.pt")
+    p.add_argument("--infer", type=Path, default=DEFAULT_INFER, help="the qcnn-infer binary")
+    p.add_argument("--no-infer", action="store_true", help="skip qcnn-infer")
+    p.add_argument("--threads", type=int, default=None, help="qcnn-infer threads (default: all cores)")
+    args = p.parse_args(argv)
+    for name in ("config.yaml", "model.pt"):
+        if not (args.run / name).is_file():
+            raise SystemExit(f"deploy.py: {args.run / name} not found; is {args.run} a finished retraining run?")
+    return deploy(args.run, None if args.no_infer else args.infer, args.threads)
+
+
+if __name__ == "__main__":
+    main()
