@@ -29,18 +29,45 @@ def _acts(q: dict | None) -> str:
     return f"{q['act']['bits']}-bit {q['act']['method']} (input {inp['bits']}-bit)"
 
 
+# Issue 4's targets: largest allowed drop (points) from the float baseline, by weight format.
+TARGET_DROP = {("codebook", 4): 0.3, ("codebook", 3): 0.8, ("codebook", 2): 1.5, ("binary", 1): 4.0}
+
+
+def _target(q: dict | None) -> str:
+    w = (q or {}).get("weight") or {}
+    drop = TARGET_DROP.get((w.get("kind"), w.get("bits")))
+    return "-" if drop is None else f">= -{drop}"
+
+
 def table(summaries: list[dict]) -> str:
-    lines = ["| run | weights | activations | loop | rounds | float test % | quantized test % | diff (points) | BN-folded test % |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | weights | activations | loop | rounds (kept) | float test % | quantized test % | diff (points) "
+             "| target | BN-folded test % |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---:|"]
     for s in summaries:
         if s.get("kind") == "float":
-            lines.append(f"| {s['name']} | float | float | {s['epochs']} epochs | - | {s['test_acc']:.2f} | - | - | - |")
+            lines.append(f"| {s['name']} | float | float | {s['epochs']} epochs | - | {s['test_acc']:.2f} | - | - | "
+                         ">= 92.5 | - |")
             continue
         f = s.get("float_test_acc")
         diff = f"{s['quant_test_acc'] - f:+.2f}" if f is not None else "-"
         loop = "incremental (INQ)" if s.get("incremental") else "iterative"
-        lines.append(f"| {s['name']} | {_weights(s.get('quant'))} | {_acts(s.get('quant'))} | {loop} | {s['rounds']} | "
-                     f"{'-' if f is None else f'{f:.2f}'} | {s['quant_test_acc']:.2f} | {diff} | {s.get('folded_test_acc', float('nan')):.2f} |")
+        kept = s.get("best_round", s["rounds"] - 1)
+        lines.append(f"| {s['name']} | {_weights(s.get('quant'))} | {_acts(s.get('quant'))} | {loop} | "
+                     f"{s['rounds']} ({kept}) | {'-' if f is None else f'{f:.2f}'} | {s['quant_test_acc']:.2f} | {diff} | "
+                     f"{_target(s.get('quant'))} | {s.get('folded_test_acc', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def deploy_table(deploys: list[dict]) -> str:
+    lines = ["| run | .qcnn bytes (x smaller) | Huffman-coded bytes (x smaller) | fake-quant test % | qcnn.load test % "
+             "(agreement) | qcnn-infer test % (agreement) | qcnn-infer images/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for d in deploys:
+        infer = (f"{d['infer_test_acc']:.2f} ({d['infer_agreement']:.2f})", f"{d['infer_images_per_second']:.0f}") \
+            if "infer_test_acc" in d else ("-", "-")
+        lines.append(f"| {Path(d['run']).name} | {d['file_bytes_packed']} ({d['ratio_packed']:.2f}) | "
+                     f"{d['file_bytes_huffman']} ({d['ratio_huffman']:.2f}) | {d['fake_quant_test_acc']:.2f} | "
+                     f"{d['load_test_acc']:.2f} ({d['load_agreement']:.2f}) | {infer[0]} | {infer[1]} |")
     return "\n".join(lines)
 
 
@@ -53,6 +80,7 @@ def main(argv=None) -> str:
     for path in sorted(args.runs.glob("*/summary.json")):
         summaries.append(json.loads(path.read_text()))
     summaries.sort(key=lambda s: (s.get("kind") != "float", s["name"]))
+    deploys = [json.loads(path.read_text()) for path in sorted(args.runs.glob("*/deploy.json"))]
     rounds = []
     for s in summaries:
         if s.get("round_table"):
@@ -69,6 +97,14 @@ def main(argv=None) -> str:
         "(2 CPU cores). Each quantized run starts from the float baseline; configs are in configs/<run>.yaml.",
         "",
         table(summaries),
+        "",
+        "## Deployed form",
+        "",
+        "`python training/deploy.py --run runs/<run>` exports the retrained model to runs/<run>/model.qcnn and runs it "
+        "with both integer runtimes on the test set; agreement = share of test images whose top-1 prediction equals the "
+        "fake-quant PyTorch model's. Sizes against the float32 model (weights, biases, BatchNorm).",
+        "",
+        deploy_table(deploys) if deploys else "(no run deployed yet)",
         "",
         "## Rounds (validation accuracy, %)",
         *rounds,
