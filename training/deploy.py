@@ -2,7 +2,7 @@
 integer runtime (qcnn.load) and with build/qcnn-infer on the test set, and compare both with the fake-quant
 PyTorch model: top-1 agreement and accuracy. Writes runs/<name>/deploy.json.
 
-python training/deploy.py --run runs/w4_kmeans [--infer build/qcnn-infer] [--threads N]
+python training/deploy.py --run runs/w3_kmeans [--infer build/qcnn-infer] [--threads N]
 """
 from __future__ import annotations
 

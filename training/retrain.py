@@ -1,4 +1,4 @@
-"""Quantize a float model and retrain it: python training/retrain.py --config configs/w4_kmeans.yaml [--resume].
+"""Quantize a float model and retrain it: python training/retrain.py --config configs/w3_kmeans.yaml [--resume].
 
 Loads the float baseline (cfg.baseline, default runs/baseline/model.pt), applies qcnn.quantize_ with cfg.quant,
 runs Ji et al.'s loop (qcnn.retrain.run) and writes runs/<name>/{config.yaml, rounds.jsonl, accuracy.png,
@@ -7,7 +7,6 @@ histogram.png, model.pt, summary.json}. The test set is evaluated once, at the e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,15 +20,8 @@ import qcnn  # noqa: E402
 from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, type=Path, help="YAML run config")
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--stop-after-epochs", type=int, default=None,
-                   help="stop (as if killed) after this many epochs; for testing --resume")
-    return p.parse_args(argv)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train as train_script  # noqa: E402
 
 
 def baseline_path(cfg: qconfig.RunConfig) -> Path:
@@ -37,7 +29,7 @@ def baseline_path(cfg: qconfig.RunConfig) -> Path:
 
 
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
-    args = parse_args(argv)
+    args = train_script.parse_args(argv, __doc__)
     cfg = cfg or qconfig.load(args.config)
     if cfg.quant is None:
         raise SystemExit(f"retrain.py: {args.config}: the config has no 'quant' section")

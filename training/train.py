@@ -21,12 +21,14 @@ from qcnn.data import build_loaders  # noqa: E402
 from qcnn.retrain import train_float  # noqa: E402
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None, description: str = __doc__):
+    """The command line of train.py and retrain.py."""
+    p = argparse.ArgumentParser(description=description.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="YAML run config")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop (as if killed) after this many epochs; for testing --resume")
     return p.parse_args(argv)
 
 

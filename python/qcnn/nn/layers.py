@@ -35,6 +35,22 @@ class QuantLayer:
     def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quant is None else self.act_quant(x)
 
+    @classmethod
+    def _adopt(cls, module: nn.Module, attributes: tuple[str, ...], weight_quant, act_quant):
+        """A `cls` with `module`'s attributes and its parameters (the same nn.Parameter objects)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for key in attributes:
+            setattr(new, key, getattr(module, key))
+        new.weight = module.weight
+        new.bias = module.bias
+        new.train(module.training)
+        for quantizer in (weight_quant, act_quant):
+            if quantizer is not None:
+                quantizer.to(module.weight.device)
+        new._install(weight_quant, act_quant)
+        return new
+
     def _install(self, weight_quant, act_quant) -> None:
         _check_quantizers(type(self).__name__, weight_quant, act_quant)
         if weight_quant is not None and tuple(weight_quant.weight_shape) != tuple(self.weight.shape):
@@ -57,20 +73,9 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
             raise TypeError(f"QuantConv2d.from_float: module must be an nn.Conv2d, got {type(module).__name__}")
         if module.padding_mode != "zeros":
             raise ValueError(f"QuantConv2d.from_float: padding_mode {module.padding_mode!r} is not supported (only 'zeros')")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        for key in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
-                    "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
-            setattr(new, key, getattr(module, key))
-        new.weight = module.weight
-        new.bias = module.bias
-        new.train(module.training)
-        if weight_quant is not None:
-            weight_quant.to(module.weight.device)
-        if act_quant is not None:
-            act_quant.to(module.weight.device)
-        new._install(weight_quant, act_quant)
-        return new
+        return cls._adopt(module, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                                   "transposed", "output_padding", "groups", "padding_mode",
+                                   "_reversed_padding_repeated_twice"), weight_quant, act_quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(self._quantized_input(x), self.quantized_weight(), self.bias, self.stride, self.padding,
@@ -88,18 +93,7 @@ class QuantLinear(QuantLayer, nn.Linear):
         """A QuantLinear sharing `module`'s parameters (the same nn.Parameter objects)."""
         if not isinstance(module, nn.Linear):
             raise TypeError(f"QuantLinear.from_float: module must be an nn.Linear, got {type(module).__name__}")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = module.in_features, module.out_features
-        new.weight = module.weight
-        new.bias = module.bias
-        new.train(module.training)
-        if weight_quant is not None:
-            weight_quant.to(module.weight.device)
-        if act_quant is not None:
-            act_quant.to(module.weight.device)
-        new._install(weight_quant, act_quant)
-        return new
+        return cls._adopt(module, ("in_features", "out_features"), weight_quant, act_quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._quantized_input(x), self.quantized_weight(), self.bias)
