@@ -260,12 +260,15 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
         } else {
           fail(wwhere, "unknown coding '" + coding + "'");
         }
-        auto levels = copy_tensor<int32_t>(file.tensor(prefix + ".levels", DType::I32, {groups, codes}));
+        const auto levels16 = copy_tensor<int16_t>(file.tensor(prefix + ".levels", DType::I16, {groups, codes}));
+        const std::vector<int32_t> levels(levels16.begin(), levels16.end());  // the kernels take int32 tables
+        // Real weight = scale[m] * level: not needed for integer inference, but part of a valid file.
+        file.tensor(prefix + ".scale", DType::F32, {m});
         int64_t max_level = 0;
         for (auto v : levels) max_level = std::max<int64_t>(max_level, std::llabs(v));
         const int64_t max_x = std::max(std::llabs(in_range.hi - step->input_zero_point), std::llabs(in_range.lo - step->input_zero_point));
         if (max_x > 32767) fail(where, "input codes minus zero point exceed int16");
-        if (max_level > 32767) fail(origin + ": tensor '" + prefix + ".levels'", "entries exceed int16");
+        if (max_level > 32767) fail(origin + ": tensor '" + prefix + ".levels'", "entries must be within +-32767");
         if (static_cast<long double>(k) * max_x * max_level > 2147483647.0L)
           fail(where, "K * max|x - zp| * max|level| overflows the int32 accumulator");
         try {

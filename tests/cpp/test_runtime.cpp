@@ -57,7 +57,8 @@ struct TinyModel {
   json doc;
   std::map<std::string, RawTensor> tensors;
   std::vector<uint8_t> indices{0, 1, 2, 3, 3, 2, 1, 0, 1, 1, 2, 2};
-  std::vector<int32_t> levels{-2, -1, 1, 2};
+  std::vector<int16_t> levels{-2, -1, 1, 2};
+  std::vector<float> weight_scale{0.1f, 0.1f, 0.1f};
   std::vector<float> scale{0.5f, 0.25f, 2.0f}, bias{1.0f, -1.0f, 0.0f};
 
   TinyModel() {
@@ -67,7 +68,8 @@ struct TinyModel {
     qcnn::pack_bits(indices.data(), 12, 2, packed.data());
     tensors["input.lut"] = raw("I16", {1, 256}, lut);
     tensors["fc.weight.indices"] = raw("U8", {static_cast<int64_t>(packed.size())}, packed);
-    tensors["fc.weight.levels"] = raw("I32", {1, 4}, levels);
+    tensors["fc.weight.levels"] = raw("I16", {1, 4}, levels);
+    tensors["fc.weight.scale"] = raw("F32", {3}, weight_scale);
     tensors["fc.output.scale"] = raw("F32", {3}, scale);
     tensors["fc.output.bias"] = raw("F32", {3}, bias);
     json q = {{"scale", 1.0}, {"zero_point", 0}, {"qmin", 0}, {"qmax", 255}};
@@ -145,8 +147,24 @@ TEST_CASE("reader rejects malformed headers with a message naming the problem", 
     require_format_error(bytes, "invalid JSON");
   }
   SECTION("wrong dtype") {
-    tm.tensors["fc.weight.levels"].dtype = "F32";
-    require_format_error(tm.bytes(), "'fc.weight.levels' has dtype F32, expected I32");
+    tm.tensors["fc.weight.levels"] = raw("F32", {1, 4}, std::vector<float>{-2, -1, 1, 2});
+    require_format_error(tm.bytes(), "'fc.weight.levels' has dtype F32, expected I16");
+  }
+  SECTION("levels stored as I32 (the old layout)") {
+    tm.tensors["fc.weight.levels"] = raw("I32", {1, 4}, std::vector<int32_t>{-2, -1, 1, 2});
+    require_format_error(tm.bytes(), "'fc.weight.levels' has dtype I32, expected I16");
+  }
+  SECTION("levels with the wrong shape") {
+    tm.tensors["fc.weight.levels"] = raw("I16", {4, 1}, tm.levels);
+    require_format_error(tm.bytes(), "'fc.weight.levels' has shape [4, 1], expected [1, 4]");
+  }
+  SECTION("weight scale missing, of the wrong dtype or shape") {
+    tm.tensors.erase("fc.weight.scale");
+    require_format_error(tm.bytes(), "'fc.weight.scale' is missing");
+    tm.tensors["fc.weight.scale"] = raw("I32", {3}, std::vector<int32_t>{1, 1, 1});
+    require_format_error(tm.bytes(), "'fc.weight.scale' has dtype I32, expected F32");
+    tm.tensors["fc.weight.scale"] = raw("F32", {1}, std::vector<float>{0.1f});
+    require_format_error(tm.bytes(), "'fc.weight.scale' has shape [1], expected [3]");
   }
   SECTION("unknown dtype") {
     tm.tensors["fc.weight.levels"].dtype = "Q7";
@@ -199,15 +217,21 @@ TEST_CASE("reader rejects malformed headers with a message naming the problem", 
   }
   SECTION("index beyond the codebook") {
     tm.doc["nodes"][1]["weight"]["codes"] = 3;
-    tm.tensors["fc.weight.levels"] = raw("I32", {1, 3}, std::vector<int32_t>{1, 2, 3});
+    tm.tensors["fc.weight.levels"] = raw("I16", {1, 3}, std::vector<int16_t>{1, 2, 3});
     require_format_error(tm.bytes(), "exceeds codebook size");
   }
   SECTION("accumulator overflow") {
-    tm.tensors["fc.weight.levels"] = raw("I32", {1, 4}, std::vector<int32_t>{-32767, 1, 1, 32767});
+    tm.tensors["fc.weight.levels"] = raw("I16", {1, 4}, std::vector<int16_t>{-32767, 1, 1, 32767});
     tm.doc["input"]["qparams"]["qmax"] = 255;
     CHECK_NOTHROW(load_bytes(tm.bytes()));  // 4 * 255 * 32767 fits
+    tm.doc["nodes"][1]["input_zero_point"] = -30000;  // 4 * 30255 * 32767 >= 2^31
+    require_format_error(tm.bytes(), "overflows the int32 accumulator");
     tm.doc["nodes"][1]["input_zero_point"] = -40000;  // |x - zp| beyond int16
     require_format_error(tm.bytes(), "exceed int16");
+  }
+  SECTION("level -32768") {
+    tm.tensors["fc.weight.levels"] = raw("I16", {1, 4}, std::vector<int16_t>{-32768, 1, 1, 2});
+    require_format_error(tm.bytes(), "'fc.weight.levels': entries must be within +-32767");
   }
   SECTION("lut outside qparams") {
     tm.doc["input"]["qparams"]["qmax"] = 100;

@@ -46,7 +46,11 @@ def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 15) -> tuple[torch.
     return cb.float(), idx.to(torch.uint8).reshape(w.shape)
 
 
-def quantize_weight(w: torch.Tensor, kind: str, bits: int) -> QuantWeight:
+def quantize_weight(w: torch.Tensor, kind: str, bits: int, per_channel: bool = False) -> QuantWeight:
+    """per_channel: one codebook per output channel (kind "codebook"; the other kinds have per-channel scales)."""
+    if kind == "codebook" and per_channel:
+        cbs, idxs = zip(*(kmeans_codebook(row, bits) for row in w))
+        return QuantWeight.from_codebook(torch.stack(idxs), torch.stack(cbs))
     if kind == "codebook":
         cb, idx = kmeans_codebook(w, bits)
         return QuantWeight.from_codebook(idx, cb)
@@ -75,7 +79,7 @@ def act_qparams(x: torch.Tensor, bits: int, signed: bool = False) -> QParams:
 
 
 def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, residual: bool = False,
-                     avg: bool = False) -> Graph:
+                     avg: bool = False, per_channel: bool = False) -> Graph:
     """A random conv net: conv-bn-relu, maxpool, conv(-add), pool, linear. Activation quantizers are
     calibrated on random inputs so that the codes use their range."""
     gen = torch.Generator().manual_seed(seed)
@@ -85,7 +89,7 @@ def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, res
     nodes = []
     x = (torch.randint(0, 256, (32, 1, 16, 16), generator=gen).float() / 255 - MEAN) / STD
     q1 = act_qparams(x, 8)
-    nodes.append(Node("conv1", "conv2d", ["input"], weight=quantize_weight(w1, kind, bits),
+    nodes.append(Node("conv1", "conv2d", ["input"], weight=quantize_weight(w1, kind, bits, per_channel),
                       bias=torch.randn(8, generator=gen) * 0.1, act=q1, relu=True, padding=(1, 1)))
     h = F.relu(F.conv2d(q1.fake_quant(x), nodes[-1].weight.dequantize(), nodes[-1].bias, padding=1))
     nodes.append(Node("pool1", "max_pool2d", ["conv1"], kernel_size=(2, 2), stride=(2, 2)))
@@ -93,8 +97,8 @@ def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, res
     q2 = act_qparams(h, act_bits)
     bn_scale = torch.rand(8, generator=gen) + 0.5
     bn_shift = torch.randn(8, generator=gen) * 0.1
-    nodes.append(Node("conv2", "conv2d", ["pool1"], weight=quantize_weight(w2, kind, bits), bn_scale=bn_scale,
-                      bn_shift=bn_shift, act=q2, relu=not residual, padding=(1, 1)))
+    nodes.append(Node("conv2", "conv2d", ["pool1"], weight=quantize_weight(w2, kind, bits, per_channel),
+                      bn_scale=bn_scale, bn_shift=bn_shift, act=q2, relu=not residual, padding=(1, 1)))
     h2 = F.conv2d(q2.fake_quant(h), nodes[-1].weight.dequantize(), padding=1) * bn_scale[:, None, None] \
         + bn_shift[:, None, None]
     last = "conv2"
@@ -112,7 +116,7 @@ def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, res
         h3 = F.max_pool2d(h2, 2)
     nodes.append(Node("flat", "flatten", [nodes[-1].name]))
     q3 = act_qparams(h3, act_bits)
-    nodes.append(Node("fc", "linear", ["flat"], weight=quantize_weight(w3, kind, bits),
+    nodes.append(Node("fc", "linear", ["flat"], weight=quantize_weight(w3, kind, bits, per_channel),
                       bias=torch.randn(10, generator=gen) * 0.1, act=q3))
     return Graph((1, 16, 16), [MEAN], [STD], nodes)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -112,6 +113,67 @@ def test_size_ratio_of_a_4bit_model(tmp_path):
     report = qcnn.export(graph, tmp_path / "m.qcnn", verbose=False)
     assert report.file_bytes == (tmp_path / "m.qcnn").stat().st_size
     assert report.ratio >= 7.5, str(report)
+
+
+def test_per_channel_codebook_stores_int16_levels_and_scale_only(tmp_path):
+    """Every kind stores levels I16 [G, k] and scale F32 [M] (real weight = scale[m] * levels[g(m), i]) and
+    no float codebook: a per-channel 4-bit layer's tables take 2*M*16 + 4*M bytes, not 8*M*16 as with
+    the former I32 levels + F32 codebook."""
+    graph = random_cnn_graph("codebook", 4, seed=7, per_channel=True)
+    path = tmp_path / "pc.qcnn"
+    report = qcnn.export(graph, path, verbose=False)
+    doc, tensors = read_qcnn(path)
+    nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
+    table_bytes = old_table_bytes = 0
+    for gnode in (n for n in graph.nodes if n.weight is not None):
+        w, m, prefix = gnode.weight, gnode.weight.out_channels, f"{gnode.name}.weight"
+        assert w.groups == m and w.codes == 16
+        assert {n for n in tensors if n.startswith(prefix)} == {f"{prefix}.{t}" for t in ("indices", "levels", "scale")}
+        levels, scale = tensors[f"{prefix}.levels"], tensors[f"{prefix}.scale"]
+        assert levels.dtype == torch.int16 and tuple(levels.shape) == (m, 16)
+        assert scale.dtype == torch.float32 and tuple(scale.shape) == (m,)
+        step = scale.double()[:, None]
+        assert ((step * levels.double() - w.codebook.double()).abs() <= 0.51 * step).all()
+        assert nbytes(levels) + nbytes(scale) == 2 * m * 16 + 4 * m
+        table_bytes += nbytes(levels) + nbytes(scale)
+        old_table_bytes += 8 * m * 16
+    header_bytes = int.from_bytes(path.read_bytes()[:8], "little")
+    assert report.file_bytes == 8 + header_bytes + sum(nbytes(t) for t in tensors.values())
+    assert old_table_bytes - table_bytes == sum(6 * 16 * n.weight.out_channels - 4 * n.weight.out_channels
+                                                for n in graph.nodes if n.weight is not None)
+    px = random_pixels(256, seed=2)
+    ref = reference_forward(graph, graph.normalize(px))
+    for weight_path in ("dense", "shared"):
+        assert agreement(qcnn.load(path, weight_path=weight_path)(px), ref) >= 0.98
+
+
+@pytest.mark.parametrize("case,message", [
+    ("levels I32", "tensor 'conv2.weight.levels' has dtype torch.int32, expected torch.int16"),
+    ("levels shape", "tensor 'conv2.weight.levels' has shape [1, 16], expected [1, 15]"),
+    ("level -32768", "tensor 'conv2.weight.levels' holds -32768"),
+    ("scale missing", "tensor 'conv2.weight.scale' is missing"),
+    ("scale F64", "tensor 'conv2.weight.scale' has dtype torch.float64, expected torch.float32"),
+    ("scale shape", "tensor 'conv2.weight.scale' has shape [1], expected [8]"),
+])
+def test_load_rejects_bad_weight_tables(tmp_path, case, message):
+    doc, tensors, _ = lower_graph(random_cnn_graph("uniform", 4, seed=4))
+    levels, scale = tensors["conv2.weight.levels"], tensors["conv2.weight.scale"]
+    if case == "levels I32":
+        tensors["conv2.weight.levels"] = levels.to(torch.int32)
+    elif case == "levels shape":
+        tensors["conv2.weight.levels"] = torch.cat([levels, levels[:, :1]], 1)
+    elif case == "level -32768":
+        tensors["conv2.weight.levels"][0, 0] = -32768
+    elif case == "scale missing":
+        del tensors["conv2.weight.scale"]
+    elif case == "scale F64":
+        tensors["conv2.weight.scale"] = scale.double()
+    else:
+        tensors["conv2.weight.scale"] = scale[:1]
+    path = tmp_path / "bad.qcnn"
+    write_qcnn(path, doc, tensors)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        qcnn.load(path)
 
 
 def test_load_rejects_bad_files(tmp_path):

@@ -125,8 +125,10 @@ class Lowering:
                            "std": [float(s) for s in g.std], "qparams": target.to_json(), "lut": "input.lut"}
         self.values["input"] = Tensor("input", target, tuple(g.input_shape), _bound(target))
 
-    def weight_tensors(self, node: Node, x_q: QParams, k: int) -> tuple[dict, torch.Tensor]:
-        """Stores the weight of a conv/linear node; returns its JSON and the per-channel weight scale."""
+    def weight_tensors(self, node: Node, x_q: QParams, k: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Stores the weight of a conv/linear node (docs/FORMAT.md section 3: real weight
+        = scale[m] * levels[g(m), index] for every kind); returns its JSON, the per-channel scale as
+        stored and the per-channel max|level|."""
         w = node.weight
         m = w.out_channels
         prefix = f"{node.name}.weight"
@@ -139,21 +141,19 @@ class Lowering:
             cb = w.codebook.to(torch.float64)
             group_scale = cb.abs().amax(dim=1) / level_max
             group_scale = torch.where(group_scale > 0, group_scale, torch.ones_like(group_scale))
-            levels = torch.round(cb / group_scale[:, None]).to(torch.int32)
-            scale = group_scale.expand(m).to(torch.float64)
-            self.tensors[f"{prefix}.codebook"] = w.codebook.to(torch.float32).contiguous()
-            scale_stored = None  # the real weights are the float codebook
+            levels = torch.round(cb / group_scale[:, None]).to(torch.int64)
+            scale = group_scale.expand(m)
         else:
-            levels = w.levels.to(torch.int32)
-            worst = k * _code_range(x_q) * int(levels.abs().max())
-            if worst > INT32_MAX or int(levels.abs().max()) > 32767:
-                raise ValueError(f"node {node.name!r}: integer weights too wide for an int32 accumulator "
-                                 f"(K * max|x| * max|w| = {worst})")
+            levels = w.levels.to(torch.int64)
             scale = w.scale.to(torch.float64)
-            scale_stored = scale
-        self.tensors[f"{prefix}.levels"] = levels.contiguous()
-        if scale_stored is not None:  # real weight = scale[m] * levels[g, index]
-            self.tensors[f"{prefix}.scale"] = scale_stored.to(torch.float32).contiguous()
+        largest = int(levels.abs().max())
+        worst = k * _code_range(x_q) * largest
+        if worst > INT32_MAX or largest > 32767:
+            raise ValueError(f"node {node.name!r}: integer weights too wide for an int16 table and an int32 "
+                             f"accumulator (max|level| = {largest}, K * max|x| * max|w| = {worst})")
+        self.tensors[f"{prefix}.levels"] = levels.to(torch.int16).contiguous()
+        self.tensors[f"{prefix}.scale"] = scale.to(torch.float32).contiguous()
+        scale = self.tensors[f"{prefix}.scale"].to(torch.float64)  # the requantization uses the stored scale
         from ._ops import huffman_code_lengths, huffman_encode, pack_bits  # the compiled ops
 
         flat = w.indices.reshape(-1).contiguous()

@@ -41,6 +41,20 @@ def decode_indices(tensors: dict, node: dict) -> torch.Tensor:
     return flat.reshape(node["out_channels"], -1)
 
 
+def weight_levels(tensors: dict, node: dict) -> torch.Tensor:
+    """Integer weight table [G, k] (int32, |level| <= 32767) of a conv2d / linear node, after checking
+    the I16 levels and the F32 [M] scale (docs/FORMAT.md section 3)."""
+    info, m = node["weight"], node["out_channels"]
+    prefix = f"{node['name']}.weight"
+    if info["groups"] not in (1, m):
+        raise ValueError(f"node {node['name']!r}: weight groups must be 1 or out_channels ({m}), got {info['groups']}")
+    levels = _tensor(tensors, f"{prefix}.levels", torch.int16, (info["groups"], info["codes"])).to(torch.int32)
+    if levels.numel() and int(levels.abs().max()) > 32767:
+        raise ValueError(f"tensor {prefix + '.levels'!r} holds -32768; levels must be within +-32767")
+    _tensor(tensors, f"{prefix}.scale", torch.float32, (m,))  # not needed by integer inference
+    return levels
+
+
 class IntegerModel(nn.Module):
     """Runs a .qcnn program: uint8 pixels [N, C, H, W] -> float logits [N, classes]."""
 
@@ -58,11 +72,9 @@ class IntegerModel(nn.Module):
             step = dict(node)
             name = node["name"]
             if node["op"] in ("conv2d", "linear"):
-                m, info = node["out_channels"], node["weight"]
+                m = node["out_channels"]
                 indices = decode_indices(tensors, node)
-                levels = _tensor(tensors, f"{name}.weight.levels", torch.int32)
-                if levels.dim() != 2 or levels.shape[0] not in (1, m) or levels.shape[1] != info["codes"]:
-                    raise ValueError(f"tensor {name}.weight.levels has shape {list(levels.shape)}")
+                levels = weight_levels(tensors, node)
                 kh, kw = node["kernel"]
                 if weight_path == "dense":
                     table = levels.expand(m, -1)
