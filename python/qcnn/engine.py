@@ -73,14 +73,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------ optimization
-def build_optimizer(params, tcfg, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(model: nn.Module, tcfg, lr: float) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable parameters of `model`. The quantizers' own parameters
+    (learned scales and clips, trained centroids) get no weight decay: it would pull a step size toward 0."""
+    from .quantizers.act import QuantAct
+    from .quantizers.weight import WeightQuantizer
+
+    quantizer_params = {id(p) for m in model.modules() if isinstance(m, (WeightQuantizer, QuantAct))
+                        for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in quantizer_params], "weight_decay": tcfg.weight_decay},
+              {"params": [p for p in params if id(p) in quantizer_params], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov and tcfg.momentum > 0,
-                               weight_decay=tcfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov and tcfg.momentum > 0)
     if tcfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=tcfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=tcfg.weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, steps_per_epoch: int, tcfg) -> float:

@@ -82,7 +82,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     state = {"kind": "float", "epoch": 0, "history": []}
     ckpt = _restore(run_dir, model, "float") if resume else None
     ddp = _wrap_ddp(model)
-    optimizer = engine.build_optimizer(ddp.parameters(), tcfg, tcfg.lr)
+    optimizer = engine.build_optimizer(ddp, tcfg, tcfg.lr)
     scheduler = engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, len(train_loader))
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -180,7 +180,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     ddp = _wrap_ddp(model)
     optimizer = scheduler = None
     if ckpt is not None and state["round_info"] is not None:
-        optimizer = engine.build_optimizer(ddp.parameters(), tcfg, rcfg.lr)
+        optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
         scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -195,7 +195,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             info.update(val_acc_before=before["acc"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
             state["round_info"] = info
-            optimizer = engine.build_optimizer(ddp.parameters(), tcfg, rcfg.lr)
+            optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
             scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
             if engine.is_main():
                 change = info["change_fraction"]

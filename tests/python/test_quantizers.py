@@ -61,6 +61,34 @@ def test_uniform_lsq_scale_receives_gradient_and_refit_keeps_it():
     assert torch.equal(q.scale.detach(), kept) and 0.0 <= change <= 1.0
 
 
+def test_lsq_scale_stepped_across_zero_acts_as_its_magnitude():
+    w = torch.randn(4, 10)
+    q = UniformWeightQuantizer(w.shape, 4, learn_scale=True)
+    q.refit(w)
+    expected = q(w).detach()
+    with torch.no_grad():
+        q.scale[1] = -q.scale[1]          # an optimizer step can cross zero
+        q.scale[2] = 0.0
+    out = q(w).detach()
+    assert torch.equal(out[[0, 1, 3]], expected[[0, 1, 3]])
+    assert torch.isfinite(out[2]).all() and out[2].abs().max() <= torch.finfo(torch.float32).tiny * 7
+
+
+def test_optimizer_has_no_weight_decay_on_quantizer_parameters():
+    from torch import nn
+
+    from qcnn import config as qconfig, engine
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2))
+    qcnn.quantize_(model, {"weight": {"kind": "uniform", "bits": 4, "learn_scale": True},
+                           "act": {"bits": 8, "method": "lsq"}})
+    opt = engine.build_optimizer(model, qconfig.TrainingConfig(weight_decay=0.01), 0.1)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        quantizer = "weight_quant" in name or "act_quant" in name
+        assert decay[id(p)] == (0.0 if quantizer else 0.01), name
+    assert len(decay) == len(list(model.parameters()))
+
+
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_binary_is_mean_abs_times_sign(per_channel):
     w = torch.randn(5, 4, 3, 3)

@@ -65,7 +65,7 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
         return QuantWeight.from_integers("fixed", torch.round(q / step), torch.full((m,), step), -top, top)
     if isinstance(wq, UniformWeightQuantizer):
         # value = scale * (code - zero_point), code in [qmin, qmax]: index = code - qmin, level = index + qmin - zp.
-        scale = wq.scale.detach().to(torch.float32).reshape(-1).expand(m)
+        scale = wq.effective_scale().detach().to(torch.float32).reshape(-1).expand(m)
         zp = wq.zero_point.reshape(-1).to(torch.int32)
         ints = torch.round(q / scale.reshape((m,) + (1,) * (q.dim() - 1))).to(torch.int64)
         zp_m = zp.expand(m).reshape((m,) + (1,) * (q.dim() - 1)).to(torch.int64)

@@ -143,27 +143,33 @@ class UniformWeightQuantizer(WeightQuantizer):
         self.scale.data.copy_(best_scale)
         self.zero_point.copy_(best_zp)
 
+    def effective_scale(self) -> torch.Tensor:
+        """The scale in use: a learned scale enters as |s| (at least the smallest normal float), so an
+        optimizer step across zero cannot make it invalid."""
+        if not self.learn_scale:
+            return self.scale.detach()
+        return self.scale.abs().clamp(min=torch.finfo(torch.float32).tiny)
+
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
         grad_factor = 1.0
         if self.learn_scale:
             per_scale = weight.numel() // self.scale.numel()
             grad_factor = 1.0 / math.sqrt(per_scale * self.qmax)
-        scale = self.scale if self.learn_scale else self.scale.detach()
-        return self._fake_quant(weight, scale, self.zero_point, grad_factor)
+        return self._fake_quant(weight, self.effective_scale(), self.zero_point, grad_factor)
 
     @torch.no_grad()
     def assignment(self, weight: torch.Tensor) -> torch.Tensor:
         q = self.quantize(weight)
-        scale = self.scale if self.per_channel else self.scale.reshape(())
+        scale = self.effective_scale() if self.per_channel else self.effective_scale().reshape(())
         scale = _broadcast_channel(scale, q) if self.per_channel else scale
         return torch.round(q / scale).to(torch.int64)
 
     def levels(self, channel: int = 0) -> torch.Tensor:
         i = channel if self.per_channel else 0
-        return (torch.arange(self.qmin, self.qmax + 1) - self.zero_point[i]).float() * self.scale[i].detach()
+        return (torch.arange(self.qmin, self.qmax + 1) - self.zero_point[i]).float() * self.effective_scale()[i].detach()
 
     def describe(self) -> dict:
-        return {"type": "uniform", "bits": self.bits, "scale": self.scale.detach().tolist(),
+        return {"type": "uniform", "bits": self.bits, "scale": self.effective_scale().detach().tolist(),
                 "zero_point": self.zero_point.tolist()}
 
 
