@@ -35,7 +35,7 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         raise SystemExit(f"retrain.py: {args.config}: the config has no 'quant' section")
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    rank, world, device = engine.setup_distributed()
+    rank, world, device = engine.setup_distributed(args.device)
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data, rank, world)
     model = models.create(cfg.model.name, **cfg.model.kwargs)

@@ -27,6 +27,8 @@ def parse_args(argv=None, description: str = __doc__):
     p.add_argument("--config", required=True, type=Path, help="YAML run config")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: this process's GPU when CUDA is available, else the CPU")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="stop (as if killed) after this many epochs; for testing --resume")
     return p.parse_args(argv)
@@ -37,7 +39,7 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     cfg = cfg or qconfig.load(args.config)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    rank, world, device = engine.setup_distributed()
+    rank, world, device = engine.setup_distributed(args.device)
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data, rank, world)
     model = models.create(cfg.model.name, **cfg.model.kwargs).to(device)

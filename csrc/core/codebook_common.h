@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/quantize.h"  // QCNN_HOST_DEVICE
+
 namespace qcnn::codebook {
 
 // Distinct values in ascending order with their total (positive) weights. Values with total
@@ -82,7 +84,7 @@ int64_t distinct_values_upto(const T* x, int64_t n, int64_t k, std::vector<doubl
 double weighted_sse(const WeightedValues& data, const std::vector<double>& centroids);
 
 // Index of the first element of a sorted array that is >= x (branchless binary search).
-inline int64_t lower_bound_index(const double* sorted, int64_t len, double x) {
+QCNN_HOST_DEVICE inline int64_t lower_bound_index(const double* sorted, int64_t len, double x) {
   if (len <= 0) return 0;
   const double* base = sorted;
   int64_t n = len;
@@ -107,6 +109,10 @@ class CodebookSearch {
   }
   float codeword(int64_t i) const { return codebook_[i]; }
   int64_t size() const { return k_; }
+  // The search tables, for device kernels that apply the same rule: k - 1 midpoints, and for
+  // each index the first index holding the same codeword.
+  const double* midpoints() const { return midpoints_.data(); }
+  const int64_t* first_of_run() const { return first_of_run_.data(); }
 
  private:
   int64_t k_ = 0;

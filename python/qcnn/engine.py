@@ -20,22 +20,28 @@ except ImportError:  # pragma: no cover - tqdm is a declared dependency
 
 
 # ----------------------------------------------------------------------------------------- distributed
-def setup_distributed() -> tuple[int, int, torch.device]:
+def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """Initializes torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
-    Returns (rank, world_size, device)."""
+    device: "auto" (the GPU of this process's LOCAL_RANK when CUDA is available, else the CPU), "cpu" or
+    "cuda". Returns (rank, world_size, device)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise RuntimeError(f"LOCAL_RANK {local} needs CUDA device {local}, but {count} CUDA device(s) are "
+                               "visible: start fewer processes per node, or pass --device cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
         torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
 
 
 def rank() -> int:

@@ -14,7 +14,8 @@ ROOT = data.DEFAULT_ROOT
 def _write_idx(path, array, magic_type=0x08, compress=False):
     header = bytes([0, 0, magic_type, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     payload = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(payload)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(payload)
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -1,4 +1,4 @@
-"""The training scripts under torchrun with 2 CPU processes (gloo) on a small subset."""
+"""The training scripts under torchrun with 2 CPU processes (gloo) on a small subset (also on GPU machines)."""
 import importlib.util
 import json
 import os
@@ -25,7 +25,7 @@ def _free_port():
 def _torchrun(script, config, tmp_path, *extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(ROOT / "training" / script), "--config", str(config), "--no-progress", *extra]
+           str(ROOT / "training" / script), "--config", str(config), "--no-progress", "--device", "cpu", *extra]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

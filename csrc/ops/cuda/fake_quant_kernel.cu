@@ -15,13 +15,15 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "core/quantize.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/fake_quant_checks.h"
 
 namespace qcnn {
 namespace ops {
 namespace {
 
-constexpr int kThreads = 256;
+using cuda::grid_for;
+using cuda::kThreads;
 constexpr int kItemsPerThread = 4;
 
 template <typename ZP>
@@ -55,15 +57,6 @@ __global__ void fake_quant_float4_kernel(const float4* __restrict__ x, float4* _
     y[i] = make_float4(core::fake_quantize(v.x, s, inv, z, qmin, qmax), core::fake_quantize(v.y, s, inv, z, qmin, qmax),
                        core::fake_quantize(v.z, s, inv, z, qmin, qmax), core::fake_quantize(v.w, s, inv, z, qmin, qmax));
   }
-}
-
-int64_t grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t cap = int64_t(sms) * 32;
-  return std::max<int64_t>(1, std::min(blocks, cap));
 }
 
 template <typename Fn>
@@ -129,16 +122,26 @@ __global__ void fake_quant_backward_kernel(const T* __restrict__ g, const T* __r
   const T* gr = g + row * inner;
   const T* xr = x + row * inner;
   T* gxr = gx + row * inner;
+  // All loads of the thread are issued before the first use, so that each warp keeps
+  // 2 * kItemsPerThread requests in flight (one per iteration would leave bandwidth unused).
+  float xv[kItemsPerThread], gv[kItemsPerThread];
+#pragma unroll
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    const int64_t i = begin + threadIdx.x + int64_t(k) * kThreads;
+    xv[k] = i < end ? static_cast<float>(xr[i]) : 0.0f;
+    gv[k] = i < end ? static_cast<float>(gr[i]) : 0.0f;
+  }
   float acc_s = 0.0f, acc_z = 0.0f;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const float xv = static_cast<float>(xr[i]);
-    const float gv = static_cast<float>(gr[i]);
-    const float code = core::unclamped_code(xv, inv, z);
-    gxr[i] = static_cast<T>(core::code_in_range(code, qmin, qmax) ? gv : 0.0f);
+#pragma unroll
+  for (int k = 0; k < kItemsPerThread; ++k) {
+    const int64_t i = begin + threadIdx.x + int64_t(k) * kThreads;
+    if (i >= end) break;
+    const float code = core::unclamped_code(xv[k], inv, z);
+    gxr[i] = static_cast<T>(core::code_in_range(code, qmin, qmax) ? gv[k] : 0.0f);
     if (grad_scale != nullptr) {
-      const core::LsqPartials d = core::lsq_partials(xv, s, inv, z, qmin, qmax);
-      acc_s += gv * d.d_scale;
-      acc_z += gv * d.d_zero_point;
+      const core::LsqPartials d = core::lsq_partials(xv[k], s, inv, z, qmin, qmax);
+      acc_s += gv[k] * d.d_scale;
+      acc_z += gv[k] * d.d_zero_point;
     }
   }
   if (grad_scale == nullptr) return;

@@ -97,7 +97,10 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
     out_shape = ["N", last.weight.out_channels] + (["OH", "OW"] if last.op == "conv2d" else [])
     outp = helper.make_tensor_value_info(graph.output, TensorProto.FLOAT, out_shape)
     model = helper.make_model(helper.make_graph(nodes, "qcnn", [inp], [outp], inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcnn")
+                              opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcnn",
+                              # the oldest IR version the opset allows, not the installed onnx's newest:
+                              # runtimes refuse IR versions newer than they know
+                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", OPSET)]))
     model.metadata_props.add(key="normalization", value=f"mean={list(graph.mean)} std={list(graph.std)}")
     onnx.checker.check_model(model)
     path = Path(path)
