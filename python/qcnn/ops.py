@@ -1,6 +1,7 @@
 """Python entry points of qcnn's compiled ops (torch.ops.qcnn.*).
 
-Each op has its fake (meta) kernel and its autograd formula registered here, beside its wrapper.
+Each op has its fake (meta) kernel registered here, beside its wrapper; the autograd of fake_quant and
+fake_quant_binary is registered in C++ (csrc/ops/fake_quant_autograd.cpp).
 """
 from __future__ import annotations
 
@@ -76,26 +77,6 @@ def _fake_quant_backward_fake(grad, x, scale, zero_point, qmin, qmax, axis, grad
             scale.new_empty(qshape), scale.new_empty(qshape))
 
 
-def _fake_quant_setup(ctx, inputs, output):
-    x, scale, zero_point, qmin, qmax, axis = inputs
-    ctx.save_for_backward(x, scale, zero_point)
-    ctx.qrange = (qmin, qmax, axis)
-
-
-def _fake_quant_backward(ctx, grad):
-    x, scale, zero_point = ctx.saved_tensors
-    qmin, qmax, axis = ctx.qrange
-    need_qparams = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-    gx, gs, gz = _lib.fake_quant_backward.default(grad.contiguous(), x, scale, zero_point, qmin, qmax, axis, 1.0,
-                                                  need_qparams)
-    gs = gs.reshape(scale.shape) if ctx.needs_input_grad[1] else None
-    gz = gz.reshape(zero_point.shape).to(zero_point.dtype) if ctx.needs_input_grad[2] else None
-    return gx, gs, gz, None, None, None
-
-
-torch.library.register_autograd("qcnn::fake_quant", _fake_quant_backward, setup_context=_fake_quant_setup)
-
-
 def fake_quant_binary(w: torch.Tensor, axis: int | None = 0) -> torch.Tensor:
     """Binary weights ``alpha * sign(w)`` with ``alpha = mean(|w|)`` per channel along ``axis``
     (per tensor when ``axis`` is None); ``sign(0) = +1``.
@@ -115,20 +96,6 @@ def _fake_quant_binary_fake(w, axis):
 @torch.library.register_fake("qcnn::fake_quant_binary_backward")
 def _fake_quant_binary_backward_fake(grad, w, axis):
     return torch.empty_like(w, memory_format=torch.contiguous_format)
-
-
-def _binary_setup(ctx, inputs, output):
-    w, axis = inputs
-    ctx.save_for_backward(w)
-    ctx.axis = axis
-
-
-def _binary_backward(ctx, grad):
-    (w,) = ctx.saved_tensors
-    return _lib.fake_quant_binary_backward.default(grad.contiguous(), w, ctx.axis), None
-
-
-torch.library.register_autograd("qcnn::fake_quant_binary", _binary_backward, setup_context=_binary_setup)
 
 
 def fixed_point_grid(bits: int, frac_bits: int) -> tuple[float, int, int]:
