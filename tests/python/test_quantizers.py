@@ -138,6 +138,22 @@ def test_trained_centroids_get_per_cluster_summed_gradients():
     torch.testing.assert_close(w.grad, g)
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_trained_centroids_that_cross_still_map_to_the_nearest(per_channel):
+    """An optimizer step can move trained centroids past each other (this crashed the w4_incremental run)."""
+    w = torch.randn(3, 40)
+    q = CodebookWeightQuantizer(w.shape, 2, per_channel=per_channel, train_centroids=True)
+    q.refit(w)
+    with torch.no_grad():
+        q.codebook.copy_(q.codebook.flip(-1))  # descending: every pair has crossed
+    idx = q.nearest(w)
+    book = q.codebook.detach() if per_channel else q.codebook.detach().expand(3, -1)
+    dist = (w[:, :, None] - book[:, None, :]).abs()
+    torch.testing.assert_close(dist.gather(2, idx[:, :, None]).squeeze(2), dist.min(dim=2).values)
+    torch.testing.assert_close(q(w), book.gather(1, idx))
+    assert q.refit(w, fit=False) is not None
+
+
 def test_refit_change_fraction_and_freeze():
     torch.manual_seed(3)
     w = torch.randn(2, 500)

@@ -280,8 +280,14 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     def nearest(self, weight: torch.Tensor) -> torch.Tensor:
         from ..codebook import quantize_to_codebook
-        indices, _ = quantize_to_codebook(weight.detach(), self.codebook.detach())
-        return indices.to(torch.int64)
+        # Centroids trained by gradient (train_centroids) can pass each other: search a sorted copy and
+        # map its indices back to the entries of self.codebook.
+        book, order = torch.sort(self.codebook.detach(), dim=-1, stable=True)
+        indices, _ = quantize_to_codebook(weight.detach(), book)
+        indices = indices.to(torch.int64)
+        if self.per_channel:
+            return order.gather(1, _channel_view(indices)).reshape(indices.shape)
+        return order[indices]
 
     def _gather(self, indices: torch.Tensor) -> torch.Tensor:
         if self.per_channel:
