@@ -5,6 +5,11 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <stdexcept>
+#include <vector>
+
+#include "core/codebook_common.h"
+
 namespace qcnn::ops {
 
 inline bool is_weight_dtype(at::ScalarType t) {
@@ -60,5 +65,21 @@ inline void check_codebook(const char* op, const at::Tensor& w, const at::Tensor
 }
 
 inline at::ScalarType codebook_index_dtype(int64_t k) { return k <= 256 ? at::kByte : at::kShort; }
+
+// The nearest-codeword search of every codebook row ([k] or [groups, k], any device), built on the
+// host; a row that is not finite and sorted is an error naming the row.
+inline std::vector<codebook::CodebookSearch> codebook_searches(const char* op, const at::Tensor& codebook) {
+  const at::Tensor rows = (codebook.dim() == 1 ? codebook.unsqueeze(0) : codebook).to(at::kCPU, at::kFloat).contiguous();
+  const int64_t groups = rows.size(0), k = rows.size(1);
+  std::vector<codebook::CodebookSearch> books(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    try {
+      books[g].reset(rows.const_data_ptr<float>() + g * k, k);
+    } catch (const std::invalid_argument& err) {
+      TORCH_CHECK_VALUE(false, op, ": ", err.what(), " (codebook row ", g, ")");
+    }
+  }
+  return books;
+}
 
 }  // namespace qcnn::ops

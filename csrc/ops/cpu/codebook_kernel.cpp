@@ -232,16 +232,8 @@ void quantize_rows(const scalar_t* x, int64_t numel, int64_t per_group, const st
 std::tuple<at::Tensor, at::Tensor> quantize_to_codebook_cpu(const at::Tensor& w, const at::Tensor& codebook) {
   constexpr const char* op = "quantize_to_codebook";
   check_codebook(op, w, codebook);
-  const at::Tensor books_t = (codebook.dim() == 1 ? codebook.unsqueeze(0) : codebook).to(at::kFloat).contiguous();
-  const int64_t groups = books_t.size(0), k = books_t.size(1);
-  std::vector<cb::CodebookSearch> books(groups);
-  for (int64_t g = 0; g < groups; ++g) {
-    try {
-      books[g].reset(books_t.data_ptr<float>() + g * k, k);
-    } catch (const std::invalid_argument& err) {
-      TORCH_CHECK_VALUE(false, op, ": ", err.what(), " (codebook row ", g, ")");
-    }
-  }
+  const std::vector<cb::CodebookSearch> books = codebook_searches(op, codebook);
+  const int64_t groups = static_cast<int64_t>(books.size()), k = codebook.size(-1);
   const at::Tensor x = w.contiguous();
   at::Tensor indices = at::empty(w.sizes(), w.options().dtype(codebook_index_dtype(k)));
   at::Tensor dequantized = at::empty(w.sizes(), w.options());

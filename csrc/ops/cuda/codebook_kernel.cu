@@ -1,14 +1,14 @@
 // CUDA kernel of quantize_to_codebook, so that codebook-quantized layers train on the GPU without a
 // round trip through host memory. The search tables (float64 midpoints, first index of each run
-// of equal codewords) are built on the host by the same core::CodebookSearch as the CPU kernel,
-// so both devices assign every value to the same index.
+// of equal codewords) are built on the host by the same codebook_searches() as the CPU kernel, so
+// both devices assign every value to the same index.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <stdexcept>
+#include <vector>
 
 #include "core/codebook_common.h"
 #include "ops/codebook_checks.h"
@@ -38,24 +38,18 @@ std::tuple<at::Tensor, at::Tensor> quantize_to_codebook_cuda(const at::Tensor& w
   constexpr const char* op = "quantize_to_codebook";
   check_codebook(op, w, codebook);
   const c10::cuda::CUDAGuard guard(w.device());
-  const at::Tensor books_host =
-      (codebook.dim() == 1 ? codebook.unsqueeze(0) : codebook).to(at::kCPU, at::kFloat).contiguous();
-  const int64_t groups = books_host.size(0), k = books_host.size(1);
+  const std::vector<codebook::CodebookSearch> books = codebook_searches(op, codebook);
+  const int64_t groups = static_cast<int64_t>(books.size()), k = codebook.size(-1);
   at::Tensor midpoints = at::empty({std::max<int64_t>(groups * (k - 1), 1)}, at::kDouble);
   at::Tensor first_of_run = at::empty({groups * k}, at::kInt);
   for (int64_t g = 0; g < groups; ++g) {
-    codebook::CodebookSearch book;
-    try {
-      book.reset(books_host.const_data_ptr<float>() + g * k, k);
-    } catch (const std::invalid_argument& err) {
-      TORCH_CHECK_VALUE(false, op, ": ", err.what(), " (codebook row ", g, ")");
-    }
+    const codebook::CodebookSearch& book = books[g];
     std::copy(book.midpoints(), book.midpoints() + (k - 1), midpoints.mutable_data_ptr<double>() + g * (k - 1));
     std::copy(book.first_of_run(), book.first_of_run() + k, first_of_run.mutable_data_ptr<int32_t>() + g * k);
   }
   const auto device = w.device();
   const at::Tensor midpoints_d = midpoints.to(device), first_d = first_of_run.to(device);
-  const at::Tensor books_d = books_host.to(device);
+  const at::Tensor books_d = codebook.to(at::kFloat).contiguous();  // already on the device; [k] or [groups, k]
   const at::Tensor x = w.contiguous();
   at::Tensor indices = at::empty(w.sizes(), w.options().dtype(codebook_index_dtype(k)));
   at::Tensor dequantized = at::empty(w.sizes(), w.options());

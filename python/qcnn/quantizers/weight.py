@@ -284,15 +284,16 @@ class CodebookWeightQuantizer(WeightQuantizer):
         # map its indices back to the entries of self.codebook.
         book, order = torch.sort(self.codebook.detach(), dim=-1, stable=True)
         indices, _ = quantize_to_codebook(weight.detach(), book)
-        indices = indices.to(torch.int64)
+        return self._lookup(order, indices.to(torch.int64))
+
+    def _lookup(self, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """table[channel, index] per output channel (table[index] per tensor), shaped like indices."""
         if self.per_channel:
-            return order.gather(1, _channel_view(indices)).reshape(indices.shape)
-        return order[indices]
+            return table.gather(1, _channel_view(indices)).reshape(indices.shape)
+        return table[indices]
 
     def _gather(self, indices: torch.Tensor) -> torch.Tensor:
-        if self.per_channel:
-            return self.codebook.gather(1, _channel_view(indices)).reshape(indices.shape)
-        return self.codebook[indices]
+        return self._lookup(self.codebook, indices)
 
     def _frozen_values(self) -> torch.Tensor:
         return self._gather(self.frozen_indices).detach()
