@@ -8,7 +8,7 @@ APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mni
 PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx onnxruntime
 TORCH_PIN := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
+EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops csrc/runtime -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' 2>/dev/null)
 
 .PHONY: setup demo test test-cpp test-python cuda-check bench clean

@@ -1,4 +1,5 @@
-"""Builds qcnn._C: the C++ (and, when CUDA is usable, CUDA) ops of qcnn.
+"""Builds qcnn._C: the C++ (and, when CUDA is usable, CUDA) ops of qcnn, and the integer inference
+engine (csrc/runtime, also built by CMake into qcnn-infer) that qcnn.load runs through torch.classes.qcnn.Engine.
 
 Environment:
   QCNN_FORCE_CUDA=1  build the CUDA kernels even when no GPU is visible (needs CUDA_HOME)
@@ -33,17 +34,18 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
-def _sources(*patterns: str) -> list[str]:
+def _sources(*patterns: str, exclude: tuple[str, ...] = ()) -> list[str]:
     out: list[str] = []
     for pattern in patterns:
-        out += sorted(str(p.relative_to(ROOT)) for p in CSRC.glob(pattern))
+        out += sorted(str(p.relative_to(ROOT)) for p in CSRC.glob(pattern) if p.name not in exclude)
     return out
 
 
 def extension():
     use_cuda = _want_cuda()
     debug = _flag("QCNN_DEBUG")
-    sources = _sources("core/*.cpp", "ops/*.cpp", "ops/cpu/*.cpp")
+    # The engine's sources (nlohmann_json, zlib), without the qcnn-infer program.
+    sources = _sources("core/*.cpp", "runtime/*.cpp", "ops/*.cpp", "ops/cpu/*.cpp", exclude=("qcnn_infer_main.cpp",))
     cxx = ["-std=c++20", "-fopenmp", "-O0" if debug else "-O3", "-fvisibility=hidden"]
     nvcc = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if platform.machine() in ("x86_64", "AMD64"):
@@ -62,6 +64,7 @@ def extension():
         define_macros=macros,
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
+        libraries=["z"],  # the engine reads gzip-compressed IDX files
         py_limited_api=True,
     )
     if use_cuda:

@@ -42,10 +42,26 @@ def machine() -> dict:
                     break
     except OSError:
         pass
+    info["cpu_flags"] = cpu_flags()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+# The /proc/cpuinfo names of the x86 features the integer kernels choose between.
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni")
+
+
+def cpu_flags(names: tuple[str, ...] = ISA_FLAGS) -> dict[str, bool]:
+    """Which of `names` the CPU reports in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return {}
+    present = set(line.split(":", 1)[-1].split())
+    return {name: name in present for name in names}
 
 
 def _sync(device: str) -> None:
@@ -89,10 +105,17 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(bench: str, rows: list[dict], json_path: Path | None) -> None:
+def report(bench: str, rows: list[dict], json_path: Path | None, extra: dict | None = None) -> None:
+    """Prints the rows and every list of rows in `extra` (under its key) as markdown tables; writes all of it,
+    extra's other values too, to json_path."""
     print(f"## {bench}\n")
     print(markdown_table(rows))
+    for key, table in (extra or {}).items():
+        if isinstance(table, list):
+            print(f"\n## {bench}: {key}\n")
+            print(markdown_table(table))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"bench": bench, "machine": machine(), "rows": rows}, indent=2))
+        doc = {"bench": bench, "machine": machine(), "rows": rows, **(extra or {})}
+        json_path.write_text(json.dumps(doc, indent=2))
         print(f"\nwrote {json_path}")

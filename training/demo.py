@@ -1,8 +1,8 @@
 """make demo: a float baseline (configs/baseline.yaml cut to 3 epochs, as runs/demo_baseline; reused when it
 matches), then the quantize-retrain loop with 4-bit k-means weights and 8-bit activations (configs/w4_kmeans.yaml,
 as runs/demo); prints float vs quantized test accuracy and the per-round table; then exports runs/demo/model.qcnn,
-prints its size against float32 and runs it with the integer runtimes (qcnn.load and build/qcnn-infer) on the
-test set (training/deploy.py); writes runs/demo/summary.json.
+prints its size against float32 and runs it with the integer engine, through qcnn.load and build/qcnn-infer, on
+the test set (training/deploy.py: both must give bit-identical logits); writes runs/demo/summary.json.
 
 The 3-epoch baseline keeps a fresh machine's make demo (set-up included) under 15 minutes on 2 cores; the
 results in docs/RESULTS.md come from the same configs with the 12-epoch baseline (python training/train.py ...).

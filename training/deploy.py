@@ -1,6 +1,7 @@
-"""Deploy a retrained run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it with the Python
-integer runtime (qcnn.load) and with build/qcnn-infer on the test set, and compare both with the fake-quant
-PyTorch model: top-1 agreement and accuracy. Writes runs/<name>/deploy.json.
+"""Deploy a retrained run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it on the test set
+with qcnn.load (the C++ integer engine through qcnn._C) and with build/qcnn-infer (the same engine, no Python),
+compare both with the fake-quant PyTorch model (top-1 agreement and accuracy) and with each other (the logits
+must be bit-identical: `logits_identical`). Writes runs/<name>/deploy.json.
 
 python training/deploy.py --run runs/w3_kmeans [--infer build/qcnn-infer] [--threads N]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import qcnn  # noqa: E402
@@ -39,12 +41,12 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
 
 
 def run_infer(infer: Path, model_path: Path, data_path: str, limit: int | None, threads: int | None) -> tuple[dict, torch.Tensor]:
-    """Runs qcnn-infer on the test set; returns its JSON report and its predictions."""
+    """Runs qcnn-infer on the test set; returns its JSON report and its logits [images, classes]."""
     images, labels = (data.find_idx(data_path, stem) for stem in data.IDX_FILES["test"])
     with tempfile.TemporaryDirectory() as tmp:
-        pred_path = Path(tmp) / "predictions.txt"
+        logits_path = Path(tmp) / "logits.npy"
         cmd = [str(infer), str(model_path), "--images", str(images), "--labels", str(labels),
-               "--predictions", str(pred_path)]
+               "--logits", str(logits_path)]
         if limit is not None:
             cmd += ["--limit", str(limit)]
         if threads:
@@ -53,8 +55,8 @@ def run_infer(infer: Path, model_path: Path, data_path: str, limit: int | None, 
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
-        preds = torch.tensor([int(v) for v in pred_path.read_text().split()])
-    return report, preds
+        logits = torch.from_numpy(np.load(logits_path))
+    return report, logits
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -78,11 +80,11 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
     graph = to_graph(model)
     with torch.no_grad():
         fake_pred = torch.cat([model(graph.normalize(chunk)).argmax(1) for chunk in pixels.split(1000)])
-    runtime = qcnn.load(run_dir / "model.qcnn")
+    runtime = qcnn.load(run_dir / "model.qcnn", threads=threads or 0)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        load_pred = torch.cat([runtime(chunk).argmax(1) for chunk in pixels.split(1000)])
+    load_logits = torch.cat([runtime(chunk) for chunk in pixels.split(1000)])
     load_seconds = time.perf_counter() - t0
+    load_pred = load_logits.argmax(1)
     result = {
         "run": str(run_dir), "images": int(labels.numel()),
         "float32_bytes": packed.float32_bytes,
@@ -95,12 +97,16 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
     if infer is not None:
         if not Path(infer).is_file():
             raise FileNotFoundError(f"qcnn-infer not found at {infer}; build it with `make setup` (or pass --infer)")
-        report, infer_pred = run_infer(Path(infer), run_dir / "model.qcnn", cfg.data.path, cfg.data.test_subset, threads)
-        if infer_pred.numel() != labels.numel():
-            raise RuntimeError(f"qcnn-infer returned {infer_pred.numel()} predictions for {labels.numel()} images")
+        report, infer_logits = run_infer(Path(infer), run_dir / "model.qcnn", cfg.data.path, cfg.data.test_subset,
+                                         threads)
+        if infer_logits.shape != load_logits.shape:
+            raise RuntimeError(f"qcnn-infer returned logits of shape {list(infer_logits.shape)}, qcnn.load "
+                               f"{list(load_logits.shape)}")
+        infer_pred = infer_logits.argmax(1)
         result.update(infer_test_acc=accuracy(infer_pred, labels), infer_agreement=agreement(infer_pred, fake_pred),
                       infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
-                      infer_agreement_with_load=agreement(infer_pred, load_pred))
+                      infer_agreement_with_load=agreement(infer_pred, load_pred),
+                      logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
     (run_dir / "deploy.json").write_text(json.dumps(result, indent=2))
     if verbose:
         print(format_deploy(result))
@@ -111,11 +117,13 @@ def format_deploy(r: dict) -> str:
     lines = [f"export: {r['file_bytes_packed']} bytes packed ({r['ratio_packed']:.2f}x smaller than the "
              f"{r['float32_bytes']}-byte float32 model), {r['file_bytes_huffman']} bytes Huffman-coded "
              f"({r['ratio_huffman']:.2f}x)",
-             f"fake-quant PyTorch model   test acc {r['fake_quant_test_acc']:.2f}%",
-             f"qcnn.load (integer, Python) test acc {r['load_test_acc']:.2f}%, agreement {r['load_agreement']:.2f}%"]
+             f"fake-quant PyTorch model    test acc {r['fake_quant_test_acc']:.2f}%",
+             f"qcnn.load (integer engine)  test acc {r['load_test_acc']:.2f}%, agreement {r['load_agreement']:.2f}%, "
+             f"{r['load_images_per_second']:.0f} images/s"]
     if "infer_test_acc" in r:
-        lines.append(f"qcnn-infer (integer, C++)  test acc {r['infer_test_acc']:.2f}%, agreement "
+        lines.append(f"qcnn-infer (integer engine) test acc {r['infer_test_acc']:.2f}%, agreement "
                      f"{r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
+        lines.append(f"logits of qcnn.load and qcnn-infer bit-identical: {str(r['logits_identical']).lower()}")
     return "\n".join(lines)
 
 
@@ -124,7 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument("--run", required=True, type=Path, help="run directory with config.yaml and model.pt")
     p.add_argument("--infer", type=Path, default=DEFAULT_INFER, help="the qcnn-infer binary")
     p.add_argument("--no-infer", action="store_true", help="skip qcnn-infer")
-    p.add_argument("--threads", type=int, default=None, help="qcnn-infer threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="engine threads of both runs (default: all cores)")
     args = p.parse_args(argv)
     for name in ("config.yaml", "model.pt"):
         if not (args.run / name).is_file():

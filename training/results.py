@@ -75,14 +75,15 @@ def table(summaries: list[dict]) -> str:
 
 def deploy_table(deploys: list[dict]) -> str:
     lines = ["| run | .qcnn bytes (x smaller) | Huffman-coded bytes (x smaller) | fake-quant test % | qcnn.load test % "
-             "(agreement) | qcnn-infer test % (agreement) | qcnn-infer images/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "(agreement) | qcnn-infer test % (agreement) | qcnn-infer images/s | logits bit-identical |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for d in deploys:
         infer = (f"{d['infer_test_acc']:.2f} ({d['infer_agreement']:.2f})", f"{d['infer_images_per_second']:.0f}") \
             if "infer_test_acc" in d else ("-", "-")
+        identical = {True: "yes", False: "no"}.get(d.get("logits_identical"), "-")  # absent: older deploy.json
         lines.append(f"| {Path(d['run']).name} | {d['file_bytes_packed']} ({d['ratio_packed']:.2f}) | "
                      f"{d['file_bytes_huffman']} ({d['ratio_huffman']:.2f}) | {d['fake_quant_test_acc']:.2f} | "
-                     f"{d['load_test_acc']:.2f} ({d['load_agreement']:.2f}) | {infer[0]} | {infer[1]} |")
+                     f"{d['load_test_acc']:.2f} ({d['load_agreement']:.2f}) | {infer[0]} | {infer[1]} | {identical} |")
     return "\n".join(lines)
 
 
@@ -116,8 +117,9 @@ def main(argv=None) -> str:
         "## Deployed form",
         "",
         "`python training/deploy.py --run runs/<run>` exports the retrained model to runs/<run>/model.qcnn and runs it "
-        "with both integer runtimes on the test set; agreement = share of test images whose top-1 prediction equals the "
-        "fake-quant PyTorch model's. Sizes against the float32 model (weights, biases, BatchNorm).",
+        "on the test set with qcnn.load and build/qcnn-infer, the same C++ integer engine (their logits must be "
+        "bit-identical); agreement = share of test images whose top-1 prediction equals the fake-quant PyTorch "
+        "model's. Sizes against the float32 model (weights, biases, BatchNorm).",
         "",
         deploy_table(deploys) if deploys else "(no run deployed yet)",
         "",

@@ -1,12 +1,14 @@
-// Integer epilogues: requantization with fixed-point multipliers, residual add, pooling and
-// input lookup on int32 activation codes. Layout is NCHW; "channels" is dim 1.
+// Integer epilogues and pooling on activation codes stored NHWC, one image or a batch at a time
+// (docs/FORMAT.md). A value's code is `stored + offset`: the engine keeps codes whose range spans
+// at most 256 values as uint8 and the rest as int32.
 //
-// Fixed-point requantization (docs/FORMAT.md, "Integer semantics"):
-//   out = clamp(zp_out + rounding_shift(clamp32(in - zp_in) * multiplier + bias, shift), qmin, qmax)
+// Fixed-point requantization:
+//   out = clamp(zp_out + rounding_shift(clamp32(in - zp_in) * multiplier, shift), lo, hi)
 // rounding_shift(v, s) = floor((v + 2^(s-1)) / 2^s) for s >= 1 (round half toward +infinity), v for s = 0.
-// The real factor is multiplier * 2^-shift; the bias lives in the same (multiplied) domain, as int64.
 #pragma once
 #include <cstdint>
+
+#include "core/qgemm.h"
 
 namespace qcnn {
 
@@ -16,38 +18,44 @@ inline int64_t rounding_shift(int64_t v, int shift) {
   return shift == 0 ? v : (v + (int64_t{1} << (shift - 1))) >> shift;
 }
 
-inline int64_t clamp_to_int32(int64_t v) {
-  return v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v);
-}
+inline int64_t clamp_to_int32(int64_t v) { return v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v); }
 
-// Per-channel requantization. multiplier/shift/bias have `channels` entries (bias may be null),
-// shift in [0, 62], |multiplier| < 2^31, |bias| <= 2^62.
-void requantize(const int32_t* in, int64_t outer, int64_t channels, int64_t inner, int32_t in_zero_point,
-                const int64_t* bias, const int32_t* multiplier, const int32_t* shift, int32_t out_zero_point,
-                int32_t qmin, int32_t qmax, int32_t* out, int num_threads);
+struct CodesIn {
+  const void* data;
+  Storage storage;  // U8 or I32
+  int32_t offset;
+};
 
-// out = clamp(zo + rounding_shift((a - za) * ma + (b - zb) * mb, shift), qmin, qmax), |ma|,|mb| < 2^30.
-void add_requant(const int32_t* a, int32_t a_zero_point, int32_t a_multiplier, const int32_t* b, int32_t b_zero_point,
-                 int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t qmin, int32_t qmax, int64_t count,
-                 int32_t* out, int num_threads);
+struct CodesOut {
+  void* data;
+  Storage storage;  // U8 or I32
+  int32_t offset;
+};
 
-// Float logits of the last layer: out = acc * scale[c] + bias[c] (outside every inner loop).
-void dequantize_channels(const int32_t* acc, int64_t outer, int64_t channels, int64_t inner, const float* scale,
-                         const float* bias, float* out);
+// `count` elements: out = clamp(zo + RS(clamp32(x - zi) * multiplier, shift), lo, hi).
+void requantize_codes(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+                      int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out);
 
-// Max pooling on codes (max commutes with monotone quantization); padded positions are skipped.
-void max_pool2d_int(const int32_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int kh, int kw, int sh, int sw,
-                    int ph, int pw, int32_t* out, int num_threads);
+// out = clamp(zo + RS(clamp32(a - za) * ma + clamp32(b - zb) * mb, shift), lo, hi), |ma|, |mb| < 2^30.
+void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
+               int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+               CodesOut out);
 
-// Average pooling on codes without padding: out = floor((sum + count/2) / count), i.e. the mean
-// rounded half toward +infinity. Global average pooling is kh = h, kw = w.
-void avg_pool2d_int(const int32_t* x, int64_t n, int64_t c, int64_t h, int64_t w, int kh, int kw, int sh, int sw,
-                    int32_t* out, int num_threads);
+// out = clamp(x, lo, hi) (ReLU on codes).
+void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
 
-// First-layer input codes from raw uint8 pixels through a per-channel 256-entry table lut[c*256 + p].
-void lookup_pixels(const uint8_t* pixels, int64_t n, int64_t c, int64_t hw, const int32_t* lut, int32_t* out);
+// Pooling of one NHWC image [h, w, c] to [oh, ow, c]; in and out share storage and offset (max and
+// the rounded mean commute with the offset). Max pooling skips padded cells; average pooling has
+// no padding and gives floor((sum + n/2) / n) over the n = kh * kw cells.
+void max_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int ph, int pw,
+                   int64_t oh, int64_t ow, CodesOut out);
+void avg_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int64_t oh,
+                   int64_t ow, CodesOut out);
 
-// Output size of a pooling/convolution window; throws std::invalid_argument when it would be < 1.
+// First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
+void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);
+
+// Output size of a pooling window; throws std::invalid_argument when it would be < 1.
 int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what);
 
 }  // namespace qcnn

@@ -1,44 +1,48 @@
 #include "runtime/model.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <variant>
 
 #include "core/bitpack.h"
 #include "core/huffman.h"
+#include "core/isa.h"
+#include "core/qgemm.h"
 #include "core/requant.h"
+#include "core/threads.h"
 
 namespace qcnn::runtime {
 
 using json = nlohmann::json;
 
-enum class Op { Conv, Linear, Requantize, Add, Relu, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool, Flatten };
-
-struct Step {
-  std::string name;
-  Op op;
-  std::vector<int> inputs;  // value ids
-  int output = 0;
-  std::vector<int64_t> in_shape, out_shape;
-  // conv / linear
-  int32_t input_zero_point = 0;
-  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
-  std::vector<int16_t> weight;       // dense path [M, K]
-  SharedWeights shared;              // shared path
-  bool float_output = false;
-  std::vector<int32_t> multiplier, shift;
-  std::vector<int64_t> bias;
-  std::vector<float> out_scale, out_bias;
-  // requantize / add / relu
-  int32_t a_zero_point = 0, b_zero_point = 0, a_multiplier = 0, b_multiplier = 0, add_shift = 0;
-  int32_t out_zero_point = 0, clamp_lo = INT32_MIN, clamp_hi = INT32_MAX;
-};
-
 namespace {
 
 [[noreturn]] void fail(const std::string& where, const std::string& what) { throw FormatError(where + ": " + what); }
 
+constexpr int64_t kMaxDim = int64_t{1} << 24;
+constexpr int64_t kAlign = 64;
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string o = "[";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + "]";
+}
+
+// Product of positive dimensions, each <= kMaxDim; FormatError past `limit`.
+int64_t checked_numel(const std::vector<int64_t>& s, const std::string& where, int64_t limit = int64_t{1} << 40) {
+  int64_t n = 1;
+  for (auto d : s)
+    if (__builtin_mul_overflow(n, d, &n) || n > limit) fail(where, "shape " + shape_str(s) + " is too large");
+  return n;
+}
+
+// ------------------------------------------------------------------------------ JSON field access
+// Error messages name the field and never echo untrusted JSON.
 const json& field(const json& obj, const char* key, const std::string& where) {
   if (!obj.is_object() || !obj.contains(key)) fail(where, std::string("missing field '") + key + "'");
   return obj[key];
@@ -46,7 +50,9 @@ const json& field(const json& obj, const char* key, const std::string& where) {
 
 int64_t get_int(const json& obj, const char* key, const std::string& where, int64_t lo, int64_t hi) {
   const json& v = field(obj, key, where);
-  if (!v.is_number_integer()) fail(where, std::string("field '") + key + "' must be an integer, got " + v.dump());
+  if (!v.is_number_integer()) fail(where, std::string("field '") + key + "' must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    fail(where, std::string("field '") + key + "' is out of range");
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
     fail(where, std::string("field '") + key + "' = " + std::to_string(x) + " outside [" + std::to_string(lo) + ", " +
@@ -57,16 +63,28 @@ int64_t get_int(const json& obj, const char* key, const std::string& where, int6
 std::vector<int64_t> get_ints(const json& obj, const char* key, const std::string& where, size_t count, int64_t lo,
                               int64_t hi) {
   const json& v = field(obj, key, where);
-  if (!v.is_array() || (count && v.size() != count))
-    fail(where, std::string("field '") + key + "' must be an array of " + std::to_string(count) + " integers");
+  if (!v.is_array() || (count && v.size() != count) || v.size() > 8)
+    fail(where, std::string("field '") + key + "' must be an array of " + (count ? std::to_string(count) : "a few") +
+                    " integers");
   std::vector<int64_t> out;
-  for (const auto& e : v) {
-    if (!e.is_number_integer()) fail(where, std::string("field '") + key + "' must hold integers");
-    const int64_t x = e.get<int64_t>();
-    if (x < lo || x > hi) fail(where, std::string("field '") + key + "' entry " + std::to_string(x) + " out of range");
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_number_integer()) fail(where, std::string("field '") + key + "' must hold integers");
+    if (v[i].is_number_unsigned() && v[i].get<uint64_t>() > uint64_t(INT64_MAX))
+      fail(where, std::string("field '") + key + "' entry is out of range");
+    const int64_t x = v[i].get<int64_t>();
+    if (x < lo || x > hi)
+      fail(where, std::string("field '") + key + "' entry " + std::to_string(x) + " outside [" + std::to_string(lo) +
+                      ", " + std::to_string(hi) + "]");
     out.push_back(x);
   }
   return out;
+}
+
+// An optional pair field (e.g. dilation), `fallback` when absent.
+std::vector<int64_t> get_pair_or(const json& obj, const char* key, const std::string& where, int64_t fallback,
+                                 int64_t lo, int64_t hi) {
+  if (!obj.contains(key)) return {fallback, fallback};
+  return get_ints(obj, key, where, 2, lo, hi);
 }
 
 std::string get_string(const json& obj, const char* key, const std::string& where) {
@@ -82,27 +100,408 @@ std::vector<T> copy_tensor(const TensorView& t) {
   return out;
 }
 
-int64_t numel(const std::vector<int64_t>& s) {
-  int64_t n = 1;
-  for (auto d : s) n *= d;
-  return n;
+template <typename T>
+void require_finite(const std::vector<T>& v, const std::string& what) {
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i])) fail(what, "entry " + std::to_string(i) + " is not finite");
 }
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
-
-constexpr int64_t kMaxDim = int64_t{1} << 24;
-
-// Value range [lo, hi] of the codes of each value, for the int16 / int32 overflow checks.
-struct Range {
-  int64_t lo, hi;
-};
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------- the plan
+enum class Op { Conv, Linear, Requantize, Add, Relu, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool, Flatten };
+
+// One value of the program, as the engine stores it for one image.
+struct Value {
+  std::vector<int64_t> shape;  // as declared, without the batch dimension ([C, H, W] or [F])
+  int64_t lo = 0, hi = 0;      // range of its codes
+  bool is_float = false;
+  Storage storage = Storage::I32;
+  int32_t offset = 0;          // code = stored + offset
+  // A [F] value made by flatten of [C, H, W] with H * W > 1 keeps the NHWC element order (h, w, c):
+  // the linear layer reading it permutes its weight columns once at load instead.
+  std::vector<int64_t> hwc_source;
+  int64_t count = 0;            // elements per image
+  int64_t bytes = 0;            // per image
+  int64_t arena_offset = 0;
+  size_t last_use = 0;
+};
+
+struct ConvStep {
+  PackedConv packed;
+  int32_t x_sub = 0;  // the input zero point in stored units
+};
+struct RequantStep {
+  int32_t in_zero_point, multiplier, shift, out_zero_point, lo, hi;
+};
+struct AddStep {
+  int32_t a_zero_point, a_multiplier, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi;
+};
+struct ClampStep {
+  int32_t lo, hi;
+};
+struct PoolStep {
+  int kh, kw, sh, sw, ph, pw;
+};
+
+struct Node {
+  std::string name, op_name;
+  Op op = Op::Flatten;
+  std::vector<int> inputs;
+  int output = 0;
+  int64_t macs = 0;
+  std::variant<std::monostate, ConvStep, RequantStep, AddStep, ClampStep, PoolStep> step;
+};
+
+struct Plan {
+  Isa isa = Isa::Scalar;
+  std::vector<int64_t> input_shape;
+  std::vector<int32_t> lut;  // [C, 256] codes
+  std::vector<Value> values;  // 0 = the input codes
+  std::vector<Node> nodes;
+  int64_t num_classes = 0, macs = 0, arena_bytes = 0;
+
+  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
+                 std::vector<double>* node_seconds) const;
+  void run_node(const Node& node, uint8_t* arena, float* logits, int threads) const;
+};
+
+namespace {
+
+int storage_bytes(Storage s) { return s == Storage::U8 ? 1 : 4; }
+
+// The storage of a value whose codes lie in [lo, hi]: uint8 when 256 values cover the range.
+void choose_storage(Value& v) {
+  if (v.hi - v.lo <= 255) {
+    v.storage = Storage::U8;
+    v.offset = static_cast<int32_t>(v.lo);
+  } else {
+    v.storage = Storage::I32;
+    v.offset = 0;
+  }
+}
+
+CodesIn codes_in(const Value& v, const uint8_t* arena) { return {arena + v.arena_offset, v.storage, v.offset}; }
+CodesOut codes_out(const Value& v, uint8_t* arena) { return {arena + v.arena_offset, v.storage, v.offset}; }
+
+// Everything the parsers of the nodes share.
+struct Loader {
+  const SafetensorsFile& file;
+  const LoadOptions& options;
+  Plan& plan;
+  std::map<std::string, int> value_ids;
+  std::string origin;
+
+  std::string tensor_where(const std::string& name) const { return origin + ": tensor '" + name + "'"; }
+
+  const Value& input(const Node& n, size_t i = 0) const { return plan.values[n.inputs[i]]; }
+
+  std::pair<int32_t, int32_t> read_clamp(const json& nd, const std::string& where) const {
+    auto c = get_ints(nd, "clamp", where, 2, INT32_MIN, INT32_MAX);
+    if (c[0] > c[1]) fail(where, "clamp lower bound above upper bound");
+    return {static_cast<int32_t>(c[0]), static_cast<int32_t>(c[1])};
+  }
+
+  int32_t out_zero_point(const json& nd, const std::string& where) const {
+    const json& q = field(nd, "qparams", where);
+    if (!q.is_object()) fail(where, "this op needs 'qparams' (an object)");
+    return static_cast<int32_t>(get_int(q, "zero_point", where, INT32_MIN, INT32_MAX));
+  }
+
+  Value parse_conv(const json& nd, Node& node, const std::string& where);
+  Value parse_requantize(const json& nd, Node& node, const std::string& where);
+  Value parse_add(const json& nd, Node& node, const std::string& where);
+  Value parse_relu(const json& nd, Node& node, const std::string& where);
+  Value parse_pool(const json& nd, Node& node, const std::string& where);
+  Value parse_global_pool(const json& nd, Node& node, const std::string& where);
+  Value parse_flatten(const json& nd, Node& node, const std::string& where);
+
+  std::vector<uint8_t> weight_indices(const json& w, const std::string& prefix, int64_t count, int bits, int codes,
+                                      const std::string& wwhere) const;
+};
+
+std::vector<uint8_t> Loader::weight_indices(const json& w, const std::string& prefix, int64_t count, int bits,
+                                            int codes, const std::string& wwhere) const {
+  const std::string coding = get_string(w, "coding", wwhere);
+  const std::string iname = prefix + ".indices";
+  const TensorView& data = file.tensor(iname, DType::U8);
+  if (data.shape.size() != 1) fail(tensor_where(iname), "must be 1-D");
+  std::vector<uint8_t> indices;
+  if (coding == "packed") {
+    // Sizes are checked against the file before anything of `count` is allocated.
+    if (data.bytes != packed_size(count, bits))
+      fail(tensor_where(iname), std::to_string(data.bytes) + " bytes, expected " +
+                                    std::to_string(packed_size(count, bits)) + " for " + std::to_string(count) +
+                                    " values of " + std::to_string(bits) + " bits");
+    indices.resize(static_cast<size_t>(count));
+    unpack_bits(data.data, count, bits, indices.data());
+  } else if (coding == "huffman") {
+    auto lengths = copy_tensor<uint8_t>(file.tensor(prefix + ".code_lengths", DType::U8, {codes}));
+    if (count / 8 > data.bytes)  // every code is at least one bit long
+      fail(tensor_where(iname), std::to_string(data.bytes) + " bytes cannot hold " + std::to_string(count) + " codes");
+    indices.resize(static_cast<size_t>(count));
+    try {
+      huffman_decode(data.data, data.bytes, lengths.data(), codes, count, indices.data());
+    } catch (const std::invalid_argument& e) {
+      fail(tensor_where(iname), e.what());
+    }
+  } else {
+    fail(wwhere, "unknown coding (expected 'packed' or 'huffman')");
+  }
+  for (int64_t i = 0; i < count; ++i)
+    if (indices[i] >= codes) fail(tensor_where(iname), "index " + std::to_string(i) + " is not below codes");
+  return indices;
+}
+
+Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
+  const bool conv = node.op == Op::Conv;
+  const Value& x = input(node);
+  const auto& s = x.shape;
+  const int64_t m = get_int(nd, "out_channels", where, 1, kMaxDim);
+  const int64_t cin = get_int(nd, "in_channels", where, 1, kMaxDim);
+  const auto kern = get_ints(nd, "kernel", where, 2, 1, 64);
+  const auto stride = get_ints(nd, "stride", where, 2, 1, 64);
+  const auto pad = get_ints(nd, "padding", where, 2, 0, 64);
+  const auto dilation = get_pair_or(nd, "dilation", where, 1, 1, 64);
+  const int64_t groups = nd.contains("groups") ? get_int(nd, "groups", where, 1, kMaxDim) : 1;
+  const int32_t z_x = static_cast<int32_t>(get_int(nd, "input_zero_point", where, INT32_MIN, INT32_MAX));
+  ConvGeom g;
+  try {
+    if (conv) {
+      if (s.size() != 3 || s[0] != cin)
+        fail(where, "conv2d input shape " + shape_str(s) + " does not have " + std::to_string(cin) + " channels");
+      g = make_conv_geom(s[1], s[2], cin, m, groups, int(kern[0]), int(kern[1]), int(stride[0]), int(stride[1]),
+                         int(pad[0]), int(pad[1]), int(dilation[0]), int(dilation[1]));
+    } else {
+      if (s.size() != 1 || s[0] != cin)
+        fail(where, "linear input shape " + shape_str(s) + " is not [" + std::to_string(cin) + "]");
+      if (kern != std::vector<int64_t>{1, 1} || stride != std::vector<int64_t>{1, 1} ||
+          pad != std::vector<int64_t>{0, 0} || groups != 1 || dilation != std::vector<int64_t>{1, 1})
+        fail(where, "linear needs kernel [1, 1], stride [1, 1], padding [0, 0], one group");
+      g = make_conv_geom(1, 1, cin, m, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+    }
+  } catch (const std::invalid_argument& e) {
+    fail(where, e.what());
+  }
+  const int64_t k = g.k();
+  int64_t count = 0, macs = 0;
+  if (__builtin_mul_overflow(m, k, &count) || __builtin_mul_overflow(g.positions(), count, &macs))
+    fail(where, "weight count overflows");
+  node.macs = macs;
+
+  // Weights: integer levels per index (docs/FORMAT.md section 3).
+  const std::string wwhere = where + " weight";
+  const json& w = field(nd, "weight", where);
+  const int bits = static_cast<int>(get_int(w, "bits", wwhere, 1, 8));
+  const int codes = static_cast<int>(get_int(w, "codes", wwhere, 1, 256));
+  if (codes > (1 << bits)) fail(wwhere, "codes exceeds 2^bits");
+  const int64_t tables = get_int(w, "groups", wwhere, 1, kMaxDim);
+  if (tables != 1 && tables != m) fail(wwhere, "groups must be 1 or out_channels");
+  if (get_int(w, "count", wwhere, 0, INT64_MAX) != count)
+    fail(wwhere, "count must be out_channels * in_channels / groups * kh * kw = " + std::to_string(count));
+  const std::string prefix = node.name + ".weight";
+  const std::vector<uint8_t> indices = weight_indices(w, prefix, count, bits, codes, wwhere);
+  const auto levels = copy_tensor<int16_t>(file.tensor(prefix + ".levels", DType::I16, {tables, codes}));
+  require_finite(copy_tensor<float>(file.tensor(prefix + ".scale", DType::F32, {m})), tensor_where(prefix + ".scale"));
+  int64_t max_level = 0;
+  for (auto v : levels) {
+    if (v == INT16_MIN) fail(tensor_where(prefix + ".levels"), "entries must be within +-32767");
+    max_level = std::max<int64_t>(max_level, std::abs(int32_t{v}));
+  }
+  const int64_t max_x = std::max(std::abs(x.hi - z_x), std::abs(x.lo - z_x));
+  if (max_x > 32767) fail(where, "input codes minus the zero point exceed int16");
+  // Every partial sum of the int32 accumulator is bounded by K * max|x - z| * max|level|.
+  const __int128 acc_bound = static_cast<__int128>(k) * max_x * max_level;
+  if (acc_bound >= (__int128{1} << 31)) fail(where, "K * max|x - zp| * max|level| overflows the int32 accumulator");
+
+  // Engine weight order: [M][ky][kx][c] per group; a flattened HWC input permutes the columns.
+  std::vector<int16_t> dense(static_cast<size_t>(count));
+  const int64_t cg = g.cg(), taps = int64_t{g.kh} * g.kw;
+  const auto& hwc = x.hwc_source;
+  for (int64_t o = 0; o < m; ++o) {
+    const int16_t* table = levels.data() + (tables == 1 ? 0 : o) * codes;
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t file_col = c * taps + t;
+        int64_t col = t * cg + c;
+        if (!conv && !hwc.empty()) {  // file column c*H*W + h*W + w -> engine column (h*W + w)*C + c
+          const int64_t hw = hwc[1] * hwc[2];
+          col = (file_col % hw) * hwc[0] + file_col / hw;
+        }
+        dense[o * k + col] = table[indices[o * k + file_col]];
+      }
+  }
+
+  ConvEpilogue epi;
+  Value out;
+  out.shape = conv ? std::vector<int64_t>{m, g.oh, g.ow} : std::vector<int64_t>{m};
+  const json& q = field(nd, "qparams", where);
+  if (q.is_null()) {
+    epi.float_output = true;
+    epi.scale = copy_tensor<float>(file.tensor(node.name + ".output.scale", DType::F32, {m}));
+    epi.float_bias = copy_tensor<float>(file.tensor(node.name + ".output.bias", DType::F32, {m}));
+    require_finite(epi.scale, tensor_where(node.name + ".output.scale"));
+    require_finite(epi.float_bias, tensor_where(node.name + ".output.bias"));
+    out.is_float = true;
+    out.storage = Storage::F32;
+  } else {
+    epi.zero_point = out_zero_point(nd, where);
+    std::tie(epi.lo, epi.hi) = read_clamp(nd, where);
+    epi.multiplier = copy_tensor<int32_t>(file.tensor(node.name + ".requant.multiplier", DType::I32, {m}));
+    const auto shift8 = copy_tensor<uint8_t>(file.tensor(node.name + ".requant.shift", DType::U8, {m}));
+    epi.shift.assign(shift8.begin(), shift8.end());
+    epi.bias = copy_tensor<int64_t>(file.tensor(node.name + ".requant.bias", DType::I64, {m}));
+    for (int64_t i = 0; i < m; ++i) {
+      if (epi.shift[i] > 62) fail(tensor_where(node.name + ".requant.shift"), "entries must be in [0, 62]");
+      if (epi.multiplier[i] == INT32_MIN)
+        fail(tensor_where(node.name + ".requant.multiplier"), "entries must be within +-(2^31 - 1)");
+      // acc * multiplier + bias + 2^(shift-1) must not leave int64.
+      const __int128 worst = acc_bound * std::abs(int64_t{epi.multiplier[i]}) +
+                             (epi.bias[i] < 0 ? -static_cast<__int128>(epi.bias[i]) : epi.bias[i]) +
+                             (epi.shift[i] ? (__int128{1} << (epi.shift[i] - 1)) : 0);
+      if (worst >= (__int128{1} << 63))
+        fail(tensor_where(node.name + ".requant.bias"),
+             "entry " + std::to_string(i) + ": accumulator * multiplier + bias can overflow int64");
+    }
+    out.lo = epi.lo;
+    out.hi = epi.hi;
+    choose_storage(out);
+    epi.store_offset = out.offset;
+  }
+  ConvStep step;
+  step.x_sub = static_cast<int32_t>(int64_t{z_x} - x.offset);
+  step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa);
+  node.step = std::move(step);
+  return out;
+}
+
+Value Loader::parse_requantize(const json& nd, Node& node, const std::string& where) {
+  RequantStep st;
+  st.in_zero_point = static_cast<int32_t>(get_int(nd, "input_zero_point", where, INT32_MIN, INT32_MAX));
+  st.multiplier = static_cast<int32_t>(get_int(nd, "multiplier", where, INT32_MIN + 1, INT32_MAX));
+  st.shift = static_cast<int32_t>(get_int(nd, "shift", where, 0, 62));
+  st.out_zero_point = out_zero_point(nd, where);
+  std::tie(st.lo, st.hi) = read_clamp(nd, where);
+  node.step = st;
+  Value out = input(node);
+  out.lo = st.lo;
+  out.hi = st.hi;
+  choose_storage(out);
+  return out;
+}
+
+Value Loader::parse_add(const json& nd, Node& node, const std::string& where) {
+  const int64_t lim = (int64_t{1} << 30) - 1;
+  AddStep st;
+  st.a_zero_point = static_cast<int32_t>(get_int(nd, "a_zero_point", where, INT32_MIN, INT32_MAX));
+  st.b_zero_point = static_cast<int32_t>(get_int(nd, "b_zero_point", where, INT32_MIN, INT32_MAX));
+  st.a_multiplier = static_cast<int32_t>(get_int(nd, "a_multiplier", where, -lim, lim));
+  st.b_multiplier = static_cast<int32_t>(get_int(nd, "b_multiplier", where, -lim, lim));
+  st.shift = static_cast<int32_t>(get_int(nd, "shift", where, 0, 62));
+  st.out_zero_point = out_zero_point(nd, where);
+  std::tie(st.lo, st.hi) = read_clamp(nd, where);
+  const Value &a = input(node, 0), &b = input(node, 1);
+  if (a.shape != b.shape) fail(where, "add inputs have different shapes " + shape_str(a.shape) + " and " + shape_str(b.shape));
+  if (a.hwc_source != b.hwc_source) fail(where, "add of a flattened and a non-flattened value is not supported");
+  node.step = st;
+  Value out = a;
+  out.lo = st.lo;
+  out.hi = st.hi;
+  choose_storage(out);
+  return out;
+}
+
+Value Loader::parse_relu(const json& nd, Node& node, const std::string& where) {
+  ClampStep st;
+  std::tie(st.lo, st.hi) = read_clamp(nd, where);
+  node.step = st;
+  Value out = input(node);
+  out.lo = std::clamp<int64_t>(out.lo, st.lo, st.hi);
+  out.hi = std::clamp<int64_t>(out.hi, st.lo, st.hi);
+  choose_storage(out);
+  return out;
+}
+
+Value Loader::parse_pool(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  if (x.shape.size() != 3) fail(where, "pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  auto kern = get_ints(nd, "kernel", where, 2, 1, kMaxDim);
+  auto stride = get_ints(nd, "stride", where, 2, 1, kMaxDim);
+  auto pad = get_ints(nd, "padding", where, 2, 0, kMaxDim);
+  PoolStep st{int(kern[0]), int(kern[1]), int(stride[0]), int(stride[1]), int(pad[0]), int(pad[1])};
+  if (node.op == Op::AvgPool && (st.ph || st.pw)) fail(where, "avg_pool2d padding must be 0");
+  if (st.ph * 2 > st.kh || st.pw * 2 > st.kw) fail(where, "padding must be at most half the kernel");
+  Value out = x;
+  try {
+    out.shape = {x.shape[0], window_output_size(x.shape[1], st.kh, st.sh, st.ph, "pool"),
+                 window_output_size(x.shape[2], st.kw, st.sw, st.pw, "pool")};
+  } catch (const std::invalid_argument& e) {
+    fail(where, e.what());
+  }
+  node.step = st;
+  return out;
+}
+
+Value Loader::parse_global_pool(const json&, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  if (x.shape.size() != 3) fail(where, "global pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  Value out = x;
+  out.shape = {x.shape[0], 1, 1};
+  return out;
+}
+
+Value Loader::parse_flatten(const json&, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  Value out = x;
+  out.shape = {checked_numel(x.shape, where)};
+  if (x.shape.size() == 3 && x.shape[1] * x.shape[2] > 1) out.hwc_source = x.shape;
+  return out;
+}
+
+// Offsets of every value in a per-image arena: a value lives from the node that writes it to its
+// last reader; first fit over the free gaps (64-byte aligned).
+int64_t assign_arena(std::vector<Value>& values, const std::vector<Node>& nodes) {
+  struct Block {
+    int64_t begin, end;
+  };
+  std::vector<Block> live;  // sorted by begin
+  std::vector<int> live_ids;
+  int64_t peak = 0;
+  auto place = [&](int id) {
+    Value& v = values[id];
+    const int64_t size = (v.bytes + kAlign - 1) / kAlign * kAlign;
+    int64_t at = 0;
+    size_t pos = 0;
+    for (; pos < live.size(); ++pos) {
+      if (live[pos].begin - at >= size) break;
+      at = std::max(at, live[pos].end);
+    }
+    v.arena_offset = at;
+    live.insert(live.begin() + pos, {at, at + size});
+    live_ids.insert(live_ids.begin() + pos, id);
+    peak = std::max(peak, at + size);
+  };
+  auto release = [&](size_t step) {
+    for (size_t i = 0; i < live.size();) {
+      if (values[live_ids[i]].last_use == step) {
+        live.erase(live.begin() + i);
+        live_ids.erase(live_ids.begin() + i);
+      } else {
+        ++i;
+      }
+    }
+  };
+  place(0);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!values[nodes[i].output].is_float) place(nodes[i].output);
+    release(i);
+  }
+  return peak;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------ loading
 Model::Model() = default;
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
@@ -116,331 +515,254 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   const std::string& origin = file.origin();
   auto meta = file.metadata().find("qcnn");
   if (meta == file.metadata().end()) fail(origin, "__metadata__ has no 'qcnn' entry; not a .qcnn file");
-  json doc;
-  try {
-    doc = json::parse(meta->second);
-  } catch (const json::parse_error& e) {
-    fail(origin, std::string("__metadata__['qcnn']: invalid JSON: ") + e.what());
-  }
   const std::string mwhere = origin + ": metadata";
+  const json doc = parse_untrusted_json(meta->second, mwhere);
   if (!doc.is_object()) fail(mwhere, "must be a JSON object");
   if (get_string(doc, "format", mwhere) != "qcnn") fail(mwhere, "format must be 'qcnn'");
   if (get_int(doc, "version", mwhere, 0, INT32_MAX) != 1) fail(mwhere, "unsupported version (this reader knows 1)");
 
   Model model;
-  std::map<std::string, int> value_ids;
-  std::vector<Range> ranges;
-  std::vector<bool> is_float;
+  model.plan_ = std::make_unique<Plan>();
+  Plan& plan = *model.plan_;
+  try {
+    plan.isa = select_isa();
+  } catch (const std::invalid_argument& e) {
+    throw FormatError(e.what());
+  }
+  Loader ld{file, options, plan, {}, origin};
 
-  // Input: shape, LUT.
+  // Input: shape and the pixel -> code table.
   const std::string iwhere = origin + ": input";
   const json& input = field(doc, "input", mwhere);
-  model.input_shape_ = get_ints(input, "shape", iwhere, 3, 1, kMaxDim);
-  if (numel(model.input_shape_) > kMaxDim) fail(iwhere, "input too large");
-  const int64_t channels = model.input_shape_[0];
+  plan.input_shape = get_ints(input, "shape", iwhere, 3, 1, kMaxDim);
+  checked_numel(plan.input_shape, iwhere, kMaxDim);
+  const int64_t channels = plan.input_shape[0];
   const std::string lut_name = get_string(input, "lut", iwhere);
   const auto lut16 = copy_tensor<int16_t>(file.tensor(lut_name, DType::I16, {channels, 256}));
-  model.lut_.assign(lut16.begin(), lut16.end());
+  plan.lut.assign(lut16.begin(), lut16.end());
   const json& iq = field(input, "qparams", iwhere);
-  const int64_t iqmin = get_int(iq, "qmin", iwhere, INT32_MIN, INT32_MAX), iqmax = get_int(iq, "qmax", iwhere, INT32_MIN, INT32_MAX);
-  for (size_t i = 0; i < model.lut_.size(); ++i)
-    if (model.lut_[i] < iqmin || model.lut_[i] > iqmax)
-      fail(origin + ": tensor '" + lut_name + "'", "entry " + std::to_string(i) + " outside [qmin, qmax]");
-  value_ids["input"] = 0;
-  model.value_shapes_.push_back(model.input_shape_);
-  ranges.push_back({*std::min_element(model.lut_.begin(), model.lut_.end()),
-                    *std::max_element(model.lut_.begin(), model.lut_.end())});
-  is_float.push_back(false);
+  const int64_t qmin = get_int(iq, "qmin", iwhere, INT32_MIN, INT32_MAX);
+  const int64_t qmax = get_int(iq, "qmax", iwhere, INT32_MIN, INT32_MAX);
+  for (size_t i = 0; i < plan.lut.size(); ++i)
+    if (plan.lut[i] < qmin || plan.lut[i] > qmax)
+      fail(ld.tensor_where(lut_name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
+  Value in;
+  in.shape = plan.input_shape;
+  in.lo = *std::min_element(plan.lut.begin(), plan.lut.end());
+  in.hi = *std::max_element(plan.lut.begin(), plan.lut.end());
+  choose_storage(in);
+  plan.values.push_back(in);
+  ld.value_ids["input"] = 0;
+
+  using Parser = Value (Loader::*)(const json&, Node&, const std::string&);
+  static const std::map<std::string, std::pair<Op, Parser>> parsers = {
+      {"conv2d", {Op::Conv, &Loader::parse_conv}},
+      {"linear", {Op::Linear, &Loader::parse_conv}},
+      {"requantize", {Op::Requantize, &Loader::parse_requantize}},
+      {"add", {Op::Add, &Loader::parse_add}},
+      {"relu", {Op::Relu, &Loader::parse_relu}},
+      {"max_pool2d", {Op::MaxPool, &Loader::parse_pool}},
+      {"avg_pool2d", {Op::AvgPool, &Loader::parse_pool}},
+      {"global_max_pool", {Op::GlobalMaxPool, &Loader::parse_global_pool}},
+      {"global_avg_pool", {Op::GlobalAvgPool, &Loader::parse_global_pool}},
+      {"flatten", {Op::Flatten, &Loader::parse_flatten}}};
 
   const json& nodes = field(doc, "nodes", mwhere);
   if (!nodes.is_array() || nodes.empty()) fail(mwhere, "'nodes' must be a non-empty array");
-  static const std::map<std::string, Op> ops = {
-      {"conv2d", Op::Conv},       {"linear", Op::Linear},          {"requantize", Op::Requantize},
-      {"add", Op::Add},           {"relu", Op::Relu},              {"max_pool2d", Op::MaxPool},
-      {"avg_pool2d", Op::AvgPool}, {"global_max_pool", Op::GlobalMaxPool}, {"global_avg_pool", Op::GlobalAvgPool},
-      {"flatten", Op::Flatten}};
-
   for (size_t ni = 0; ni < nodes.size(); ++ni) {
     const json& nd = nodes[ni];
     std::string where = origin + ": node " + std::to_string(ni);
-    auto step = std::make_unique<Step>();
-    step->name = get_string(nd, "name", where);
-    where = origin + ": node '" + step->name + "'";
-    if (value_ids.count(step->name)) fail(where, "duplicate node name");
-    const std::string op_name = get_string(nd, "op", where);
-    auto op_it = ops.find(op_name);
-    if (op_it == ops.end()) fail(where, "unknown op '" + op_name + "'");
-    step->op = op_it->second;
+    Node node;
+    node.name = get_string(nd, "name", where);
+    if (node.name.size() > 256) fail(where, "name longer than 256 bytes");
+    where = origin + ": node " + std::to_string(ni) + " '" + node.name + "'";
+    if (ld.value_ids.count(node.name)) fail(where, "duplicate node name");
+    node.op_name = get_string(nd, "op", where);
+    auto parser = parsers.find(node.op_name);
+    if (parser == parsers.end()) fail(where, "unknown op '" + node.op_name.substr(0, 64) + "'");
+    node.op = parser->second.first;
     const json& inputs = field(nd, "inputs", where);
-    const size_t want_inputs = step->op == Op::Add ? 2 : 1;
+    const size_t want_inputs = node.op == Op::Add ? 2 : 1;
     if (!inputs.is_array() || inputs.size() != want_inputs)
       fail(where, "'inputs' must list " + std::to_string(want_inputs) + " value(s)");
-    for (const auto& in : inputs) {
-      if (!in.is_string() || !value_ids.count(in.get<std::string>()))
-        fail(where, "input " + in.dump() + " is not an earlier value");
-      const int id = value_ids[in.get<std::string>()];
-      if (is_float[id]) fail(where, "input " + in.dump() + " is a float output; only the last node may be float");
-      step->inputs.push_back(id);
+    for (const auto& name : inputs) {
+      if (!name.is_string()) fail(where, "'inputs' must hold value names");
+      auto id = ld.value_ids.find(name.get<std::string>());
+      if (id == ld.value_ids.end()) fail(where, "input '" + name.get<std::string>().substr(0, 64) + "' is not an earlier value");
+      if (plan.values[id->second].is_float) fail(where, "an input is the float output; only the last node may be float");
+      node.inputs.push_back(id->second);
     }
-    step->in_shape = model.value_shapes_[step->inputs[0]];
-    const Range in_range = ranges[step->inputs[0]];
-    const std::vector<int64_t> declared = get_ints(nd, "shape", where, 0, 1, kMaxDim);
-    Range out_range = in_range;
-    const bool quantized_out = field(nd, "qparams", where).is_object();
-    if (quantized_out) {
-      const json& q = nd["qparams"];
-      step->out_zero_point = static_cast<int32_t>(get_int(q, "zero_point", where, INT32_MIN, INT32_MAX));
-    } else if (!nd["qparams"].is_null()) {
-      fail(where, "'qparams' must be an object or null");
-    }
-    auto read_clamp = [&]() {
-      auto c = get_ints(nd, "clamp", where, 2, INT32_MIN, INT32_MAX);
-      if (c[0] > c[1]) fail(where, "clamp lower bound above upper bound");
-      step->clamp_lo = static_cast<int32_t>(c[0]);
-      step->clamp_hi = static_cast<int32_t>(c[1]);
-      out_range = {c[0], c[1]};
-    };
-    const auto& s = step->in_shape;
-    switch (step->op) {
-      case Op::Conv:
-      case Op::Linear: {
-        const bool conv = step->op == Op::Conv;
-        const int64_t m = get_int(nd, "out_channels", where, 1, kMaxDim);
-        const int64_t cin = get_int(nd, "in_channels", where, 1, kMaxDim);
-        auto kern = get_ints(nd, "kernel", where, 2, 1, 64);
-        auto stride = get_ints(nd, "stride", where, 2, 1, 64);
-        auto pad = get_ints(nd, "padding", where, 2, 0, 64);
-        step->kh = int(kern[0]); step->kw = int(kern[1]);
-        step->sh = int(stride[0]); step->sw = int(stride[1]);
-        step->ph = int(pad[0]); step->pw = int(pad[1]);
-        step->input_zero_point = static_cast<int32_t>(get_int(nd, "input_zero_point", where, INT32_MIN, INT32_MAX));
-        if (conv) {
-          if (s.size() != 3 || s[0] != cin) fail(where, "conv2d input shape " + shape_str(s) + " does not have " + std::to_string(cin) + " channels");
-          try {
-            auto cs = make_conv_shape(1, cin, s[1], s[2], m, step->kh, step->kw, step->sh, step->sw, step->ph, step->pw);
-            step->out_shape = {m, cs.oh, cs.ow};
-          } catch (const std::invalid_argument& e) {
-            fail(where, e.what());
-          }
-        } else {
-          if (s.size() != 1 || s[0] != cin) fail(where, "linear input shape " + shape_str(s) + " is not [" + std::to_string(cin) + "]");
-          if (kern != std::vector<int64_t>{1, 1} || stride != std::vector<int64_t>{1, 1} || pad != std::vector<int64_t>{0, 0})
-            fail(where, "linear needs kernel [1, 1], stride [1, 1], padding [0, 0]");
-          step->out_shape = {m};
-        }
-        const int64_t k = cin * step->kh * step->kw;
-        // Weights.
-        const std::string wwhere = where + " weight";
-        const json& w = field(nd, "weight", where);
-        const int bits = static_cast<int>(get_int(w, "bits", wwhere, 1, 8));
-        const int codes = static_cast<int>(get_int(w, "codes", wwhere, 1, 256));
-        if (codes > (1 << bits)) fail(wwhere, "codes exceeds 2^bits");
-        const int64_t groups = get_int(w, "groups", wwhere, 1, kMaxDim);
-        if (groups != 1 && groups != m) fail(wwhere, "groups must be 1 or out_channels");
-        const int64_t count = get_int(w, "count", wwhere, 0, int64_t{1} << 40);
-        if (count != m * k) fail(wwhere, "count " + std::to_string(count) + " != out_channels * K = " + std::to_string(m * k));
-        const std::string coding = get_string(w, "coding", wwhere);
-        const std::string prefix = step->name + ".weight";
-        std::vector<uint8_t> indices(static_cast<size_t>(count));
-        const TensorView& data = file.tensor(prefix + ".indices", DType::U8);
-        if (data.shape.size() != 1) fail(origin + ": tensor '" + prefix + ".indices'", "must be 1-D");
-        if (coding == "packed") {
-          if (data.bytes != packed_size(count, bits))
-            fail(origin + ": tensor '" + prefix + ".indices'", std::to_string(data.bytes) + " bytes, expected " +
-                                                                  std::to_string(packed_size(count, bits)) + " for " +
-                                                                  std::to_string(count) + " values of " + std::to_string(bits) + " bits");
-          unpack_bits(data.data, count, bits, indices.data());
-        } else if (coding == "huffman") {
-          auto lengths = copy_tensor<uint8_t>(file.tensor(prefix + ".code_lengths", DType::U8, {codes}));
-          try {
-            huffman_decode(data.data, data.bytes, lengths.data(), codes, count, indices.data());
-          } catch (const std::invalid_argument& e) {
-            fail(origin + ": tensor '" + prefix + ".indices'", e.what());
-          }
-        } else {
-          fail(wwhere, "unknown coding '" + coding + "'");
-        }
-        const auto levels16 = copy_tensor<int16_t>(file.tensor(prefix + ".levels", DType::I16, {groups, codes}));
-        const std::vector<int32_t> levels(levels16.begin(), levels16.end());  // the kernels take int32 tables
-        // Real weight = scale[m] * level: not needed for integer inference, but part of a valid file.
-        file.tensor(prefix + ".scale", DType::F32, {m});
-        int64_t max_level = 0;
-        for (auto v : levels) max_level = std::max<int64_t>(max_level, std::llabs(v));
-        const int64_t max_x = std::max(std::llabs(in_range.hi - step->input_zero_point), std::llabs(in_range.lo - step->input_zero_point));
-        if (max_x > 32767) fail(where, "input codes minus zero point exceed int16");
-        if (max_level > 32767) fail(origin + ": tensor '" + prefix + ".levels'", "entries must be within +-32767");
-        if (static_cast<long double>(k) * max_x * max_level > 2147483647.0L)
-          fail(where, "K * max|x - zp| * max|level| overflows the int32 accumulator");
-        try {
-          if (options.weight_path == WeightPath::Dense)
-            step->weight = expand_codebook_weights(indices.data(), levels.data(), groups, codes, m, k);
-          else
-            step->shared = make_shared_weights(indices.data(), levels.data(), groups, codes, m, k);
-        } catch (const std::invalid_argument& e) {
-          fail(origin + ": tensor '" + prefix + ".indices'", e.what());
-        }
-        if (quantized_out) {
-          step->multiplier = copy_tensor<int32_t>(file.tensor(step->name + ".requant.multiplier", DType::I32, {m}));
-          const auto shift8 = copy_tensor<uint8_t>(file.tensor(step->name + ".requant.shift", DType::U8, {m}));
-          step->shift.assign(shift8.begin(), shift8.end());
-          step->bias = copy_tensor<int64_t>(file.tensor(step->name + ".requant.bias", DType::I64, {m}));
-          for (int64_t i = 0; i < m; ++i) {
-            if (step->shift[i] < 0 || step->shift[i] > 62) fail(origin + ": tensor '" + step->name + ".requant.shift'", "entries must be in [0, 62]");
-            if (step->bias[i] < -(int64_t{1} << 62) || step->bias[i] > (int64_t{1} << 62))
-              fail(origin + ": tensor '" + step->name + ".requant.bias'", "entries must be within +-2^62");
-          }
-          read_clamp();
-        } else {
-          step->float_output = true;
-          step->out_scale = copy_tensor<float>(file.tensor(step->name + ".output.scale", DType::F32, {m}));
-          step->out_bias = copy_tensor<float>(file.tensor(step->name + ".output.bias", DType::F32, {m}));
-        }
-        break;
-      }
-      case Op::Requantize: {
-        step->input_zero_point = static_cast<int32_t>(get_int(nd, "input_zero_point", where, INT32_MIN, INT32_MAX));
-        step->multiplier = {static_cast<int32_t>(get_int(nd, "multiplier", where, INT32_MIN + 1, INT32_MAX))};
-        step->shift = {static_cast<int32_t>(get_int(nd, "shift", where, 0, 62))};
-        if (!quantized_out) fail(where, "requantize needs qparams");
-        step->out_shape = s;
-        read_clamp();
-        break;
-      }
-      case Op::Add: {
-        const int64_t lim = (int64_t{1} << 30) - 1;
-        step->a_zero_point = static_cast<int32_t>(get_int(nd, "a_zero_point", where, INT32_MIN, INT32_MAX));
-        step->b_zero_point = static_cast<int32_t>(get_int(nd, "b_zero_point", where, INT32_MIN, INT32_MAX));
-        step->a_multiplier = static_cast<int32_t>(get_int(nd, "a_multiplier", where, -lim, lim));
-        step->b_multiplier = static_cast<int32_t>(get_int(nd, "b_multiplier", where, -lim, lim));
-        step->add_shift = static_cast<int32_t>(get_int(nd, "shift", where, 0, 62));
-        if (model.value_shapes_[step->inputs[1]] != s) fail(where, "add inputs have different shapes");
-        if (!quantized_out) fail(where, "add needs qparams");
-        step->out_shape = s;
-        read_clamp();
-        break;
-      }
-      case Op::Relu:
-        step->out_shape = s;
-        read_clamp();
-        break;
-      case Op::MaxPool:
-      case Op::AvgPool: {
-        auto kern = get_ints(nd, "kernel", where, 2, 1, kMaxDim);
-        auto stride = get_ints(nd, "stride", where, 2, 1, kMaxDim);
-        auto pad = get_ints(nd, "padding", where, 2, 0, kMaxDim);
-        step->kh = int(kern[0]); step->kw = int(kern[1]);
-        step->sh = int(stride[0]); step->sw = int(stride[1]);
-        step->ph = int(pad[0]); step->pw = int(pad[1]);
-        if (s.size() != 3) fail(where, "pooling needs a [C, H, W] input");
-        if (step->op == Op::AvgPool && (step->ph || step->pw)) fail(where, "avg_pool2d padding must be 0");
-        if (step->ph * 2 > step->kh || step->pw * 2 > step->kw) fail(where, "padding must be at most half the kernel");
-        try {
-          step->out_shape = {s[0], window_output_size(s[1], step->kh, step->sh, step->ph, "pool"),
-                             window_output_size(s[2], step->kw, step->sw, step->pw, "pool")};
-        } catch (const std::invalid_argument& e) {
-          fail(where, e.what());
-        }
-        break;
-      }
-      case Op::GlobalMaxPool:
-      case Op::GlobalAvgPool:
-        if (s.size() != 3) fail(where, "global pooling needs a [C, H, W] input");
-        step->out_shape = {s[0], 1, 1};
-        break;
-      case Op::Flatten:
-        step->out_shape = {numel(s)};
-        break;
-    }
-    if (declared != step->out_shape)
-      fail(where, "declared shape " + shape_str(declared) + " differs from the computed " + shape_str(step->out_shape));
-    if (numel(step->out_shape) > kMaxDim * 4) fail(where, "output too large");
-    step->output = static_cast<int>(model.value_shapes_.size());
-    value_ids[step->name] = step->output;
-    model.value_shapes_.push_back(step->out_shape);
-    ranges.push_back(out_range);
-    is_float.push_back(step->float_output);
-    model.steps_.push_back(std::move(step));
+    Value out = (ld.*(parser->second.second))(nd, node, where);
+    const auto declared = get_ints(nd, "shape", where, 0, 1, kMaxDim);
+    if (declared != out.shape)
+      fail(where, "declared shape " + shape_str(declared) + " differs from the computed " + shape_str(out.shape));
+    out.count = checked_numel(out.shape, where);
+    int64_t bytes = 0;
+    if (__builtin_mul_overflow(out.count, int64_t{storage_bytes(out.storage)}, &bytes) ||
+        bytes > options.max_activation_bytes_per_image)
+      fail(where, "output of " + shape_str(out.shape) + " exceeds the activation limit of " +
+                      std::to_string(options.max_activation_bytes_per_image) + " bytes per image");
+    out.bytes = bytes;
+    if (__builtin_add_overflow(plan.macs, node.macs, &plan.macs) || plan.macs > options.max_macs_per_image)
+      fail(where, "the model exceeds the limit of " + std::to_string(options.max_macs_per_image) +
+                      " multiply-accumulates per image (raise it with max_macs_per_image / --max-macs)");
+    for (int id : node.inputs) plan.values[id].last_use = ni;
+    node.output = static_cast<int>(plan.values.size());
+    out.last_use = ni;
+    ld.value_ids[node.name] = node.output;
+    plan.values.push_back(std::move(out));
+    plan.nodes.push_back(std::move(node));
   }
   const std::string output = get_string(doc, "output", mwhere);
-  const Step& last = *model.steps_.back();
-  if (output != last.name) fail(mwhere, "'output' must name the last node ('" + last.name + "')");
-  if (!last.float_output) fail(mwhere, "the last node must produce float logits (qparams null)");
-  model.num_classes_ = numel(last.out_shape);
+  const Node& last = plan.nodes.back();
+  if (output != last.name) fail(mwhere, "'output' must name the last node");
+  const Value& logits = plan.values[last.output];
+  if (!logits.is_float) fail(mwhere, "the last node must produce float logits (qparams null)");
+  plan.num_classes = checked_numel(logits.shape, mwhere);
+  plan.values[0].count = checked_numel(plan.input_shape, iwhere);
+  plan.values[0].bytes = plan.values[0].count * storage_bytes(plan.values[0].storage);
+  plan.arena_bytes = assign_arena(plan.values, plan.nodes);
+  if (plan.arena_bytes > options.max_activation_bytes_per_image)
+    fail(origin, "live activations of " + std::to_string(plan.arena_bytes) + " bytes per image exceed the limit of " +
+                     std::to_string(options.max_activation_bytes_per_image));
   return model;
 }
 
-std::vector<float> Model::run(const uint8_t* pixels, int64_t n, int num_threads) const {
-  std::vector<std::vector<int32_t>> values(value_shapes_.size());
-  const int64_t c = input_shape_[0], hw = input_shape_[1] * input_shape_[2];
-  values[0].resize(static_cast<size_t>(n * c * hw));
-  lookup_pixels(pixels, n, c, hw, lut_.data(), values[0].data());
-  std::vector<float> logits;
-  for (const auto& sp : steps_) {
-    const Step& st = *sp;
-    const auto& x = values[st.inputs[0]];
-    auto& out = values[st.output];
-    const int64_t out_numel = n * numel(st.out_shape);
-    const auto& s = st.in_shape;
-    switch (st.op) {
-      case Op::Conv:
-      case Op::Linear: {
-        const bool conv = st.op == Op::Conv;
-        const int64_t m = st.out_shape[0];
-        auto cs = make_conv_shape(n, s[0], conv ? s[1] : 1, conv ? s[2] : 1, m, st.kh, st.kw, st.sh, st.sw, st.ph, st.pw);
-        std::vector<int32_t> acc(static_cast<size_t>(out_numel));
-        if (st.weight.empty() && st.shared.m == 0) throw std::logic_error("node without weights");
-        if (!st.weight.empty())
-          conv2d_int(x.data(), st.input_zero_point, st.weight.data(), cs, acc.data(), num_threads);
-        else
-          conv2d_int_shared(x.data(), st.input_zero_point, st.shared, cs, acc.data(), num_threads);
-        const int64_t inner = cs.oh * cs.ow;
-        if (st.float_output) {
-          logits.resize(static_cast<size_t>(out_numel));
-          dequantize_channels(acc.data(), n, m, inner, st.out_scale.data(), st.out_bias.data(), logits.data());
-        } else {
-          out.resize(static_cast<size_t>(out_numel));
-          requantize(acc.data(), n, m, inner, 0, st.bias.data(), st.multiplier.data(), st.shift.data(),
-                     st.out_zero_point, st.clamp_lo, st.clamp_hi, out.data(), num_threads);
-        }
-        break;
+// ------------------------------------------------------------------------------------ running
+void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads) const {
+  const Value& out = values[node.output];
+  const Value& x = values[node.inputs[0]];
+  const int64_t count = out.count;
+  switch (node.op) {
+    case Op::Conv:
+    case Op::Linear: {
+      const ConvStep& st = std::get<ConvStep>(node.step);
+      const int64_t positions = st.packed.g.positions();
+      if (!out.is_float) {
+        conv_image(st.packed, arena + x.arena_offset, x.storage, st.x_sub, arena + out.arena_offset, out.storage,
+                   threads);
+      } else if (positions == 1) {
+        conv_image(st.packed, arena + x.arena_offset, x.storage, st.x_sub, logits, Storage::F32, threads);
+      } else {  // float [M, oh, ow] logits of a conv: computed NHWC, returned CHW like torch.flatten
+        std::vector<float> hwc(static_cast<size_t>(count));
+        conv_image(st.packed, arena + x.arena_offset, x.storage, st.x_sub, hwc.data(), Storage::F32, threads);
+        const int64_t m = st.packed.g.m;
+        for (int64_t p = 0; p < positions; ++p)
+          for (int64_t c = 0; c < m; ++c) logits[c * positions + p] = hwc[p * m + c];
       }
-      case Op::Requantize:
-        out.resize(static_cast<size_t>(out_numel));
-        requantize(x.data(), 1, 1, out_numel, st.input_zero_point, nullptr, st.multiplier.data(), st.shift.data(),
-                   st.out_zero_point, st.clamp_lo, st.clamp_hi, out.data(), num_threads);
-        break;
-      case Op::Add:
-        out.resize(static_cast<size_t>(out_numel));
-        add_requant(x.data(), st.a_zero_point, st.a_multiplier, values[st.inputs[1]].data(), st.b_zero_point,
-                    st.b_multiplier, st.add_shift, st.out_zero_point, st.clamp_lo, st.clamp_hi, out_numel, out.data(),
-                    num_threads);
-        break;
-      case Op::Relu:
-        out.resize(static_cast<size_t>(out_numel));
-        for (int64_t i = 0; i < out_numel; ++i) out[i] = std::min(std::max(x[i], st.clamp_lo), st.clamp_hi);
-        break;
-      case Op::MaxPool:
-        out.resize(static_cast<size_t>(out_numel));
-        max_pool2d_int(x.data(), n, s[0], s[1], s[2], st.kh, st.kw, st.sh, st.sw, st.ph, st.pw, out.data(), num_threads);
-        break;
-      case Op::AvgPool:
-        out.resize(static_cast<size_t>(out_numel));
-        avg_pool2d_int(x.data(), n, s[0], s[1], s[2], st.kh, st.kw, st.sh, st.sw, out.data(), num_threads);
-        break;
-      case Op::GlobalMaxPool:
-        out.resize(static_cast<size_t>(out_numel));
-        max_pool2d_int(x.data(), n, s[0], s[1], s[2], int(s[1]), int(s[2]), 1, 1, 0, 0, out.data(), num_threads);
-        break;
-      case Op::GlobalAvgPool:
-        out.resize(static_cast<size_t>(out_numel));
-        avg_pool2d_int(x.data(), n, s[0], s[1], s[2], int(s[1]), int(s[2]), 1, 1, out.data(), num_threads);
-        break;
-      case Op::Flatten:
-        out = x;
-        break;
+      break;
     }
+    case Op::Requantize: {
+      const RequantStep& st = std::get<RequantStep>(node.step);
+      requantize_codes(codes_in(x, arena), count, st.in_zero_point, st.multiplier, st.shift, st.out_zero_point, st.lo,
+                       st.hi, codes_out(out, arena));
+      break;
+    }
+    case Op::Add: {
+      const AddStep& st = std::get<AddStep>(node.step);
+      add_codes(codes_in(x, arena), st.a_zero_point, st.a_multiplier, codes_in(values[node.inputs[1]], arena),
+                st.b_zero_point, st.b_multiplier, st.shift, st.out_zero_point, st.lo, st.hi, count,
+                codes_out(out, arena));
+      break;
+    }
+    case Op::Relu: {
+      const ClampStep& st = std::get<ClampStep>(node.step);
+      clamp_codes(codes_in(x, arena), count, st.lo, st.hi, codes_out(out, arena));
+      break;
+    }
+    case Op::MaxPool:
+    case Op::AvgPool: {
+      const PoolStep& st = std::get<PoolStep>(node.step);
+      const auto& s = x.shape;
+      if (node.op == Op::MaxPool)
+        max_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], st.kh, st.kw, st.sh, st.sw, st.ph, st.pw, out.shape[1],
+                      out.shape[2], codes_out(out, arena));
+      else
+        avg_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], st.kh, st.kw, st.sh, st.sw, out.shape[1], out.shape[2],
+                      codes_out(out, arena));
+      break;
+    }
+    case Op::GlobalMaxPool:
+    case Op::GlobalAvgPool: {
+      const auto& s = x.shape;
+      const int kh = int(s[1]), kw = int(s[2]);
+      if (node.op == Op::GlobalMaxPool)
+        max_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], kh, kw, 1, 1, 0, 0, 1, 1, codes_out(out, arena));
+      else
+        avg_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], kh, kw, 1, 1, 1, 1, codes_out(out, arena));
+      break;
+    }
+    case Op::Flatten:
+      std::memcpy(arena + out.arena_offset, arena + x.arena_offset, static_cast<size_t>(out.bytes));
+      break;
   }
+}
+
+void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
+                     std::vector<double>* node_seconds) const {
+  const Value& in = values[0];
+  lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), codes_out(in, arena));
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run_node(nodes[i], arena, logits, threads);
+    if (node_seconds)
+      (*node_seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+}
+
+namespace {
+// A per-thread arena that grows to the largest plan it has served.
+uint8_t* thread_arena(int64_t bytes) {
+  thread_local std::vector<uint8_t> arena;
+  if (static_cast<int64_t>(arena.size()) < bytes) arena.resize(static_cast<size_t>(bytes));
+  return arena.data();
+}
+}  // namespace
+
+void Model::run(const uint8_t* pixels, int64_t n, float* logits, int num_threads) const {
+  if (n < 0) throw std::invalid_argument("Model::run: negative batch size");
+  if (n == 0) return;
+  const Plan& p = *plan_;
+  const int threads = resolve_threads(num_threads);
+  const int64_t image = checked_numel(p.input_shape, "input");
+  if (n >= threads && threads > 1) {
+    // Whole images per thread: each image's activations stay in its core's cache.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i)
+      p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits + i * p.num_classes, 1, nullptr);
+  } else {
+    for (int64_t i = 0; i < n; ++i)  // few images: the threads share each convolution
+      p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits + i * p.num_classes, threads, nullptr);
+  }
+}
+
+std::vector<float> Model::run(const uint8_t* pixels, int64_t n, int num_threads) const {
+  std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(n, 0) * plan_->num_classes));
+  run(pixels, n, logits.data(), num_threads);
   return logits;
 }
+
+std::vector<LayerProfile> Model::profile(const uint8_t* pixels, int64_t n, int num_threads) const {
+  const Plan& p = *plan_;
+  std::vector<double> seconds(p.nodes.size(), 0.0);
+  std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(n, 0) * p.num_classes));
+  const int64_t image = checked_numel(p.input_shape, "input");
+  const int threads = resolve_threads(num_threads);
+  for (int64_t i = 0; i < n; ++i)
+    p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits.data() + i * p.num_classes, threads, &seconds);
+  std::vector<LayerProfile> out;
+  for (size_t i = 0; i < p.nodes.size(); ++i)
+    out.push_back({p.nodes[i].name, p.nodes[i].op_name, p.nodes[i].macs, seconds[i]});
+  return out;
+}
+
+const std::vector<int64_t>& Model::input_shape() const { return plan_->input_shape; }
+int64_t Model::num_classes() const { return plan_->num_classes; }
+size_t Model::num_nodes() const { return plan_->nodes.size(); }
+int64_t Model::macs_per_image() const { return plan_->macs; }
+int64_t Model::peak_activation_bytes(int64_t batch) const {
+  return plan_->arena_bytes * std::max<int64_t>(1, std::min<int64_t>(batch, resolve_threads(0)));
+}
+const char* Model::isa() const { return isa_name(plan_->isa); }
 
 }  // namespace qcnn::runtime

@@ -1,23 +1,33 @@
-// The qcnn integer inference engine: loads a .qcnn file (docs/FORMAT.md), validates every field,
-// and runs uint8 images to float logits on the csrc/core integer kernels.
+// The qcnn integer inference engine, the only interpreter of .qcnn files (docs/FORMAT.md). It
+// validates every field at load, builds one execution plan (weights pre-packed for the kernel of
+// this CPU, activations in NHWC uint8 where their code range allows, buffers assigned by
+// liveness), and runs uint8 images to float logits. qcnn-infer and qcnn.load (through qcnn._C)
+// both use it: same validation, same kernels, bit-identical logits.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "core/conv_int.h"
 #include "runtime/safetensors.h"
 
 namespace qcnn::runtime {
 
-enum class WeightPath { Dense, Shared };
-
 struct LoadOptions {
-  WeightPath weight_path = WeightPath::Dense;
+  // Bounds on the work one image may cost, checked at load: far above real CNNs (ResNet-152 at
+  // 224x224 is 11.5 G MACs, its largest activation 25 MB), low enough that a small crafted file
+  // cannot make the engine run for minutes or allocate gigabytes per image.
+  int64_t max_macs_per_image = int64_t{1} << 35;             // 34 G multiply-accumulates
+  int64_t max_activation_bytes_per_image = int64_t{1} << 30;  // 1 GiB of live activations
 };
 
-struct Step;  // one executable node (model.cpp)
+struct LayerProfile {
+  std::string name, op;
+  int64_t macs_per_image = 0;
+  double seconds = 0;  // summed over the images of the profiled run
+};
+
+struct Plan;  // the execution plan (model.cpp)
 
 class Model {
  public:
@@ -27,20 +37,26 @@ class Model {
   Model& operator=(Model&&) noexcept;
   ~Model();
 
-  // pixels: n images of input_shape() as uint8, NCHW. Returns logits [n, num_classes()].
+  // pixels: n images of input_shape() as uint8, NCHW; logits: n * num_classes() floats.
+  // num_threads <= 0 uses the OpenMP default. n = 0 is valid (nothing is written). Thread-safe:
+  // every call has its own workspace.
+  void run(const uint8_t* pixels, int64_t n, float* logits, int num_threads = 0) const;
   std::vector<float> run(const uint8_t* pixels, int64_t n, int num_threads = 0) const;
+  // As run, timing every node; one entry per node, in order.
+  std::vector<LayerProfile> profile(const uint8_t* pixels, int64_t n, int num_threads = 0) const;
 
-  const std::vector<int64_t>& input_shape() const { return input_shape_; }
-  int64_t num_classes() const { return num_classes_; }
-  size_t num_nodes() const { return steps_.size(); }
+  const std::vector<int64_t>& input_shape() const;  // [C, H, W]
+  int64_t num_classes() const;
+  size_t num_nodes() const;
+  int64_t macs_per_image() const;
+  // Bytes of activation workspace a run of `batch` images holds at its peak (buffers reused by liveness).
+  int64_t peak_activation_bytes(int64_t batch) const;
+  // The instruction set the kernels were chosen for at load ("avx2" or "scalar"; QCNN_ISA forces one).
+  const char* isa() const;
 
  private:
   Model();
-  std::vector<int64_t> input_shape_;
-  int64_t num_classes_ = 0;
-  std::vector<int32_t> lut_;  // [C, 256]
-  std::vector<std::unique_ptr<Step>> steps_;
-  std::vector<std::vector<int64_t>> value_shapes_;  // per value (0 = input), without batch
+  std::unique_ptr<Plan> plan_;
 };
 
 }  // namespace qcnn::runtime

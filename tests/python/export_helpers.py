@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qcnn.export import Graph, Node, QParams, QuantWeight
+from qcnn.export import Graph, Node, QParams, QuantWeight, _ops
+from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
@@ -30,6 +31,18 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+def decode_indices(tensors: dict, node: dict) -> torch.Tensor:
+    """Weight indices [M, K] (uint8) of a conv2d / linear node of a .qcnn file, decoded with the inverses of
+    the exporter's coding ops (a check of the file layout; inference reads files only through the engine)."""
+    info = node["weight"]
+    data = tensors[f"{node['name']}.weight.indices"]
+    if info["coding"] == "huffman":
+        flat = _ops.huffman_decode(data, tensors[f"{node['name']}.weight.code_lengths"], info["count"])
+    else:
+        flat = _ops.unpack_bits(data, info["bits"], info["count"])
+    return flat.reshape(node["out_channels"], -1)
+
+
 def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D Lloyd k-means over all weights (linear init); returns (sorted codebook, uint8 indices)."""
     flat = w.detach().reshape(-1).double()
@@ -47,13 +60,14 @@ def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 15) -> tuple[torch.
 
 
 def quantize_weight(w: torch.Tensor, kind: str, bits: int, per_channel: bool = False) -> QuantWeight:
-    """per_channel: one codebook per output channel (kind "codebook"; the other kinds have per-channel scales)."""
-    if kind == "codebook" and per_channel:
-        cbs, idxs = zip(*(kmeans_codebook(row, bits) for row in w))
-        return QuantWeight.from_codebook(torch.stack(idxs), torch.stack(cbs))
+    """per_channel: one codebook per output channel (kind "codebook"; the other kinds have per-channel scales).
+    Codebooks are snapped to the integer grid CodebookWeightQuantizer trains on (the exporter stores them
+    as scale * level), so that the graph computes what the file does."""
     if kind == "codebook":
-        cb, idx = kmeans_codebook(w, bits)
-        return QuantWeight.from_codebook(idx, cb)
+        fits = [kmeans_codebook(row, bits) for row in w] if per_channel else [kmeans_codebook(w, bits)]
+        cbs, idxs = zip(*fits)
+        codebook = snap_to_grid(torch.stack(cbs), codebook_level_limit(bits))
+        return QuantWeight.from_codebook(torch.stack(idxs) if per_channel else idxs[0], codebook)
     if kind == "binary":
         alpha = w.abs().reshape(w.shape[0], -1).mean(1)
         return QuantWeight.binary(torch.where(w >= 0, 1.0, -1.0), alpha)
@@ -79,9 +93,10 @@ def act_qparams(x: torch.Tensor, bits: int, signed: bool = False) -> QParams:
 
 
 def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, residual: bool = False,
-                     avg: bool = False, per_channel: bool = False) -> Graph:
-    """A random conv net: conv-bn-relu, maxpool, conv(-add), pool, linear. Activation quantizers are
-    calibrated on random inputs so that the codes use their range."""
+                     avg: bool = False, per_channel: bool = False, avg_pool: bool = False) -> Graph:
+    """A random conv net: conv-bn-relu, maxpool (avg_pool: 2x2 average pooling), conv(-add), pool (avg: global
+    average pooling), linear. Activation quantizers are calibrated on random inputs so that the codes use their
+    range."""
     gen = torch.Generator().manual_seed(seed)
     w1 = torch.randn(8, 1, 3, 3, generator=gen) * 0.4
     w2 = torch.randn(8, 8, 3, 3, generator=gen) * 0.15
@@ -92,8 +107,9 @@ def random_cnn_graph(kind: str, bits: int, act_bits: int = 8, seed: int = 0, res
     nodes.append(Node("conv1", "conv2d", ["input"], weight=quantize_weight(w1, kind, bits, per_channel),
                       bias=torch.randn(8, generator=gen) * 0.1, act=q1, relu=True, padding=(1, 1)))
     h = F.relu(F.conv2d(q1.fake_quant(x), nodes[-1].weight.dequantize(), nodes[-1].bias, padding=1))
-    nodes.append(Node("pool1", "max_pool2d", ["conv1"], kernel_size=(2, 2), stride=(2, 2)))
-    h = F.max_pool2d(h, 2)
+    nodes.append(Node("pool1", "avg_pool2d" if avg_pool else "max_pool2d", ["conv1"], kernel_size=(2, 2),
+                      stride=(2, 2)))
+    h = F.avg_pool2d(h, 2) if avg_pool else F.max_pool2d(h, 2)
     q2 = act_qparams(h, act_bits)
     bn_scale = torch.rand(8, generator=gen) + 0.5
     bn_shift = torch.randn(8, generator=gen) * 0.1

@@ -1,4 +1,4 @@
-"""Export of quantized models to the .qcnn format, integer inference of .qcnn files, ONNX export."""
+"""Export of quantized models to the .qcnn format, ONNX export, and qcnn.load (the C++ integer engine)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,11 +9,11 @@ import torch
 from .graph import Graph, Node, QParams, QuantWeight, reference_forward
 from .lower import lower_graph, quantize_multiplier
 from .qfile import read_qcnn, write_qcnn
-from .runtime import IntegerModel, load
+from .runtime import IntegerModel, LayerProfile, load
 
 __all__ = ["export", "load", "export_onnx", "ExportReport", "Graph", "Node", "QParams", "QuantWeight",
            "reference_forward", "lower_graph", "quantize_multiplier", "read_qcnn", "write_qcnn", "IntegerModel",
-           "to_graph"]
+           "LayerProfile", "to_graph"]
 
 
 @dataclass

@@ -5,11 +5,13 @@ All float -> fixed-point conversions happen here, once; both runtimes only execu
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..quantizers.weight import codebook_grid, codebook_level_limit
 from .graph import Graph, Node, QParams
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -133,16 +135,20 @@ class Lowering:
         m = w.out_channels
         prefix = f"{node.name}.weight"
         if w.kind == "codebook":
-            # Integer centroids with one scale per codebook group; the largest level keeps the
-            # int32 accumulator safe: K * max|q_x - z_x| * L < 2**31 (worst case, no data needed).
-            level_max = min(32767, (2 ** 31 - 1) // (k * max(1, _code_range(x_q))))
-            if level_max < 1:
+            # The grid CodebookWeightQuantizer trains on: a codebook it fitted is exactly scale * level,
+            # so this only reads the levels off. The int32 accumulator bound
+            # K * max|q_x - z_x| * L < 2**31 (worst case, no data needed) may lower L further.
+            limit = codebook_level_limit(w.bits)
+            acc_limit = (2 ** 31 - 1) // (k * max(1, _code_range(x_q)))
+            if acc_limit < 1:
                 raise ValueError(f"node {node.name!r}: K = {k} too large for an int32 accumulator")
-            cb = w.codebook.to(torch.float64)
-            group_scale = cb.abs().amax(dim=1) / level_max
-            group_scale = torch.where(group_scale > 0, group_scale, torch.ones_like(group_scale))
-            levels = torch.round(cb / group_scale[:, None]).to(torch.int64)
-            scale = group_scale.expand(m)
+            if acc_limit < limit:
+                warnings.warn(f"node {node.name!r}: the int32 accumulator bound (K = {k}, max|q_x - z_x| = "
+                              f"{_code_range(x_q)}) caps the codebook levels at {acc_limit} instead of {limit}: "
+                              "the deployed weights differ from the trained ones", stacklevel=2)
+                limit = acc_limit
+            group_scale, levels = codebook_grid(w.codebook, limit)
+            scale = group_scale.to(torch.float64).expand(m)
         else:
             levels = w.levels.to(torch.int64)
             scale = w.scale.to(torch.float64)

@@ -20,6 +20,44 @@ def _broadcast_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def codebook_level_limit(bits: int) -> int:
+    """Largest |integer level| of a codebook with `bits` index bits (docs/FORMAT.md section 3): 127 (int8)
+    from 7 bits on, 64 up to 6 bits, so that the u8 x s8 pair sums of AVX2's vpmaddubsw stay within int16
+    (2 * 255 * 64 < 2**15)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"codebook_level_limit: bits must be an int in [1, 8], got {bits!r}")
+    return 64 if bits <= 6 else 127
+
+
+def codebook_grid(codebook: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, levels) of the integer grid of each table (the last dimension) of `codebook`:
+    scale = max|c| / limit (1 for an all-zero table), levels = round(c / scale) in [-limit, limit].
+    scale is float32 [codebook.shape[:-1]], levels int64 like codebook."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 127:
+        raise ValueError(f"codebook_grid: limit must be an int in [1, 127], got {limit!r}")
+    if codebook.dim() not in (1, 2) or codebook.numel() == 0:
+        raise ValueError(f"codebook_grid: codebook must be a non-empty [k] or [groups, k], got shape "
+                         f"{tuple(codebook.shape)}")
+    c = codebook.detach().to(torch.float64)
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("codebook_grid: codebook contains NaN or infinite values")
+    peak = c.abs().amax(dim=-1)
+    # The scale keeps 17 significant bits, so scale * level (|level| <= 127, 7 bits) is exact in float32:
+    # the snapped codebook is exactly scale * level and yields this same scale again (snapping is idempotent).
+    mantissa, exponent = torch.frexp(peak / limit)
+    scale = torch.ldexp(torch.round(mantissa * 2.0 ** 17), exponent - 17).clamp(min=2.0 ** -126)
+    scale = torch.where(peak > 0, scale, torch.ones_like(scale))
+    levels = torch.round(c / scale.unsqueeze(-1)).clamp(-limit, limit).to(torch.int64)
+    return scale.to(torch.float32), levels
+
+
+def snap_to_grid(codebook: torch.Tensor, limit: int) -> torch.Tensor:
+    """The codebook moved onto its integer grid: scale * round(c / scale) per table (codebook_grid), in the
+    codebook's dtype. Monotone, so a sorted table stays sorted (entries may become equal)."""
+    scale, levels = codebook_grid(codebook, limit)
+    return (scale.to(torch.float64).unsqueeze(-1) * levels).to(codebook.dtype)
+
+
 class WeightQuantizer(nn.Module):
     """Base class. Subclasses implement _fit(weight) and quantize(weight), and assignment(weight) giving
     an integer level per weight."""
@@ -236,10 +274,15 @@ class CodebookWeightQuantizer(WeightQuantizer):
     """Non-uniform quantization with a 2^bits-entry codebook fitted by qcnn.codebook.fit (k-means,
     Lloyd-Max, KDE variants), per tensor or per output channel.
 
+    The codebook is deployable as is: every table sits on its integer grid, c = scale * level with
+    |level| <= codebook_level_limit(bits) (snap_to_grid; docs/FORMAT.md section 3), after each fit and, for
+    trained centroids, in every forward. The exporter stores exactly these levels and scales.
+
     Latent float weights are kept; the forward uses each weight's nearest centroid and the gradient passes
-    straight through the assignment. train_centroids=True makes the codebook a Parameter whose gradient is
-    the sum of the weight gradients of its cluster (Deep Compression, Han et al. 2016): the backward of the
-    gather below is a scatter-add over the indices.
+    straight through the assignment. train_centroids=True makes the codebook a Parameter holding latent
+    centroids whose gradient is the sum of the weight gradients of its cluster (Deep Compression, Han et al.
+    2016): the backward of the gather below is a scatter-add over the indices; the snapping onto the grid
+    is straight-through.
 
     Incremental mode (INQ, Zhou et al. 2017): freeze(weight, fraction) fixes the largest-magnitude weights
     at their centroids; frozen weights use their stored centroid, the others stay float and keep training.
@@ -251,6 +294,7 @@ class CodebookWeightQuantizer(WeightQuantizer):
         if not 1 <= bits <= 8:
             raise ValueError(f"CodebookWeightQuantizer: bits must be in [1, 8], got {bits}")
         self.bits, self.method, self.per_channel = bits, method, per_channel
+        self.level_limit = codebook_level_limit(bits)
         self.train_centroids, self.seed = train_centroids, seed
         self.fit_options = dict(fit_options or {})
         k = 2 ** bits
@@ -273,16 +317,33 @@ class CodebookWeightQuantizer(WeightQuantizer):
             raise ValueError(f"CodebookWeightQuantizer: codebook.fit returned a codebook of shape "
                              f"{tuple(centroids.shape)}, expected {tuple(self.codebook.shape)}")
         frozen_values = self._frozen_values() if bool(self.incremental) else None
-        self.codebook.data.copy_(centroids)
+        self.codebook.data.copy_(snap_to_grid(centroids, self.level_limit))
         if frozen_values is not None:
             # Frozen weights follow the refitted codebook: their centroid becomes the nearest new one.
             self.frozen_indices.copy_(torch.where(self.frozen, self.nearest(frozen_values), self.frozen_indices))
 
+    def effective_codebook(self) -> torch.Tensor:
+        """The codebook the layer computes with: self.codebook on its integer grid. Trained centroids stay
+        latent floats and are snapped here, with a straight-through gradient; a fitted codebook is already
+        on the grid (snapping it again is exact)."""
+        snapped = snap_to_grid(self.codebook.detach(), self.level_limit)
+        if self.train_centroids:
+            return snapped + (self.codebook - self.codebook.detach())
+        return snapped
+
+    def integer_codebook(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, levels) of the effective codebook: effective_codebook() == scale[..., None] * levels,
+        scale float32 [M] per channel or [] per tensor, levels int64 like the codebook."""
+        return codebook_grid(self.codebook.detach(), self.level_limit)
+
     def nearest(self, weight: torch.Tensor) -> torch.Tensor:
+        return self._nearest(weight, self.effective_codebook().detach())
+
+    def _nearest(self, weight: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
         from ..codebook import quantize_to_codebook
         # Centroids trained by gradient (train_centroids) can pass each other: search a sorted copy and
-        # map its indices back to the entries of self.codebook.
-        book, order = torch.sort(self.codebook.detach(), dim=-1, stable=True)
+        # map its indices back to the entries of the codebook. Equal entries (after snapping) are allowed.
+        book, order = torch.sort(book, dim=-1, stable=True)
         indices, _ = quantize_to_codebook(weight.detach(), book)
         return self._lookup(order, indices.to(torch.int64))
 
@@ -292,20 +353,18 @@ class CodebookWeightQuantizer(WeightQuantizer):
             return table.gather(1, _channel_view(indices)).reshape(indices.shape)
         return table[indices]
 
-    def _gather(self, indices: torch.Tensor) -> torch.Tensor:
-        return self._lookup(self.codebook, indices)
-
     def _frozen_values(self) -> torch.Tensor:
-        return self._gather(self.frozen_indices).detach()
+        return self._lookup(self.effective_codebook().detach(), self.frozen_indices)
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        book = self.effective_codebook()
         if bool(self.incremental):
-            return torch.where(self.frozen, self._gather(self.frozen_indices), weight)
+            return torch.where(self.frozen, self._lookup(book, self.frozen_indices), weight)
         if self.train_centroids:
-            q = self._gather(self.nearest(weight))
+            q = self._lookup(book, self._nearest(weight, book.detach()))
             return q + (weight - weight.detach())
         from ..codebook import quantize_to_codebook
-        _, dequantized = quantize_to_codebook(weight.detach(), self.codebook)
+        _, dequantized = quantize_to_codebook(weight.detach(), book)
         # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
         # gradient flows to the latent weight.
         return dequantized + (weight - weight.detach())
@@ -337,11 +396,13 @@ class CodebookWeightQuantizer(WeightQuantizer):
         return float(self.frozen.float().mean())
 
     def levels(self, channel: int = 0) -> torch.Tensor:
-        return (self.codebook[channel] if self.per_channel else self.codebook).detach()
+        book = self.effective_codebook().detach()
+        return book[channel] if self.per_channel else book
 
     def describe(self) -> dict:
         return {"type": "codebook", "bits": self.bits, "method": self.method,
-                "codebook": self.codebook.detach().tolist(), "frozen_fraction": float(self.frozen.float().mean())}
+                "codebook": self.effective_codebook().detach().tolist(),
+                "frozen_fraction": float(self.frozen.float().mean())}
 
 
 def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:

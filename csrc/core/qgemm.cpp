@@ -1,0 +1,491 @@
+#include "core/qgemm.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "core/threads.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define QCNN_X86 1
+// The AVX2 functions carry the target attribute, so this file needs no -mavx2 of its own.
+#define QCNN_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+namespace qcnn {
+
+namespace {
+
+constexpr int kRows = 3;    // output positions per microkernel call
+constexpr int kBlocks = 3;  // 8-channel blocks per microkernel call: 3 x 3 = 9 ymm accumulators, 16 registers in all
+constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays in L1 while every block reads it
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int64_t tile_rows(int64_t kp) { return std::clamp<int64_t>(kPanelBytes / (2 * kp) / kRows * kRows, kRows, 64); }
+
+// d[i] = s[i] - sub in int16 arithmetic: the true difference fits int16 (checked at load), so the
+// wrap-around of the narrow subtraction gives it exactly, and the loop vectorizes.
+template <typename T>
+inline void convert_run(const T* s, int64_t n, int32_t sub, int16_t* d) {
+  const int16_t sub16 = static_cast<int16_t>(sub);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<int16_t>(static_cast<int16_t>(s[i]) - sub16);
+}
+
+// Row panel of one tile and one group: panel[r][k] = x[pixel(p0 + r, k)] - z_x, 0 outside the image.
+template <typename T>
+void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, int64_t p0, int64_t rows, int64_t kp,
+                  int16_t* panel) {
+  const int64_t cg = g.cg();
+  const T* xg = x + group * cg;
+  const bool runs = g.groups == 1 && g.dw == 1;  // the taps of a kernel row are one contiguous run
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
+    int16_t* dst = panel + r * kp;
+    const int64_t ix0 = ox * g.sw - g.pw;
+    for (int ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh;
+      int16_t* drow = dst + int64_t{ky} * g.kw * cg;
+      if (iy < 0 || iy >= g.h) {
+        std::fill(drow, drow + g.kw * cg, int16_t{0});
+        continue;
+      }
+      if (runs) {
+        const int64_t kx0 = std::clamp<int64_t>(-ix0, 0, g.kw), kx1 = std::clamp<int64_t>(g.w - ix0, kx0, g.kw);
+        std::fill(drow, drow + kx0 * cg, int16_t{0});
+        convert_run(xg + (iy * g.w + ix0 + kx0) * g.c, (kx1 - kx0) * cg, x_sub, drow + kx0 * cg);
+        std::fill(drow + kx1 * cg, drow + g.kw * cg, int16_t{0});
+        continue;
+      }
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int64_t ix = ix0 + int64_t{kx} * g.dw;
+        int16_t* d = drow + int64_t{kx} * cg;
+        if (ix < 0 || ix >= g.w)
+          std::fill(d, d + cg, int16_t{0});
+        else
+          convert_run(xg + (iy * g.w + ix) * g.c, cg, x_sub, d);
+      }
+    }
+    if (kp > g.k()) dst[g.k()] = 0;
+  }
+}
+
+// c[r][j*8 + lane] = sum_q a[r][2q] * w[j][q][lane][0] + a[r][2q+1] * w[j][q][lane][1]
+template <int R, int J>
+void microkernel_scalar(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs, int32_t* c,
+                        int64_t ldc) {
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const int16_t* ar = a + r * lda;
+      const int16_t* wj = w + j * wblock;
+      for (int64_t q = 0; q < pairs; ++q)
+        for (int l = 0; l < 8; ++l)
+          acc[l] += int32_t{ar[2 * q]} * wj[q * 16 + 2 * l] + int32_t{ar[2 * q + 1]} * wj[q * 16 + 2 * l + 1];
+      std::memcpy(c + r * ldc + j * 8, acc, sizeof acc);
+    }
+}
+
+#ifdef QCNN_X86
+template <int R, int J>
+QCNN_AVX2 void microkernel_avx2(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
+                                int32_t* c, int64_t ldc) {
+  __m256i acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
+  for (int64_t q = 0; q < pairs; ++q) {
+    __m256i wv[J];
+    for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 16));
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
+      const __m256i av = _mm256_set1_epi32(pair);
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(av, wv[j]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + j * 8), acc[r][j]);
+}
+#endif
+
+#ifdef QCNN_X86
+// The full 3 x 3 tile with named accumulators: GCC keeps an array of them in registers only with
+// a register copy per update, which costs issue slots the multiplies need.
+template <>
+QCNN_AVX2 void microkernel_avx2<3, 3>(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
+                                      int32_t* c, int64_t ldc) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
+          c22 = c00;
+  const int16_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda;
+  const int16_t *w0 = w, *w1 = w + wblock, *w2 = w + 2 * wblock;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + q * 16));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + q * 16));
+    const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + q * 16));
+    int32_t p0, p1, p2;
+    std::memcpy(&p0, a0 + 2 * q, 4);
+    std::memcpy(&p1, a1 + 2 * q, 4);
+    std::memcpy(&p2, a2 + 2 * q, 4);
+    __m256i x = _mm256_set1_epi32(p0);
+    c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, v0));
+    c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, v1));
+    c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x, v2));
+    x = _mm256_set1_epi32(p1);
+    c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, v0));
+    c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, v1));
+    c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x, v2));
+    x = _mm256_set1_epi32(p2);
+    c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, v0));
+    c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, v1));
+    c22 = _mm256_add_epi32(c22, _mm256_madd_epi16(x, v2));
+  }
+  auto store = [&](int r, int j, __m256i v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + j * 8), v);
+  };
+  store(0, 0, c00); store(0, 1, c01); store(0, 2, c02);
+  store(1, 0, c10); store(1, 1, c11); store(1, 2, c12);
+  store(2, 0, c20); store(2, 1, c21); store(2, 2, c22);
+}
+#endif
+
+using Microkernel = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_t, int32_t*, int64_t);
+
+#define QCNN_MK_TABLE(fn) \
+  {{fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, {fn<3, 1>, fn<3, 2>, fn<3, 3>}}
+
+Microkernel microkernel(Isa isa, int rows, int blocks) {
+  static const Microkernel scalar[kRows][kBlocks] = QCNN_MK_TABLE(microkernel_scalar);
+#ifdef QCNN_X86
+  static const Microkernel avx2[kRows][kBlocks] = QCNN_MK_TABLE(microkernel_avx2);
+  if (isa == Isa::Avx2) return avx2[rows - 1][blocks - 1];
+#endif
+  (void)isa;
+  return scalar[rows - 1][blocks - 1];
+}
+#undef QCNN_MK_TABLE
+
+template <typename Out>
+inline void store_code(Out* out, int64_t v) {
+  *out = static_cast<Out>(v);
+}
+
+// Scalar epilogue of channels [m0, m1) of one row.
+template <typename Out>
+void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64_t m1, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  for (int64_t m = m0; m < m1; ++m) {
+    if constexpr (std::is_same_v<Out, float>) {
+      out[m] = std::fma(static_cast<float>(acc[m]), e.scale[m], e.float_bias[m]);
+    } else {
+      int64_t v = int64_t{acc[m]} * e.multiplier[m] + pc.rounded_bias[m];
+      v >>= e.shift[m];  // arithmetic: floor division by 2^shift, the rounding is in the bias
+      v = std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
+      store_code(out + m, v - e.store_offset);
+    }
+  }
+}
+
+#ifdef QCNN_X86
+QCNN_AVX2 inline __m256i shift_right_arith64(__m256i v, __m256i s) {
+  // AVX2 has no 64-bit arithmetic shift: flip negative values, shift logically, flip back (floor).
+  const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
+  return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(v, sign), s), sign);
+}
+
+QCNN_AVX2 inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
+  v = _mm256_blendv_epi8(lo, v, _mm256_cmpgt_epi64(v, lo));
+  return _mm256_blendv_epi8(hi, v, _mm256_cmpgt_epi64(hi, v));
+}
+
+template <typename Out>
+QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t m_count,
+                             Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t full = m_count / 8 * 8;
+  if constexpr (std::is_same_v<Out, float>) {
+    for (int64_t m = 0; m < full; m += 8) {
+      const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)));
+      _mm256_storeu_ps(out + m, _mm256_fmadd_ps(a, _mm256_loadu_ps(&e.scale[m]), _mm256_loadu_ps(&e.float_bias[m])));
+    }
+  } else {
+    const __m256i zp = _mm256_set1_epi64x(e.zero_point), lo = _mm256_set1_epi64x(e.lo),
+                  hi = _mm256_set1_epi64x(e.hi), offset = _mm256_set1_epi32(e.store_offset);
+    for (int64_t m = 0; m < full; m += 8) {
+      const RequantBlock& b = blocks[m / 8];
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m));
+      const __m256i mult = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.multiplier));
+      __m256i even = _mm256_mul_epi32(a, mult);
+      __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(mult, 32));
+      even = _mm256_add_epi64(even, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.bias_even)));
+      odd = _mm256_add_epi64(odd, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.bias_odd)));
+      even = shift_right_arith64(even, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.shift_even)));
+      odd = shift_right_arith64(odd, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.shift_odd)));
+      even = clamp64(_mm256_add_epi64(even, zp), lo, hi);
+      odd = clamp64(_mm256_add_epi64(odd, zp), lo, hi);
+      const __m256i v = _mm256_sub_epi32(_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), offset);
+      if constexpr (std::is_same_v<Out, uint8_t>) {
+        const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + m), _mm_packus_epi16(w16, w16));
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), v);
+      }
+    }
+  }
+  epilogue_scalar(pc, acc, full, m_count, out);
+}
+#endif
+
+template <typename Out>
+void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc, int64_t rows,
+                   Out* out) {
+  const int64_t m = pc.g.m;
+  for (int64_t r = 0; r < rows; ++r) {
+#ifdef QCNN_X86
+    if (pc.isa == Isa::Avx2) {
+      epilogue_avx2(pc, blocks, acc + r * ldc, m, out + r * m);
+      continue;
+    }
+#endif
+    (void)blocks;
+    epilogue_scalar(pc, acc + r * ldc, 0, m, out + r * m);
+  }
+}
+
+struct Workspace {
+  std::vector<int16_t> panel;
+  std::vector<int32_t> acc;
+};
+
+template <typename In, typename Out>
+void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, int32_t x_sub, int64_t p0, int64_t rows,
+               Out* out, Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t kp = pc.kp, pairs = kp / 2, wblock = pairs * 16, nblocks = pc.mg8 / 8;
+  const int64_t ldc = g.m + 8;  // a group's last block writes up to 7 padding lanes past its channels
+  ws.panel.resize(static_cast<size_t>(rows * kp));
+  ws.acc.resize(static_cast<size_t>(rows * ldc));
+  for (int64_t group = 0; group < g.groups; ++group) {
+    gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
+    const int16_t* wg = pc.weights.data() + group * nblocks * wblock;
+    int32_t* cg = ws.acc.data() + group * g.mg();
+    for (int64_t b = 0; b < nblocks; b += kBlocks) {
+      const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
+      for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+        const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
+        microkernel(pc.isa, rn, jn)(ws.panel.data() + r0 * kp, kp, wg + b * wblock, wblock, pairs,
+                                    cg + r0 * ldc + b * 8, ldc);
+      }
+    }
+  }
+  epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
+}
+
+// Depthwise (groups = in = out channels): per output pixel, a vector over the channels of each tap.
+template <typename In, typename Out>
+void depthwise_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, int32_t x_sub, int64_t p0,
+                    int64_t rows, Out* out, Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t c = g.c;
+  ws.acc.resize(static_cast<size_t>(c + 8));
+  int32_t* acc = ws.acc.data();
+  for (int64_t p = p0; p < p0 + rows; ++p) {
+    const int64_t oy = p / g.ow, ox = p % g.ow;
+    std::fill(acc, acc + c, 0);
+    for (int ky = 0; ky < g.kh; ++ky) {
+      const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int64_t ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
+        if (ix < 0 || ix >= g.w) continue;
+        const In* src = x + (iy * g.w + ix) * c;
+        const int16_t* wt = pc.weights.data() + (int64_t{ky} * g.kw + kx) * c;
+        for (int64_t ch = 0; ch < c; ++ch) acc[ch] += (static_cast<int32_t>(src[ch]) - x_sub) * int32_t{wt[ch]};
+      }
+    }
+    epilogue_rows(pc, blocks, acc, c + 8, 1, out + p * g.m);
+  }
+}
+
+template <typename In, typename Out>
+void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads) {
+  const RequantBlock* blocks = pc.requant_blocks.data();
+  const int64_t positions = pc.g.positions(), rows = pc.depthwise ? 16 : tile_rows(pc.kp);
+  const int64_t tiles = (positions + rows - 1) / rows;
+  const int threads = std::max(1, num_threads);
+  auto tile = [&](int64_t t, Workspace& ws) {
+    if (pc.depthwise)
+      depthwise_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else
+      conv_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
+  };
+  if (threads == 1 || tiles == 1) {
+    thread_local Workspace ws;
+    for (int64_t t = 0; t < tiles; ++t) tile(t, ws);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t t = 0; t < tiles; ++t) {
+    thread_local Workspace ws;
+    tile(t, ws);
+  }
+}
+
+template <typename In>
+void conv_image_in(const PackedConv& pc, const In* x, int32_t x_sub, void* out, Storage out_storage,
+                   int num_threads) {
+  switch (out_storage) {
+    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads);
+    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads);
+    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads);
+  }
+}
+
+}  // namespace
+
+ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t groups, int kh, int kw, int sh, int sw,
+                        int ph, int pw, int dh, int dw) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("conv2d: " + what);
+  };
+  need(h >= 1 && w >= 1, "input height and width must be positive");
+  need(c >= 1 && m >= 1, "in_channels and out_channels must be positive");
+  need(groups >= 1 && c % groups == 0 && m % groups == 0,
+       "groups = " + std::to_string(groups) + " must divide in_channels (" + std::to_string(c) +
+           ") and out_channels (" + std::to_string(m) + ")");
+  need(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1,
+       "kernel, stride and dilation must be positive");
+  need(ph >= 0 && pw >= 0, "padding must be non-negative");
+  ConvGeom g;
+  g.h = h; g.w = w; g.c = c; g.m = m; g.groups = groups;
+  g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.ph = ph; g.pw = pw; g.dh = dh; g.dw = dw;
+  const int64_t span_h = int64_t{dh} * (kh - 1) + 1, span_w = int64_t{dw} * (kw - 1) + 1;
+  need(h + 2 * int64_t{ph} >= span_h && w + 2 * int64_t{pw} >= span_w,
+       "the (dilated) kernel is larger than the padded input");
+  g.oh = (h + 2 * int64_t{ph} - span_h) / sh + 1;
+  g.ow = (w + 2 * int64_t{pw} - span_w) / sw + 1;
+  return g;
+}
+
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa) {
+  PackedConv pc;
+  pc.g = g;
+  pc.isa = isa;
+  const int64_t k = g.k(), mg = g.mg();
+  pc.kp = round_up(k, 2);
+  pc.mg8 = round_up(mg, 8);
+  const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
+  pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
+  if (pc.depthwise) {  // [taps][C]
+    const int64_t taps = k;
+    pc.weights.resize(static_cast<size_t>(taps * g.c));
+    for (int64_t ch = 0; ch < g.c; ++ch)
+      for (int64_t t = 0; t < taps; ++t) pc.weights[t * g.c + ch] = weight[ch * taps + t];
+  } else {
+    pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
+  }
+  for (int64_t group = 0; group < (pc.depthwise ? 0 : g.groups); ++group)
+    for (int64_t j = 0; j < mg; ++j) {
+      const int16_t* src = weight + (group * mg + j) * k;
+      int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
+      for (int64_t kk = 0; kk < k; ++kk) dst[(kk / 2) * 16 + kk % 2] = src[kk];
+    }
+  if (!epi.float_output) {
+    pc.rounded_bias.resize(static_cast<size_t>(g.m));
+    for (int64_t m = 0; m < g.m; ++m)
+      pc.rounded_bias[m] = epi.bias[m] + (epi.shift[m] > 0 ? int64_t{1} << (epi.shift[m] - 1) : 0);
+    pc.requant_blocks.resize(static_cast<size_t>(g.m / 8));
+    RequantBlock* blocks = pc.requant_blocks.data();
+    for (int64_t b = 0; b < g.m / 8; ++b)
+      for (int l = 0; l < 8; ++l) {
+        const int64_t m = b * 8 + l;
+        blocks[b].multiplier[l] = epi.multiplier[m];
+        (l % 2 ? blocks[b].bias_odd : blocks[b].bias_even)[l / 2] = pc.rounded_bias[m];
+        (l % 2 ? blocks[b].shift_odd : blocks[b].shift_even)[l / 2] = epi.shift[m];
+      }
+  }
+  pc.epi = std::move(epi);
+  return pc;
+}
+
+void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
+                int num_threads) {
+  if (in == Storage::U8)
+    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads);
+  else if (in == Storage::I32)
+    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads);
+  else
+    throw std::invalid_argument("conv_image: the input must be integer codes");
+}
+
+#ifdef QCNN_X86
+namespace {
+// 8 independent vpmaddwd + vpaddd chains per iteration, in assembly so that nothing is folded.
+QCNN_AVX2 int64_t peak_loop_avx2(int64_t iterations) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const __m256i x = _mm256_set1_epi16(3), w = _mm256_set1_epi16(-2);
+  for (int64_t i = 0; i < iterations; ++i) {
+    __asm__ volatile(
+        "vpmaddwd %[w], %[x], %%ymm14\n\t"
+        "vpaddd %%ymm14, %[a0], %[a0]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm15\n\t"
+        "vpaddd %%ymm15, %[a1], %[a1]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm14\n\t"
+        "vpaddd %%ymm14, %[a2], %[a2]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm15\n\t"
+        "vpaddd %%ymm15, %[a3], %[a3]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm14\n\t"
+        "vpaddd %%ymm14, %[a4], %[a4]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm15\n\t"
+        "vpaddd %%ymm15, %[a5], %[a5]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm14\n\t"
+        "vpaddd %%ymm14, %[a6], %[a6]\n\t"
+        "vpmaddwd %[w], %[x], %%ymm15\n\t"
+        "vpaddd %%ymm15, %[a7], %[a7]\n\t"
+        : [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3), [a4] "+x"(a4), [a5] "+x"(a5), [a6] "+x"(a6),
+          [a7] "+x"(a7)
+        : [x] "x"(x), [w] "x"(w)
+        : "xmm14", "xmm15");
+  }
+  __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                               _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
+  return _mm256_extract_epi32(s, 0);
+}
+}  // namespace
+#endif
+
+double int8_peak_gmacs(double seconds, int threads) {
+  threads = std::max(1, threads);
+  double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+  {
+    using clock = std::chrono::steady_clock;
+    int64_t iterations = 1 << 16, done = 0;
+    volatile int64_t sink = 0;
+    const auto start = clock::now();
+    double elapsed = 0;
+    while (elapsed < seconds) {
+#ifdef QCNN_X86
+      if (isa_supported(Isa::Avx2)) {
+        sink = sink + peak_loop_avx2(iterations);
+        done += iterations * 8 * 16;  // 8 vpmaddwd of 16 MACs per iteration
+      } else
+#endif
+      {
+        int32_t acc = 0;
+        for (int64_t i = 0; i < iterations; ++i) acc += int32_t(i & 7) * 3;
+        sink = sink + acc;
+        done += iterations;
+      }
+      elapsed = std::chrono::duration<double>(clock::now() - start).count();
+    }
+    total += done / elapsed / 1e9;
+  }
+  return total;
+}
+
+}  // namespace qcnn

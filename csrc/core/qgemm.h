@@ -1,0 +1,87 @@
+// Integer convolution on NHWC activations as an implicit GEMM (docs/FORMAT.md section 4).
+//
+//   acc[p, m] = sum_k (x[p, k] - z_x) * w_int[m, k]      k = (ky, kx, c) within m's group
+//
+// Per tile of output positions the needed input pixels are gathered into an int16 row panel
+// (x - z_x, zero padding becomes exactly 0: no full im2col buffer), multiplied against weights
+// pre-packed once at load into blocks of 8 output channels x pairs of k (the layout vpmaddwd
+// reads: a broadcast pair of activations times 8 channel pairs gives 8 int32 partial sums), and
+// the int32 accumulators of the tile go through a fused epilogue: bias, fixed-point
+// requantization, clamp (ReLU) and narrowing to uint8 codes, or the float logits.
+//
+// int16 x int16 pair sums are exact: the load-time bound K * max|x - z| * max|w| < 2^31 covers
+// every partial sum. Every ISA path computes the same integers; the scalar path is the reference.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/isa.h"
+
+namespace qcnn {
+
+struct ConvGeom {
+  int64_t h = 1, w = 1, c = 1;  // input plane and channels (the NHWC row length)
+  int64_t m = 1;                // output channels
+  int64_t groups = 1;
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t oh = 1, ow = 1;
+  int64_t cg() const { return c / groups; }
+  int64_t mg() const { return m / groups; }
+  int64_t k() const { return cg() * kh * kw; }
+  int64_t positions() const { return oh * ow; }
+  int64_t macs() const { return positions() * m * k(); }
+};
+
+// Validates the geometry (std::invalid_argument naming the bad field) and computes oh, ow.
+ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t groups, int kh, int kw, int sh, int sw,
+                        int ph, int pw, int dh, int dw);
+
+// How the int32 accumulators become the output of the node.
+struct ConvEpilogue {
+  bool float_output = false;
+  // quantized: out = clamp(zero_point + RS(acc * multiplier + bias, shift), lo, hi) - store_offset
+  std::vector<int32_t> multiplier, shift;  // [M], shift in [0, 62]
+  std::vector<int64_t> bias;               // [M]
+  int32_t zero_point = 0, lo = 0, hi = 0, store_offset = 0;
+  // float (the logits): out = fma(float(acc), scale, bias)
+  std::vector<float> scale, float_bias;  // [M]
+};
+
+enum class Storage { U8, I32, F32 };
+
+// Requantization constants of 8 output channels as the AVX2 epilogue reads them: int64 lanes
+// split into even and odd channels (vpmuldq multiplies the even int32 lanes).
+struct alignas(32) RequantBlock {
+  int32_t multiplier[8];
+  int64_t bias_even[4], bias_odd[4], shift_even[4], shift_odd[4];
+};
+
+struct PackedConv {
+  ConvGeom g;
+  Isa isa = Isa::Scalar;
+  int64_t kp = 0;                  // k rounded up to even
+  int64_t mg8 = 0;                 // channels per group rounded up to 8
+  bool depthwise = false;          // groups = in = out channels: its own kernel
+  std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
+  ConvEpilogue epi;
+  std::vector<int64_t> rounded_bias;  // bias + 2^(shift-1): the rounding folded into the bias
+  std::vector<RequantBlock> requant_blocks;  // [M / 8]
+};
+
+// weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
+// |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load).
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa);
+
+// One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
+// stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32).
+// num_threads > 1 splits the output positions between threads (the batch-1 path).
+void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
+                int num_threads);
+
+// Measured peak integer multiply-accumulate throughput of the best kernel instruction of this CPU
+// (vpmaddwd + vpaddd from registers on AVX2, no memory traffic) over about `seconds`, in G MACs/s
+// summed over `threads` threads: what a layer's MACs/s is compared with. Without VNNI this is also
+// the int8 peak: u8 x s8 (vpmaddubsw + vpmaddwd) needs two multiplies per 32 MACs, as vpmaddwd does.
+double int8_peak_gmacs(double seconds, int threads);
+
+}  // namespace qcnn

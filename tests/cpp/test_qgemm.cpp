@@ -1,0 +1,152 @@
+// The implicit-GEMM convolution: every ISA path against a direct reference on random shapes.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/isa.h"
+#include "core/qgemm.h"
+#include "core/requant.h"
+
+using namespace qcnn;
+
+namespace {
+
+struct Case {
+  ConvGeom g;
+  std::vector<uint8_t> x;       // NHWC stored codes
+  int32_t x_sub = 0;
+  std::vector<int16_t> w;       // [M][K], (ky, kx, c) per group
+  ConvEpilogue epi;
+};
+
+Case random_case(std::mt19937& rng, bool float_output) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Case t;
+  const int kind = pick(0, 5);  // 0: grouped, 1: depthwise, else dense
+  const int groups = kind == 0 ? pick(2, 3) : kind == 1 ? pick(2, 40) : 1;
+  const int64_t cg = kind == 1 ? 1 : pick(1, 21), mg = kind == 1 ? 1 : pick(1, 29);
+  const int kh = pick(1, 4), kw = pick(1, 4), sh = pick(1, 2), sw = pick(1, 2);
+  const int dh = pick(0, 4) == 0 ? 2 : 1, dw = dh;
+  const int ph = pick(0, kh / 2 + 1), pw = pick(0, kw / 2 + 1);
+  const int64_t h = pick(dh * (kh - 1) + 1, 11), w = pick(dw * (kw - 1) + 1, 13);
+  t.g = make_conv_geom(h, w, cg * groups, mg * groups, groups, kh, kw, sh, sw, ph, pw, dh, dw);
+  t.x.resize(static_cast<size_t>(h * w * t.g.c));
+  for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
+  t.x_sub = pick(0, 255);
+  t.w.resize(static_cast<size_t>(t.g.m * t.g.k()));
+  const int wmax = pick(0, 1) ? 127 : 3000;
+  for (auto& v : t.w) v = static_cast<int16_t>(pick(-wmax, wmax));
+  const int64_t m = t.g.m;
+  t.epi.float_output = float_output;
+  if (float_output) {
+    for (int64_t i = 0; i < m; ++i) {
+      t.epi.scale.push_back(std::uniform_real_distribution<float>(-1e-3f, 1e-3f)(rng));
+      t.epi.float_bias.push_back(std::uniform_real_distribution<float>(-1, 1)(rng));
+    }
+  } else {
+    for (int64_t i = 0; i < m; ++i) {
+      t.epi.multiplier.push_back(pick(-(1 << 30), 1 << 30));
+      t.epi.shift.push_back(pick(20, 45));
+      t.epi.bias.push_back(static_cast<int64_t>(pick(-(1 << 30), 1 << 30)) << pick(0, 20));
+    }
+    t.epi.zero_point = pick(-20, 20);
+    t.epi.lo = pick(-40, 0);
+    t.epi.hi = t.epi.lo + 255;
+    t.epi.store_offset = t.epi.lo;
+  }
+  return t;
+}
+
+// Direct convolution with int64 sums and the epilogue written from docs/FORMAT.md.
+std::vector<double> reference(const Case& t) {
+  const ConvGeom& g = t.g;
+  std::vector<double> out(static_cast<size_t>(g.positions() * g.m));
+  for (int64_t oy = 0; oy < g.oh; ++oy)
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      for (int64_t o = 0; o < g.m; ++o) {
+        const int64_t grp = o / g.mg();
+        int64_t acc = 0;
+        for (int ky = 0; ky < g.kh; ++ky)
+          for (int kx = 0; kx < g.kw; ++kx)
+            for (int64_t c = 0; c < g.cg(); ++c) {
+              const int64_t iy = oy * g.sh - g.ph + ky * g.dh, ix = ox * g.sw - g.pw + kx * g.dw;
+              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+              const int64_t xv = int64_t{t.x[(iy * g.w + ix) * g.c + grp * g.cg() + c]} - t.x_sub;
+              acc += xv * t.w[o * g.k() + (ky * g.kw + kx) * g.cg() + c];
+            }
+        double& dst = out[(oy * g.ow + ox) * g.m + o];
+        if (t.epi.float_output) {
+          dst = std::fma(static_cast<float>(acc), t.epi.scale[o], t.epi.float_bias[o]);
+        } else {
+          const int64_t q = rounding_shift(acc * t.epi.multiplier[o] + t.epi.bias[o], t.epi.shift[o]) + t.epi.zero_point;
+          dst = static_cast<double>(std::clamp<int64_t>(q, t.epi.lo, t.epi.hi) - t.epi.store_offset);
+        }
+      }
+  return out;
+}
+
+// int32_input: the same codes stored as int32 with an offset of -1000 (the engine's wide values).
+template <typename Out>
+std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bool int32_input = false) {
+  PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa);
+  std::vector<Out> out(static_cast<size_t>(t.g.positions() * t.g.m));
+  if (int32_input) {
+    std::vector<int32_t> wide(t.x.begin(), t.x.end());
+    for (auto& v : wide) v += 1000;
+    conv_image(pc, wide.data(), Storage::I32, t.x_sub + 1000, out.data(), storage, threads);
+  } else {
+    conv_image(pc, t.x.data(), Storage::U8, t.x_sub, out.data(), storage, threads);
+  }
+  return std::vector<double>(out.begin(), out.end());
+}
+
+}  // namespace
+
+TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qgemm]") {
+  std::mt19937 rng(7);
+  for (Isa isa : {Isa::Scalar, Isa::Avx2}) {
+    if (!isa_supported(isa)) {
+      WARN("ISA " << isa_name(isa) << " is not supported by this CPU: not tested here");
+      continue;
+    }
+    for (int trial = 0; trial < 200; ++trial) {
+      const bool float_output = trial % 3 == 0;
+      const Case t = random_case(rng, float_output);
+      INFO("isa " << isa_name(isa) << " trial " << trial << " h=" << t.g.h << " w=" << t.g.w << " c=" << t.g.c
+                  << " m=" << t.g.m << " groups=" << t.g.groups << " k=" << t.g.kh << "x" << t.g.kw);
+      const auto want = reference(t);
+      const int threads = trial % 2 ? 2 : 1;
+      if (float_output) {
+        CHECK(run<float>(t, isa, Storage::F32, threads) == want);
+      } else {
+        CHECK(run<uint8_t>(t, isa, Storage::U8, threads) == want);
+        CHECK(run<int32_t>(t, isa, Storage::I32, threads) == want);
+        CHECK(run<uint8_t>(t, isa, Storage::U8, threads, true) == want);
+      }
+    }
+  }
+}
+
+TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {
+  CHECK_THROWS_WITH(make_conv_geom(4, 4, 6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1), Catch::Contains("groups = 4"));
+  CHECK_THROWS_WITH(make_conv_geom(2, 2, 1, 1, 1, 5, 5, 1, 1, 0, 0, 1, 1), Catch::Contains("larger than the padded"));
+  CHECK_THROWS_WITH(make_conv_geom(8, 8, 1, 1, 1, 3, 3, 0, 1, 0, 0, 1, 1), Catch::Contains("stride"));
+}
+
+TEST_CASE("QCNN_ISA forces a path and rejects unknown names", "[qgemm]") {
+  setenv("QCNN_ISA", "scalar", 1);
+  CHECK(select_isa() == Isa::Scalar);
+  setenv("QCNN_ISA", "sse9", 1);
+  CHECK_THROWS_WITH(select_isa(), Catch::Contains("unknown path"));
+  unsetenv("QCNN_ISA");
+  CHECK(isa_supported(select_isa()));
+}
+
+TEST_CASE("int8 peak measurement is positive and physically possible", "[qgemm]") {
+  const double peak = int8_peak_gmacs(0.05, 1);
+  CHECK(peak > 0);
+  CHECK(peak < 1000);  // no CPU core does 1000 G int MACs/s: a folded loop would
+}

@@ -1,0 +1,183 @@
+"""qcnn.load runs the C++ integer engine (csrc/runtime) that build/qcnn-infer runs: bit-identical logits on
+exported models of every weight format, the engine's properties and profile, and its errors as ValueError."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import qcnn
+from qcnn import models
+from qcnn.export import Graph, read_qcnn, reference_forward
+from qcnn.quantize import calibrate_activations
+
+from export_helpers import random_cnn_graph, random_pixels, write_idx
+
+ROOT = Path(__file__).resolve().parents[2]
+QCNN_INFER = ROOT / "build" / "qcnn-infer"
+needs_infer = pytest.mark.skipif(not QCNN_INFER.is_file(),
+                                 reason=f"{QCNN_INFER} not built (make setup builds it with CMake)")
+
+# name -> (random_cnn_graph arguments, entropy coding)
+MODELS = {
+    "codebook_w4_channel": (dict(kind="codebook", bits=4, per_channel=True, seed=1), False),
+    "codebook_w4_tensor": (dict(kind="codebook", bits=4, seed=2), False),
+    "codebook_w4_huffman": (dict(kind="codebook", bits=4, seed=3), True),
+    "codebook_w2": (dict(kind="codebook", bits=2, act_bits=4, seed=4), False),
+    "binary_a2": (dict(kind="binary", bits=1, act_bits=2, seed=5), False),
+    "uniform_w8": (dict(kind="uniform", bits=8, seed=6), False),
+    "fixed_w6": (dict(kind="fixed", bits=6, seed=7), False),
+    "residual_add_global_avg": (dict(kind="codebook", bits=4, residual=True, avg=True, seed=8), False),
+    "avg_pool": (dict(kind="uniform", bits=4, avg_pool=True, seed=9), False),
+}
+
+
+def export_resnet(path: Path) -> None:
+    """qcnn's resnet_small (28x28, stride-2 convs, residual adds), 4-bit per-channel k-means weights, 2-bit PACT
+    activations and a signed 8-bit input quantizer, calibrated on random images."""
+    gen = torch.Generator().manual_seed(0)
+    model = models.create("resnet_small", width=8)
+    qcnn.quantize_(model, {"weight": {"kind": "codebook", "bits": 4, "method": "kmeans", "granularity": "channel"},
+                           "act": {"bits": 2, "method": "pact"}, "input_act": {"bits": 8, "signed": True}})
+    x = Graph((1, 28, 28), [0.286], [0.353]).normalize(
+        torch.randint(0, 256, (64, 1, 28, 28), generator=gen, dtype=torch.uint8))
+    calibrate_activations(model, [(x, None)], 1)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # fits the weight quantizers
+    qcnn.export(model, path, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("engine")
+    for name, (graph_args, entropy_coding) in MODELS.items():
+        qcnn.export(random_cnn_graph(**graph_args), directory / f"{name}.qcnn", entropy_coding=entropy_coding,
+                    verbose=False)
+    export_resnet(directory / "resnet_small.qcnn")
+    return directory
+
+
+def run_infer(model: Path, pixels: torch.Tensor, directory: Path, *extra: str) -> np.ndarray:
+    images, labels, logits = directory / "images.idx", directory / "labels.idx", directory / "logits.npy"
+    write_idx(images, pixels[:, 0].numpy())  # [N, H, W], magic 0x00000803
+    write_idx(labels, np.zeros(len(pixels), np.uint8))  # [N], magic 0x00000801
+    res = subprocess.run([str(QCNN_INFER), str(model), "--images", str(images), "--labels", str(labels),
+                          "--logits", str(logits), *extra], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["images"] == len(pixels)
+    return np.load(logits)
+
+
+@needs_infer
+@pytest.mark.parametrize("name", sorted(MODELS) + ["resnet_small"])
+def test_load_and_qcnn_infer_logits_are_bit_identical(model_dir, tmp_path, name):
+    model = qcnn.load(model_dir / f"{name}.qcnn")
+    pixels = random_pixels(203, model.input_shape, seed=11)
+    expected = model(pixels).numpy()
+    # Batches of 50 (the last one short) and 2 threads in qcnn-infer, one batch and the default in qcnn.load.
+    got = run_infer(model_dir / f"{name}.qcnn", pixels, tmp_path, "--batch", "50", "--threads", "2")
+    assert got.dtype == np.float32 and got.shape == expected.shape == (203, 10)
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_engine_agrees_with_the_fake_quant_graph(model_dir, name):
+    graph_args, _ = MODELS[name]
+    graph = random_cnn_graph(**graph_args)
+    pixels = random_pixels(256, seed=12)
+    ref = reference_forward(graph, graph.normalize(pixels))
+    out = qcnn.load(model_dir / f"{name}.qcnn")(pixels)
+    # Fixed-point rounding can move a value on a rounding boundary to the neighbouring code: a whole step of a
+    # 2-bit activation.
+    agreement = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    assert agreement >= (0.95 if graph_args.get("act_bits") == 2 else 0.98)
+
+
+def test_logits_do_not_depend_on_batching_or_threads(model_dir):
+    pixels = random_pixels(61, seed=13)
+    path = model_dir / "residual_add_global_avg.qcnn"
+    whole = qcnn.load(path)(pixels)
+    assert torch.equal(qcnn.load(path, threads=1)(pixels), whole)
+    assert torch.equal(qcnn.load(path, threads=2)(pixels), whole)
+    assert torch.equal(torch.cat([qcnn.load(path)(chunk) for chunk in pixels.split(8)]), whole)
+    # A non-contiguous batch is read as its values.
+    wide = torch.cat([pixels, pixels], 3)[..., ::2]
+    assert torch.equal(qcnn.load(path)(wide), qcnn.load(path)(wide.contiguous()))
+
+
+def test_empty_batch(model_dir):
+    out = qcnn.load(model_dir / "codebook_w2.qcnn")(torch.zeros(0, 1, 16, 16, dtype=torch.uint8))
+    assert out.dtype == torch.float32 and tuple(out.shape) == (0, 10)
+
+
+def test_properties_and_profile(model_dir):
+    path = model_dir / "residual_add_global_avg.qcnn"
+    model = qcnn.load(path)
+    doc, _ = read_qcnn(path)
+    assert model.input_shape == (1, 16, 16) and model.num_classes == 10
+    assert model.isa in ("avx512vnni", "avxvnni", "avx2", "scalar")
+    # conv1 8x(1*3*3) at 16x16, conv2 8x(8*3*3) at 8x8, fc 10x8
+    assert model.macs_per_image == 8 * 9 * 256 + 8 * 72 * 64 + 10 * 8
+    assert 0 < model.peak_activation_bytes(1) <= model.peak_activation_bytes(64)
+    assert model.peak_activation_bytes(0) >= 0
+    layers = model.profile(random_pixels(32, seed=14))
+    assert [layer.name for layer in layers] == [node["name"] for node in doc["nodes"]]
+    assert [layer.op for layer in layers] == [node["op"] for node in doc["nodes"]]
+    assert sum(layer.macs_per_image for layer in layers) == model.macs_per_image
+    assert all(layer.seconds >= 0 for layer in layers)
+    assert "residual_add_global_avg.qcnn" in repr(model)
+
+
+def test_int8_peak_gmacs():
+    assert torch.ops.qcnn.int8_peak_gmacs(0.01, 1) > 0
+    with pytest.raises(ValueError, match="seconds must be in"):
+        torch.ops.qcnn.int8_peak_gmacs(0.0, 1)
+    with pytest.raises(ValueError, match="threads must be in"):
+        torch.ops.qcnn.int8_peak_gmacs(0.01, 0)
+
+
+def test_bad_pixels_are_value_errors(model_dir):
+    model = qcnn.load(model_dir / "codebook_w2.qcnn")
+    with pytest.raises(ValueError, match=re.escape("pixels must be uint8 [N, 1, 16, 16], got dtype Float")):
+        model(torch.zeros(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=re.escape("pixels must have shape [N, 1, 16, 16], got [2, 1, 16, 15]")):
+        model(torch.zeros(2, 1, 16, 15, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=re.escape("pixels must have shape [N, 1, 16, 16], got [1, 16, 16]")):
+        model(torch.zeros(1, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="threads must be an int >= 0"):
+        qcnn.load(model_dir / "codebook_w2.qcnn", threads=-1)
+
+
+def test_bad_files_are_value_errors_naming_the_file(tmp_path, model_dir):
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: is a directory")):
+        qcnn.load(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'missing.qcnn'}: cannot open")):
+        qcnn.load(tmp_path / "missing.qcnn")
+    data = (model_dir / "codebook_w4_tensor.qcnn").read_bytes()
+    for cut in (4, 100, len(data) // 2, len(data) - 1):
+        path = tmp_path / f"cut{cut}.qcnn"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=re.escape(path.name)):
+            qcnn.load(path)
+    garbage = tmp_path / "garbage.qcnn"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match=re.escape(garbage.name)):
+        qcnn.load(garbage)
+
+
+def test_load_limits(model_dir):
+    path = model_dir / "codebook_w4_tensor.qcnn"
+    macs = qcnn.load(path).macs_per_image
+    assert qcnn.load(path, max_macs_per_image=macs).macs_per_image == macs
+    with pytest.raises(ValueError, match="max_macs_per_image"):
+        qcnn.load(path, max_macs_per_image=macs - 1)
+    with pytest.raises(ValueError, match="exceeds the activation limit of 16 bytes per image"):
+        qcnn.load(path, max_activation_bytes_per_image=16)
+    with pytest.raises(ValueError, match="max_macs_per_image must be >= 1, got 0"):
+        qcnn.load(path, max_macs_per_image=0)
