@@ -75,6 +75,35 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
   }
 }
 
+// For convolutions whose kernel rows are short (first layers, few channels): the image minus z_x once
+// in a zero-bordered int16 copy [h + 2ph][w + 2pw][c], so that a panel row is kh plain copies of
+// kw * c values with no bounds checks (groups = 1, dilation 1 in x).
+template <typename T>
+void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<int16_t>& padded) {
+  const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
+  padded.assign(static_cast<size_t>(hp * wp * g.c), 0);
+  for (int64_t iy = 0; iy < g.h; ++iy)
+    convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
+}
+
+void gather_panel_padded(const int16_t* padded, const ConvGeom& g, int64_t p0, int64_t rows, int64_t kp,
+                         int16_t* panel) {
+  const int64_t c = g.c, wp = g.w + 2 * g.pw, row_len = g.kw * c, ow = g.ow, sh = g.sh, sw = g.sw;
+  const int64_t kh = g.kh, ystep = int64_t{g.dh} * wp * c, k = g.k();
+  int64_t oy = p0 / ow, ox = p0 % ow;
+  for (int64_t r = 0; r < rows; ++r) {
+    int16_t* dst = panel + r * kp;
+    const int16_t* src = padded + (oy * sh * wp + ox * sw) * c;
+    for (int64_t ky = 0; ky < kh; ++ky)
+      for (int64_t i = 0; i < row_len; ++i) dst[ky * row_len + i] = src[ky * ystep + i];
+    if (kp > k) dst[k] = 0;
+    if (++ox == ow) {
+      ox = 0;
+      ++oy;
+    }
+  }
+}
+
 // c[r][j*8 + lane] = sum_q a[r][2q] * w[j][q][lane][0] + a[r][2q+1] * w[j][q][lane][1]
 template <int R, int J>
 void microkernel_scalar(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs, int32_t* c,
@@ -261,16 +290,22 @@ struct Workspace {
   std::vector<int32_t> acc;
 };
 
+bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1 && g.kw * g.c <= 32; }
+
+// padded: the image from pad_image when uses_padded_image(g), else null.
 template <typename In, typename Out>
-void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, int32_t x_sub, int64_t p0, int64_t rows,
-               Out* out, Workspace& ws) {
+void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, int32_t x_sub, const int16_t* padded,
+               int64_t p0, int64_t rows, Out* out, Workspace& ws) {
   const ConvGeom& g = pc.g;
   const int64_t kp = pc.kp, pairs = kp / 2, wblock = pairs * 16, nblocks = pc.mg8 / 8;
   const int64_t ldc = g.m + 8;  // a group's last block writes up to 7 padding lanes past its channels
   ws.panel.resize(static_cast<size_t>(rows * kp));
   ws.acc.resize(static_cast<size_t>(rows * ldc));
   for (int64_t group = 0; group < g.groups; ++group) {
-    gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
+    if (padded)
+      gather_panel_padded(padded, g, p0, rows, kp, ws.panel.data());
+    else
+      gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
     const int16_t* wg = pc.weights.data() + group * nblocks * wblock;
     int32_t* cg = ws.acc.data() + group * g.mg();
     for (int64_t b = 0; b < nblocks; b += kBlocks) {
@@ -317,11 +352,17 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   const int64_t positions = pc.g.positions(), rows = pc.depthwise ? 16 : tile_rows(pc.kp);
   const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
+  thread_local std::vector<int16_t> padded;
+  const int16_t* padded_image = nullptr;
+  if (!pc.depthwise && uses_padded_image(pc.g)) {
+    pad_image(x, x_sub, pc.g, padded);
+    padded_image = padded.data();
+  }
   auto tile = [&](int64_t t, Workspace& ws) {
     if (pc.depthwise)
       depthwise_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
     else
-      conv_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
+      conv_tile(pc, blocks, x, x_sub, padded_image, t * rows, std::min(rows, positions - t * rows), out, ws);
   };
   if (threads == 1 || tiles == 1) {
     thread_local Workspace ws;
