@@ -75,9 +75,9 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
   }
 }
 
-// For convolutions whose kernel rows are short (first layers, few channels): the image minus z_x once
-// in a zero-bordered int16 copy [h + 2ph][w + 2pw][c], so that a panel row is kh plain copies of
-// kw * c values with no bounds checks (groups = 1, dilation 1 in x).
+// The image minus z_x once in a zero-bordered int16 copy [h + 2ph][w + 2pw][c] (groups = 1, dilation 1
+// in x): a panel row is then kh plain copies of kw * c values, with no bounds checks and no conversion
+// (each input value is converted once instead of once per kernel tap).
 template <typename T>
 void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<int16_t>& padded) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
@@ -290,7 +290,7 @@ struct Workspace {
   std::vector<int32_t> acc;
 };
 
-bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1 && g.kw * g.c <= 32; }
+bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
 
 // padded: the image from pad_image when uses_padded_image(g), else null.
 template <typename In, typename Out>
@@ -451,6 +451,14 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   }
   pc.epi = std::move(epi);
   return pc;
+}
+
+int64_t conv_scratch_bytes(const PackedConv& pc) {
+  const ConvGeom& g = pc.g;
+  const int64_t rows = pc.depthwise ? 16 : tile_rows(pc.kp);
+  int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
+  if (!pc.depthwise && uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
+  return bytes;
 }
 
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,

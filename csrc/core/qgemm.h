@@ -78,6 +78,9 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
                 int num_threads);
 
+// Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).
+int64_t conv_scratch_bytes(const PackedConv& pc);
+
 // Measured peak integer multiply-accumulate throughput of the best kernel instruction of this CPU
 // (vpmaddwd + vpaddd from registers on AVX2, no memory traffic) over about `seconds`, in G MACs/s
 // summed over `threads` threads: what a layer's MACs/s is compared with. Without VNNI this is also

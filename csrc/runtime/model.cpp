@@ -160,6 +160,7 @@ struct Plan {
   std::vector<Value> values;  // 0 = the input codes
   std::vector<Node> nodes;
   int64_t num_classes = 0, macs = 0, arena_bytes = 0;
+  int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
 
   void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
                  std::vector<double>* node_seconds) const;
@@ -622,9 +623,12 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   plan.values[0].count = checked_numel(plan.input_shape, iwhere);
   plan.values[0].bytes = plan.values[0].count * storage_bytes(plan.values[0].storage);
   plan.arena_bytes = assign_arena(plan.values, plan.nodes);
-  if (plan.arena_bytes > options.max_activation_bytes_per_image)
-    fail(origin, "live activations of " + std::to_string(plan.arena_bytes) + " bytes per image exceed the limit of " +
-                     std::to_string(options.max_activation_bytes_per_image));
+  for (const Node& node : plan.nodes)
+    if (const auto* conv = std::get_if<ConvStep>(&node.step))
+      plan.scratch_bytes = std::max(plan.scratch_bytes, conv_scratch_bytes(conv->packed));
+  if (plan.arena_bytes + plan.scratch_bytes > options.max_activation_bytes_per_image)
+    fail(origin, "live activations and scratch of " + std::to_string(plan.arena_bytes + plan.scratch_bytes) +
+                     " bytes per image exceed the limit of " + std::to_string(options.max_activation_bytes_per_image));
   return model;
 }
 
@@ -761,7 +765,10 @@ int64_t Model::num_classes() const { return plan_->num_classes; }
 size_t Model::num_nodes() const { return plan_->nodes.size(); }
 int64_t Model::macs_per_image() const { return plan_->macs; }
 int64_t Model::peak_activation_bytes(int64_t batch) const {
-  return plan_->arena_bytes * std::max<int64_t>(1, std::min<int64_t>(batch, resolve_threads(0)));
+  // Each thread holds one image's arena and its scratch (at batch < threads, one image shares them).
+  const int64_t threads = resolve_threads(0);
+  if (batch >= threads) return (plan_->arena_bytes + plan_->scratch_bytes) * threads;
+  return plan_->arena_bytes + plan_->scratch_bytes * threads;
 }
 const char* Model::isa() const { return isa_name(plan_->isa); }
 

@@ -49,7 +49,8 @@ class Model {
   int64_t num_classes() const;
   size_t num_nodes() const;
   int64_t macs_per_image() const;
-  // Bytes of activation workspace a run of `batch` images holds at its peak (buffers reused by liveness).
+  // Bytes of activation workspace a run of `batch` images holds at its peak with the default number of
+  // threads: per busy thread one image's arena (buffers reused by liveness) and the kernels' scratch.
   int64_t peak_activation_bytes(int64_t batch) const;
   // The instruction set the kernels were chosen for at load ("avx2" or "scalar"; QCNN_ISA forces one).
   const char* isa() const;

@@ -3,6 +3,7 @@ exported models of every weight format, the engine's properties and profile, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -84,6 +85,35 @@ def test_load_and_qcnn_infer_logits_are_bit_identical(model_dir, tmp_path, name)
     got = run_infer(model_dir / f"{name}.qcnn", pixels, tmp_path, "--batch", "50", "--threads", "2")
     assert got.dtype == np.float32 and got.shape == expected.shape == (203, 10)
     assert np.array_equal(got, expected)
+
+
+@needs_infer
+@pytest.mark.parametrize("name", ["codebook_w4_channel", "uniform_w8", "residual_add_global_avg", "resnet_small"])
+def test_every_kernel_path_gives_the_same_logits(model_dir, tmp_path, name):
+    """QCNN_ISA=scalar (the portable reference path) and the CPU's vector path compute the same integers."""
+    pixels = random_pixels(37, qcnn.load(model_dir / f"{name}.qcnn").input_shape, seed=13)
+    logits = {}
+    for isa in ("scalar", "avx2"):
+        env = dict(os.environ, QCNN_ISA=isa)
+        images, labels = tmp_path / "images.idx", tmp_path / "labels.idx"
+        write_idx(images, pixels[:, 0].numpy())
+        write_idx(labels, np.zeros(len(pixels), np.uint8))
+        out = tmp_path / f"logits_{isa}.npy"
+        res = subprocess.run([str(QCNN_INFER), str(model_dir / f"{name}.qcnn"), "--images", str(images), "--labels",
+                              str(labels), "--logits", str(out), "--threads", "2"],
+                             capture_output=True, text=True, timeout=120, env=env)
+        if isa != "scalar" and "cannot run that path" in res.stderr:
+            pytest.skip(f"this CPU has no {isa}")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout.strip().splitlines()[-1])["isa"] == isa
+        logits[isa] = np.load(out)
+    assert np.array_equal(logits["scalar"], logits["avx2"])
+
+
+def test_unknown_isa_is_an_error(model_dir, monkeypatch):
+    monkeypatch.setenv("QCNN_ISA", "avx9000")
+    with pytest.raises(ValueError, match="QCNN_ISA=avx9000: unknown path"):
+        qcnn.load(model_dir / "codebook_w4_channel.qcnn")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
