@@ -193,7 +193,7 @@ struct Loader {
   std::map<std::string, int> value_ids;
   std::string origin;
 
-  std::string tensor_where(const std::string& name) const { return origin + ": tensor '" + name + "'"; }
+  std::string tensor_where(const std::string& name) const { return origin + ": tensor '" + printable(name) + "'"; }
 
   const Value& input(const Node& n, size_t i = 0) const { return plan.values[n.inputs[i]]; }
 
@@ -576,11 +576,11 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     Node node;
     node.name = get_string(nd, "name", where);
     if (node.name.size() > 256) fail(where, "name longer than 256 bytes");
-    where = origin + ": node " + std::to_string(ni) + " '" + node.name + "'";
+    where = origin + ": node " + std::to_string(ni) + " '" + printable(node.name, 64) + "'";
     if (ld.value_ids.count(node.name)) fail(where, "duplicate node name");
     node.op_name = get_string(nd, "op", where);
     auto parser = parsers.find(node.op_name);
-    if (parser == parsers.end()) fail(where, "unknown op '" + node.op_name.substr(0, 64) + "'");
+    if (parser == parsers.end()) fail(where, "unknown op '" + printable(node.op_name, 64) + "'");
     node.op = parser->second.first;
     const json& inputs = field(nd, "inputs", where);
     const size_t want_inputs = node.op == Op::Add ? 2 : 1;
@@ -589,7 +589,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     for (const auto& name : inputs) {
       if (!name.is_string()) fail(where, "'inputs' must hold value names");
       auto id = ld.value_ids.find(name.get<std::string>());
-      if (id == ld.value_ids.end()) fail(where, "input '" + name.get<std::string>().substr(0, 64) + "' is not an earlier value");
+      if (id == ld.value_ids.end()) fail(where, "input '" + printable(name.get<std::string>(), 64) + "' is not an earlier value");
       if (plan.values[id->second].is_float) fail(where, "an input is the float output; only the last node may be float");
       node.inputs.push_back(id->second);
     }
