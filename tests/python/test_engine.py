@@ -211,3 +211,14 @@ def test_load_limits(model_dir):
         qcnn.load(path, max_activation_bytes_per_image=16)
     with pytest.raises(ValueError, match="max_macs_per_image must be >= 1, got 0"):
         qcnn.load(path, max_macs_per_image=0)
+
+
+def test_copy_and_pickle_reload_the_file(model_dir, tmp_path):
+    import copy
+    import pickle
+
+    model = qcnn.load(model_dir / "codebook_w4_channel.qcnn", threads=1, max_macs_per_image=10 ** 9)
+    pixels = random_pixels(9, model.input_shape, seed=14)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other.threads == 1 and other.limits["max_macs_per_image"] == 10 ** 9
+        assert torch.equal(other(pixels), model(pixels))

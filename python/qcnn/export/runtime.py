@@ -20,11 +20,22 @@ class LayerProfile(NamedTuple):
 class IntegerModel(nn.Module):
     """Integer inference of a .qcnn file: uint8 pixels [N, C, H, W] -> float32 logits [N, classes]."""
 
-    def __init__(self, engine: torch.ScriptObject, path: Path, threads: int = 0):
+    def __init__(self, engine: torch.ScriptObject, path: Path, threads: int = 0, limits: dict | None = None):
         super().__init__()
         self.engine = engine
         self.path = path
         self.threads = threads  # 0: the OpenMP default, which torch.set_num_threads sets
+        self.limits = dict(limits or {})
+
+    def __getstate__(self) -> dict:
+        # The engine is a C++ object: a copy or a pickle holds the path and loads the file again.
+        state = self.__dict__.copy()
+        state.pop("engine", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.engine = _engine(self.path, **self.limits)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -70,5 +81,9 @@ def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int |
     path = Path(path)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an int >= 0 (0 = the default), got {threads!r}")
-    engine = torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image)
-    return IntegerModel(engine, path, threads)
+    limits = {"max_macs_per_image": max_macs_per_image, "max_activation_bytes_per_image": max_activation_bytes_per_image}
+    return IntegerModel(_engine(path, **limits), path, threads, limits)
+
+
+def _engine(path: Path, max_macs_per_image: int | None, max_activation_bytes_per_image: int | None):
+    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image)
