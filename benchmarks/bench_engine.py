@@ -102,13 +102,6 @@ def calibration_set(cfg: qconfig.RunConfig) -> tuple[torch.Tensor, torch.Tensor]
     return images[idx], labels[idx]
 
 
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """An uncompressed uint8 IDX file (the format qcnn.data.read_idx documents)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    return path
-
-
 class PixelNet(nn.Module):
     """uint8 pixels -> logits: the float model behind the normalisation the .qcnn file applies to its input."""
 
@@ -434,7 +427,8 @@ def main() -> None:
         n_test, n_latency = (512, 16) if args.quick else (images.shape[0], LATENCY_IMAGES)
         images, labels = images[:n_test].unsqueeze(1), labels[:n_test]
         sets = {BATCH: (images, labels), 1: (images[:n_latency], labels[:n_latency])}
-        idx = {b: (write_idx(tmp / f"images-{b}.idx", x.numpy()), write_idx(tmp / f"labels-{b}.idx", y.numpy()))
+        idx = {b: (data.write_idx(tmp / f"images-{b}.idx", x.numpy()),
+                   data.write_idx(tmp / f"labels-{b}.idx", y.numpy()))
                for b, (x, y) in sets.items()}
         print("building the engines: onnxruntime, torch.ao, qcnn (post-training quantization, export)", flush=True)
         anchor_builders, qcnn_files, net, ao_model = build_engines(float_model, calib, tmp)

@@ -27,7 +27,11 @@ constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays i
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-int64_t tile_rows(int64_t kp) { return std::clamp<int64_t>(kPanelBytes / (2 * kp) / kRows * kRows, kRows, 64); }
+// Output positions per tile: the GEMM's int16 panel fills kPanelBytes; depthwise has no panel.
+int64_t tile_rows(const PackedConv& pc) {
+  if (pc.depthwise) return 16;
+  return std::clamp<int64_t>(kPanelBytes / (2 * pc.kp) / kRows * kRows, kRows, 64);
+}
 
 // d[i] = s[i] - sub in int16 arithmetic: the true difference fits int16 (checked at load), so the
 // wrap-around of the narrow subtraction gives it exactly, and the loop vectorizes.
@@ -38,12 +42,12 @@ inline void convert_run(const T* s, int64_t n, int32_t sub, int16_t* d) {
 }
 
 // Row panel of one tile and one group: panel[r][k] = x[pixel(p0 + r, k)] - z_x, 0 outside the image.
+// For the convolutions that do not use the padded image (groups > 1, dilation in x).
 template <typename T>
 void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, int64_t p0, int64_t rows, int64_t kp,
                   int16_t* panel) {
   const int64_t cg = g.cg();
   const T* xg = x + group * cg;
-  const bool runs = g.groups == 1 && g.dw == 1;  // the taps of a kernel row are one contiguous run
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
     int16_t* dst = panel + r * kp;
@@ -53,13 +57,6 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
       int16_t* drow = dst + int64_t{ky} * g.kw * cg;
       if (iy < 0 || iy >= g.h) {
         std::fill(drow, drow + g.kw * cg, int16_t{0});
-        continue;
-      }
-      if (runs) {
-        const int64_t kx0 = std::clamp<int64_t>(-ix0, 0, g.kw), kx1 = std::clamp<int64_t>(g.w - ix0, kx0, g.kw);
-        std::fill(drow, drow + kx0 * cg, int16_t{0});
-        convert_run(xg + (iy * g.w + ix0 + kx0) * g.c, (kx1 - kx0) * cg, x_sub, drow + kx0 * cg);
-        std::fill(drow + kx1 * cg, drow + g.kw * cg, int16_t{0});
         continue;
       }
       for (int kx = 0; kx < g.kw; ++kx) {
@@ -198,11 +195,6 @@ Microkernel microkernel(Isa isa, int rows, int blocks) {
 }
 #undef QCNN_MK_TABLE
 
-template <typename Out>
-inline void store_code(Out* out, int64_t v) {
-  *out = static_cast<Out>(v);
-}
-
 // Scalar epilogue of channels [m0, m1) of one row.
 template <typename Out>
 void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64_t m1, Out* out) {
@@ -214,7 +206,7 @@ void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64
       int64_t v = int64_t{acc[m]} * e.multiplier[m] + pc.rounded_bias[m];
       v >>= e.shift[m];  // arithmetic: floor division by 2^shift, the rounding is in the bias
       v = std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
-      store_code(out + m, v - e.store_offset);
+      out[m] = static_cast<Out>(v - e.store_offset);
     }
   }
 }
@@ -349,12 +341,12 @@ void depthwise_tile(const PackedConv& pc, const RequantBlock* blocks, const In* 
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads) {
   const RequantBlock* blocks = pc.requant_blocks.data();
-  const int64_t positions = pc.g.positions(), rows = pc.depthwise ? 16 : tile_rows(pc.kp);
+  const int64_t positions = pc.g.positions(), rows = tile_rows(pc);
   const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
   thread_local std::vector<int16_t> padded;
   const int16_t* padded_image = nullptr;
-  if (!pc.depthwise && uses_padded_image(pc.g)) {
+  if (uses_padded_image(pc.g)) {  // never depthwise (groups > 1)
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
   }
@@ -455,9 +447,9 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
 
 int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
-  const int64_t rows = pc.depthwise ? 16 : tile_rows(pc.kp);
+  const int64_t rows = tile_rows(pc);
   int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
-  if (!pc.depthwise && uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
+  if (uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
   return bytes;
 }
 
@@ -513,8 +505,13 @@ double int8_peak_gmacs(double seconds, int threads) {
 #pragma omp parallel num_threads(threads) reduction(+ : total)
   {
     using clock = std::chrono::steady_clock;
-    int64_t iterations = 1 << 16, done = 0;
+    const int64_t iterations = 1 << 16;
+    int64_t done = 0;
     volatile int64_t sink = 0;
+    // Without a vector unit: the scalar microkernel itself, a 3 x 24 tile over 64 k-pairs in L1.
+    constexpr int64_t kPairs = 64, kCalls = 64;
+    const std::vector<int16_t> a(3 * 2 * kPairs, 3), w(kBlocks * kPairs * 16, -2);
+    std::vector<int32_t> c(3 * 8 * kBlocks);
     const auto start = clock::now();
     double elapsed = 0;
     while (elapsed < seconds) {
@@ -525,10 +522,10 @@ double int8_peak_gmacs(double seconds, int threads) {
       } else
 #endif
       {
-        int32_t acc = 0;
-        for (int64_t i = 0; i < iterations; ++i) acc += int32_t(i & 7) * 3;
-        sink = sink + acc;
-        done += iterations;
+        for (int64_t i = 0; i < kCalls; ++i)
+          microkernel_scalar<kRows, kBlocks>(a.data(), 2 * kPairs, w.data(), kPairs * 16, kPairs, c.data(), 8 * kBlocks);
+        sink = sink + c[0];
+        done += kCalls * kRows * 8 * kBlocks * 2 * kPairs;
       }
       elapsed = std::chrono::duration<double>(clock::now() - start).count();
     }

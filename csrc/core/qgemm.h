@@ -82,7 +82,8 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 int64_t conv_scratch_bytes(const PackedConv& pc);
 
 // Measured peak integer multiply-accumulate throughput of the best kernel instruction of this CPU
-// (vpmaddwd + vpaddd from registers on AVX2, no memory traffic) over about `seconds`, in G MACs/s
+// (vpmaddwd + vpaddd from registers on AVX2, no memory traffic; without AVX2 the scalar microkernel on
+// L1-resident operands) over about `seconds`, in G MACs/s
 // summed over `threads` threads: what a layer's MACs/s is compared with. Without VNNI this is also
 // the int8 peak: u8 x s8 (vpmaddubsw + vpmaddwd) needs two multiplies per 32 MACs, as vpmaddwd does.
 double int8_peak_gmacs(double seconds, int threads);

@@ -14,12 +14,6 @@ namespace {
 
 constexpr uint64_t kMaxDeflateRatio = 1032;  // zlib's documented maximum compression factor
 
-std::string dims_str(const std::vector<int64_t>& dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
-}
-
 // Streams the decompressed bytes of one or more concatenated gzip members held in memory.
 class GzipReader {
  public:
@@ -122,7 +116,7 @@ Header parse_header(Get&& get, const std::string& origin, uint64_t max_bytes) {
     h.dims.push_back(static_cast<int64_t>(dim));
   }
   if (overflow || h.total > max_bytes)
-    throw FormatError(origin + ": IDX dimensions " + dims_str(h.dims) + " declare more than the limit of " +
+    throw FormatError(origin + ": IDX dimensions " + shape_str(h.dims) + " declare more than the limit of " +
                       std::to_string(max_bytes) + " data bytes");
   return h;
 }
@@ -139,12 +133,12 @@ Header check_raw(const uint8_t* bytes, size_t size, const std::string& origin, u
   Header h = parse_header(get, origin, max_bytes);
   const uint64_t have = size - pos;
   if (have < h.total)
-    throw FormatError(origin + ": IDX data truncated: dimensions " + dims_str(h.dims) + " need " +
+    throw FormatError(origin + ": IDX data truncated: dimensions " + shape_str(h.dims) + " need " +
                       std::to_string(h.total) + " bytes from byte " + std::to_string(pos) + ", the file has " +
                       std::to_string(have));
   if (have > h.total)
     throw FormatError(origin + ": " + std::to_string(have - h.total) + " trailing bytes after the " +
-                      std::to_string(h.total) + " data bytes of dimensions " + dims_str(h.dims) + " (at byte " +
+                      std::to_string(h.total) + " data bytes of dimensions " + shape_str(h.dims) + " (at byte " +
                       std::to_string(pos + h.total) + ")");
   *data_pos = pos;
   return h;
@@ -166,7 +160,7 @@ IdxArray parse_gzip(const uint8_t* bytes, size_t size, const std::string& origin
   uint64_t bound = 0;
   if (!__builtin_mul_overflow(static_cast<uint64_t>(gz.remaining_input()), kMaxDeflateRatio, &bound) &&
       h.total > bound + 1024)
-    throw FormatError(where + ": IDX dimensions " + dims_str(h.dims) + " declare " + std::to_string(h.total) +
+    throw FormatError(where + ": IDX dimensions " + shape_str(h.dims) + " declare " + std::to_string(h.total) +
                       " data bytes, more than the " + std::to_string(gz.remaining_input()) +
                       " remaining compressed bytes can hold");
   IdxArray arr;
@@ -181,7 +175,7 @@ IdxArray parse_gzip(const uint8_t* bytes, size_t size, const std::string& origin
     const size_t got = gz.read(arr.data.data() + filled, chunk);
     filled += got;
     if (got < chunk)
-      throw FormatError(where + ": IDX data truncated: dimensions " + dims_str(arr.dims) + " need " +
+      throw FormatError(where + ": IDX data truncated: dimensions " + shape_str(arr.dims) + " need " +
                         std::to_string(total) + " bytes from byte " + std::to_string(out_pos) +
                         ", the stream holds " + std::to_string(filled));
   }
@@ -189,7 +183,7 @@ IdxArray parse_gzip(const uint8_t* bytes, size_t size, const std::string& origin
   const size_t more = gz.read(extra, sizeof extra);  // also checks the CRC and what follows the last member
   if (more > 0)
     throw FormatError(where + ": trailing data after the " + std::to_string(total) + " data bytes of dimensions " +
-                      dims_str(arr.dims) + " (at decompressed byte " + std::to_string(out_pos + total) + ")");
+                      shape_str(arr.dims) + " (at decompressed byte " + std::to_string(out_pos + total) + ")");
   return arr;
 }
 

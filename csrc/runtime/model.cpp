@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <variant>
@@ -27,12 +26,6 @@ namespace {
 constexpr int64_t kMaxDim = int64_t{1} << 24;
 constexpr int64_t kAlign = 64;
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
-
 // Product of positive dimensions, each <= kMaxDim; FormatError past `limit`.
 int64_t checked_numel(const std::vector<int64_t>& s, const std::string& where, int64_t limit = int64_t{1} << 40) {
   int64_t n = 1;
@@ -48,16 +41,18 @@ const json& field(const json& obj, const char* key, const std::string& where) {
   return obj[key];
 }
 
-int64_t get_int(const json& obj, const char* key, const std::string& where, int64_t lo, int64_t hi) {
-  const json& v = field(obj, key, where);
-  if (!v.is_number_integer()) fail(where, std::string("field '") + key + "' must be an integer");
-  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
-    fail(where, std::string("field '") + key + "' is out of range");
+// `v` as an integer in [lo, hi]; `what` names it in the errors ("field 'k'", "field 'k' entry").
+int64_t json_int(const json& v, const std::string& what, const std::string& where, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) fail(where, what + " must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) fail(where, what + " is out of range");
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
-    fail(where, std::string("field '") + key + "' = " + std::to_string(x) + " outside [" + std::to_string(lo) + ", " +
-                    std::to_string(hi) + "]");
+    fail(where, what + " = " + std::to_string(x) + " outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return x;
+}
+
+int64_t get_int(const json& obj, const char* key, const std::string& where, int64_t lo, int64_t hi) {
+  return json_int(field(obj, key, where), std::string("field '") + key + "'", where, lo, hi);
 }
 
 std::vector<int64_t> get_ints(const json& obj, const char* key, const std::string& where, size_t count, int64_t lo,
@@ -67,16 +62,7 @@ std::vector<int64_t> get_ints(const json& obj, const char* key, const std::strin
     fail(where, std::string("field '") + key + "' must be an array of " + (count ? std::to_string(count) : "a few") +
                     " integers");
   std::vector<int64_t> out;
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (!v[i].is_number_integer()) fail(where, std::string("field '") + key + "' must hold integers");
-    if (v[i].is_number_unsigned() && v[i].get<uint64_t>() > uint64_t(INT64_MAX))
-      fail(where, std::string("field '") + key + "' entry is out of range");
-    const int64_t x = v[i].get<int64_t>();
-    if (x < lo || x > hi)
-      fail(where, std::string("field '") + key + "' entry " + std::to_string(x) + " outside [" + std::to_string(lo) +
-                      ", " + std::to_string(hi) + "]");
-    out.push_back(x);
-  }
+  for (const json& e : v) out.push_back(json_int(e, std::string("field '") + key + "' entry", where, lo, hi));
   return out;
 }
 
@@ -115,8 +101,7 @@ enum class Op { Conv, Linear, Requantize, Add, Relu, MaxPool, AvgPool, GlobalMax
 struct Value {
   std::vector<int64_t> shape;  // as declared, without the batch dimension ([C, H, W] or [F])
   int64_t lo = 0, hi = 0;      // range of its codes
-  bool is_float = false;
-  Storage storage = Storage::I32;
+  Storage storage = Storage::I32;  // F32 only for the logits of the last node
   int32_t offset = 0;          // code = stored + offset
   // A [F] value made by flatten of [C, H, W] with H * W > 1 keeps the NHWC element order (h, w, c):
   // the linear layer reading it permutes its weight columns once at load instead.
@@ -125,6 +110,8 @@ struct Value {
   int64_t bytes = 0;            // per image
   int64_t arena_offset = 0;
   size_t last_use = 0;
+
+  bool is_float() const { return storage == Storage::F32; }
 };
 
 struct ConvStep {
@@ -182,13 +169,20 @@ void choose_storage(Value& v) {
   }
 }
 
+// `v` with its codes in [lo, hi], stored accordingly.
+Value with_range(Value v, int64_t lo, int64_t hi) {
+  v.lo = lo;
+  v.hi = hi;
+  choose_storage(v);
+  return v;
+}
+
 CodesIn codes_in(const Value& v, const uint8_t* arena) { return {arena + v.arena_offset, v.storage, v.offset}; }
 CodesOut codes_out(const Value& v, uint8_t* arena) { return {arena + v.arena_offset, v.storage, v.offset}; }
 
 // Everything the parsers of the nodes share.
 struct Loader {
   const SafetensorsFile& file;
-  const LoadOptions& options;
   Plan& plan;
   std::map<std::string, int> value_ids;
   std::string origin;
@@ -343,7 +337,6 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
     epi.float_bias = copy_tensor<float>(file.tensor(node.name + ".output.bias", DType::F32, {m}));
     require_finite(epi.scale, tensor_where(node.name + ".output.scale"));
     require_finite(epi.float_bias, tensor_where(node.name + ".output.bias"));
-    out.is_float = true;
     out.storage = Storage::F32;
   } else {
     epi.zero_point = out_zero_point(nd, where);
@@ -364,9 +357,7 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
         fail(tensor_where(node.name + ".requant.bias"),
              "entry " + std::to_string(i) + ": accumulator * multiplier + bias can overflow int64");
     }
-    out.lo = epi.lo;
-    out.hi = epi.hi;
-    choose_storage(out);
+    out = with_range(std::move(out), epi.lo, epi.hi);
     epi.store_offset = out.offset;
   }
   ConvStep step;
@@ -384,11 +375,7 @@ Value Loader::parse_requantize(const json& nd, Node& node, const std::string& wh
   st.out_zero_point = out_zero_point(nd, where);
   std::tie(st.lo, st.hi) = read_clamp(nd, where);
   node.step = st;
-  Value out = input(node);
-  out.lo = st.lo;
-  out.hi = st.hi;
-  choose_storage(out);
-  return out;
+  return with_range(input(node), st.lo, st.hi);
 }
 
 Value Loader::parse_add(const json& nd, Node& node, const std::string& where) {
@@ -405,22 +392,15 @@ Value Loader::parse_add(const json& nd, Node& node, const std::string& where) {
   if (a.shape != b.shape) fail(where, "add inputs have different shapes " + shape_str(a.shape) + " and " + shape_str(b.shape));
   if (a.hwc_source != b.hwc_source) fail(where, "add of a flattened and a non-flattened value is not supported");
   node.step = st;
-  Value out = a;
-  out.lo = st.lo;
-  out.hi = st.hi;
-  choose_storage(out);
-  return out;
+  return with_range(a, st.lo, st.hi);
 }
 
 Value Loader::parse_relu(const json& nd, Node& node, const std::string& where) {
   ClampStep st;
   std::tie(st.lo, st.hi) = read_clamp(nd, where);
   node.step = st;
-  Value out = input(node);
-  out.lo = std::clamp<int64_t>(out.lo, st.lo, st.hi);
-  out.hi = std::clamp<int64_t>(out.hi, st.lo, st.hi);
-  choose_storage(out);
-  return out;
+  const Value& x = input(node);
+  return with_range(x, std::clamp<int64_t>(x.lo, st.lo, st.hi), std::clamp<int64_t>(x.hi, st.lo, st.hi));
 }
 
 Value Loader::parse_pool(const json& nd, Node& node, const std::string& where) {
@@ -494,7 +474,7 @@ int64_t assign_arena(std::vector<Value>& values, const std::vector<Node>& nodes)
   };
   place(0);
   for (size_t i = 0; i < nodes.size(); ++i) {
-    if (!values[nodes[i].output].is_float) place(nodes[i].output);
+    if (!values[nodes[i].output].is_float()) place(nodes[i].output);
     release(i);
   }
   return peak;
@@ -530,13 +510,13 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   } catch (const std::invalid_argument& e) {
     throw FormatError(e.what());
   }
-  Loader ld{file, options, plan, {}, origin};
+  Loader ld{file, plan, {}, origin};
 
   // Input: shape and the pixel -> code table.
   const std::string iwhere = origin + ": input";
   const json& input = field(doc, "input", mwhere);
   plan.input_shape = get_ints(input, "shape", iwhere, 3, 1, kMaxDim);
-  checked_numel(plan.input_shape, iwhere, kMaxDim);
+  const int64_t pixels = checked_numel(plan.input_shape, iwhere, kMaxDim);
   const int64_t channels = plan.input_shape[0];
   const std::string lut_name = get_string(input, "lut", iwhere);
   const auto lut16 = copy_tensor<int16_t>(file.tensor(lut_name, DType::I16, {channels, 256}));
@@ -549,9 +529,10 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       fail(ld.tensor_where(lut_name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
   Value in;
   in.shape = plan.input_shape;
-  in.lo = *std::min_element(plan.lut.begin(), plan.lut.end());
-  in.hi = *std::max_element(plan.lut.begin(), plan.lut.end());
-  choose_storage(in);
+  in = with_range(std::move(in), *std::min_element(plan.lut.begin(), plan.lut.end()),
+                  *std::max_element(plan.lut.begin(), plan.lut.end()));
+  in.count = pixels;
+  in.bytes = pixels * storage_bytes(in.storage);
   plan.values.push_back(in);
   ld.value_ids["input"] = 0;
 
@@ -590,7 +571,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       if (!name.is_string()) fail(where, "'inputs' must hold value names");
       auto id = ld.value_ids.find(name.get<std::string>());
       if (id == ld.value_ids.end()) fail(where, "input '" + printable(name.get<std::string>(), 64) + "' is not an earlier value");
-      if (plan.values[id->second].is_float) fail(where, "an input is the float output; only the last node may be float");
+      if (plan.values[id->second].is_float()) fail(where, "an input is the float output; only the last node may be float");
       node.inputs.push_back(id->second);
     }
     Value out = (ld.*(parser->second.second))(nd, node, where);
@@ -618,10 +599,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   const Node& last = plan.nodes.back();
   if (output != last.name) fail(mwhere, "'output' must name the last node");
   const Value& logits = plan.values[last.output];
-  if (!logits.is_float) fail(mwhere, "the last node must produce float logits (qparams null)");
+  if (!logits.is_float()) fail(mwhere, "the last node must produce float logits (qparams null)");
   plan.num_classes = checked_numel(logits.shape, mwhere);
-  plan.values[0].count = checked_numel(plan.input_shape, iwhere);
-  plan.values[0].bytes = plan.values[0].count * storage_bytes(plan.values[0].storage);
   plan.arena_bytes = assign_arena(plan.values, plan.nodes);
   for (const Node& node : plan.nodes)
     if (const auto* conv = std::get_if<ConvStep>(&node.step))
@@ -642,7 +621,7 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
     case Op::Linear: {
       const ConvStep& st = std::get<ConvStep>(node.step);
       const int64_t positions = st.packed.g.positions();
-      if (!out.is_float) {
+      if (!out.is_float()) {
         conv_image(st.packed, arena + x.arena_offset, x.storage, st.x_sub, arena + out.arena_offset, out.storage,
                    threads);
       } else if (positions == 1) {
@@ -707,10 +686,13 @@ void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int t
   const Value& in = values[0];
   lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), codes_out(in, arena));
   for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!node_seconds) {
+      run_node(nodes[i], arena, logits, threads);
+      continue;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     run_node(nodes[i], arena, logits, threads);
-    if (node_seconds)
-      (*node_seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    (*node_seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 }
 
@@ -728,7 +710,7 @@ void Model::run(const uint8_t* pixels, int64_t n, float* logits, int num_threads
   if (n == 0) return;
   const Plan& p = *plan_;
   const int threads = resolve_threads(num_threads);
-  const int64_t image = checked_numel(p.input_shape, "input");
+  const int64_t image = p.values[0].count;  // pixels per image
   if (n >= threads && threads > 1) {
     // Whole images per thread: each image's activations stay in its core's cache.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -750,7 +732,7 @@ std::vector<LayerProfile> Model::profile(const uint8_t* pixels, int64_t n, int n
   const Plan& p = *plan_;
   std::vector<double> seconds(p.nodes.size(), 0.0);
   std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(n, 0) * p.num_classes));
-  const int64_t image = checked_numel(p.input_shape, "input");
+  const int64_t image = p.values[0].count;
   const int threads = resolve_threads(num_threads);
   for (int64_t i = 0; i < n; ++i)
     p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits.data() + i * p.num_classes, threads, &seconds);

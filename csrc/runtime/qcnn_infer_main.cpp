@@ -62,12 +62,6 @@ int64_t parse_positive(const std::string& flag, const char* value, int64_t hi) {
   return x;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
-
 // Writes `bytes` to `path` through a temporary file in the same directory and a rename, so that
 // readers see either the old file or the complete new one.
 void write_atomically(const std::string& path, const std::string& flag, const std::string& bytes) {
@@ -172,12 +166,12 @@ int main(int argc, char** argv) {
     nchw.insert(nchw.end(), in.begin(), in.end());
     const bool fits = images.dims == nchw || (in[0] == 1 && images.dims == std::vector<int64_t>{n, in[1], in[2]});
     if (!fits)
-      throw rt::FormatError(images_path + ": images of shape " + shape_str(images.dims) +
-                            " do not fit the model input " + shape_str(in) + ": expected " + shape_str(nchw) +
-                            (in[0] == 1 ? " or " + shape_str({n, in[1], in[2]}) : std::string()) +
+      throw rt::FormatError(images_path + ": images of shape " + rt::shape_str(images.dims) +
+                            " do not fit the model input " + rt::shape_str(in) + ": expected " + rt::shape_str(nchw) +
+                            (in[0] == 1 ? " or " + rt::shape_str({n, in[1], in[2]}) : std::string()) +
                             " (uint8 pixels, channels first)");
     if (labels.dims.size() != 1 || labels.dims[0] != n)
-      throw rt::FormatError(labels_path + ": labels of shape " + shape_str(labels.dims) + " do not match the " +
+      throw rt::FormatError(labels_path + ": labels of shape " + rt::shape_str(labels.dims) + " do not match the " +
                             std::to_string(n) + " images: expected [" + std::to_string(n) + "]");
     const int64_t classes = model.num_classes();
     for (size_t i = 0; i < labels.data.size(); ++i)

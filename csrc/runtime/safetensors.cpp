@@ -16,15 +16,6 @@ namespace qcnn::runtime {
 namespace {
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // as the reference implementation: 100 MB
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < s.size() && i < 16; ++i) o << (i ? ", " : "") << s[i];
-  if (s.size() > 16) o << ", ... (" << s.size() << " entries)";
-  o << "]";
-  return o.str();
-}
-
 bool parse_dtype(const std::string& s, DType* out) {
   static const std::map<std::string, DType> table = {{"U8", DType::U8},   {"I8", DType::I8},   {"I16", DType::I16},
                                                      {"I32", DType::I32}, {"I64", DType::I64}, {"F32", DType::F32},
@@ -47,6 +38,15 @@ std::string describe_parse_error(const nlohmann::json::exception& e) {
 }
 
 }  // namespace
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size() && i < 16; ++i) o << (i ? ", " : "") << s[i];
+  if (s.size() > 16) o << ", ... (" << s.size() << " entries)";
+  o << "]";
+  return o.str();
+}
 
 std::string printable(const std::string& s, size_t max_chars) {
   std::string out;

@@ -26,6 +26,9 @@ nlohmann::json parse_untrusted_json(const char* begin, const char* end, const st
 // `s` quoted for an error message: control and non-ASCII bytes escaped, cut after `max_chars`.
 std::string printable(const std::string& s, size_t max_chars = 80);
 
+// A shape or list of dimensions for an error message: "[2, 3]", cut after 16 entries.
+std::string shape_str(const std::vector<int64_t>& s);
+
 // The whole content of a regular file. FormatError naming the path when it is missing, a directory,
 // not a regular file, or larger than `max_bytes` (checked before anything is allocated). `what`
 // says what the file is ("model file", "IDX file").

@@ -62,6 +62,17 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> torch.Tensor
     return torch.from_numpy(array.copy())
 
 
+def write_idx(path: str | Path, array) -> Path:
+    """Writes a uint8 array as an IDX file (gzip-compressed when the name ends in .gz), as read_idx reads it."""
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, _IDX_TYPE_UINT8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+    return path
+
+
 def find_idx(root: str | Path, stem: str) -> Path:
     """The IDX file `stem` under `root`, gzip-compressed (as Debian ships it) or raw."""
     root = Path(root)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qcnn.data import write_idx  # noqa: F401  (the tests import it from here)
 from qcnn.export import Graph, Node, QParams, QuantWeight, _ops
 from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
 
@@ -22,13 +23,6 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 def decode_indices(tensors: dict, node: dict) -> torch.Tensor:
