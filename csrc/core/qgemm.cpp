@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "core/bitconv.h"
 #include "core/threads.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -30,6 +31,7 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // Output positions per tile: the GEMM's int16 panel fills kPanelBytes; depthwise has no panel.
 int64_t tile_rows(const PackedConv& pc) {
   if (pc.depthwise) return 16;
+  if (pc.bits.planes) return bit_tile_rows(pc);
   return std::clamp<int64_t>(kPanelBytes / (2 * pc.kp) / kRows * kRows, kRows, 64);
 }
 
@@ -280,6 +282,7 @@ void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32
 struct Workspace {
   std::vector<int16_t> panel;
   std::vector<int32_t> acc;
+  std::vector<uint32_t> bit_panel;
 };
 
 bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
@@ -310,6 +313,15 @@ void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, in
     }
   }
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
+}
+
+template <typename Out>
+void bit_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* image, int64_t p0, int64_t rows,
+                   Out* out, Workspace& ws) {
+  const int64_t ldc = pc.g.m + 8;
+  ws.acc.resize(static_cast<size_t>(rows * ldc));
+  bit_accumulate(pc, image, p0, rows, ws.acc.data(), ldc, ws.bit_panel);
+  epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
 }
 
 // Depthwise (groups = in = out channels): per output pixel, a vector over the channels of each tap.
@@ -345,13 +357,20 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
   thread_local std::vector<int16_t> padded;
-  const int16_t* padded_image = nullptr;
-  if (uses_padded_image(pc.g)) {  // never depthwise (groups > 1)
+  thread_local std::vector<uint8_t> planes;
+  const int16_t* padded_image = nullptr;  // the threads read the caller's thread_local buffers through these
+  const uint8_t* bit_planes = nullptr;
+  if (pc.bits.planes) {
+    bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, planes);
+    bit_planes = planes.data();
+  } else if (uses_padded_image(pc.g)) {  // never depthwise (groups > 1)
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
   }
   auto tile = [&](int64_t t, Workspace& ws) {
-    if (pc.depthwise)
+    if (pc.bits.planes)
+      bit_conv_tile(pc, blocks, bit_planes, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else if (pc.depthwise)
       depthwise_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
     else
       conv_tile(pc, blocks, x, x_sub, padded_image, t * rows, std::min(rows, positions - t * rows), out, ws);
@@ -404,7 +423,7 @@ ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t grou
   return g;
 }
 
-PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa) {
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x) {
   PackedConv pc;
   pc.g = g;
   pc.isa = isa;
@@ -413,7 +432,9 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.mg8 = round_up(mg, 8);
   const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
-  if (pc.depthwise) {  // [taps][C]
+  if (const int planes = binary_planes(g, weight, x)) {
+    pc.bits = pack_bit_weights(g, weight, planes);
+  } else if (pc.depthwise) {  // [taps][C]
     const int64_t taps = k;
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)
@@ -421,7 +442,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
-  for (int64_t group = 0; group < (pc.depthwise ? 0 : g.groups); ++group)
+  for (int64_t group = 0; group < (pc.depthwise || pc.bits.planes ? 0 : g.groups); ++group)
     for (int64_t j = 0; j < mg; ++j) {
       const int16_t* src = weight + (group * mg + j) * k;
       int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
@@ -445,9 +466,15 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   return pc;
 }
 
+std::string conv_kernel_name(const PackedConv& pc) {
+  if (pc.bits.planes) return "bit-plane x" + std::to_string(pc.bits.planes);
+  return pc.depthwise ? "depthwise" : "int16 gemm";
+}
+
 int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
+  if (pc.bits.planes) return bit_scratch_bytes(pc) + rows * (g.m + 8) * 4;
   int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
   if (uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
   return bytes;

@@ -13,6 +13,8 @@
 // every partial sum. Every ISA path computes the same integers; the scalar path is the reference.
 #pragma once
 #include <cstdint>
+#include <climits>
+#include <string>
 #include <vector>
 
 #include "core/isa.h"
@@ -56,6 +58,23 @@ struct alignas(32) RequantBlock {
   int64_t bias_even[4], bias_odd[4], shift_even[4], shift_odd[4];
 };
 
+// The range of x - z_x a convolution will see (the engine knows it from the producer's clamp). The
+// default, unknown, rules out kernels that depend on it.
+struct InputRange {
+  int64_t lo = INT32_MIN, hi = INT32_MAX;
+};
+
+// Above 2 planes the int16 GEMM is as fast on AVX2 (measured on Zen 3: 3 planes break even, 4 lose).
+constexpr int kMaxBitPlanes = 2;
+
+// Weights of the bit-plane kernel (core/bitconv.h): the bits of w = +1, low and high nibbles apart.
+struct BitWeights {
+  int planes = 0;       // B; 0: the layer runs on the int16 GEMM
+  int64_t cbytes = 0;   // bytes of one pixel's channels in one plane
+  int64_t kwords = 0;   // 32-bit words of one receptive field in one plane
+  std::vector<uint32_t> words;  // [M / 8 blocks][kwords][2: low, high nibbles][8 channels]
+};
+
 struct PackedConv {
   ConvGeom g;
   Isa isa = Isa::Scalar;
@@ -66,17 +85,22 @@ struct PackedConv {
   ConvEpilogue epi;
   std::vector<int64_t> rounded_bias;  // bias + 2^(shift-1): the rounding folded into the bias
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
+  BitWeights bits;                            // binary weights with few-bit inputs: the bit-plane kernel
 };
 
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
-// |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load).
-PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa);
+// |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load). Binary weights (all -1
+// or +1) whose input range `x` has at most kMaxBitPlanes bits run on the bit-plane kernel.
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {});
 
 // One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
 // stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32).
 // num_threads > 1 splits the output positions between threads (the batch-1 path).
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
                 int num_threads);
+
+// The kernel pack_conv chose: "bit-plane x1", "bit-plane x2" (planes), "depthwise" or "int16 gemm".
+std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).
 int64_t conv_scratch_bytes(const PackedConv& pc);

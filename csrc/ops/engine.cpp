@@ -72,22 +72,25 @@ class Engine : public torch::CustomClassHolder {
     return logits;
   }
 
-  // One entry per node, in order: (names, ops, MACs per image, seconds summed over the batch).
-  std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>, std::vector<double>> profile(
+  // One entry per node, in order: (names, ops, kernels, MACs per image, seconds summed over the batch).
+  std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>,
+             std::vector<double>>
+  profile(
       const at::Tensor& pixels, int64_t num_threads) const {
     const at::Tensor px = checked_pixels(pixels);
     const int threads = as_threads(num_threads);
     const auto layers = value_errors([&] { return model_.profile(px.data_ptr<uint8_t>(), px.size(0), threads); });
-    std::vector<std::string> names, ops;
+    std::vector<std::string> names, ops, kernels;
     std::vector<int64_t> macs;
     std::vector<double> seconds;
     for (const auto& layer : layers) {
       names.push_back(layer.name);
       ops.push_back(layer.op);
+      kernels.push_back(layer.kernel);
       macs.push_back(layer.macs_per_image);
       seconds.push_back(layer.seconds);
     }
-    return {names, ops, macs, seconds};
+    return {names, ops, kernels, macs, seconds};
   }
 
   std::vector<int64_t> input_shape() const { return model_.input_shape(); }

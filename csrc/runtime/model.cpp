@@ -362,7 +362,7 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
   }
   ConvStep step;
   step.x_sub = static_cast<int32_t>(int64_t{z_x} - x.offset);
-  step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa);
+  step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa, InputRange{x.lo - z_x, x.hi - z_x});
   node.step = std::move(step);
   return out;
 }
@@ -737,8 +737,11 @@ std::vector<LayerProfile> Model::profile(const uint8_t* pixels, int64_t n, int n
   for (int64_t i = 0; i < n; ++i)
     p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits.data() + i * p.num_classes, threads, &seconds);
   std::vector<LayerProfile> out;
-  for (size_t i = 0; i < p.nodes.size(); ++i)
-    out.push_back({p.nodes[i].name, p.nodes[i].op_name, p.nodes[i].macs, seconds[i]});
+  for (size_t i = 0; i < p.nodes.size(); ++i) {
+    const auto* conv = std::get_if<ConvStep>(&p.nodes[i].step);
+    out.push_back({p.nodes[i].name, p.nodes[i].op_name, conv ? conv_kernel_name(conv->packed) : "", p.nodes[i].macs,
+                   seconds[i]});
+  }
   return out;
 }
 

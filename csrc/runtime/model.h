@@ -23,6 +23,7 @@ struct LoadOptions {
 
 struct LayerProfile {
   std::string name, op;
+  std::string kernel;  // convolutions and linear layers: the kernel chosen at load (conv_kernel_name)
   int64_t macs_per_image = 0;
   double seconds = 0;  // summed over the images of the profiled run
 };

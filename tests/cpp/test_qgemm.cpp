@@ -90,8 +90,10 @@ std::vector<double> reference(const Case& t) {
 
 // int32_input: the same codes stored as int32 with an offset of -1000 (the engine's wide values).
 template <typename Out>
-std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bool int32_input = false) {
-  PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa);
+std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bool int32_input = false,
+                        InputRange range = {}, int expect_planes = 0) {
+  PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
+  REQUIRE(pc.bits.planes == expect_planes);
   std::vector<Out> out(static_cast<size_t>(t.g.positions() * t.g.m));
   if (int32_input) {
     std::vector<int32_t> wide(t.x.begin(), t.x.end());
@@ -128,6 +130,66 @@ TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qg
       }
     }
   }
+}
+
+// Binary weights with inputs of 1 to kMaxBitPlanes bits: the bit-plane kernel. Wide fields (up to
+// 130 channels x 3 x 3 = 37 words) cross the AVX2 kernel's byte-counter flush (every 31 or 10 words).
+TEST_CASE("bit-plane kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
+  std::mt19937 rng(11);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (Isa isa : {Isa::Scalar, Isa::Avx2}) {
+    if (!isa_supported(isa)) continue;
+    for (int trial = 0; trial < 120; ++trial) {
+      const bool float_output = trial % 3 == 0;
+      Case t = random_case(rng, float_output);
+      const int64_t c = trial % 10 == 0 ? pick(100, 130) : pick(1, 40), m = pick(1, 30);
+      const int kh = pick(1, 3), kw = pick(1, 3), dh = pick(1, 2);
+      const int64_t h = pick(dh * (kh - 1) + 1, 9), w = pick(kw, 9);
+      t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1),
+                           dh, 1);
+      const int planes = pick(1, kMaxBitPlanes);
+      const int32_t vmax = pick(1 << (planes - 1), (1 << planes) - 1);  // needs exactly `planes` bits
+      t.x_sub = pick(0, 255 - vmax);
+      t.x.resize(static_cast<size_t>(h * w * c));
+      for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + pick(0, vmax));
+      t.w.resize(static_cast<size_t>(m * t.g.k()));
+      for (auto& v : t.w) v = static_cast<int16_t>(pick(0, 1) ? 1 : -1);
+      t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 20);
+      t.epi.shift.resize(static_cast<size_t>(m), 24);
+      t.epi.bias.resize(static_cast<size_t>(m), 0);
+      t.epi.scale.resize(static_cast<size_t>(m), 0.5f);
+      t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
+      const InputRange range{0, vmax};
+      int want_planes = 0;
+      while ((1 << want_planes) <= vmax) ++want_planes;
+      INFO("isa " << isa_name(isa) << " trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m
+                  << " k=" << kh << "x" << kw << " planes=" << want_planes);
+      const auto want = reference(t);
+      const int threads = trial % 2 ? 2 : 1;
+      if (float_output) {
+        CHECK(run<float>(t, isa, Storage::F32, threads, false, range, want_planes) == want);
+      } else {
+        CHECK(run<uint8_t>(t, isa, Storage::U8, threads, false, range, want_planes) == want);
+        CHECK(run<int32_t>(t, isa, Storage::I32, threads, true, range, want_planes) == want);
+      }
+    }
+  }
+}
+
+TEST_CASE("bit-plane kernel is chosen only where it is exact", "[qgemm][binary]") {
+  const ConvGeom g = make_conv_geom(4, 4, 3, 2, 1, 3, 3, 1, 1, 1, 1, 1, 1);
+  std::vector<int16_t> w(static_cast<size_t>(g.m * g.k()), 1);
+  ConvEpilogue epi;
+  epi.float_output = true;
+  epi.scale.assign(2, 1.0f);
+  epi.float_bias.assign(2, 0.0f);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.planes == 2);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 1}).bits.planes == 1);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 4}).bits.planes == 0);    // more planes than it wins at
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {-1, 3}).bits.planes == 0);   // signed inputs
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {}).bits.planes == 0);        // unknown range
+  w[5] = 0;
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.planes == 0);    // not every weight is +-1
 }
 
 TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {

@@ -31,6 +31,7 @@ MODELS = {
     "codebook_w4_huffman": (dict(kind="codebook", bits=4, seed=3), True),
     "codebook_w2": (dict(kind="codebook", bits=2, act_bits=4, seed=4), False),
     "binary_a2": (dict(kind="binary", bits=1, act_bits=2, seed=5), False),
+    "binary_a1": (dict(kind="binary", bits=1, act_bits=1, seed=10), False),
     "uniform_w8": (dict(kind="uniform", bits=8, seed=6), False),
     "fixed_w6": (dict(kind="fixed", bits=6, seed=7), False),
     "residual_add_global_avg": (dict(kind="codebook", bits=4, residual=True, avg=True, seed=8), False),
@@ -162,6 +163,17 @@ def test_properties_and_profile(model_dir):
     assert sum(layer.macs_per_image for layer in layers) == model.macs_per_image
     assert all(layer.seconds >= 0 for layer in layers)
     assert "residual_add_global_avg.qcnn" in repr(model)
+
+
+@pytest.mark.parametrize("name, kernels", [
+    ("binary_a1", ["int16 gemm", "bit-plane x1", "bit-plane x1"]),  # the 8-bit signed input stays on the GEMM
+    ("binary_a2", ["int16 gemm", "bit-plane x2", "bit-plane x2"]),
+    ("codebook_w2", ["int16 gemm", "int16 gemm", "int16 gemm"]),   # 4-bit activations, 2-bit weights
+])
+def test_binary_layers_with_few_bit_inputs_run_on_the_bit_plane_kernel(model_dir, name, kernels):
+    layers = qcnn.load(model_dir / f"{name}.qcnn").profile(random_pixels(4, seed=15))
+    assert [layer.kernel for layer in layers if layer.op in ("conv2d", "linear")] == kernels
+    assert all(layer.kernel == "" for layer in layers if layer.op not in ("conv2d", "linear"))
 
 
 def test_int8_peak_gmacs():
