@@ -466,6 +466,45 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   return pc;
 }
 
+namespace {
+template <typename T>
+int64_t count_overflows_typed(const ConvGeom& g, const int16_t* weight, const T* x, int32_t x_sub, int acc_bits) {
+  const int64_t hi = (int64_t{1} << (acc_bits - 1)) - 1, lo = -hi - 1, cg = g.cg(), mg = g.mg();
+  int64_t overflows = 0;
+  for (int64_t oy = 0; oy < g.oh; ++oy)
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      for (int64_t m = 0; m < g.m; ++m) {
+        const int16_t* w = weight + m * g.k();
+        const T* xg = x + (m / mg) * cg;
+        int64_t sum = 0;
+        bool left = false;
+        for (int ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh;
+          for (int kx = 0; kx < g.kw; ++kx) {
+            const int64_t ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
+            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;  // zero padding adds nothing
+            const T* px = xg + (iy * g.w + ix) * g.c;
+            const int16_t* wt = w + (int64_t{ky} * g.kw + kx) * cg;
+            for (int64_t c = 0; c < cg; ++c) {
+              sum += (static_cast<int64_t>(px[c]) - x_sub) * wt[c];
+              left = left || sum < lo || sum > hi;
+            }
+          }
+        }
+        overflows += left;
+      }
+  return overflows;
+}
+}  // namespace
+
+int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
+                                    int32_t x_sub, int acc_bits) {
+  if (acc_bits < 2 || acc_bits > 63) throw std::invalid_argument("accumulator bits must be in [2, 63]");
+  if (in == Storage::U8) return count_overflows_typed(g, weight, static_cast<const uint8_t*>(x), x_sub, acc_bits);
+  if (in == Storage::I32) return count_overflows_typed(g, weight, static_cast<const int32_t*>(x), x_sub, acc_bits);
+  throw std::invalid_argument("count_accumulator_overflows: the input must be integer codes");
+}
+
 std::string conv_kernel_name(const PackedConv& pc) {
   if (pc.bits.planes) return "bit-plane x" + std::to_string(pc.bits.planes);
   return pc.depthwise ? "depthwise" : "int16 gemm";

@@ -99,6 +99,12 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
                 int num_threads);
 
+// The checked path of `qcnn-infer --count-overflows`: for one image, the number of output values
+// whose running sum over k, in the engine's (ky, kx, c) order, leaves the range of a signed
+// `acc_bits`-bit accumulator at some step. weight as for pack_conv; x and x_sub as for conv_image.
+int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
+                                    int32_t x_sub, int acc_bits);
+
 // The kernel pack_conv chose: "bit-plane x1", "bit-plane x2" (planes), "depthwise" or "int16 gemm".
 std::string conv_kernel_name(const PackedConv& pc);
 

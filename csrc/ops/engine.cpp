@@ -38,8 +38,9 @@ int as_threads(int64_t num_threads) {
 }
 
 runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image,
-                                  std::optional<int64_t> max_activation_bytes_per_image) {
+                                  std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows) {
   runtime::LoadOptions options;
+  options.count_overflows = count_overflows;
   if (max_macs_per_image) {
     TORCH_CHECK_VALUE(*max_macs_per_image >= 1, "max_macs_per_image must be >= 1, got ", *max_macs_per_image);
     options.max_macs_per_image = *max_macs_per_image;
@@ -55,10 +56,17 @@ runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image,
 class Engine : public torch::CustomClassHolder {
  public:
   Engine(const std::string& path, std::optional<int64_t> max_macs_per_image,
-         std::optional<int64_t> max_activation_bytes_per_image)
+         std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows)
       : model_(value_errors([&] {
-          return runtime::Model::load(path, load_options(max_macs_per_image, max_activation_bytes_per_image));
+          return runtime::Model::load(path,
+                                      load_options(max_macs_per_image, max_activation_bytes_per_image, count_overflows));
         })) {}
+
+  // The checked path: conv/linear outputs whose running sum left the declared accumulator width.
+  int64_t count_overflows(const at::Tensor& pixels) const {
+    const at::Tensor px = checked_pixels(pixels);
+    return value_errors([&] { return model_.count_overflows(px.data_ptr<uint8_t>(), px.size(0)); });
+  }
 
   // uint8 pixels [N, C, H, W] -> float32 logits [N, classes].
   at::Tensor run(const at::Tensor& pixels, int64_t num_threads) const {
@@ -128,8 +136,9 @@ double int8_peak_gmacs_op(double seconds, int64_t threads) {
 
 TORCH_LIBRARY_FRAGMENT(qcnn, m) {
   m.class_<Engine>("Engine")
-      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>>())
+      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>, bool>())
       .def("run", &Engine::run)
+      .def("count_overflows", &Engine::count_overflows)
       .def("profile", &Engine::profile)
       .def("input_shape", &Engine::input_shape)
       .def("num_classes", &Engine::num_classes)

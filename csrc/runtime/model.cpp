@@ -117,6 +117,8 @@ struct Value {
 struct ConvStep {
   PackedConv packed;
   int32_t x_sub = 0;  // the input zero point in stored units
+  int accumulator_bits = 32;            // the width the file declares
+  std::vector<int16_t> checked_weights;  // [M][K] for count_overflows, when loaded for it
 };
 struct RequantStep {
   int32_t in_zero_point, multiplier, shift, out_zero_point, lo, hi;
@@ -142,6 +144,7 @@ struct Node {
 
 struct Plan {
   Isa isa = Isa::Scalar;
+  bool checked = false;  // loaded for count_overflows
   std::vector<int64_t> input_shape;
   std::vector<int32_t> lut;  // [C, 256] codes
   std::vector<Value> values;  // 0 = the input codes
@@ -150,7 +153,7 @@ struct Plan {
   int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
 
   void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
-                 std::vector<double>* node_seconds) const;
+                 std::vector<double>* node_seconds, int64_t* overflows = nullptr) const;
   void run_node(const Node& node, uint8_t* arena, float* logits, int threads) const;
 };
 
@@ -186,6 +189,7 @@ struct Loader {
   Plan& plan;
   std::map<std::string, int> value_ids;
   std::string origin;
+  bool keep_checked_weights = false;
 
   std::string tensor_where(const std::string& name) const { return origin + ": tensor '" + printable(name) + "'"; }
 
@@ -361,6 +365,9 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
     epi.store_offset = out.offset;
   }
   ConvStep step;
+  if (nd.contains("accumulator_bits"))
+    step.accumulator_bits = static_cast<int>(get_int(nd, "accumulator_bits", where, 2, 32));
+  if (keep_checked_weights) step.checked_weights = dense;
   step.x_sub = static_cast<int32_t>(int64_t{z_x} - x.offset);
   step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa, InputRange{x.lo - z_x, x.hi - z_x});
   node.step = std::move(step);
@@ -510,7 +517,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   } catch (const std::invalid_argument& e) {
     throw FormatError(e.what());
   }
-  Loader ld{file, plan, {}, origin};
+  Loader ld{file, plan, {}, origin, options.count_overflows};
+  plan.checked = options.count_overflows;
 
   // Input: shape and the pixel -> code table.
   const std::string iwhere = origin + ": input";
@@ -682,10 +690,16 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
 }
 
 void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
-                     std::vector<double>* node_seconds) const {
+                     std::vector<double>* node_seconds, int64_t* overflows) const {
   const Value& in = values[0];
   lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), codes_out(in, arena));
   for (size_t i = 0; i < nodes.size(); ++i) {
+    if (overflows)
+      if (const auto* conv = std::get_if<ConvStep>(&nodes[i].step)) {
+        const Value& x = values[nodes[i].inputs[0]];
+        *overflows += count_accumulator_overflows(conv->packed.g, conv->checked_weights.data(), arena + x.arena_offset,
+                                                  x.storage, conv->x_sub, conv->accumulator_bits);
+      }
     if (!node_seconds) {
       run_node(nodes[i], arena, logits, threads);
       continue;
@@ -726,6 +740,17 @@ std::vector<float> Model::run(const uint8_t* pixels, int64_t n, int num_threads)
   std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(n, 0) * plan_->num_classes));
   run(pixels, n, logits.data(), num_threads);
   return logits;
+}
+
+int64_t Model::count_overflows(const uint8_t* pixels, int64_t n) const {
+  const Plan& p = *plan_;
+  if (!p.checked) throw std::invalid_argument("count_overflows: load the model with count_overflows set");
+  if (n < 0) throw std::invalid_argument("count_overflows: negative batch size");
+  std::vector<float> logits(static_cast<size_t>(p.num_classes));
+  int64_t overflows = 0;
+  for (int64_t i = 0; i < n; ++i)
+    p.run_image(pixels + i * p.values[0].count, thread_arena(p.arena_bytes), logits.data(), 1, nullptr, &overflows);
+  return overflows;
 }
 
 std::vector<LayerProfile> Model::profile(const uint8_t* pixels, int64_t n, int num_threads) const {

@@ -19,6 +19,8 @@ struct LoadOptions {
   // cannot make the engine run for minutes or allocate gigabytes per image.
   int64_t max_macs_per_image = int64_t{1} << 35;             // 34 G multiply-accumulates
   int64_t max_activation_bytes_per_image = int64_t{1} << 30;  // 1 GiB of live activations
+  // Keep every convolution's weights in plain form too, for count_overflows (2 bytes per weight).
+  bool count_overflows = false;
 };
 
 struct LayerProfile {
@@ -43,6 +45,10 @@ class Model {
   // every call has its own workspace.
   void run(const uint8_t* pixels, int64_t n, float* logits, int num_threads = 0) const;
   std::vector<float> run(const uint8_t* pixels, int64_t n, int num_threads = 0) const;
+  // The checked path (the model loaded with LoadOptions::count_overflows): runs the images and counts,
+  // over every conv and linear node, the output values whose running sum leaves the accumulator
+  // width the node declares (docs/FORMAT.md `accumulator_bits`; 32 when it declares none).
+  int64_t count_overflows(const uint8_t* pixels, int64_t n) const;
   // As run, timing every node; one entry per node, in order.
   std::vector<LayerProfile> profile(const uint8_t* pixels, int64_t n, int num_threads = 0) const;
 

@@ -1,5 +1,6 @@
 // qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]
 //            [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]
+//            [--count-overflows]
 // Prints one JSON line: accuracy, throughput, counts, the kernels' ISA and the model's cost. --predictions
 // writes the predicted class of each image, one per line; --logits the float32 logits as a .npy array
 // [images, classes]. Any error: `qcnn-infer: error: <message>` on stderr, exit status 1.
@@ -34,6 +35,7 @@ namespace rt = qcnn::runtime;
 const char* const kUsage =
     "usage: qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]\n"
     "                  [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]\n"
+    "                  [--count-overflows]\n"
     "  --images IDX               uint8 images [N, C, H, W] (or [N, H, W] when C = 1), raw or gzip\n"
     "  --labels IDX               uint8 labels [N]\n"
     "  --batch N                  images per run (default 256; reduced so that a batch's activations\n"
@@ -42,6 +44,9 @@ const char* const kUsage =
     "  --limit N                  use the first N images only\n"
     "  --predictions FILE         write the predicted class of each image, one per line\n"
     "  --logits FILE.npy          write the float32 logits [images, classes] as a NumPy .npy file\n"
+    "  --count-overflows          also run every image through the checked path and print 'overflows': the\n"
+    "                             conv/linear outputs whose running sum left the node's declared accumulator\n"
+    "                             width (accumulator_bits; 32 when undeclared) at some step\n"
     "  --max-macs N               reject models above N multiply-accumulates per image (default 2^35)\n"
     "  --max-activation-bytes N   reject models above N bytes of live activations per image (default 2^30)\n";
 
@@ -142,6 +147,7 @@ int main(int argc, char** argv) {
     else if (a == "--limit") limit = parse_positive(a, value(), kMaxInt64);
     else if (a == "--predictions") predictions_path = value();
     else if (a == "--logits") logits_path = value();
+    else if (a == "--count-overflows") opts.count_overflows = true;
     else if (a == "--max-macs") opts.max_macs_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "--max-activation-bytes") opts.max_activation_bytes_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "-h" || a == "--help") {
@@ -210,13 +216,14 @@ int main(int argc, char** argv) {
       }
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int64_t overflows = opts.count_overflows ? model.count_overflows(images.data.data(), n) : 0;
     if (!predictions_path.empty()) {
       std::string text;
       for (const int64_t pred : predictions) text += std::to_string(pred) + '\n';
       write_atomically(predictions_path, "--predictions", text);
     }
     if (!logits_path.empty()) write_atomically(logits_path, "--logits", npy_float32(all_logits, n, classes));
-    const nlohmann::json out = {{"model", model_path},
+    nlohmann::json out = {{"model", model_path},
                                 {"images", n},
                                 {"correct", correct},
                                 {"accuracy", n ? double(correct) / n : 0.0},
@@ -228,6 +235,7 @@ int main(int argc, char** argv) {
                                 {"isa", model.isa()},
                                 {"macs_per_image", model.macs_per_image()},
                                 {"peak_activation_bytes", peak_bytes}};
+    if (opts.count_overflows) out["overflows"] = overflows;
     // A path need not be UTF-8: replace what JSON cannot carry rather than fail after the run.
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } catch (const std::exception& e) {

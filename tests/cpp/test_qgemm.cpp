@@ -212,3 +212,29 @@ TEST_CASE("int8 peak measurement is positive and physically possible", "[qgemm]"
   CHECK(peak > 0);
   CHECK(peak < 1000);  // no CPU core does 1000 G int MACs/s: a folded loop would
 }
+
+// The no-overflow bound |acc| <= max|x - z| * ||w_m||_1 is reached by x = max where w > 0 and 0 where
+// w < 0: at the smallest width that holds it nothing leaves the range, one bit less does.
+TEST_CASE("checked path counts accumulations that leave the declared width", "[qgemm][overflow]") {
+  const ConvGeom g = make_conv_geom(1, 1, 6, 2, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+  const std::vector<int16_t> w = {3, -5, 7, 0, 2, -1,   // channel 0: positive sum 12
+                                  -2, -2, 1, 1, 1, -9};  // channel 1: positive sum 3, negative -13
+  const int32_t x_sub = 10;                              // stored codes 10 .. 25: x - z in [0, 15]
+  const std::vector<uint8_t> adversarial = {25, 10, 25, 10, 25, 10};  // 15 where channel 0 is positive
+  // channel 0 reaches 15 * 12 = 180, which needs 9 bits (2^8 - 1 = 255 holds it, 2^7 - 1 = 127 does not)
+  CHECK(count_accumulator_overflows(g, w.data(), adversarial.data(), Storage::U8, x_sub, 9) == 0);
+  CHECK(count_accumulator_overflows(g, w.data(), adversarial.data(), Storage::U8, x_sub, 8) == 1);
+  // channel 1 goes down to 15 * -13 = -195 where it is negative (channel 0 stays within -45 .. 45)
+  const std::vector<uint8_t> low = {25, 25, 10, 10, 10, 25};
+  CHECK(count_accumulator_overflows(g, w.data(), low.data(), Storage::U8, x_sub, 9) == 0);
+  CHECK(count_accumulator_overflows(g, w.data(), low.data(), Storage::U8, x_sub, 8) == 1);
+  const std::vector<int32_t> wide(low.begin(), low.end());
+  CHECK(count_accumulator_overflows(g, w.data(), wide.data(), Storage::I32, x_sub, 8) == 1);
+  // a running sum that leaves the range and comes back counts, though the final sum fits
+  const std::vector<int16_t> back = {7, 7, -7, -7, 0, 0, 0, 0, 0, 0, 0, 0};  // 105, 210, 105, 0
+  const std::vector<uint8_t> all = {25, 25, 25, 25, 25, 25};
+  CHECK(count_accumulator_overflows(g, back.data(), all.data(), Storage::U8, x_sub, 8) == 1);
+  CHECK(count_accumulator_overflows(g, back.data(), all.data(), Storage::U8, x_sub, 9) == 0);
+  CHECK_THROWS_WITH(count_accumulator_overflows(g, w.data(), low.data(), Storage::U8, x_sub, 1),
+                    Catch::Contains("accumulator bits"));
+}

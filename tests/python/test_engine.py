@@ -14,7 +14,7 @@ import torch
 
 import qcnn
 from qcnn import models
-from qcnn.export import Graph, read_qcnn, reference_forward
+from qcnn.export import Graph, read_qcnn, reference_forward, write_qcnn
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import random_cnn_graph, random_pixels, write_idx
@@ -234,3 +234,43 @@ def test_copy_and_pickle_reload_the_file(model_dir, tmp_path):
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert other.threads == 1 and other.limits["max_macs_per_image"] == 10 ** 9
         assert torch.equal(other(pixels), model(pixels))
+
+
+def _with_accumulator_bits(source: Path, target: Path, bits) -> Path:
+    doc, tensors = read_qcnn(source)
+    for node in doc["nodes"]:
+        if node["op"] in ("conv2d", "linear"):
+            node["accumulator_bits"] = bits
+    write_qcnn(target, doc, tensors)
+    return target
+
+
+@needs_infer
+def test_count_overflows_against_the_declared_accumulator_width(model_dir, tmp_path):
+    """Both runtimes count the same overflows; 32-bit accumulators never overflow on 8-bit data, and 8-bit
+    ones do. (The bound itself, at and one bit past it, is tested on crafted inputs in test_qgemm.cpp.)"""
+    pixels = random_pixels(16, seed=16)
+    for bits, some in ((32, False), (8, True)):
+        path = _with_accumulator_bits(model_dir / "uniform_w8.qcnn", tmp_path / f"acc{bits}.qcnn", bits)
+        counted = qcnn.load(path, count_overflows=True).count_overflows(pixels)
+        assert (counted > 0) == some
+        images, labels = tmp_path / "x.idx", tmp_path / "y.idx"
+        write_idx(images, pixels[:, 0].numpy())
+        write_idx(labels, np.zeros(len(pixels), np.uint8))
+        res = subprocess.run([str(QCNN_INFER), str(path), "--images", str(images), "--labels", str(labels),
+                              "--count-overflows"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout.strip().splitlines()[-1])["overflows"] == counted
+        # the checked path changes nothing the model computes
+        assert torch.equal(qcnn.load(path)(pixels), qcnn.load(path, count_overflows=True)(pixels))
+    with pytest.raises(ValueError, match="load the model with count_overflows"):
+        qcnn.load(path).count_overflows(pixels)
+    with pytest.raises(ValueError, match="count_overflows must be a bool"):
+        qcnn.load(path, count_overflows=1)
+
+
+@pytest.mark.parametrize("bits", [1, 33, "16"])
+def test_bad_accumulator_bits_are_rejected(model_dir, tmp_path, bits):
+    path = _with_accumulator_bits(model_dir / "uniform_w8.qcnn", tmp_path / "bad.qcnn", bits)
+    with pytest.raises(ValueError, match="accumulator_bits"):
+        qcnn.load(path)

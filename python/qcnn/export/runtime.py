@@ -62,6 +62,12 @@ class IntegerModel(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.engine.run(pixels, self.threads)
 
+    def count_overflows(self, pixels: torch.Tensor) -> int:
+        """The checked path (the model loaded with count_overflows=True): runs `pixels` and returns how many conv
+        and linear output values had a running sum, in the engine's (ky, kx, c) order, outside the accumulator
+        width their node declares (`accumulator_bits`, docs/FORMAT.md; 32 when undeclared)."""
+        return self.engine.count_overflows(pixels)
+
     def profile(self, pixels: torch.Tensor) -> list[LayerProfile]:
         """Runs `pixels` image by image (the threads share each node), timing every node; one entry per node,
         in order."""
@@ -72,19 +78,24 @@ class IntegerModel(nn.Module):
 
 
 def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int | None = None,
-         max_activation_bytes_per_image: int | None = None) -> IntegerModel:
+         max_activation_bytes_per_image: int | None = None, count_overflows: bool = False) -> IntegerModel:
     """Loads a .qcnn file for integer inference (uint8 pixels -> float logits); a ValueError names the file and
     the problem if it is not a valid one.
 
     threads: 0 = OpenMP's default of the calling thread (what torch.set_num_threads sets).
     max_macs_per_image, max_activation_bytes_per_image: bounds on what one image may cost, checked at load
-    (None: the defaults of csrc/runtime/model.h, far above real CNNs)."""
+    (None: the defaults of csrc/runtime/model.h, far above real CNNs).
+    count_overflows: keep the weights for IntegerModel.count_overflows (2 more bytes per weight)."""
     path = Path(path)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an int >= 0 (0 = the default), got {threads!r}")
-    limits = {"max_macs_per_image": max_macs_per_image, "max_activation_bytes_per_image": max_activation_bytes_per_image}
+    if not isinstance(count_overflows, bool):
+        raise ValueError(f"count_overflows must be a bool, got {count_overflows!r}")
+    limits = {"max_macs_per_image": max_macs_per_image, "max_activation_bytes_per_image": max_activation_bytes_per_image,
+              "count_overflows": count_overflows}
     return IntegerModel(_engine(path, **limits), path, threads, limits)
 
 
-def _engine(path: Path, max_macs_per_image: int | None, max_activation_bytes_per_image: int | None):
-    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image)
+def _engine(path: Path, max_macs_per_image: int | None, max_activation_bytes_per_image: int | None,
+            count_overflows: bool = False):
+    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image, count_overflows)
