@@ -32,15 +32,17 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int64_t tile_rows(const PackedConv& pc) {
   if (pc.depthwise) return 16;
   if (pc.bits.planes) return bit_tile_rows(pc);
+  if (pc.acc16) return std::clamp<int64_t>(kPanelBytes / pc.kp / kRows * kRows, kRows, 64);
   return std::clamp<int64_t>(kPanelBytes / (2 * pc.kp) / kRows * kRows, kRows, 64);
 }
 
-// d[i] = s[i] - sub in int16 arithmetic: the true difference fits int16 (checked at load), so the
-// wrap-around of the narrow subtraction gives it exactly, and the loop vectorizes.
-template <typename T>
-inline void convert_run(const T* s, int64_t n, int32_t sub, int16_t* d) {
-  const int16_t sub16 = static_cast<int16_t>(sub);
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<int16_t>(static_cast<int16_t>(s[i]) - sub16);
+// d[i] = s[i] - sub in the narrow type D (int16, or uint8 for the acc16 path): the true difference
+// fits D (checked at load), so the wrap-around of the narrow subtraction gives it exactly, and the
+// loop vectorizes.
+template <typename T, typename D>
+inline void convert_run(const T* s, int64_t n, int32_t sub, D* d) {
+  const D sub_d = static_cast<D>(sub);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(static_cast<D>(s[i]) - sub_d);
 }
 
 // Row panel of one tile and one group: panel[r][k] = x[pixel(p0 + r, k)] - z_x, 0 outside the image.
@@ -77,22 +79,22 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
 // The image minus z_x once in a zero-bordered int16 copy [h + 2ph][w + 2pw][c] (groups = 1, dilation 1
 // in x): a panel row is then kh plain copies of kw * c values, with no bounds checks and no conversion
 // (each input value is converted once instead of once per kernel tap).
-template <typename T>
-void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<int16_t>& padded) {
+template <typename T, typename D>
+void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
   padded.assign(static_cast<size_t>(hp * wp * g.c), 0);
   for (int64_t iy = 0; iy < g.h; ++iy)
     convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
 }
 
-void gather_panel_padded(const int16_t* padded, const ConvGeom& g, int64_t p0, int64_t rows, int64_t kp,
-                         int16_t* panel) {
+template <typename D>
+void gather_panel_padded(const D* padded, const ConvGeom& g, int64_t p0, int64_t rows, int64_t kp, D* panel) {
   const int64_t c = g.c, wp = g.w + 2 * g.pw, row_len = g.kw * c, ow = g.ow, sh = g.sh, sw = g.sw;
   const int64_t kh = g.kh, ystep = int64_t{g.dh} * wp * c, k = g.k();
   int64_t oy = p0 / ow, ox = p0 % ow;
   for (int64_t r = 0; r < rows; ++r) {
-    int16_t* dst = panel + r * kp;
-    const int16_t* src = padded + (oy * sh * wp + ox * sw) * c;
+    D* dst = panel + r * kp;
+    const D* src = padded + (oy * sh * wp + ox * sw) * c;
     for (int64_t ky = 0; ky < kh; ++ky)
       for (int64_t i = 0; i < row_len; ++i) dst[ky * row_len + i] = src[ky * ystep + i];
     if (kp > k) dst[k] = 0;
@@ -178,6 +180,47 @@ QCNN_AVX2 void microkernel_avx2<3, 3>(const int16_t* a, int64_t lda, const int16
   store(0, 0, c00); store(0, 1, c01); store(0, 2, c02);
   store(1, 0, c10); store(1, 1, c11); store(1, 2, c12);
   store(2, 0, c20); store(2, 1, c21); store(2, 2, c22);
+}
+#endif
+
+#ifdef QCNN_X86
+// The int16-accumulator kernel (FBGEMM's acc16; de Bruin et al. 2020): u8 x s8 pairs by vpmaddubsw into
+// 16 channel lanes of int16, 32 MACs per multiply instead of vpmaddwd's 16. Exact only under the bound
+// pack_conv proves: max(x - z) * ||w_m||_1 < 2^15 makes every pair sum and every partial sum fit int16,
+// so vpmaddubsw never saturates and vpaddw never wraps. w: [blocks of 16][pairs][16][2] int8.
+template <int R, int J>
+QCNN_AVX2 void microkernel_acc16(const uint8_t* a, int64_t lda, const int8_t* w, int64_t wblock, int64_t pairs,
+                                 int32_t* c, int64_t ldc) {
+  __m256i acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
+  for (int64_t q = 0; q < pairs; ++q) {
+    __m256i wv[J];
+    for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 32));
+    for (int r = 0; r < R; ++r) {
+      int16_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
+      const __m256i av = _mm256_set1_epi16(pair);
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi16(acc[r][j], _mm256_maddubs_epi16(av, wv[j]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      int32_t* dst = c + r * ldc + j * 16;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][j])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][j], 1)));
+    }
+}
+
+using Acc16Kernel = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+
+Acc16Kernel acc16_kernel(int rows, int blocks) {
+  static const Acc16Kernel table[kRows][kBlocks] = {
+      {microkernel_acc16<1, 1>, microkernel_acc16<1, 2>, microkernel_acc16<1, 3>},
+      {microkernel_acc16<2, 1>, microkernel_acc16<2, 2>, microkernel_acc16<2, 3>},
+      {microkernel_acc16<3, 1>, microkernel_acc16<3, 2>, microkernel_acc16<3, 3>}};
+  return table[rows - 1][blocks - 1];
 }
 #endif
 
@@ -283,6 +326,7 @@ struct Workspace {
   std::vector<int16_t> panel;
   std::vector<int32_t> acc;
   std::vector<uint32_t> bit_panel;
+  std::vector<uint8_t> panel8;
 };
 
 bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
@@ -314,6 +358,28 @@ void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, in
   }
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
 }
+
+#ifdef QCNN_X86
+template <typename Out>
+void acc16_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* padded, int64_t p0, int64_t rows,
+                     Out* out, Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t kp = pc.kp, pairs = kp / 2, wblock = pairs * 32, nblocks = round_up(g.m, 16) / 16;
+  const int64_t ldc = g.m + 16;  // the last block writes up to 15 padding lanes past the channels
+  ws.panel8.resize(static_cast<size_t>(rows * kp));
+  ws.acc.resize(static_cast<size_t>(rows * ldc));
+  gather_panel_padded(padded, g, p0, rows, kp, ws.panel8.data());
+  for (int64_t b = 0; b < nblocks; b += kBlocks) {
+    const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
+      acc16_kernel(rn, jn)(ws.panel8.data() + r0 * kp, kp, pc.weights8.data() + b * wblock, wblock, pairs,
+                           ws.acc.data() + r0 * ldc + b * 16, ldc);
+    }
+  }
+  epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
+}
+#endif
 
 template <typename Out>
 void bit_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* image, int64_t p0, int64_t rows,
@@ -357,12 +423,15 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
   thread_local std::vector<int16_t> padded;
-  thread_local std::vector<uint8_t> planes;
+  thread_local std::vector<uint8_t> planes, padded8;
   const int16_t* padded_image = nullptr;  // the threads read the caller's thread_local buffers through these
-  const uint8_t* bit_planes = nullptr;
+  const uint8_t* bit_planes = nullptr, *padded_image8 = nullptr;
   if (pc.bits.planes) {
     bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, planes);
     bit_planes = planes.data();
+  } else if (pc.acc16) {
+    pad_image(x, x_sub, pc.g, padded8);
+    padded_image8 = padded8.data();
   } else if (uses_padded_image(pc.g)) {  // never depthwise (groups > 1)
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
@@ -370,6 +439,10 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   auto tile = [&](int64_t t, Workspace& ws) {
     if (pc.bits.planes)
       bit_conv_tile(pc, blocks, bit_planes, t * rows, std::min(rows, positions - t * rows), out, ws);
+#ifdef QCNN_X86
+    else if (pc.acc16)
+      acc16_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
+#endif
     else if (pc.depthwise)
       depthwise_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
     else
@@ -423,7 +496,25 @@ ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t grou
   return g;
 }
 
-PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x) {
+namespace {
+bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int accumulator_bits, Isa isa) {
+  if (isa != Isa::Avx2 || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
+  const int64_t k = g.k();
+  for (int64_t m = 0; m < g.m; ++m) {
+    int64_t l1 = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const int16_t v = weight[m * k + i];
+      if (v < -128 || v > 127) return false;
+      l1 += std::abs(int32_t{v});
+    }
+    if (x.hi * l1 > 32767) return false;
+  }
+  return true;
+}
+}  // namespace
+
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x,
+                     int accumulator_bits) {
   PackedConv pc;
   pc.g = g;
   pc.isa = isa;
@@ -434,6 +525,13 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
   if (const int planes = binary_planes(g, weight, x)) {
     pc.bits = pack_bit_weights(g, weight, planes);
+  } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
+    pc.acc16 = true;
+    const int64_t blocks16 = round_up(g.m, 16) / 16;
+    pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
+    for (int64_t m = 0; m < g.m; ++m)
+      for (int64_t kk = 0; kk < k; ++kk)
+        pc.weights8[((m / 16) * pairs + kk / 2) * 32 + (m % 16) * 2 + kk % 2] = static_cast<int8_t>(weight[m * k + kk]);
   } else if (pc.depthwise) {  // [taps][C]
     const int64_t taps = k;
     pc.weights.resize(static_cast<size_t>(taps * g.c));
@@ -442,7 +540,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
-  for (int64_t group = 0; group < (pc.depthwise || pc.bits.planes ? 0 : g.groups); ++group)
+  for (int64_t group = 0; group < (pc.depthwise || pc.bits.planes || pc.acc16 ? 0 : g.groups); ++group)
     for (int64_t j = 0; j < mg; ++j) {
       const int16_t* src = weight + (group * mg + j) * k;
       int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
@@ -507,13 +605,15 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 
 std::string conv_kernel_name(const PackedConv& pc) {
   if (pc.bits.planes) return "bit-plane x" + std::to_string(pc.bits.planes);
-  return pc.depthwise ? "depthwise" : "int16 gemm";
+  if (pc.acc16) return "gemm acc16";
+  return pc.depthwise ? "depthwise" : "gemm acc32";
 }
 
 int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
   if (pc.bits.planes) return bit_scratch_bytes(pc) + rows * (g.m + 8) * 4;
+  if (pc.acc16) return rows * (pc.kp + (g.m + 16) * 4) + (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c;
   int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
   if (uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
   return bytes;

@@ -86,12 +86,18 @@ struct PackedConv {
   std::vector<int64_t> rounded_bias;  // bias + 2^(shift-1): the rounding folded into the bias
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the bit-plane kernel
+  bool acc16 = false;                         // the int16-accumulator kernel (AVX2)
+  std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
 };
 
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
 // |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load). Binary weights (all -1
-// or +1) whose input range `x` has at most kMaxBitPlanes bits run on the bit-plane kernel.
-PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {});
+// or +1) whose input range `x` has at most kMaxBitPlanes bits run on the bit-plane kernel. A layer
+// that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
+// 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
+// max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM.
+PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
+                     int accumulator_bits = 32);
 
 // One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
 // stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32).
@@ -105,7 +111,7 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
                                     int32_t x_sub, int acc_bits);
 
-// The kernel pack_conv chose: "bit-plane x1", "bit-plane x2" (planes), "depthwise" or "int16 gemm".
+// The kernel pack_conv chose: "bit-plane x1" / "x2" (planes), "gemm acc16", "gemm acc32" or "depthwise".
 std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).

@@ -369,7 +369,8 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
     step.accumulator_bits = static_cast<int>(get_int(nd, "accumulator_bits", where, 2, 32));
   if (keep_checked_weights) step.checked_weights = dense;
   step.x_sub = static_cast<int32_t>(int64_t{z_x} - x.offset);
-  step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa, InputRange{x.lo - z_x, x.hi - z_x});
+  step.packed = pack_conv(g, dense.data(), std::move(epi), plan.isa, InputRange{x.lo - z_x, x.hi - z_x},
+                          step.accumulator_bits);
   node.step = std::move(step);
   return out;
 }
