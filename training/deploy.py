@@ -91,7 +91,9 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
         "file_bytes_packed": packed.file_bytes, "ratio_packed": packed.ratio,
         "file_bytes_huffman": huffman.file_bytes, "ratio_huffman": huffman.ratio,
         "fake_quant_test_acc": accuracy(fake_pred, labels),
-        "load_test_acc": accuracy(load_pred, labels), "load_agreement": agreement(load_pred, fake_pred),
+        "fake_quant_test_f1": engine.macro_f1(fake_pred, labels),
+        "load_test_acc": accuracy(load_pred, labels), "load_test_f1": engine.macro_f1(load_pred, labels),
+        "load_agreement": agreement(load_pred, fake_pred),
         "load_images_per_second": labels.numel() / load_seconds,
     }
     if infer is not None:
@@ -103,7 +105,9 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
             raise RuntimeError(f"qcnn-infer returned logits of shape {list(infer_logits.shape)}, qcnn.load "
                                f"{list(load_logits.shape)}")
         infer_pred = infer_logits.argmax(1)
-        result.update(infer_test_acc=accuracy(infer_pred, labels), infer_agreement=agreement(infer_pred, fake_pred),
+        result.update(infer_test_acc=accuracy(infer_pred, labels),
+                      infer_test_f1=engine.macro_f1(infer_pred, labels),
+                      infer_agreement=agreement(infer_pred, fake_pred),
                       infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
                       infer_agreement_with_load=agreement(infer_pred, load_pred),
                       logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
@@ -113,16 +117,22 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
     return result
 
 
+def _f1_note(r: dict, runtime: str) -> str:
+    value = r.get(f"{runtime}_test_f1")  # absent in an older deploy.json
+    return "" if value is None else f" (F1 {value:.2f})"
+
+
 def format_deploy(r: dict) -> str:
     lines = [f"export: {r['file_bytes_packed']} bytes packed ({r['ratio_packed']:.2f}x smaller than the "
              f"{r['float32_bytes']}-byte float32 model), {r['file_bytes_huffman']} bytes Huffman-coded "
              f"({r['ratio_huffman']:.2f}x)",
-             f"fake-quant PyTorch model    test acc {r['fake_quant_test_acc']:.2f}%",
-             f"qcnn.load (integer engine)  test acc {r['load_test_acc']:.2f}%, agreement {r['load_agreement']:.2f}%, "
+             f"fake-quant PyTorch model    test acc {r['fake_quant_test_acc']:.2f}%{_f1_note(r, 'fake_quant')}",
+             f"qcnn.load (integer engine)  test acc {r['load_test_acc']:.2f}%{_f1_note(r, 'load')}, "
+             f"agreement {r['load_agreement']:.2f}%, "
              f"{r['load_images_per_second']:.0f} images/s"]
     if "infer_test_acc" in r:
-        lines.append(f"qcnn-infer (integer engine) test acc {r['infer_test_acc']:.2f}%, agreement "
-                     f"{r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
+        lines.append(f"qcnn-infer (integer engine) test acc {r['infer_test_acc']:.2f}%{_f1_note(r, 'infer')}, "
+                     f"agreement {r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
         lines.append(f"logits of qcnn.load and qcnn-infer bit-identical: {str(r['logits_identical']).lower()}")
     return "\n".join(lines)
 

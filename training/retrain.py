@@ -59,15 +59,20 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     test = engine.evaluate(model, splits.test)
     folded_test = engine.evaluate(qcnn.fold_batchnorm(model), splits.test)
     baseline_summary = source.parent / "summary.json"
-    float_test = json.loads(baseline_summary.read_text()).get("test_acc") if baseline_summary.is_file() else None
+    baseline = json.loads(baseline_summary.read_text()) if baseline_summary.is_file() else {}
+    float_test, float_test_f1 = baseline.get("test_acc"), baseline.get("test_f1")  # older summaries: no F1
     rounds = result["rounds"]
     summary = {
         "name": cfg.name, "kind": "quantized", "model": cfg.model.name, "baseline": str(source),
         "quant": cfg.quant.to_dict(), "incremental": cfg.retrain.incremental,
-        "rounds": len(rounds), "best_round": result["best_round"], "float_val_acc": float_val["acc"],
-        "float_test_acc": float_test, "val_acc": rounds[result["best_round"]]["val_acc"], "quant_test_acc": test["acc"], "test_acc": test["acc"],
-        "folded_test_acc": folded_test["acc"],
-        "round_table": [{k: r[k] for k in ("round", "val_acc_before", "val_acc", "val_loss", "change_fraction")}
+        "rounds": len(rounds), "best_round": result["best_round"],
+        "float_val_acc": float_val["acc"], "float_val_f1": float_val["f1"],
+        "float_test_acc": float_test, "float_test_f1": float_test_f1,
+        "val_acc": rounds[result["best_round"]]["val_acc"], "val_f1": rounds[result["best_round"]]["val_f1"],
+        "quant_test_acc": test["acc"], "quant_test_f1": test["f1"], "test_acc": test["acc"], "test_f1": test["f1"],
+        "folded_test_acc": folded_test["acc"], "folded_test_f1": folded_test["f1"],
+        "round_table": [{k: r[k] for k in ("round", "val_acc_before", "val_f1_before", "val_acc", "val_f1",
+                                           "val_loss", "change_fraction")}
                         for r in rounds],
         "retrain_seconds": time.perf_counter() - t0, "world_size": world, "torch": torch.__version__,
     }
@@ -76,16 +81,24 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_rounds(rounds))
         print(f"[{cfg.name}] float test acc {float_test if float_test is None else f'{float_test:.2f}'}%, "
-              f"quantized test acc {test['acc']:.2f}% (BN folded: {folded_test['acc']:.2f}%) -> {run_dir}", flush=True)
+              f"quantized test acc {test['acc']:.2f}% (F1 {test['f1']:.2f}; BN folded: {folded_test['acc']:.2f}%) "
+              f"-> {run_dir}", flush=True)
     return summary
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_rounds(rounds: list[dict]) -> str:
-    lines = ["| round | val acc after refit | val acc after retraining | val loss | cluster change |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| round | val acc after refit | val F1 after refit | val acc after retraining | val F1 after retraining "
+             "| val loss | cluster change |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rounds:
         change = "-" if r["change_fraction"] is None else f"{r['change_fraction']:.4f}"
-        lines.append(f"| {r['round']} | {r['val_acc_before']:.2f} | {r['val_acc']:.2f} | {r['val_loss']:.4f} | {change} |")
+        lines.append(f"| {r['round']} | {r['val_acc_before']:.2f} | {_pct(r.get('val_f1_before'))} | "
+                     f"{r['val_acc']:.2f} | "
+                     f"{_pct(r.get('val_f1'))} | {r['val_loss']:.4f} | {change} |")
     return "\n".join(lines)
 
 

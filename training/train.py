@@ -57,14 +57,16 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     summary = {
         "name": cfg.name, "kind": "float", "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "epochs": cfg.training.epochs, "val_acc": val["acc"], "test_acc": test["acc"],
-        "float_test_acc": test["acc"], "train_seconds": time.perf_counter() - t0, "world_size": world,
+        "epochs": cfg.training.epochs, "val_acc": val["acc"], "val_f1": val["f1"], "test_acc": test["acc"],
+        "test_f1": test["f1"], "float_test_acc": test["acc"], "float_test_f1": test["f1"],
+        "train_seconds": time.perf_counter() - t0, "world_size": world,
         "torch": torch.__version__, "qcnn": qcnn.__version__,
     }
     if engine.is_main():
         torch.save(model.state_dict(), run_dir / "model.pt")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"[{cfg.name}] float model: val acc {val['acc']:.2f}%, test acc {test['acc']:.2f}% -> {run_dir}", flush=True)
+        print(f"[{cfg.name}] float model: val acc {val['acc']:.2f}% (F1 {val['f1']:.2f}), test acc {test['acc']:.2f}% "
+              f"(F1 {test['f1']:.2f}) -> {run_dir}", flush=True)
     return summary
 
 

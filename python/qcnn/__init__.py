@@ -24,6 +24,8 @@ from . import ops  # noqa: E402,F401
 __version__ = "0.1.0"
 
 from . import config, data, engine, fold, models, nn, quantizers  # noqa: E402,F401
+from . import analysis  # noqa: E402,F401
+from . import search  # noqa: E402,F401
 from .fold import fold_batchnorm  # noqa: E402,F401
 from .quantize import quantize_  # noqa: E402,F401
 

@@ -149,22 +149,53 @@ def train_epoch(model: nn.Module, loader, optimizer, scheduler, *, label_smoothi
     return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1)}
 
 
+def macro_f1(predictions, labels) -> float:
+    """Macro F1 in percent: the unweighted mean over classes of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c),
+    over the classes present in `labels` or `predictions` (scikit-learn's f1_score(average='macro'), where a
+    class that is predicted but never true, or true but never predicted, has F1 = 0). 0.0 for no samples.
+    predictions, labels: 1-D integer tensors (or sequences) of the same length."""
+    pred = torch.as_tensor(predictions).detach().cpu()
+    true = torch.as_tensor(labels).detach().cpu()
+    for name, t in (("predictions", pred), ("labels", true)):
+        if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"macro_f1: {name} must be a 1-D integer tensor, got dtype {t.dtype} and shape "
+                             f"{tuple(t.shape)}")
+    if pred.shape != true.shape:
+        raise ValueError(f"macro_f1: predictions ({pred.numel()}) and labels ({true.numel()}) differ in length")
+    if pred.numel() == 0:
+        return 0.0
+    pred, true = pred.to(torch.int64), true.to(torch.int64)
+    classes = torch.unique(torch.cat([pred, true]))  # sorted
+    p_idx, t_idx = torch.searchsorted(classes, pred), torch.searchsorted(classes, true)
+    k = classes.numel()
+    true_pos = torch.bincount(t_idx[pred == true], minlength=k).double()
+    # 2 TP + FP + FN = (number predicted as c) + (number labelled c) > 0 for every class present
+    support = torch.bincount(p_idx, minlength=k).double() + torch.bincount(t_idx, minlength=k).double()
+    return float(100.0 * (2.0 * true_pos / support).mean())
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader) -> dict:
-    """{'loss', 'acc' (percent), 'n'} of `model` in eval mode over the whole loader."""
+    """{'loss', 'acc' (percent), 'f1' (macro F1 in percent, see macro_f1), 'n'} of `model` in eval mode over
+    the whole loader."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
+    predictions, labels = [], []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
+        predicted = logits.argmax(1)
+        correct += int((predicted == y).sum())
         seen += y.shape[0]
+        predictions.append(predicted.cpu())
+        labels.append(y.cpu())
     model.train(was_training)
-    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1), "n": seen}
+    f1 = macro_f1(torch.cat(predictions), torch.cat(labels)) if predictions else 0.0
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1), "f1": f1, "n": seen}
 
 
 @torch.no_grad()

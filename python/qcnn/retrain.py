@@ -100,13 +100,14 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
         engine.sync_state(model)
         val = engine.evaluate(model, val_loader)
         record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
-                  "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
+                  "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
+                  "seconds": time.perf_counter() - t0}
         state["history"].append(record)
         state["epoch"] = epoch + 1
         if engine.is_main():
             print(f"[{cfg.name}] epoch {epoch + 1}/{tcfg.epochs} train loss {stats['loss']:.4f} "
                   f"acc {stats['acc']:.2f} | val loss {val['loss']:.4f} acc {val['acc']:.2f} "
-                  f"({record['seconds']:.0f}s)", flush=True)
+                  f"F1 {val['f1']:.2f} ({record['seconds']:.0f}s)", flush=True)
             _write_jsonl(run_dir / "epochs.jsonl", state["history"])
         _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
         done_now += 1
@@ -192,7 +193,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             train_loader.set_epoch(state["global_epoch"])
             info = _round_start(model, cfg, state, train_loader)
             before = engine.evaluate(model, val_loader)
-            info.update(val_acc_before=before["acc"], val_loss_before=before["loss"],
+            info.update(val_acc_before=before["acc"], val_f1_before=before["f1"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
             state["round_info"] = info
             optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
@@ -200,7 +201,8 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             if engine.is_main():
                 change = info["change_fraction"]
                 print(f"[{cfg.name}] round {r}: refit, cluster change "
-                      f"{'-' if change is None else f'{change:.4f}'}, val acc before retraining {before['acc']:.2f}",
+                      f"{'-' if change is None else f'{change:.4f}'}, val acc before retraining {before['acc']:.2f} "
+                      f"(F1 {before['f1']:.2f})",
                       flush=True)
         while state["epoch"] < epochs:
             if stop_after_epochs is not None and done_now >= stop_after_epochs:
@@ -235,7 +237,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
 def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, stats: dict) -> None:
     val = engine.evaluate(model, val_loader)
     info = state["round_info"]
-    record = {"round": state["round"], "val_acc": val["acc"], "val_loss": val["loss"],
+    record = {"round": state["round"], "val_acc": val["acc"], "val_f1": val["f1"], "val_loss": val["loss"],
               "train_loss": stats["loss"], "train_acc": stats["acc"], **info,
               "quantizers": qz.describe(model)}
     state["rounds"].append(record)
@@ -248,7 +250,8 @@ def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, sta
     state["train_stats"] = []
     if engine.is_main():
         change = record["change_fraction"]
-        print(f"[{cfg.name}] round {record['round']}: val acc {val['acc']:.2f} loss {val['loss']:.4f} "
+        print(f"[{cfg.name}] round {record['round']}: val acc {val['acc']:.2f} F1 {val['f1']:.2f} "
+              f"loss {val['loss']:.4f} "
               f"change {'-' if change is None else f'{change:.4f}'}{_stop_reason(cfg, state)}",
               flush=True)
         _write_jsonl(cfg.run_dir / "rounds.jsonl", state["rounds"])

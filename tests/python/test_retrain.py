@@ -56,6 +56,7 @@ def test_float_training_resumes_exactly(tmp_path):
     _assert_same_state(model, resumed)
     history = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert all(0.0 <= h["val_f1"] <= 100.0 for h in history)
 
 
 def test_checkpoint_is_atomic(tmp_path):
@@ -99,7 +100,9 @@ def test_retrain_loop_resumes_exactly(tmp_path, variant):
     vals = [r["val_acc"] for r in result["rounds"]]
     if variant == "iterative":  # ends in the state of the best validation round (the first of equals)
         assert result["best_round"] == vals.index(max(vals))
-        assert engine.evaluate(model, splits.val)["acc"] == vals[result["best_round"]]
+        final = engine.evaluate(model, splits.val)
+        assert final["acc"] == vals[result["best_round"]]
+        assert final["f1"] == result["rounds"][result["best_round"]]["val_f1"]
     else:  # INQ keeps its last round: the earlier ones are only partly quantized
         assert result["best_round"] == 1
 
@@ -113,6 +116,8 @@ def test_retrain_loop_resumes_exactly(tmp_path, variant):
     rounds = [json.loads(l) for l in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[0]["change_fraction"] is None and 0.0 <= rounds[1]["change_fraction"] <= 1.0
+    assert [r["val_f1"] for r in rounds] == [r["val_f1"] for r in result["rounds"]]
+    assert all(0.0 <= r["val_f1"] <= 100.0 and 0.0 <= r["val_f1_before"] <= 100.0 for r in rounds)
     assert (tmp_path / "cut" / "accuracy.png").stat().st_size > 0
     assert (tmp_path / "cut" / "histogram.png").stat().st_size > 0
     if variant == "incremental":
