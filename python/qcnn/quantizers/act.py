@@ -1,4 +1,6 @@
-"""Activation quantization with a learned clip, initialized by an observer over a few batches."""
+"""Activation quantization: QuantAct (uniform, learned clip initialized by an observer over a few batches) and
+FixedPointAct (signed fixed point with a given format, Goyal et al. 2021), and FixedPointQuantizer, the fixed-point
+quantizer FixedPointAct shares with biases (QuantConv2d/QuantLinear's bias_quant)."""
 from __future__ import annotations
 
 import math
@@ -118,3 +120,77 @@ class QuantAct(nn.Module):
 def build_act_quantizer(cfg, signed: bool | None = None) -> QuantAct:
     """The activation quantizer for a qcnn.config.ActQuantConfig (`signed` overrides cfg.signed)."""
     return QuantAct(cfg.bits, cfg.signed if signed is None else signed, cfg.method, cfg.observer, cfg.percentile)
+
+
+FIXED_POINT_BITS = (2, 16)
+FIXED_POINT_FRAC_BITS = (-32, 32)
+
+
+def check_fixed_point_format(owner: str, bits, frac_bits) -> None:
+    """Raises TypeError/ValueError naming the argument unless bits is an int in [2, 16] and frac_bits an int
+    in [-32, 32] (the formats qcnn exports: int16 storage at most, scales 2^-32 .. 2^32)."""
+    for name, value, (low, high) in (("bits", bits, FIXED_POINT_BITS), ("frac_bits", frac_bits, FIXED_POINT_FRAC_BITS)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"{owner}: {name} must be in [{low}, {high}], got {value}")
+
+
+class FixedPointQuantizer(nn.Module):
+    """Signed symmetric fixed point (Goyal et al. 2021): q = clip(round(x * 2^F), -(2^(BW-1) - 1), 2^(BW-1) - 1)
+    / 2^F with BW = `bits` in [2, 16] and F = `frac_bits` in [-32, 32] (F may be negative or exceed BW), rounding
+    half to even (qcnn.ops.fake_quant). The gradient is straight-through inside the range and zero where clipped.
+
+    The format lives in two int64 buffers, `format_bits` and `format_frac_bits`, so a state dict carries it;
+    `bits` and `frac_bits` read them as Python ints (what qcnn.analysis.cost and the exporter expect);
+    set_format changes the format in place.
+    """
+
+    signed = True
+
+    def __init__(self, bits: int, frac_bits: int):
+        super().__init__()
+        check_fixed_point_format(type(self).__name__, bits, frac_bits)
+        self.register_buffer("format_bits", torch.tensor(bits, dtype=torch.int64))
+        self.register_buffer("format_frac_bits", torch.tensor(frac_bits, dtype=torch.int64))
+
+    @property
+    def bits(self) -> int:
+        return int(self.format_bits)
+
+    @property
+    def frac_bits(self) -> int:
+        return int(self.format_frac_bits)
+
+    def set_format(self, bits: int, frac_bits: int) -> None:
+        check_fixed_point_format(f"{type(self).__name__}.set_format", bits, frac_bits)
+        self.format_bits.fill_(bits)
+        self.format_frac_bits.fill_(frac_bits)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def step(self) -> float:
+        """The quantization step 2^-F (exact in float32 for F in [-32, 32])."""
+        return 2.0 ** -self.frac_bits
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, frac_bits={self.frac_bits}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qmax = self.qmax
+        return ops.fake_quant(x, self.step, 0, -qmax, qmax)
+
+    def describe(self) -> dict:
+        return {"type": "fixed", "bits": self.bits, "frac_bits": self.frac_bits, "signed": True, "step": self.step}
+
+
+class FixedPointAct(FixedPointQuantizer):
+    """FixedPointQuantizer as a layer's input (activation) quantizer: QuantConv2d/QuantLinear accept it as act_quant.
+    It needs no calibration; the format comes from its constructor (e.g. a qcnn.search.FixedPointPlan)."""
+
+    def describe(self) -> dict:
+        return {"type": "act", "method": "fixed", "bits": self.bits, "frac_bits": self.frac_bits, "signed": True,
+                "step": self.step}

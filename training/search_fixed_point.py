@@ -1,0 +1,143 @@
+"""Goyal et al.'s fixed-point bit-width search: python training/search_fixed_point.py --config configs/fxp_demo.yaml
+
+Loads the float baseline (the config's `baseline`, default runs/baseline/model.pt), folds BatchNorm into the convs,
+runs qcnn.search.fixed_point on the validation split with the config's `search:` section (FixedPointSearchConfig;
+the rest of the file is a RunConfig), applies the plan, evaluates the float and the quantized model on the test
+split once, at the end, and writes runs/<name>/{config.yaml, plan.json, summary.json, model.pt}. Prints the
+per-layer table. model.pt is the state dict of plan.apply(qcnn.fold_batchnorm(model)): rebuild that model, then
+load it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import qcnn  # noqa: E402
+from qcnn import config as qconfig, engine, models  # noqa: E402
+from qcnn.data import build_loaders  # noqa: E402
+from qcnn.search.fixed_point import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
+
+from retrain import baseline_path  # noqa: E402
+
+
+def load_config(path: Path) -> tuple[qconfig.RunConfig, FixedPointSearchConfig]:
+    """The run config and the `search:` section of a YAML file; errors name the file and the key path."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise qconfig.ConfigError("", f"cannot read ({err})", file=str(path)) from err
+    except yaml.YAMLError as err:
+        raise qconfig.ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
+    if not isinstance(data, dict):
+        raise qconfig.ConfigError("", f"must be a mapping, got {type(data).__name__}", file=str(path))
+    data = dict(data)
+    search = data.pop("search", None)
+    try:
+        return qconfig.from_dict(data), FixedPointSearchConfig.from_dict(search, _path="search")
+    except qconfig.ConfigError as err:
+        raise qconfig.ConfigError(err.key_path, err.message, file=str(path)) from None
+
+
+def relative_drop(reference: float, value: float) -> float:
+    return (reference - value) / reference if reference else float("nan")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="YAML config: a run config plus a `search:` section")
+    p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
+    args = p.parse_args(argv)
+    cfg, search_cfg = load_config(args.config)
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    engine.seed_everything(cfg.training.seed)
+    splits = build_loaders(cfg.data)
+    source = baseline_path(cfg)
+    if not source.is_file():
+        raise SystemExit(f"search_fixed_point.py: float baseline {source} not found; train it with training/train.py "
+                         "or set 'baseline' in the config")
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    folded = qcnn.fold_batchnorm(model)
+
+    t0 = time.perf_counter()
+    plan = fixed_point(folded, splits.val, log=None if args.quiet else print, **search_cfg.to_dict())
+    search_seconds = time.perf_counter() - t0
+    quantized = plan.apply(copy.deepcopy(folded))
+    float_val, val = engine.evaluate(folded, splits.val), engine.evaluate(quantized, splits.val)
+
+    # The test split, once, after every choice is made.
+    float_test, test = engine.evaluate(folded, splits.test), engine.evaluate(quantized, splits.test)
+
+    input_shape = tuple(next(iter(splits.val))[0].shape[1:])
+    costs = qcnn.analysis.cost(quantized, input_shape).total
+    plan_costs = plan.cost()
+    stats = plan.stats
+    summary = {
+        "name": cfg.name, "kind": "fixed_point", "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+        "baseline": str(source), "search": search_cfg.to_dict(),
+        "float_val_acc": float_val["acc"], "val_acc": val["acc"],
+        "val_relative_drop": relative_drop(float_val["acc"], val["acc"]),
+        "float_test_acc": float_test["acc"], "test_acc": test["acc"],
+        "test_relative_drop": relative_drop(float_test["acc"], test["acc"]),
+        "float_val_f1": float_val.get("f1"), "val_f1": val.get("f1"),
+        "float_test_f1": float_test.get("f1"), "test_f1": test.get("f1"),
+        "search_val_images": stats["val_images"], "search_val_acc": stats["val_acc_quantized"],
+        "start_bits": stats["start_bits"],
+        "memory_bits": costs["memory_bits"], "int8_memory_bits": costs["int8_memory_bits"],
+        "memory_saved_vs_int8_pct": costs["memory_saved_vs_int8_pct"],
+        "mult_cost": costs["goyal_mult_cost"], "int8_mult_cost": costs["int8_mult_cost"],
+        "mult_cost_saved_vs_int8_pct": costs["mult_cost_saved_vs_int8_pct"],
+        "bops": costs["bops"], "speedup_vs_int8": costs["speedup_vs_int8"],
+        "plan_cost": plan_costs,
+        "search_seconds": search_seconds, "candidates_evaluated": stats["candidates_evaluated"],
+        "candidates_stopped_early": stats["candidates_stopped_early"],
+        "evaluations_from_prefix_cache": stats["evaluations_from_prefix_cache"], "prefix_cache": stats["prefix_cache"],
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "qcnn": qcnn.__version__,
+        "layers": [layer.to_dict() for layer in plan.layers],
+    }
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "search": search_cfg.to_dict()},
+                                                        sort_keys=False))
+    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    torch.save(quantized.state_dict(), run_dir / "model.pt")
+    print(plan.table())
+    print(format_summary(summary))
+    print(f"[{cfg.name}] -> {run_dir}", flush=True)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    return "\n".join([
+        f"val  (search split, {s['search_val_images']} images): float {s['float_val_acc']:.2f}% -> fixed point "
+        f"{s['val_acc']:.2f}% ({100 * s['val_relative_drop']:.2f}% relative loss)",
+        f"test (read once): float {s['float_test_acc']:.2f}% -> fixed point {s['test_acc']:.2f}% "
+        f"({100 * s['test_relative_drop']:.2f}% relative loss)",
+        f"memory {s['memory_bits']} bits vs {s['int8_memory_bits']} at 8 bits ({s['memory_saved_vs_int8_pct']:.1f}% "
+        f"saved); multiplication cost {s['mult_cost']} vs {s['int8_mult_cost']} "
+        f"({s['mult_cost_saved_vs_int8_pct']:.1f}% saved)",
+        f"search {s['search_seconds']:.1f} s on {s['threads']} threads, {s['candidates_evaluated']} candidates "
+        f"({s['candidates_stopped_early']} stopped early, {s['evaluations_from_prefix_cache']} from the prefix cache), "
+        f"start {s['start_bits']} bits",
+    ])
+
+
+def load_plan(path: Path) -> FixedPointPlan:
+    """The plan a run wrote (runs/<name>/plan.json)."""
+    return FixedPointPlan.from_dict(json.loads(Path(path).read_text()))
+
+
+if __name__ == "__main__":
+    main()
