@@ -10,14 +10,19 @@
 
 namespace qcnn {
 
-// Bytes needed for `count` values of `bits` bits each (1 <= bits <= 8).
+constexpr int kMaxPackedBits = 16;
+
+// Bytes needed for `count` values of `bits` bits each (1 <= bits <= 16).
 int64_t packed_size(int64_t count, int bits);
 
-// Packs `count` values (each < 2^bits) into out[packed_size(count, bits)].
-// Throws std::invalid_argument on a bad bit width or a value that does not fit.
+// Packs `count` values (each < 2^bits) into out[packed_size(count, bits)]; 8-bit values take
+// bits <= 8, 16-bit values bits <= 16. Throws std::invalid_argument on a bad bit width or a value
+// that does not fit.
 void pack_bits(const uint8_t* values, int64_t count, int bits, uint8_t* out);
+void pack_bits(const uint16_t* values, int64_t count, int bits, uint8_t* out);
 
 // Inverse of pack_bits: reads packed_size(count, bits) bytes from `packed`.
 void unpack_bits(const uint8_t* packed, int64_t count, int bits, uint8_t* out);
+void unpack_bits(const uint8_t* packed, int64_t count, int bits, uint16_t* out);
 
 }  // namespace qcnn

@@ -215,17 +215,17 @@ struct Loader {
   Value parse_global_pool(const json& nd, Node& node, const std::string& where);
   Value parse_flatten(const json& nd, Node& node, const std::string& where);
 
-  std::vector<uint8_t> weight_indices(const json& w, const std::string& prefix, int64_t count, int bits, int codes,
-                                      const std::string& wwhere) const;
+  std::vector<uint16_t> weight_indices(const json& w, const std::string& prefix, int64_t count, int bits, int codes,
+                                       const std::string& wwhere) const;
 };
 
-std::vector<uint8_t> Loader::weight_indices(const json& w, const std::string& prefix, int64_t count, int bits,
-                                            int codes, const std::string& wwhere) const {
+std::vector<uint16_t> Loader::weight_indices(const json& w, const std::string& prefix, int64_t count, int bits,
+                                             int codes, const std::string& wwhere) const {
   const std::string coding = get_string(w, "coding", wwhere);
   const std::string iname = prefix + ".indices";
   const TensorView& data = file.tensor(iname, DType::U8);
   if (data.shape.size() != 1) fail(tensor_where(iname), "must be 1-D");
-  std::vector<uint8_t> indices;
+  std::vector<uint16_t> indices;
   if (coding == "packed") {
     // Sizes are checked against the file before anything of `count` is allocated.
     if (data.bytes != packed_size(count, bits))
@@ -235,15 +235,17 @@ std::vector<uint8_t> Loader::weight_indices(const json& w, const std::string& pr
     indices.resize(static_cast<size_t>(count));
     unpack_bits(data.data, count, bits, indices.data());
   } else if (coding == "huffman") {
+    if (codes > 256) fail(wwhere, "huffman coding takes at most 256 codes");
     auto lengths = copy_tensor<uint8_t>(file.tensor(prefix + ".code_lengths", DType::U8, {codes}));
     if (count / 8 > data.bytes)  // every code is at least one bit long
       fail(tensor_where(iname), std::to_string(data.bytes) + " bytes cannot hold " + std::to_string(count) + " codes");
-    indices.resize(static_cast<size_t>(count));
+    std::vector<uint8_t> narrow(static_cast<size_t>(count));
     try {
-      huffman_decode(data.data, data.bytes, lengths.data(), codes, count, indices.data());
+      huffman_decode(data.data, data.bytes, lengths.data(), codes, count, narrow.data());
     } catch (const std::invalid_argument& e) {
       fail(tensor_where(iname), e.what());
     }
+    indices.assign(narrow.begin(), narrow.end());
   } else {
     fail(wwhere, "unknown coding (expected 'packed' or 'huffman')");
   }
@@ -291,15 +293,15 @@ Value Loader::parse_conv(const json& nd, Node& node, const std::string& where) {
   // Weights: integer levels per index (docs/FORMAT.md section 3).
   const std::string wwhere = where + " weight";
   const json& w = field(nd, "weight", where);
-  const int bits = static_cast<int>(get_int(w, "bits", wwhere, 1, 8));
-  const int codes = static_cast<int>(get_int(w, "codes", wwhere, 1, 256));
+  const int bits = static_cast<int>(get_int(w, "bits", wwhere, 1, kMaxPackedBits));
+  const int codes = static_cast<int>(get_int(w, "codes", wwhere, 1, 1 << kMaxPackedBits));
   if (codes > (1 << bits)) fail(wwhere, "codes exceeds 2^bits");
   const int64_t tables = get_int(w, "groups", wwhere, 1, kMaxDim);
   if (tables != 1 && tables != m) fail(wwhere, "groups must be 1 or out_channels");
   if (get_int(w, "count", wwhere, 0, INT64_MAX) != count)
     fail(wwhere, "count must be out_channels * in_channels / groups * kh * kw = " + std::to_string(count));
   const std::string prefix = node.name + ".weight";
-  const std::vector<uint8_t> indices = weight_indices(w, prefix, count, bits, codes, wwhere);
+  const std::vector<uint16_t> indices = weight_indices(w, prefix, count, bits, codes, wwhere);
   const auto levels = copy_tensor<int16_t>(file.tensor(prefix + ".levels", DType::I16, {tables, codes}));
   require_finite(copy_tensor<float>(file.tensor(prefix + ".scale", DType::F32, {m})), tensor_where(prefix + ".scale"));
   int64_t max_level = 0;

@@ -52,7 +52,36 @@ TEST_CASE("pack_bits rejects bad widths and values", "[bitpack]") {
   std::vector<uint8_t> out(1);
   CHECK_THROWS_AS(qcnn::pack_bits(v.data(), 1, 2, out.data()), std::invalid_argument);
   CHECK_THROWS_AS(qcnn::packed_size(4, 0), std::invalid_argument);
-  CHECK_THROWS_AS(qcnn::packed_size(4, 9), std::invalid_argument);
+  CHECK_THROWS_AS(qcnn::packed_size(4, 17), std::invalid_argument);
+  CHECK_THROWS_AS(qcnn::pack_bits(v.data(), 1, 9, out.data()), std::invalid_argument);  // 8-bit values: <= 8 bits
+  const std::vector<uint16_t> wide{1u << 12};
+  std::vector<uint8_t> out2(2);
+  CHECK_THROWS_AS(qcnn::pack_bits(wide.data(), 1, 12, out2.data()), std::invalid_argument);
+}
+
+// Wide indices (fixed-point weights of 9 to 16 bits): the same stream, a value spans up to 3 bytes.
+TEST_CASE("pack_bits/unpack_bits of 16-bit values up to 16 bits", "[bitpack]") {
+  std::mt19937 rng(4321);
+  for (int bits = 1; bits <= 16; ++bits)
+    for (int64_t count : {0, 1, 7, 9, 100, 1001}) {
+      std::vector<uint16_t> v(static_cast<size_t>(count));
+      for (auto& x : v) x = static_cast<uint16_t>(rng() % (1u << bits));
+      std::vector<uint8_t> packed(static_cast<size_t>(qcnn::packed_size(count, bits)), 0xAB);
+      qcnn::pack_bits(v.data(), count, bits, packed.data());
+      for (int64_t i = 0; i < count; ++i)
+        for (int b = 0; b < bits; ++b) {
+          const int64_t j = i * bits + b;
+          REQUIRE(((packed[j / 8] >> (j % 8)) & 1) == ((v[i] >> b) & 1));
+        }
+      std::vector<uint16_t> back(static_cast<size_t>(count));
+      qcnn::unpack_bits(packed.data(), count, bits, back.data());
+      REQUIRE(back == v);
+      if (bits <= 8) {  // the two widths agree on the stream
+        std::vector<uint8_t> narrow(v.begin(), v.end()), p8(packed.size());
+        qcnn::pack_bits(narrow.data(), count, bits, p8.data());
+        REQUIRE(p8 == packed);
+      }
+    }
 }
 
 TEST_CASE("huffman round trip and near-entropy size", "[huffman]") {

@@ -2,7 +2,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "core/bitpack.h"
 #include "core/huffman.h"
@@ -25,28 +28,52 @@ auto guarded(const char* op, Fn fn) {
   }
 }
 
+// values: uint8 for bits <= 8, int32 in [0, 2^bits) for bits <= 16 (torch has no uint16 arithmetic).
 at::Tensor pack_bits_cpu(const at::Tensor& values, int64_t bits) {
-  check_dtype(values, at::kByte, "values");
-  TORCH_CHECK(bits >= 1 && bits <= 8, "bits must be in [1, 8], got ", bits);
+  const bool wide = values.scalar_type() == at::kInt;
+  TORCH_CHECK(wide || values.scalar_type() == at::kByte, "values must be uint8 (bits <= 8) or int32 (bits <= 16), got ",
+              values.scalar_type());
+  TORCH_CHECK(bits >= 1 && bits <= (wide ? kMaxPackedBits : 8), "bits must be in [1, ", wide ? kMaxPackedBits : 8,
+              "] for ", values.scalar_type(), " values, got ", bits);
   auto v = values.contiguous();
-  auto out = at::empty({packed_size(v.numel(), static_cast<int>(bits))}, v.options());
+  auto out = at::empty({packed_size(v.numel(), static_cast<int>(bits))}, v.options().dtype(at::kByte));
   guarded("pack_bits", [&] {
-    pack_bits(v.data_ptr<uint8_t>(), v.numel(), static_cast<int>(bits), out.data_ptr<uint8_t>());
+    if (!wide) {
+      pack_bits(v.data_ptr<uint8_t>(), v.numel(), static_cast<int>(bits), out.data_ptr<uint8_t>());
+      return 0;
+    }
+    const int32_t* src = v.data_ptr<int32_t>();
+    std::vector<uint16_t> narrow(static_cast<size_t>(v.numel()));
+    for (int64_t i = 0; i < v.numel(); ++i) {
+      if (src[i] < 0 || src[i] >= (int32_t{1} << bits))
+        throw std::invalid_argument("value " + std::to_string(src[i]) + " at index " + std::to_string(i) +
+                                    " does not fit in " + std::to_string(bits) + " bits");
+      narrow[static_cast<size_t>(i)] = static_cast<uint16_t>(src[i]);
+    }
+    pack_bits(narrow.data(), v.numel(), static_cast<int>(bits), out.data_ptr<uint8_t>());
     return 0;
   });
   return out;
 }
 
+// uint8 values for bits <= 8, int32 for wider ones.
 at::Tensor unpack_bits_cpu(const at::Tensor& packed, int64_t bits, int64_t count) {
   check_dtype(packed, at::kByte, "packed");
-  TORCH_CHECK(bits >= 1 && bits <= 8, "bits must be in [1, 8], got ", bits);
+  TORCH_CHECK(bits >= 1 && bits <= kMaxPackedBits, "bits must be in [1, ", kMaxPackedBits, "], got ", bits);
   TORCH_CHECK(count >= 0, "count must be >= 0, got ", count);
   TORCH_CHECK(packed.dim() == 1 && packed.numel() == packed_size(count, static_cast<int>(bits)), "packed must be 1-D with ",
               packed_size(count, static_cast<int>(bits)), " bytes for ", count, " values of ", bits, " bits, got ",
               packed.sizes());
   auto p = packed.contiguous();
-  auto out = at::empty({count}, p.options());
-  unpack_bits(p.data_ptr<uint8_t>(), count, static_cast<int>(bits), out.data_ptr<uint8_t>());
+  if (bits <= 8) {
+    auto out = at::empty({count}, p.options());
+    unpack_bits(p.data_ptr<uint8_t>(), count, static_cast<int>(bits), out.data_ptr<uint8_t>());
+    return out;
+  }
+  std::vector<uint16_t> narrow(static_cast<size_t>(count));
+  unpack_bits(p.data_ptr<uint8_t>(), count, static_cast<int>(bits), narrow.data());
+  auto out = at::empty({count}, p.options().dtype(at::kInt));
+  std::copy(narrow.begin(), narrow.end(), out.data_ptr<int32_t>());
   return out;
 }
 

@@ -9,12 +9,12 @@ _ops = torch.ops.qcnn
 
 @torch.library.register_fake("qcnn::pack_bits")
 def _pack_bits_fake(values, bits):
-    return values.new_empty(((values.numel() * bits + 7) // 8,))
+    return values.new_empty(((values.numel() * bits + 7) // 8,), dtype=torch.uint8)
 
 
 @torch.library.register_fake("qcnn::unpack_bits")
 def _unpack_bits_fake(packed, bits, count):
-    return packed.new_empty((count,))
+    return packed.new_empty((count,), dtype=torch.uint8 if bits <= 8 else torch.int32)
 
 
 @torch.library.register_fake("qcnn::huffman_code_lengths")
@@ -34,11 +34,13 @@ def _huffman_decode_fake(data, code_lengths, count):
 
 
 def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Packs uint8 values (< 2**bits) LSB-first into a 1-D uint8 tensor (docs/FORMAT.md)."""
+    """Packs values (< 2**bits; uint8 for bits <= 8, int32 for bits <= 16) LSB-first into a 1-D uint8 tensor
+    (docs/FORMAT.md)."""
     return _ops.pack_bits.default(values.reshape(-1), bits)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """The inverse of pack_bits: uint8 values for bits <= 8, int32 for wider ones."""
     return _ops.unpack_bits.default(packed, bits, count)
 
 
