@@ -12,7 +12,7 @@ TORCH_LIBRARY_FRAGMENT(qcnn, m) {
   m.def("lloyd_max(Tensor density, Tensor grid_start, Tensor grid_step, int k, str init='optimal', "
         "int max_iter=1000, float tol=1e-09) -> (Tensor, Tensor)");
   // Sampled Gaussian KDE on a grid -> (density [.., grid_size], grid_start [..], grid_step [..], bandwidth [..]).
-  m.def("kde_grid_density(Tensor x, Tensor? sample_weight=None, int sample_size=10000, str bandwidth='scott', "
+  m.def("kde_grid_density(Tensor x, Tensor? sample_weight=None, int sample_size=100000, str bandwidth='scott', "
         "float bandwidth_factor=1.0, int grid_size=2048, int seed=0) -> (Tensor, Tensor, Tensor, Tensor)");
   // Per row: up to k distinct values (padded with the largest) and min(#distinct, k + 1).
   m.def("distinct_values(Tensor x, int k) -> (Tensor, Tensor)");

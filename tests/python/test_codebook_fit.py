@@ -90,6 +90,65 @@ def test_kde_options_and_determinism():
     assert k.codebook.shape == (16,)
 
 
+MAX_1960_2BIT = [-1.510, -0.4528, 0.4528, 1.510]  # Max 1960, Table I: optimal 4-level quantizer of N(0, 1)
+
+
+def seeded_laplacian(n, seed):
+    u = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5
+    return (-torch.sign(u) * torch.log1p(-2 * u.abs())).float()
+
+
+def test_kde_lloyd_max_2bit_levels_of_a_large_normal_sample_match_max_1960():
+    w = torch.randn(2_000_000, generator=torch.Generator().manual_seed(11))
+    for seed in range(3):  # default options: 100000 of the 2e6 values are sampled
+        fit = cb.fit(w, 2, "kde_lloyd_max", seed=seed)
+        torch.testing.assert_close(fit.codebook, torch.tensor(MAX_1960_2BIT), rtol=0, atol=0.006)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "laplacian"])
+def test_sampled_kde_fits_within_one_percent_of_optimal_sse(dist):
+    n = 500_000  # above the default sample_size, so the fits are sampled
+    w = torch.randn(n, generator=torch.Generator().manual_seed(3)) if dist == "gaussian" else seeded_laplacian(n, 3)
+    for bits in (1, 2, 3, 4):
+        optimal = cb.fit(w, bits, "kmeans_optimal").sse
+        for method in ("kde_kmeans", "kde_lloyd_max"):
+            for seed in (0, 1):
+                assert cb.fit(w, bits, method, seed=seed).sse <= 1.01 * optimal, (dist, bits, method, seed)
+
+
+def test_sampled_kde_is_deterministic_per_seed():
+    w = seeded_laplacian(300_000, 5)
+    for method in ("kde_kmeans", "kde_lloyd_max"):
+        a, b, c = (cb.fit(w, 4, method, seed=s).codebook for s in (7, 7, 8))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_kde_of_a_whole_group_is_the_binned_histogram():
+    # A group no larger than sample_size is used whole: Scott's bandwidth with the finite-population
+    # correction is 0, so the KDE is the linearly binned histogram that "lloyd_max" uses.
+    w = torch.randn(16, 500, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.01, 1, 16)[:, None]
+    kde = cb.fit(w, 3, "kde_lloyd_max", "channel")
+    histogram = cb.fit(w, 3, "lloyd_max", "channel", grid_size=2048)
+    assert torch.equal(kde.codebook, histogram.codebook)
+    _, _, _, h = cb.kde_grid_density(w, None, 100000, "scott", 1.0, 2048, 0)
+    assert torch.equal(h, torch.zeros(16, dtype=torch.float64))
+    _, _, _, h = cb.kde_grid_density(w, None, 100, "scott", 1.0, 2048, 0)
+    assert bool((h > 0).all())
+    optimal = cb.fit(w, 3, "kmeans_optimal", "channel").sse
+    assert kde.sse <= 1.01 * optimal
+
+
+def test_kde_keeps_exact_tails():
+    # 1e5 values with a 20-value cluster far out: a sample of 1000 would rarely see it, the exact
+    # tails always do, so the fitted codebook spends a level on it.
+    w = torch.randn(100_000, generator=torch.Generator().manual_seed(4))
+    w[torch.arange(20) * 4999] = 40.0
+    for method in ("kde_kmeans", "kde_lloyd_max"):
+        fit = cb.fit(w, 2, method, sample_size=1000)
+        assert fit.codebook[-1].item() == pytest.approx(40.0, abs=1e-3)  # exact tails are not smoothed or shrunk
+        assert fit.sse <= 1.01 * cb.fit(w, 2, "kmeans_optimal").sse
+
+
 def test_fit_errors():
     w = torch.randn(8, 9)
     with pytest.raises(TypeError, match="w must be"):

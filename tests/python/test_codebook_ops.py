@@ -175,24 +175,51 @@ def test_lloyd_max_reproduces_max_1960(k, table):
     np.testing.assert_allclose(levels.numpy(), ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("rule", ["scott", "silverman", 0.3])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_kde_bandwidth_and_density_match_scipy(rule, weighted):
+def kde_test_values(n, weighted):
     rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 1, n // 2), rng.laplace(3, 0.5, n - n // 2)])
+    return x, (rng.uniform(0.1, 1.0, n) if weighted else None)
+
+
+# Issue 11 changed the estimator: it is variance-corrected (Jones 1991) and Scott / Silverman carry a
+# finite-population correction, so plain scipy.stats.gaussian_kde is no longer the reference as such.
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kde_density_matches_scipy_on_the_rescaled_values(weighted):
     for n in (150, 5000):  # direct kernel sum and binned convolution
-        x = np.concatenate([rng.normal(0, 1, n // 2), rng.laplace(3, 0.5, n - n // 2)])
-        w = rng.uniform(0.1, 1.0, n) if weighted else None
-        kde = scipy_stats.gaussian_kde(x, bw_method=rule, weights=w)
-        bandwidth, factor = (rule, 1.0) if isinstance(rule, str) else ("factor", rule)
+        x, w = kde_test_values(n, weighted)
+        wn = np.ones(n) if w is None else w
+        mean = np.average(x, weights=wn)
+        var0 = np.average((x - mean) ** 2, weights=wn)
+        h0 = 0.3 * float(np.sqrt(scipy_stats.gaussian_kde(x, bw_method=1.0, weights=w).covariance[0, 0]))
+        shrink = np.sqrt(var0 / (var0 + h0 ** 2))
+        # the plain KDE (factor 0.3) of the values rescaled about their mean: variance var0, not var0 + h0^2
+        kde = scipy_stats.gaussian_kde(mean + shrink * (x - mean), bw_method=0.3, weights=w)
         density, start, step, h = ops.kde_grid_density(
-            torch.from_numpy(x), None if w is None else torch.from_numpy(w), 0, bandwidth, factor, 2048, 0)
+            torch.from_numpy(x), None if w is None else torch.from_numpy(w), 0, "factor", 0.3, 2048, 0)
         assert float(h) == pytest.approx(float(np.sqrt(kde.covariance[0, 0])), rel=1e-10)
-        assert float(start) == pytest.approx(x.min() - 3 * float(h))
-        assert float(start) + 2047 * float(step) == pytest.approx(x.max() + 3 * float(h))
+        assert float(h) == pytest.approx(shrink * h0, rel=1e-10)
+        # [min - 3h, max + 3h] plus one padding step on each side
+        assert float(start + step) == pytest.approx(x.min() - 3 * float(h))
+        assert float(start) + 2046 * float(step) == pytest.approx(x.max() + 3 * float(h))
         grid = float(start) + float(step) * np.arange(2048)
         ref = kde(grid)
         tol = 1e-9 if n <= 256 else 2e-3
         np.testing.assert_allclose(density.numpy(), ref, atol=tol * ref.max())
+
+
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kde_rules_use_the_finite_population_correction(rule, weighted):
+    x, w = kde_test_values(5000, weighted)
+    xt, wt = torch.from_numpy(x), None if w is None else torch.from_numpy(w)
+    density, _, _, h = ops.kde_grid_density(xt, wt, 0, rule, 1.0, 2048, 0)  # every value: h = 0
+    assert float(h) == 0.0
+    assert torch.equal(density, ops.kde_grid_density(xt, wt, 0, "none", 1.0, 2048, 0)[0])
+    # 4000 of 5000 sampled: scipy's rule for 4000 / (1 - 0.8) samples, not 4000 (h 1.38x larger), up
+    # to the sample's std, the post-stratified weights' effective size and the variance correction
+    h = float(ops.kde_grid_density(xt, wt, 4000, rule, 1.0, 2048, 0)[3])
+    m_eff = 4000 / 0.2 * (1.0 if rule == "scott" else 0.75)
+    assert h == pytest.approx(float(np.sqrt(np.cov(x, aweights=w))) * m_eff ** -0.2, rel=0.05)
 
 
 def test_kde_sampling_is_seeded():

@@ -4,10 +4,23 @@ Methods (Ji et al. 2015; Seo & Kim 2019):
   "kmeans"          Lloyd's 1-D k-means on all weights (sorted once, O(k log n) per iteration).
   "kmeans_optimal"  globally optimal 1-D k-means (minimum SSE), dynamic programming with SMAWK.
   "lloyd_max"       Lloyd-Max on the histogram density of all the weights: every weight is linearly
-                    binned onto grid_size points spanning [min, max] and the density is linear
-                    between grid points.
+                    binned onto grid_size points spanning [min, max] (plus one step each side) and
+                    the density is linear between grid points.
   "kde_kmeans"      KDE-KM: weighted k-means on the grid points of a Gaussian KDE built from a sample.
   "kde_lloyd_max"   KDE-LM: Lloyd-Max on that KDE.
+
+The KDE (defaults: sample_size=100000, bandwidth="scott", grid_size=2048) is built for quantizer
+design, so that the sampled fits stay within 1% of the SSE of full k-means:
+  - one value drawn from each of sample_size equal blocks of positions (seeded); one O(n) pass then
+    takes the tails exactly (every value beyond the sample's 9th smallest / largest) and the exact
+    mass of 64 equal-width strata between them, to which the sampled values are reweighted
+    (post-stratification: the sampled noise that moves Lloyd-Max levels is mostly mass imbalance);
+  - variance-corrected kernel (Jones 1991): the KDE of the sampled values is rescaled about their
+    mean by sqrt(s^2 / (s^2 + h^2)), points and kernel alike, so it keeps their variance s^2 instead
+    of s^2 + h^2 (a plain KDE pushes the levels outward); the exact tails are not smoothed or moved;
+  - Scott / Silverman use m / (1 - m/n) effective samples (finite-population correction), so a group
+    of at most sample_size values gets h = 0: the exact linearly binned histogram of its values;
+  - the grid spans the true [min - 3h, max + 3h] plus one step each side (end values keep full mass).
 
 A group with u <= k distinct values gets those values followed by k - u copies of the largest one
 (SSE 0; ties in quantization go to the lower index, so the copies are never used).
@@ -39,7 +52,7 @@ METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max
 
 _KMEANS_OPTS = {"init": "kmeans++", "max_iter": 300, "tol": 1e-6}
 _LLOYD_MAX_OPTS = {"init": "optimal", "max_iter": 1000, "tol": 1e-9}
-_KDE_OPTS = {"sample_size": 10000, "bandwidth": "scott", "grid_size": 2048}
+_KDE_OPTS = {"sample_size": 100000, "bandwidth": "scott", "grid_size": 2048}
 _DEFAULTS: dict[str, dict] = {
     "kmeans": dict(_KMEANS_OPTS),
     "kmeans_optimal": {},
@@ -143,9 +156,13 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     value range). lloyd_max: init="optimal" | "quantile" | "linear" (optimal: the
     minimum-SSE k-means of the density-weighted grid points, then Lloyd-Max refinement),
     max_iter=1000, tol=1e-9, grid_size=4096. kde_kmeans / kde_lloyd_max: their k-means / Lloyd-Max
-    options (kde_kmeans defaults to init="optimal": the DP on grid_size points is cheap) plus sample_size=10000 (an int count or a float fraction of each group; capped at the
-    group size), bandwidth="scott" | "silverman" | float (factor times the sample std, as
-    scipy.stats.gaussian_kde's bw_method), grid_size=2048. Everything is deterministic given seed.
+    options (kde_kmeans defaults to init="optimal": the DP on grid_size points is cheap) plus
+    sample_size=100000 (an int count or a float fraction of each group; a group of at most that many
+    values uses all of them), bandwidth="scott" | "silverman" (scipy's rules with the
+    finite-population correction: h = 0 without sampling) | float (h = factor times the sample std,
+    as scipy.stats.gaussian_kde's bw_method, also without sampling), grid_size=2048; the sampling,
+    tails and variance correction are described in the module docstring. Everything is
+    deterministic given seed.
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
