@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "core/bitconv.h"
+#include "core/requant.h"
 #include "core/threads.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -248,8 +249,7 @@ void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64
     if constexpr (std::is_same_v<Out, float>) {
       out[m] = std::fma(static_cast<float>(acc[m]), e.scale[m], e.float_bias[m]);
     } else {
-      int64_t v = int64_t{acc[m]} * e.multiplier[m] + pc.rounded_bias[m];
-      v >>= e.shift[m];  // arithmetic: floor division by 2^shift, the rounding is in the bias
+      int64_t v = rounding_shift(int64_t{acc[m]} * e.multiplier[m] + e.bias[m], e.shift[m]);
       v = std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
       out[m] = static_cast<Out>(v - e.store_offset);
     }
@@ -261,6 +261,15 @@ QCNN_AVX2 inline __m256i shift_right_arith64(__m256i v, __m256i s) {
   // AVX2 has no 64-bit arithmetic shift: flip negative values, shift logically, flip back (floor).
   const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
   return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(v, sign), s), sign);
+}
+
+// rounding_shift of 4 int64 lanes: (v + half + (bit s of v & tie)) >> s, arithmetic. Bit s of v is bit s of
+// its two's complement, which the logical shift reads for negative v too.
+QCNN_AVX2 inline __m256i round_shift64(__m256i v, const int64_t* shift, const int64_t* half, const int64_t* tie) {
+  const __m256i s = _mm256_load_si256(reinterpret_cast<const __m256i*>(shift));
+  const __m256i odd = _mm256_and_si256(_mm256_srlv_epi64(v, s), _mm256_load_si256(reinterpret_cast<const __m256i*>(tie)));
+  v = _mm256_add_epi64(_mm256_add_epi64(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(half))), odd);
+  return shift_right_arith64(v, s);
 }
 
 QCNN_AVX2 inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
@@ -289,8 +298,8 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
       __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(mult, 32));
       even = _mm256_add_epi64(even, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.bias_even)));
       odd = _mm256_add_epi64(odd, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.bias_odd)));
-      even = shift_right_arith64(even, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.shift_even)));
-      odd = shift_right_arith64(odd, _mm256_load_si256(reinterpret_cast<const __m256i*>(b.shift_odd)));
+      even = round_shift64(even, b.shift_even, b.half_even, b.tie_even);
+      odd = round_shift64(odd, b.shift_odd, b.half_odd, b.tie_odd);
       even = clamp64(_mm256_add_epi64(even, zp), lo, hi);
       odd = clamp64(_mm256_add_epi64(odd, zp), lo, hi);
       const __m256i v = _mm256_sub_epi32(_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), offset);
@@ -547,17 +556,18 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       for (int64_t kk = 0; kk < k; ++kk) dst[(kk / 2) * 16 + kk % 2] = src[kk];
     }
   if (!epi.float_output) {
-    pc.rounded_bias.resize(static_cast<size_t>(g.m));
-    for (int64_t m = 0; m < g.m; ++m)
-      pc.rounded_bias[m] = epi.bias[m] + (epi.shift[m] > 0 ? int64_t{1} << (epi.shift[m] - 1) : 0);
     pc.requant_blocks.resize(static_cast<size_t>(g.m / 8));
     RequantBlock* blocks = pc.requant_blocks.data();
     for (int64_t b = 0; b < g.m / 8; ++b)
       for (int l = 0; l < 8; ++l) {
-        const int64_t m = b * 8 + l;
+        const int64_t m = b * 8 + l, lane = l / 2;
+        const int shift = epi.shift[m];
+        const bool odd = l % 2;
         blocks[b].multiplier[l] = epi.multiplier[m];
-        (l % 2 ? blocks[b].bias_odd : blocks[b].bias_even)[l / 2] = pc.rounded_bias[m];
-        (l % 2 ? blocks[b].shift_odd : blocks[b].shift_even)[l / 2] = epi.shift[m];
+        (odd ? blocks[b].bias_odd : blocks[b].bias_even)[lane] = epi.bias[m];
+        (odd ? blocks[b].shift_odd : blocks[b].shift_even)[lane] = shift;
+        (odd ? blocks[b].half_odd : blocks[b].half_even)[lane] = shift > 0 ? (int64_t{1} << (shift - 1)) - 1 : 0;
+        (odd ? blocks[b].tie_odd : blocks[b].tie_even)[lane] = shift > 0 ? 1 : 0;
       }
   }
   pc.epi = std::move(epi);

@@ -52,10 +52,11 @@ struct ConvEpilogue {
 enum class Storage { U8, I32, F32 };
 
 // Requantization constants of 8 output channels as the AVX2 epilogue reads them: int64 lanes
-// split into even and odd channels (vpmuldq multiplies the even int32 lanes).
+// split into even and odd channels (vpmuldq multiplies the even int32 lanes). Rounding is to nearest,
+// ties to even (core/requant.h rounding_shift): half = 2^(s-1) - 1 and tie = 1 where s > 0, 0 where s = 0.
 struct alignas(32) RequantBlock {
   int32_t multiplier[8];
-  int64_t bias_even[4], bias_odd[4], shift_even[4], shift_odd[4];
+  int64_t bias_even[4], bias_odd[4], shift_even[4], shift_odd[4], half_even[4], half_odd[4], tie_even[4], tie_odd[4];
 };
 
 // The range of x - z_x a convolution will see (the engine knows it from the producer's clamp). The
@@ -83,7 +84,6 @@ struct PackedConv {
   bool depthwise = false;          // groups = in = out channels: its own kernel
   std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
   ConvEpilogue epi;
-  std::vector<int64_t> rounded_bias;  // bias + 2^(shift-1): the rounding folded into the bias
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the bit-plane kernel
   bool acc16 = false;                         // the int16-accumulator kernel (AVX2)

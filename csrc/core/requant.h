@@ -4,7 +4,8 @@
 //
 // Fixed-point requantization:
 //   out = clamp(zp_out + rounding_shift(clamp32(in - zp_in) * multiplier, shift), lo, hi)
-// rounding_shift(v, s) = floor((v + 2^(s-1)) / 2^s) for s >= 1 (round half toward +infinity), v for s = 0.
+// rounding_shift(v, s) = v / 2^s rounded to nearest, ties to even, for s >= 1 (torch's fake quantization rounds
+// the same way: fixed-point scales, powers of two, make ties common), v for s = 0.
 #pragma once
 #include <cstdint>
 
@@ -13,9 +14,10 @@
 namespace qcnn {
 
 inline int64_t rounding_shift(int64_t v, int shift) {
-  // Arithmetic right shift of a signed value is floor division (guaranteed since C++20, and what
-  // every supported compiler does in C++17).
-  return shift == 0 ? v : (v + (int64_t{1} << (shift - 1))) >> shift;
+  // floor((v + 2^(s-1) - 1 + bit_s(v)) / 2^s): below the tie the -1 changes nothing, at the tie it rounds down
+  // unless floor(v / 2^s) is odd. Arithmetic right shift of a signed value is floor division (guaranteed since
+  // C++20, and what every supported compiler does in C++17).
+  return shift == 0 ? v : (v + (int64_t{1} << (shift - 1)) - 1 + ((v >> shift) & 1)) >> shift;
 }
 
 inline int64_t clamp_to_int32(int64_t v) { return v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v); }

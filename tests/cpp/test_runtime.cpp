@@ -203,8 +203,12 @@ TEST_CASE("reader rejects malformed headers with a message naming the problem", 
     require_format_error(tm.bytes(), "declared shape");
   }
   SECTION("bad bit width") {
-    tm.doc["nodes"][1]["weight"]["bits"] = 9;
-    require_format_error(tm.bytes(), "field 'bits' = 9 outside");
+    tm.doc["nodes"][1]["weight"]["bits"] = 17;
+    require_format_error(tm.bytes(), "field 'bits' = 17 outside");
+  }
+  SECTION("wider indices than the tensor holds") {
+    tm.doc["nodes"][1]["weight"]["bits"] = 9;  // valid up to 16 bits, but 12 values of 9 bits need 14 bytes
+    require_format_error(tm.bytes(), "expected 14 for 12 values of 9 bits");
   }
   SECTION("index count mismatch") {
     tm.doc["nodes"][1]["weight"]["count"] = 11;

@@ -265,8 +265,11 @@ def test_accumulator_bound_caps_levels_with_a_warning():
 # Integer semantics of docs/FORMAT.md sections 4-5, evaluated exactly (float64 holds every integer sum here):
 # an independent check of the exported program while qcnn.load's engine interface is being rewritten.
 def _rs(v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    half = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0), torch.zeros_like(shift))
-    return (v + half) >> shift
+    """v / 2^shift to nearest, ties to even (docs/FORMAT.md section 2)."""
+    pos = shift > 0
+    half = torch.where(pos, (torch.ones_like(shift) << (shift - 1).clamp(min=0)) - 1, torch.zeros_like(shift))
+    odd = torch.where(pos, (v >> shift) & 1, torch.zeros_like(v))
+    return (v + half + odd) >> shift
 
 
 def _decode(tensors: dict, node: dict) -> torch.Tensor:

@@ -512,3 +512,28 @@ def test_script_reads_the_test_split_only_after_the_search(tmp_path, monkeypatch
     config.write_text(config.read_text().replace("budget: 0.02", "budget: 2"))
     with pytest.raises(ConfigError, match="search.budget"):
         script.main(["--config", str(config)])
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["searched", "12-bit weights, 10-bit activations"])
+def test_plan_exports_and_the_engine_computes_what_the_fake_quant_model_does(searched, tmp_path, wide):
+    """plan.apply -> qcnn.export -> qcnn.load: the integer engine agrees with the fake-quant model, also with
+    weights wider than 8 bits (16-bit indices in the file) and activations wider than 8 bits (int32 codes)."""
+    from dataclasses import replace
+
+    from qcnn.export import read_qcnn
+    net, _, plan = searched
+    if wide:
+        plan = FixedPointPlan([replace(l, w_bits=12, w_frac=l.w_frac + 12 - l.w_bits, a_bits=10,
+                                       a_frac=l.a_frac + 10 - l.a_bits) for l in plan.layers], plan.stats)
+    model = plan.apply(qcnn.fold_batchnorm(net)).eval()
+    path = tmp_path / "fxp.qcnn"
+    qcnn.export(model, path, input_shape=(1, 8, 8), mean=[0.5], std=[0.25], verbose=False)
+    doc, _ = read_qcnn(path)
+    layers = [n for n in doc["nodes"] if n["op"] in ("conv2d", "linear")]
+    assert [n["weight"]["bits"] for n in layers] == [l.w_bits for l in plan.layers]
+    assert all(n["weight"]["kind"] == "fixed" for n in layers)
+    pixels = torch.randint(0, 256, (512, 1, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    with torch.no_grad():
+        fake = model((pixels.float() / 255 - 0.5) / 0.25).argmax(1)
+    integer = qcnn.load(path)(pixels).argmax(1)
+    assert (fake == integer).float().mean() >= 0.99

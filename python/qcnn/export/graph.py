@@ -15,6 +15,7 @@ import torch.nn.functional as F
 OPS = ("conv2d", "linear", "quant", "relu", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
        "flatten", "add")
 WEIGHT_KINDS = ("codebook", "uniform", "fixed", "binary")
+MAX_WEIGHT_BITS = 16  # fixed-point weights of mixed-precision plans (docs/FORMAT.md section 3); the other kinds <= 8
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class QuantWeight:
     kind "uniform" / "fixed" / "binary": value = scale[m] * levels[g, idx] (integer levels).
     """
     kind: str
-    indices: torch.Tensor                   # uint8 [M, C, kh, kw] or [M, F]
+    indices: torch.Tensor                   # [M, C, kh, kw] or [M, F]: uint8 up to 8 bits, int32 above
     bits: int
     codebook: torch.Tensor | None = None    # float32 [G, k] (kind "codebook")
     levels: torch.Tensor | None = None      # int32 [G, k] (other kinds)
@@ -62,10 +63,11 @@ class QuantWeight:
     def __post_init__(self):
         if self.kind not in WEIGHT_KINDS:
             raise ValueError(f"QuantWeight.kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
-        if self.indices.dtype != torch.uint8:
-            raise TypeError(f"QuantWeight.indices must be uint8, got {self.indices.dtype}")
-        if not 1 <= self.bits <= 8:
-            raise ValueError(f"QuantWeight.bits must be in [1, 8], got {self.bits}")
+        if not 1 <= self.bits <= MAX_WEIGHT_BITS:
+            raise ValueError(f"QuantWeight.bits must be in [1, {MAX_WEIGHT_BITS}], got {self.bits}")
+        want = torch.uint8 if self.bits <= 8 else torch.int32
+        if self.indices.dtype != want:
+            raise TypeError(f"QuantWeight.indices must be {want} for {self.bits}-bit weights, got {self.indices.dtype}")
         table = self.codebook if self.kind == "codebook" else self.levels
         if table is None or table.dim() != 2:
             raise ValueError(f"QuantWeight of kind {self.kind!r} needs a 2-D "
@@ -124,7 +126,8 @@ class QuantWeight:
         m = w_int.shape[0]
         scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(m).clone()
         levels = torch.arange(qmin, qmax + 1, dtype=torch.int32)[None]
-        return QuantWeight(kind, (w_int - qmin).to(torch.uint8), bits, levels=levels, scale=scale)
+        return QuantWeight(kind, (w_int - qmin).to(torch.uint8 if bits <= 8 else torch.int32), bits, levels=levels,
+                           scale=scale)
 
     @staticmethod
     def binary(signs: torch.Tensor, alpha: torch.Tensor) -> "QuantWeight":
@@ -151,10 +154,17 @@ class Node:
     kernel_size: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    accumulator_bits: int | None = None     # conv2d, linear: the declared accumulator width P (2..32), if any
 
     def __post_init__(self):
         if self.op not in OPS:
             raise ValueError(f"node {self.name!r}: op must be one of {OPS}, got {self.op!r}")
+        if self.accumulator_bits is not None:
+            p = self.accumulator_bits
+            if self.op not in ("conv2d", "linear"):
+                raise ValueError(f"node {self.name!r}: accumulator_bits applies to conv2d and linear, not {self.op!r}")
+            if isinstance(p, bool) or not isinstance(p, int) or not 2 <= p <= 32:
+                raise ValueError(f"node {self.name!r}: accumulator_bits must be an int in [2, 32], got {p!r}")
         if self.op in ("conv2d", "linear") and self.weight is None:
             raise ValueError(f"node {self.name!r}: {self.op} needs a weight")
         if self.op == "quant" and self.act is None:

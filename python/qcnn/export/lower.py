@@ -166,20 +166,42 @@ class Lowering:
         packed = pack_bits(flat, w.bits)
         coding = "packed"
         stored = packed
-        counts = torch.bincount(flat.long(), minlength=w.codes)
-        lengths = huffman_code_lengths(counts, 16)
-        huff = huffman_encode(flat, lengths)
         self.index_bytes["packed"] += packed.numel()
-        self.index_bytes["huffman"] += huff.numel() + lengths.numel()
-        if self.entropy_coding and huff.numel() + lengths.numel() < packed.numel():
-            coding, stored = "huffman", huff
-            self.tensors[f"{prefix}.code_lengths"] = lengths
-        self.index_bytes["stored"] += stored.numel() + (lengths.numel() if coding == "huffman" else 0)
+        if w.bits <= 8:  # Huffman codes take at most 256 symbols
+            lengths = huffman_code_lengths(torch.bincount(flat.long(), minlength=w.codes), 16)
+            huff = huffman_encode(flat, lengths)
+            self.index_bytes["huffman"] += huff.numel() + lengths.numel()
+            if self.entropy_coding and huff.numel() + lengths.numel() < packed.numel():
+                coding, stored = "huffman", huff
+                self.tensors[f"{prefix}.code_lengths"] = lengths
+        else:
+            self.index_bytes["huffman"] += packed.numel()
+        self.index_bytes["stored"] += stored.numel() + (self.tensors[f"{prefix}.code_lengths"].numel()
+                                                        if coding == "huffman" else 0)
         self.tensors[f"{prefix}.indices"] = stored
         info = {"kind": w.kind, "bits": w.bits, "codes": w.codes, "groups": w.groups, "count": int(flat.numel()),
                 "coding": coding}
         group_max = levels.abs().amax(dim=1).to(torch.float64)
         return info, scale, group_max.expand(m)
+
+    def check_accumulator(self, node: Node, k: int) -> None:
+        """Proves, from the integers just stored, that the node's declared P-bit accumulator cannot overflow:
+        every partial sum of channel m obeys |acc| <= max|x - z_x| * ||w_int,m||_1, which must be at most
+        2^(P-1) - 1 (docs/FORMAT.md section 4). Raises ValueError naming the node otherwise."""
+        p = node.accumulator_bits
+        levels = self.tensors[f"{node.name}.weight.levels"].to(torch.int64)
+        m = node.weight.out_channels
+        idx = node.weight.indices.reshape(m, -1).long()
+        w_int = torch.gather(levels.expand(m, -1), 1, idx)
+        l1 = w_int.abs().sum(dim=1)
+        x_range = _code_range(node.act)
+        worst = x_range * int(l1.max())
+        limit = 2 ** (p - 1) - 1
+        if worst > limit:
+            channel = int(l1.argmax())
+            raise ValueError(f"node {node.name!r}: declares accumulator_bits = {p} but max|x - z_x| * ||w_int||_1 = "
+                             f"{x_range} * {int(l1[channel])} = {worst} > 2^{p - 1} - 1 = {limit} (output channel "
+                             f"{channel}, K = {k}); the accumulator can overflow")
 
     def lower_conv(self, node: Node) -> None:
         src = self.values[node.inputs[0]]
@@ -213,6 +235,8 @@ class Lowering:
             shape = (m,)
             geometry = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "in_channels": int(k)}
         weight_info, w_scale, level_max = self.weight_tensors(node, node.act, k)
+        if node.accumulator_bits is not None:
+            self.check_accumulator(node, k)
         one = torch.ones(m, dtype=torch.float64)
         bias = node.bias.to(torch.float64) if node.bias is not None else torch.zeros(m, dtype=torch.float64)
         bn_scale = node.bn_scale.to(torch.float64) if node.bn_scale is not None else one
@@ -224,6 +248,8 @@ class Lowering:
         out: dict = {"name": node.name, "op": node.op, "inputs": [x.name], "shape": list(shape),
                      "input_zero_point": node.act.zero_point, "relu": bool(node.relu), "weight": weight_info,
                      **geometry, "out_channels": int(m)}
+        if node.accumulator_bits is not None:
+            out["accumulator_bits"] = int(node.accumulator_bits)
         if is_last:
             if node.relu:
                 raise ValueError(f"node {node.name!r}: the float output layer cannot have a ReLU")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..fold import QuantLeafTracer, bn_affine
 from ..nn.layers import QuantLayer
-from ..quantizers.act import QuantAct
+from ..quantizers.act import FixedPointQuantizer, QuantAct
 from ..quantizers.weight import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,
                                  UniformWeightQuantizer)
 from .graph import Graph, Node, QParams, QuantWeight
@@ -27,8 +27,10 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
-def act_qparams(act: QuantAct) -> QParams:
-    """The affine quantizer a calibrated QuantAct applies in eval mode."""
+def act_qparams(act: QuantAct | FixedPointQuantizer) -> QParams:
+    """The affine quantizer a calibrated QuantAct, or a fixed-point one (step 2^-F, symmetric), applies in eval mode."""
+    if isinstance(act, FixedPointQuantizer):
+        return QParams(act.step, 0, -act.qmax, act.qmax)
     if not bool(act.calibrated):
         raise ValueError("QuantAct is not calibrated; run the model (or calibrate_activations) before exporting")
     step = float(act.scale.detach().abs().clamp(min=torch.finfo(torch.float32).tiny)) if act.method == "lsq" \
@@ -36,6 +38,14 @@ def act_qparams(act: QuantAct) -> QParams:
     # PACT clips at +-alpha = +-qmax * step before quantizing: the signed range is symmetric.
     qmin = -act.qmax if act.method == "pact" and act.signed else act.qmin
     return QParams(step, 0, qmin, act.qmax)
+
+
+@torch.no_grad()
+def deployed_bias(layer: QuantLayer) -> torch.Tensor:
+    """The bias the layer adds: through its bias quantizer (a fixed-point plan's) when it has one."""
+    quantizer = getattr(layer, "bias_quant", None)
+    bias = layer.bias.detach() if quantizer is None else quantizer(layer.bias.detach())
+    return bias.to(torch.float32)
 
 
 @torch.no_grad()
@@ -65,7 +75,7 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
         return QuantWeight.from_integers("fixed", torch.round(q / step), torch.full((m,), step), -top, top)
     if isinstance(wq, UniformWeightQuantizer):
         # value = scale * (code - zero_point), code in [qmin, qmax]: index = code - qmin, level = index + qmin - zp.
-        scale = wq.effective_scale().detach().to(torch.float32).reshape(-1).expand(m)
+        scale = wq.quantization_scale(w).to(torch.float32).reshape(-1).expand(m)
         zp = wq.zero_point.reshape(-1).to(torch.int32)
         ints = torch.round(q / scale.reshape((m,) + (1,) * (q.dim() - 1))).to(torch.int64)
         zp_m = zp.expand(m).reshape((m,) + (1,) * (q.dim() - 1)).to(torch.int64)
@@ -133,7 +143,8 @@ class _Tracer:
                 raise self.fail(node, "a float layer; call qcnn.quantize_ on the model first")
             act = mod.act_quant
             common = dict(weight=quant_weight(mod, qualname), act=None if act is None else act_qparams(act),
-                          bias=None if mod.bias is None else mod.bias.detach().to(torch.float32))
+                          bias=None if mod.bias is None else deployed_bias(mod),
+                          accumulator_bits=getattr(mod.weight_quant, "accumulator_bits", None))
             if isinstance(mod, nn.Conv2d):
                 if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or mod.padding_mode != "zeros" \
                         or isinstance(mod.padding, str):
@@ -154,7 +165,7 @@ class _Tracer:
             self.fuse_relu(node)
         elif isinstance(mod, _NO_OPS):
             self.alias(node, src)
-        elif isinstance(mod, QuantAct):
+        elif isinstance(mod, (QuantAct, FixedPointQuantizer)):
             self.add(node, Node(node.name, "quant", [src], act=act_qparams(mod)))
         elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
             self.pool(node, mod, src)

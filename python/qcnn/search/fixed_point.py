@@ -259,7 +259,9 @@ def _quantized_layer(module: nn.Module, layer: LayerFixedPoint) -> nn.Module:
     act_quant = FixedPointAct(layer.a_bits, layer.a_frac)
     bias_quant = None if layer.b_bits is None else FixedPointQuantizer(layer.b_bits, layer.b_frac)
     cls = QuantConv2d if kind == "conv" else QuantLinear
-    return cls.from_float(module, weight_quant, act_quant, bias_quant)
+    quantized = cls.from_float(module, weight_quant, act_quant, bias_quant)
+    quantized.refit()  # the format is given, nothing is estimated: this marks the weights ready to export
+    return quantized
 
 
 def _replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
