@@ -154,6 +154,12 @@ class WeightQuantConfig(_Section):
     (alpha*sign(w), alpha = mean|w|), fixed (Qm.n with `bits` total and `frac_bits`, or frac_bits null for
     BW-1-ceil(log2 max|w|)), codebook (qcnn.codebook.fit `method`, per tensor or channel; `train_centroids`
     trains the centroids from per-cluster summed gradients; fit_options go to qcnn.codebook.fit).
+
+    accumulator_bits: P in [2, 32] (kind uniform, symmetric only; null = no constraint): the layer's integer
+    accumulator must not overflow a signed P-bit register for any input. The quantizer enforces
+    ||w_int,c||_1 <= floor((2^(P-1) - 1) / max|x - z_x|) per output channel in every forward (A2Q-style; see
+    UniformWeightQuantizer.constrained_scale), max|x - z_x| taken from the layer's input quantizer; the export
+    declares P on the layer. Left out of to_dict() when null.
     """
 
     kind: Literal["uniform", "binary", "fixed", "codebook"] = "codebook"
@@ -166,8 +172,16 @@ class WeightQuantConfig(_Section):
     method: Literal["kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max"] = "kmeans"
     train_centroids: bool = False
     fit_options: dict[str, Any] = field(default_factory=dict)
+    accumulator_bits: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
+        if self.accumulator_bits is not None:
+            key = _join(path, "accumulator_bits")
+            _check_range(key, self.accumulator_bits, 2, 32)
+            if self.kind != "uniform":
+                raise ConfigError(key, f"only applies to kind 'uniform', not {self.kind!r}")
+            if not self.symmetric:
+                raise ConfigError(key, "needs symmetric: true (the L1 bound is on integer weights without a zero point)")
         if self.kind == "binary":
             _check_range(_join(path, "bits"), self.bits, 1, 1)
         elif self.kind == "fixed":
@@ -181,6 +195,12 @@ class WeightQuantConfig(_Section):
             raise ConfigError(_join(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
         if self.train_centroids and self.kind != "codebook":
             raise ConfigError(_join(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out["accumulator_bits"] is None:
+            del out["accumulator_bits"]  # configs and summaries without the constraint read as before
+        return out
 
 
 @dataclass

@@ -55,11 +55,11 @@ class _FakeQuant:
     def apply_op(x, scale, zero_point, qmin, qmax, axis, grad_factor):
         if grad_factor == 1.0:
             return _lib.fake_quant.default(x, scale, zero_point, qmin, qmax, axis)
-        # Scale the qparam gradients by grad_factor without touching the value: s' = s*g + s*(1-g)
-        # detached equals s in value and has d s'/d s = g.
-        scale = scale * grad_factor + (scale * (1.0 - grad_factor)).detach()
+        # Scale the qparam gradients by grad_factor without touching the value: s' = s + (s - s) * g with the
+        # first s detached is exactly s (s*g + s*(1-g) is not, in float32: one ulp off) and d s'/d s = g.
+        scale = scale.detach() + (scale - scale.detach()) * grad_factor
         if zero_point.is_floating_point():
-            zero_point = zero_point * grad_factor + (zero_point * (1.0 - grad_factor)).detach()
+            zero_point = zero_point.detach() + (zero_point - zero_point.detach()) * grad_factor
         return _lib.fake_quant.default(x, scale, zero_point, qmin, qmax, axis)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from .config import ConfigError, QuantConfig, resolve_act, resolve_weight
 from .nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers.act import QuantAct, build_act_quantizer
-from .quantizers.weight import CodebookWeightQuantizer, build_weight_quantizer
+from .quantizers.weight import CodebookWeightQuantizer, bind_accumulator_input, build_weight_quantizer
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -62,6 +62,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> dict[str, QuantLayer
             continue
         weight_quant = build_weight_quantizer(weight_cfg, module.weight.shape) if weight_cfg is not None else None
         act_quant = build_act_quantizer(act_cfg) if act_cfg is not None else None
+        bind_accumulator_input(weight_quant, act_quant, name)  # weight.accumulator_bits: its input's code range
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         new = cls.from_float(module, weight_quant, act_quant)
         _set_submodule(model, name, new)

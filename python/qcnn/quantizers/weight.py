@@ -58,6 +58,54 @@ def snap_to_grid(codebook: torch.Tensor, limit: int) -> torch.Tensor:
     return (scale.to(torch.float64).unsqueeze(-1) * levels).to(codebook.dtype)
 
 
+ACCUMULATOR_BITS = (2, 32)
+
+
+def check_accumulator_bits(owner: str, accumulator_bits) -> None:
+    """Raises TypeError/ValueError naming `accumulator_bits` unless it is an int P in [2, 32]."""
+    if isinstance(accumulator_bits, bool) or not isinstance(accumulator_bits, int):
+        raise TypeError(f"{owner}: accumulator_bits must be an int, got {type(accumulator_bits).__name__} "
+                        f"{accumulator_bits!r}")
+    if not ACCUMULATOR_BITS[0] <= accumulator_bits <= ACCUMULATOR_BITS[1]:
+        raise ValueError(f"{owner}: accumulator_bits must be in {list(ACCUMULATOR_BITS)}, got {accumulator_bits}")
+
+
+def accumulator_l1_budget(accumulator_bits: int, code_range: int) -> int:
+    """T = floor((2^(P-1) - 1) / X): with every |x - z_x| <= X and ||w_int,c||_1 <= T, every partial sum of
+    a channel's accumulator is within +-(2^(P-1) - 1), the range of a signed P-bit integer."""
+    check_accumulator_bits("accumulator_l1_budget", accumulator_bits)
+    if isinstance(code_range, bool) or not isinstance(code_range, int) or code_range < 1:
+        raise ValueError(f"accumulator_l1_budget: code_range must be a positive int, got {code_range!r}")
+    return (2 ** (accumulator_bits - 1) - 1) // code_range
+
+
+def act_code_range(act) -> int:
+    """max|x - z_x| of the integer codes an input quantizer feeds the accumulator, as the exporter writes its
+    QParams (zero point 0): unsigned QuantAct 2^b - 1; signed LSQ -qmin = 2^(b-1); signed PACT and fixed point
+    (symmetric) 2^(b-1) - 1."""
+    from .act import FixedPointQuantizer, QuantAct
+
+    if isinstance(act, QuantAct):
+        if act.signed and act.method == "pact":
+            return act.qmax
+        return max(abs(act.qmin), abs(act.qmax))
+    if isinstance(act, FixedPointQuantizer):
+        return act.qmax
+    raise TypeError(f"act_code_range: act must be a QuantAct or a FixedPointQuantizer, got {type(act).__name__}")
+
+
+def bind_accumulator_input(weight_quant, act_quant, layer: str = "") -> None:
+    """Gives a weight quantizer with an accumulator constraint the code range of its layer's input
+    quantizer; does nothing for quantizers without one. A constrained layer without an input quantizer is a
+    ValueError naming the layer."""
+    if getattr(weight_quant, "accumulator_bits", None) is None:
+        return
+    if act_quant is None:
+        raise ValueError(f"layer {layer!r}: accumulator_bits needs an input (activation) quantizer, whose code "
+                         "range bounds the accumulator; the layer has none")
+    weight_quant.bind_input_range(act_code_range(act_quant))
+
+
 class WeightQuantizer(nn.Module):
     """Base class. Subclasses implement _fit(weight) and quantize(weight), and assignment(weight) giving
     an integer level per weight."""
@@ -115,14 +163,24 @@ class UniformWeightQuantizer(WeightQuantizer):
     MSE_CANDIDATES = 48
 
     def __init__(self, weight_shape, bits: int, *, per_channel: bool = True, symmetric: bool = True,
-                 calibration: str = "mse", learn_scale: bool = False):
+                 calibration: str = "mse", learn_scale: bool = False, accumulator_bits: int | None = None):
         super().__init__(weight_shape)
         if not 2 <= bits <= 8:
             raise ValueError(f"UniformWeightQuantizer: bits must be in [2, 8], got {bits}")
         if calibration not in ("max", "mse"):
             raise ValueError(f"UniformWeightQuantizer: calibration must be 'max' or 'mse', got {calibration!r}")
+        if accumulator_bits is not None:
+            check_accumulator_bits("UniformWeightQuantizer", accumulator_bits)
+            if not symmetric:
+                raise ValueError("UniformWeightQuantizer: accumulator_bits needs symmetric=True (the L1 bound is on "
+                                 "the integer weights, which an asymmetric zero point shifts)")
         self.bits, self.per_channel, self.symmetric = bits, per_channel, symmetric
         self.calibration, self.learn_scale = calibration, learn_scale
+        # The accumulator constraint (A2Q-style, see constrained_scale); plain attributes, not state, so the
+        # state dict is the same with or without it. input_code_range is set by bind_input_range.
+        self.accumulator_bits = accumulator_bits
+        self.input_code_range: int | None = None
+        self._last_scale: torch.Tensor | None = None
         if symmetric:
             self.qmin, self.qmax = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
         else:
@@ -188,27 +246,132 @@ class UniformWeightQuantizer(WeightQuantizer):
             return self.scale.detach()
         return self.scale.abs().clamp(min=torch.finfo(torch.float32).tiny)
 
+    # ------------------------------------------------------------------ accumulator constraint
+    def bind_input_range(self, code_range: int) -> None:
+        """Sets max|x - z_x|, the largest input code magnitude (after the zero point) the layer's integer
+        accumulator sees (act_code_range of its input quantizer); needed before the first forward when
+        accumulator_bits is set."""
+        if self.accumulator_bits is None:
+            raise ValueError("UniformWeightQuantizer.bind_input_range: the quantizer has no accumulator_bits")
+        if isinstance(code_range, bool) or not isinstance(code_range, int) or not 1 <= code_range <= 32767:
+            raise ValueError(f"UniformWeightQuantizer.bind_input_range: code_range must be an int in [1, 32767], "
+                             f"got {code_range!r}")
+        if accumulator_l1_budget(self.accumulator_bits, code_range) < 1:
+            raise ValueError(f"UniformWeightQuantizer.bind_input_range: accumulator_bits {self.accumulator_bits} "
+                             f"leaves no nonzero integer weight for inputs up to {code_range} "
+                             f"((2^(P-1) - 1) // {code_range} = 0)")
+        self.input_code_range = code_range
+
+    @property
+    def l1_budget(self) -> int | None:
+        """T = floor((2^(P-1) - 1) / max|x - z_x|): the largest per-channel L1 norm of the integer weights
+        that keeps the accumulator overflow-free (None without a constraint)."""
+        if self.accumulator_bits is None:
+            return None
+        if self.input_code_range is None:
+            raise ValueError("UniformWeightQuantizer: accumulator_bits is set but the input range is not bound; "
+                             "call bind_input_range (qcnn.quantize_ does it from the layer's input quantizer)")
+        return accumulator_l1_budget(self.accumulator_bits, self.input_code_range)
+
+    def _integer_l1(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Per-channel L1 norm of the integer weights fake_quant produces at per-channel `scale` [M]."""
+        q = ops.fake_quant(weight, scale, torch.zeros_like(scale, dtype=torch.int32), self.qmin, self.qmax, axis=0)
+        return torch.round(_channel_view(q) / scale[:, None]).abs().to(torch.float64).sum(dim=1)
+
+    @torch.no_grad()
+    def constrained_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """The per-channel (or per-tensor) scale s' >= effective_scale() that satisfies the accumulator
+        constraint, detached; effective_scale() itself when the constraint does not bind or is absent.
+
+        The engine computes acc = sum_k (x_k - z_x) * w_int[k] (docs/FORMAT.md section 4). With
+        X = max|x - z_x| every partial sum, in any order, obeys |acc| <= X * ||w_int,c||_1, so
+        ||w_int,c||_1 <= T = floor((2^(P-1) - 1) / X) makes |acc| <= 2^(P-1) - 1 for every input: a signed
+        P-bit accumulator never overflows (A2Q, Colbert et al. 2023, with qcnn's exact code range: X is
+        2^b_x - 1 for unsigned b_x-bit codes, 2^(b_x-1) for signed ones, where A2Q bounds it by 2^(b_x - 1[signed])).
+        ||round(w / s)||_1 does not increase with s, so the smallest s' >= s meeting it is found by bisection
+        (on log s, 24 steps) between s and 2 ||w_c||_1 / T, which is always feasible (|round(v)| <= 2|v|); the
+        integers are computed by the same fake_quant as the forward, so the bound holds exactly."""
+        scale = self.effective_scale().detach().to(torch.float32).reshape(-1)
+        if self.accumulator_bits is None:
+            return scale if self.per_channel else scale.reshape(())
+        budget = float(self.l1_budget)
+        w = weight.detach().to(torch.float32)
+        m = w.shape[0]
+        lo = scale.expand(m).clone()
+        feasible = self._integer_l1(w, lo) <= budget
+        if bool(feasible.all()):
+            result = lo
+        else:
+            hi = torch.maximum(lo, 2.0 * _channel_view(w).abs().sum(dim=1) / budget * (1.0 + 1e-3))
+            for _ in range(60):  # 2 ||w_c||_1 / T is feasible in exact arithmetic; doubling absorbs float rounding
+                bad = self._integer_l1(w, hi) > budget
+                if not bool(bad.any()):
+                    break
+                hi = torch.where(bad, hi * 2.0, hi)
+            else:
+                raise RuntimeError("UniformWeightQuantizer.constrained_scale: no feasible scale found")
+            hi = torch.where(feasible, lo, hi)
+            for _ in range(24):
+                mid = torch.sqrt(lo) * torch.sqrt(hi)
+                ok = self._integer_l1(w, mid) <= budget
+                hi = torch.where(ok, mid, hi)
+                lo = torch.where(ok, lo, mid)
+            result = torch.where(feasible, lo, hi)
+        if not self.per_channel:
+            result = result.max().reshape(())
+        return result
+
+    def quantization_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """The scale the forward uses for `weight` (detached): effective_scale(), or constrained_scale(weight)
+        under an accumulator constraint. The exporter stores it."""
+        if self.accumulator_bits is None:
+            return self.effective_scale().detach()
+        return self.constrained_scale(weight)
+
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
         grad_factor = 1.0
         if self.learn_scale:
             per_scale = weight.numel() // self.scale.numel()
             grad_factor = 1.0 / math.sqrt(per_scale * self.qmax)
-        return self._fake_quant(weight, self.effective_scale(), self.zero_point, grad_factor)
+        scale = self.effective_scale()
+        if self.accumulator_bits is not None:
+            constrained = self.constrained_scale(weight).reshape(scale.shape)
+            self._last_scale = constrained
+            if self.learn_scale:
+                # The value must be exactly s' (the bound is proven on these integers), so the LSQ gradient
+                # factor is applied here, through s' = s * (s' / s), and fake_quant gets grad_factor 1.
+                ratio = (constrained / scale.detach()).clamp(max=1e6)
+                scale = constrained + (scale - scale.detach()) * (ratio * grad_factor)
+                grad_factor = 1.0
+            else:
+                scale = constrained
+        return self._fake_quant(weight, scale, self.zero_point, grad_factor)
 
     @torch.no_grad()
     def assignment(self, weight: torch.Tensor) -> torch.Tensor:
         q = self.quantize(weight)
-        scale = self.effective_scale() if self.per_channel else self.effective_scale().reshape(())
-        scale = _broadcast_channel(scale, q) if self.per_channel else scale
+        scale = self.quantization_scale(weight)
+        scale = _broadcast_channel(scale, q) if self.per_channel else scale.reshape(())
         return torch.round(q / scale).to(torch.int64)
 
     def levels(self, channel: int = 0) -> torch.Tensor:
+        """The grid of `channel`; under an accumulator constraint the grid of the last forward (whose scale
+        depends on the weights), before any forward the unconstrained one."""
         i = channel if self.per_channel else 0
-        return (torch.arange(self.qmin, self.qmax + 1) - self.zero_point[i]).float() * self.effective_scale()[i].detach()
+        scale = self.effective_scale().detach()
+        if self.accumulator_bits is not None and self._last_scale is not None:
+            scale = self._last_scale
+        scale = scale.reshape(-1)
+        return (torch.arange(self.qmin, self.qmax + 1) - self.zero_point[i]).float() * scale[i if self.per_channel else 0]
 
     def describe(self) -> dict:
-        return {"type": "uniform", "bits": self.bits, "scale": self.effective_scale().detach().tolist(),
-                "zero_point": self.zero_point.tolist()}
+        out = {"type": "uniform", "bits": self.bits, "scale": self.effective_scale().detach().tolist(),
+               "zero_point": self.zero_point.tolist()}
+        if self.accumulator_bits is not None:
+            out.update(accumulator_bits=self.accumulator_bits, input_code_range=self.input_code_range)
+            if self._last_scale is not None:
+                out["constrained_scale"] = self._last_scale.tolist()
+        return out
 
 
 class BinaryWeightQuantizer(WeightQuantizer):
@@ -406,11 +569,13 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
 
 def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:
-    """The weight quantizer for a qcnn.config.WeightQuantConfig."""
+    """The weight quantizer for a qcnn.config.WeightQuantConfig. With cfg.accumulator_bits the quantizer
+    still needs its input range (bind_accumulator_input) before the first forward."""
     per_channel = cfg.granularity == "channel"
     if cfg.kind == "uniform":
         return UniformWeightQuantizer(weight_shape, cfg.bits, per_channel=per_channel, symmetric=cfg.symmetric,
-                                      calibration=cfg.calibration, learn_scale=cfg.learn_scale)
+                                      calibration=cfg.calibration, learn_scale=cfg.learn_scale,
+                                      accumulator_bits=getattr(cfg, "accumulator_bits", None))
     if cfg.kind == "binary":
         return BinaryWeightQuantizer(weight_shape, per_channel=per_channel)
     if cfg.kind == "fixed":
