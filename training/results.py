@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
 FASHION_MNIST_IMAGE = (28, 28)
+KERNEL_BENCH = ROOT / "docs" / "bench" / "kernels_cpu.json"  # benchmarks/bench_kernels.py --json
 
 
 def _num(value, suffix: str = "") -> str:
@@ -68,6 +69,8 @@ def table(summaries: list[dict]) -> str:
              "| quantized test F1 | diff (points) | target | BN-folded test % |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for s in summaries:
+        if s.get("kind") not in ("float", "quantized"):
+            continue  # the searches have tables of their own (methods_section)
         if s.get("kind") == "float":
             lines.append(f"| {s['name']} | float | float | {s['epochs']} epochs | - | {s['test_acc']:.2f} | "
                          f"{_num(s.get('test_f1'))} | - | - | - | >= 92.5 | - |")
@@ -120,17 +123,28 @@ def _float_test_f1(s: dict, summaries: list[dict]) -> float | None:
     return next((b.get("test_f1") for b in summaries if b.get("kind") == "float" and b["name"] == baseline), None)
 
 
+def measured_binary_speedups(bench_json: Path = KERNEL_BENCH) -> dict[int, float]:
+    """Hidden activation bits -> the engine's measured speedup of the binary-weight net over the same net's int8
+    GEMM (W8), batch 256 at the most threads, from benchmarks/bench_kernels.py's JSON ({} when absent)."""
+    if not bench_json.is_file():
+        return {}
+    rows = [r for r in json.loads(bench_json.read_text())["rows"] if "hidden_act_bits" in r]
+    top = max((r["threads"] for r in rows), default=0)
+    return {r["hidden_act_bits"]: r["ratio"] for r in rows if r["threads"] == top}
+
+
 def binary_study_table(summaries: list[dict], runs_dir: Path) -> str:
     """O'Keeffe & Villing's study: the binary-weight runs by hidden activation bits, with the relative macro-F1
-    drop against their float baseline, the theoretical speedups of qcnn.analysis.cost, and the measured engine
-    speedup (runs/<run>/deploy.json `engine_speedup`, '-' until deploy.py measures it)."""
+    drop against their float baseline, the theoretical speedups of qcnn.analysis.cost, and the engine's measured
+    speedup over the int8 GEMM on the same net (docs/bench/kernels_cpu.json, '-' until bench_kernels.py ran)."""
+    measured = measured_binary_speedups()
     runs = [s for s in summaries
             if s.get("kind") != "float" and ((s.get("quant") or {}).get("weight") or {}).get("kind") == "binary"]
     if not runs:
         return "(no binary-weight run yet)"
     runs.sort(key=lambda s: ((s["quant"].get("act") or {}).get("bits", 32), s["name"]))
     lines = ["| run | input bits | hidden activation bits | test % | test macro F1 | relative F1 drop % "
-             "| theoretical speedup (popcount) | theoretical speedup vs float32 | engine speedup |",
+             "| theoretical speedup (popcount) | theoretical speedup vs float32 | engine speedup vs int8 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in runs:
         q = s["quant"]
@@ -139,18 +153,111 @@ def binary_study_table(summaries: list[dict], runs_dir: Path) -> str:
         f1, float_f1 = s.get("quant_test_f1"), _float_test_f1(s, summaries)
         drop = 100.0 * (float_f1 - f1) / float_f1 if f1 is not None and float_f1 else None
         totals = theoretical_speedups(runs_dir / s["name"]) or {}
-        deploy_path = runs_dir / s["name"] / "deploy.json"
-        engine_speedup = json.loads(deploy_path.read_text()).get("engine_speedup") if deploy_path.is_file() else None
+        engine_speedup = measured.get(act.get("bits"))
         lines.append(f"| {s['name']} | {inp.get('bits', 32)} | {act.get('bits', 32)} | {s['quant_test_acc']:.2f} | "
                      f"{_num(f1)} | {_num(drop)} | {_num(totals.get('popcount_speedup'), 'x')} | "
                      f"{_num(totals.get('speedup_vs_float32'), 'x')} | {_num(engine_speedup, 'x')} |")
     return "\n".join(lines)
 
 
+def fixed_point_table(summaries: list[dict]) -> str:
+    """Goyal et al.'s search: one row per training/search_fixed_point.py run, then each run's per-layer plan."""
+    runs = [s for s in summaries if s.get("kind") == "fixed_point"]
+    if not runs:
+        return "(no fixed-point search run yet)"
+    lines = ["| run | budget T | float val % | val % | val relative loss % | float test % | test % | test relative "
+             "loss % | test macro F1 | memory saved vs 8-bit % | multiplication cost saved vs 8-bit % | search s | "
+             "candidates |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    plans = []
+    for s in runs:
+        lines.append(f"| {s['name']} | {s['search']['budget']} | {s['float_val_acc']:.2f} | {s['val_acc']:.2f} | "
+                     f"{100 * s['val_relative_drop']:.2f} | {s['float_test_acc']:.2f} | {s['test_acc']:.2f} | "
+                     f"{100 * s['test_relative_drop']:.2f} | {_num(s.get('test_f1'))} | "
+                     f"{s['memory_saved_vs_int8_pct']:.1f} | {s['mult_cost_saved_vs_int8_pct']:.1f} | "
+                     f"{s['search_seconds']:.0f} | {s['candidates_evaluated']} |")
+        plans += [f"\n{s['name']} (weights, biases, input activations: bits / fractional bits):\n",
+                  "| layer | w BW | w F | b BW | b F | a BW | a F |", "|---|---:|---:|---:|---:|---:|---:|"]
+        plans += [f"| {r['name']} | {r['w_bits']} | {r['w_frac']} | {r['b_bits']} | {r['b_frac']} | {r['a_bits']} | "
+                  f"{r['a_frac']} |" for r in s["layers"]]
+    return "\n".join(lines + plans)
+
+
+def accumulator_table(summaries: list[dict]) -> str:
+    """de Bruin et al.'s accumulator-constrained runs (training/search_accumulator.py), by accumulator width."""
+    runs = sorted((s for s in summaries if s.get("kind") == "accumulator"), key=lambda s: s["acc_bits"])
+    if not runs:
+        return "(no accumulator-constrained run yet)"
+    lines = ["| run | P (bits) | float test % | test % | diff (points) | test macro F1 | engine test % | overflows "
+             "(images checked) | input / weight bits per layer |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in runs:
+        bits = ", ".join(f"{b['act_bits']}/{b['weight_bits']}" for b in s["bits"].values())
+        lines.append(f"| {s['name']} | {s['acc_bits']} | {s['float_test_acc']:.2f} | {s['test_acc']:.2f} | "
+                     f"{s['test_acc'] - s['float_test_acc']:+.2f} | {_num(s.get('test_f1'))} | "
+                     f"{_num(s.get('engine_test_acc'))} | {s.get('overflows', '-')} ({s.get('overflow_check_images', '-')}) "
+                     f"| {bits} |")
+    return "\n".join(lines)
+
+
+METHODS_START, METHODS_END = "<!-- results.py: methods -->", "<!-- results.py: end of methods -->"
+
+
+def methods_section(summaries: list[dict], runs_dir: Path) -> str:
+    """The bit-width methods of O'Keeffe & Villing, Goyal et al. and de Bruin et al., between markers so that
+    `--methods-only` can regenerate it in place."""
+    return "\n".join([
+        METHODS_START,
+        "## Binary-weight study (O'Keeffe & Villing 2017)",
+        "",
+        "Binary weights (alpha * sign(w) per output channel) everywhere, an 8-bit signed input layer and 1/2/4/8-bit "
+        "hidden activations (configs/binary_study_a*.yaml), retrained with qcnn's loop. Relative F1 drop = "
+        "(F1_float - F1) / F1_float against the float baseline (macro F1 over the 10 classes). Theoretical speedups "
+        "from `qcnn.analysis.cost` on one 28x28 image: popcount = 64 / sum_l p_l b_l (p_l = layer l's share of the "
+        "MACs, b_l its activation bits; equal to the bit-operation speedup against all-8-bit), and sum MACs * 32 * 32 "
+        "/ sum bit operations against float32. Engine speedup: the same net's binary file against its W8 file "
+        "(both post-training) in qcnn's engine, batch 256, from benchmarks/bench_kernels.py (docs/BENCHMARKS.md). "
+        "The paper: 8-bit input + 2-bit hidden activations, 9.9x theoretical speedup for a 3.4% relative F1 drop.",
+        "",
+        binary_study_table(summaries, runs_dir),
+        "",
+        "## Fixed-point bit-width search (Goyal et al. 2021)",
+        "",
+        "`python training/search_fixed_point.py --config configs/<run>.yaml`: post-training, no retraining; every "
+        "candidate scored on the 5,000-image validation split with all earlier choices applied (the authors scored "
+        "on the test set); the test split is read once, for the plan the search returns. Memory = sum BW * count "
+        "over weights, biases and input activations; multiplication cost = sum_l BW_w N_w BW_a N_a; both against "
+        "the same net at all-8-bit. The paper, Fashion-MNIST, its 14-conv Sequential net: 92.47 -> 91.63 (0.91% "
+        "relative), 52.6% memory and 70.2% multiplication cost saved.",
+        "",
+        fixed_point_table(summaries),
+        "",
+        "## Accumulator-constrained quantization (de Bruin et al. 2020, A2Q)",
+        "",
+        "`python training/search_accumulator.py --config configs/<run>.yaml`: per layer the input and weight bit "
+        "widths that fill a P-bit accumulator (qcnn.search.accumulator), fine-tuned with the per-channel L1 "
+        "constraint max|x - z| * ||w_int||_1 <= 2^(P-1) - 1, exported with accumulator_bits = P and run by the "
+        "engine; overflows = conv/linear outputs whose running sum left P bits on the checked path (qcnn-infer "
+        "--count-overflows). The paper: 16-bit accumulators within 1% of float on CIFAR-10 and ImageNet; Brevitas' "
+        "A2Q+ on CIFAR-10 ResNet-18 W4A4 (float 95.0): 94.2 at 16 bits, 90.6 at 12.",
+        "",
+        accumulator_table(summaries),
+        METHODS_END,
+    ])
+
+
+def replace_methods(text: str, section: str) -> str:
+    """`text` with its methods section replaced by `section` (appended when it has none)."""
+    start, end = text.find(METHODS_START), text.find(METHODS_END)
+    if start < 0 or end < start:
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+    return text[:start] + section + text[end + len(METHODS_END):]
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=Path, default=ROOT / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--methods-only", action="store_true",
+                   help="regenerate only the bit-width methods section of --out, keeping the rest (runs made elsewhere)")
     args = p.parse_args(argv)
     summaries = []
     for path in sorted(args.runs.glob("*/summary.json")):
@@ -189,22 +296,15 @@ def main(argv=None) -> str:
         "",
         *NOTES,
         "",
-        "## Binary-weight study (O'Keeffe & Villing 2017)",
-        "",
-        "Binary weights (alpha * sign(w) per output channel) everywhere, an 8-bit signed input layer and 1/2/4/8-bit "
-        "hidden activations (configs/binary_a*.yaml), retrained with qcnn's loop. Relative F1 drop = (F1_float - F1) / "
-        "F1_float against the float baseline (macro F1 over the 10 classes). Theoretical speedups from "
-        "`qcnn.analysis.cost` on one 28x28 image: popcount = 64 / sum_l p_l b_l (p_l = layer l's share of the MACs, "
-        "b_l its activation bits; equal to the bit-operation speedup against all-8-bit), and sum MACs * 32 * 32 / "
-        "sum bit operations against float32. The paper: 8-bit input + 2-bit hidden activations, 9.9x theoretical "
-        "speedup for a 3.4% relative F1 drop.",
-        "",
-        binary_study_table(summaries, args.runs),
+        methods_section(summaries, args.runs),
         "",
         "## Rounds (validation accuracy and macro F1, %)",
         *rounds,
         "",
     ])
+    if args.methods_only:
+        text = replace_methods(args.out.read_text() if args.out.is_file() else "# Results\n",
+                               methods_section(summaries, args.runs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
