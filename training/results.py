@@ -117,10 +117,16 @@ def theoretical_speedups(run_dir: Path) -> dict | None:
 
 
 def _float_test_f1(s: dict, summaries: list[dict]) -> float | None:
+    """The float baseline's test macro F1: the run's own record, the baseline's summary, or another run's record
+    of the same baseline file (the search scripts evaluate the float model on the test split too)."""
     if s.get("float_test_f1") is not None:
         return s["float_test_f1"]
     baseline = Path(s["baseline"]).parent.name if s.get("baseline") else None
-    return next((b.get("test_f1") for b in summaries if b.get("kind") == "float" and b["name"] == baseline), None)
+    own = next((b.get("test_f1") for b in summaries if b.get("kind") == "float" and b["name"] == baseline), None)
+    if own is not None:
+        return own
+    return next((b["float_test_f1"] for b in summaries
+                 if b.get("baseline") == s.get("baseline") and b.get("float_test_f1") is not None), None)
 
 
 def measured_binary_speedups(bench_json: Path = KERNEL_BENCH) -> dict[int, float]:

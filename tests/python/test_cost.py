@@ -242,3 +242,10 @@ def test_fixed_point_quantizers_of_a_plan():
     assert [(l.weight_bits, l.bias_bits, l.act_bits) for l in report.layers] == [(7, 11, 9), (5, 8, 6)]
     assert report.total["bops"] == 162 * 7 * 9 + 72 * 5 * 6
     assert report.total["memory_bits"] == 18 * 7 + 2 * 11 + 25 * 9 + 72 * 5 + 4 * 8 + 18 * 6
+
+
+def test_an_nchw_batch_shape_counts_per_sample():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 3 * 3, 4))
+    one = cost(net, (1, 5, 5)).total
+    assert cost(net, (1, 1, 5, 5)).total == one
+    assert cost(net, (8, 1, 5, 5)).total == one

@@ -200,7 +200,8 @@ def _codebook_bits(quantizer, weight_bits: int) -> int:
 
 def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) -> CostReport:
     """The bit-operation cost of `model` on one input of shape `input_shape` (one sample, WITHOUT the batch
-    dimension, e.g. (1, 28, 28); a batch of one is prepended). The shapes are traced with forward hooks on a
+    dimension, e.g. (1, 28, 28); a batch of one is prepended). A 4-D shape is an NCHW batch shape, which no
+    single sample of a 2-D CNN has: its batch size is dropped and the cost is still per sample. The shapes are traced with forward hooks on a
     deep copy of the model in eval mode (so lazy quantizer fits and BatchNorm statistics of `model` stay
     untouched), fed with zeros or with `example` (a tensor of shape `input_shape`). A layer run more than
     once adds the MACs and activations of every call. Formulas: see the module docstring.
@@ -213,6 +214,8 @@ def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) 
     if not isinstance(model, nn.Module):
         raise TypeError(f"cost: model must be a torch.nn.Module, got {type(model).__name__}")
     shape = _check_input_shape(input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
     model = unwrap(model)
     if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
         raise ValueError("cost: model has no nn.Conv2d or nn.Linear layer")
