@@ -34,7 +34,7 @@ from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir
 from common import parser, report
 from qcnn import config as qconfig, data
 from qcnn.export import read_qcnn, write_qcnn
-from qcnn.search.accumulator import accumulator
+from qcnn.search.accumulator_search import accumulator
 
 ROOT = Path(__file__).resolve().parent.parent
 import search_accumulator  # noqa: E402  (training/, on the path through bench_engine)

@@ -30,8 +30,8 @@ import yaml  # noqa: E402
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
-from qcnn.search.accumulator import (AccumulatorPlan, AccumulatorSearchConfig, accumulator,  # noqa: E402
-                                    accumulator_report, base_quant_config)
+from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator,  # noqa: E402
+                                           accumulator_report, base_quant_config)
 
 from retrain import baseline_path  # noqa: E402
 

@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, engine, models  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
-from qcnn.search.fixed_point import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
+from qcnn.search.fixed_point_search import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
 
 from retrain import baseline_path  # noqa: E402
 

@@ -75,8 +75,8 @@ def test_every_shipped_config_loads():
     from pathlib import Path
 
     import yaml
-    from qcnn.search.accumulator import AccumulatorSearchConfig
-    from qcnn.search.fixed_point import FixedPointSearchConfig
+    from qcnn.search.accumulator_search import AccumulatorSearchConfig
+    from qcnn.search.fixed_point_search import FixedPointSearchConfig
     paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert paths
     for path in paths:

@@ -22,8 +22,8 @@ from qcnn.nn import QuantConv2d, QuantLinear
 from qcnn.quantizers.act import QuantAct
 from qcnn.quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budget, act_code_range,
                                     bind_accumulator_input)
-from qcnn.search.accumulator import (AccumulatorPlan, AccumulatorSearchConfig, accumulator, accumulator_report,
-                                     worst_case_accumulator_bits)
+from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator, accumulator_report,
+                                            worst_case_accumulator_bits)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,8 +23,8 @@ from qcnn.data import Splits, TensorLoader  # noqa: E402
 from qcnn.nn import QuantConv2d, QuantLinear  # noqa: E402
 from qcnn.quantizers import FixedPointWeightQuantizer  # noqa: E402
 from qcnn.quantizers.act import FixedPointAct, FixedPointQuantizer  # noqa: E402
-from qcnn.search.fixed_point import (FixedPointPlan, FixedPointSearchConfig, LayerFixedPoint,  # noqa: E402
-                                     fixed_point, no_clipping_frac_bits)
+from qcnn.search.fixed_point_search import (FixedPointPlan, FixedPointSearchConfig, LayerFixedPoint,  # noqa: E402
+                                            fixed_point, no_clipping_frac_bits)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = 0.02
