@@ -129,7 +129,7 @@ def _float_test_f1(s: dict, summaries: list[dict]) -> float | None:
                  if b.get("baseline") == s.get("baseline") and b.get("float_test_f1") is not None), None)
 
 
-def measured_binary_speedups(bench_json: Path = KERNEL_BENCH) -> dict[int, float]:
+def measured_binary_speedups(bench_json: Path) -> dict[int, float]:
     """Hidden activation bits -> the engine's measured speedup of the binary-weight net over the same net's int8
     GEMM (W8), batch 256 at the most threads, from benchmarks/bench_kernels.py's JSON ({} when absent)."""
     if not bench_json.is_file():
@@ -139,11 +139,11 @@ def measured_binary_speedups(bench_json: Path = KERNEL_BENCH) -> dict[int, float
     return {r["hidden_act_bits"]: r["ratio"] for r in rows if r["threads"] == top}
 
 
-def binary_study_table(summaries: list[dict], runs_dir: Path) -> str:
+def binary_study_table(summaries: list[dict], runs_dir: Path, bench_json: Path = KERNEL_BENCH) -> str:
     """O'Keeffe & Villing's study: the binary-weight runs by hidden activation bits, with the relative macro-F1
     drop against their float baseline, the theoretical speedups of qcnn.analysis.cost, and the engine's measured
     speedup over the int8 GEMM on the same net (docs/bench/kernels_cpu.json, '-' until bench_kernels.py ran)."""
-    measured = measured_binary_speedups()
+    measured = measured_binary_speedups(bench_json)
     runs = [s for s in summaries
             if s.get("kind") != "float" and ((s.get("quant") or {}).get("weight") or {}).get("kind") == "binary"]
     if not runs:

@@ -102,8 +102,11 @@ def test_binary_study_table(tmp_path):
                                  "quant": s["quant"]})
         (tmp_path / s["name"]).mkdir()
         qconfig.dump(cfg, tmp_path / s["name"] / "config.yaml")
-    (tmp_path / "bin_a2" / "deploy.json").write_text(json.dumps({"engine_speedup": 2.5}))
-    lines = results.binary_study_table(summaries, tmp_path).splitlines()
+    bench = tmp_path / "kernels.json"  # bench_kernels.py's rows: the most threads' ratio is the measured speedup
+    bench.write_text(json.dumps({"rows": [{"hidden_act_bits": 2, "threads": 1, "ratio": 1.5},
+                                          {"hidden_act_bits": 2, "threads": 2, "ratio": 2.5},
+                                          {"case": "acc16", "threads": 2, "ratio": 1.6}]}))
+    lines = results.binary_study_table(summaries, tmp_path, bench).splitlines()
     assert len(lines) == 4  # header, rule, the two binary runs in activation-bit order
     a2 = [c.strip() for c in lines[2].strip("|").split("|")]
     a8 = [c.strip() for c in lines[3].strip("|").split("|")]
@@ -117,4 +120,5 @@ def test_binary_study_table(tmp_path):
     assert a2[7] == f"{total * 1024 / (macs[0] * 8 + (total - macs[0]) * 2):.2f}x"
     assert a2[8] == "2.50x"
     assert a8[:5] == ["bin_a8", "8", "8", "88.00", "-"] and a8[5] == "-" and a8[6] == "8.00x" and a8[8] == "-"
-    assert results.binary_study_table([base], tmp_path) == "(no binary-weight run yet)"
+    assert results.binary_study_table([base], tmp_path, bench) == "(no binary-weight run yet)"
+    assert results.measured_binary_speedups(tmp_path / "absent.json") == {}
