@@ -28,6 +28,18 @@ def baseline_path(cfg: qconfig.RunConfig) -> Path:
     return Path(cfg.baseline) if cfg.baseline else Path(cfg.out_dir) / "baseline" / "model.pt"
 
 
+def load_baseline(cfg: qconfig.RunConfig, script: str) -> tuple[torch.nn.Module, Path]:
+    """The config's float model with the baseline's weights (on the CPU) and the file they came from; a missing
+    baseline stops `script` with a message that says how to make one."""
+    source = baseline_path(cfg)
+    if not source.is_file():
+        raise SystemExit(f"{script}: float baseline {source} not found; train it with training/train.py "
+                         "or set 'baseline' in the config")
+    model = models.create(cfg.model.name, **cfg.model.kwargs)
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    return model, source
+
+
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     args = train_script.parse_args(argv, __doc__)
     cfg = cfg or qconfig.load(args.config)
@@ -38,12 +50,7 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     rank, world, device = engine.setup_distributed(args.device)
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data, rank, world)
-    model = models.create(cfg.model.name, **cfg.model.kwargs)
-    source = baseline_path(cfg)
-    if not source.is_file():
-        raise SystemExit(f"retrain.py: float baseline {source} not found; train it with training/train.py "
-                         "or set 'baseline' in the config")
-    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    model, source = load_baseline(cfg, "retrain.py")
     model.to(device)
     float_val = engine.evaluate(model, splits.val)
     qcnn.quantize_(model, cfg.quant)

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
@@ -33,31 +32,14 @@ from qcnn.data import build_loaders  # noqa: E402
 from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator,  # noqa: E402
                                            accumulator_report, base_quant_config)
 
-from retrain import baseline_path  # noqa: E402
+from retrain import load_baseline  # noqa: E402
 
 OVERFLOW_CHECK_IMAGES = 200
 
 
-def load_config(path: Path) -> tuple[qconfig.RunConfig, AccumulatorSearchConfig]:
-    """The run config and the `search:` section of a YAML file; errors name the file and the key path."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise qconfig.ConfigError("", f"cannot read ({err})", file=str(path)) from err
-    except yaml.YAMLError as err:
-        raise qconfig.ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
-    if not isinstance(doc, dict):
-        raise qconfig.ConfigError("", f"must be a mapping, got {type(doc).__name__}", file=str(path))
-    doc = dict(doc)
-    search = doc.pop("search", None)
-    try:
-        cfg = qconfig.from_dict(doc)
-        search_cfg = AccumulatorSearchConfig.from_dict(search, _path="search")
-        if cfg.quant is not None:
-            base_quant_config(cfg.quant)
-    except qconfig.ConfigError as err:
-        raise qconfig.ConfigError(err.key_path, err.message, file=str(path)) from None
-    return cfg, search_cfg
+def check_base_quant(cfg: qconfig.RunConfig, search_cfg: AccumulatorSearchConfig) -> None:
+    if cfg.quant is not None:
+        base_quant_config(cfg.quant)
 
 
 def engine_check(path: Path, test_loader) -> dict:
@@ -78,17 +60,12 @@ def main(argv=None) -> dict:
     p.add_argument("--config", required=True, type=Path, help="YAML config: a run config plus a `search:` section")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
-    cfg, search_cfg = load_config(args.config)
+    cfg, search_cfg = qconfig.load_with_search(args.config, AccumulatorSearchConfig, check=check_base_quant)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data)
-    source = baseline_path(cfg)
-    if not source.is_file():
-        raise SystemExit(f"search_accumulator.py: float baseline {source} not found; train it with training/train.py "
-                         "or set 'baseline' in the config")
-    float_model = models.create(cfg.model.name, **cfg.model.kwargs)
-    float_model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    float_model, source = load_baseline(cfg, "search_accumulator.py")
     model = models.create(cfg.model.name, **cfg.model.kwargs)
     model.load_state_dict(float_model.state_dict())
     float_val = engine.evaluate(float_model, splits.val)

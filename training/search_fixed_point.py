@@ -23,29 +23,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, engine, models  # noqa: E402
+from qcnn import config as qconfig, engine  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 from qcnn.search.fixed_point_search import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
 
-from retrain import baseline_path  # noqa: E402
-
-
-def load_config(path: Path) -> tuple[qconfig.RunConfig, FixedPointSearchConfig]:
-    """The run config and the `search:` section of a YAML file; errors name the file and the key path."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise qconfig.ConfigError("", f"cannot read ({err})", file=str(path)) from err
-    except yaml.YAMLError as err:
-        raise qconfig.ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
-    if not isinstance(data, dict):
-        raise qconfig.ConfigError("", f"must be a mapping, got {type(data).__name__}", file=str(path))
-    data = dict(data)
-    search = data.pop("search", None)
-    try:
-        return qconfig.from_dict(data), FixedPointSearchConfig.from_dict(search, _path="search")
-    except qconfig.ConfigError as err:
-        raise qconfig.ConfigError(err.key_path, err.message, file=str(path)) from None
+from retrain import load_baseline  # noqa: E402
 
 
 def relative_drop(reference: float, value: float) -> float:
@@ -57,17 +39,12 @@ def main(argv=None) -> dict:
     p.add_argument("--config", required=True, type=Path, help="YAML config: a run config plus a `search:` section")
     p.add_argument("--quiet", action="store_true", help="no per-layer progress lines")
     args = p.parse_args(argv)
-    cfg, search_cfg = load_config(args.config)
+    cfg, search_cfg = qconfig.load_with_search(args.config, FixedPointSearchConfig)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data)
-    source = baseline_path(cfg)
-    if not source.is_file():
-        raise SystemExit(f"search_fixed_point.py: float baseline {source} not found; train it with training/train.py "
-                         "or set 'baseline' in the config")
-    model = models.create(cfg.model.name, **cfg.model.kwargs)
-    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    model, source = load_baseline(cfg, "search_fixed_point.py")
     folded = qcnn.fold_batchnorm(model)
 
     t0 = time.perf_counter()

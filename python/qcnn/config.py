@@ -400,19 +400,42 @@ class RunConfig(_Section):
         return Path(self.out_dir) / self.name
 
 
-def load(path: str | Path) -> RunConfig:
-    """Reads and validates a YAML run config; errors name the file and the key path."""
-    path = Path(path)
+def _read_mapping(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError("", f"cannot read ({err})", file=str(path)) from err
     except yaml.YAMLError as err:
         raise ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
+    if not isinstance(data, dict):
+        raise ConfigError("", f"must be a mapping, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def load(path: str | Path) -> RunConfig:
+    """Reads and validates a YAML run config; errors name the file and the key path."""
+    path = Path(path)
+    data = _read_mapping(path)
     try:
         return RunConfig.from_dict(data)
     except ConfigError as err:
         raise ConfigError(err.key_path, err.message, file=str(path)) from None
+
+
+def load_with_search(path: str | Path, search_config, check=None):
+    """A search script's YAML file: a run config plus a `search:` section parsed by `search_config.from_dict`.
+    `check(run_config, search)` may raise ConfigError for combinations; every error names the file and key path."""
+    path = Path(path)
+    data = dict(_read_mapping(path))
+    search = data.pop("search", None)
+    try:
+        cfg = from_dict(data)
+        search_cfg = search_config.from_dict(search, _path="search")
+        if check is not None:
+            check(cfg, search_cfg)
+    except ConfigError as err:
+        raise ConfigError(err.key_path, err.message, file=str(path)) from None
+    return cfg, search_cfg
 
 
 def from_dict(data: dict) -> RunConfig:

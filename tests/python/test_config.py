@@ -80,9 +80,9 @@ def test_every_shipped_config_loads():
     paths = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert paths
     for path in paths:
-        doc = yaml.safe_load(path.read_text())
-        search = doc.pop("search", None)
-        config.from_dict(doc)
-        if search is not None:
+        search = yaml.safe_load(path.read_text()).get("search")
+        if search is None:
+            config.load(path)
+        else:
             cls = AccumulatorSearchConfig if "acc_bits" in search else FixedPointSearchConfig
-            cls.from_dict(search, _path="search")
+            config.load_with_search(path, cls)

@@ -3,10 +3,8 @@ UniformWeightQuantizer, qcnn.search.accumulator, the config key, the export fiel
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +23,8 @@ from qcnn.quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budge
 from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator, accumulator_report,
                                             worst_case_accumulator_bits)
 
-ROOT = Path(__file__).resolve().parents[2]
+from training_scripts import load_training_script  # noqa: E402
+
 
 
 def _limit(p: int) -> int:
@@ -393,10 +392,7 @@ def test_quantizer_argument_errors():
 
 # --------------------------------------------------------------------------------------------- the script
 def _script():
-    spec = importlib.util.spec_from_file_location("search_accumulator", ROOT / "training" / "search_accumulator.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_training_script("search_accumulator")
 
 
 def test_script_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, monkeypatch):

@@ -1,11 +1,9 @@
 """Goyal et al.'s fixed-point search (qcnn.search.fixed_point), FixedPointAct / FixedPointQuantizer and bias
 quantization in QuantConv2d / QuantLinear, and training/search_fixed_point.py."""
 import copy
-import importlib.util
 import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +24,8 @@ from qcnn.quantizers.act import FixedPointAct, FixedPointQuantizer  # noqa: E402
 from qcnn.search.fixed_point_search import (FixedPointPlan, FixedPointSearchConfig, LayerFixedPoint,  # noqa: E402
                                             fixed_point, no_clipping_frac_bits)
 
-ROOT = Path(__file__).resolve().parents[2]
+from training_scripts import load_training_script  # noqa: E402
+
 BUDGET = 0.02
 
 
@@ -453,10 +452,7 @@ def test_search_config_errors_name_the_key():
 
 # -------------------------------------------------------------------------------------------- the script
 def _script():
-    spec = importlib.util.spec_from_file_location("search_fixed_point", ROOT / "training" / "search_fixed_point.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_training_script("search_fixed_point")
 
 
 def test_script_reads_the_test_split_only_after_the_search(tmp_path, monkeypatch):
