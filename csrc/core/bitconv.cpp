@@ -4,11 +4,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define QCNN_X86 1
-#define QCNN_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "core/avx2.h"
 
 namespace qcnn {
 

@@ -8,16 +8,11 @@
 #include <string>
 #include <type_traits>
 
+#include "core/avx2.h"
 #include "core/bitconv.h"
 #include "core/requant.h"
 #include "core/threads.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define QCNN_X86 1
-// The AVX2 functions carry the target attribute, so this file needs no -mavx2 of its own.
-#define QCNN_AVX2 __attribute__((target("avx2,fma")))
-#endif
 
 namespace qcnn {
 
@@ -123,24 +118,68 @@ void microkernel_scalar(const int16_t* a, int64_t lda, const int16_t* w, int64_t
 }
 
 #ifdef QCNN_X86
-template <int R, int J>
-QCNN_AVX2 void microkernel_avx2(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
-                                int32_t* c, int64_t ldc) {
+// The lane arithmetic of the two AVX2 GEMM kernels. Each k-pair of one row is broadcast and multiplied
+// against J blocks of packed weights; the tile loop is the same, only the lanes differ.
+//   PairsToInt32 (vpmaddwd): i16 x i16 pairs into 8 int32 channel lanes. w: [blocks of 8][pairs][8][2] int16.
+//   PairsToInt16 (the int16-accumulator kernel, FBGEMM's acc16; de Bruin et al. 2020): u8 x s8 pairs by
+//     vpmaddubsw into 16 int16 channel lanes, 32 MACs per multiply instead of 16. Exact only under the bound
+//     pack_conv proves: max(x - z) * ||w_m||_1 < 2^15 makes every pair sum and every partial sum fit int16,
+//     so vpmaddubsw never saturates and vpaddw never wraps. w: [blocks of 16][pairs][16][2] int8.
+struct PairsToInt32 {
+  using A = int16_t;
+  using W = int16_t;
+  using Pair = int32_t;
+  static constexpr int kLanes = 8;
+  QCNN_AVX2 static __m256i broadcast(Pair p) { return _mm256_set1_epi32(p); }
+  QCNN_AVX2 static __m256i madd(__m256i acc, __m256i a, __m256i w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
+  }
+  QCNN_AVX2 static void store(int32_t* dst, __m256i acc) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), acc); }
+};
+
+struct PairsToInt16 {
+  using A = uint8_t;
+  using W = int8_t;
+  using Pair = int16_t;
+  static constexpr int kLanes = 16;
+  QCNN_AVX2 static __m256i broadcast(Pair p) { return _mm256_set1_epi16(p); }
+  QCNN_AVX2 static __m256i madd(__m256i acc, __m256i a, __m256i w) {
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(a, w));
+  }
+  QCNN_AVX2 static void store(int32_t* dst, __m256i acc) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
+  }
+};
+
+// An R x (J * Lanes::kLanes) tile of C from `pairs` k-pairs: a [R][2 * pairs] at stride lda, w's J blocks
+// wblock elements apart (2 * kLanes per pair), C rows ldc apart.
+template <class Lanes, int R, int J>
+QCNN_AVX2 void lane_microkernel(const typename Lanes::A* a, int64_t lda, const typename Lanes::W* w, int64_t wblock,
+                                int64_t pairs, int32_t* c, int64_t ldc) {
+  constexpr int kPairStep = 2 * Lanes::kLanes;
   __m256i acc[R][J];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
   for (int64_t q = 0; q < pairs; ++q) {
     __m256i wv[J];
-    for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 16));
+    for (int j = 0; j < J; ++j)
+      wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * kPairStep));
     for (int r = 0; r < R; ++r) {
-      int32_t pair;
+      typename Lanes::Pair pair;
       std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
-      const __m256i av = _mm256_set1_epi32(pair);
-      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(av, wv[j]));
+      const __m256i av = Lanes::broadcast(pair);
+      for (int j = 0; j < J; ++j) acc[r][j] = Lanes::madd(acc[r][j], av, wv[j]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + j * 8), acc[r][j]);
+    for (int j = 0; j < J; ++j) Lanes::store(c + r * ldc + j * Lanes::kLanes, acc[r][j]);
+}
+
+template <int R, int J>
+QCNN_AVX2 void microkernel_avx2(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
+                                int32_t* c, int64_t ldc) {
+  lane_microkernel<PairsToInt32, R, J>(a, lda, w, wblock, pairs, c, ldc);
 }
 #endif
 
@@ -185,42 +224,13 @@ QCNN_AVX2 void microkernel_avx2<3, 3>(const int16_t* a, int64_t lda, const int16
 #endif
 
 #ifdef QCNN_X86
-// The int16-accumulator kernel (FBGEMM's acc16; de Bruin et al. 2020): u8 x s8 pairs by vpmaddubsw into
-// 16 channel lanes of int16, 32 MACs per multiply instead of vpmaddwd's 16. Exact only under the bound
-// pack_conv proves: max(x - z) * ||w_m||_1 < 2^15 makes every pair sum and every partial sum fit int16,
-// so vpmaddubsw never saturates and vpaddw never wraps. w: [blocks of 16][pairs][16][2] int8.
-template <int R, int J>
-QCNN_AVX2 void microkernel_acc16(const uint8_t* a, int64_t lda, const int8_t* w, int64_t wblock, int64_t pairs,
-                                 int32_t* c, int64_t ldc) {
-  __m256i acc[R][J];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
-  for (int64_t q = 0; q < pairs; ++q) {
-    __m256i wv[J];
-    for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 32));
-    for (int r = 0; r < R; ++r) {
-      int16_t pair;
-      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
-      const __m256i av = _mm256_set1_epi16(pair);
-      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi16(acc[r][j], _mm256_maddubs_epi16(av, wv[j]));
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      int32_t* dst = c + r * ldc + j * 16;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][j])));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8),
-                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][j], 1)));
-    }
-}
-
 using Acc16Kernel = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
 
 Acc16Kernel acc16_kernel(int rows, int blocks) {
   static const Acc16Kernel table[kRows][kBlocks] = {
-      {microkernel_acc16<1, 1>, microkernel_acc16<1, 2>, microkernel_acc16<1, 3>},
-      {microkernel_acc16<2, 1>, microkernel_acc16<2, 2>, microkernel_acc16<2, 3>},
-      {microkernel_acc16<3, 1>, microkernel_acc16<3, 2>, microkernel_acc16<3, 3>}};
+      {lane_microkernel<PairsToInt16, 1, 1>, lane_microkernel<PairsToInt16, 1, 2>, lane_microkernel<PairsToInt16, 1, 3>},
+      {lane_microkernel<PairsToInt16, 2, 1>, lane_microkernel<PairsToInt16, 2, 2>, lane_microkernel<PairsToInt16, 2, 3>},
+      {lane_microkernel<PairsToInt16, 3, 1>, lane_microkernel<PairsToInt16, 3, 2>, lane_microkernel<PairsToInt16, 3, 3>}};
   return table[rows - 1][blocks - 1];
 }
 #endif
