@@ -27,7 +27,7 @@ from . import config, data, engine, fold, models, nn, quantizers  # noqa: E402,F
 from . import analysis  # noqa: E402,F401
 from . import search  # noqa: E402,F401
 from .fold import fold_batchnorm  # noqa: E402,F401
-from .quantize import quantize_  # noqa: E402,F401
+from .quantize import quant_report, quantize_  # noqa: E402,F401
 
 # Deployment: `qcnn.export(model, path)`, `qcnn.load(path)`, `qcnn.export_onnx(model, path)`.
 # (The function `qcnn.export` shadows the subpackage attribute; import from `qcnn.export` for the rest.)

@@ -206,16 +206,17 @@ class WeightQuantConfig(_Section):
 @dataclass
 class ActQuantConfig(_Section):
     """Uniform activation quantization with a learned clip: PACT (clip alpha) or LSQ (step size), initialized
-    by an observer over `calibration_batches` batches (max, or a high percentile of |x|)."""
+    by an observer over `calibration_batches` batches (max, or a high percentile of |x|). signed: 'auto' (signed
+    exactly when the calibration data has a negative value), true or false (negative values clip to 0)."""
 
     bits: int = 8
-    signed: bool = False
+    signed: Union[bool, Literal["auto"]] = "auto"
     method: Literal["pact", "lsq"] = "lsq"
     observer: Literal["max", "percentile"] = "percentile"
     percentile: float = 99.99
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "bits"), self.bits, 2 if self.signed else 1, 8)
+        _check_range(_join(path, "bits"), self.bits, 2 if self.signed is True else 1, 8)
         _check_range(_join(path, "percentile"), self.percentile, 50.0, 100.0)
 
 

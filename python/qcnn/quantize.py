@@ -3,9 +3,13 @@ model-wide operations of the retraining loop (activation calibration, refits, IN
 from __future__ import annotations
 
 import fnmatch
+import operator
 import re
+import warnings
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, QuantConfig, resolve_act, resolve_weight
@@ -20,39 +24,94 @@ def _matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+# Ops through which a layer still reads the network input's values: views, copies, subsets, paddings, and
+# elementwise arithmetic with constants (an in-model normalisation).
+_INPUT_KEEPING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten, nn.ZeroPad2d,
+                          nn.ConstantPad2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+_INPUT_KEEPING_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+                            torch.transpose, operator.getitem, F.pad, F.dropout, F.max_pool2d, operator.add,
+                            operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+_INPUT_KEEPING_METHODS = {"view", "reshape", "flatten", "contiguous", "float", "to", "clone", "permute",
+                          "transpose", "squeeze", "unsqueeze", "add", "sub", "mul", "div"}
+
+
+def _keeps_input(node: torch.fx.Node, modules: dict[str, nn.Module], from_input: set) -> bool:
+    tensors = [a for a in node.all_input_nodes]
+    if not tensors or any(a not in from_input for a in tensors):
+        return False  # a combination with another computed tensor is no longer the input
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _INPUT_KEEPING_MODULES)
+    if node.op == "call_function":
+        return node.target in _INPUT_KEEPING_FUNCTIONS
+    return node.op == "call_method" and node.target in _INPUT_KEEPING_METHODS
+
+
+def input_readers(model: nn.Module, layer_names: list[str]) -> tuple[list[str], str | None]:
+    """The layers of `layer_names` (conv/linear modules of `model`) that read the network input, found on the
+    model's torch.fx graph; and None, or why the graph could not be traced (then the first layer in
+    registration order is taken as the one reader)."""
+    from .fold import QuantLeafTracer
+
+    try:
+        graph = QuantLeafTracer().trace(model)
+    except Exception as err:  # fx raises many types for untraceable control flow
+        return layer_names[:1], f"{type(err).__name__}: {err}"
+    modules = dict(model.named_modules())
+    wanted, from_input, readers = set(layer_names), set(), set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            from_input.add(node)
+        elif node.op == "call_module" and node.target in wanted:
+            if node.args and isinstance(node.args[0], torch.fx.Node) and node.args[0] in from_input:
+                readers.add(node.target)
+        elif _keeps_input(node, modules, from_input):
+            from_input.add(node)
+    return [name for name in layer_names if name in readers], None
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> dict[str, QuantLayer]:
-    """Replaces every nn.Conv2d and nn.Linear of `model` in place by its quantized counterpart.
+def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
+    """Replaces every nn.Conv2d and nn.Linear of `model` in place by its quantized counterpart; returns `model`.
 
-    Each layer gets cfg.weight and, on its input, cfg.act (the first layer: cfg.input_act, signed, since it
-    sees the normalized image); overrides (glob or 're:' regex on the module name, applied in order) change
-    fields or set null for float. A pattern that matches no layer is a ConfigError naming
-    quant.overrides[i].pattern. Layers left with neither quantizer stay float modules. Returns the
-    quantized layers by name. Parameters are shared, so an existing optimizer keeps working.
+    Each layer gets cfg.weight and, on its input, cfg.act; every layer that reads the network input (found on
+    the torch.fx graph, through views, dropout, padding and arithmetic with constants) gets cfg.input_act
+    instead, signed, since it sees the normalized image. Activation quantizers with signed: auto (the
+    default) become signed at calibration when their data has negative values. Overrides (glob or 're:'
+    regex on the module name, applied in order) change fields or set null for float. A pattern that matches
+    no layer is a ConfigError naming quant.overrides[i].pattern. Layers left with neither quantizer stay float
+    modules. Parameters are shared, so an existing optimizer keeps working. quant_report(model) lists what
+    each layer got.
     """
     if isinstance(cfg, dict):
         cfg = QuantConfig.from_dict(cfg, _path="quant")
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"quantize_: cfg must be a qcnn.config.QuantConfig or dict, got {type(cfg).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_: model must be a torch.nn.Module, got {type(model).__name__}")
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantLayer)]
     if not layers:
         raise ValueError("quantize_: the model has no nn.Conv2d or nn.Linear layer left to quantize")
-    if type(layers[0][1]) not in (nn.Conv2d, nn.Linear) or any(type(m) not in (nn.Conv2d, nn.Linear) for _, m in layers):
+    if any(type(m) not in (nn.Conv2d, nn.Linear) for _, m in layers):
         odd = sorted({type(m).__name__ for _, m in layers} - {"Conv2d", "Linear"})
         raise TypeError(f"quantize_: unsupported subclasses of Conv2d/Linear: {odd}")
+    readers, untraceable = input_readers(model, [name for name, _ in layers])
+    if untraceable is not None:
+        warnings.warn(f"quantize_: cannot trace {type(model).__name__} with torch.fx ({untraceable}); the input "
+                      f"quantizer goes to the first layer in registration order, {readers[0]!r}", RuntimeWarning,
+                      stacklevel=2)
     used = [False] * len(cfg.overrides)
     input_default = cfg.input_act if cfg.input_act is not None else (
         cfg.act.replace(signed=True, bits=max(cfg.act.bits, 2)) if cfg.act is not None else None)
     replaced: dict[str, QuantLayer] = {}
-    for position, (name, module) in enumerate(layers):
+    for name, module in layers:
         weight_cfg = cfg.weight
-        act_cfg = input_default if position == 0 else cfg.act
+        act_cfg = input_default if name in readers else cfg.act
         for i, override in enumerate(cfg.overrides):
             if _matches(override.pattern, name):
                 used[i] = True
@@ -65,6 +124,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> dict[str, QuantLayer
         bind_accumulator_input(weight_quant, act_quant, name)  # weight.accumulator_bits: its input's code range
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         new = cls.from_float(module, weight_quant, act_quant)
+        new.reads_input = name in readers
         _set_submodule(model, name, new)
         replaced[name] = new
     for i, hit in enumerate(used):
@@ -72,7 +132,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> dict[str, QuantLayer
             names = [n for n, _ in layers]
             raise ConfigError(f"quant.overrides[{i}].pattern",
                               f"{cfg.overrides[i].pattern!r} matches no Conv2d/Linear layer (layers: {names})")
-    return replaced
+    return model
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -102,8 +162,12 @@ def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
         seen += 1
         if seen >= batches:
             break
+    names = {id(m): name for name, m in getattr(model, "module", model).named_modules()}
     for act in acts:
-        act.finish_calibration()
+        try:
+            act.finish_calibration()
+        except ValueError as err:
+            raise ValueError(f"calibrate_activations: {names.get(id(act), '?')}: {err}") from None
     model.train(was_training)
     return seen
 
@@ -138,11 +202,13 @@ def freeze_weights(model: nn.Module, fraction: float) -> float:
     return frozen / total
 
 
-def describe(model: nn.Module) -> dict:
-    """Per layer: the weight quantizer's state (codebooks, scales) and the input quantizer's step."""
+def quant_report(model: nn.Module) -> dict:
+    """Per quantized layer: the weight quantizer's state (codebooks, scales), the input quantizer's (bits, step,
+    signed and whether the sign came from the config or from the calibration data), and whether the layer reads
+    the network input."""
     out = {}
     for name, layer in quant_layers(model).items():
-        entry = {}
+        entry = {"reads_input": bool(getattr(layer, "reads_input", False))}
         if layer.weight_quant is not None:
             entry["weight"] = layer.weight_quant.describe()
         if layer.act_quant is not None:

@@ -239,7 +239,7 @@ def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, sta
     info = state["round_info"]
     record = {"round": state["round"], "val_acc": val["acc"], "val_f1": val["f1"], "val_loss": val["loss"],
               "train_loss": stats["loss"], "train_acc": stats["acc"], **info,
-              "quantizers": qz.describe(model)}
+              "quantizers": qz.quant_report(model)}
     state["rounds"].append(record)
     if val["acc"] > max((r["val_acc"] for r in state["rounds"][:-1]), default=-1.0):
         state["best_round"] = record["round"]

@@ -309,7 +309,8 @@ def test_plan_round_trip_table_and_apply():
     table = plan.table()
     assert table.count("\n| conv") == 2 and "| fc | 588 |" in table
     quantized = copy.deepcopy(net)
-    layers = plan.apply(quantized)
+    assert plan.apply(quantized) is quantized
+    layers = qcnn.quantize.quant_layers(quantized)
     assert list(layers) == ["conv1", "conv2", "fc"]
     for row in plan.layers:
         layer = layers[row.name]

@@ -25,13 +25,21 @@ class QuantAct(nn.Module):
     The clip is initialized from an observer: between start_calibration() and finish_calibration() the module
     passes x through unchanged and records max|x| (observer='max') or the mean over batches of the
     `percentile` of |x|. Used uncalibrated, it calibrates on its first batch.
+
+    signed='auto' (the config default) decides the sign at calibration: signed when any observed value is
+    negative (after Hardswish, SiLU, LeakyReLU, a linear bottleneck, a BatchNorm after a ReLU, the image),
+    unsigned otherwise, so no negative activation is silently clipped to 0. Until then the code range is the
+    unsigned one (the wider: a safe accumulator bound). The decision is the buffer `is_signed`, kept in
+    checkpoints and broadcast with the rest of the state under DDP.
     """
 
-    def __init__(self, bits: int = 8, signed: bool = False, method: str = "lsq", observer: str = "percentile",
+    def __init__(self, bits: int = 8, signed: bool | str = False, method: str = "lsq", observer: str = "percentile",
                  percentile: float = 99.99):
         super().__init__()
-        low = 2 if signed else 1
-        if not isinstance(bits, int) or not low <= bits <= 8:
+        if signed not in (True, False, "auto") or isinstance(signed, int) and not isinstance(signed, bool):
+            raise ValueError(f"QuantAct: signed must be true, false or 'auto', got {signed!r}")
+        low = 2 if signed is True else 1
+        if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= 8:
             raise ValueError(f"QuantAct: bits must be an int in [{low}, 8] for signed={signed}, got {bits!r}")
         if method not in ("lsq", "pact"):
             raise ValueError(f"QuantAct: method must be 'lsq' or 'pact', got {method!r}")
@@ -39,12 +47,10 @@ class QuantAct(nn.Module):
             raise ValueError(f"QuantAct: observer must be 'max' or 'percentile', got {observer!r}")
         if not 50.0 <= percentile <= 100.0:
             raise ValueError(f"QuantAct: percentile must be in [50, 100], got {percentile}")
-        self.bits, self.signed, self.method = bits, signed, method
+        self.bits, self.method = bits, method
+        self.auto_sign = signed == "auto"
         self.observer, self.percentile = observer, percentile
-        if signed:
-            self.qmin, self.qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        else:
-            self.qmin, self.qmax = 0, 2 ** bits - 1
+        self.register_buffer("is_signed", torch.tensor(signed is True))
         if method == "lsq":
             self.scale = nn.Parameter(torch.tensor(1.0))
         else:
@@ -53,18 +59,42 @@ class QuantAct(nn.Module):
         self.register_buffer("observed", torch.tensor(0.0))
         self.register_buffer("observed_batches", torch.tensor(0))
         self.calibrating = False
+        self._saw_negative = False
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.is_signed)
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Checkpoints from before the sign was state carry none: they keep the constructed sign (their config's).
+        state_dict.setdefault(prefix + "is_signed", self.is_signed.clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}, method={self.method}"
+        sign = f"auto ({'signed' if self.signed else 'unsigned'})" if self.auto_sign else self.signed
+        return f"bits={self.bits}, signed={sign}, method={self.method}"
 
     # ------------------------------------------------------------------------------- calibration
     def start_calibration(self) -> None:
         self.calibrating = True
+        self._saw_negative = False
         self.observed.zero_()
         self.observed_batches.zero_()
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
+        if self.auto_sign and not self._saw_negative:
+            self._saw_negative = bool((x.detach() < 0).any())
         mag = x.detach().abs().flatten().float()
         if self.observer == "max":
             self.observed.copy_(torch.maximum(self.observed, mag.max()))
@@ -81,6 +111,11 @@ class QuantAct(nn.Module):
         clip = self.observed if self.observer == "max" else self.observed / self.observed_batches
         clip = float(clip) if float(clip) > 0 else 1.0
         self.calibrating = False
+        if self.auto_sign:
+            if self._saw_negative and self.bits < 2:
+                raise ValueError("QuantAct: the calibration data has negative values, which a 1-bit quantizer "
+                                 "cannot represent signed; use bits >= 2, or signed: false to clip them to 0")
+            self.is_signed.fill_(self._saw_negative)
         if self.method == "lsq":
             self.scale.fill_(clip / self.qmax)
         else:
@@ -113,7 +148,8 @@ class QuantAct(nn.Module):
         return ops.fake_quant(clipped, scale, zero, self.qmin, self.qmax)
 
     def describe(self) -> dict:
-        return {"type": "act", "bits": self.bits, "signed": self.signed, "method": self.method,
+        return {"type": "act", "bits": self.bits, "signed": self.signed,
+                "sign_from": "calibration" if self.auto_sign else "config", "method": self.method,
                 "step": float(self.step)}
 
 

@@ -47,6 +47,7 @@ from torch import nn
 from ..config import (ActQuantConfig, ConfigError, QuantConfig, WeightQuantConfig, _check_range, _join,
                       _Section)
 from ..nn.layers import QuantLayer
+from ..quantize import input_readers, quantize_
 from ..quantizers.act import QuantAct
 from ..quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budget, act_code_range,
                                  check_accumulator_bits)
@@ -171,11 +172,9 @@ class AccumulatorPlan:
         data = {**self.base.to_dict(), "weight": weight.to_dict(), "overrides": overrides}
         return QuantConfig.from_dict(data, _path="quant")
 
-    def apply(self, model: nn.Module) -> dict[str, QuantLayer]:
+    def apply(self, model: nn.Module) -> nn.Module:
         """Quantizes `model` in place (qcnn.quantize_ with quant_config()); its conv/linear layers must be the
-        plan's, by name and in order. Returns the quantized layers by name."""
-        from ..quantize import quantize_
-
+        plan's, by name and in order. Returns `model`."""
         names = [name for name, _ in _layers(model)]
         if names != [layer.name for layer in self.layers]:
             raise ValueError(f"AccumulatorPlan.apply: the model's float conv/linear layers {names} are not the "
@@ -264,7 +263,8 @@ def accumulator(model: nn.Module, acc_bits: int = 16, *, quant: QuantConfig | di
     the bounds are in the module docstring). `model` is a float model (nn.Conv2d / nn.Linear; not modified).
     `quant` is the base QuantConfig (weight: uniform symmetric, its granularity and calibration; act and
     input_act: method and observer; no overrides); None means uniform per-channel MSE-calibrated weights and
-    LSQ activations. The first layer's input is signed, as qcnn.quantize_ makes it. Returns the plan."""
+    LSQ activations. The inputs of the layers that read the network input are signed, as qcnn.quantize_ makes
+    them. Returns the plan."""
     options = AccumulatorSearchConfig.from_dict({"acc_bits": acc_bits, "bound": bound, "min_bits": min_bits,
                                                  "max_bits": max_bits, "l1_slack": l1_slack})
     if not isinstance(model, nn.Module):
@@ -281,9 +281,10 @@ def accumulator(model: nn.Module, acc_bits: int = 16, *, quant: QuantConfig | di
     input_cfg = base.input_act if base.input_act is not None else base.act.replace(signed=True,
                                                                                   bits=max(base.act.bits, 2))
     rows = []
-    for position, (name, module) in enumerate(layers):
-        act_cfg = input_cfg if position == 0 else base.act
-        signed = act_cfg.signed
+    readers, _ = input_readers(model, [name for name, _ in layers])
+    for name, module in layers:
+        act_cfg = input_cfg if name in readers else base.act
+        signed = act_cfg.signed is True  # 'auto' is bounded as unsigned, its wider code range
         k = _terms(module)
         x_range = {b: act_code_range(QuantAct(b, signed, act_cfg.method)) for b in bit_range}
         natural = {}
