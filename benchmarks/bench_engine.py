@@ -184,6 +184,7 @@ def quantize_post_training(float_model: nn.Module, quant: qconfig.QuantConfig, c
     images, labels = calib
     loader = data.TensorLoader(images, labels, batch_size=max(1, CALIB_IMAGES // quant.calibration_batches))
     qz.calibrate_activations(model, loader, len(loader))
+    data.set_input_spec(model, loader.input_spec)
     return model.eval()
 
 

@@ -37,6 +37,7 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
     qcnn.quantize_(model, cfg.quant)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    data.set_input_spec(model, data.FASHION_MNIST_INPUT)  # what a run config's data section reads
     return model.eval(), cfg
 
 

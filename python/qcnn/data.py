@@ -20,6 +20,41 @@ FASHION_MEAN = 0.2860
 FASHION_STD = 0.3530
 NUM_CLASSES = 10
 
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model reads: one image's shape (C, H, W) and the per-channel normalisation of its pixels,
+    x = (pixel / 255 - mean[c]) / std[c]. Exported into the .qcnn file, so the runtimes take raw pixels."""
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.shape)
+        if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+            raise ValueError(f"InputSpec: shape must be (C, H, W) of positive ints, got {self.shape!r}")
+        mean, std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
+        if len(mean) != shape[0] or len(std) != shape[0]:
+            raise ValueError(f"InputSpec: mean and std need one entry per channel ({shape[0]}), got "
+                             f"{len(mean)} and {len(std)}")
+        if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+            raise ValueError(f"InputSpec: mean must be finite and std finite and positive, got {mean}, {std}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+
+FASHION_MNIST_INPUT = InputSpec((1, 28, 28), (FASHION_MEAN,), (FASHION_STD,))
+
+
+def set_input_spec(model: torch.nn.Module, spec: InputSpec) -> torch.nn.Module:
+    """Records on `model` the input it reads, for qcnn.export; qcnn.retrain.run does it from its loader."""
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"set_input_spec: spec must be a qcnn.data.InputSpec, got {type(spec).__name__}")
+    getattr(model, "module", model).qcnn_input_spec = spec
+    return model
+
 _IDX_TYPE_UINT8 = 0x08
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -133,6 +168,10 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec((1, *self.images.shape[1:]), (FASHION_MEAN,), (FASHION_STD,))
 
     def _rank_indices(self) -> torch.Tensor:
         n = self.images.shape[0]

@@ -21,6 +21,7 @@ from torch import nn
 from . import engine
 from . import quantize as qz
 from .config import RunConfig
+from .data import set_input_spec
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -167,6 +168,9 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     """
     if not qz.quant_layers(model):
         raise ValueError("qcnn.retrain.run: the model has no quantized layers; call qcnn.quantize_(model, cfg.quant) first")
+    spec = getattr(train_loader, "input_spec", None)
+    if spec is not None:  # what qcnn.export writes into the file
+        set_input_spec(model, spec)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     rcfg, tcfg = cfg.retrain, cfg.training

@@ -15,6 +15,8 @@ from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
+# What qcnn.export needs to know of a module trained on Fashion-MNIST (the model records nothing by itself).
+FASHION_INPUT = {"input_shape": (1, 28, 28), "mean": [MEAN], "std": [STD]}
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ from qcnn.quantize import calibrate_activations
 from qcnn.quantizers import CodebookWeightQuantizer
 from qcnn.quantizers.weight import codebook_grid, codebook_level_limit, snap_to_grid
 
-from export_helpers import FASHION, read_idx
+from export_helpers import FASHION_INPUT, FASHION, read_idx
 
 METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max")
 MEAN, STD = 0.2860, 0.3530
@@ -226,7 +226,7 @@ def _weight_quantizers(model: nn.Module) -> dict[str, CodebookWeightQuantizer]:
 ], ids=["c4", "t3", "c8", "c4_trained"])
 def test_exported_levels_and_scales_are_the_trained_ones(weight):
     model = _quantized_net(weight, act_bits=8, train_steps=5 if weight.get("train_centroids") else 0)
-    graph = to_graph(model)
+    graph = to_graph(model, **FASHION_INPUT)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no accumulator cap, no other rounding
         _, tensors, _ = lower_graph(graph)
@@ -339,7 +339,7 @@ def exported_2bit(tmp_path_factory):
     path = tmp_path_factory.mktemp("grid") / "w4a2.qcnn"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        qcnn.export(model, path, verbose=False)
+        qcnn.export(model, path, verbose=False, **FASHION_INPUT)
     noise = torch.randint(0, 256, (500, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     pixels = torch.cat([_data()[2], noise])
     with torch.no_grad():

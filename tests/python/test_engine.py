@@ -17,7 +17,7 @@ from qcnn import models
 from qcnn.export import Graph, read_qcnn, reference_forward, write_qcnn
 from qcnn.quantize import calibrate_activations
 
-from export_helpers import random_cnn_graph, random_pixels, write_idx
+from export_helpers import FASHION_INPUT, random_cnn_graph, random_pixels, write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
 QCNN_INFER = ROOT / "build" / "qcnn-infer"
@@ -52,7 +52,7 @@ def export_resnet(path: Path) -> None:
     model.eval()
     with torch.no_grad():
         model(x)  # fits the weight quantizers
-    qcnn.export(model, path, verbose=False)
+    qcnn.export(model, path, verbose=False, **FASHION_INPUT)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import qcnn
 from qcnn.data import FASHION_MEAN, FASHION_STD
 from qcnn.quantize import calibrate_activations, input_readers, quant_layers
 from qcnn.quantizers.act import QuantAct
+from export_helpers import FASHION_INPUT  # noqa: E402
 
 QUANT = {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 4}, "input_act": {"bits": 8, "signed": True}}
 
@@ -198,7 +199,34 @@ def test_signed_hidden_activations_export_and_run_in_the_engine(tmp_path):
     assert model.conv2.act_quant.signed
     with torch.no_grad():
         reference = model(x)
-    qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
     out = qcnn.load(tmp_path / "m.qcnn")(pixels)
     assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.98
     assert (out - reference).abs().median() <= 0.02 * reference.abs().max()
+
+
+def test_export_needs_the_input_spec_and_stores_it(tmp_path):
+    from qcnn.data import FASHION_MNIST_INPUT, InputSpec, set_input_spec
+    from qcnn.export.qfile import read_qcnn
+
+    model = qcnn.quantize_(LinearBottleneck().eval(), QUANT)
+    x = _images()
+    _calibrate(model, x)
+    with pytest.raises(ValueError, match="input_shape, mean, std not given and the model records no input spec"):
+        qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+    with pytest.raises(ValueError, match="mean, std not given"):
+        qcnn.export(model, tmp_path / "m.qcnn", input_shape=(1, 28, 28), verbose=False)
+    with pytest.raises(ValueError, match="mean and std need one entry per channel"):
+        qcnn.export(model, tmp_path / "m.qcnn", input_shape=(3, 28, 28), mean=[0.5], std=[0.5], verbose=False)
+    with pytest.raises(ValueError, match="std finite and positive"):
+        qcnn.export(model, tmp_path / "m.qcnn", input_shape=(1, 28, 28), mean=[0.5], std=[0.0], verbose=False)
+    set_input_spec(model, InputSpec((1, 28, 28), (0.5,), (0.25,)))
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+    doc, _ = read_qcnn(tmp_path / "m.qcnn")
+    assert (doc["input"]["mean"], doc["input"]["std"]) == ([0.5], [0.25])
+    qcnn.export(model, tmp_path / "f.qcnn", verbose=False, mean=[FASHION_MEAN], std=[FASHION_STD])  # args win
+    doc, _ = read_qcnn(tmp_path / "f.qcnn")
+    assert doc["input"]["mean"] == [pytest.approx(FASHION_MEAN)] and doc["input"]["shape"] == [1, 28, 28]
+    with pytest.raises(TypeError, match="spec must be a qcnn.data.InputSpec"):
+        set_input_spec(model, (1, 28, 28))
+    assert FASHION_MNIST_INPUT.shape == (1, 28, 28)

@@ -24,6 +24,7 @@ from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchCo
                                             worst_case_accumulator_bits)
 
 from training_scripts import load_training_script  # noqa: E402
+from export_helpers import FASHION_INPUT  # noqa: E402
 
 
 
@@ -219,13 +220,14 @@ def test_constraint_holds_after_fine_tuning_steps_and_exports_what_trained(tmp_p
         scales_moved |= bool((wq.quantization_scale(layers["fc"].weight) > wq.effective_scale() * 1.01).any())
     assert scales_moved  # the constraint binds for the 588-input linear layer
     net.eval()
-    graph = to_graph(net)
+    graph = to_graph(net, **FASHION_INPUT)
     for node in graph.nodes:
         if node.op in ("conv2d", "linear"):
             layer = layers[node.name]
             assert node.accumulator_bits == p
             assert torch.equal(node.weight.dequantize(), layer.quantized_weight().detach())
-    qcnn.export(net, tmp_path / "tiny.qcnn", verbose=False)  # re-proves the bound from the stored integers
+    # The exporter re-proves the bound from the stored integers.
+    qcnn.export(net, tmp_path / "tiny.qcnn", verbose=False, **FASHION_INPUT)
     engine = qcnn.load(tmp_path / "tiny.qcnn", count_overflows=True)
     assert engine.count_overflows(_images(16, seed=3).unsqueeze(1)) == 0
 
@@ -239,7 +241,7 @@ def test_export_declares_the_width_and_refuses_a_violating_model(tmp_path):
     pixels = _images(40).unsqueeze(1)
     with torch.no_grad():
         expected = net(_normalized(pixels[:, 0]))
-    qcnn.export(net, tmp_path / "ok.qcnn", verbose=False)
+    qcnn.export(net, tmp_path / "ok.qcnn", verbose=False, **FASHION_INPUT)
     doc, _ = read_qcnn(tmp_path / "ok.qcnn")
     convs = [n for n in doc["nodes"] if n["op"] in ("conv2d", "linear")]
     assert [n["accumulator_bits"] for n in convs] == [14, 14, 14]
@@ -252,10 +254,10 @@ def test_export_declares_the_width_and_refuses_a_violating_model(tmp_path):
     qcnn.quantize_(plain, {"weight": {"kind": "uniform", "bits": 5}, "act": {"bits": 5}})
     with torch.no_grad():
         plain(_normalized(pixels[:, 0]))
-    qcnn.export(plain, tmp_path / "plain.qcnn", verbose=False)
+    qcnn.export(plain, tmp_path / "plain.qcnn", verbose=False, **FASHION_INPUT)
     assert all("accumulator_bits" not in n for n in read_qcnn(tmp_path / "plain.qcnn")[0]["nodes"])
     # Declaring a narrower accumulator than the weights allow is refused, naming the node.
-    graph = to_graph(net)
+    graph = to_graph(net, **FASHION_INPUT)
     graph.nodes[0].accumulator_bits = 6
     with pytest.raises(ValueError, match=r"node 'conv1': declares accumulator_bits = 6 .* can overflow"):
         lower_graph(graph)

@@ -8,6 +8,7 @@ import qcnn
 from qcnn import models
 from qcnn.export import Graph, reference_forward, to_graph
 from qcnn.quantize import calibrate_activations
+from export_helpers import FASHION_INPUT  # noqa: E402
 
 WEIGHTS = {
     "codebook_channel": {"kind": "codebook", "bits": 4, "method": "kmeans", "granularity": "channel"},
@@ -51,7 +52,7 @@ def _quantized(name: str, weight: dict, act: dict | None = None, **kwargs) -> tu
 @pytest.mark.parametrize("kind", sorted(WEIGHTS))
 def test_graph_matches_fake_quant_model(kind):
     model, pixels = _quantized("vgg_small", WEIGHTS[kind], width=8)
-    graph = to_graph(model)
+    graph = to_graph(model, **FASHION_INPUT)
     x = graph.normalize(pixels)
     with torch.no_grad():
         expected = model(x)
@@ -65,10 +66,10 @@ def test_graph_matches_fake_quant_model(kind):
 @pytest.mark.parametrize("act", [{"bits": 8, "method": "lsq"}, {"bits": 2, "method": "pact"}])
 def test_models_export_and_run_integer(tmp_path, name, kwargs, act):
     model, pixels = _quantized(name, WEIGHTS["codebook_channel"], act, **kwargs)
-    graph = to_graph(model)
+    graph = to_graph(model, **FASHION_INPUT)
     with torch.no_grad():
         expected = model(graph.normalize(pixels))
-    report = qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+    report = qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
     assert report.file_bytes == (tmp_path / "m.qcnn").stat().st_size
     logits = qcnn.load(tmp_path / "m.qcnn")(pixels)
     # The integer engine rounds intermediate values in fixed point: a value on a rounding boundary can land
@@ -82,7 +83,7 @@ def test_models_export_and_run_integer(tmp_path, name, kwargs, act):
 
 def test_export_ratio_counts_only_the_float_model(tmp_path):
     model, _ = _quantized("vgg_small", WEIGHTS["codebook_channel"], width=8)
-    report = qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+    report = qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
     float_model = models.create("vgg_small", width=8)
     expected = sum(4 * t.numel() for t in float_model.state_dict().values() if t.is_floating_point())
     assert report.float32_bytes == expected
@@ -93,21 +94,21 @@ def test_float_layer_is_named(tmp_path):
     model, _ = _quantized("vgg_small", WEIGHTS["uniform_sym"], width=8)
     model.classifier[1] = nn.Linear(model.classifier[1].in_features, 10)
     with pytest.raises(TypeError, match="classifier"):
-        qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+        qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
 
 
 def test_unsupported_module_is_named(tmp_path):
     model, _ = _quantized("vgg_small", WEIGHTS["uniform_sym"], width=8)
     model.features[2] = nn.Sigmoid()
     with pytest.raises(TypeError, match=r"features_2.*Sigmoid"):
-        qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+        qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
 
 
 def test_uncalibrated_activation_is_an_error(tmp_path):
     model = models.create("vgg_small", width=8)
     qcnn.quantize_(model, {"weight": WEIGHTS["binary"], "act": {"bits": 8, "method": "lsq"}})
     with pytest.raises(ValueError, match="not fitted|not calibrated"):
-        qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+        qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
 
 
 def test_partially_frozen_incremental_layer_is_an_error(tmp_path):
@@ -115,7 +116,7 @@ def test_partially_frozen_incremental_layer_is_an_error(tmp_path):
     first = model.features[0]
     first.weight_quant.freeze(first.weight, 0.5)
     with pytest.raises(ValueError, match=r"features\.0.*frozen only 50%"):
-        qcnn.export(model, tmp_path / "m.qcnn", verbose=False)
+        qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
     first.weight_quant.freeze(first.weight, 1.0)
-    graph = to_graph(model)
+    graph = to_graph(model, **FASHION_INPUT)
     assert torch.equal(graph.nodes[0].weight.dequantize(), first.quantized_weight().detach())

@@ -64,7 +64,8 @@ def _model_float_bytes(model: torch.nn.Module) -> int:
 
 def to_graph(model, **trace_options) -> Graph:
     """The float-level export graph of a qcnn model (or the graph itself). trace_options go to
-    trace.graph_from_model: input_shape (C, H, W), mean and std (the input normalisation; default Fashion-MNIST)."""
+    trace.graph_from_model: input_shape (C, H, W), mean and std (the input normalisation; by default what the
+    model records, qcnn.data.set_input_spec; with neither, an error)."""
     if isinstance(model, Graph):
         return model
     if not isinstance(model, torch.nn.Module):

@@ -234,18 +234,33 @@ class _Tracer:
             raise TypeError("qcnn.export: the model's output must be the last layer's output (the logits)")
 
 
-def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 28, 28),
+def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
                      mean: list[float] | None = None, std: list[float] | None = None) -> Graph:
     """The export Graph of a quantized qcnn model (in eval semantics; `model` is not modified).
 
-    mean/std: the per-channel normalisation of pixels / 255 that the model expects (default: Fashion-MNIST's)."""
-    from ..data import FASHION_MEAN, FASHION_STD
+    input_shape (C, H, W) and mean/std (the per-channel normalisation of pixels / 255 the model was trained
+    with) default to what the model records (qcnn.data.set_input_spec; qcnn.retrain.run records its
+    loader's); with neither, a missing one is a ValueError: there is no silent default."""
+    from ..data import InputSpec
 
     model = getattr(model, "module", model)  # DistributedDataParallel
-    channels = input_shape[0]
+    recorded = getattr(model, "qcnn_input_spec", None)
+    given = {"input_shape": input_shape, "mean": mean, "std": std}
+    missing = [key for key, value in given.items() if value is None]
+    if missing and recorded is None:
+        raise ValueError(f"qcnn.export: {', '.join(missing)} not given and the model records no input spec: pass "
+                         "input_shape=(C, H, W), mean=[...] and std=[...], the per-channel normalisation of "
+                         "pixels / 255 the model was trained with (Fashion-MNIST: input_shape=(1, 28, 28), "
+                         "mean=[0.286], std=[0.353]), or record them with qcnn.data.set_input_spec(model, spec)")
+    if recorded is not None:
+        given = {"input_shape": recorded.shape if input_shape is None else input_shape,
+                 "mean": recorded.mean if mean is None else mean, "std": recorded.std if std is None else std}
+    try:
+        spec = InputSpec(tuple(given["input_shape"]), tuple(given["mean"]), tuple(given["std"]))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"qcnn.export: bad input_shape/mean/std: {err}") from None
     tracer = _Tracer(model)
     tracer.run()
-    graph = Graph(tuple(input_shape), list(mean) if mean is not None else [FASHION_MEAN] * channels,
-                  list(std) if std is not None else [FASHION_STD] * channels, tracer.nodes)
+    graph = Graph(spec.shape, list(spec.mean), list(spec.std), tracer.nodes)
     graph.validate()
     return graph
