@@ -160,8 +160,17 @@ KMeansResult kmeans_1d(const WeightedValues& data, int64_t k, const KMeansOption
     result.centroids = pad_distinct_values(data, k);
     return result;
   }
+  if (!options.start.empty()) {
+    if (static_cast<int64_t>(options.start.size()) != k)
+      throw std::invalid_argument("start needs k = " + std::to_string(k) + " centroids, got " +
+                                  std::to_string(options.start.size()));
+    for (double v : options.start)
+      if (!std::isfinite(v)) throw std::invalid_argument("start centroids must be finite");
+  }
   const PrefixSums sums(data);
-  std::vector<double> c = kmeans_1d_init(data, sums, k, options.init, options.seed);
+  std::vector<double> c = options.start;
+  if (c.empty()) c = kmeans_1d_init(data, sums, k, options.init, options.seed);
+  else std::sort(c.begin(), c.end());
   const double move_tol = options.tol * (data.value.back() - data.value.front());
   std::vector<int64_t> bounds(k + 1), previous(k + 1, -1);
   std::vector<double> next(k);

@@ -27,6 +27,9 @@ struct KMeansOptions {
   // Stop when no centroid moves by more than tol * (max - min), or when the partition is stable.
   double tol = 1e-6;
   uint64_t seed = 0;
+  // When not empty: the k starting centroids (any order), used instead of `init`, e.g. the previous
+  // codebook when refitting weights that moved a little (a warm start keeps the clusters' identity).
+  std::vector<double> start;
 };
 
 struct KMeansResult {

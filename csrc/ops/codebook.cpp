@@ -3,9 +3,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(qcnn, m) {
-  // Lloyd's 1-D k-means -> (centroids [.., k] ascending, weighted SSE [..] float64).
+  // Lloyd's 1-D k-means -> (centroids [.., k] ascending, weighted SSE [..] float64). init_centroids [.., k]:
+  // per-row starting centroids that replace `init` (a warm start).
   m.def("kmeans_1d(Tensor x, int k, Tensor? sample_weight=None, str init='kmeans++', int max_iter=300, "
-        "float tol=1e-06, int seed=0) -> (Tensor, Tensor)");
+        "float tol=1e-06, int seed=0, Tensor? init_centroids=None) -> (Tensor, Tensor)");
   // Globally optimal 1-D k-means (minimum SSE) -> (centroids, SSE).
   m.def("kmeans_1d_optimal(Tensor x, int k, Tensor? sample_weight=None) -> (Tensor, Tensor)");
   // Lloyd-Max levels for densities on uniform grids [.., m] -> (levels [.., k] float64, MSE [..]).

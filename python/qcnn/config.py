@@ -153,7 +153,9 @@ class WeightQuantConfig(_Section):
     kind: uniform (bits, granularity, symmetric, calibration max|mse, learn_scale = LSQ), binary
     (alpha*sign(w), alpha = mean|w|), fixed (Qm.n with `bits` total and `frac_bits`, or frac_bits null for
     BW-1-ceil(log2 max|w|)), codebook (qcnn.codebook.fit `method`, per tensor or channel; `train_centroids`
-    trains the centroids from per-cluster summed gradients; fit_options go to qcnn.codebook.fit).
+    trains the centroids from per-cluster summed gradients; fit_options go to qcnn.codebook.fit; warm_start:
+    refits of the k-means methods (kmeans, kde_kmeans) start from the previous codebook, so the retraining
+    loop's refits keep what the last round trained; the other methods refit from scratch).
 
     accumulator_bits: P in [2, 32] (kind uniform, symmetric only; null = no constraint): the layer's integer
     accumulator must not overflow a signed P-bit register for any input. The quantizer enforces
@@ -172,6 +174,7 @@ class WeightQuantConfig(_Section):
     method: Literal["kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max"] = "kmeans"
     train_centroids: bool = False
     fit_options: dict[str, Any] = field(default_factory=dict)
+    warm_start: bool = True
     accumulator_bits: Optional[int] = None
 
     def validate(self, path: str = "") -> None:

@@ -245,3 +245,45 @@ TEST_CASE("distinct_values_upto counts up to k + 1", "[codebook]") {
   REQUIRE(distinct_values_upto<double>(x.data(), 7, 3, out) == 4);
   REQUIRE(distinct_values_upto<double>(x.data(), 7, 2, out) == 3);
 }
+
+TEST_CASE("a warm start begins at the given centroids and stays at a fixed point", "[codebook]") {
+  std::mt19937_64 rng(11);
+  auto x = random_values(rng, 4000, false);
+  const auto d = make(x);
+  const int64_t k = 8;
+  KMeansOptions cold;
+  cold.max_iter = 1000;
+  const auto fitted = kmeans_1d(d, k, cold);
+  // From a converged codebook (given unsorted), Lloyd stops at once with the same centroids.
+  KMeansOptions warm = cold;
+  warm.start = fitted.centroids;
+  std::reverse(warm.start.begin(), warm.start.end());
+  const auto again = kmeans_1d(d, k, warm);
+  REQUIRE(again.iterations == 1);
+  for (int64_t m = 0; m < k; ++m) REQUIRE(again.centroids[m] == Approx(fitted.centroids[m]).margin(1e-12));
+  // A single iteration from a given start is one Lloyd step from it: the means of its clusters.
+  KMeansOptions one = cold;
+  one.max_iter = 1;
+  one.start = {-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0};
+  const auto step = kmeans_1d(d, k, one);
+  std::vector<double> sorted_x = x;
+  std::sort(sorted_x.begin(), sorted_x.end());
+  const double mids[] = {-2.5, -1.5, -0.75, -0.25, 0.25, 0.75, 1.5};
+  double lo = -std::numeric_limits<double>::infinity();
+  for (int64_t m = 0; m < k; ++m) {
+    const double hi = m + 1 < k ? mids[m] : std::numeric_limits<double>::infinity();
+    double sum = 0.0;
+    int count = 0;
+    for (double v : sorted_x)
+      if (v > lo && v <= hi) { sum += v; ++count; }
+    REQUIRE(count > 0);
+    REQUIRE(step.centroids[m] == Approx(sum / count).epsilon(1e-12));
+    lo = hi;
+  }
+  KMeansOptions wrong = cold;
+  wrong.start = {0.0, 1.0};
+  REQUIRE_THROWS_WITH(kmeans_1d(d, k, wrong), Catch::Contains("start needs k = 8 centroids, got 2"));
+  wrong.start.assign(k, 0.0);
+  wrong.start[3] = std::numeric_limits<double>::quiet_NaN();
+  REQUIRE_THROWS_WITH(kmeans_1d(d, k, wrong), Catch::Contains("start centroids must be finite"));
+}

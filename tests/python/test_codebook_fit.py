@@ -223,3 +223,34 @@ def test_raw_ops_reexported_under_qcnn_ops():
         if not hasattr(qcnn.ops, name):
             pytest.skip("qcnn.ops re-export line is added at integration")
         assert getattr(qcnn.ops, name) is getattr(cb, name)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "kde_kmeans"])
+def test_warm_start_from_a_converged_codebook_is_a_fixed_point(method):
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 2000, generator=g)
+    cold = cb.fit(w, 3, method=method, granularity="channel", max_iter=1000)
+    warm = cb.fit(w, 3, method=method, granularity="channel", max_iter=1000, init_centroids=cold.codebook.flip(1))
+    torch.testing.assert_close(warm.codebook, cold.codebook, rtol=0, atol=1e-6)
+    # From a poor start, one iteration is one Lloyd step from it, not the default init's result.
+    start = torch.linspace(-0.2, 0.2, 8).expand(6, 8)
+    one = cb.fit(w, 3, method="kmeans", granularity="channel", max_iter=1, init_centroids=start)
+    default = cb.fit(w, 3, method="kmeans", granularity="channel", max_iter=1)
+    assert not torch.allclose(one.codebook, default.codebook)
+    assert one.sse > cold.sse
+
+
+def test_warm_start_errors_name_the_argument():
+    w = torch.randn(4, 100)
+    with pytest.raises(ValueError, match="init_centroids must hold 4 x 4 centroids"):
+        cb.fit(w, 2, method="kmeans", granularity="channel", init_centroids=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="init_centroids applies to the k-means methods"):
+        cb.fit(w, 2, method="lloyd_max", granularity="channel", init_centroids=torch.zeros(4, 4))
+    with pytest.raises(TypeError, match="init_centroids must be a floating torch.Tensor"):
+        cb.fit(w, 2, method="kmeans", granularity="channel", init_centroids=torch.zeros(4, 4, dtype=torch.long))
+    bad = torch.zeros(4, 4)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="init_centroids must be finite"):
+        cb.fit(w, 2, method="kmeans", granularity="channel", init_centroids=bad)
+    with pytest.raises(ValueError, match=r"init_centroids must have shape \[4, 4\]"):
+        cb.kmeans_1d(w, 4, init_centroids=torch.zeros(3, 4))

@@ -224,3 +224,22 @@ def test_bad_arguments():
         CodebookWeightQuantizer((2, 2), 2).refit(torch.randn(3, 2))
     with pytest.raises(ValueError, match="fraction"):
         CodebookWeightQuantizer((2, 2), 2).freeze(torch.randn(2, 2), 0.0)
+
+
+def test_warm_refit_keeps_clusters_of_drifted_weights():
+    """The retraining loop's refit on slightly moved latent weights: from the previous codebook, few weights
+    change level; a cold k-means++ refit re-draws the clusters."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    drifted = w + 0.05 * torch.randn(w.shape, generator=g)
+    changes = {}
+    for warm in (False, True):
+        q = CodebookWeightQuantizer(w.shape, 4, method="kmeans", per_channel=True, warm_start=warm, seed=0)
+        assert q.refit(w) is None
+        before = q.codebook.clone()
+        changes[warm] = q.refit(drifted)
+        if warm:
+            assert (q.codebook - before).abs().max() < 0.2  # the clusters moved, they were not re-drawn
+    assert changes[True] < changes[False]
+    # Methods without a warm start refit from scratch; the flag is ignored for them.
+    assert not CodebookWeightQuantizer(w.shape, 4, method="kmeans_optimal", warm_start=True).warm_start

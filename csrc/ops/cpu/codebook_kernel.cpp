@@ -87,18 +87,37 @@ std::tuple<at::Tensor, at::Tensor> fit_groups(const char* op, const at::Tensor& 
   return {drop_group_dim(centroids.to(dtype), one), drop_group_dim(sse, one)};
 }
 
+// init_centroids as float64 rows [groups, k], checked against x's leading shape and k.
+at::Tensor start_rows(const char* op, const at::Tensor& start, const at::Tensor& x, int64_t k) {
+  TORCH_CHECK_TYPE(is_weight_dtype(start.scalar_type()), op, ": init_centroids must be a floating tensor, got ",
+                   start.scalar_type());
+  std::vector<int64_t> want(x.sizes().begin(), x.sizes().end() - 1);
+  want.push_back(k);
+  TORCH_CHECK_VALUE(start.sizes() == at::IntArrayRef(want), op, ": init_centroids must have shape ", at::IntArrayRef(want),
+                    " (one row of k centroids per row of x), got ", start.sizes());
+  at::Tensor rows = as_rows(start, at::kDouble);
+  TORCH_CHECK_VALUE(at::isfinite(rows).all().item<bool>(), op, ": init_centroids must be finite");
+  return rows;
+}
+
 std::tuple<at::Tensor, at::Tensor> kmeans_1d_cpu(const at::Tensor& x, int64_t k,
                                                  const c10::optional<at::Tensor>& sample_weight,
-                                                 c10::string_view init, int64_t max_iter, double tol, int64_t seed) {
+                                                 c10::string_view init, int64_t max_iter, double tol, int64_t seed,
+                                                 const c10::optional<at::Tensor>& init_centroids) {
   constexpr const char* op = "kmeans_1d";
   check_iterations(op, max_iter, tol);
+  check_grouped_values(op, x, "x");
+  check_k(op, k);
   cb::KMeansOptions options;
   options.init = parse_or_value_error(op, cb::parse_kmeans_init, std::string(init));
   options.max_iter = max_iter;
   options.tol = tol;
+  const at::Tensor starts = init_centroids.has_value() ? start_rows(op, *init_centroids, x, k) : at::Tensor();
+  const double* start = starts.defined() ? starts.data_ptr<double>() : nullptr;
   return fit_groups(op, x, sample_weight, k, [&](const cb::WeightedValues& data, int64_t g) {
     cb::KMeansOptions group_options = options;
     group_options.seed = group_seed(seed, g);
+    if (start != nullptr) group_options.start.assign(start + g * k, start + (g + 1) * k);
     return cb::kmeans_1d(data, k, group_options);
   });
 }

@@ -147,7 +147,8 @@ def _resolve_opts(method: str, opts: dict, group_size: int) -> dict:
 
 
 def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor",
-        sample_weight: torch.Tensor | None = None, seed: int = 0, **opts) -> CodebookFit:
+        sample_weight: torch.Tensor | None = None, seed: int = 0, init_centroids: torch.Tensor | None = None,
+        **opts) -> CodebookFit:
     """Fit a 2**bits-entry codebook per tensor, per output channel (dim 0) or per group of
     consecutive channels, and quantize w with it.
 
@@ -163,6 +164,10 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     as scipy.stats.gaussian_kde's bw_method, also without sampling), grid_size=2048; the sampling,
     tails and variance correction are described in the module docstring. Everything is
     deterministic given seed.
+
+    init_centroids (kmeans, kde_kmeans): the starting codebook, shaped like the result ([k] per tensor,
+    [groups, k] otherwise), instead of `init`: a warm start, as a refit of drifted weights wants (clusters
+    keep their identity, so few weights change level).
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
@@ -194,9 +199,19 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     if sw_rows is not None and bool((sw_rows.sum(dim=1) <= 0).any()):
         raise ValueError("sample_weight must have a positive sum in every group")
     o = _resolve_opts(method, opts, rows.shape[1])
+    warm = None
+    if init_centroids is not None:
+        if method not in ("kmeans", "kde_kmeans"):
+            raise ValueError(f"init_centroids applies to the k-means methods (kmeans, kde_kmeans), not {method!r}")
+        if not isinstance(init_centroids, torch.Tensor) or not init_centroids.dtype.is_floating_point:
+            raise TypeError("init_centroids must be a floating torch.Tensor")
+        if init_centroids.numel() != groups * k:
+            raise ValueError(f"init_centroids must hold {groups} x {k} centroids (one codebook per group), got "
+                             f"shape {tuple(init_centroids.shape)}")
+        warm = init_centroids.detach().to("cpu", torch.float64).reshape(groups, k)
 
     if method == "kmeans":
-        centroids, _ = kmeans_1d(rows, k, sw_rows, o["init"], o["max_iter"], o["tol"], seed)
+        centroids, _ = kmeans_1d(rows, k, sw_rows, o["init"], o["max_iter"], o["tol"], seed, init_centroids=warm)
     elif method == "kmeans_optimal":
         centroids, _ = kmeans_1d_optimal(rows, k, sw_rows)
     else:
@@ -207,7 +222,7 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
                                                        o["bandwidth_factor"], o["grid_size"], seed)
         if method == "kde_kmeans":
             grid = start[:, None] + step[:, None] * torch.arange(o["grid_size"], dtype=torch.float64)
-            centroids, _ = kmeans_1d(grid, k, density, o["init"], o["max_iter"], o["tol"], seed)
+            centroids, _ = kmeans_1d(grid, k, density, o["init"], o["max_iter"], o["tol"], seed, init_centroids=warm)
         else:
             centroids, _ = lloyd_max(density, start, step, k, o["init"], o["max_iter"], o["tol"])
         values, count = distinct_values(rows, k)  # the padding rule for groups with few values

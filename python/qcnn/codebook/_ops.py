@@ -17,12 +17,14 @@ __all__ = [
 
 
 def kmeans_1d(x: torch.Tensor, k: int, sample_weight: torch.Tensor | None = None, init: str = "kmeans++",
-              max_iter: int = 300, tol: float = 1e-6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+              max_iter: int = 300, tol: float = 1e-6, seed: int = 0,
+              init_centroids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's 1-D k-means per row. init: "kmeans++" (greedy, seeded) | "quantile" | "linear" |
-    "optimal" (start from the minimum-SSE partition).
+    "optimal" (start from the minimum-SSE partition); init_centroids [..., k] (finite, any order) replaces it
+    with given starting centroids per row (a warm start, e.g. from the previous codebook).
     Stops when no centroid moves by more than tol * (max - min) or the partition is stable.
     Returns (centroids [..., k] ascending, float64 for float64 x else float32; weighted SSE [...] float64)."""
-    return torch.ops.qcnn.kmeans_1d.default(x, k, sample_weight, init, max_iter, tol, seed)
+    return torch.ops.qcnn.kmeans_1d.default(x, k, sample_weight, init, max_iter, tol, seed, init_centroids)
 
 
 def kmeans_1d_optimal(x: torch.Tensor, k: int,
@@ -71,7 +73,7 @@ def _centroid_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @torch.library.register_fake("qcnn::kmeans_1d")
-def _kmeans_1d_fake(x, k, sample_weight=None, init="kmeans++", max_iter=300, tol=1e-6, seed=0):
+def _kmeans_1d_fake(x, k, sample_weight=None, init="kmeans++", max_iter=300, tol=1e-6, seed=0, init_centroids=None):
     return (x.new_empty((*x.shape[:-1], k), dtype=_centroid_dtype(x)),
             x.new_empty(x.shape[:-1], dtype=torch.float64))
 

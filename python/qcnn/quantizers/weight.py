@@ -433,6 +433,9 @@ class FixedPointWeightQuantizer(WeightQuantizer):
         return {"type": "fixed", "bits": self.bits, "frac_bits": int(self.frac_bits)}
 
 
+WARM_START_METHODS = ("kmeans", "kde_kmeans")  # the codebook.fit methods that take init_centroids
+
+
 class CodebookWeightQuantizer(WeightQuantizer):
     """Non-uniform quantization with a 2^bits-entry codebook fitted by qcnn.codebook.fit (k-means,
     Lloyd-Max, KDE variants), per tensor or per output channel.
@@ -447,16 +450,21 @@ class CodebookWeightQuantizer(WeightQuantizer):
     2016): the backward of the gather below is a scatter-add over the indices; the snapping onto the grid
     is straight-through.
 
+    warm_start=True (k-means methods): every refit after the first starts Lloyd's iterations from the current
+    codebook, so the retraining loop's refits move the clusters the last round trained instead of re-drawing them.
+
     Incremental mode (INQ, Zhou et al. 2017): freeze(weight, fraction) fixes the largest-magnitude weights
     at their centroids; frozen weights use their stored centroid, the others stay float and keep training.
     """
 
     def __init__(self, weight_shape, bits: int, *, method: str = "kmeans", per_channel: bool = True,
-                 train_centroids: bool = False, seed: int = 0, fit_options: dict | None = None):
+                 train_centroids: bool = False, seed: int = 0, fit_options: dict | None = None,
+                 warm_start: bool = False):
         super().__init__(weight_shape)
         if not 1 <= bits <= 8:
             raise ValueError(f"CodebookWeightQuantizer: bits must be in [1, 8], got {bits}")
         self.bits, self.method, self.per_channel = bits, method, per_channel
+        self.warm_start = warm_start and method in WARM_START_METHODS
         self.level_limit = codebook_level_limit(bits)
         self.train_centroids, self.seed = train_centroids, seed
         self.fit_options = dict(fit_options or {})
@@ -472,9 +480,10 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     def _fit(self, weight: torch.Tensor) -> None:
         from .. import codebook
+        start = self.codebook.detach() if self.warm_start and bool(self.fitted) else None
         result = codebook.fit(weight, self.bits, method=self.method,
                               granularity="channel" if self.per_channel else "tensor", seed=self.seed,
-                              **self.fit_options)
+                              init_centroids=start, **self.fit_options)
         centroids = result.codebook.to(self.codebook.dtype)
         if centroids.shape != self.codebook.shape:
             raise ValueError(f"CodebookWeightQuantizer: codebook.fit returned a codebook of shape "
@@ -582,5 +591,6 @@ def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:
         return FixedPointWeightQuantizer(weight_shape, cfg.bits, cfg.frac_bits)
     if cfg.kind == "codebook":
         return CodebookWeightQuantizer(weight_shape, cfg.bits, method=cfg.method, per_channel=per_channel,
-                                       train_centroids=cfg.train_centroids, fit_options=cfg.fit_options)
+                                       train_centroids=cfg.train_centroids, fit_options=cfg.fit_options,
+                                       warm_start=cfg.warm_start)
     raise ValueError(f"build_weight_quantizer: unknown kind {cfg.kind!r}")
