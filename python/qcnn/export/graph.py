@@ -94,6 +94,19 @@ class QuantWeight:
     def codes(self) -> int:
         return (self.codebook if self.kind == "codebook" else self.levels).shape[1]
 
+    def integer_table(self, level_limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deployed integer form (docs/FORMAT.md section 3): (scale float64 [M], levels int64 [G, k]) with
+        real weight = scale[m] * levels[g(m), index]. A codebook is read onto its integer grid, |level| <=
+        level_limit (default: the grid CodebookWeightQuantizer trains on, where this is exact)."""
+        from ..quantizers.weight import codebook_grid, codebook_level_limit
+
+        m = self.out_channels
+        if self.kind == "codebook":
+            limit = codebook_level_limit(self.bits) if level_limit is None else level_limit
+            group_scale, levels = codebook_grid(self.codebook, limit)
+            return group_scale.to(torch.float64).expand(m), levels
+        return self.scale.to(torch.float64), self.levels.to(torch.int64)
+
     def dequantize(self) -> torch.Tensor:
         m = self.out_channels
         idx = self.indices.reshape(m, -1).long()

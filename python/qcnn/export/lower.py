@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..quantizers.weight import codebook_grid, codebook_level_limit
+from ..quantizers.weight import codebook_level_limit
 from .graph import Graph, Node, QParams
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -147,11 +147,9 @@ class Lowering:
                               f"{_code_range(x_q)}) caps the codebook levels at {acc_limit} instead of {limit}: "
                               "the deployed weights differ from the trained ones", stacklevel=2)
                 limit = acc_limit
-            group_scale, levels = codebook_grid(w.codebook, limit)
-            scale = group_scale.to(torch.float64).expand(m)
+            scale, levels = w.integer_table(limit)
         else:
-            levels = w.levels.to(torch.int64)
-            scale = w.scale.to(torch.float64)
+            scale, levels = w.integer_table()
         largest = int(levels.abs().max())
         worst = k * _code_range(x_q) * largest
         if worst > INT32_MAX or largest > 32767:

@@ -1,11 +1,14 @@
 """ONNX export of an export Graph: Clip + QuantizeLinear + DequantizeLinear for every activation
-quantizer (the fake quantization of the float model), dequantized float weights (codebooks and integer
-weights alike) with BatchNorm folded into them. Needs the `onnx` package."""
+quantizer (the fake quantization of the float model), and every conv/linear weight as an integer
+initializer (int8, or int32 past 127) with a per-channel DequantizeLinear, BatchNorm folded into its
+scales: the deployed integers, which leaves a runtime nothing to re-quantize (onnxruntime's default session
+re-quantizes float weight initializers that feed a QDQ graph, and changes the predictions). Needs `onnx`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .graph import Graph, QParams
 
@@ -14,6 +17,36 @@ OPSET = 13
 
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def integer_weight(node, const, nodes: list) -> tuple[str, np.ndarray]:
+    """DequantizeLinear(integer weights, per-channel scale) for a conv/linear node, and its float64 bias, with
+    BatchNorm y * s + t folded in: scales become |scale * s| and a channel with s < 0 negates its integers."""
+    from onnx import helper
+
+    w = node.weight
+    m = w.out_channels
+    scale, levels = w.integer_table()
+    index = w.indices.reshape(m, -1).long()
+    ints = torch.gather(levels.expand(m, -1), 1, index).reshape(w.indices.shape).to(torch.int64)
+    bias = _np(node.bias).astype(np.float64) if node.bias is not None else np.zeros(m)
+    scale = _np(scale).astype(np.float64)
+    if node.bn_scale is not None:
+        s = _np(node.bn_scale).astype(np.float64)
+        scale, bias = scale * s, s * bias + _np(node.bn_shift).astype(np.float64)
+    sign = np.where(scale < 0, -1, 1)
+    ints = _np(ints) * sign.reshape(-1, *([1] * (ints.dim() - 1)))
+    if node.op == "linear":
+        ints = ints.reshape(m, -1)
+    narrow = np.abs(ints).max(initial=0) <= 127
+    q = const(f"{node.name}.weight_int", ints.astype(np.int8 if narrow else np.int32))
+    # A zero scale (an all-zero channel) is invalid in DequantizeLinear; any positive one dequantizes zeros.
+    dq_scale = const(f"{node.name}.weight_scale", np.where(scale == 0, 1.0, np.abs(scale)).astype(np.float32))
+    inputs = [q, dq_scale]
+    if narrow:
+        inputs.append(const(f"{node.name}.weight_zp", np.zeros(m, dtype=np.int8)))
+    nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{node.name}.weight"], axis=0))
+    return f"{node.name}.weight", bias
 
 
 def export_onnx(graph: Graph, path: str | Path) -> Path:
@@ -50,20 +83,13 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
         if node.op in ("conv2d", "linear"):
             if node.act is not None:
                 x = fake_quant(x, node.act, f"{node.name}.act")
-            w = _np(node.weight.dequantize()).astype(np.float64)
-            m = w.shape[0]
-            b = _np(node.bias).astype(np.float64) if node.bias is not None else np.zeros(m)
-            if node.bn_scale is not None:
-                s = _np(node.bn_scale).astype(np.float64)
-                w = w * s.reshape(-1, *([1] * (w.ndim - 1)))
-                b = s * b + _np(node.bn_shift)
-            wn = const(f"{node.name}.weight", w.astype(np.float32) if node.op == "conv2d"
-                       else w.reshape(m, -1).astype(np.float32))
+            wn, b = integer_weight(node, const, nodes)
             bn = const(f"{node.name}.bias", b.astype(np.float32))
             y = out if not node.relu else f"{node.name}.pre_relu"
             if node.op == "conv2d":
                 pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
-                nodes.append(helper.make_node("Conv", [x, wn, bn], [y], kernel_shape=list(w.shape[2:]),
+                kernel = list(node.weight.indices.shape[2:])
+                nodes.append(helper.make_node("Conv", [x, wn, bn], [y], kernel_shape=kernel,
                                               strides=list(node.stride), pads=pads))
             else:
                 nodes.append(helper.make_node("Gemm", [x, wn, bn], [y], transB=1))
