@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 from . import config, data, engine, fold, models, nn, quantizers  # noqa: E402,F401
 from . import analysis  # noqa: E402,F401
 from . import search  # noqa: E402,F401
+from . import retrain  # noqa: E402,F401  (qcnn.retrain.run: Ji et al.'s loop on any (x, y) loader)
 from .fold import fold_batchnorm  # noqa: E402,F401
 from .quantize import quant_report, quantize_  # noqa: E402,F401
 

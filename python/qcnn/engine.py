@@ -120,17 +120,65 @@ def build_scheduler(optimizer, tcfg, schedule: str, epochs: int, steps_per_epoch
         optimizer, lambda step: lr_factor(schedule, step, total, steps_per_epoch, tcfg))
 
 
+# ------------------------------------------------------------------------------------------------ loaders
+# The loops take any iterable of (x, y) batches: qcnn's TensorLoader, a torch DataLoader (with a
+# DistributedSampler under DDP), a list of tuples.
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Tells the loader (qcnn's TensorLoader) or its sampler (a DataLoader's DistributedSampler) the epoch, so
+    the shuffle differs per epoch and is the same on every rank and after a resume; others need nothing."""
+    for target in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if target is not None and callable(getattr(target, "set_epoch", None)):
+            target.set_epoch(epoch)
+            return
+
+
+def batches_per_epoch(loader, name: str = "train_loader") -> int:
+    try:
+        n = len(loader)
+    except TypeError:
+        raise TypeError(f"{name}: the learning-rate schedule needs the number of batches per epoch; pass a "
+                        f"loader with a length (a DataLoader, a list of batches), not a {type(loader).__name__}") \
+            from None
+    if n < 1:
+        raise ValueError(f"{name} is empty: it has no batch to train on")
+    return n
+
+
+def batch_input(batch, name: str = "loader") -> torch.Tensor:
+    """The input of a batch: the tensor itself, or the first entry of an (x, ...) tuple/list (labels unused)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(f"{name}: a batch must be a tensor or an (x, ...) tuple of tensors, got {type(batch).__name__}")
+
+
+def labelled_batch(batch, name: str = "loader") -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2]):
+        return batch[0], batch[1]
+    raise TypeError(f"{name}: training and evaluation need (x, y) batches of tensors, got {type(batch).__name__}"
+                    + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+
+
+def to_model_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """x on the model's device, in its floating dtype (a model converted with .half() reads half inputs)."""
+    param = next(model.parameters())
+    return x.to(param.device, dtype=param.dtype if x.is_floating_point() else None, non_blocking=True)
+
+
 def train_epoch(model: nn.Module, loader, optimizer, scheduler, *, label_smoothing: float = 0.0,
                 desc: str = "train", progress: bool = True) -> dict:
     """One pass over `loader`; returns {'loss', 'acc'} averaged over this rank's samples."""
     model.train()
     device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not (progress and is_main())) if tqdm else None
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    bar = tqdm(total=batches_per_epoch(loader), desc=desc, leave=False,
+               disable=not (progress and is_main())) if tqdm else None
+    for batch in loader:
+        x, y = labelled_batch(batch, "train_loader")
+        x, y = to_model_input(x, model), y.to(device, non_blocking=True)
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train_epoch: loss became {loss.item()} ({desc})")
         optimizer.zero_grad(set_to_none=True)
@@ -184,9 +232,10 @@ def evaluate(model: nn.Module, loader) -> dict:
     device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
     predictions, labels = [], []
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+    for batch in loader:
+        x, y = labelled_batch(batch, "val_loader")
+        x, y = to_model_input(x, model), y.to(device)
+        logits = model(x).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         predicted = logits.argmax(1)
         correct += int((predicted == y).sum())
@@ -204,10 +253,10 @@ def predict(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     model = unwrap(model)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     preds, labels = [], []
-    for x, y in loader:
-        preds.append(model(x.to(device)).argmax(1).cpu())
+    for batch in loader:
+        x, y = labelled_batch(batch)
+        preds.append(model(to_model_input(x, model)).argmax(1).cpu())
         labels.append(y)
     model.train(was_training)
     return torch.cat(preds), torch.cat(labels)

@@ -12,6 +12,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import engine
 from .config import ConfigError, QuantConfig, resolve_act, resolve_weight
 from .nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers.act import QuantAct, build_act_quantizer
@@ -147,7 +148,8 @@ def act_quantizers(model: nn.Module) -> list[QuantAct]:
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
     """Initializes every QuantAct's clip from an observer over the first `batches` batches of `loader`
-    (model in eval mode; quantizers upstream stay float while observing). Returns the batch count."""
+    (tensors or (x, ...) tuples: labels are not needed; model in eval mode; quantizers upstream stay float
+    while observing). Returns the batch count."""
     acts = act_quantizers(model)
     if not acts:
         return 0
@@ -155,10 +157,9 @@ def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
     model.eval()
     for act in acts:
         act.start_calibration()
-    device = next(model.parameters()).device
     seen = 0
-    for x, _ in loader:
-        model(x.to(device))
+    for batch in loader:
+        model(engine.to_model_input(engine.batch_input(batch, "calibration loader"), model))
         seen += 1
         if seen >= batches:
             break

@@ -54,7 +54,7 @@ def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, lo
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": engine.rng_state(),
-        "data_order": {"seed": loader.seed, "epoch": loader.epoch},
+        "data_order": {"seed": getattr(loader, "seed", None), "epoch": state.get("global_epoch", state.get("epoch"))},
         "loop": state,
     }, run_dir / CHECKPOINT)
 
@@ -84,7 +84,8 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     ckpt = _restore(run_dir, model, "float") if resume else None
     ddp = _wrap_ddp(model)
     optimizer = engine.build_optimizer(ddp, tcfg, tcfg.lr)
-    scheduler = engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, len(train_loader))
+    steps = engine.batches_per_epoch(train_loader)
+    scheduler = engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, steps)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -94,7 +95,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
         if stop_after_epochs is not None and done_now >= stop_after_epochs:
             return {"finished": False, "history": state["history"]}
         epoch = state["epoch"]
-        train_loader.set_epoch(epoch)
+        engine.set_loader_epoch(train_loader, epoch)
         t0 = time.perf_counter()
         stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler, label_smoothing=tcfg.label_smoothing,
                                    desc=f"epoch {epoch + 1}/{tcfg.epochs}", progress=progress)
@@ -168,6 +169,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     """
     if not qz.quant_layers(model):
         raise ValueError("qcnn.retrain.run: the model has no quantized layers; call qcnn.quantize_(model, cfg.quant) first")
+    steps = engine.batches_per_epoch(train_loader)
     spec = getattr(train_loader, "input_spec", None)
     if spec is not None:  # what qcnn.export writes into the file
         set_input_spec(model, spec)
@@ -186,7 +188,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     optimizer = scheduler = None
     if ckpt is not None and state["round_info"] is not None:
         optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
-        scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
+        scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
     done_now = 0
@@ -194,14 +196,14 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
         r = state["round"]
         if state["round_info"] is None:
             t0 = time.perf_counter()
-            train_loader.set_epoch(state["global_epoch"])
+            engine.set_loader_epoch(train_loader, state["global_epoch"])
             info = _round_start(model, cfg, state, train_loader)
             before = engine.evaluate(model, val_loader)
             info.update(val_acc_before=before["acc"], val_f1_before=before["f1"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
             state["round_info"] = info
             optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
-            scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, len(train_loader))
+            scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
             if engine.is_main():
                 change = info["change_fraction"]
                 print(f"[{cfg.name}] round {r}: refit, cluster change "
@@ -211,7 +213,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
         while state["epoch"] < epochs:
             if stop_after_epochs is not None and done_now >= stop_after_epochs:
                 return {"finished": False, "rounds": state["rounds"]}
-            train_loader.set_epoch(state["global_epoch"])
+            engine.set_loader_epoch(train_loader, state["global_epoch"])
             stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler,
                                        label_smoothing=tcfg.label_smoothing,
                                        desc=f"round {r} epoch {state['epoch'] + 1}/{epochs}", progress=progress)

@@ -73,6 +73,22 @@ class QuantLayer:
         self.act_quant = act_quant
         self.bias_quant = bias_quant
 
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # A float checkpoint (the layer's weight, no state of one of its quantizers) loads into the quantized
+        # layer: that quantizer keeps its configuration and is reset, to be fitted (weights) or calibrated
+        # (activations) again at the next fit or forward. Part of a quantizer's state still fails a strict load.
+        if prefix + "weight" in state_dict:
+            for name in ("weight_quant", "act_quant", "bias_quant"):
+                quantizer = getattr(self, name, None)
+                sub = f"{prefix}{name}."
+                if isinstance(quantizer, nn.Module) and not any(key.startswith(sub) for key in state_dict):
+                    for key, value in quantizer.state_dict().items():
+                        state_dict[sub + key] = value.clone()
+                    for flag in ("fitted", "calibrated"):
+                        if sub + flag in state_dict:
+                            state_dict[sub + flag] = torch.tensor(False)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
 
 class QuantConv2d(QuantLayer, nn.Conv2d):
     def __init__(self, *args, weight_quant: WeightQuantizer | None = None,

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from .. import ops
+from .base import QuantizerModule
 
 # torch.quantile refuses inputs above 2^24 elements; the observer subsamples to this many.
 _OBSERVER_SAMPLES = 1 << 20
 
 
-class QuantAct(nn.Module):
+class QuantAct(QuantizerModule):
     """Uniform fake quantization of activations to `bits` (1..8 unsigned, 2..8 signed) with a learned clip.
 
     method='lsq': the step size s is an nn.Parameter trained through fake_quant's LSQ gradient
@@ -172,7 +173,7 @@ def check_fixed_point_format(owner: str, bits, frac_bits) -> None:
             raise ValueError(f"{owner}: {name} must be in [{low}, {high}], got {value}")
 
 
-class FixedPointQuantizer(nn.Module):
+class FixedPointQuantizer(QuantizerModule):
     """Signed symmetric fixed point (Goyal et al. 2021): q = clip(round(x * 2^F), -(2^(BW-1) - 1), 2^(BW-1) - 1)
     / 2^F with BW = `bits` in [2, 16] and F = `frac_bits` in [-32, 32] (F may be negative or exceed BW), rounding
     half to even (qcnn.ops.fake_quant). The gradient is straight-through inside the range and zero where clipped.

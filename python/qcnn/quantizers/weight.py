@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .base import QuantizerModule
 
 
 def _channel_view(t: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def bind_accumulator_input(weight_quant, act_quant, layer: str = "") -> None:
     weight_quant.bind_input_range(act_code_range(act_quant))
 
 
-class WeightQuantizer(nn.Module):
+class WeightQuantizer(QuantizerModule):
     """Base class. Subclasses implement _fit(weight) and quantize(weight), and assignment(weight) giving
     an integer level per weight."""
 
