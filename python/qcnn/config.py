@@ -305,13 +305,23 @@ class DataConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
+    """name: a registered model (qcnn.models.names()), 'torchvision.<builder>' (any torchvision.models builder,
+    e.g. torchvision.resnet18) or 'package.module:Class'. kwargs go to it; kwargs.input_adapter: gray28 fits a
+    net made for 3-channel 224x224 images to 1-channel 28x28 ones (qcnn.models.adapt_to_gray28)."""
+
     name: str = "vgg_small"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str = "") -> None:
         from . import models
-        if self.name not in models.names():
-            raise ConfigError(_join(path, "name"), f"unknown model {self.name!r}; known: {models.names()}")
+        try:
+            models.check_name(self.name)
+        except ValueError as err:
+            raise ConfigError(_join(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
+        adapter = self.kwargs.get("input_adapter")
+        if adapter is not None and adapter not in models.INPUT_ADAPTERS:
+            raise ConfigError(_join(path, "kwargs.input_adapter"), f"must be one of {sorted(models.INPUT_ADAPTERS)}, "
+                              f"got {adapter!r}")
 
 
 @dataclass

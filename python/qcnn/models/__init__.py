@@ -1,10 +1,12 @@
 """CNNs for 28x28 single-channel images, and a registry: qcnn.models.create(name, **kwargs)."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from torch import nn
 
+from .adapters import INPUT_ADAPTERS, adapt_to_gray28
 from .nets import LeNet5, ResNetSmall, SequentialNet, VGGSmall
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -17,17 +19,72 @@ DEFAULT_MODEL = "vgg_small"
 
 
 def names() -> list[str]:
+    """The registered names; create() also takes 'torchvision.<builder>' and 'package.module:Class'."""
     return sorted(_REGISTRY)
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """Builds a registered model; unknown names and keyword arguments are errors."""
-    if name not in _REGISTRY:
-        raise ValueError(f"qcnn.models.create: unknown model {name!r}; known: {names()}")
+def check_name(name) -> None:
+    """ValueError unless `name` is one create() can build (a registered one or the form of the others)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"qcnn.models.create: model name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY or name.startswith("torchvision."):
+        return
+    module, colon, attr = name.partition(":")
+    if colon and module and attr and all(part.isidentifier() for part in module.split(".") + attr.split(".")):
+        return
+    raise ValueError(f"qcnn.models.create: unknown model {name!r}; known: {names()}, 'torchvision.<builder>' "
+                     "(any torchvision.models builder, e.g. torchvision.resnet18) or 'package.module:Class'")
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("torchvision."):
+        try:
+            import torchvision.models
+        except ImportError as err:
+            raise ImportError(f"qcnn.models.create({name!r}) needs torchvision (pip install torchvision==0.29.1 "
+                              f"with torch==2.14.1): {err}") from err
+        builder = name[len("torchvision."):]
+        try:
+            return torchvision.models.get_model_builder(builder)
+        except ValueError:
+            raise ValueError(f"qcnn.models.create: torchvision has no model builder {builder!r}; known: "
+                             f"{sorted(torchvision.models.list_models())}") from None
+    module_name, _, attr = name.partition(":")
     try:
-        return _REGISTRY[name](**kwargs)
+        target = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"qcnn.models.create({name!r}): cannot import {module_name!r}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"qcnn.models.create({name!r}): {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"qcnn.models.create({name!r}): {attr!r} is not callable")
+    return target
+
+
+def create(name: str, input_adapter: str | None = None, **kwargs) -> nn.Module:
+    """Builds a model: a registered name, 'torchvision.<builder>' (kwargs go to the builder, e.g.
+    num_classes=10; no pretrained weights unless asked for) or 'package.module:Class' (a callable returning
+    an nn.Module). input_adapter='gray28' fits a net built for 3-channel 224x224 images to 1-channel 28x28
+    ones (adapt_to_gray28). Unknown names and keyword arguments are errors."""
+    check_name(name)
+    builder = _builder(name)
+    try:
+        model = builder(**kwargs)
     except TypeError as err:
         raise TypeError(f"qcnn.models.create({name!r}): bad keyword arguments {sorted(kwargs)}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"qcnn.models.create({name!r}) returned a {type(model).__name__}, not a torch.nn.Module")
+    if input_adapter is not None:
+        if input_adapter not in INPUT_ADAPTERS:
+            raise ValueError(f"qcnn.models.create: input_adapter must be one of {sorted(INPUT_ADAPTERS)}, "
+                             f"got {input_adapter!r}")
+        INPUT_ADAPTERS[input_adapter](model)
+    return model
 
 
-__all__ = ["LeNet5", "ResNetSmall", "SequentialNet", "VGGSmall", "create", "names", "DEFAULT_MODEL"]
+__all__ = ["LeNet5", "ResNetSmall", "SequentialNet", "VGGSmall", "create", "names", "adapt_to_gray28", "check_name", "INPUT_ADAPTERS",
+           "DEFAULT_MODEL"]
