@@ -6,7 +6,7 @@ STAMPS  := .stamps
 BUILD   := build/cmake
 APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist
 PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx onnxruntime
-TORCH_PIN := torch==2.13.0
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops csrc/runtime -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' 2>/dev/null)
@@ -21,11 +21,18 @@ $(STAMPS)/apt:
 	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PKGS); fi
 	@touch $@
 
-# Keep a torch that is already there (>= 2.11, e.g. on a GPU machine); otherwise take the
-# pinned CPU build. A bare `torch` requirement would pull gigabytes of CUDA wheels.
+# Keep a torch (>= 2.11) that is already there with its torchvision, or without one on a machine that
+# brought its own torch (a GPU machine: torchvision tests then skip). Otherwise (no torch, or the 2.13.0 CPU
+# file, beside which PyPI's torchvision cannot import) take the pinned pair: pip finds both, and their CUDA
+# libraries, on this project's machines' local index. A bare `torch` requirement would pull another release.
+TORCH_VERSION = $(PYTHON) -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null
 $(STAMPS)/python: $(STAMPS)/apt
-	@$(PYTHON) -c "import torch, packaging.version as v; assert v.parse(torch.__version__.split('+')[0]) >= v.parse('2.11')" 2>/dev/null \
-		|| $(PIP) install -q $(TORCH_PIN)
+	@$(PIP) install -q packaging
+	@have=$$($(TORCH_VERSION)); \
+	if [ -n "$$have" ] && $(PYTHON) -c "import packaging.version as v; assert v.parse('$$have') >= v.parse('2.11')" \
+	   && { $(PYTHON) -c "import torchvision" 2>/dev/null || [ "$$have" != 2.13.0 ]; }; then \
+	  echo "setup: keeping torch $$have"; \
+	else $(PIP) install -q $(TORCH_PINS); fi
 	@$(PIP) install -q $(PY_DEPS)
 	@touch $@
 
