@@ -168,6 +168,8 @@ class Node:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     accumulator_bits: int | None = None     # conv2d, linear: the declared accumulator width P (2..32), if any
+    groups: int = 1                         # conv2d: grouped (depthwise: groups = in = out channels)
+    dilation: tuple[int, int] = (1, 1)      # conv2d
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -237,7 +239,7 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
                 a = node.act.fake_quant(a)
             w = node.weight.dequantize()
             if node.op == "conv2d":
-                y = F.conv2d(a, w, None, node.stride, node.padding)
+                y = F.conv2d(a, w, None, node.stride, node.padding, node.dilation, node.groups)
             else:
                 y = F.linear(a, w.reshape(w.shape[0], -1))
             shape = (1, -1) + (1,) * (y.dim() - 2)

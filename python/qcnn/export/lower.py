@@ -214,16 +214,25 @@ class Lowering:
                 raise ValueError(f"node {node.name!r}: conv2d input must be [C, H, W], got {list(x.shape)}")
             c, h, wd = x.shape
             kh, kw = node.weight.indices.shape[2:]
-            if node.weight.indices.shape[1] != c:
-                raise ValueError(f"node {node.name!r}: weight has {node.weight.indices.shape[1]} input channels, input {c}")
-            oh = (h + 2 * node.padding[0] - kh) // node.stride[0] + 1
-            ow = (wd + 2 * node.padding[1] - kw) // node.stride[1] + 1
+            groups, (dh, dw) = int(node.groups), node.dilation
+            if groups < 1 or c % groups or m % groups:
+                raise ValueError(f"node {node.name!r}: groups {groups} must divide the {c} input and {m} output "
+                                 "channels")
+            if node.weight.indices.shape[1] * groups != c:
+                raise ValueError(f"node {node.name!r}: weight has {node.weight.indices.shape[1]} input channels per "
+                                 f"group, input {c} in {groups} groups")
+            oh = (h + 2 * node.padding[0] - dh * (kh - 1) - 1) // node.stride[0] + 1
+            ow = (wd + 2 * node.padding[1] - dw * (kw - 1) - 1) // node.stride[1] + 1
             if oh < 1 or ow < 1:
                 raise ValueError(f"node {node.name!r}: kernel larger than the padded input")
             shape = (m, oh, ow)
-            k = c * kh * kw
+            k = c // groups * kh * kw
             geometry = {"kernel": [int(kh), int(kw)], "stride": list(map(int, node.stride)),
                         "padding": list(map(int, node.padding)), "in_channels": int(c)}
+            if groups != 1:
+                geometry["groups"] = groups
+            if tuple(node.dilation) != (1, 1):
+                geometry["dilation"] = [int(dh), int(dw)]
         else:
             if len(x.shape) != 1:
                 raise ValueError(f"node {node.name!r}: linear input must be flat, got {list(x.shape)} (add a flatten)")

@@ -90,7 +90,8 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
                 pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
                 kernel = list(node.weight.indices.shape[2:])
                 nodes.append(helper.make_node("Conv", [x, wn, bn], [y], kernel_shape=kernel,
-                                              strides=list(node.stride), pads=pads))
+                                              strides=list(node.stride), pads=pads, group=int(node.groups),
+                                              dilations=list(node.dilation)))
             else:
                 nodes.append(helper.make_node("Gemm", [x, wn, bn], [y], transB=1))
             if node.relu:

@@ -1,6 +1,6 @@
 """qcnn model -> export Graph: traces a quantized model with torch.fx and reads every layer's quantizers.
 
-Supported: (Quant)Conv2d (groups 1, dilation 1, zero padding), (Quant)Linear, BatchNorm2d directly after a
+Supported: (Quant)Conv2d (grouped and depthwise, dilated, zero padding given or 'same'/'valid'), (Quant)Linear, BatchNorm2d directly after a
 conv (folded), ReLU (module, F.relu, torch.relu, .relu()), MaxPool2d, AvgPool2d, AdaptiveMax/AvgPool2d(1),
 Flatten / torch.flatten(x, 1), residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
@@ -86,6 +86,20 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
     raise TypeError(f"layer {name!r}: no export for weight quantizer {type(wq).__name__}")
 
 
+def _conv_padding(mod: nn.Conv2d, node: torch.fx.Node, tracer) -> tuple[int, int]:
+    """Explicit zero padding; padding='same' is (dilation * (k - 1)) / 2 per side, exportable when that is a
+    whole number (odd kernels: torch pads the extra row at the end otherwise, which the format cannot say)."""
+    if not isinstance(mod.padding, str):
+        return tuple(mod.padding)
+    if mod.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
+    if any(t % 2 for t in total):
+        raise tracer.fail(node, f"padding='same' with kernel {tuple(mod.kernel_size)} and dilation "
+                          f"{tuple(mod.dilation)} pads unevenly; give the padding explicitly")
+    return tuple(t // 2 for t in total)
+
+
 class _Tracer:
     def __init__(self, model: nn.Module):
         try:
@@ -146,11 +160,11 @@ class _Tracer:
                           bias=None if mod.bias is None else deployed_bias(mod),
                           accumulator_bits=getattr(mod.weight_quant, "accumulator_bits", None))
             if isinstance(mod, nn.Conv2d):
-                if mod.groups != 1 or tuple(mod.dilation) != (1, 1) or mod.padding_mode != "zeros" \
-                        or isinstance(mod.padding, str):
-                    raise self.fail(node, "only convs with groups=1, dilation=1 and explicit zero padding export")
+                if mod.padding_mode != "zeros":
+                    raise self.fail(node, f"padding_mode {mod.padding_mode!r} has no export; use zero padding")
                 self.add(node, Node(qualname, "conv2d", [src], kernel_size=tuple(mod.kernel_size),
-                                    stride=tuple(mod.stride), padding=tuple(mod.padding), **common))
+                                    stride=tuple(mod.stride), padding=_conv_padding(mod, node, self),
+                                    groups=mod.groups, dilation=tuple(mod.dilation), **common))
             else:
                 self.add(node, Node(qualname, "linear", [src], **common))
         elif isinstance(mod, nn.BatchNorm2d):

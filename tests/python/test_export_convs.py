@@ -1,0 +1,100 @@
+"""Grouped, depthwise and dilated convs and padding='same' through quantize_ -> export -> the integer engine
+and ONNX, against the fake-quant model."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qcnn
+from qcnn.data import FASHION_MEAN, FASHION_STD
+from qcnn.export import reference_forward, to_graph
+from qcnn.quantize import calibrate_activations
+
+from export_helpers import FASHION_INPUT
+
+
+class ConvZoo(nn.Module):
+    """Depthwise-separable block (MobileNet), a grouped conv, a dilated conv with padding='same'."""
+
+    def __init__(self, depthwise_stride: int = 2):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, stride=depthwise_stride, padding=1, groups=16, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 24, 1)
+        self.grouped = nn.Conv2d(24, 24, 3, padding=1, groups=4)
+        self.dilated = nn.Conv2d(24, 16, 3, padding="same", dilation=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(self.bn1(self.dw(x)))
+        x = torch.relu(self.pw(x))
+        x = torch.relu(self.grouped(x))
+        x = torch.relu(self.dilated(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _prepared(weight: dict, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    model = ConvZoo(**kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    model = qcnn.quantize_(model.eval(), {"weight": weight, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x[:64]], 1)
+    with torch.no_grad():
+        reference = model(x)
+    return model, pixels, x, reference
+
+
+@pytest.mark.parametrize("weight", [{"kind": "uniform", "bits": 8}, {"kind": "codebook", "bits": 4},
+                                    {"kind": "binary", "bits": 1}], ids=["u8", "c4", "binary"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grouped_depthwise_dilated_convs_run_in_the_engine(tmp_path, weight, stride):
+    model, pixels, x, reference = _prepared(weight, depthwise_stride=stride)
+    graph = to_graph(model, **FASHION_INPUT)
+    convs = {n.name: n for n in graph.nodes if n.op == "conv2d"}
+    assert convs["dw"].groups == 16 and convs["grouped"].groups == 4
+    assert convs["dilated"].dilation == (2, 2) and convs["dilated"].padding == (2, 2)
+    # Same quantized values; BatchNorm folded differently: float rounding only.
+    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
+    engine = qcnn.load(tmp_path / "m.qcnn")
+    out = engine(pixels)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+    assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
+    kernels = {p.name: p.kernel for p in engine.profile(pixels[:4])}
+    assert kernels["dw"] == "depthwise"
+
+
+def test_grouped_convs_in_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model, _, x, reference = _prepared({"kind": "uniform", "bits": 8})
+    path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert (torch.from_numpy(out).argmax(1) == reference.argmax(1)).float().mean() >= 0.98
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_uneven_same_padding_is_refused_naming_the_node():
+    class Even(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 4, padding="same")
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = qcnn.quantize_(Even().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    with pytest.raises(TypeError, match="node 'conv'.*padding='same' with kernel \\(4, 4\\).*pads unevenly"):
+        to_graph(model, **FASHION_INPUT)
