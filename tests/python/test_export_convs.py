@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import qcnn
@@ -97,4 +98,69 @@ def test_uneven_same_padding_is_refused_naming_the_node():
     model = qcnn.quantize_(Even().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'conv'.*padding='same' with kernel \\(4, 4\\).*pads unevenly"):
+        to_graph(model, **FASHION_INPUT)
+
+
+class Spellings(nn.Module):
+    """Pooling, global pooling and flattening written the ways people write them."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.fc1 = nn.Linear(12, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = F.max_pool2d(x, 2) if self.spelling != "avg" else F.avg_pool2d(x, 2)
+        x = torch.relu(self.conv2(x))
+        if self.spelling == "mean":
+            x = x.mean((2, 3))
+        elif self.spelling == "mean_keepdim":
+            x = x.mean(dim=[-2, -1], keepdim=True).flatten(1)
+        elif self.spelling == "view":
+            x = F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1)
+        elif self.spelling == "reshape":
+            x = F.adaptive_max_pool2d(x, (1, 1)).reshape(x.shape[0], -1)
+        else:
+            x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+@pytest.mark.parametrize("spelling", ["mean", "mean_keepdim", "view", "reshape", "avg"])
+def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
+    torch.manual_seed(0)
+    model = Spellings(spelling)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    model = qcnn.quantize_(model.eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x], 1)
+    with torch.no_grad():
+        reference = model(x)
+    graph = to_graph(model, **FASHION_INPUT)
+    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
+    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+
+
+def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(-1, 28 * 28))
+
+    model = qcnn.quantize_(Odd().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    with pytest.raises(TypeError, match="node 'view'.*exports only as a flatten to \\(batch, -1\\)"):
         to_graph(model, **FASHION_INPUT)

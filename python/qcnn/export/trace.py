@@ -86,6 +86,22 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
     raise TypeError(f"layer {name!r}: no export for weight quantizer {type(wq).__name__}")
 
 
+def _is_shape(node) -> bool:
+    """x.size() / x.size(d) / x.shape."""
+    return isinstance(node, torch.fx.Node) and (node.op == "call_method" and node.target == "size" or
+                                                node.op == "call_function" and node.target is getattr
+                                                and node.args[1:] == ("shape",))
+
+
+def _is_batch_size(arg) -> bool:
+    """x.size(0), x.size()[0] or x.shape[0] (fx nodes)."""
+    if not isinstance(arg, torch.fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        return arg.args[1:] == (0,) or arg.kwargs.get("dim") == 0
+    return arg.target is operator.getitem and _is_shape(arg.args[0]) and arg.args[1] == 0
+
+
 def _conv_padding(mod: nn.Conv2d, node: torch.fx.Node, tracer) -> tuple[int, int]:
     """Explicit zero padding; padding='same' is (dilation * (k - 1)) / 2 per side, exportable when that is a
     whole number (odd kernels: torch pads the extra row at the end otherwise, which the format cannot say)."""
@@ -167,10 +183,12 @@ class _Tracer:
                                     groups=mod.groups, dilation=tuple(mod.dilation), **common))
             else:
                 self.add(node, Node(qualname, "linear", [src], **common))
-        elif isinstance(mod, nn.BatchNorm2d):
+        elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
             conv = self.by_name.get(src)
-            if conv is None or conv.op != "conv2d" or conv.bn_scale is not None or conv.relu or not self.sole_use(src):
-                raise self.fail(node, "BatchNorm2d exports only when folded into the conv right before it")
+            layer = "conv2d" if isinstance(mod, nn.BatchNorm2d) else "linear"
+            if conv is None or conv.op != layer or conv.bn_scale is not None or conv.relu or not self.sole_use(src):
+                raise self.fail(node, f"{type(mod).__name__} exports only when folded into the "
+                                f"{'conv' if layer == 'conv2d' else 'linear layer'} right before it")
             if mod.num_features != conv.weight.out_channels:
                 raise self.fail(node, f"{mod.num_features} features after a conv with {conv.weight.out_channels}")
             conv.bn_scale, conv.bn_shift = (t.to(torch.float32) for t in bn_affine(mod))
@@ -211,15 +229,64 @@ class _Tracer:
                 raise self.fail(node, "average pooling exports only without padding or divisor_override")
             self.add(node, Node(node.name, "avg_pool2d", [src], kernel_size=kernel, stride=stride))
 
+    def arg(self, node: torch.fx.Node, i: int, key: str, default=None):
+        return node.args[i] if i < len(node.args) else node.kwargs.get(key, default)
+
+    def global_pool(self, node: torch.fx.Node, op: str, flatten: bool) -> None:
+        src = self.input_of(node)
+        if not flatten:
+            self.add(node, Node(node.name, op, [src]))
+            return
+        pool = Node(f"{node.name}_pool", op, [src])
+        if pool.name in self.by_name:
+            raise self.fail(node, f"graph value name {pool.name!r} is taken")
+        self.nodes.append(pool)
+        self.by_name[pool.name] = pool
+        self.producers[pool.name] = []
+        self.add(node, Node(node.name, "flatten", [pool.name]))
+
     def function(self, node: torch.fx.Node) -> None:
         fn = node.target
-        if fn in _RELU_FUNCTIONS or (node.op == "call_method" and fn in ("relu", "relu_")):
+        method = node.op == "call_method"
+        if fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
             self.fuse_relu(node)
-        elif fn in _ADD_FUNCTIONS or (node.op == "call_method" and fn in ("add", "add_", "__add__")):
+        elif fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            size = self.arg(node, 1, "output_size")
+            if size not in (1, (1, 1), [1, 1]):
+                raise self.fail(node, f"adaptive pooling exports only with output_size 1, got {size}")
+            self.add(node, Node(node.name, "global_avg_pool" if fn is F.adaptive_avg_pool2d else "global_max_pool",
+                                [self.input_of(node)]))
+        elif (method and fn == "mean") or fn is torch.mean:
+            dims = self.arg(node, 1, "dim")
+            dims = sorted(d % 4 for d in dims) if isinstance(dims, (tuple, list)) else dims
+            if dims != [2, 3] or self.arg(node, 3 if fn is torch.mean else 2, "dtype") is not None:
+                raise self.fail(node, f"mean exports only over the spatial dims (2, 3) of an NCHW tensor, got {dims}")
+            self.global_pool(node, "global_avg_pool", flatten=not self.arg(node, 2, "keepdim", False))
+        elif fn in (F.max_pool2d, F.avg_pool2d):
+            kernel = self.arg(node, 1, "kernel_size")
+            options = dict(stride=self.arg(node, 2, "stride"), padding=self.arg(node, 3, "padding", 0))
+            if fn is F.max_pool2d:
+                mod = nn.MaxPool2d(kernel, dilation=self.arg(node, 4, "dilation", 1),
+                                   ceil_mode=self.arg(node, 5, "ceil_mode", False),
+                                   return_indices=self.arg(node, 6, "return_indices", False), **options)
+            else:
+                mod = nn.AvgPool2d(kernel, ceil_mode=self.arg(node, 4, "ceil_mode", False),
+                                   count_include_pad=self.arg(node, 5, "count_include_pad", True),
+                                   divisor_override=self.arg(node, 6, "divisor_override"), **options)
+            self.pool(node, mod, self.input_of(node))
+        elif method and fn in ("view", "reshape") or fn is torch.reshape:
+            shape = list(node.args[1:]) if method else list(self.arg(node, 1, "shape"))
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = list(shape[0])
+            if len(shape) != 2 or shape[1] != -1 or not _is_batch_size(shape[0]):
+                raise self.fail(node, f"{fn} exports only as a flatten to (batch, -1), e.g. x.view(x.size(0), -1); "
+                                "use torch.flatten(x, 1)")
+            self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+        elif fn in _ADD_FUNCTIONS or (method and fn in ("add", "add_", "__add__")):
             if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
                 raise self.fail(node, "add exports only as a + b of two tensors")
             self.add(node, Node(node.name, "add", [self.input_of(node, 0), self.input_of(node, 1)]))
-        elif fn is torch.flatten or (node.op == "call_method" and fn == "flatten"):
+        elif fn is torch.flatten or (method and fn == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
             if start != 1 or end != -1:
@@ -236,6 +303,8 @@ class _Tracer:
                 self.alias(node, "input")
             elif node.op == "call_module":
                 self.module(node)
+            elif _is_shape(node) or node.target is operator.getitem and _is_shape(node.args[0]):
+                continue  # shape arithmetic for a view: read where it is used
             elif node.op in ("call_function", "call_method"):
                 self.function(node)
             elif node.op == "output":
