@@ -164,3 +164,56 @@ def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'view'.*exports only as a flatten to \\(batch, -1\\)"):
         to_graph(model, **FASHION_INPUT)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, ReLU6, 3x3 depthwise, ReLU6, linear 1x1 projection, residual add."""
+
+    def __init__(self, channels: int = 8, expand: int = 4, cap: str = "module"):
+        super().__init__()
+        hidden = channels * expand
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden))
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                       nn.BatchNorm2d(hidden))
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.cap = cap
+        self.fc = nn.Linear(channels, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        cap = F.relu6 if self.cap == "function" else (lambda t: F.hardtanh(t, 0.0, 6.0))
+        y = cap(self.depthwise(cap(self.expand(x))))
+        x = x + self.project(y)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("cap", ["function", "hardtanh"])
+def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
+    torch.manual_seed(0)
+    model = InvertedResidual(cap=cap)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.2, 0.6)
+                m.weight.uniform_(4.0, 8.0)  # outputs past 6: the cap binds
+    model = qcnn.quantize_(model.eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x], 1)
+    with torch.no_grad():
+        reference = model(x)
+        assert (model.expand(model.stem(x)) > 6).float().mean() > 0.01
+    graph = to_graph(model, **FASHION_INPUT)
+    assert [n.relu_max for n in graph.nodes if n.op == "conv2d"] == [6.0, 6.0, 6.0, None]
+    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
+    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+    assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
+    ort = pytest.importorskip("onnxruntime")
+    path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
+    (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.98

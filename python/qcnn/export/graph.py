@@ -152,6 +152,11 @@ class QuantWeight:
                            scale=torch.as_tensor(alpha, dtype=torch.float32).reshape(-1).expand(m).clone())
 
 
+def _relu(y: torch.Tensor, node: "Node") -> torch.Tensor:
+    y = F.relu(y)
+    return y if node.relu_max is None else y.clamp(max=node.relu_max)
+
+
 @dataclass
 class Node:
     """One operation; its output value is named `name`. Inputs name earlier nodes or "input"."""
@@ -164,6 +169,7 @@ class Node:
     bn_shift: torch.Tensor | None = None
     act: QParams | None = None              # conv2d/linear: input quantizer; quant: the quantizer
     relu: bool = False                      # conv2d, linear, add: ReLU on the output
+    relu_max: float | None = None           # with relu (or op relu): min(relu(y), relu_max), e.g. 6 for ReLU6
     kernel_size: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
@@ -184,6 +190,8 @@ class Node:
             raise ValueError(f"node {self.name!r}: {self.op} needs a weight")
         if self.op == "quant" and self.act is None:
             raise ValueError(f"node {self.name!r}: quant needs act (its QParams)")
+        if self.relu_max is not None and not (self.relu_max > 0 and (self.relu or self.op == "relu")):
+            raise ValueError(f"node {self.name!r}: relu_max must be positive and needs relu, got {self.relu_max!r}")
         if self.op == "add" and len(self.inputs) != 2:
             raise ValueError(f"node {self.name!r}: add needs 2 inputs")
         if self.op != "add" and len(self.inputs) != 1:
@@ -248,11 +256,11 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
             if node.bn_scale is not None:
                 y = y * node.bn_scale.reshape(shape) + node.bn_shift.reshape(shape)
             if node.relu:
-                y = F.relu(y)
+                y = _relu(y, node)
         elif node.op == "quant":
             y = node.act.fake_quant(a)
         elif node.op == "relu":
-            y = F.relu(a)
+            y = _relu(a, node)
         elif node.op == "max_pool2d":
             y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding)
         elif node.op == "avg_pool2d":
@@ -266,6 +274,6 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
         else:  # add
             y = a + values[node.inputs[1]]
             if node.relu:
-                y = F.relu(y)
+                y = _relu(y, node)
         values[node.name] = y
     return values[graph.output]

@@ -21,6 +21,18 @@ WIDE_RANGE = 2 ** 30
 BIAS_LIMIT = 2 ** 62
 
 
+def _output_clamp(target: QParams, node: Node) -> list[int]:
+    """The code range of a node's output: the target quantizer's, from its zero point up with a ReLU, and up to
+    z + round(relu_max / scale) with a capped one (round is monotone: min(relu(y), c) then quantized is the
+    quantized relu(y) clamped at the quantized c)."""
+    relu = node.relu or node.op == "relu"
+    lo = max(target.qmin, target.zero_point) if relu else target.qmin
+    hi = target.qmax
+    if node.relu_max is not None:
+        hi = max(lo, min(hi, target.zero_point + round(node.relu_max / target.scale)))
+    return [int(lo), int(hi)]
+
+
 def quantize_multiplier(real: float, mantissa_bits: int = 31) -> tuple[int, int]:
     """(m, s) with real ~= m * 2**-s, |m| < 2**mantissa_bits normalized to >= 2**(mantissa_bits-1), 0 <= s <= 62."""
     if not math.isfinite(real):
@@ -283,9 +295,8 @@ class Lowering:
             self.tensors[f"{node.name}.requant.multiplier"] = torch.tensor(mults, dtype=torch.int32)
             self.tensors[f"{node.name}.requant.shift"] = torch.tensor(shifts, dtype=torch.uint8)
             self.tensors[f"{node.name}.requant.bias"] = torch.tensor(biases, dtype=torch.int64)
-            lo = max(target.qmin, target.zero_point) if node.relu else target.qmin
             out["qparams"] = target.to_json()
-            out["clamp"] = [int(lo), int(target.qmax)]
+            out["clamp"] = _output_clamp(target, node)
             self.values[node.name] = Tensor(node.name, target, shape, bound)
         self.emit(out)
 
@@ -304,11 +315,10 @@ class Lowering:
         ra, rb = a.qparams.scale / target.scale, b.qparams.scale / target.scale
         _, shift = quantize_multiplier(max(ra, rb), 29)
         ma, mb = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
-        lo = max(target.qmin, target.zero_point) if node.relu else target.qmin
         self.emit({"name": node.name, "op": "add", "inputs": [a.name, b.name], "shape": list(a.shape),
                    "qparams": target.to_json(), "a_zero_point": a.qparams.zero_point, "a_multiplier": ma,
                    "b_zero_point": b.qparams.zero_point, "b_multiplier": mb, "shift": shift, "relu": bool(node.relu),
-                   "clamp": [int(lo), int(target.qmax)]})
+                   "clamp": _output_clamp(target, node)})
         self.values[node.name] = Tensor(node.name, target, a.shape, bound)
 
     def lower_simple(self, node: Node) -> None:
@@ -322,7 +332,7 @@ class Lowering:
         spec: dict = {"name": node.name, "op": node.op, "inputs": [src.name], "qparams": q.to_json()}
         shape = src.shape
         if node.op == "relu":
-            spec["clamp"] = [max(q.qmin, q.zero_point), q.qmax]
+            spec["clamp"] = _output_clamp(q, node)
         elif node.op in ("max_pool2d", "avg_pool2d"):
             if len(shape) != 3:
                 raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")

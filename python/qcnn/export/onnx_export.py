@@ -77,6 +77,14 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
         nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.q", scale, zp], [f"{tag}.dq"]))
         return f"{tag}.dq"
 
+    def relu(x: str, out: str, node) -> None:
+        if node.relu_max is None:
+            nodes.append(helper.make_node("Relu", [x], [out]))
+        else:
+            lo = const(f"{node.name}.relu_lo", np.array(0.0, dtype=np.float32))
+            hi = const(f"{node.name}.relu_hi", np.array(node.relu_max, dtype=np.float32))
+            nodes.append(helper.make_node("Clip", [x, lo, hi], [out]))
+
     for node in graph.nodes:
         x = node.inputs[0]
         out = node.name
@@ -95,11 +103,11 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             else:
                 nodes.append(helper.make_node("Gemm", [x, wn, bn], [y], transB=1))
             if node.relu:
-                nodes.append(helper.make_node("Relu", [y], [out]))
+                relu(y, out, node)
         elif node.op == "quant":
             nodes.append(helper.make_node("Identity", [fake_quant(x, node.act, node.name)], [out]))
         elif node.op == "relu":
-            nodes.append(helper.make_node("Relu", [x], [out]))
+            relu(x, out, node)
         elif node.op == "max_pool2d":
             pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
             nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=list(node.kernel_size),
@@ -117,7 +125,7 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             y = out if not node.relu else f"{node.name}.pre_relu"
             nodes.append(helper.make_node("Add", [x, node.inputs[1]], [y]))
             if node.relu:
-                nodes.append(helper.make_node("Relu", [y], [out]))
+                relu(y, out, node)
     c, h, w = graph.input_shape
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])
     last = graph.nodes[-1]

@@ -1,8 +1,10 @@
 """qcnn model -> export Graph: traces a quantized model with torch.fx and reads every layer's quantizers.
 
-Supported: (Quant)Conv2d (grouped and depthwise, dilated, zero padding given or 'same'/'valid'), (Quant)Linear, BatchNorm2d directly after a
-conv (folded), ReLU (module, F.relu, torch.relu, .relu()), MaxPool2d, AvgPool2d, AdaptiveMax/AvgPool2d(1),
-Flatten / torch.flatten(x, 1), residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
+Supported: (Quant)Conv2d (grouped, depthwise, dilated; zero padding given, 'same' or 'valid'), (Quant)Linear,
+BatchNorm2d / BatchNorm1d directly after a conv / linear layer (folded), ReLU (module, F.relu, torch.relu,
+.relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), MaxPool2d / AvgPool2d (modules and functions),
+AdaptiveMax/AvgPool2d(1) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
+x.view/reshape(x.size(0), -1)), residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
 """
 from __future__ import annotations
@@ -156,14 +158,20 @@ class _Tracer:
         """True when nothing but the current fx node consumes `value` (every alias has one user)."""
         return value != "input" and all(len(n.users) == 1 for n in self.producers[value])
 
-    def fuse_relu(self, node: torch.fx.Node) -> None:
+    def fuse_relu(self, node: torch.fx.Node, relu_max: float | None = None) -> None:
         src = self.input_of(node)
         target = self.by_name.get(src)
         if target is not None and target.op in ("conv2d", "linear", "add") and not target.relu and self.sole_use(src):
-            target.relu = True
+            target.relu, target.relu_max = True, relu_max
             self.alias(node, src)
         else:
-            self.add(node, Node(node.name, "relu", [src]))
+            self.add(node, Node(node.name, "relu", [src], relu_max=relu_max))
+
+    def capped_relu(self, node: torch.fx.Node, low, high) -> None:
+        """ReLU6 and Hardtanh(0, c): a ReLU capped at c."""
+        if low != 0 or not isinstance(high, (int, float)) or not high > 0:
+            raise self.fail(node, f"hardtanh exports only as a ReLU capped at c > 0 (min 0), got [{low}, {high}]")
+        self.fuse_relu(node, float(high))
 
     def module(self, node: torch.fx.Node) -> None:
         mod, qualname = self.modules[node.target], str(node.target)
@@ -195,6 +203,8 @@ class _Tracer:
             self.alias(node, src)
         elif isinstance(mod, nn.ReLU):
             self.fuse_relu(node)
+        elif isinstance(mod, nn.Hardtanh):  # nn.ReLU6 is Hardtanh(0, 6)
+            self.capped_relu(node, mod.min_val, mod.max_val)
         elif isinstance(mod, _NO_OPS):
             self.alias(node, src)
         elif isinstance(mod, (QuantAct, FixedPointQuantizer)):
@@ -250,6 +260,10 @@ class _Tracer:
         method = node.op == "call_method"
         if fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
             self.fuse_relu(node)
+        elif fn is F.relu6:
+            self.capped_relu(node, 0.0, 6.0)
+        elif fn in (F.hardtanh, F.hardtanh_):
+            self.capped_relu(node, self.arg(node, 1, "min_val", -1.0), self.arg(node, 2, "max_val", 1.0))
         elif fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             size = self.arg(node, 1, "output_size")
             if size not in (1, (1, 1), [1, 1]):
