@@ -217,3 +217,24 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
     path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
     (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.98
+
+
+@pytest.mark.parametrize("name,kwargs", [("torchvision.resnet18", {"num_classes": 10}),
+                                         ("torchvision.mobilenet_v2", {"num_classes": 10, "width_mult": 0.25})])
+def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwargs):
+    pytest.importorskip("torchvision")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = qcnn.models.create(name, input_adapter="gray28", **kwargs).eval()
+    qcnn.quantize_(model, {"weight": {"kind": "codebook", "bits": 4}, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x[:32]], 1)
+    with torch.no_grad():
+        reference = model(x)
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
+    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+    path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
+    (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.95
