@@ -76,6 +76,32 @@ void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out
   });
 }
 
+void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>& channels, int64_t pixels,
+                 CodesOut out) {
+  if (inputs.size() != channels.size()) throw std::invalid_argument("concat: one channel count per input");
+  int64_t total = 0;
+  for (int64_t c : channels) total += c;
+  int64_t offset = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const int64_t c = channels[i];
+    with_input(inputs[i], [&](auto src) {
+      with_output(out, [&](auto dst) {
+        for (int64_t p = 0; p < pixels; ++p)
+          for (int64_t k = 0; k < c; ++k)
+            put(dst + p * total + offset + k, int64_t{src[p * c + k]} + inputs[i].offset, out.offset);
+      });
+    });
+    offset += c;
+  }
+}
+
+void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
+  const int64_t base = int64_t{in.offset} - input_min;
+  with_codes(in, out, [&](auto src, auto dst) {
+    for (int64_t i = 0; i < count; ++i) put(dst + i, table[int64_t{src[i]} + base], out.offset);
+  });
+}
+
 void max_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int ph, int pw,
                    int64_t oh, int64_t ow, CodesOut out) {
   if (in.storage != out.storage || in.offset != out.offset)

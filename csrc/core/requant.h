@@ -8,6 +8,7 @@
 // the same way: fixed-point scales, powers of two, make ties common), v for s = 0.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/qgemm.h"
 
@@ -45,6 +46,15 @@ void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b,
 
 // out = clamp(x, lo, hi) (ReLU on codes).
 void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
+
+// Channel concatenation of NHWC images: out[p, offset_i + c] = in_i[p, c] for `pixels` positions, every
+// input's codes already in the output's quantization (only storage and offset may differ).
+void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>& channels, int64_t pixels,
+                 CodesOut out);
+
+// out = table[x - input_min]: any elementwise function of the codes. The caller proves that every code x
+// lies in [input_min, input_min + table size).
+void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
 
 // Pooling of one NHWC image [h, w, c] to [oh, ow, c]; in and out share storage and offset (max and
 // the rounded mean commute with the offset). Max pooling skips padded cells; average pooling has

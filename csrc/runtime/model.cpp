@@ -95,7 +95,8 @@ void require_finite(const std::vector<T>& v, const std::string& what) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------- the plan
-enum class Op { Conv, Linear, Requantize, Add, Relu, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool, Flatten };
+enum class Op { Conv, Linear, Requantize, Add, Relu, Lut, Concat, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool,
+                Flatten };
 
 // One value of the program, as the engine stores it for one image.
 struct Value {
@@ -129,6 +130,10 @@ struct AddStep {
 struct ClampStep {
   int32_t lo, hi;
 };
+struct LutStep {
+  int64_t input_min = 0;
+  std::vector<int32_t> table;  // output code of input code input_min + i
+};
 struct PoolStep {
   int kh, kw, sh, sw, ph, pw;
 };
@@ -139,7 +144,7 @@ struct Node {
   std::vector<int> inputs;
   int output = 0;
   int64_t macs = 0;
-  std::variant<std::monostate, ConvStep, RequantStep, AddStep, ClampStep, PoolStep> step;
+  std::variant<std::monostate, ConvStep, RequantStep, AddStep, ClampStep, LutStep, PoolStep> step;
 };
 
 struct Plan {
@@ -211,6 +216,8 @@ struct Loader {
   Value parse_requantize(const json& nd, Node& node, const std::string& where);
   Value parse_add(const json& nd, Node& node, const std::string& where);
   Value parse_relu(const json& nd, Node& node, const std::string& where);
+  Value parse_lut(const json& nd, Node& node, const std::string& where);
+  Value parse_concat(const json& nd, Node& node, const std::string& where);
   Value parse_pool(const json& nd, Node& node, const std::string& where);
   Value parse_global_pool(const json& nd, Node& node, const std::string& where);
   Value parse_flatten(const json& nd, Node& node, const std::string& where);
@@ -413,6 +420,59 @@ Value Loader::parse_relu(const json& nd, Node& node, const std::string& where) {
   return with_range(x, std::clamp<int64_t>(x.lo, st.lo, st.hi), std::clamp<int64_t>(x.hi, st.lo, st.hi));
 }
 
+Value Loader::parse_lut(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  LutStep st;
+  st.input_min = get_int(nd, "input_min", where, INT32_MIN, INT32_MAX);
+  const std::string name = get_string(nd, "table", where);
+  const TensorView& t = file.tensor(name, DType::I16);
+  if (t.shape.size() != 1 || t.shape[0] < 1 || t.shape[0] > 65536)
+    fail(tensor_where(name), "must be 1-D with 1 to 65536 entries, got " + shape_str(t.shape));
+  const int64_t last = st.input_min + t.shape[0] - 1;
+  if (x.lo < st.input_min || x.hi > last)
+    fail(where, "table covers input codes [" + std::to_string(st.input_min) + ", " + std::to_string(last) +
+                    "] but the input ranges over [" + std::to_string(x.lo) + ", " + std::to_string(x.hi) + "]");
+  const auto entries = copy_tensor<int16_t>(t);
+  st.table.assign(entries.begin(), entries.end());
+  const json& q = field(nd, "qparams", where);
+  if (!q.is_object()) fail(where, "lut needs 'qparams' (an object)");
+  const int64_t qmin = get_int(q, "qmin", where, INT32_MIN, INT32_MAX);
+  const int64_t qmax = get_int(q, "qmax", where, INT32_MIN, INT32_MAX);
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (size_t i = 0; i < st.table.size(); ++i) {
+    if (st.table[i] < qmin || st.table[i] > qmax)
+      fail(tensor_where(name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
+    const int64_t code = st.input_min + static_cast<int64_t>(i);
+    if (code >= x.lo && code <= x.hi) {
+      lo = std::min<int64_t>(lo, st.table[i]);
+      hi = std::max<int64_t>(hi, st.table[i]);
+    }
+  }
+  node.step = std::move(st);
+  return with_range(x, lo, hi);
+}
+
+Value Loader::parse_concat(const json& nd, Node& node, const std::string& where) {
+  const Value& first = input(node, 0);
+  if (first.shape.size() != 3) fail(where, "concat needs [C, H, W] inputs, got " + shape_str(first.shape));
+  Value out = first;
+  int64_t channels = 0;
+  out.lo = INT64_MAX;
+  out.hi = INT64_MIN;
+  for (size_t i = 0; i < node.inputs.size(); ++i) {
+    const Value& x = input(node, static_cast<int>(i));
+    if (x.shape.size() != 3 || x.shape[1] != first.shape[1] || x.shape[2] != first.shape[2])
+      fail(where, "concat inputs must share H and W: " + shape_str(first.shape) + " and " + shape_str(x.shape));
+    if (__builtin_add_overflow(channels, x.shape[0], &channels) || channels > kMaxDim)
+      fail(where, "concatenated channel count too large");
+    out.lo = std::min(out.lo, x.lo);
+    out.hi = std::max(out.hi, x.hi);
+  }
+  out.shape[0] = channels;
+  out_zero_point(nd, where);  // the inputs are already in the output's quantization; qparams must be there
+  return with_range(std::move(out), out.lo, out.hi);
+}
+
 Value Loader::parse_pool(const json& nd, Node& node, const std::string& where) {
   const Value& x = input(node);
   if (x.shape.size() != 3) fail(where, "pooling needs a [C, H, W] input, got " + shape_str(x.shape));
@@ -554,6 +614,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       {"requantize", {Op::Requantize, &Loader::parse_requantize}},
       {"add", {Op::Add, &Loader::parse_add}},
       {"relu", {Op::Relu, &Loader::parse_relu}},
+      {"lut", {Op::Lut, &Loader::parse_lut}},
+      {"concat", {Op::Concat, &Loader::parse_concat}},
       {"max_pool2d", {Op::MaxPool, &Loader::parse_pool}},
       {"avg_pool2d", {Op::AvgPool, &Loader::parse_pool}},
       {"global_max_pool", {Op::GlobalMaxPool, &Loader::parse_global_pool}},
@@ -576,8 +638,12 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     node.op = parser->second.first;
     const json& inputs = field(nd, "inputs", where);
     const size_t want_inputs = node.op == Op::Add ? 2 : 1;
-    if (!inputs.is_array() || inputs.size() != want_inputs)
+    if (node.op == Op::Concat) {
+      if (!inputs.is_array() || inputs.size() < 2 || inputs.size() > 256)
+        fail(where, "'inputs' of concat must list 2 to 256 values");
+    } else if (!inputs.is_array() || inputs.size() != want_inputs) {
       fail(where, "'inputs' must list " + std::to_string(want_inputs) + " value(s)");
+    }
     for (const auto& name : inputs) {
       if (!name.is_string()) fail(where, "'inputs' must hold value names");
       auto id = ld.value_ids.find(name.get<std::string>());
@@ -662,6 +728,21 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
     case Op::Relu: {
       const ClampStep& st = std::get<ClampStep>(node.step);
       clamp_codes(codes_in(x, arena), count, st.lo, st.hi, codes_out(out, arena));
+      break;
+    }
+    case Op::Concat: {
+      std::vector<CodesIn> ins;
+      std::vector<int64_t> channels;
+      for (int id : node.inputs) {
+        ins.push_back(codes_in(values[id], arena));
+        channels.push_back(values[id].shape[0]);
+      }
+      concat_nhwc(ins, channels, out.shape[1] * out.shape[2], codes_out(out, arena));
+      break;
+    }
+    case Op::Lut: {
+      const LutStep& st = std::get<LutStep>(node.step);
+      lookup_codes(codes_in(x, arena), count, st.table.data(), st.input_min, codes_out(out, arena));
       break;
     }
     case Op::MaxPool:

@@ -56,6 +56,23 @@ def _prepared(weight: dict, seed: int = 0, **kwargs):
     return model, pixels, x, reference
 
 
+def _assert_deployed(model, pixels, x, reference, tmp_path, onnx: bool = True):
+    """The export graph computes what the fake-quant model does; the .qcnn file in the engine and (onnx) the ONNX
+    file in onnxruntime predict what it predicts."""
+    graph = to_graph(model, **FASHION_INPUT)
+    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
+    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+    assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
+    if onnx:
+        ort = pytest.importorskip("onnxruntime")
+        path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
+        (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+        assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.98
+    return graph
+
+
 @pytest.mark.parametrize("weight", [{"kind": "uniform", "bits": 8}, {"kind": "codebook", "bits": 4},
                                     {"kind": "binary", "bits": 1}], ids=["u8", "c4", "binary"])
 @pytest.mark.parametrize("stride", [1, 2])
@@ -143,11 +160,7 @@ def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
     calibrate_activations(model, [x], 1)
     with torch.no_grad():
         reference = model(x)
-    graph = to_graph(model, **FASHION_INPUT)
-    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
-    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
-    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
-    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+    _assert_deployed(model, pixels, x, reference, tmp_path, onnx=False)
 
 
 def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
@@ -206,17 +219,8 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
     with torch.no_grad():
         reference = model(x)
         assert (model.expand(model.stem(x)) > 6).float().mean() > 0.01
-    graph = to_graph(model, **FASHION_INPUT)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert [n.relu_max for n in graph.nodes if n.op == "conv2d"] == [6.0, 6.0, 6.0, None]
-    torch.testing.assert_close(reference_forward(graph, x), reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
-    qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
-    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
-    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
-    assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
-    ort = pytest.importorskip("onnxruntime")
-    path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
-    (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
-    assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.98
 
 
 @pytest.mark.parametrize("name,kwargs", [("torchvision.resnet18", {"num_classes": 10}),
@@ -238,3 +242,89 @@ def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwar
     path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
     (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert (torch.from_numpy(onnx_out).argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+
+
+class Activations(nn.Module):
+    """conv -> an elementwise function -> conv, for every function the engine runs as a lookup table, directly
+    before a quantized layer and before a residual add (no quantizer right after it)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.fn(self.conv1(x))
+        x = self.fn(self.conv2(x)) + x
+        return self.fc(torch.relu(self.conv3(x)).mean((2, 3)))
+
+
+LUT_FUNCTIONS = {"hardswish": nn.Hardswish(), "hardsigmoid": F.hardsigmoid, "silu": nn.SiLU(), "sigmoid": torch.sigmoid,
+                 "tanh": nn.Tanh(), "gelu": nn.GELU(), "leaky_relu": nn.LeakyReLU(0.1),
+                 "leaky_relu_fn": lambda t: F.leaky_relu(t, 0.2), "elu": nn.ELU(), "sigmoid_method": lambda t: t.sigmoid()}
+
+
+@pytest.mark.parametrize("name", sorted(LUT_FUNCTIONS))
+def test_elementwise_functions_run_as_lookup_tables(tmp_path, name):
+    torch.manual_seed(0)
+    model = qcnn.quantize_(Activations(LUT_FUNCTIONS[name]).eval(),
+                           {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x], 1)
+    with torch.no_grad():
+        reference = model(x)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    assert sum(n.op == "lut" for n in graph.nodes) == 2
+
+
+class InceptionLike(nn.Module):
+    """Branches concatenated on the channels (Inception, SqueezeNet's fire module), one branch a max pool of the
+    block input, another ending in a ReLU6."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b3 = nn.Conv2d(8, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 1, 1)
+        self.head = nn.Conv2d(4 + 6 + 8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([torch.relu(self.b1(x)), F.relu6(self.b3(x)), self.pool(x)], dim=1)
+        return self.fc(torch.relu(self.head(y)).mean((2, 3)))
+
+
+def test_channel_concatenation_exports(tmp_path):
+    torch.manual_seed(0)
+    model = qcnn.quantize_(InceptionLike().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x], 1)
+    with torch.no_grad():
+        reference = model(x)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    concat = next(n for n in graph.nodes if n.op == "concat")
+    assert len(concat.inputs) == 3
+
+
+def test_cat_along_other_dims_is_refused_naming_the_node():
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(torch.cat([y, y], dim=2).mean((2, 3)))
+
+    model = qcnn.quantize_(Wide().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    with pytest.raises(TypeError, match="node 'cat'.*exports only along the channels"):
+        to_graph(model, **FASHION_INPUT)

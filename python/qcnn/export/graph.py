@@ -12,8 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OPS = ("conv2d", "linear", "quant", "relu", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
-       "flatten", "add")
+OPS = ("conv2d", "linear", "quant", "relu", "lut", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
+       "flatten", "add", "concat")
+# The elementwise functions of a `lut` node (the integer engine runs them as a table over the input codes).
+ELEMENTWISE = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu, "sigmoid": torch.sigmoid,
+               "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "elu": F.elu}
 WEIGHT_KINDS = ("codebook", "uniform", "fixed", "binary")
 MAX_WEIGHT_BITS = 16  # fixed-point weights of mixed-precision plans (docs/FORMAT.md section 3); the other kinds <= 8
 
@@ -174,6 +177,8 @@ class Node:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     accumulator_bits: int | None = None     # conv2d, linear: the declared accumulator width P (2..32), if any
+    function: str | None = None             # lut: a name of ELEMENTWISE
+    function_args: tuple = ()               # lut: its extra arguments (leaky_relu's slope, elu's alpha)
     groups: int = 1                         # conv2d: grouped (depthwise: groups = in = out channels)
     dilation: tuple[int, int] = (1, 1)      # conv2d
 
@@ -192,10 +197,19 @@ class Node:
             raise ValueError(f"node {self.name!r}: quant needs act (its QParams)")
         if self.relu_max is not None and not (self.relu_max > 0 and (self.relu or self.op == "relu")):
             raise ValueError(f"node {self.name!r}: relu_max must be positive and needs relu, got {self.relu_max!r}")
+        if self.op == "lut" and self.function not in ELEMENTWISE:
+            raise ValueError(f"node {self.name!r}: lut needs function, one of {sorted(ELEMENTWISE)}, got "
+                             f"{self.function!r}")
+        if self.op == "concat" and len(self.inputs) < 2:
+            raise ValueError(f"node {self.name!r}: concat needs at least 2 inputs")
         if self.op == "add" and len(self.inputs) != 2:
             raise ValueError(f"node {self.name!r}: add needs 2 inputs")
-        if self.op != "add" and len(self.inputs) != 1:
+        if self.op not in ("add", "concat") and len(self.inputs) != 1:
             raise ValueError(f"node {self.name!r}: {self.op} needs 1 input")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """A lut node's function on float values."""
+        return ELEMENTWISE[self.function](x, *self.function_args)
 
 
 @dataclass
@@ -261,6 +275,8 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
             y = node.act.fake_quant(a)
         elif node.op == "relu":
             y = _relu(a, node)
+        elif node.op == "lut":
+            y = node.apply(a)
         elif node.op == "max_pool2d":
             y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding)
         elif node.op == "avg_pool2d":
@@ -271,6 +287,8 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
             y = torch.mean(a, dim=(2, 3), keepdim=True)
         elif node.op == "flatten":
             y = torch.flatten(a, 1)
+        elif node.op == "concat":
+            y = torch.cat([values[name] for name in node.inputs], 1)
         else:  # add
             y = a + values[node.inputs[1]]
             if node.relu:

@@ -56,6 +56,14 @@ def wide_qparams(bound: float) -> QParams:
     return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
 
 
+LUT_ENTRIES = 1 << 16
+
+
+def _grid16(bound: float) -> QParams:
+    """The symmetric 16-bit grid over [-bound, bound] that lut inputs and outputs use without a quantizer."""
+    return QParams(bound / 32767 if bound > 0 else 1.0, 0, -32767, 32767)
+
+
 def _code_range(q: QParams) -> int:
     """Largest |q - zero_point|."""
     return max(abs(q.qmax - q.zero_point), abs(q.qmin - q.zero_point))
@@ -100,7 +108,7 @@ class Lowering:
             return user.act
         if user.op == "quant":
             return user.act
-        if user.op in ("relu", "max_pool2d", "global_max_pool", "flatten"):
+        if user.op in ("relu", "max_pool2d", "global_max_pool", "flatten", "concat"):
             return self.narrow_target(user.name)
         return None
 
@@ -321,6 +329,52 @@ class Lowering:
                    "clamp": _output_clamp(target, node)})
         self.values[node.name] = Tensor(node.name, target, a.shape, bound)
 
+    def lower_concat(self, node: Node) -> None:
+        """Channel concatenation: every input is brought to the output's quantizer (the consumer's, which its
+        producers already target when they can; else the inputs' common one, or a wide grid over their bounds),
+        then the engine copies codes."""
+        sources = [self.values[name] for name in node.inputs]
+        if any(src.qparams is None for src in sources):
+            raise ValueError(f"node {node.name!r}: concat inputs must be quantized")
+        if any(len(src.shape) != 3 or src.shape[1:] != sources[0].shape[1:] for src in sources):
+            raise ValueError(f"node {node.name!r}: concat inputs must be [C, H, W] with the same H and W, got "
+                             f"{[list(src.shape) for src in sources]}")
+        bound = max(src.bound for src in sources)
+        target = self.narrow_target(node.name)
+        if target is None:
+            common = {src.qparams for src in sources}
+            target = common.pop() if len(common) == 1 else wide_qparams(bound)
+        inputs = [self.requantized(name, target, node.name).name for name in node.inputs]
+        shape = (sum(src.shape[0] for src in sources), *sources[0].shape[1:])
+        self.emit({"name": node.name, "op": "concat", "inputs": inputs, "shape": list(shape),
+                   "qparams": target.to_json()})
+        self.values[node.name] = Tensor(node.name, target, shape, min(bound, _bound(target)))
+
+    def lower_lut(self, node: Node) -> None:
+        """An elementwise function as a table over the input codes (at most 16 bits: a wide input is first
+        requantized onto a symmetric 16-bit grid over its bound). Each entry is the function of the code's
+        float32 value, quantized as the consumer's quantizer would (a 16-bit grid over the output bound when
+        none follows directly), so the engine applies the function and the next quantization in one lookup."""
+        src = self.values[node.inputs[0]]
+        q = src.qparams
+        if q is None:
+            raise ValueError(f"node {node.name!r}: input {node.inputs[0]!r} is float")
+        if q.qmax - q.qmin + 1 > LUT_ENTRIES:
+            src = self.requantized(node.inputs[0], _grid16(src.bound), node.name)
+            q = src.qparams
+        codes = torch.arange(q.qmin, q.qmax + 1, dtype=torch.int64)
+        x = (codes - q.zero_point).to(torch.float32) * torch.tensor(q.scale, dtype=torch.float32)
+        y = node.apply(x)
+        bound = float(y.abs().max())
+        target = self.narrow_target(node.name) or _grid16(bound)
+        if target.qmin < -32768 or target.qmax > 32767:
+            raise ValueError(f"node {node.name!r}: output codes of a lut must fit int16")
+        table = f"{node.name}.table"
+        self.tensors[table] = target.codes(y).to(torch.int16).contiguous()
+        self.emit({"name": node.name, "op": "lut", "inputs": [src.name], "shape": list(src.shape),
+                   "input_min": int(q.qmin), "table": table, "qparams": target.to_json()})
+        self.values[node.name] = Tensor(node.name, target, src.shape, min(bound, _bound(target)))
+
     def lower_simple(self, node: Node) -> None:
         src = self.values[node.inputs[0]]
         q = src.qparams
@@ -366,6 +420,10 @@ class Lowering:
                 self.lower_conv(node)
             elif node.op == "add":
                 self.lower_add(node)
+            elif node.op == "lut":
+                self.lower_lut(node)
+            elif node.op == "concat":
+                self.lower_concat(node)
             else:
                 self.lower_simple(node)
         return {"format": "qcnn", "version": 1, "input": self.input_json, "nodes": self.nodes,

@@ -85,6 +85,30 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             hi = const(f"{node.name}.relu_hi", np.array(node.relu_max, dtype=np.float32))
             nodes.append(helper.make_node("Clip", [x, lo, hi], [out]))
 
+    def elementwise(x: str, out: str, node) -> None:
+        fn, tag = node.function, node.name
+        if fn in ("sigmoid", "tanh"):
+            nodes.append(helper.make_node(fn.capitalize(), [x], [out]))
+        elif fn == "hardsigmoid":
+            nodes.append(helper.make_node("HardSigmoid", [x], [out], alpha=1.0 / 6.0, beta=0.5))
+        elif fn in ("hardswish", "silu"):  # x * hardsigmoid(x) / x * sigmoid(x) (HardSwish needs opset 14)
+            gate = helper.make_node("HardSigmoid", [x], [f"{tag}.gate"], alpha=1.0 / 6.0, beta=0.5) \
+                if fn == "hardswish" else helper.make_node("Sigmoid", [x], [f"{tag}.gate"])
+            nodes.extend([gate, helper.make_node("Mul", [x, f"{tag}.gate"], [out])])
+        elif fn == "leaky_relu":
+            nodes.append(helper.make_node("LeakyRelu", [x], [out], alpha=float(node.function_args[0])))
+        elif fn == "elu":
+            nodes.append(helper.make_node("Elu", [x], [out], alpha=float(node.function_args[0])))
+        else:  # gelu: x * (1 + erf(x / sqrt 2)) / 2 (Gelu needs opset 20)
+            half = const(f"{tag}.half", np.array(0.5, dtype=np.float32))
+            one = const(f"{tag}.one", np.array(1.0, dtype=np.float32))
+            root = const(f"{tag}.sqrt2", np.array(np.sqrt(2.0), dtype=np.float32))
+            nodes.extend([helper.make_node("Div", [x, root], [f"{tag}.scaled"]),
+                          helper.make_node("Erf", [f"{tag}.scaled"], [f"{tag}.erf"]),
+                          helper.make_node("Add", [f"{tag}.erf", one], [f"{tag}.sum"]),
+                          helper.make_node("Mul", [x, f"{tag}.sum"], [f"{tag}.prod"]),
+                          helper.make_node("Mul", [f"{tag}.prod", half], [out])])
+
     for node in graph.nodes:
         x = node.inputs[0]
         out = node.name
@@ -108,6 +132,10 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             nodes.append(helper.make_node("Identity", [fake_quant(x, node.act, node.name)], [out]))
         elif node.op == "relu":
             relu(x, out, node)
+        elif node.op == "lut":
+            elementwise(x, out, node)
+        elif node.op == "concat":
+            nodes.append(helper.make_node("Concat", list(node.inputs), [out], axis=1))
         elif node.op == "max_pool2d":
             pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
             nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=list(node.kernel_size),

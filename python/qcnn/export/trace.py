@@ -2,9 +2,10 @@
 
 Supported: (Quant)Conv2d (grouped, depthwise, dilated; zero padding given, 'same' or 'valid'), (Quant)Linear,
 BatchNorm2d / BatchNorm1d directly after a conv / linear layer (folded), ReLU (module, F.relu, torch.relu,
-.relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), MaxPool2d / AvgPool2d (modules and functions),
+.relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, LeakyReLU
+and ELU (modules and functions: lookup tables in the engine), MaxPool2d / AvgPool2d (modules and functions),
 AdaptiveMax/AvgPool2d(1) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
-x.view/reshape(x.size(0), -1)), residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
+x.view/reshape(x.size(0), -1)), torch.cat along the channels, residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
 """
 from __future__ import annotations
@@ -27,6 +28,29 @@ from .graph import Graph, Node, QParams, QuantWeight
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
+# Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
+_LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
+                nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
+_LUT_FUNCTIONS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu: "silu", torch.sigmoid: "sigmoid",
+                  F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu", F.leaky_relu: "leaky_relu",
+                  F.elu: "elu"}
+_LUT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
+
+
+def _lut_args(function: str, mod: nn.Module | None, node: torch.fx.Node, fail) -> tuple:
+    """The extra arguments of a lut function, from its module or its call."""
+    def arg(i, key, default):
+        return node.args[i] if i < len(node.args) else node.kwargs.get(key, default)
+
+    if function == "leaky_relu":
+        return (float(mod.negative_slope if mod is not None else arg(1, "negative_slope", 0.01)),)
+    if function == "elu":
+        return (float(mod.alpha if mod is not None else arg(1, "alpha", 1.0)),)
+    if function == "gelu":
+        approximate = mod.approximate if mod is not None else arg(1, "approximate", "none")
+        if approximate != "none":
+            raise fail(node, "GELU exports with approximate='none'")
+    return ()
 
 
 def act_qparams(act: QuantAct | FixedPointQuantizer) -> QParams:
@@ -205,6 +229,10 @@ class _Tracer:
             self.fuse_relu(node)
         elif isinstance(mod, nn.Hardtanh):  # nn.ReLU6 is Hardtanh(0, 6)
             self.capped_relu(node, mod.min_val, mod.max_val)
+        elif type(mod) in _LUT_MODULES:
+            function = _LUT_MODULES[type(mod)]
+            self.add(node, Node(node.name, "lut", [src], function=function,
+                                function_args=_lut_args(function, mod, node, self.fail)))
         elif isinstance(mod, _NO_OPS):
             self.alias(node, src)
         elif isinstance(mod, (QuantAct, FixedPointQuantizer)):
@@ -260,6 +288,10 @@ class _Tracer:
         method = node.op == "call_method"
         if fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
             self.fuse_relu(node)
+        elif fn in _LUT_FUNCTIONS or (method and fn in _LUT_METHODS):
+            function = _LUT_METHODS[fn] if method else _LUT_FUNCTIONS[fn]
+            self.add(node, Node(node.name, "lut", [self.input_of(node)], function=function,
+                                function_args=_lut_args(function, None, node, self.fail)))
         elif fn is F.relu6:
             self.capped_relu(node, 0.0, 6.0)
         elif fn in (F.hardtanh, F.hardtanh_):
@@ -300,6 +332,15 @@ class _Tracer:
             if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
                 raise self.fail(node, "add exports only as a + b of two tensors")
             self.add(node, Node(node.name, "add", [self.input_of(node, 0), self.input_of(node, 1)]))
+        elif fn in (torch.cat, torch.concat, torch.concatenate):
+            tensors = self.arg(node, 0, "tensors")
+            dim = self.arg(node, 1, "dim", 0)
+            if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
+                raise self.fail(node, f"cat exports only along the channels (dim 1) of two or more NCHW tensors, "
+                                f"got dim {dim}")
+            if any(not isinstance(t, torch.fx.Node) or t not in self.value for t in tensors):
+                raise self.fail(node, "cat arguments must be traced tensors")
+            self.add(node, Node(node.name, "concat", [self.value[t] for t in tensors]))
         elif fn is torch.flatten or (method and fn == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
