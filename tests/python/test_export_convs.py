@@ -2,6 +2,8 @@
 and ONNX, against the fake-quant model."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -328,3 +330,48 @@ def test_cat_along_other_dims_is_refused_naming_the_node():
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'cat'.*exports only along the channels"):
         to_graph(model, **FASHION_INPUT)
+
+
+def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
+    """A file that lies about a table's coverage, its entries or a concat's inputs gets an error, not a read out
+    of bounds."""
+    from qcnn.export.qfile import read_qcnn, write_qcnn
+
+    torch.manual_seed(0)
+    model = qcnn.quantize_(InceptionLike().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    calibrate_activations(model, [torch.randn(16, 1, 28, 28)], 1)
+    qcnn.export(model, tmp_path / "good.qcnn", verbose=False, **FASHION_INPUT)
+    doc, tensors = read_qcnn(tmp_path / "good.qcnn")
+    concat = next(n for n in doc["nodes"] if n["op"] == "concat")
+
+    def broken(change) -> str:
+        bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
+        change(bad_doc, bad_tensors)
+        path = tmp_path / "bad.qcnn"
+        write_qcnn(path, bad_doc, bad_tensors)
+        with pytest.raises(Exception) as err:
+            qcnn.load(path)
+        return str(err.value)
+
+    def one_input(d, t):
+        next(n for n in d["nodes"] if n["op"] == "concat")["inputs"] = concat["inputs"][:1]
+    assert "'inputs' of concat must list 2 to 256 values" in broken(one_input)
+
+    def mismatched(d, t):
+        next(n for n in d["nodes"] if n["op"] == "concat")["inputs"][0] = "input"
+    message = broken(mismatched)
+    assert "node 7 'cat'" in message and "declared shape" in message
+
+    # A lut node spliced in after the stem, with a table too short for the stem's codes.
+    def short_table(d, t):
+        stem = d["nodes"][0]
+        lut = {"name": "stem_fn", "op": "lut", "inputs": ["stem"], "shape": stem["shape"], "input_min": 0,
+               "table": "stem_fn.table", "qparams": stem["qparams"]}
+        d["nodes"].insert(1, lut)
+        t["stem_fn.table"] = torch.zeros(4, dtype=torch.int16)
+    assert "table covers input codes [0, 3]" in broken(short_table)
+
+    def wrong_dtype(d, t):
+        short_table(d, t)
+        t["stem_fn.table"] = torch.zeros(256, dtype=torch.int32)
+    assert "stem_fn.table" in broken(wrong_dtype)

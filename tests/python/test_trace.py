@@ -99,8 +99,8 @@ def test_float_layer_is_named(tmp_path):
 
 def test_unsupported_module_is_named(tmp_path):
     model, _ = _quantized("vgg_small", WEIGHTS["uniform_sym"], width=8)
-    model.features[2] = nn.Sigmoid()
-    with pytest.raises(TypeError, match=r"features_2.*Sigmoid"):
+    model.features[2] = nn.PReLU()
+    with pytest.raises(TypeError, match=r"features_2.*PReLU has no export.*exportable activations: ReLU, ReLU6"):
         qcnn.export(model, tmp_path / "m.qcnn", verbose=False, **FASHION_INPUT)
 
 

@@ -28,6 +28,9 @@ from .graph import Graph, Node, QParams, QuantWeight
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_SUPPORTED = ("the exportable activations: ReLU, ReLU6, Hardtanh(0, c), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, "
+              "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm after them, pooling, global pooling, flatten, "
+              "add, torch.cat on channels, Dropout, Identity")
 # Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                 nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
@@ -249,7 +252,7 @@ class _Tracer:
                 raise self.fail(node, "Flatten exports only with start_dim=1, end_dim=-1")
             self.add(node, Node(node.name, "flatten", [src]))
         else:
-            raise self.fail(node, f"module type {type(mod).__name__} has no export")
+            raise self.fail(node, f"module type {type(mod).__name__} has no export ({_SUPPORTED})")
 
     def pool(self, node: torch.fx.Node, mod: nn.Module, src: str) -> None:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
@@ -348,7 +351,7 @@ class _Tracer:
                 raise self.fail(node, "flatten exports only with start_dim=1, end_dim=-1")
             self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
         else:
-            raise self.fail(node, "this function has no export")
+            raise self.fail(node, f"this function has no export ({_SUPPORTED})")
 
     def run(self) -> None:
         for node in self.fx_graph.nodes:
