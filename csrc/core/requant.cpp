@@ -69,6 +69,21 @@ void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b,
   });
 }
 
+void mul_codes(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
+               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+               CodesOut out) {
+  with_codes(a, out, [&](auto sa, auto dst) {
+    with_input(b, [&](auto sb) {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t j = b_channels > 0 ? i % b_channels : i;
+        const int64_t product = (int64_t{sa[i]} + a.offset - a_zero_point) * (int64_t{sb[j]} + b.offset - b_zero_point);
+        const int64_t q = rounding_shift(product * multiplier, shift) + out_zero_point;
+        put(dst + i, std::clamp<int64_t>(q, lo, hi), out.offset);
+      }
+    });
+  });
+}
+
 void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; ++i)

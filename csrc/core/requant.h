@@ -44,6 +44,13 @@ void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b,
                int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
                CodesOut out);
 
+// out = clamp(zo + RS((a - za) * (b - zb) * multiplier, shift), lo, hi) for `count` elements of a; b has
+// `count` elements too, or b_channels (> 0) of them, broadcast over the positions of NHWC a (b[i % b_channels]:
+// a [C, H, W] times a [C, 1, 1] gate). The caller keeps |a - za|, |b - zb| <= 2^15 and |multiplier| < 2^31.
+void mul_codes(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
+               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+               CodesOut out);
+
 // out = clamp(x, lo, hi) (ReLU on codes).
 void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
 

@@ -95,7 +95,7 @@ void require_finite(const std::vector<T>& v, const std::string& what) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------- the plan
-enum class Op { Conv, Linear, Requantize, Add, Relu, Lut, Concat, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool,
+enum class Op { Conv, Linear, Requantize, Add, Mul, Relu, Lut, Concat, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool,
                 Flatten };
 
 // One value of the program, as the engine stores it for one image.
@@ -127,6 +127,10 @@ struct RequantStep {
 struct AddStep {
   int32_t a_zero_point, a_multiplier, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi;
 };
+struct MulStep {
+  int32_t a_zero_point, b_zero_point, multiplier, shift, out_zero_point, lo, hi;
+  int64_t b_channels;  // 0: b has a's shape; C: b is [C, 1, 1], broadcast over a's positions
+};
 struct ClampStep {
   int32_t lo, hi;
 };
@@ -144,7 +148,7 @@ struct Node {
   std::vector<int> inputs;
   int output = 0;
   int64_t macs = 0;
-  std::variant<std::monostate, ConvStep, RequantStep, AddStep, ClampStep, LutStep, PoolStep> step;
+  std::variant<std::monostate, ConvStep, RequantStep, AddStep, MulStep, ClampStep, LutStep, PoolStep> step;
 };
 
 struct Plan {
@@ -217,6 +221,7 @@ struct Loader {
   Value parse_add(const json& nd, Node& node, const std::string& where);
   Value parse_relu(const json& nd, Node& node, const std::string& where);
   Value parse_lut(const json& nd, Node& node, const std::string& where);
+  Value parse_mul(const json& nd, Node& node, const std::string& where);
   Value parse_concat(const json& nd, Node& node, const std::string& where);
   Value parse_pool(const json& nd, Node& node, const std::string& where);
   Value parse_global_pool(const json& nd, Node& node, const std::string& where);
@@ -452,6 +457,31 @@ Value Loader::parse_lut(const json& nd, Node& node, const std::string& where) {
   return with_range(x, lo, hi);
 }
 
+Value Loader::parse_mul(const json& nd, Node& node, const std::string& where) {
+  MulStep st;
+  st.a_zero_point = static_cast<int32_t>(get_int(nd, "a_zero_point", where, INT32_MIN, INT32_MAX));
+  st.b_zero_point = static_cast<int32_t>(get_int(nd, "b_zero_point", where, INT32_MIN, INT32_MAX));
+  st.multiplier = static_cast<int32_t>(get_int(nd, "multiplier", where, INT32_MIN + 1, INT32_MAX));
+  st.shift = static_cast<int32_t>(get_int(nd, "shift", where, 0, 62));
+  st.out_zero_point = out_zero_point(nd, where);
+  std::tie(st.lo, st.hi) = read_clamp(nd, where);
+  const Value &a = input(node, 0), &b = input(node, 1);
+  for (const auto& [v, z, name] : {std::tuple{&a, st.a_zero_point, "a"}, std::tuple{&b, st.b_zero_point, "b"}})
+    if (v->lo - z < -32768 || v->hi - z > 32768)
+      fail(where, std::string("mul input ") + name + " codes range over more than 16 bits around its zero point");
+  if (a.hwc_source != b.hwc_source) fail(where, "mul of a flattened and a non-flattened value is not supported");
+  if (a.shape == b.shape) {
+    st.b_channels = 0;
+  } else if (a.shape.size() == 3 && b.shape == std::vector<int64_t>{a.shape[0], 1, 1}) {
+    st.b_channels = a.shape[0];
+  } else {
+    fail(where, "mul inputs must have the same shape, or the second be [C, 1, 1] for a [C, H, W] first; got " +
+                    shape_str(a.shape) + " and " + shape_str(b.shape));
+  }
+  node.step = st;
+  return with_range(a, st.lo, st.hi);
+}
+
 Value Loader::parse_concat(const json& nd, Node& node, const std::string& where) {
   const Value& first = input(node, 0);
   if (first.shape.size() != 3) fail(where, "concat needs [C, H, W] inputs, got " + shape_str(first.shape));
@@ -613,6 +643,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       {"linear", {Op::Linear, &Loader::parse_conv}},
       {"requantize", {Op::Requantize, &Loader::parse_requantize}},
       {"add", {Op::Add, &Loader::parse_add}},
+      {"mul", {Op::Mul, &Loader::parse_mul}},
       {"relu", {Op::Relu, &Loader::parse_relu}},
       {"lut", {Op::Lut, &Loader::parse_lut}},
       {"concat", {Op::Concat, &Loader::parse_concat}},
@@ -637,7 +668,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     if (parser == parsers.end()) fail(where, "unknown op '" + printable(node.op_name, 64) + "'");
     node.op = parser->second.first;
     const json& inputs = field(nd, "inputs", where);
-    const size_t want_inputs = node.op == Op::Add ? 2 : 1;
+    const size_t want_inputs = node.op == Op::Add || node.op == Op::Mul ? 2 : 1;
     if (node.op == Op::Concat) {
       if (!inputs.is_array() || inputs.size() < 2 || inputs.size() > 256)
         fail(where, "'inputs' of concat must list 2 to 256 values");
@@ -728,6 +759,12 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
     case Op::Relu: {
       const ClampStep& st = std::get<ClampStep>(node.step);
       clamp_codes(codes_in(x, arena), count, st.lo, st.hi, codes_out(out, arena));
+      break;
+    }
+    case Op::Mul: {
+      const MulStep& st = std::get<MulStep>(node.step);
+      mul_codes(codes_in(x, arena), st.a_zero_point, codes_in(values[node.inputs[1]], arena), st.b_zero_point,
+                st.b_channels, st.multiplier, st.shift, st.out_zero_point, st.lo, st.hi, count, codes_out(out, arena));
       break;
     }
     case Op::Concat: {

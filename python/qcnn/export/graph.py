@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 OPS = ("conv2d", "linear", "quant", "relu", "lut", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
-       "flatten", "add", "concat")
+       "flatten", "add", "mul", "concat")
 # The elementwise functions of a `lut` node (the integer engine runs them as a table over the input codes).
 ELEMENTWISE = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu, "sigmoid": torch.sigmoid,
                "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "elu": F.elu}
@@ -202,9 +202,9 @@ class Node:
                              f"{self.function!r}")
         if self.op == "concat" and len(self.inputs) < 2:
             raise ValueError(f"node {self.name!r}: concat needs at least 2 inputs")
-        if self.op == "add" and len(self.inputs) != 2:
-            raise ValueError(f"node {self.name!r}: add needs 2 inputs")
-        if self.op not in ("add", "concat") and len(self.inputs) != 1:
+        if self.op in ("add", "mul") and len(self.inputs) != 2:
+            raise ValueError(f"node {self.name!r}: {self.op} needs 2 inputs")
+        if self.op not in ("add", "mul", "concat") and len(self.inputs) != 1:
             raise ValueError(f"node {self.name!r}: {self.op} needs 1 input")
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,6 +289,8 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
             y = torch.flatten(a, 1)
         elif node.op == "concat":
             y = torch.cat([values[name] for name in node.inputs], 1)
+        elif node.op == "mul":
+            y = a * values[node.inputs[1]]
         else:  # add
             y = a + values[node.inputs[1]]
             if node.relu:

@@ -56,9 +56,6 @@ def wide_qparams(bound: float) -> QParams:
     return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
 
 
-LUT_ENTRIES = 1 << 16
-
-
 def _grid16(bound: float) -> QParams:
     """The symmetric 16-bit grid over [-bound, bound] that lut inputs and outputs use without a quantizer."""
     return QParams(bound / 32767 if bound > 0 else 1.0, 0, -32767, 32767)
@@ -329,6 +326,35 @@ class Lowering:
                    "clamp": _output_clamp(target, node)})
         self.values[node.name] = Tensor(node.name, target, a.shape, bound)
 
+    def narrow16(self, value: str, user: str) -> Tensor:
+        """The value with codes of at most 16 bits around its zero point (a wide one requantized onto a
+        symmetric 16-bit grid over its bound)."""
+        src = self.values[value]
+        if src.qparams is None:
+            raise ValueError(f"node {user!r}: input {value!r} is float")
+        if _code_range(src.qparams) > 32767:
+            src = self.requantized(value, _grid16(src.bound), user)
+        return src
+
+    def lower_mul(self, node: Node) -> None:
+        """a * b of two branches (squeeze-excitation's x * gate(x), the gate [C, 1, 1] broadcast over x's
+        positions): the product of the integer codes, requantized once: y_code = z + (s_a s_b / s_y) *
+        (a - z_a)(b - z_b)."""
+        a, b = (self.narrow16(name, node.name) for name in node.inputs)
+        if a.shape != b.shape and len(a.shape) == 3 and tuple(a.shape) == (b.shape[0], 1, 1):
+            a, b = b, a  # the engine broadcasts its second input
+        if a.shape != b.shape and not (len(a.shape) == 3 and tuple(b.shape) == (a.shape[0], 1, 1)):
+            raise ValueError(f"node {node.name!r}: mul inputs must have the same shape or one be [C, 1, 1] of the "
+                             f"other's channels, got {list(a.shape)} and {list(b.shape)}")
+        bound = a.bound * b.bound
+        target = self.narrow_target(node.name) or _grid16(bound)
+        multiplier, shift = quantize_multiplier(a.qparams.scale * b.qparams.scale / target.scale)
+        self.emit({"name": node.name, "op": "mul", "inputs": [a.name, b.name], "shape": list(a.shape),
+                   "qparams": target.to_json(), "a_zero_point": a.qparams.zero_point,
+                   "b_zero_point": b.qparams.zero_point, "multiplier": multiplier, "shift": shift,
+                   "clamp": _output_clamp(target, node)})
+        self.values[node.name] = Tensor(node.name, target, a.shape, min(bound, _bound(target)))
+
     def lower_concat(self, node: Node) -> None:
         """Channel concatenation: every input is brought to the output's quantizer (the consumer's, which its
         producers already target when they can; else the inputs' common one, or a wide grid over their bounds),
@@ -355,13 +381,8 @@ class Lowering:
         requantized onto a symmetric 16-bit grid over its bound). Each entry is the function of the code's
         float32 value, quantized as the consumer's quantizer would (a 16-bit grid over the output bound when
         none follows directly), so the engine applies the function and the next quantization in one lookup."""
-        src = self.values[node.inputs[0]]
+        src = self.narrow16(node.inputs[0], node.name)
         q = src.qparams
-        if q is None:
-            raise ValueError(f"node {node.name!r}: input {node.inputs[0]!r} is float")
-        if q.qmax - q.qmin + 1 > LUT_ENTRIES:
-            src = self.requantized(node.inputs[0], _grid16(src.bound), node.name)
-            q = src.qparams
         codes = torch.arange(q.qmin, q.qmax + 1, dtype=torch.int64)
         x = (codes - q.zero_point).to(torch.float32) * torch.tensor(q.scale, dtype=torch.float32)
         y = node.apply(x)
@@ -424,6 +445,8 @@ class Lowering:
                 self.lower_lut(node)
             elif node.op == "concat":
                 self.lower_concat(node)
+            elif node.op == "mul":
+                self.lower_mul(node)
             else:
                 self.lower_simple(node)
         return {"format": "qcnn", "version": 1, "input": self.input_json, "nodes": self.nodes,

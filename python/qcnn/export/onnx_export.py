@@ -134,6 +134,8 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             relu(x, out, node)
         elif node.op == "lut":
             elementwise(x, out, node)
+        elif node.op == "mul":
+            nodes.append(helper.make_node("Mul", [x, node.inputs[1]], [out]))
         elif node.op == "concat":
             nodes.append(helper.make_node("Concat", list(node.inputs), [out], axis=1))
         elif node.op == "max_pool2d":

@@ -5,7 +5,8 @@ BatchNorm2d / BatchNorm1d directly after a conv / linear layer (folded), ReLU (m
 .relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, LeakyReLU
 and ELU (modules and functions: lookup tables in the engine), MaxPool2d / AvgPool2d (modules and functions),
 AdaptiveMax/AvgPool2d(1) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
-x.view/reshape(x.size(0), -1)), torch.cat along the channels, residual add, standalone QuantAct, and the no-ops of evaluation (Dropout,
+x.view/reshape(x.size(0), -1)), torch.cat along the channels, torchvision's stochastic depth (identity), residual add, a * b of
+two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED = ("the exportable activations: ReLU, ReLU6, Hardtanh(0, c), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, "
               "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm after them, pooling, global pooling, flatten, "
-              "add, torch.cat on channels, Dropout, Identity")
+              "add, mul of two branches, torch.cat on channels, Dropout, Identity")
 # Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                 nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
@@ -113,6 +114,10 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
         bits = max(1, math.ceil(math.log2(wq.qmax - wq.qmin + 1)))
         return QuantWeight("uniform", indices, bits, levels=levels, scale=scale.clone())
     raise TypeError(f"layer {name!r}: no export for weight quantizer {type(wq).__name__}")
+
+
+def _is_stochastic_depth(fn) -> bool:
+    return getattr(fn, "__name__", "") == "stochastic_depth" and getattr(fn, "__module__", "").startswith("torchvision.")
 
 
 def _is_shape(node) -> bool:
@@ -295,6 +300,8 @@ class _Tracer:
             function = _LUT_METHODS[fn] if method else _LUT_FUNCTIONS[fn]
             self.add(node, Node(node.name, "lut", [self.input_of(node)], function=function,
                                 function_args=_lut_args(function, None, node, self.fail)))
+        elif _is_stochastic_depth(fn):
+            self.alias(node, self.input_of(node))  # torchvision's stochastic depth is the identity in eval mode
         elif fn is F.relu6:
             self.capped_relu(node, 0.0, 6.0)
         elif fn in (F.hardtanh, F.hardtanh_):
@@ -335,9 +342,17 @@ class _Tracer:
             if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
                 raise self.fail(node, "add exports only as a + b of two tensors")
             self.add(node, Node(node.name, "add", [self.input_of(node, 0), self.input_of(node, 1)]))
+        elif fn in (operator.mul, torch.mul) or (method and fn in ("mul", "__mul__")):
+            if len(node.args) != 2 or not all(isinstance(a, torch.fx.Node) and a in self.value for a in node.args):
+                raise self.fail(node, "mul exports only as a * b of two traced tensors (squeeze-excitation's "
+                                "x * gate); a constant factor has no export")
+            self.add(node, Node(node.name, "mul", [self.input_of(node, 0), self.input_of(node, 1)]))
         elif fn in (torch.cat, torch.concat, torch.concatenate):
             tensors = self.arg(node, 0, "tensors")
             dim = self.arg(node, 1, "dim", 0)
+            if isinstance(tensors, (list, tuple)) and len(tensors) == 1 and tensors[0] in self.value:
+                self.alias(node, self.value[tensors[0]])  # the cat of one tensor is that tensor
+                return
             if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or dim not in (1, -3):
                 raise self.fail(node, f"cat exports only along the channels (dim 1) of two or more NCHW tensors, "
                                 f"got dim {dim}")
