@@ -37,7 +37,7 @@ _INPUT_KEEPING_METHODS = {"view", "reshape", "flatten", "contiguous", "float", "
 
 
 def _keeps_input(node: torch.fx.Node, modules: dict[str, nn.Module], from_input: set) -> bool:
-    tensors = [a for a in node.all_input_nodes]
+    tensors = list(node.all_input_nodes)
     if not tensors or any(a not in from_input for a in tensors):
         return False  # a combination with another computed tensor is no longer the input
     if node.op == "call_module":
@@ -49,8 +49,8 @@ def _keeps_input(node: torch.fx.Node, modules: dict[str, nn.Module], from_input:
 
 def input_readers(model: nn.Module, layer_names: list[str]) -> tuple[list[str], str | None]:
     """The layers of `layer_names` (conv/linear modules of `model`) that read the network input, found on the
-    model's torch.fx graph; and None, or why the graph could not be traced (then the first layer in
-    registration order is taken as the one reader)."""
+    model's torch.fx graph (when the input reaches none through the ops followed, the first layer the graph
+    calls); and None, or why the graph could not be traced (then the first layer in registration order)."""
     from .fold import QuantLeafTracer
 
     try:
@@ -58,15 +58,18 @@ def input_readers(model: nn.Module, layer_names: list[str]) -> tuple[list[str], 
     except Exception as err:  # fx raises many types for untraceable control flow
         return layer_names[:1], f"{type(err).__name__}: {err}"
     modules = dict(model.named_modules())
-    wanted, from_input, readers = set(layer_names), set(), set()
+    wanted, from_input, readers, called = set(layer_names), set(), set(), []
     for node in graph.nodes:
         if node.op == "placeholder":
             from_input.add(node)
         elif node.op == "call_module" and node.target in wanted:
+            called.append(node.target)
             if node.args and isinstance(node.args[0], torch.fx.Node) and node.args[0] in from_input:
                 readers.add(node.target)
         elif _keeps_input(node, modules, from_input):
             from_input.add(node)
+    if not readers and called:  # the image reaches the layers through ops not followed: the first one called
+        readers.add(called[0])
     return [name for name in layer_names if name in readers], None
 
 

@@ -140,6 +140,8 @@ class Spellings(nn.Module):
             x = x.mean((2, 3))
         elif self.spelling == "mean_keepdim":
             x = x.mean(dim=[-2, -1], keepdim=True).flatten(1)
+        elif self.spelling == "mean_positional":
+            x = torch.flatten(torch.mean(x, (2, 3), True), 1)
         elif self.spelling == "view":
             x = F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1)
         elif self.spelling == "reshape":
@@ -149,7 +151,7 @@ class Spellings(nn.Module):
         return self.fc2(torch.relu(self.bn(self.fc1(x))))
 
 
-@pytest.mark.parametrize("spelling", ["mean", "mean_keepdim", "view", "reshape", "avg"])
+@pytest.mark.parametrize("spelling", ["mean", "mean_keepdim", "mean_positional", "view", "reshape", "avg"])
 def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
     torch.manual_seed(0)
     model = Spellings(spelling)

@@ -314,8 +314,10 @@ class _Tracer:
                                 [self.input_of(node)]))
         elif (method and fn == "mean") or fn is torch.mean:
             dims = self.arg(node, 1, "dim")
-            dims = sorted(d % 4 for d in dims) if isinstance(dims, (tuple, list)) else dims
-            if dims != [2, 3] or self.arg(node, 3 if fn is torch.mean else 2, "dtype") is not None:
+            if isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims):
+                dims = sorted(d % 4 for d in dims)
+            dtype = self.arg(node, 3, "dtype") if fn is torch.mean else node.kwargs.get("dtype")
+            if dims != [2, 3] or dtype is not None:
                 raise self.fail(node, f"mean exports only over the spatial dims (2, 3) of an NCHW tensor, got {dims}")
             self.global_pool(node, "global_avg_pool", flatten=not self.arg(node, 2, "keepdim", False))
         elif fn in (F.max_pool2d, F.avg_pool2d):
