@@ -219,7 +219,6 @@ class Lowering:
                              f"{channel}, K = {k}); the accumulator can overflow")
 
     def lower_conv(self, node: Node) -> None:
-        src = self.values[node.inputs[0]]
         if node.act is None:
             raise ValueError(f"node {node.name!r}: {node.op} has no input quantizer; the integer runtime needs one")
         if _code_range(node.act) > 32767:
