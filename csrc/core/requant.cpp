@@ -179,13 +179,17 @@ void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int3
   });
 }
 
-int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what) {
+int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what, bool ceil_mode) {
   if (kernel < 1 || stride < 1 || pad < 0)
     throw std::invalid_argument(std::string(what) + ": kernel and stride must be >= 1 and padding >= 0");
   if (in + 2 * int64_t{pad} < kernel)
     throw std::invalid_argument(std::string(what) + ": window " + std::to_string(kernel) + " larger than padded input " +
                                 std::to_string(in + 2 * int64_t{pad}));
-  return (in + 2 * int64_t{pad} - kernel) / stride + 1;
+  const int64_t span = in + 2 * int64_t{pad} - kernel;
+  if (!ceil_mode) return span / stride + 1;
+  int64_t out = (span + stride - 1) / stride + 1;
+  if ((out - 1) * stride >= in + pad) --out;
+  return out;
 }
 
 }  // namespace qcnn

@@ -74,7 +74,8 @@ void avg_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, 
 // First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
 void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);
 
-// Output size of a pooling window; throws std::invalid_argument when it would be < 1.
-int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what);
+// Output size of a pooling window (torch's rule; ceil_mode rounds up, but the last window starts inside the
+// input or its left padding); throws std::invalid_argument when it would be < 1.
+int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what, bool ceil_mode = false);
 
 }  // namespace qcnn

@@ -512,10 +512,16 @@ Value Loader::parse_pool(const json& nd, Node& node, const std::string& where) {
   PoolStep st{int(kern[0]), int(kern[1]), int(stride[0]), int(stride[1]), int(pad[0]), int(pad[1])};
   if (node.op == Op::AvgPool && (st.ph || st.pw)) fail(where, "avg_pool2d padding must be 0");
   if (st.ph * 2 > st.kh || st.pw * 2 > st.kw) fail(where, "padding must be at most half the kernel");
+  bool ceil_mode = false;
+  if (nd.contains("ceil_mode")) {
+    if (!nd["ceil_mode"].is_boolean()) fail(where, "'ceil_mode' must be true or false");
+    ceil_mode = nd["ceil_mode"].get<bool>();
+  }
+  if (ceil_mode && node.op == Op::AvgPool) fail(where, "avg_pool2d with ceil_mode is not supported");
   Value out = x;
   try {
-    out.shape = {x.shape[0], window_output_size(x.shape[1], st.kh, st.sh, st.ph, "pool"),
-                 window_output_size(x.shape[2], st.kw, st.sw, st.pw, "pool")};
+    out.shape = {x.shape[0], window_output_size(x.shape[1], st.kh, st.sh, st.ph, "pool", ceil_mode),
+                 window_output_size(x.shape[2], st.kw, st.sw, st.pw, "pool", ceil_mode)};
   } catch (const std::invalid_argument& e) {
     fail(where, e.what());
   }

@@ -58,6 +58,20 @@ def _prepared(weight: dict, seed: int = 0, **kwargs):
     return model, pixels, x, reference
 
 
+U8 = {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}}
+
+
+def _calibrated(module: nn.Module, seed: int, quant: dict = U8):
+    """`module` quantized (in eval mode) and calibrated on 64 random images: (model, pixels, x, fake-quant logits)."""
+    model = qcnn.quantize_(module.eval(), quant)
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
+    calibrate_activations(model, [x], 1)
+    with torch.no_grad():
+        reference = model(x)
+    return model, pixels, x, reference
+
+
 def _assert_deployed(model, pixels, x, reference, tmp_path, onnx: bool = True):
     """The export graph computes what the fake-quant model does; the .qcnn file in the engine and (onnx) the ONNX
     file in onnxruntime predict what it predicts."""
@@ -230,7 +244,9 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
 @pytest.mark.parametrize("name,kwargs", [("torchvision.resnet18", {"num_classes": 10}),
                                          ("torchvision.mobilenet_v2", {"num_classes": 10, "width_mult": 0.25}),
                                          ("torchvision.mobilenet_v3_small", {"num_classes": 10}),
-                                         ("torchvision.efficientnet_b0", {"num_classes": 10})])
+                                         ("torchvision.efficientnet_b0", {"num_classes": 10}),
+                                         ("torchvision.googlenet", {"num_classes": 10, "aux_logits": False,
+                                                                    "init_weights": False})])
 def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwargs):
     pytest.importorskip("torchvision")
     ort = pytest.importorskip("onnxruntime")
@@ -246,9 +262,9 @@ def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwar
     out = qcnn.load(tmp_path / "m.qcnn")(pixels)
     # Untrained nets give near-tied logits, so the engine is held to the logits (Hardswish, SiLU and the
     # squeeze-excitation gates of v3 and EfficientNet add integer rounding on 16-bit grids) and the
-    # predictions are compared where the logits are apart (ResNet, MobileNetV2).
+    # predictions are compared where the logits are apart (ResNet, MobileNetV2, GoogLeNet).
     assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
-    if "resnet" in name or "v2" in name:
+    if "resnet" in name or "v2" in name or "googlenet" in name:
         assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
     path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
     (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
@@ -281,13 +297,7 @@ LUT_FUNCTIONS = {"hardswish": nn.Hardswish(), "hardsigmoid": F.hardsigmoid, "sil
 @pytest.mark.parametrize("name", sorted(LUT_FUNCTIONS))
 def test_elementwise_functions_run_as_lookup_tables(tmp_path, name):
     torch.manual_seed(0)
-    model = qcnn.quantize_(Activations(LUT_FUNCTIONS[name]).eval(),
-                           {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
-    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
-    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
-    calibrate_activations(model, [x], 1)
-    with torch.no_grad():
-        reference = model(x)
+    model, pixels, x, reference = _calibrated(Activations(LUT_FUNCTIONS[name]), seed=5)
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert sum(n.op == "lut" for n in graph.nodes) == 2
 
@@ -313,12 +323,7 @@ class InceptionLike(nn.Module):
 
 def test_channel_concatenation_exports(tmp_path):
     torch.manual_seed(0)
-    model = qcnn.quantize_(InceptionLike().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
-    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
-    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
-    calibrate_activations(model, [x], 1)
-    with torch.no_grad():
-        reference = model(x)
+    model, pixels, x, reference = _calibrated(InceptionLike(), seed=6)
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     concat = next(n for n in graph.nodes if n.op == "concat")
     assert len(concat.inputs) == 3
@@ -380,6 +385,10 @@ def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
         t["stem_fn.table"] = torch.zeros(4, dtype=torch.int16)
     assert "table covers input codes [0, 3]" in broken(short_table)
 
+    def ceil_not_bool(d, t):
+        next(n for n in d["nodes"] if n["op"] == "max_pool2d")["ceil_mode"] = "yes"
+    assert "'ceil_mode' must be true or false" in broken(ceil_not_bool)
+
     def wrong_dtype(d, t):
         short_table(d, t)
         t["stem_fn.table"] = torch.zeros(256, dtype=torch.int32)
@@ -410,11 +419,29 @@ class SqueezeExcite(nn.Module):
 @pytest.mark.parametrize("gate_first", [False, True])
 def test_squeeze_excitation_multiplies_in_the_engine(tmp_path, gate_first):
     torch.manual_seed(0)
-    model = qcnn.quantize_(SqueezeExcite(gate_first).eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
-    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
-    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
-    calibrate_activations(model, [x], 1)
-    with torch.no_grad():
-        reference = model(x)
+    model, pixels, x, reference = _calibrated(SqueezeExcite(gate_first), seed=7)
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert [n.op for n in graph.nodes].count("mul") == 1
+
+
+class CeilPools(nn.Module):
+    """Max pooling with ceil_mode=True (SqueezeNet, GoogLeNet): partial windows at the bottom and right edges."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)            # 28 -> 14 (13 without ceil_mode)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 5 * 5, 10)
+
+    def forward(self, x):
+        x = self.pool1(torch.relu(self.conv1(x)))
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 3, 3, 1, ceil_mode=True)   # 14 -> 5 (4 without)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_max_pooling_with_ceil_mode_exports(tmp_path):
+    torch.manual_seed(0)
+    model, pixels, x, reference = _calibrated(CeilPools(), seed=8)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    assert [n.ceil_mode for n in graph.nodes if n.op == "max_pool2d"] == [True, True]

@@ -181,6 +181,7 @@ class Node:
     function_args: tuple = ()               # lut: its extra arguments (leaky_relu's slope, elu's alpha)
     groups: int = 1                         # conv2d: grouped (depthwise: groups = in = out channels)
     dilation: tuple[int, int] = (1, 1)      # conv2d
+    ceil_mode: bool = False                 # max_pool2d: the output size rounds up (torch's ceil_mode)
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -250,10 +251,12 @@ class Graph:
         return (x - mean) / std
 
 
-def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
-    """Evaluates the graph in float32 with fake quantization (the semantics the integer engine follows)."""
+def reference_forward(graph: Graph, x: torch.Tensor, values: dict | None = None) -> torch.Tensor:
+    """Evaluates the graph in float32 with fake quantization (the semantics the integer engine follows).
+    `values`, when given, receives every node's output by name."""
     graph.validate()
-    values = {"input": x}
+    values = {} if values is None else values
+    values["input"] = x
     for node in graph.nodes:
         a = values[node.inputs[0]]
         if node.op in ("conv2d", "linear"):
@@ -278,7 +281,7 @@ def reference_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
         elif node.op == "lut":
             y = node.apply(a)
         elif node.op == "max_pool2d":
-            y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding)
+            y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding, ceil_mode=node.ceil_mode)
         elif node.op == "avg_pool2d":
             y = F.avg_pool2d(a, node.kernel_size, node.stride)
         elif node.op == "global_max_pool":

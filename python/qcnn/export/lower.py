@@ -56,6 +56,18 @@ def wide_qparams(bound: float) -> QParams:
     return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
 
 
+def _pool_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """torch's pooling output size: with ceil_mode rounded up, the last window starting inside the input or its
+    left padding."""
+    span = size + 2 * pad - kernel
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
+
+
 def _grid16(bound: float) -> QParams:
     """The symmetric 16-bit grid over [-bound, bound] that lut inputs and outputs use without a quantizer."""
     return QParams(bound / 32767 if bound > 0 else 1.0, 0, -32767, 32767)
@@ -413,13 +425,15 @@ class Lowering:
             pad = node.padding if node.op == "max_pool2d" else (0, 0)
             if node.op == "avg_pool2d" and tuple(node.padding) != (0, 0):
                 raise ValueError(f"node {node.name!r}: avg_pool2d with padding is not supported")
-            oh = (shape[1] + 2 * pad[0] - node.kernel_size[0]) // node.stride[0] + 1
-            ow = (shape[2] + 2 * pad[1] - node.kernel_size[1]) // node.stride[1] + 1
+            ceil = node.op == "max_pool2d" and node.ceil_mode
+            oh, ow = (_pool_size(shape[1 + i], node.kernel_size[i], node.stride[i], pad[i], ceil) for i in (0, 1))
             if oh < 1 or ow < 1:
                 raise ValueError(f"node {node.name!r}: pooling window larger than the input")
             shape = (shape[0], oh, ow)
             spec.update(kernel=list(map(int, node.kernel_size)), stride=list(map(int, node.stride)),
                         padding=list(map(int, pad)))
+            if ceil:
+                spec["ceil_mode"] = True
         elif node.op in ("global_max_pool", "global_avg_pool"):
             if len(shape) != 3:
                 raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")

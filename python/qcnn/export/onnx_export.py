@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .graph import Graph, QParams
+from .graph import Graph, QParams, reference_forward
 
 OPSET = 13
 
@@ -57,6 +57,11 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
         raise ImportError("qcnn.export_onnx needs the `onnx` package (pip install onnx)") from err
     graph.validate()
     nodes, inits = [], []
+    shapes = {}
+    if any(node.op == "max_pool2d" and node.ceil_mode for node in graph.nodes):
+        values = {}
+        reference_forward(graph, torch.zeros(1, *graph.input_shape), values)
+        shapes = {name: tuple(v.shape) for name, v in values.items()}
 
     def const(name: str, array: np.ndarray) -> str:
         inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -140,6 +145,13 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             nodes.append(helper.make_node("Concat", list(node.inputs), [out], axis=1))
         elif node.op == "max_pool2d":
             pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
+            if node.ceil_mode:
+                # torch's ceil_mode drops a last window that would start in the right padding, onnxruntime's
+                # does not: pad the end explicitly to torch's output size instead (max pooling ignores pads).
+                h, w = shapes[node.inputs[0]][2:]
+                oh, ow = shapes[node.name][2:]
+                pads[2] = max(pads[2], (oh - 1) * node.stride[0] + node.kernel_size[0] - h - node.padding[0])
+                pads[3] = max(pads[3], (ow - 1) * node.stride[1] + node.kernel_size[1] - w - node.padding[1])
             nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=list(node.kernel_size),
                                           strides=list(node.stride), pads=pads))
         elif node.op == "avg_pool2d":

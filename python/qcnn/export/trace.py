@@ -3,7 +3,7 @@
 Supported: (Quant)Conv2d (grouped, depthwise, dilated; zero padding given, 'same' or 'valid'), (Quant)Linear,
 BatchNorm2d / BatchNorm1d directly after a conv / linear layer (folded), ReLU (module, F.relu, torch.relu,
 .relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, LeakyReLU
-and ELU (modules and functions: lookup tables in the engine), MaxPool2d / AvgPool2d (modules and functions),
+and ELU (modules and functions: lookup tables in the engine), MaxPool2d (ceil_mode too) / AvgPool2d (modules and functions),
 AdaptiveMax/AvgPool2d(1) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
 x.view/reshape(x.size(0), -1)), torch.cat along the channels, torchvision's stochastic depth (identity), residual add, a * b of
 two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
@@ -264,12 +264,13 @@ class _Tracer:
         kernel = pair(mod.kernel_size)
         stride = pair(mod.stride if mod.stride is not None else mod.kernel_size)
         padding = pair(mod.padding)
-        if mod.ceil_mode:
-            raise self.fail(node, "pooling with ceil_mode=True has no export")
+        if mod.ceil_mode and not isinstance(mod, nn.MaxPool2d):
+            raise self.fail(node, "average pooling with ceil_mode=True has no export (max pooling has)")
         if isinstance(mod, nn.MaxPool2d):
             if pair(mod.dilation) != (1, 1) or mod.return_indices:
                 raise self.fail(node, "max pooling exports only with dilation 1 and no indices")
-            self.add(node, Node(node.name, "max_pool2d", [src], kernel_size=kernel, stride=stride, padding=padding))
+            self.add(node, Node(node.name, "max_pool2d", [src], kernel_size=kernel, stride=stride, padding=padding,
+                                ceil_mode=bool(mod.ceil_mode)))
         else:
             if padding != (0, 0) or mod.divisor_override is not None:
                 raise self.fail(node, "average pooling exports only without padding or divisor_override")
