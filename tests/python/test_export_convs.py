@@ -128,7 +128,7 @@ def test_uneven_same_padding_is_refused_naming_the_node():
         def forward(self, x):
             return self.fc(self.conv(x).mean((2, 3)))
 
-    model = qcnn.quantize_(Even().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    model = qcnn.quantize_(Even().eval(), U8)
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'conv'.*padding='same' with kernel \\(4, 4\\).*pads unevenly"):
         to_graph(model, **FASHION_INPUT)
@@ -172,12 +172,7 @@ def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
     with torch.no_grad():
         model.bn.running_mean.uniform_(-0.2, 0.2)
         model.bn.running_var.uniform_(0.5, 1.5)
-    model = qcnn.quantize_(model.eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
-    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
-    calibrate_activations(model, [x], 1)
-    with torch.no_grad():
-        reference = model(x)
+    model, pixels, x, reference = _calibrated(model, seed=2)
     _assert_deployed(model, pixels, x, reference, tmp_path, onnx=False)
 
 
@@ -191,7 +186,7 @@ def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
         def forward(self, x):
             return self.fc(self.conv(x).view(-1, 28 * 28))
 
-    model = qcnn.quantize_(Odd().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    model = qcnn.quantize_(Odd().eval(), U8)
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'view'.*exports only as a flatten to \\(batch, -1\\)"):
         to_graph(model, **FASHION_INPUT)
@@ -230,12 +225,8 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
                 m.running_mean.uniform_(-0.3, 0.3)
                 m.running_var.uniform_(0.2, 0.6)
                 m.weight.uniform_(4.0, 8.0)  # outputs past 6: the cap binds
-    model = qcnn.quantize_(model.eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
-    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
-    x = (pixels.float() / 255 - FASHION_MEAN) / FASHION_STD
-    calibrate_activations(model, [x], 1)
+    model, pixels, x, reference = _calibrated(model, seed=3)
     with torch.no_grad():
-        reference = model(x)
         assert (model.expand(model.stem(x)) > 6).float().mean() > 0.01
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert [n.relu_max for n in graph.nodes if n.op == "conv2d"] == [6.0, 6.0, 6.0, None]
@@ -340,7 +331,7 @@ def test_cat_along_other_dims_is_refused_naming_the_node():
             y = self.conv(x)
             return self.fc(torch.cat([y, y], dim=2).mean((2, 3)))
 
-    model = qcnn.quantize_(Wide().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    model = qcnn.quantize_(Wide().eval(), U8)
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
     with pytest.raises(TypeError, match="node 'cat'.*exports only along the channels"):
         to_graph(model, **FASHION_INPUT)
@@ -352,7 +343,7 @@ def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
     from qcnn.export.qfile import read_qcnn, write_qcnn
 
     torch.manual_seed(0)
-    model = qcnn.quantize_(InceptionLike().eval(), {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    model = qcnn.quantize_(InceptionLike().eval(), U8)
     calibrate_activations(model, [torch.randn(16, 1, 28, 28)], 1)
     qcnn.export(model, tmp_path / "good.qcnn", verbose=False, **FASHION_INPUT)
     doc, tensors = read_qcnn(tmp_path / "good.qcnn")
