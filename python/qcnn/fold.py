@@ -24,13 +24,26 @@ class QuantLeafTracer(torch.fx.Tracer):
             super().is_leaf_module(m, qualname)
 
 
+def trace(model: nn.Module, owner: str, purpose: str = "") -> torch.fx.Graph:
+    """The model's torch.fx graph (QuantLeafTracer); an untraceable model is a TypeError naming `owner`, the
+    model's class, what the graph was for and fx's reason."""
+    try:
+        return QuantLeafTracer().trace(model)
+    except Exception as err:  # fx raises many types for untraceable control flow
+        why = f" {purpose}" if purpose else ""
+        raise TypeError(f"{owner}: cannot trace {type(model).__name__} with torch.fx{why} "
+                        f"({type(err).__name__}: {err})") from err
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replaces the submodule at dotted `name` ('' parent: the model itself) by `module`."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm2d whose only input is a Conv2d output used by nothing else."""
-    try:
-        graph = QuantLeafTracer().trace(model)
-    except Exception as err:  # fx raises many types for untraceable control flow
-        raise TypeError(f"fold_batchnorm: cannot trace {type(model).__name__} with torch.fx to find conv-BN pairs "
-                        f"({type(err).__name__}: {err})") from err
+    graph = trace(model, "fold_batchnorm", "to find conv-BN pairs")
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -41,11 +54,6 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
             pairs.append((src.target, node.target))
     return pairs
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 @torch.no_grad()
@@ -88,6 +96,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     for conv_name, bn_name in conv_bn_pairs(folded):
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        _set(folded, conv_name, fold_conv_bn(conv, bn))
-        _set(folded, bn_name, nn.Identity())
+        set_submodule(folded, conv_name, fold_conv_bn(conv, bn))
+        set_submodule(folded, bn_name, nn.Identity())
     return folded

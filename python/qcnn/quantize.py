@@ -14,6 +14,7 @@ from torch import nn
 
 from . import engine
 from .config import ConfigError, QuantConfig, resolve_act, resolve_weight
+from .fold import set_submodule, trace
 from .nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers.act import QuantAct, build_act_quantizer
 from .quantizers.weight import CodebookWeightQuantizer, bind_accumulator_input, build_weight_quantizer
@@ -51,12 +52,10 @@ def input_readers(model: nn.Module, layer_names: list[str]) -> tuple[list[str], 
     """The layers of `layer_names` (conv/linear modules of `model`) that read the network input, found on the
     model's torch.fx graph (when the input reaches none through the ops followed, the first layer the graph
     calls); and None, or why the graph could not be traced (then the first layer in registration order)."""
-    from .fold import QuantLeafTracer
-
     try:
-        graph = QuantLeafTracer().trace(model)
-    except Exception as err:  # fx raises many types for untraceable control flow
-        return layer_names[:1], f"{type(err).__name__}: {err}"
+        graph = trace(model, "quantize_")
+    except TypeError as err:
+        return layer_names[:1], f"{type(err.__cause__).__name__}: {err.__cause__}"
     modules = dict(model.named_modules())
     wanted, from_input, readers, called = set(layer_names), set(), set(), []
     for node in graph.nodes:
@@ -71,12 +70,6 @@ def input_readers(model: nn.Module, layer_names: list[str]) -> tuple[list[str], 
     if not readers and called:  # the image reaches the layers through ops not followed: the first one called
         readers.add(called[0])
     return [name for name in layer_names if name in readers], None
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
@@ -129,7 +122,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         new = cls.from_float(module, weight_quant, act_quant)
         new.reads_input = name in readers
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
         replaced[name] = new
     for i, hit in enumerate(used):
         if not hit:

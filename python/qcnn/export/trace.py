@@ -19,7 +19,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..fold import QuantLeafTracer, bn_affine
+from ..fold import bn_affine, trace
 from ..nn.layers import QuantLayer
 from ..quantizers.act import FixedPointQuantizer, QuantAct
 from ..quantizers.weight import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,
@@ -152,11 +152,7 @@ def _conv_padding(mod: nn.Conv2d, node: torch.fx.Node, tracer) -> tuple[int, int
 
 class _Tracer:
     def __init__(self, model: nn.Module):
-        try:
-            self.fx_graph = QuantLeafTracer().trace(model)
-        except Exception as err:  # fx raises many types for untraceable control flow
-            raise TypeError(f"qcnn.export: cannot trace {type(model).__name__} with torch.fx "
-                            f"({type(err).__name__}: {err})") from err
+        self.fx_graph = trace(model, "qcnn.export")
         self.modules = dict(model.named_modules())
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}

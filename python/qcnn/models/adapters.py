@@ -6,22 +6,13 @@ from torch import nn
 
 def _stem(model: nn.Module) -> tuple[list[str], str | None]:
     """(module names in the order the fx graph calls them, the name of the first conv that reads the input)."""
-    from ..fold import QuantLeafTracer
+    from ..fold import trace
 
-    try:
-        graph = QuantLeafTracer().trace(model)
-    except Exception as err:  # fx raises many types for untraceable control flow
-        raise TypeError(f"adapt_to_gray28: cannot trace {type(model).__name__} with torch.fx to find its stem "
-                        f"({type(err).__name__}: {err})") from err
+    graph = trace(model, "adapt_to_gray28", "to find its stem")
     modules = dict(model.named_modules())
     order = [str(n.target) for n in graph.nodes if n.op == "call_module"]
     stem = next((name for name in order if isinstance(modules.get(name), nn.Conv2d)), None)
     return order, stem
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def adapt_to_gray28(model: nn.Module) -> nn.Module:
@@ -29,6 +20,8 @@ def adapt_to_gray28(model: nn.Module) -> nn.Module:
     downsamples (ResNet's 7x7 stride 2, MobileNet's 3x3 stride 2) becomes a 3x3 stride-1 conv with padding 1;
     a max pooling right after it (ResNet's) is removed. So a 28x28 image keeps enough resolution for the
     net's later stride-2 stages. Returns `model`."""
+    from ..fold import set_submodule
+
     order, stem = _stem(model)
     if stem is None:
         raise ValueError(f"adapt_to_gray28: {type(model).__name__} has no nn.Conv2d reading its input")
@@ -38,7 +31,7 @@ def adapt_to_gray28(model: nn.Module) -> nn.Module:
                                                                                  conv.padding)
     new = nn.Conv2d(1, conv.out_channels, kernel, stride=new_stride, padding=padding, dilation=1 if downsamples
                     else conv.dilation, groups=1, bias=conv.bias is not None, padding_mode=conv.padding_mode)
-    _replace(model, stem, new.to(conv.weight.device, conv.weight.dtype))
+    set_submodule(model, stem, new.to(conv.weight.device, conv.weight.dtype))
     if downsamples:
         modules = dict(model.named_modules())
         for name in order[order.index(stem) + 1:]:
@@ -46,7 +39,7 @@ def adapt_to_gray28(model: nn.Module) -> nn.Module:
             if isinstance(module, nn.Conv2d):
                 break
             if isinstance(module, nn.MaxPool2d):
-                _replace(model, name, nn.Identity())
+                set_submodule(model, name, nn.Identity())
                 break
     return model
 

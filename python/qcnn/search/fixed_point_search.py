@@ -61,7 +61,7 @@ import torch.fx
 from torch import nn
 
 from ..config import ConfigError, _check_range, _join, _Section
-from ..fold import QuantLeafTracer
+from ..fold import set_submodule, trace
 from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..quantizers.act import (FIXED_POINT_BITS, FIXED_POINT_FRAC_BITS, FixedPointAct, FixedPointQuantizer,
                               check_fixed_point_format)
@@ -189,7 +189,7 @@ class FixedPointPlan:
             module = modules.get(layer.name)
             if module is None:
                 raise ValueError(f"FixedPointPlan.apply: the model has no module named {layer.name!r}")
-            _replace_submodule(model, layer.name, _quantized_layer(module, layer))
+            set_submodule(model, layer.name, _quantized_layer(module, layer))
         return model
 
     # ------------------------------------------------------------------------------------------- costs
@@ -264,11 +264,6 @@ def _quantized_layer(module: nn.Module, layer: LayerFixedPoint) -> nn.Module:
     return quantized
 
 
-def _replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def _reject_batchnorm(model: nn.Module, owner: str) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -329,9 +324,9 @@ class _TracedForward:
 
     def __init__(self, root: nn.Module, layer_names: list[str]):
         try:
-            graph = QuantLeafTracer().trace(root)
-        except Exception as err:  # fx raises many types for untraceable control flow
-            raise _Untraceable(f"{type(err).__name__}: {err}") from err
+            graph = trace(root, "qcnn.search.fixed_point")
+        except TypeError as err:
+            raise _Untraceable(f"{type(err.__cause__).__name__}: {err.__cause__}") from err.__cause__
         self.root = root
         self.nodes = list(graph.nodes)
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
@@ -661,7 +656,7 @@ class _Search:
             weight_quant = FixedPointWeightQuantizer(module.weight.shape, bits, bits - 1)
             bias_quant = None if module.bias is None else FixedPointQuantizer(bits, bits - 1)
             cls = QuantConv2d if info.kind == "conv" else QuantLinear
-            _replace_submodule(self.work, name, cls.from_float(module, weight_quant, FixedPointAct(bits, bits - 1),
+            set_submodule(self.work, name, cls.from_float(module, weight_quant, FixedPointAct(bits, bits - 1),
                                                                bias_quant))
             self.formats[name] = {"weights": None, "biases": None, "activations": None}
         self.quant_modules = {name: self.work.get_submodule(name) for name in self.layers}
