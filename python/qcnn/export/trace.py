@@ -41,22 +41,6 @@ _LUT_FUNCTIONS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.silu
 _LUT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
 
 
-def _lut_args(function: str, mod: nn.Module | None, node: torch.fx.Node, fail) -> tuple:
-    """The extra arguments of a lut function, from its module or its call."""
-    def arg(i, key, default):
-        return node.args[i] if i < len(node.args) else node.kwargs.get(key, default)
-
-    if function == "leaky_relu":
-        return (float(mod.negative_slope if mod is not None else arg(1, "negative_slope", 0.01)),)
-    if function == "elu":
-        return (float(mod.alpha if mod is not None else arg(1, "alpha", 1.0)),)
-    if function == "gelu":
-        approximate = mod.approximate if mod is not None else arg(1, "approximate", "none")
-        if approximate != "none":
-            raise fail(node, "GELU exports with approximate='none'")
-    return ()
-
-
 def act_qparams(act: QuantAct | FixedPointQuantizer) -> QParams:
     """The affine quantizer a calibrated QuantAct, or a fixed-point one (step 2^-F, symmetric), applies in eval mode."""
     if isinstance(act, FixedPointQuantizer):
@@ -173,14 +157,20 @@ class _Tracer:
         self.value[node] = value
         self.producers[value].append(node)
 
-    def add(self, node: torch.fx.Node, graph_node: Node) -> None:
-        name = graph_node.name
-        if name in self.by_name or name == "input":
-            graph_node.name = name = node.name
+    def register(self, graph_node: Node, node: torch.fx.Node) -> None:
+        """Appends a graph node (made for fx `node`) whose name is free."""
+        if graph_node.name in self.by_name or graph_node.name == "input":
+            raise self.fail(node, f"graph value name {graph_node.name!r} is taken")
         self.nodes.append(graph_node)
-        self.by_name[name] = graph_node
-        self.producers[name] = []
-        self.alias(node, name)
+        self.by_name[graph_node.name] = graph_node
+        self.producers[graph_node.name] = []
+
+    def add(self, node: torch.fx.Node, graph_node: Node) -> None:
+        """Appends the graph node computing fx `node` (renamed after it when its own name is taken)."""
+        if graph_node.name in self.by_name or graph_node.name == "input":
+            graph_node.name = node.name
+        self.register(graph_node, node)
+        self.alias(node, graph_node.name)
 
     def sole_use(self, value: str) -> bool:
         """True when nothing but the current fx node consumes `value` (every alias has one user)."""
@@ -234,9 +224,7 @@ class _Tracer:
         elif isinstance(mod, nn.Hardtanh):  # nn.ReLU6 is Hardtanh(0, 6)
             self.capped_relu(node, mod.min_val, mod.max_val)
         elif type(mod) in _LUT_MODULES:
-            function = _LUT_MODULES[type(mod)]
-            self.add(node, Node(node.name, "lut", [src], function=function,
-                                function_args=_lut_args(function, mod, node, self.fail)))
+            self.lut_node(node, _LUT_MODULES[type(mod)], mod)
         elif isinstance(mod, _NO_OPS):
             self.alias(node, src)
         elif isinstance(mod, (QuantAct, FixedPointQuantizer)):
@@ -275,17 +263,26 @@ class _Tracer:
     def arg(self, node: torch.fx.Node, i: int, key: str, default=None):
         return node.args[i] if i < len(node.args) else node.kwargs.get(key, default)
 
+    def lut_node(self, node: torch.fx.Node, function: str, mod: nn.Module | None = None) -> None:
+        """A `lut` node for an elementwise function, with its extra arguments from its module or its call."""
+        args = ()
+        if function == "leaky_relu":
+            args = (float(mod.negative_slope if mod is not None else self.arg(node, 1, "negative_slope", 0.01)),)
+        elif function == "elu":
+            args = (float(mod.alpha if mod is not None else self.arg(node, 1, "alpha", 1.0)),)
+        elif function == "gelu":
+            approximate = mod.approximate if mod is not None else self.arg(node, 1, "approximate", "none")
+            if approximate != "none":
+                raise self.fail(node, "GELU exports with approximate='none'")
+        self.add(node, Node(node.name, "lut", [self.input_of(node)], function=function, function_args=args))
+
     def global_pool(self, node: torch.fx.Node, op: str, flatten: bool) -> None:
         src = self.input_of(node)
         if not flatten:
             self.add(node, Node(node.name, op, [src]))
             return
         pool = Node(f"{node.name}_pool", op, [src])
-        if pool.name in self.by_name:
-            raise self.fail(node, f"graph value name {pool.name!r} is taken")
-        self.nodes.append(pool)
-        self.by_name[pool.name] = pool
-        self.producers[pool.name] = []
+        self.register(pool, node)
         self.add(node, Node(node.name, "flatten", [pool.name]))
 
     def function(self, node: torch.fx.Node) -> None:
@@ -294,9 +291,7 @@ class _Tracer:
         if fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
             self.fuse_relu(node)
         elif fn in _LUT_FUNCTIONS or (method and fn in _LUT_METHODS):
-            function = _LUT_METHODS[fn] if method else _LUT_FUNCTIONS[fn]
-            self.add(node, Node(node.name, "lut", [self.input_of(node)], function=function,
-                                function_args=_lut_args(function, None, node, self.fail)))
+            self.lut_node(node, _LUT_METHODS[fn] if method else _LUT_FUNCTIONS[fn])
         elif _is_stochastic_depth(fn):
             self.alias(node, self.input_of(node))  # torchvision's stochastic depth is the identity in eval mode
         elif fn is F.relu6:
