@@ -210,6 +210,21 @@ struct Loader {
     return {static_cast<int32_t>(c[0]), static_cast<int32_t>(c[1])};
   }
 
+  // A code table (the input's pixel table, a lut node's) read from tensor `name` as int32, every entry
+  // inside the [qmin, qmax] of the quantizer `q` it claims to produce.
+  std::vector<int32_t> code_table(const std::string& name, const std::vector<int64_t>& shape, const json& q,
+                                  const std::string& where) const {
+    const TensorView& t = file.tensor(name, DType::I16, shape);
+    const auto entries = copy_tensor<int16_t>(t);
+    if (!q.is_object()) fail(where, "needs 'qparams' (an object)");
+    const int64_t qmin = get_int(q, "qmin", where, INT32_MIN, INT32_MAX);
+    const int64_t qmax = get_int(q, "qmax", where, INT32_MIN, INT32_MAX);
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (entries[i] < qmin || entries[i] > qmax)
+        fail(tensor_where(name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
+    return {entries.begin(), entries.end()};
+  }
+
   int32_t out_zero_point(const json& nd, const std::string& where) const {
     const json& q = field(nd, "qparams", where);
     if (!q.is_object()) fail(where, "this op needs 'qparams' (an object)");
@@ -437,16 +452,9 @@ Value Loader::parse_lut(const json& nd, Node& node, const std::string& where) {
   if (x.lo < st.input_min || x.hi > last)
     fail(where, "table covers input codes [" + std::to_string(st.input_min) + ", " + std::to_string(last) +
                     "] but the input ranges over [" + std::to_string(x.lo) + ", " + std::to_string(x.hi) + "]");
-  const auto entries = copy_tensor<int16_t>(t);
-  st.table.assign(entries.begin(), entries.end());
-  const json& q = field(nd, "qparams", where);
-  if (!q.is_object()) fail(where, "lut needs 'qparams' (an object)");
-  const int64_t qmin = get_int(q, "qmin", where, INT32_MIN, INT32_MAX);
-  const int64_t qmax = get_int(q, "qmax", where, INT32_MIN, INT32_MAX);
+  st.table = code_table(name, t.shape, field(nd, "qparams", where), where);
   int64_t lo = INT64_MAX, hi = INT64_MIN;
   for (size_t i = 0; i < st.table.size(); ++i) {
-    if (st.table[i] < qmin || st.table[i] > qmax)
-      fail(tensor_where(name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
     const int64_t code = st.input_min + static_cast<int64_t>(i);
     if (code >= x.lo && code <= x.hi) {
       lo = std::min<int64_t>(lo, st.table[i]);
@@ -626,14 +634,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   const int64_t pixels = checked_numel(plan.input_shape, iwhere, kMaxDim);
   const int64_t channels = plan.input_shape[0];
   const std::string lut_name = get_string(input, "lut", iwhere);
-  const auto lut16 = copy_tensor<int16_t>(file.tensor(lut_name, DType::I16, {channels, 256}));
-  plan.lut.assign(lut16.begin(), lut16.end());
-  const json& iq = field(input, "qparams", iwhere);
-  const int64_t qmin = get_int(iq, "qmin", iwhere, INT32_MIN, INT32_MAX);
-  const int64_t qmax = get_int(iq, "qmax", iwhere, INT32_MIN, INT32_MAX);
-  for (size_t i = 0; i < plan.lut.size(); ++i)
-    if (plan.lut[i] < qmin || plan.lut[i] > qmax)
-      fail(ld.tensor_where(lut_name), "entry " + std::to_string(i) + " outside [qmin, qmax]");
+  plan.lut = ld.code_table(lut_name, {channels, 256}, field(input, "qparams", iwhere), iwhere);
   Value in;
   in.shape = plan.input_shape;
   in = with_range(std::move(in), *std::min_element(plan.lut.begin(), plan.lut.end()),
