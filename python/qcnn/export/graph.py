@@ -110,15 +110,16 @@ class QuantWeight:
             return group_scale.to(torch.float64).expand(m), levels
         return self.scale.to(torch.float64), self.levels.to(torch.int64)
 
-    def dequantize(self) -> torch.Tensor:
+    def gather(self, table: torch.Tensor) -> torch.Tensor:
+        """Each weight's entry of a per-group table [G, k] (levels or codebook), shaped [M, Kin]."""
         m = self.out_channels
-        idx = self.indices.reshape(m, -1).long()
+        return torch.gather(table.expand(m, -1), 1, self.indices.reshape(m, -1).long())
+
+    def dequantize(self) -> torch.Tensor:
         if self.kind == "codebook":
-            table = self.codebook.to(torch.float32).expand(m, -1)
-            w = torch.gather(table, 1, idx)
+            w = self.gather(self.codebook.to(torch.float32))
         else:
-            table = self.levels.to(torch.float32).expand(m, -1)
-            w = torch.gather(table, 1, idx) * self.scale.to(torch.float32)[:, None]
+            w = self.gather(self.levels.to(torch.float32)) * self.scale.to(torch.float32)[:, None]
         return w.reshape(self.indices.shape)
 
     # Constructors from the usual quantizer outputs -------------------------------------------

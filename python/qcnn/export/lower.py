@@ -216,10 +216,7 @@ class Lowering:
         every partial sum of channel m obeys |acc| <= max|x - z_x| * ||w_int,m||_1, which must be at most
         2^(P-1) - 1 (docs/FORMAT.md section 4). Raises ValueError naming the node otherwise."""
         p = node.accumulator_bits
-        levels = self.tensors[f"{node.name}.weight.levels"].to(torch.int64)
-        m = node.weight.out_channels
-        idx = node.weight.indices.reshape(m, -1).long()
-        w_int = torch.gather(levels.expand(m, -1), 1, idx)
+        w_int = node.weight.gather(self.tensors[f"{node.name}.weight.levels"].to(torch.int64))
         l1 = w_int.abs().sum(dim=1)
         x_range = _code_range(node.act)
         worst = x_range * int(l1.max())

@@ -27,8 +27,7 @@ def integer_weight(node, const, nodes: list) -> tuple[str, np.ndarray]:
     w = node.weight
     m = w.out_channels
     scale, levels = w.integer_table()
-    index = w.indices.reshape(m, -1).long()
-    ints = torch.gather(levels.expand(m, -1), 1, index).reshape(w.indices.shape).to(torch.int64)
+    ints = w.gather(levels).reshape(w.indices.shape)
     bias = _np(node.bias).astype(np.float64) if node.bias is not None else np.zeros(m)
     scale = _np(scale).astype(np.float64)
     if node.bn_scale is not None:
