@@ -133,20 +133,27 @@ class QuantAct(QuantizerModule):
         if self.calibrating:
             self._observe(x)
             return x
-        if not bool(self.calibrated):
+        if self._needs_init(self.calibrated, "calibrated"):
             self.start_calibration()
             self._observe(x)
             self.finish_calibration()
-        zero = torch.zeros((), dtype=torch.int32, device=x.device)
+        # Without a branch on the sign: the signed b-bit codes [-2^(b-1), 2^(b-1) - 1] are the unsigned ones
+        # [0, 2^b - 1] minus a zero point of 2^(b-1), with equal values and gradients.
+        half = 2 ** (self.bits - 1)
+        zero = self.is_signed.to(torch.int32) * half
+        qmax = torch.where(self.is_signed, half - 1, 2 * half - 1).to(torch.float32)  # of the signed or unsigned codes
         if self.method == "lsq":
-            grad_factor = 1.0 / math.sqrt(max(x[0].numel(), 1) * self.qmax)
+            # LSQ's gradient scale 1 / sqrt(N * Qp), applied as s' = s + (s - s) g with the first s detached:
+            # exactly s in value, d s'/d s = g.
+            grad_factor = torch.rsqrt(qmax * max(x[0].numel(), 1))
             scale = self.scale.abs().clamp(min=torch.finfo(torch.float32).tiny)
-            return ops.fake_quant(x, scale, zero, self.qmin, self.qmax, grad_factor=grad_factor)
+            scale = scale.detach() + (scale - scale.detach()) * grad_factor
+            return ops.fake_quant(x, scale, zero, 0, 2 * half - 1)
         alpha = self.alpha
-        low = -alpha if self.signed else torch.zeros_like(alpha)
+        low = torch.where(self.is_signed, -alpha, torch.zeros_like(alpha))
         clipped = torch.where(x > alpha, alpha, torch.where(x < low, low, x))
-        scale = (alpha.detach() / self.qmax).clamp(min=torch.finfo(torch.float32).tiny)
-        return ops.fake_quant(clipped, scale, zero, self.qmin, self.qmax)
+        scale = (alpha.detach() / qmax).clamp(min=torch.finfo(torch.float32).tiny)
+        return ops.fake_quant(clipped, scale, zero, 0, 2 * half - 1)
 
     def describe(self) -> dict:
         return {"type": "act", "bits": self.bits, "signed": self.signed,
@@ -217,8 +224,12 @@ class FixedPointQuantizer(QuantizerModule):
         return f"bits={self.bits}, frac_bits={self.frac_bits}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qmax = self.qmax
-        return ops.fake_quant(x, self.step, 0, -qmax, qmax)
+        # The format is read as tensors (no branch on it; torch.compile keeps one graph for every format):
+        # clip to +-qmax * 2^-F, then round on the step. Both are exact for F in [-32, 32], BW <= 16.
+        step = torch.exp2(-self.format_frac_bits.to(torch.float32))
+        limit = (torch.exp2((self.format_bits - 1).to(torch.float32)) - 1) * step
+        clipped = torch.where(x > limit, limit, torch.where(x < -limit, -limit, x))
+        return ops.fake_quant(clipped, step.reshape(1), 0, -(2 ** 15 - 1), 2 ** 15 - 1)
 
     def describe(self) -> dict:
         return {"type": "fixed", "bits": self.bits, "frac_bits": self.frac_bits, "signed": True, "step": self.step}

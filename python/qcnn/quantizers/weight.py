@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .base import QuantizerModule
+from .base import QuantizerModule, require
 
 
 def _channel_view(t: torch.Tensor) -> torch.Tensor:
@@ -40,8 +40,7 @@ def codebook_grid(codebook: torch.Tensor, limit: int) -> tuple[torch.Tensor, tor
         raise ValueError(f"codebook_grid: codebook must be a non-empty [k] or [groups, k], got shape "
                          f"{tuple(codebook.shape)}")
     c = codebook.detach().to(torch.float64)
-    if not bool(torch.isfinite(c).all()):
-        raise ValueError("codebook_grid: codebook contains NaN or infinite values")
+    require(torch.isfinite(c).all(), "codebook_grid: codebook contains NaN or infinite values")
     peak = c.abs().amax(dim=-1)
     # The scale keeps 17 significant bits, so scale * level (|level| <= 127, 7 bits) is exact in float32:
     # the snapped codebook is exactly scale * level and yields this same scale again (snapping is idempotent).
@@ -140,7 +139,7 @@ class WeightQuantizer(QuantizerModule):
         return change
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not bool(self.fitted):
+        if self._needs_init(self.fitted, "fitted"):
             self.refit(weight)
         return self.quantize(weight)
 
@@ -300,17 +299,26 @@ class UniformWeightQuantizer(WeightQuantizer):
         m = w.shape[0]
         lo = scale.expand(m).clone()
         feasible = self._integer_l1(w, lo) <= budget
-        if bool(feasible.all()):
+        compiling = torch.compiler.is_compiling()
+        if not compiling and bool(feasible.all()):
             result = lo
         else:
             hi = torch.maximum(lo, 2.0 * _channel_view(w).abs().sum(dim=1) / budget * (1.0 + 1e-3))
-            for _ in range(60):  # 2 ||w_c||_1 / T is feasible in exact arithmetic; doubling absorbs float rounding
-                bad = self._integer_l1(w, hi) > budget
-                if not bool(bad.any()):
-                    break
-                hi = torch.where(bad, hi * 2.0, hi)
+            # 2 ||w_c||_1 / T is feasible in exact arithmetic; doubling absorbs float rounding. A compiled graph
+            # cannot stop early: it takes a few doublings (no-ops once feasible) and checks the result.
+            if compiling:
+                for _ in range(4):
+                    hi = torch.where(self._integer_l1(w, hi) > budget, hi * 2.0, hi)
+                torch._assert_async((self._integer_l1(w, hi) <= budget).all(),
+                                    "UniformWeightQuantizer.constrained_scale: no feasible scale found")
             else:
-                raise RuntimeError("UniformWeightQuantizer.constrained_scale: no feasible scale found")
+                for _ in range(60):
+                    bad = self._integer_l1(w, hi) > budget
+                    if not bool(bad.any()):
+                        break
+                    hi = torch.where(bad, hi * 2.0, hi)
+                else:
+                    raise RuntimeError("UniformWeightQuantizer.constrained_scale: no feasible scale found")
             hi = torch.where(feasible, lo, hi)
             for _ in range(24):
                 mid = torch.sqrt(lo) * torch.sqrt(hi)
@@ -420,7 +428,9 @@ class FixedPointWeightQuantizer(WeightQuantizer):
             self.frac_bits.fill_(self.bits - 1 - int_bits)
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
-        return ops.fake_quant_fixed(weight, self.bits, int(self.frac_bits))
+        # ops.fake_quant_fixed's grid with F read as a tensor (no branch on it under torch.compile).
+        top = 2 ** (self.bits - 1) - 1
+        return ops.fake_quant(weight, torch.exp2(-self.frac_bits.to(torch.float32)).reshape(1), 0, -top, top)
 
     @torch.no_grad()
     def assignment(self, weight: torch.Tensor) -> torch.Tensor:
@@ -531,16 +541,21 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
         book = self.effective_codebook()
-        if bool(self.incremental):
+        compiling = torch.compiler.is_compiling()
+        if not compiling and bool(self.incremental):
             return torch.where(self.frozen, self._lookup(book, self.frozen_indices), weight)
         if self.train_centroids:
-            q = self._lookup(book, self._nearest(weight, book.detach()))
-            return q + (weight - weight.detach())
-        from ..codebook import quantize_to_codebook
-        _, dequantized = quantize_to_codebook(weight.detach(), book)
-        # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
-        # gradient flows to the latent weight.
-        return dequantized + (weight - weight.detach())
+            q = self._lookup(book, self._nearest(weight, book.detach())) + (weight - weight.detach())
+        else:
+            from ..codebook import quantize_to_codebook
+            _, dequantized = quantize_to_codebook(weight.detach(), book)
+            # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
+            # gradient flows to the latent weight.
+            q = dequantized + (weight - weight.detach())
+        if compiling:  # the incremental (INQ) select above, without a branch on the flag
+            q = torch.where(self.incremental & self.frozen, self._lookup(book, self.frozen_indices),
+                            torch.where(self.incremental, weight, q))
+        return q
 
     @torch.no_grad()
     def assignment(self, weight: torch.Tensor) -> torch.Tensor:
