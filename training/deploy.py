@@ -3,7 +3,7 @@ with qcnn.load (the C++ integer engine through qcnn._C) and with build/qcnn-infe
 compare both with the fake-quant PyTorch model (top-1 agreement and accuracy) and with each other (the logits
 must be bit-identical: `logits_identical`). Writes runs/<name>/deploy.json.
 
-python training/deploy.py --run runs/w3_kmeans [--infer build/qcnn-infer] [--threads N]
+python training/deploy.py --run runs/w3_kmeans [--infer build/qcnn-infer] [--threads N] [--images N]
 """
 from __future__ import annotations
 
@@ -69,11 +69,13 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | None = None,
-           verbose: bool = True) -> dict:
+           verbose: bool = True, images_limit: int | None = None) -> dict:
+    """images_limit: the first N test images only (default: the config's test_subset, else all)."""
     model, cfg = load_quantized(run_dir)
     images, labels = data.load_fashion_mnist(cfg.data.path, "test")
-    if cfg.data.test_subset is not None:
-        images, labels = images[:cfg.data.test_subset], labels[:cfg.data.test_subset]
+    limit = images_limit if images_limit is not None else cfg.data.test_subset
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
     pixels = images.unsqueeze(1)
 
     packed: ExportReport = qcnn.export(model, run_dir / "model.qcnn", verbose=verbose)
@@ -100,8 +102,7 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
     if infer is not None:
         if not Path(infer).is_file():
             raise FileNotFoundError(f"qcnn-infer not found at {infer}; build it with `make setup` (or pass --infer)")
-        report, infer_logits = run_infer(Path(infer), run_dir / "model.qcnn", cfg.data.path, cfg.data.test_subset,
-                                         threads)
+        report, infer_logits = run_infer(Path(infer), run_dir / "model.qcnn", cfg.data.path, limit, threads)
         if infer_logits.shape != load_logits.shape:
             raise RuntimeError(f"qcnn-infer returned logits of shape {list(infer_logits.shape)}, qcnn.load "
                                f"{list(load_logits.shape)}")
@@ -144,11 +145,15 @@ def main(argv=None) -> dict:
     p.add_argument("--infer", type=Path, default=DEFAULT_INFER, help="the qcnn-infer binary")
     p.add_argument("--no-infer", action="store_true", help="skip qcnn-infer")
     p.add_argument("--threads", type=int, default=None, help="engine threads of both runs (default: all cores)")
+    p.add_argument("--images", type=int, default=None,
+                   help="run on the first N test images (default: the config's test_subset, else all 10,000)")
     args = p.parse_args(argv)
+    if args.images is not None and args.images < 1:
+        p.error(f"--images must be >= 1, got {args.images}")
     for name in ("config.yaml", "model.pt"):
         if not (args.run / name).is_file():
             raise SystemExit(f"deploy.py: {args.run / name} not found; is {args.run} a finished retraining run?")
-    return deploy(args.run, None if args.no_infer else args.infer, args.threads)
+    return deploy(args.run, None if args.no_infer else args.infer, args.threads, images_limit=args.images)
 
 
 if __name__ == "__main__":

@@ -117,52 +117,90 @@ void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input
   });
 }
 
-void max_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int ph, int pw,
-                   int64_t oh, int64_t ow, CodesOut out) {
-  if (in.storage != out.storage || in.offset != out.offset)
-    throw std::invalid_argument("max_pool: input and output must share storage and offset");
-  with_input(in, [&](auto src) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-    T* dst = static_cast<T*>(out.data);
-    for (int64_t oy = 0; oy < oh; ++oy)
-      for (int64_t ox = 0; ox < ow; ++ox) {
-        const int64_t y0 = std::max<int64_t>(0, oy * sh - ph), y1 = std::min<int64_t>(h, oy * sh - ph + kh);
-        const int64_t x0 = std::max<int64_t>(0, ox * sw - pw), x1 = std::min<int64_t>(w, ox * sw - pw + kw);
-        T* d = dst + (oy * ow + ox) * c;
-        std::copy(src + (y0 * w + x0) * c, src + (y0 * w + x0 + 1) * c, d);
-        for (int64_t yy = y0; yy < y1; ++yy)
-          for (int64_t xx = x0; xx < x1; ++xx) {
-            const T* s = src + (yy * w + xx) * c;
-            for (int64_t ch = 0; ch < c; ++ch) d[ch] = std::max(d[ch], s[ch]);
-          }
+void affine_codes(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
+                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
+                  CodesOut out) {
+  if (channels < 1 || count % channels) throw std::invalid_argument("affine: count must be a multiple of channels");
+  with_codes(in, out, [&](auto src, auto dst) {
+    for (int64_t i = 0; i < count; i += channels)
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        const int64_t x = clamp_to_int32(int64_t{src[i + ch]} + in.offset - in_zero_point);
+        const int64_t q = rounding_shift(x * multiplier[ch] + bias[ch], shift[ch]) + out_zero_point;
+        put(dst + i + ch, std::clamp<int64_t>(q, lo, hi), out.offset);
       }
   });
 }
 
-void avg_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int64_t oh,
-                   int64_t ow, CodesOut out) {
+PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, bool count_include_pad,
+                   const char* what) {
+  if (kernel < 1 || stride < 1 || pad < 0)
+    throw std::invalid_argument(std::string(what) + ": kernel and stride must be >= 1 and padding >= 0");
+  if (2 * int64_t{pad} > kernel) throw std::invalid_argument(std::string(what) + ": padding must be at most half the kernel");
+  if (in < 1 || in + 2 * int64_t{pad} < kernel)
+    throw std::invalid_argument(std::string(what) + ": window " + std::to_string(kernel) + " larger than padded input " +
+                                std::to_string(in + 2 * int64_t{pad}));
+  const int64_t span = in + 2 * int64_t{pad} - kernel;
+  int64_t out = ceil_mode ? (span + stride - 1) / stride + 1 : span / stride + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
+  PoolAxis axis;
+  for (int64_t i = 0; i < out; ++i) {
+    const int64_t start = i * stride - pad, stop = std::min<int64_t>(start + kernel, in + pad);
+    const int64_t begin = std::max<int64_t>(start, 0), end = std::min<int64_t>(stop, in);
+    axis.begin.push_back(begin);
+    axis.end.push_back(end);
+    axis.divisor.push_back(count_include_pad ? stop - start : end - begin);
+  }
+  return axis;
+}
+
+PoolAxis adaptive_pool_axis(int64_t in, int64_t out, const char* what) {
+  if (in < 1 || out < 1 || in > (int64_t{1} << 31) || out > (int64_t{1} << 31))
+    throw std::invalid_argument(std::string(what) + ": adaptive pooling from " + std::to_string(in) + " to " +
+                                std::to_string(out) + " cells needs both in [1, 2^31]");
+  PoolAxis axis;
+  for (int64_t i = 0; i < out; ++i) {
+    const int64_t begin = i * in / out, end = ((i + 1) * in + out - 1) / out;
+    axis.begin.push_back(begin);
+    axis.end.push_back(end);
+    axis.divisor.push_back(end - begin);
+  }
+  return axis;
+}
+
+void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
+               int64_t pad_code, CodesOut out) {
   if (in.storage != out.storage || in.offset != out.offset)
-    throw std::invalid_argument("avg_pool: input and output must share storage and offset");
-  (void)h;
-  const int64_t area = int64_t{kh} * kw;
+    throw std::invalid_argument("pool: input and output must share storage and offset");
+  const int64_t ow = cols.size();
   std::vector<int64_t> sum(static_cast<size_t>(c));
   with_input(in, [&](auto src) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
     T* dst = static_cast<T*>(out.data);
-    for (int64_t oy = 0; oy < oh; ++oy)
+    for (int64_t oy = 0; oy < rows.size(); ++oy)
       for (int64_t ox = 0; ox < ow; ++ox) {
+        const int64_t y0 = rows.begin[oy], y1 = rows.end[oy], x0 = cols.begin[ox], x1 = cols.end[ox];
+        T* d = dst + (oy * ow + ox) * c;
+        if (max) {
+          std::copy(src + (y0 * w + x0) * c, src + (y0 * w + x0 + 1) * c, d);
+          for (int64_t yy = y0; yy < y1; ++yy)
+            for (int64_t xx = x0; xx < x1; ++xx) {
+              const T* s = src + (yy * w + xx) * c;
+              for (int64_t ch = 0; ch < c; ++ch) d[ch] = std::max(d[ch], s[ch]);
+            }
+          continue;
+        }
         std::fill(sum.begin(), sum.end(), 0);
-        for (int64_t yy = oy * sh; yy < oy * sh + kh; ++yy)
-          for (int64_t xx = ox * sw; xx < ox * sw + kw; ++xx) {
-            const auto* s = src + (yy * w + xx) * c;
+        for (int64_t yy = y0; yy < y1; ++yy)
+          for (int64_t xx = x0; xx < x1; ++xx) {
+            const T* s = src + (yy * w + xx) * c;
             for (int64_t ch = 0; ch < c; ++ch) sum[ch] += s[ch];
           }
-        auto* d = dst + (oy * ow + ox) * c;
+        const int64_t n = rows.divisor[oy] * cols.divisor[ox];
+        const int64_t padding = (n - (y1 - y0) * (x1 - x0)) * (pad_code - in.offset);
         for (int64_t ch = 0; ch < c; ++ch) {
-          // floor((sum + area/2) / area), floor division also for negative sums.
-          const int64_t num = sum[ch] + area / 2;
-          int64_t q = num / area;
-          if (num % area != 0 && num < 0) --q;
+          const int64_t num = sum[ch] + padding + n / 2;
+          int64_t q = num / n;
+          if (num % n != 0 && num < 0) --q;
           d[ch] = static_cast<T>(q);
         }
       }
@@ -177,19 +215,6 @@ void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int3
       for (int64_t i = 0; i < hw; ++i) put(dst + i * c + ch, table[plane[i]], out.offset);
     }
   });
-}
-
-int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what, bool ceil_mode) {
-  if (kernel < 1 || stride < 1 || pad < 0)
-    throw std::invalid_argument(std::string(what) + ": kernel and stride must be >= 1 and padding >= 0");
-  if (in + 2 * int64_t{pad} < kernel)
-    throw std::invalid_argument(std::string(what) + ": window " + std::to_string(kernel) + " larger than padded input " +
-                                std::to_string(in + 2 * int64_t{pad}));
-  const int64_t span = in + 2 * int64_t{pad} - kernel;
-  if (!ceil_mode) return span / stride + 1;
-  int64_t out = (span + stride - 1) / stride + 1;
-  if ((out - 1) * stride >= in + pad) --out;
-  return out;
 }
 
 }  // namespace qcnn

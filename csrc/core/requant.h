@@ -63,19 +63,38 @@ void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>&
 // lies in [input_min, input_min + table size).
 void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
 
-// Pooling of one NHWC image [h, w, c] to [oh, ow, c]; in and out share storage and offset (max and
-// the rounded mean commute with the offset). Max pooling skips padded cells; average pooling has
-// no padding and gives floor((sum + n/2) / n) over the n = kh * kw cells.
-void max_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int ph, int pw,
-                   int64_t oh, int64_t ow, CodesOut out);
-void avg_pool_nhwc(CodesIn in, int64_t h, int64_t w, int64_t c, int kh, int kw, int sh, int sw, int64_t oh,
-                   int64_t ow, CodesOut out);
+// out = clamp(zo + RS(clamp32(x - zi) * multiplier[ch] + bias[ch], shift[ch]), lo, hi) with ch = i % channels: a
+// per-channel affine map (a BatchNorm that folds into no conv) of NHWC [H, W, C] codes or of flat [C] ones. The
+// caller keeps |bias| <= 2^61, so the sum stays inside int64.
+void affine_codes(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
+                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
+                  CodesOut out);
+
+// The windows of one pooling axis: output i reads the input cells [begin[i], end[i]) (never empty) and average
+// pooling divides by the product of both axes' divisor[i].
+struct PoolAxis {
+  std::vector<int64_t> begin, end, divisor;
+  int64_t size() const { return static_cast<int64_t>(begin.size()); }
+};
+
+// torch's windows of a kernel/stride/padding axis (ceil_mode rounds the output size up, the last window starting
+// inside the input or its left padding). The divisor counts the window's cells inside the padded input
+// (count_include_pad) or inside the input. Throws std::invalid_argument when no window fits, when padding
+// exceeds half the kernel, or on a bad kernel, stride or padding.
+PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, bool count_include_pad,
+                   const char* what);
+// Adaptive pooling from `in` to `out` cells (out may exceed in: windows then repeat cells): window i is
+// [floor(i * in / out), ceil((i + 1) * in / out)).
+PoolAxis adaptive_pool_axis(int64_t in, int64_t out, const char* what);
+
+// Max or average pooling of one NHWC image [rows.end.back() <= h, w, c] to [rows.size(), cols.size(), c]; in and
+// out share storage and offset (max and the rounded mean commute with the offset). Max skips padded cells; the
+// mean is floor((sum + n / 2) / n) over its n = divisor cells, floor division also for negative sums, where the
+// cells of a divisor beyond the window's input cells (count_include_pad) hold `pad_code`, the code of 0.
+void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
+               int64_t pad_code, CodesOut out);
 
 // First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
 void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);
-
-// Output size of a pooling window (torch's rule; ceil_mode rounds up, but the last window starts inside the
-// input or its left padding); throws std::invalid_argument when it would be < 1.
-int64_t window_output_size(int64_t in, int kernel, int stride, int pad, const char* what, bool ceil_mode = false);
 
 }  // namespace qcnn

@@ -95,8 +95,7 @@ void require_finite(const std::vector<T>& v, const std::string& what) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------- the plan
-enum class Op { Conv, Linear, Requantize, Add, Mul, Relu, Lut, Concat, MaxPool, AvgPool, GlobalMaxPool, GlobalAvgPool,
-                Flatten };
+enum class Op { Conv, Linear, Requantize, Affine, Add, Mul, Relu, Lut, Concat, Pool, Flatten, Dequantize };
 
 // One value of the program, as the engine stores it for one image.
 struct Value {
@@ -138,8 +137,20 @@ struct LutStep {
   int64_t input_min = 0;
   std::vector<int32_t> table;  // output code of input code input_min + i
 };
+struct AffineStep {
+  int32_t in_zero_point, out_zero_point, lo, hi;
+  std::vector<int32_t> multiplier;
+  std::vector<uint8_t> shift;
+  std::vector<int64_t> bias;
+};
 struct PoolStep {
-  int kh, kw, sh, sw, ph, pw;
+  PoolAxis rows, cols;
+  bool max = false;
+  int64_t pad_code = 0;  // the code of 0, in the divisor's cells beyond the input (average pooling)
+};
+struct DequantizeStep {
+  int32_t zero_point;
+  float scale;
 };
 
 struct Node {
@@ -148,7 +159,9 @@ struct Node {
   std::vector<int> inputs;
   int output = 0;
   int64_t macs = 0;
-  std::variant<std::monostate, ConvStep, RequantStep, AddStep, MulStep, ClampStep, LutStep, PoolStep> step;
+  std::variant<std::monostate, ConvStep, RequantStep, AffineStep, AddStep, MulStep, ClampStep, LutStep, PoolStep,
+               DequantizeStep>
+      step;
 };
 
 struct Plan {
@@ -233,6 +246,10 @@ struct Loader {
 
   Value parse_conv(const json& nd, Node& node, const std::string& where);
   Value parse_requantize(const json& nd, Node& node, const std::string& where);
+  Value parse_affine(const json& nd, Node& node, const std::string& where);
+  Value parse_adaptive_pool(const json& nd, Node& node, const std::string& where);
+  Value parse_dequantize(const json& nd, Node& node, const std::string& where);
+  Value pooled(const Value& x, PoolStep st, Node& node, const std::string& where) const;
   Value parse_add(const json& nd, Node& node, const std::string& where);
   Value parse_relu(const json& nd, Node& node, const std::string& where);
   Value parse_lut(const json& nd, Node& node, const std::string& where);
@@ -511,37 +528,114 @@ Value Loader::parse_concat(const json& nd, Node& node, const std::string& where)
   return with_range(std::move(out), out.lo, out.hi);
 }
 
+// The output of pooling x over the windows of `st`; the average's padding cells hold the input's zero point.
+Value Loader::pooled(const Value& x, PoolStep st, Node& node, const std::string& where) const {
+  Value out = x;
+  out.shape = {x.shape[0], st.rows.size(), st.cols.size()};
+  bool padded = false;
+  for (int64_t i = 0; i < st.rows.size(); ++i) padded |= st.rows.divisor[i] != st.rows.end[i] - st.rows.begin[i];
+  for (int64_t i = 0; i < st.cols.size(); ++i) padded |= st.cols.divisor[i] != st.cols.end[i] - st.cols.begin[i];
+  if (!st.max && padded && (st.pad_code < x.lo || st.pad_code > x.hi)) {
+    // The mean of codes and zero-point padding lies in the hull of both: widen the range, keeping the storage.
+    out.lo = std::min(x.lo, st.pad_code);
+    out.hi = std::max(x.hi, st.pad_code);
+    if (x.storage == Storage::U8 && (out.lo < x.offset || out.hi > int64_t{x.offset} + 255))
+      fail(where, "the zero point of the padding lies outside the uint8 range of the input's codes");
+  }
+  node.step = std::move(st);
+  return out;
+}
+
 Value Loader::parse_pool(const json& nd, Node& node, const std::string& where) {
   const Value& x = input(node);
   if (x.shape.size() != 3) fail(where, "pooling needs a [C, H, W] input, got " + shape_str(x.shape));
   auto kern = get_ints(nd, "kernel", where, 2, 1, kMaxDim);
   auto stride = get_ints(nd, "stride", where, 2, 1, kMaxDim);
   auto pad = get_ints(nd, "padding", where, 2, 0, kMaxDim);
-  PoolStep st{int(kern[0]), int(kern[1]), int(stride[0]), int(stride[1]), int(pad[0]), int(pad[1])};
-  if (node.op == Op::AvgPool && (st.ph || st.pw)) fail(where, "avg_pool2d padding must be 0");
-  if (st.ph * 2 > st.kh || st.pw * 2 > st.kw) fail(where, "padding must be at most half the kernel");
-  bool ceil_mode = false;
-  if (nd.contains("ceil_mode")) {
-    if (!nd["ceil_mode"].is_boolean()) fail(where, "'ceil_mode' must be true or false");
-    ceil_mode = nd["ceil_mode"].get<bool>();
-  }
-  if (ceil_mode && node.op == Op::AvgPool) fail(where, "avg_pool2d with ceil_mode is not supported");
-  Value out = x;
+  auto flag = [&](const char* key, bool fallback) {
+    if (!nd.contains(key)) return fallback;
+    if (!nd[key].is_boolean()) fail(where, std::string("'") + key + "' must be true or false");
+    return nd[key].get<bool>();
+  };
+  const bool ceil_mode = flag("ceil_mode", false), count_include_pad = flag("count_include_pad", true);
+  PoolStep st;
+  st.max = node.op_name == "max_pool2d";
+  if (!st.max) st.pad_code = out_zero_point(nd, where);
   try {
-    out.shape = {x.shape[0], window_output_size(x.shape[1], st.kh, st.sh, st.ph, "pool", ceil_mode),
-                 window_output_size(x.shape[2], st.kw, st.sw, st.pw, "pool", ceil_mode)};
+    st.rows = pool_axis(x.shape[1], int(kern[0]), int(stride[0]), int(pad[0]), ceil_mode, count_include_pad, "pool");
+    st.cols = pool_axis(x.shape[2], int(kern[1]), int(stride[1]), int(pad[1]), ceil_mode, count_include_pad, "pool");
   } catch (const std::invalid_argument& e) {
     fail(where, e.what());
   }
-  node.step = st;
-  return out;
+  return pooled(x, std::move(st), node, where);
+}
+
+Value Loader::parse_adaptive_pool(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  if (x.shape.size() != 3) fail(where, "adaptive pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  auto size = get_ints(nd, "output_size", where, 2, 1, kMaxDim);
+  PoolStep st;
+  st.max = node.op_name == "adaptive_max_pool2d";
+  try {
+    st.rows = adaptive_pool_axis(x.shape[1], size[0], "adaptive pool");
+    st.cols = adaptive_pool_axis(x.shape[2], size[1], "adaptive pool");
+  } catch (const std::invalid_argument& e) {
+    fail(where, e.what());
+  }
+  return pooled(x, std::move(st), node, where);
 }
 
 Value Loader::parse_global_pool(const json&, Node& node, const std::string& where) {
   const Value& x = input(node);
   if (x.shape.size() != 3) fail(where, "global pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  PoolStep st;
+  st.max = node.op_name == "global_max_pool";
+  st.rows = adaptive_pool_axis(x.shape[1], 1, "global pool");
+  st.cols = adaptive_pool_axis(x.shape[2], 1, "global pool");
+  return pooled(x, std::move(st), node, where);
+}
+
+Value Loader::parse_affine(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  if (!x.hwc_source.empty())
+    fail(where, "affine of a flattened [C, H, W] value with H * W > 1 is not supported (its order is NHWC)");
+  const int64_t channels = x.shape[0];
+  if (x.shape.size() != 1 && x.shape.size() != 3) fail(where, "affine needs a [C, H, W] or [C] input");
+  AffineStep st;
+  st.in_zero_point = static_cast<int32_t>(get_int(nd, "input_zero_point", where, INT32_MIN, INT32_MAX));
+  st.out_zero_point = out_zero_point(nd, where);
+  std::tie(st.lo, st.hi) = read_clamp(nd, where);
+  st.multiplier = copy_tensor<int32_t>(file.tensor(node.name + ".multiplier", DType::I32, {channels}));
+  st.shift = copy_tensor<uint8_t>(file.tensor(node.name + ".shift", DType::U8, {channels}));
+  st.bias = copy_tensor<int64_t>(file.tensor(node.name + ".bias", DType::I64, {channels}));
+  for (int64_t c = 0; c < channels; ++c) {
+    if (st.multiplier[c] == INT32_MIN) fail(tensor_where(node.name + ".multiplier"), "entry is INT32_MIN");
+    if (st.shift[c] > 62) fail(tensor_where(node.name + ".shift"), "entry above 62");
+    if (st.bias[c] < -(int64_t{1} << 61) || st.bias[c] > (int64_t{1} << 61))
+      fail(tensor_where(node.name + ".bias"), "entry outside [-2^61, 2^61]");
+  }
+  node.step = std::move(st);
+  const auto& a = std::get<AffineStep>(node.step);
+  return with_range(x, a.lo, a.hi);
+}
+
+// The float output of the model: scale * (code - zero_point), in torch's (C, H, W) order.
+Value Loader::parse_dequantize(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  DequantizeStep st;
+  const json& q = field(nd, "input_qparams", where);
+  if (!q.is_object()) fail(where, "needs 'input_qparams' (an object)");
+  st.zero_point = static_cast<int32_t>(get_int(q, "zero_point", where, INT32_MIN, INT32_MAX));
+  const json& scale = field(q, "scale", where);
+  if (!scale.is_number() || !std::isfinite(scale.get<double>()) || !(scale.get<double>() > 0) ||
+      !std::isfinite(static_cast<float>(scale.get<double>())))
+    fail(where, "input_qparams.scale must be a positive finite float32");
+  st.scale = static_cast<float>(scale.get<double>());
+  if (!field(nd, "qparams", where).is_null()) fail(where, "dequantize produces the float output: qparams must be null");
+  node.step = st;
   Value out = x;
-  out.shape = {x.shape[0], 1, 1};
+  out.storage = Storage::F32;
+  out.offset = 0;
   return out;
 }
 
@@ -649,16 +743,20 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       {"conv2d", {Op::Conv, &Loader::parse_conv}},
       {"linear", {Op::Linear, &Loader::parse_conv}},
       {"requantize", {Op::Requantize, &Loader::parse_requantize}},
+      {"affine", {Op::Affine, &Loader::parse_affine}},
       {"add", {Op::Add, &Loader::parse_add}},
       {"mul", {Op::Mul, &Loader::parse_mul}},
       {"relu", {Op::Relu, &Loader::parse_relu}},
       {"lut", {Op::Lut, &Loader::parse_lut}},
       {"concat", {Op::Concat, &Loader::parse_concat}},
-      {"max_pool2d", {Op::MaxPool, &Loader::parse_pool}},
-      {"avg_pool2d", {Op::AvgPool, &Loader::parse_pool}},
-      {"global_max_pool", {Op::GlobalMaxPool, &Loader::parse_global_pool}},
-      {"global_avg_pool", {Op::GlobalAvgPool, &Loader::parse_global_pool}},
-      {"flatten", {Op::Flatten, &Loader::parse_flatten}}};
+      {"max_pool2d", {Op::Pool, &Loader::parse_pool}},
+      {"avg_pool2d", {Op::Pool, &Loader::parse_pool}},
+      {"adaptive_max_pool2d", {Op::Pool, &Loader::parse_adaptive_pool}},
+      {"adaptive_avg_pool2d", {Op::Pool, &Loader::parse_adaptive_pool}},
+      {"global_max_pool", {Op::Pool, &Loader::parse_global_pool}},
+      {"global_avg_pool", {Op::Pool, &Loader::parse_global_pool}},
+      {"flatten", {Op::Flatten, &Loader::parse_flatten}},
+      {"dequantize", {Op::Dequantize, &Loader::parse_dequantize}}};
 
   const json& nodes = field(doc, "nodes", mwhere);
   if (!nodes.is_array() || nodes.empty()) fail(mwhere, "'nodes' must be a non-empty array");
@@ -690,6 +788,8 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       node.inputs.push_back(id->second);
     }
     Value out = (ld.*(parser->second.second))(nd, node, where);
+    if (out.is_float() && ni + 1 != nodes.size())
+      fail(where, "produces the float output (qparams null), but only the last node may be float");
     const auto declared = get_ints(nd, "shape", where, 0, 1, kMaxDim);
     if (declared != out.shape)
       fail(where, "declared shape " + shape_str(declared) + " differs from the computed " + shape_str(out.shape));
@@ -727,6 +827,17 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
 }
 
 // ------------------------------------------------------------------------------------ running
+namespace {
+// Calls f(typed pointer, offset) for a value's stored codes.
+template <typename F>
+void with_stored(const CodesIn& in, F&& f) {
+  if (in.storage == Storage::U8)
+    f(static_cast<const uint8_t*>(in.data), in.offset);
+  else
+    f(static_cast<const int32_t*>(in.data), in.offset);
+}
+}  // namespace
+
 void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads) const {
   const Value& out = values[node.output];
   const Value& x = values[node.inputs[0]];
@@ -789,26 +900,28 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
       lookup_codes(codes_in(x, arena), count, st.table.data(), st.input_min, codes_out(out, arena));
       break;
     }
-    case Op::MaxPool:
-    case Op::AvgPool: {
+    case Op::Pool: {
       const PoolStep& st = std::get<PoolStep>(node.step);
-      const auto& s = x.shape;
-      if (node.op == Op::MaxPool)
-        max_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], st.kh, st.kw, st.sh, st.sw, st.ph, st.pw, out.shape[1],
-                      out.shape[2], codes_out(out, arena));
-      else
-        avg_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], st.kh, st.kw, st.sh, st.sw, out.shape[1], out.shape[2],
-                      codes_out(out, arena));
+      pool_nhwc(codes_in(x, arena), x.shape[2], x.shape[0], st.rows, st.cols, st.max, st.pad_code,
+                codes_out(out, arena));
       break;
     }
-    case Op::GlobalMaxPool:
-    case Op::GlobalAvgPool: {
-      const auto& s = x.shape;
-      const int kh = int(s[1]), kw = int(s[2]);
-      if (node.op == Op::GlobalMaxPool)
-        max_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], kh, kw, 1, 1, 0, 0, 1, 1, codes_out(out, arena));
-      else
-        avg_pool_nhwc(codes_in(x, arena), s[1], s[2], s[0], kh, kw, 1, 1, 1, 1, codes_out(out, arena));
+    case Op::Affine: {
+      const AffineStep& st = std::get<AffineStep>(node.step);
+      affine_codes(codes_in(x, arena), count, x.shape[0], st.in_zero_point, st.multiplier.data(), st.shift.data(),
+                   st.bias.data(), st.out_zero_point, st.lo, st.hi, codes_out(out, arena));
+      break;
+    }
+    case Op::Dequantize: {
+      const DequantizeStep& st = std::get<DequantizeStep>(node.step);
+      // NHWC codes of a [C, H, W] value (or of one flattened from it), returned in torch's CHW order
+      const int64_t channels = x.hwc_source.empty() ? x.shape[0] : x.hwc_source[0];
+      const int64_t positions = count / channels;
+      with_stored(codes_in(x, arena), [&](auto src, int32_t offset) {
+        for (int64_t p = 0; p < positions; ++p)
+          for (int64_t c = 0; c < channels; ++c)
+            logits[c * positions + p] = st.scale * static_cast<float>(int64_t{src[p * channels + c]} + offset - st.zero_point);
+      });
       break;
     }
     case Op::Flatten:

@@ -363,12 +363,14 @@ class RetrainConfig(_Section):
     max_rounds. incremental: INQ-like, round r quantizes and freezes the share incremental_fractions[r] of
     each layer's weights, largest magnitude first (runs exactly len(incremental_fractions) rounds).
     keep_best: end with the state of the round with the best validation accuracy, not the last round
-    (ignored in incremental mode, whose earlier rounds are only partly quantized)."""
+    (ignored in incremental mode, whose earlier rounds are only partly quantized). lr_decay: round r retrains
+    from lr * lr_decay^r, so the latent weights drift less each round and the refits settle."""
 
     max_rounds: int = 4
     min_rounds: int = 2
     epochs_per_round: int = 1
     lr: float = 0.01
+    lr_decay: float = 1.0
     acc_gain_threshold: float = 0.1
     change_threshold: float = 0.02
     incremental: bool = False
@@ -376,11 +378,16 @@ class RetrainConfig(_Section):
     histogram_layer: Optional[str] = None
     keep_best: bool = True
 
+    def round_lr(self, round_index: int) -> float:
+        """The learning rate round `round_index` (from 0) retrains from."""
+        return self.lr * self.lr_decay ** round_index
+
     def validate(self, path: str = "") -> None:
         _check_range(_join(path, "max_rounds"), self.max_rounds, 1, 1000)
         _check_range(_join(path, "min_rounds"), self.min_rounds, 1, self.max_rounds)
         _check_range(_join(path, "epochs_per_round"), self.epochs_per_round, 1, 1000)
         _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
+        _check_range(_join(path, "lr_decay"), self.lr_decay, 1e-3, 1.0)
         _check_range(_join(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
         fr = self.incremental_fractions
         for i, f in enumerate(fr):

@@ -187,7 +187,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     ddp = _wrap_ddp(model)
     optimizer = scheduler = None
     if ckpt is not None and state["round_info"] is not None:
-        optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
+        optimizer = engine.build_optimizer(ddp, tcfg, rcfg.round_lr(state["round"]))
         scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -202,7 +202,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             info.update(val_acc_before=before["acc"], val_f1_before=before["f1"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
             state["round_info"] = info
-            optimizer = engine.build_optimizer(ddp, tcfg, rcfg.lr)
+            optimizer = engine.build_optimizer(ddp, tcfg, rcfg.round_lr(r))
             scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
             if engine.is_main():
                 change = info["change_fraction"]

@@ -237,7 +237,11 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
                                          ("torchvision.mobilenet_v3_small", {"num_classes": 10}),
                                          ("torchvision.efficientnet_b0", {"num_classes": 10}),
                                          ("torchvision.googlenet", {"num_classes": 10, "aux_logits": False,
-                                                                    "init_weights": False})])
+                                                                    "init_weights": False}),
+                                         ("torchvision.squeezenet1_1", {"num_classes": 10}),
+                                         ("torchvision.models.densenet:DenseNet",
+                                          {"growth_rate": 8, "block_config": (2, 2), "num_init_features": 16,
+                                           "num_classes": 10})])
 def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwargs):
     pytest.importorskip("torchvision")
     ort = pytest.importorskip("onnxruntime")
@@ -253,9 +257,9 @@ def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwar
     out = qcnn.load(tmp_path / "m.qcnn")(pixels)
     # Untrained nets give near-tied logits, so the engine is held to the logits (Hardswish, SiLU and the
     # squeeze-excitation gates of v3 and EfficientNet add integer rounding on 16-bit grids) and the
-    # predictions are compared where the logits are apart (ResNet, MobileNetV2, GoogLeNet).
+    # predictions are compared where the logits are apart (ResNet, MobileNetV2, GoogLeNet, SqueezeNet, DenseNet).
     assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
-    if "resnet" in name or "v2" in name or "googlenet" in name:
+    if any(net in name for net in ("resnet", "v2", "googlenet", "squeezenet", "DenseNet")):
         assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
     path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
     (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
@@ -436,3 +440,155 @@ def test_max_pooling_with_ceil_mode_exports(tmp_path):
     model, pixels, x, reference = _calibrated(CeilPools(), seed=8)
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert [n.ceil_mode for n in graph.nodes if n.op == "max_pool2d"] == [True, True]
+
+
+class BatchNormAnywhere(nn.Module):
+    """BatchNorm where no conv can absorb it: after a pooling (BN -> ReLU -> conv, DenseNet's pre-activation), after
+    a ReLU, after a concatenation, and BatchNorm1d on pooled features before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.pre = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.after_relu = nn.BatchNorm2d(8)
+        self.branch = nn.Conv2d(8, 4, 1)
+        self.after_cat = nn.BatchNorm2d(12)
+        self.head = nn.Conv2d(12, 16, 3, stride=2, padding=1)
+        self.features = nn.BatchNorm1d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.stem(x), 2)
+        x = self.after_relu(torch.relu(self.conv(torch.relu(self.pre(x)))))
+        x = torch.relu(self.after_cat(torch.cat([x, self.branch(x)], 1)))
+        return self.fc(self.features(torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1)))
+
+
+def _randomize_batchnorm(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 2.0)
+                m.weight.uniform_(-1.5, 1.5)  # negative scales too
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def test_batchnorm_that_folds_into_no_conv_is_an_integer_affine_op(tmp_path):
+    torch.manual_seed(0)
+    module = BatchNormAnywhere()
+    _randomize_batchnorm(module)
+    model, pixels, x, reference = _calibrated(module, seed=9)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    affine = [n.name for n in graph.nodes if n.op == "affine"]
+    assert affine == ["pre", "after_relu", "after_cat", "features"]
+    assert next(n for n in graph.nodes if n.name == "after_cat").relu  # the ReLU after it is fused
+
+
+class OddPools(nn.Module):
+    """Average pooling with padding, ceil_mode and count_include_pad=False, adaptive pooling to sizes that do not
+    divide the input (and one larger than it, as VGG's 7 x 7 on small inputs), max and average."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.avg_no_pad_count = nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)
+        self.uneven = nn.AdaptiveAvgPool2d((5, 3))
+        self.larger = nn.AdaptiveAvgPool2d(7)
+        self.fc = nn.LazyLinear(10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))                                                      # 28 x 28
+        if self.kind == "avg":
+            x = F.avg_pool2d(x, 3, 2, padding=1, ceil_mode=True)                          # 15 x 15
+            x = self.avg_no_pad_count(torch.relu(self.conv(x)))                           # 8 x 8
+            x = F.avg_pool2d(x, 3, 3, ceil_mode=True)                                     # 3 x 3, partial windows
+        else:
+            x = self.uneven(x)                                                            # 5 x 3, uneven windows
+            x = F.adaptive_max_pool2d(torch.relu(self.conv(x)), (None, 2))                # 5 x 2
+            x = self.larger(x)                                                            # 7 x 7, from 5 x 2
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("kind", ["avg", "adaptive"])
+def test_average_and_adaptive_pooling_of_any_geometry_export(tmp_path, kind):
+    torch.manual_seed(0)
+    module = OddPools(kind)
+    module(torch.zeros(1, 1, 28, 28))  # materializes the lazy classifier
+    model, pixels, x, reference = _calibrated(module, seed=10)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    ops = [n.op for n in graph.nodes]
+    if kind == "avg":
+        assert ops.count("avg_pool2d") == 3
+    else:
+        assert ops.count("adaptive_avg_pool2d") == 2 and ops.count("adaptive_max_pool2d") == 1
+
+
+class ConvClassifier(nn.Module):
+    """SqueezeNet's head: a 1 x 1 conv classifier with a ReLU, then global average pooling and a flatten, so
+    the logits are not a conv's or linear layer's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, stride=2, padding=1)
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(16, 10, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(torch.relu(self.stem(x))), 1)
+
+
+def test_a_conv_classifier_before_pooling_exports_with_a_dequantized_output(tmp_path):
+    torch.manual_seed(0)
+    model, pixels, x, reference = _calibrated(ConvClassifier(), seed=11)
+    _assert_deployed(model, pixels, x, reference, tmp_path)
+    from qcnn.export.qfile import read_qcnn
+    doc, _ = read_qcnn(tmp_path / "m.qcnn")
+    assert doc["nodes"][-1]["op"] == "dequantize" and doc["output"] == doc["nodes"][-1]["name"]
+    out = qcnn.load(tmp_path / "m.qcnn")(pixels)
+    assert out.shape == (64, 10) and bool((out >= 0).all())  # after the ReLU and the mean
+
+
+def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_path):
+    from qcnn.export.qfile import read_qcnn, write_qcnn
+
+    torch.manual_seed(0)
+    module = BatchNormAnywhere()
+    _randomize_batchnorm(module)
+    model, *_ = _calibrated(module, seed=13)
+    qcnn.export(model, tmp_path / "good.qcnn", verbose=False, **FASHION_INPUT)
+    doc, tensors = read_qcnn(tmp_path / "good.qcnn")
+
+    def broken(change) -> str:
+        bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
+        change(bad_doc, bad_tensors)
+        write_qcnn(tmp_path / "bad.qcnn", bad_doc, bad_tensors)
+        with pytest.raises(Exception) as err:
+            qcnn.load(tmp_path / "bad.qcnn")
+        return str(err.value)
+
+    def big_shift(d, t):
+        t["pre.shift"] = torch.full_like(t["pre.shift"], 63)
+    assert "tensor 'pre.shift'" in broken(big_shift) and "above 62" in broken(big_shift)
+
+    def big_bias(d, t):
+        t["pre.bias"] = torch.full_like(t["pre.bias"], 2 ** 62)
+    assert "tensor 'pre.bias'" in broken(big_bias)
+
+    def short_multiplier(d, t):
+        t["pre.multiplier"] = t["pre.multiplier"][:3].clone()
+    assert "pre.multiplier" in broken(short_multiplier)
+
+    def zero_size(d, t):
+        pool = next(n for n in d["nodes"] if n["op"] == "global_avg_pool")
+        pool.update(op="adaptive_avg_pool2d", output_size=[0, 1])
+    assert "output_size" in broken(zero_size)
+
+    def dequantize_in_the_middle(d, t):
+        first = d["nodes"][0]
+        d["nodes"].insert(1, {"name": "early", "op": "dequantize", "inputs": [first["name"]], "shape": first["shape"],
+                              "input_qparams": first["qparams"], "qparams": None})
+    assert "node 1 'early'" in broken(dequantize_in_the_middle)
+    assert "only the last node may be float" in broken(dequantize_in_the_middle)

@@ -157,3 +157,18 @@ def test_demo_quick(tmp_path):
     assert dep["infer_agreement_with_load"] == 100.0 and dep["logits_identical"] is True
     again = demo.main(["--quick", "--out-dir", str(tmp_path)])  # reuses the matching baseline
     assert again["float_test_acc"] == summary["float_test_acc"]
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+def test_each_round_retrains_from_the_decayed_learning_rate(tmp_path, monkeypatch):
+    """retrain.lr_decay: round r's optimizer starts from lr * lr_decay^r."""
+    cfg = _cfg(tmp_path, "decay", weight={"kind": "codebook", "bits": 2}, act={"bits": 8})
+    cfg.retrain.max_rounds = cfg.retrain.min_rounds = 3
+    cfg.retrain.epochs_per_round = 1
+    cfg.retrain.lr_decay = 0.5
+    model, splits = _fresh(cfg)
+    seen = []
+    build = engine.build_optimizer
+    monkeypatch.setattr(engine, "build_optimizer", lambda m, t, lr: seen.append(lr) or build(m, t, lr))
+    assert retrain.run(model, cfg, splits.train, splits.val, progress=False)["finished"]
+    assert seen == pytest.approx([0.01, 0.005, 0.0025])

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OPS = ("conv2d", "linear", "quant", "relu", "lut", "max_pool2d", "avg_pool2d", "global_max_pool", "global_avg_pool",
-       "flatten", "add", "mul", "concat")
+OPS = ("conv2d", "linear", "quant", "affine", "relu", "lut", "max_pool2d", "avg_pool2d", "adaptive_max_pool2d",
+       "adaptive_avg_pool2d", "global_max_pool", "global_avg_pool", "flatten", "add", "mul", "concat")
 # The elementwise functions of a `lut` node (the integer engine runs them as a table over the input codes).
 ELEMENTWISE = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu, "sigmoid": torch.sigmoid,
                "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "elu": F.elu}
@@ -169,10 +169,10 @@ class Node:
     inputs: list[str]
     weight: QuantWeight | None = None       # conv2d, linear
     bias: torch.Tensor | None = None        # conv2d, linear: float32 [M]
-    bn_scale: torch.Tensor | None = None    # folded BatchNorm after conv/linear: y = bn_scale * y + bn_shift
-    bn_shift: torch.Tensor | None = None
+    bn_scale: torch.Tensor | None = None    # conv2d/linear: a folded BatchNorm after them, y = bn_scale * y + bn_shift;
+    bn_shift: torch.Tensor | None = None    # affine: y = bn_scale[c] * x + bn_shift[c] per channel (a BatchNorm alone)
     act: QParams | None = None              # conv2d/linear: input quantizer; quant: the quantizer
-    relu: bool = False                      # conv2d, linear, add: ReLU on the output
+    relu: bool = False                      # conv2d, linear, affine, add: ReLU on the output
     relu_max: float | None = None           # with relu (or op relu): min(relu(y), relu_max), e.g. 6 for ReLU6
     kernel_size: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
@@ -182,7 +182,9 @@ class Node:
     function_args: tuple = ()               # lut: its extra arguments (leaky_relu's slope, elu's alpha)
     groups: int = 1                         # conv2d: grouped (depthwise: groups = in = out channels)
     dilation: tuple[int, int] = (1, 1)      # conv2d
-    ceil_mode: bool = False                 # max_pool2d: the output size rounds up (torch's ceil_mode)
+    ceil_mode: bool = False                 # max/avg_pool2d: the output size rounds up (torch's ceil_mode)
+    count_include_pad: bool = True          # avg_pool2d: padding cells count in the divisor (torch's default)
+    output_size: tuple | None = None        # adaptive pools: (H, W), an entry None keeps the input's
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -202,6 +204,10 @@ class Node:
         if self.op == "lut" and self.function not in ELEMENTWISE:
             raise ValueError(f"node {self.name!r}: lut needs function, one of {sorted(ELEMENTWISE)}, got "
                              f"{self.function!r}")
+        if self.op == "affine" and (self.bn_scale is None or self.bn_shift is None):
+            raise ValueError(f"node {self.name!r}: affine needs bn_scale and bn_shift")
+        if self.op.startswith("adaptive") and (not isinstance(self.output_size, tuple) or len(self.output_size) != 2):
+            raise ValueError(f"node {self.name!r}: {self.op} needs output_size (H, W), got {self.output_size!r}")
         if self.op == "concat" and len(self.inputs) < 2:
             raise ValueError(f"node {self.name!r}: concat needs at least 2 inputs")
         if self.op in ("add", "mul") and len(self.inputs) != 2:
@@ -277,6 +283,11 @@ def reference_forward(graph: Graph, x: torch.Tensor, values: dict | None = None)
                 y = _relu(y, node)
         elif node.op == "quant":
             y = node.act.fake_quant(a)
+        elif node.op == "affine":
+            shape = (1, -1) + (1,) * (a.dim() - 2)
+            y = a * node.bn_scale.reshape(shape) + node.bn_shift.reshape(shape)
+            if node.relu:
+                y = _relu(y, node)
         elif node.op == "relu":
             y = _relu(a, node)
         elif node.op == "lut":
@@ -284,7 +295,12 @@ def reference_forward(graph: Graph, x: torch.Tensor, values: dict | None = None)
         elif node.op == "max_pool2d":
             y = F.max_pool2d(a, node.kernel_size, node.stride, node.padding, ceil_mode=node.ceil_mode)
         elif node.op == "avg_pool2d":
-            y = F.avg_pool2d(a, node.kernel_size, node.stride)
+            y = F.avg_pool2d(a, node.kernel_size, node.stride, node.padding, ceil_mode=node.ceil_mode,
+                             count_include_pad=node.count_include_pad)
+        elif node.op == "adaptive_max_pool2d":
+            y = F.adaptive_max_pool2d(a, node.output_size)
+        elif node.op == "adaptive_avg_pool2d":
+            y = F.adaptive_avg_pool2d(a, node.output_size)
         elif node.op == "global_max_pool":
             y = torch.amax(a, dim=(2, 3), keepdim=True)
         elif node.op == "global_avg_pool":

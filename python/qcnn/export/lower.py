@@ -19,6 +19,7 @@ INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 # scale maps a proven bound on |value| (worst case over all inputs) to 2**30.
 WIDE_RANGE = 2 ** 30
 BIAS_LIMIT = 2 ** 62
+AFFINE_BIAS_LIMIT = 2 ** 61  # the engine's affine op: |x - z| * |m| < 2^62 and the bias must leave int64 room
 
 
 def _output_clamp(target: QParams, node: Node) -> list[int]:
@@ -56,16 +57,36 @@ def wide_qparams(bound: float) -> QParams:
     return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
 
 
-def _pool_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """torch's pooling output size: with ceil_mode rounded up, the last window starting inside the input or its
-    left padding."""
+def pool_windows(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool,
+                 count_include_pad: bool = True) -> list[tuple[int, int, int]]:
+    """torch's pooling windows along one axis, as (begin, end, divisor) per output cell: the input cells
+    [begin, end) and the average's divisor (the window's cells inside the padded input with count_include_pad,
+    else inside the input). With ceil_mode the output size rounds up, the last window starting inside the input
+    or its left padding. The engine computes the same (csrc/core/requant.h: pool_axis)."""
     span = size + 2 * pad - kernel
     if span < 0:
-        return 0
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    return out - 1 if (out - 1) * stride >= size + pad else out
+        return []
+    out = span // stride + 1 if not ceil_mode else -(-span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    windows = []
+    for i in range(out):
+        start = i * stride - pad
+        stop = min(start + kernel, size + pad)
+        begin, end = max(start, 0), min(stop, size)
+        windows.append((begin, end, stop - start if count_include_pad else end - begin))
+    return windows
+
+
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int, int]]:
+    """torch's adaptive pooling windows from `size` to `out` cells: [floor(i size / out), ceil((i + 1) size / out))."""
+    return [(i * size // out, -(-(i + 1) * size // out), -(-(i + 1) * size // out) - i * size // out)
+            for i in range(out)]
+
+
+def adaptive_output_size(node: Node, shape: tuple[int, ...]) -> tuple[int, int]:
+    """An adaptive pool's (H, W) on a [C, H, W] input: its output_size, None entries keeping the input's."""
+    return tuple(int(shape[1 + i] if v is None else v) for i, v in enumerate(node.output_size))
 
 
 def _grid16(bound: float) -> QParams:
@@ -117,7 +138,7 @@ class Lowering:
             return user.act
         if user.op == "quant":
             return user.act
-        if user.op in ("relu", "max_pool2d", "global_max_pool", "flatten", "concat"):
+        if user.op in ("relu", "max_pool2d", "adaptive_max_pool2d", "global_max_pool", "flatten", "concat"):
             return self.narrow_target(user.name)
         return None
 
@@ -334,6 +355,50 @@ class Lowering:
                    "clamp": _output_clamp(target, node)})
         self.values[node.name] = Tensor(node.name, target, a.shape, bound)
 
+    def lower_affine(self, node: Node) -> None:
+        """A BatchNorm that folds into no layer: y = a[c] x + b[c] per channel on the input codes,
+        y_code = z_y + RS((x - z_x) m[c] + bias[c], shift[c]) with m[c] 2^-shift[c] = a[c] s_x / s_y (the conv
+        epilogue's fixed point), ReLU and clamp on the output codes."""
+        src = self.values[node.inputs[0]]
+        q = src.qparams
+        if q is None:
+            raise ValueError(f"node {node.name!r}: input {node.inputs[0]!r} is float")
+        channels = src.shape[0]
+        a, b = node.bn_scale.to(torch.float64), node.bn_shift.to(torch.float64)
+        if a.numel() != channels:
+            raise ValueError(f"node {node.name!r}: {a.numel()} BatchNorm features for an input of {channels} channels "
+                             f"(shape {list(src.shape)})")
+        bound = float((a.abs() * src.bound + b.abs()).max())
+        target = self.narrow_target(node.name)
+        if target is None:
+            target = wide_qparams(bound)
+        else:
+            bound = min(bound, _bound(target))
+        mults, shifts, biases = [], [], []
+        for c in range(channels):
+            mt, sh = quantize_multiplier(float(a[c]) * q.scale / target.scale)
+            mults.append(mt)
+            shifts.append(sh)
+            biases.append(max(-AFFINE_BIAS_LIMIT, min(AFFINE_BIAS_LIMIT, round(float(b[c]) / target.scale * 2.0 ** sh))))
+        self.tensors[f"{node.name}.multiplier"] = torch.tensor(mults, dtype=torch.int32)
+        self.tensors[f"{node.name}.shift"] = torch.tensor(shifts, dtype=torch.uint8)
+        self.tensors[f"{node.name}.bias"] = torch.tensor(biases, dtype=torch.int64)
+        self.emit({"name": node.name, "op": "affine", "inputs": [src.name], "shape": list(src.shape),
+                   "input_zero_point": q.zero_point, "qparams": target.to_json(), "clamp": _output_clamp(target, node)})
+        self.values[node.name] = Tensor(node.name, target, src.shape, bound)
+
+    def lower_output(self) -> None:
+        """A model whose last node is not a conv or linear layer (a 1x1-conv classifier then global pooling and
+        flatten) ends in a dequantize node: the float output scale * (code - zero_point)."""
+        last = self.values[self.graph.output]
+        self.output_name = last.name
+        if last.qparams is None:
+            return
+        q = last.qparams
+        self.output_name = f"{last.name}.dequantize"
+        self.emit({"name": self.output_name, "op": "dequantize", "inputs": [last.name], "shape": list(last.shape),
+                   "input_qparams": q.to_json(), "qparams": None})
+
     def narrow16(self, value: str, user: str) -> Tensor:
         """The value with codes of at most 16 bits around its zero point (a wide one requantized onto a
         symmetric 16-bit grid over its bound)."""
@@ -419,18 +484,24 @@ class Lowering:
         elif node.op in ("max_pool2d", "avg_pool2d"):
             if len(shape) != 3:
                 raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")
-            pad = node.padding if node.op == "max_pool2d" else (0, 0)
-            if node.op == "avg_pool2d" and tuple(node.padding) != (0, 0):
-                raise ValueError(f"node {node.name!r}: avg_pool2d with padding is not supported")
-            ceil = node.op == "max_pool2d" and node.ceil_mode
-            oh, ow = (_pool_size(shape[1 + i], node.kernel_size[i], node.stride[i], pad[i], ceil) for i in (0, 1))
+            if any(2 * p > k for p, k in zip(node.padding, node.kernel_size)):
+                raise ValueError(f"node {node.name!r}: pooling padding must be at most half the kernel")
+            oh, ow = (len(pool_windows(shape[1 + i], node.kernel_size[i], node.stride[i], node.padding[i],
+                                       node.ceil_mode)) for i in (0, 1))
             if oh < 1 or ow < 1:
                 raise ValueError(f"node {node.name!r}: pooling window larger than the input")
             shape = (shape[0], oh, ow)
             spec.update(kernel=list(map(int, node.kernel_size)), stride=list(map(int, node.stride)),
-                        padding=list(map(int, pad)))
-            if ceil:
+                        padding=list(map(int, node.padding)))
+            if node.ceil_mode:
                 spec["ceil_mode"] = True
+            if node.op == "avg_pool2d" and not node.count_include_pad:
+                spec["count_include_pad"] = False
+        elif node.op in ("adaptive_max_pool2d", "adaptive_avg_pool2d"):
+            if len(shape) != 3:
+                raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")
+            shape = (shape[0], *adaptive_output_size(node, shape))
+            spec["output_size"] = list(shape[1:])
         elif node.op in ("global_max_pool", "global_avg_pool"):
             if len(shape) != 3:
                 raise ValueError(f"node {node.name!r}: {node.op} needs a [C, H, W] input")
@@ -443,12 +514,11 @@ class Lowering:
 
     def run(self) -> dict:
         self.lower_input()
-        last = self.graph.nodes[-1]
-        if last.op not in ("conv2d", "linear"):
-            raise ValueError(f"the last node ({last.name!r}) must be a conv2d or linear layer producing the logits")
         for node in self.graph.nodes:
             if node.op in ("conv2d", "linear"):
                 self.lower_conv(node)
+            elif node.op == "affine":
+                self.lower_affine(node)
             elif node.op == "add":
                 self.lower_add(node)
             elif node.op == "lut":
@@ -459,8 +529,9 @@ class Lowering:
                 self.lower_mul(node)
             else:
                 self.lower_simple(node)
+        self.lower_output()
         return {"format": "qcnn", "version": 1, "input": self.input_json, "nodes": self.nodes,
-                "output": self.values[self.graph.output].name}
+                "output": self.output_name}
 
 
 def lower_graph(graph: Graph, entropy_coding: bool = False) -> tuple[dict, dict[str, torch.Tensor], dict]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .graph import Graph, QParams, reference_forward
+from .lower import adaptive_output_size, adaptive_windows, pool_windows
 
 OPSET = 13
 
@@ -56,11 +57,9 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
         raise ImportError("qcnn.export_onnx needs the `onnx` package (pip install onnx)") from err
     graph.validate()
     nodes, inits = [], []
-    shapes = {}
-    if any(node.op == "max_pool2d" and node.ceil_mode for node in graph.nodes):
-        values = {}
-        reference_forward(graph, torch.zeros(1, *graph.input_shape), values)
-        shapes = {name: tuple(v.shape) for name, v in values.items()}
+    values = {}
+    reference_forward(graph, torch.zeros(1, *graph.input_shape), values)
+    shapes = {name: tuple(v.shape) for name, v in values.items()}
 
     def const(name: str, array: np.ndarray) -> str:
         inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -88,6 +87,31 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             lo = const(f"{node.name}.relu_lo", np.array(0.0, dtype=np.float32))
             hi = const(f"{node.name}.relu_hi", np.array(node.relu_max, dtype=np.float32))
             nodes.append(helper.make_node("Clip", [x, lo, hi], [out]))
+
+    def window_pool(x: str, out: str, node, rows: list, cols: list, is_max: bool) -> None:
+        """Pooling over explicit windows ((begin, end, divisor) per output cell of each axis, lower.pool_windows),
+        for what ONNX's pools cannot say (torch's ceil_mode and divisors, adaptive pooling): each axis in turn is
+        sliced per window, reduced (max, or sum times 1 / divisor) and concatenated. Max of maxima and the
+        separable divisors make this exact."""
+        for axis, windows in ((2, rows), (3, cols)):
+            parts = []
+            for i, (begin, end, divisor) in enumerate(windows):
+                tag = f"{node.name}.axis{axis}.{i}"
+                bounds = [const(f"{tag}.{k}", np.array([v], dtype=np.int64)) for k, v in
+                          (("begin", begin), ("end", end), ("axis", axis))]
+                nodes.append(helper.make_node("Slice", [x, *bounds], [f"{tag}.window"]))
+                if is_max:
+                    nodes.append(helper.make_node("ReduceMax", [f"{tag}.window"], [f"{tag}.pooled"], axes=[axis],
+                                                  keepdims=1))
+                else:
+                    nodes.append(helper.make_node("ReduceSum", [f"{tag}.window", bounds[2]], [f"{tag}.sum"],
+                                                  keepdims=1))
+                    inv = const(f"{tag}.inv", np.array(1.0 / divisor, dtype=np.float32))
+                    nodes.append(helper.make_node("Mul", [f"{tag}.sum", inv], [f"{tag}.pooled"]))
+                parts.append(f"{tag}.pooled")
+            y = out if axis == 3 else f"{node.name}.rows"
+            nodes.append(helper.make_node("Concat", parts, [y], axis=axis))
+            x = y
 
     def elementwise(x: str, out: str, node) -> None:
         fn, tag = node.function, node.name
@@ -134,6 +158,15 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
                 relu(y, out, node)
         elif node.op == "quant":
             nodes.append(helper.make_node("Identity", [fake_quant(x, node.act, node.name)], [out]))
+        elif node.op == "affine":
+            per_channel = (-1,) + (1,) * (len(shapes[x]) - 2)
+            a = const(f"{node.name}.scale", _np(node.bn_scale).astype(np.float32).reshape(per_channel))
+            b = const(f"{node.name}.shift", _np(node.bn_shift).astype(np.float32).reshape(per_channel))
+            y = out if not node.relu else f"{node.name}.pre_relu"
+            nodes.extend([helper.make_node("Mul", [x, a], [f"{node.name}.scaled"]),
+                          helper.make_node("Add", [f"{node.name}.scaled", b], [y])])
+            if node.relu:
+                relu(y, out, node)
         elif node.op == "relu":
             relu(x, out, node)
         elif node.op == "lut":
@@ -154,8 +187,21 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=list(node.kernel_size),
                                           strides=list(node.stride), pads=pads))
         elif node.op == "avg_pool2d":
-            nodes.append(helper.make_node("AveragePool", [x], [out], kernel_shape=list(node.kernel_size),
-                                          strides=list(node.stride)))
+            if node.ceil_mode:
+                h, w = shapes[x][2:]
+                rows, cols = (pool_windows(size, node.kernel_size[i], node.stride[i], node.padding[i], True,
+                                           node.count_include_pad) for i, size in enumerate((h, w)))
+                window_pool(x, out, node, rows, cols, is_max=False)
+            else:
+                pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
+                nodes.append(helper.make_node("AveragePool", [x], [out], kernel_shape=list(node.kernel_size),
+                                              strides=list(node.stride), pads=pads,
+                                              count_include_pad=int(node.count_include_pad)))
+        elif node.op in ("adaptive_max_pool2d", "adaptive_avg_pool2d"):
+            h, w = shapes[x][2:]
+            oh, ow = adaptive_output_size(node, shapes[x][1:])
+            window_pool(x, out, node, adaptive_windows(h, oh), adaptive_windows(w, ow),
+                        is_max=node.op == "adaptive_max_pool2d")
         elif node.op == "global_max_pool":
             nodes.append(helper.make_node("GlobalMaxPool", [x], [out]))
         elif node.op == "global_avg_pool":
@@ -169,8 +215,7 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
                 relu(y, out, node)
     c, h, w = graph.input_shape
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])
-    last = graph.nodes[-1]
-    out_shape = ["N", last.weight.out_channels] + (["OH", "OW"] if last.op == "conv2d" else [])
+    out_shape = ["N", *shapes[graph.output][1:]]
     outp = helper.make_tensor_value_info(graph.output, TensorProto.FLOAT, out_shape)
     model = helper.make_model(helper.make_graph(nodes, "qcnn", [inp], [outp], inits),
                               opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qcnn",

@@ -1,10 +1,11 @@
 """qcnn model -> export Graph: traces a quantized model with torch.fx and reads every layer's quantizers.
 
 Supported: (Quant)Conv2d (grouped, depthwise, dilated; zero padding given, 'same' or 'valid'), (Quant)Linear,
-BatchNorm2d / BatchNorm1d directly after a conv / linear layer (folded), ReLU (module, F.relu, torch.relu,
-.relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, GELU, LeakyReLU
-and ELU (modules and functions: lookup tables in the engine), MaxPool2d (ceil_mode too) / AvgPool2d (modules and functions),
-AdaptiveMax/AvgPool2d(1) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
+BatchNorm2d / BatchNorm1d (folded into the conv / linear layer right before it, else a per-channel integer affine
+op), ReLU (module, F.relu, torch.relu, .relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid,
+SiLU, Sigmoid, Tanh, GELU, LeakyReLU and ELU (modules and functions: lookup tables in the engine), MaxPool2d /
+AvgPool2d (modules and functions; padding, ceil_mode, count_include_pad), AdaptiveMax/AvgPool2d to any size
+(modules and functions) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
 x.view/reshape(x.size(0), -1)), torch.cat along the channels, torchvision's stochastic depth (identity), residual add, a * b of
 two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
@@ -30,8 +31,8 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED = ("the exportable activations: ReLU, ReLU6, Hardtanh(0, c), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, "
-              "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm after them, pooling, global pooling, flatten, "
-              "add, mul of two branches, torch.cat on channels, Dropout, Identity")
+              "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm, max/avg/adaptive pooling, global pooling, "
+              "flatten, add, mul of two branches, torch.cat on channels, Dropout, Identity")
 # Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                 nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
@@ -179,7 +180,8 @@ class _Tracer:
     def fuse_relu(self, node: torch.fx.Node, relu_max: float | None = None) -> None:
         src = self.input_of(node)
         target = self.by_name.get(src)
-        if target is not None and target.op in ("conv2d", "linear", "add") and not target.relu and self.sole_use(src):
+        if target is not None and target.op in ("conv2d", "linear", "affine", "add") and not target.relu and \
+                self.sole_use(src):
             target.relu, target.relu_max = True, relu_max
             self.alias(node, src)
         else:
@@ -210,15 +212,7 @@ class _Tracer:
             else:
                 self.add(node, Node(qualname, "linear", [src], **common))
         elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            conv = self.by_name.get(src)
-            layer = "conv2d" if isinstance(mod, nn.BatchNorm2d) else "linear"
-            if conv is None or conv.op != layer or conv.bn_scale is not None or conv.relu or not self.sole_use(src):
-                raise self.fail(node, f"{type(mod).__name__} exports only when folded into the "
-                                f"{'conv' if layer == 'conv2d' else 'linear layer'} right before it")
-            if mod.num_features != conv.weight.out_channels:
-                raise self.fail(node, f"{mod.num_features} features after a conv with {conv.weight.out_channels}")
-            conv.bn_scale, conv.bn_shift = (t.to(torch.float32) for t in bn_affine(mod))
-            self.alias(node, src)
+            self.batch_norm(node, mod, src)
         elif isinstance(mod, nn.ReLU):
             self.fuse_relu(node)
         elif isinstance(mod, nn.Hardtanh):  # nn.ReLU6 is Hardtanh(0, 6)
@@ -232,10 +226,9 @@ class _Tracer:
         elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
             self.pool(node, mod, src)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            if mod.output_size not in (1, (1, 1)):
-                raise self.fail(node, f"adaptive pooling exports only with output_size 1, got {mod.output_size}")
-            op = "global_avg_pool" if isinstance(mod, nn.AdaptiveAvgPool2d) else "global_max_pool"
-            self.add(node, Node(node.name, op, [src]))
+            if isinstance(mod, nn.AdaptiveMaxPool2d) and mod.return_indices:
+                raise self.fail(node, "adaptive max pooling exports only without indices")
+            self.adaptive_pool(node, mod.output_size, isinstance(mod, nn.AdaptiveMaxPool2d))
         elif isinstance(mod, nn.Flatten):
             if mod.start_dim != 1 or mod.end_dim != -1:
                 raise self.fail(node, "Flatten exports only with start_dim=1, end_dim=-1")
@@ -243,22 +236,48 @@ class _Tracer:
         else:
             raise self.fail(node, f"module type {type(mod).__name__} has no export ({_SUPPORTED})")
 
+    def batch_norm(self, node: torch.fx.Node, mod: nn.Module, src: str) -> None:
+        """Folded into the conv / linear layer right before it (nothing else reading its output, no ReLU between),
+        else an affine node: y = scale[c] * x + shift[c]."""
+        scale, shift = (t.to(torch.float32) for t in bn_affine(mod))
+        layer = self.by_name.get(src)
+        if (layer is not None and layer.op == ("conv2d" if isinstance(mod, nn.BatchNorm2d) else "linear")
+                and layer.bn_scale is None and not layer.relu and self.sole_use(src)):
+            if mod.num_features != layer.weight.out_channels:
+                raise self.fail(node, f"{mod.num_features} features after a layer with {layer.weight.out_channels} "
+                                "outputs")
+            layer.bn_scale, layer.bn_shift = scale, shift
+            self.alias(node, src)
+        else:
+            self.add(node, Node(node.name, "affine", [src], bn_scale=scale, bn_shift=shift))
+
+    def adaptive_pool(self, node: torch.fx.Node, size, is_max: bool) -> None:
+        """Adaptive pooling to `size` (an int or (H, W), None keeping the input's): global pooling at 1 x 1."""
+        pair = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if len(pair) != 2 or not all(v is None or isinstance(v, int) and v >= 1 for v in pair):
+            raise self.fail(node, f"adaptive pooling needs output_size an int >= 1 or a pair of them (or None), "
+                            f"got {size!r}")
+        if pair == (1, 1):
+            self.add(node, Node(node.name, "global_max_pool" if is_max else "global_avg_pool", [self.input_of(node)]))
+        else:
+            self.add(node, Node(node.name, "adaptive_max_pool2d" if is_max else "adaptive_avg_pool2d",
+                                [self.input_of(node)], output_size=pair))
+
     def pool(self, node: torch.fx.Node, mod: nn.Module, src: str) -> None:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
         kernel = pair(mod.kernel_size)
         stride = pair(mod.stride if mod.stride is not None else mod.kernel_size)
         padding = pair(mod.padding)
-        if mod.ceil_mode and not isinstance(mod, nn.MaxPool2d):
-            raise self.fail(node, "average pooling with ceil_mode=True has no export (max pooling has)")
         if isinstance(mod, nn.MaxPool2d):
             if pair(mod.dilation) != (1, 1) or mod.return_indices:
                 raise self.fail(node, "max pooling exports only with dilation 1 and no indices")
             self.add(node, Node(node.name, "max_pool2d", [src], kernel_size=kernel, stride=stride, padding=padding,
                                 ceil_mode=bool(mod.ceil_mode)))
         else:
-            if padding != (0, 0) or mod.divisor_override is not None:
-                raise self.fail(node, "average pooling exports only without padding or divisor_override")
-            self.add(node, Node(node.name, "avg_pool2d", [src], kernel_size=kernel, stride=stride))
+            if mod.divisor_override is not None:
+                raise self.fail(node, "average pooling with divisor_override has no export")
+            self.add(node, Node(node.name, "avg_pool2d", [src], kernel_size=kernel, stride=stride, padding=padding,
+                                ceil_mode=bool(mod.ceil_mode), count_include_pad=bool(mod.count_include_pad)))
 
     def arg(self, node: torch.fx.Node, i: int, key: str, default=None):
         return node.args[i] if i < len(node.args) else node.kwargs.get(key, default)
@@ -299,11 +318,9 @@ class _Tracer:
         elif fn in (F.hardtanh, F.hardtanh_):
             self.capped_relu(node, self.arg(node, 1, "min_val", -1.0), self.arg(node, 2, "max_val", 1.0))
         elif fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-            size = self.arg(node, 1, "output_size")
-            if size not in (1, (1, 1), [1, 1]):
-                raise self.fail(node, f"adaptive pooling exports only with output_size 1, got {size}")
-            self.add(node, Node(node.name, "global_avg_pool" if fn is F.adaptive_avg_pool2d else "global_max_pool",
-                                [self.input_of(node)]))
+            if fn is F.adaptive_max_pool2d and self.arg(node, 2, "return_indices", False):
+                raise self.fail(node, "adaptive max pooling exports only without indices")
+            self.adaptive_pool(node, self.arg(node, 1, "output_size"), fn is F.adaptive_max_pool2d)
         elif (method and fn == "mean") or fn is torch.mean:
             dims = self.arg(node, 1, "dim")
             if isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims):

@@ -27,7 +27,7 @@ def check_name(name) -> None:
     """ValueError unless `name` is one create() can build (a registered one or the form of the others)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"qcnn.models.create: model name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY or name.startswith("torchvision."):
+    if name in _REGISTRY or name.startswith("torchvision.") and ":" not in name:
         return
     module, colon, attr = name.partition(":")
     if colon and module and attr and all(part.isidentifier() for part in module.split(".") + attr.split(".")):
@@ -39,7 +39,7 @@ def check_name(name) -> None:
 def _builder(name: str) -> Callable[..., nn.Module]:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("torchvision."):
+    if name.startswith("torchvision.") and ":" not in name:
         try:
             import torchvision.models
         except ImportError as err:
