@@ -53,14 +53,24 @@ test-cpp: $(STAMPS)/cmake
 test-python: $(STAMPS)/ext
 	$(PYTHON) -m pytest -q tests/python
 
-# No GPU on CI: compile every .cu file (compile only) so the CUDA code cannot rot. The CPU build
-# of torch lacks one generated CUDA config header; the shim defines what the CUDA build's defines.
+# No GPU on CI. With a CUDA build of torch (the pinned 2.14.1 is one) the whole extension is built a second
+# time with its CUDA kernels (QCNN_FORCE_CUDA, into build/cuda-ext) and loaded, without qcnn, by a check that
+# every CUDA kernel is linked and registered. With a CPU build of torch, which lacks one generated CUDA config
+# header (the shim defines what the CUDA build's defines), every .cu file is compiled only.
 TORCH_DIR = $(shell $(PYTHON) -c "import torch, os; print(os.path.dirname(torch.__file__))")
 PY_INC = $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 CU_SOURCES := $(wildcard csrc/ops/cuda/*.cu)
+CUDA_DIR = $(shell [ -d /usr/local/cuda ] && echo /usr/local/cuda || dirname $$(dirname $$(readlink -f $(NVCC))) 2>/dev/null)
+TORCH_HAS_CUDA = $(PYTHON) -c "import sys, torch; sys.exit(torch.version.cuda is None)"
 cuda-check: $(STAMPS)/python
 	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
+	if $(TORCH_HAS_CUDA); then \
+	  echo "cuda-check: building the extension with its CUDA kernels (build/cuda-ext)"; \
+	  QCNN_FORCE_CUDA=1 CUDA_HOME=$${CUDA_HOME:-$(CUDA_DIR)} MAX_JOBS=$(JOBS) \
+	    TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} \
+	    $(PYTHON) setup.py -q build_ext --build-lib build/cuda-ext --build-temp build/cuda-ext/tmp >/dev/null || exit 1; \
+	  $(PYTHON) tests/cuda/check_link.py build/cuda-ext/qcnn/_C.abi3.so || exit 1; exit 0; fi; \
 	mkdir -p build/cuda-check/shim/c10/cuda/impl; \
 	if [ ! -f $(TORCH_DIR)/include/c10/cuda/impl/cuda_cmake_macros.h ]; then \
 	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/cuda-check/shim/c10/cuda/impl/cuda_cmake_macros.h; fi; \

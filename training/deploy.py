@@ -113,10 +113,26 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
                       infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
                       infer_agreement_with_load=agreement(infer_pred, load_pred),
                       logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
+    result.update(onnx_agreement(model, run_dir / "model.onnx", graph, pixels, fake_pred, labels))
     (run_dir / "deploy.json").write_text(json.dumps(result, indent=2))
     if verbose:
         print(format_deploy(result))
     return result
+
+
+def onnx_agreement(model: torch.nn.Module, path: Path, graph, pixels: torch.Tensor, fake_pred: torch.Tensor,
+                   labels: torch.Tensor) -> dict:
+    """The model's ONNX export in onnxruntime's default session: test accuracy and agreement with the fake-quant
+    model ({} without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    qcnn.export_onnx(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pred = torch.cat([torch.from_numpy(session.run(None, {"input": graph.normalize(chunk).numpy()})[0]).argmax(1)
+                      for chunk in pixels.split(1000)])
+    return {"onnx_test_acc": accuracy(pred, labels), "onnx_agreement": agreement(pred, fake_pred)}
 
 
 def _f1_note(r: dict, runtime: str) -> str:
@@ -136,6 +152,8 @@ def format_deploy(r: dict) -> str:
         lines.append(f"qcnn-infer (integer engine) test acc {r['infer_test_acc']:.2f}%{_f1_note(r, 'infer')}, "
                      f"agreement {r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
         lines.append(f"logits of qcnn.load and qcnn-infer bit-identical: {str(r['logits_identical']).lower()}")
+    if "onnx_test_acc" in r:
+        lines.append(f"ONNX in onnxruntime          test acc {r['onnx_test_acc']:.2f}%, agreement {r['onnx_agreement']:.2f}%")
     return "\n".join(lines)
 
 

@@ -243,8 +243,9 @@ def torchvision_table(summaries: list[dict], runs_dir: Path) -> str:
     if not runs:
         return "(no torchvision run yet)"
     lines = ["| net | weights | activations | rounds (kept) | float test % | quantized test % | diff (points) | goal "
-             "| .qcnn x smaller | qcnn.load agreement % | qcnn-infer agreement % | engine images/s |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "| .qcnn x smaller | deployed on (test images) | qcnn.load agreement % | qcnn-infer agreement % "
+             "| onnxruntime agreement % | engine images/s |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for s in sorted(runs, key=lambda s: s["name"]):
         deploy_path = runs_dir / s["name"] / "deploy.json"
         d = json.loads(deploy_path.read_text()) if deploy_path.is_file() else {}
@@ -254,8 +255,8 @@ def torchvision_table(summaries: list[dict], runs_dir: Path) -> str:
         lines.append(f"| {_net(s, runs_dir)} | {_weights(s.get('quant'))} | {_acts(s.get('quant'))} | {s['rounds']} "
                      f"({s.get('best_round', s['rounds'] - 1)}) | {_num(f)} | {s['quant_test_acc']:.2f} | "
                      f"{'-' if f is None else format(s['quant_test_acc'] - f, '+.2f')} | {goal} | "
-                     f"{_num(d.get('ratio_packed'))} | {_num(d.get('load_agreement'))} | "
-                     f"{_num(d.get('infer_agreement'))} | "
+                     f"{_num(d.get('ratio_packed'))} | {d.get('images', '-')} | {_num(d.get('load_agreement'))} | "
+                     f"{_num(d.get('infer_agreement'))} | {_num(d.get('onnx_agreement'))} | "
                      f"{'-' if 'infer_images_per_second' not in d else format(d['infer_images_per_second'], '.0f')} |")
     return "\n".join(lines)
 
@@ -320,7 +321,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "MobileNetV2 runs at width 0.5 on 30,000 training images (4 float epochs) and ResNet-18 (11.2M parameters, "
         "37 minutes per full epoch here) on 8,000 (3 float epochs); validation and test splits are the usual "
         "5,000 and 10,000 images. Deployed: training/deploy.py (the .qcnn file in qcnn.load and qcnn-infer, both the "
-        "C++ integer engine; agreement = top-1 agreement with the fake-quant PyTorch model on the test set).",
+        "C++ integer engine, and the ONNX export in onnxruntime's default session; agreement = top-1 agreement with "
+        "the fake-quant PyTorch model on the first N test images (the table says N).",
         "",
         torchvision_table(summaries, runs_dir),
         METHODS_END,

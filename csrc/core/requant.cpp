@@ -110,6 +110,18 @@ void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>&
   }
 }
 
+void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const int32_t* index, int64_t out_channels,
+                          CodesOut out) {
+  if (in.storage != out.storage || in.offset != out.offset)
+    throw std::invalid_argument("gather_channels: input and output must share storage and offset");
+  with_input(in, [&](auto src) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
+    T* dst = static_cast<T*>(out.data);
+    for (int64_t p = 0; p < pixels; ++p)
+      for (int64_t c = 0; c < out_channels; ++c) dst[p * out_channels + c] = src[p * in_channels + index[c]];
+  });
+}
+
 void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
   const int64_t base = int64_t{in.offset} - input_min;
   with_codes(in, out, [&](auto src, auto dst) {

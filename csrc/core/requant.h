@@ -59,6 +59,11 @@ void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out
 void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>& channels, int64_t pixels,
                  CodesOut out);
 
+// Channel gather of NHWC images: out[p, c] = in[p, index[c]] for `pixels` positions (a channel shuffle, a chunk
+// or split along the channels); in and out share storage and offset. The caller keeps index[c] < in_channels.
+void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const int32_t* index, int64_t out_channels,
+                          CodesOut out);
+
 // out = table[x - input_min]: any elementwise function of the codes. The caller proves that every code x
 // lies in [input_min, input_min + table size).
 void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);

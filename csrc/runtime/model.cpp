@@ -95,7 +95,8 @@ void require_finite(const std::vector<T>& v, const std::string& what) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------- the plan
-enum class Op { Conv, Linear, Requantize, Affine, Add, Mul, Relu, Lut, Concat, Pool, Flatten, Dequantize };
+enum class Op { Conv, Linear, Requantize, Affine, Add, Mul, Relu, Lut, Concat, GatherChannels, Pool, Flatten,
+                Dequantize };
 
 // One value of the program, as the engine stores it for one image.
 struct Value {
@@ -148,6 +149,9 @@ struct PoolStep {
   bool max = false;
   int64_t pad_code = 0;  // the code of 0, in the divisor's cells beyond the input (average pooling)
 };
+struct GatherStep {
+  std::vector<int32_t> index;  // input channel of each output channel
+};
 struct DequantizeStep {
   int32_t zero_point;
   float scale;
@@ -159,8 +163,8 @@ struct Node {
   std::vector<int> inputs;
   int output = 0;
   int64_t macs = 0;
-  std::variant<std::monostate, ConvStep, RequantStep, AffineStep, AddStep, MulStep, ClampStep, LutStep, PoolStep,
-               DequantizeStep>
+  std::variant<std::monostate, ConvStep, RequantStep, AffineStep, AddStep, MulStep, ClampStep, LutStep, GatherStep,
+               PoolStep, DequantizeStep>
       step;
 };
 
@@ -249,6 +253,7 @@ struct Loader {
   Value parse_affine(const json& nd, Node& node, const std::string& where);
   Value parse_adaptive_pool(const json& nd, Node& node, const std::string& where);
   Value parse_dequantize(const json& nd, Node& node, const std::string& where);
+  Value parse_gather_channels(const json& nd, Node& node, const std::string& where);
   Value pooled(const Value& x, PoolStep st, Node& node, const std::string& where) const;
   Value parse_add(const json& nd, Node& node, const std::string& where);
   Value parse_relu(const json& nd, Node& node, const std::string& where);
@@ -619,6 +624,25 @@ Value Loader::parse_affine(const json& nd, Node& node, const std::string& where)
   return with_range(x, a.lo, a.hi);
 }
 
+Value Loader::parse_gather_channels(const json& nd, Node& node, const std::string& where) {
+  const Value& x = input(node);
+  if (x.shape.size() != 3) fail(where, "gather_channels needs a [C, H, W] input, got " + shape_str(x.shape));
+  const std::string name = get_string(nd, "index", where);
+  const TensorView& t = file.tensor(name, DType::I32);
+  if (t.shape.size() != 1 || t.shape[0] < 1 || t.shape[0] > kMaxDim)
+    fail(tensor_where(name), "must be 1-D with 1 to 2^24 entries, got " + shape_str(t.shape));
+  GatherStep st;
+  st.index = copy_tensor<int32_t>(t);
+  for (size_t i = 0; i < st.index.size(); ++i)
+    if (st.index[i] < 0 || st.index[i] >= x.shape[0])
+      fail(tensor_where(name), "entry " + std::to_string(i) + " is not a channel of the " + std::to_string(x.shape[0]) +
+                                   "-channel input");
+  Value out = x;
+  out.shape[0] = static_cast<int64_t>(st.index.size());
+  node.step = std::move(st);
+  return out;
+}
+
 // The float output of the model: scale * (code - zero_point), in torch's (C, H, W) order.
 Value Loader::parse_dequantize(const json& nd, Node& node, const std::string& where) {
   const Value& x = input(node);
@@ -749,6 +773,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
       {"relu", {Op::Relu, &Loader::parse_relu}},
       {"lut", {Op::Lut, &Loader::parse_lut}},
       {"concat", {Op::Concat, &Loader::parse_concat}},
+      {"gather_channels", {Op::GatherChannels, &Loader::parse_gather_channels}},
       {"max_pool2d", {Op::Pool, &Loader::parse_pool}},
       {"avg_pool2d", {Op::Pool, &Loader::parse_pool}},
       {"adaptive_max_pool2d", {Op::Pool, &Loader::parse_adaptive_pool}},
@@ -893,6 +918,12 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
         channels.push_back(values[id].shape[0]);
       }
       concat_nhwc(ins, channels, out.shape[1] * out.shape[2], codes_out(out, arena));
+      break;
+    }
+    case Op::GatherChannels: {
+      const GatherStep& st = std::get<GatherStep>(node.step);
+      gather_channels_nhwc(codes_in(x, arena), out.shape[1] * out.shape[2], x.shape[0], st.index.data(),
+                           out.shape[0], codes_out(out, arena));
       break;
     }
     case Op::Lut: {

@@ -24,11 +24,21 @@ class QuantLeafTracer(torch.fx.Tracer):
             super().is_leaf_module(m, qualname)
 
 
+def _opaque_functions() -> tuple:
+    """Functions the graph keeps as one call: torchvision's channel_shuffle (ShuffleNet), whose view / transpose /
+    view the export reads as one channel permutation."""
+    try:
+        from torchvision.models.shufflenetv2 import channel_shuffle
+    except ImportError:
+        return ()
+    return (channel_shuffle,)
+
+
 def trace(model: nn.Module, owner: str, purpose: str = "") -> torch.fx.Graph:
     """The model's torch.fx graph (QuantLeafTracer); an untraceable model is a TypeError naming `owner`, the
     model's class, what the graph was for and fx's reason."""
     try:
-        return QuantLeafTracer().trace(model)
+        return QuantLeafTracer(autowrap_functions=_opaque_functions()).trace(model)
     except Exception as err:  # fx raises many types for untraceable control flow
         why = f" {purpose}" if purpose else ""
         raise TypeError(f"{owner}: cannot trace {type(model).__name__} with torch.fx{why} "

@@ -16,6 +16,11 @@ from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT
 
+try:
+    from torchvision.models.shufflenetv2 import channel_shuffle
+except ImportError:  # the tests that need it skip
+    channel_shuffle = None
+
 
 class ConvZoo(nn.Module):
     """Depthwise-separable block (MobileNet), a grouped conv, a dilated conv with padding='same'."""
@@ -239,6 +244,7 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
                                          ("torchvision.googlenet", {"num_classes": 10, "aux_logits": False,
                                                                     "init_weights": False}),
                                          ("torchvision.squeezenet1_1", {"num_classes": 10}),
+                                         ("torchvision.shufflenet_v2_x0_5", {"num_classes": 10}),
                                          ("torchvision.models.densenet:DenseNet",
                                           {"growth_rate": 8, "block_config": (2, 2), "num_init_features": 16,
                                            "num_classes": 10})])
@@ -259,7 +265,7 @@ def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwar
     # squeeze-excitation gates of v3 and EfficientNet add integer rounding on 16-bit grids) and the
     # predictions are compared where the logits are apart (ResNet, MobileNetV2, GoogLeNet, SqueezeNet, DenseNet).
     assert (out - reference).abs().median() <= 0.03 * reference.abs().max()
-    if any(net in name for net in ("resnet", "v2", "googlenet", "squeezenet", "DenseNet")):
+    if any(net in name for net in ("resnet", "mobilenet_v2", "googlenet", "squeezenet", "DenseNet", "shufflenet")):
         assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
     path = qcnn.export_onnx(model, tmp_path / "m.onnx", **FASHION_INPUT)
     (onnx_out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
@@ -551,6 +557,38 @@ def test_a_conv_classifier_before_pooling_exports_with_a_dequantized_output(tmp_
     assert out.shape == (64, 10) and bool((out >= 0).all())  # after the ReLU and the mean
 
 
+class ChannelPieces(nn.Module):
+    """ShuffleNet's channel handling: chunk, split (sizes and a size), concatenation and torchvision's
+    channel_shuffle."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 12, 3, padding=1)
+        self.left = nn.Conv2d(6, 6, 3, padding=1)
+        self.right = nn.Conv2d(5, 6, 1)
+        self.head = nn.Conv2d(18, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        c, d = torch.split(b, [1, 5], dim=1)
+        e = x.split(4, 1)[2]
+        y = torch.cat([torch.relu(self.left(a)), c, torch.relu(self.right(d)), e, c], 1)  # 6 + 1 + 6 + 4 + 1
+        y = channel_shuffle(y, 2)
+        return self.fc(torch.relu(self.head(y)).mean((2, 3)))
+
+
+def test_chunk_split_and_channel_shuffle_export(tmp_path):
+    pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model, pixels, x, reference = _calibrated(ChannelPieces(), seed=14)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    gathers = [n.channels for n in graph.nodes if n.op == "gather_channels"]
+    assert gathers == [("chunk", 2, 0), ("chunk", 2, 1), ("split", (1, 5), 0), ("split", (1, 5), 1),
+                       ("split", 4, 2), ("shuffle", 2)]
+
+
 def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_path):
     from qcnn.export.qfile import read_qcnn, write_qcnn
 
@@ -590,5 +628,12 @@ def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_
         first = d["nodes"][0]
         d["nodes"].insert(1, {"name": "early", "op": "dequantize", "inputs": [first["name"]], "shape": first["shape"],
                               "input_qparams": first["qparams"], "qparams": None})
+    def gather_out_of_range(d, t):
+        first = d["nodes"][0]
+        d["nodes"].insert(1, {"name": "pick", "op": "gather_channels", "inputs": [first["name"]],
+                              "shape": [2, *first["shape"][1:]], "index": "pick.index", "qparams": first["qparams"]})
+        t["pick.index"] = torch.tensor([0, first["shape"][0]], dtype=torch.int32)
+    assert "tensor 'pick.index'" in broken(gather_out_of_range) and "is not a channel" in broken(gather_out_of_range)
+
     assert "node 1 'early'" in broken(dequantize_in_the_middle)
     assert "only the last node may be float" in broken(dequantize_in_the_middle)

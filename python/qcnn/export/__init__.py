@@ -97,7 +97,8 @@ def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool 
 
 
 def export_onnx(model, path: str | Path, **trace_options) -> Path:
-    """ONNX export: QuantizeLinear/DequantizeLinear for the activation quantizers, dequantized weights."""
+    """ONNX export: QuantizeLinear/DequantizeLinear for the activation quantizers, integer weights behind a
+    DequantizeLinear (onnx_export.py)."""
     from .onnx_export import export_onnx as _export_onnx
 
     return _export_onnx(to_graph(model, **trace_options), path)

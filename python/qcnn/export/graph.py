@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 OPS = ("conv2d", "linear", "quant", "affine", "relu", "lut", "max_pool2d", "avg_pool2d", "adaptive_max_pool2d",
-       "adaptive_avg_pool2d", "global_max_pool", "global_avg_pool", "flatten", "add", "mul", "concat")
+       "adaptive_avg_pool2d", "global_max_pool", "global_avg_pool", "flatten", "add", "mul", "concat", "gather_channels")
 # The elementwise functions of a `lut` node (the integer engine runs them as a table over the input codes).
 ELEMENTWISE = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu, "sigmoid": torch.sigmoid,
                "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "elu": F.elu}
@@ -185,6 +185,7 @@ class Node:
     ceil_mode: bool = False                 # max/avg_pool2d: the output size rounds up (torch's ceil_mode)
     count_include_pad: bool = True          # avg_pool2d: padding cells count in the divisor (torch's default)
     output_size: tuple | None = None        # adaptive pools: (H, W), an entry None keeps the input's
+    channels: tuple | None = None           # gather_channels: ("shuffle", groups) | ("chunk", n, i) | ("split", sizes, i)
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -208,6 +209,10 @@ class Node:
             raise ValueError(f"node {self.name!r}: affine needs bn_scale and bn_shift")
         if self.op.startswith("adaptive") and (not isinstance(self.output_size, tuple) or len(self.output_size) != 2):
             raise ValueError(f"node {self.name!r}: {self.op} needs output_size (H, W), got {self.output_size!r}")
+        if self.op == "gather_channels" and (not isinstance(self.channels, tuple) or
+                                             self.channels[:1] not in (("shuffle",), ("chunk",), ("split",))):
+            raise ValueError(f"node {self.name!r}: gather_channels needs channels ('shuffle', groups), ('chunk', n, i) "
+                             f"or ('split', sizes, i), got {self.channels!r}")
         if self.op == "concat" and len(self.inputs) < 2:
             raise ValueError(f"node {self.name!r}: concat needs at least 2 inputs")
         if self.op in ("add", "mul") and len(self.inputs) != 2:
@@ -218,6 +223,35 @@ class Node:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """A lut node's function on float values."""
         return ELEMENTWISE[self.function](x, *self.function_args)
+
+    def channel_index(self, channels: int) -> list[int]:
+        """A gather_channels node's input channel for each output channel, on an input of `channels`:
+        torchvision's channel_shuffle (view as [groups, C / groups], transpose, flatten), or the i-th piece of
+        torch.chunk / torch.split along the channels. ValueError naming the node when it does not apply."""
+        kind = self.channels[0]
+        if kind == "shuffle":
+            groups = self.channels[1]
+            if not isinstance(groups, int) or groups < 1 or channels % groups:
+                raise ValueError(f"node {self.name!r}: channel_shuffle into {groups!r} groups of {channels} channels")
+            per_group = channels // groups
+            return [(j % groups) * per_group + j // groups for j in range(channels)]
+        if kind == "chunk":
+            n, i = self.channels[1:]
+            size = -(-channels // n)
+            starts = list(range(0, channels, size))
+        else:
+            sizes, i = self.channels[1:]
+            if isinstance(sizes, int):
+                starts = list(range(0, channels, sizes))
+                size = sizes
+            else:
+                if sum(sizes) != channels:
+                    raise ValueError(f"node {self.name!r}: split sizes {list(sizes)} do not sum to {channels} channels")
+                starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        if not 0 <= i < len(starts):
+            raise ValueError(f"node {self.name!r}: piece {i} of {len(starts)} along {channels} channels")
+        stop = starts[i + 1] if i + 1 < len(starts) else channels
+        return list(range(starts[i], stop))
 
 
 @dataclass
@@ -309,6 +343,8 @@ def reference_forward(graph: Graph, x: torch.Tensor, values: dict | None = None)
             y = torch.flatten(a, 1)
         elif node.op == "concat":
             y = torch.cat([values[name] for name in node.inputs], 1)
+        elif node.op == "gather_channels":
+            y = a[:, node.channel_index(a.shape[1])]
         elif node.op == "mul":
             y = a * values[node.inputs[1]]
         else:  # add

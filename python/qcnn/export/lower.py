@@ -125,6 +125,7 @@ class Lowering:
             for name in node.inputs:
                 self.consumers[name].append(node)
         self.index_bytes = {"packed": 0, "huffman": 0, "stored": 0}
+        self.requantizations: dict[str, Tensor] = {}  # requantize nodes emitted, by name
 
     # Where the codes of a value should go -------------------------------------------------------
     def narrow_target(self, value: str) -> QParams | None:
@@ -138,7 +139,8 @@ class Lowering:
             return user.act
         if user.op == "quant":
             return user.act
-        if user.op in ("relu", "max_pool2d", "adaptive_max_pool2d", "global_max_pool", "flatten", "concat"):
+        if user.op in ("relu", "max_pool2d", "adaptive_max_pool2d", "global_max_pool", "flatten", "concat",
+                       "gather_channels"):
             return self.narrow_target(user.name)
         return None
 
@@ -153,11 +155,14 @@ class Lowering:
         if src.qparams == target:
             return src
         name = f"{value}.to_{user}"
+        if name in self.requantizations:  # the user reads the value twice (torch.cat([x, y, x]))
+            return self.requantizations[name]
         mult, shift = quantize_multiplier(src.qparams.scale / target.scale)
         self.emit({"name": name, "op": "requantize", "inputs": [src.name], "shape": list(src.shape),
                    "qparams": target.to_json(), "input_zero_point": src.qparams.zero_point,
                    "multiplier": mult, "shift": shift, "clamp": [target.qmin, target.qmax]})
-        return Tensor(name, target, src.shape, min(src.bound, _bound(target)))
+        self.requantizations[name] = Tensor(name, target, src.shape, min(src.bound, _bound(target)))
+        return self.requantizations[name]
 
     # Lowering of each op --------------------------------------------------------------------------
     def lower_input(self) -> None:
@@ -508,6 +513,13 @@ class Lowering:
             shape = (shape[0], 1, 1)
         elif node.op == "flatten":
             shape = (int(np.prod(shape)),)
+        elif node.op == "gather_channels":
+            if len(shape) != 3:
+                raise ValueError(f"node {node.name!r}: gather_channels needs a [C, H, W] input")
+            index = node.channel_index(shape[0])
+            self.tensors[f"{node.name}.index"] = torch.tensor(index, dtype=torch.int32)
+            spec["index"] = f"{node.name}.index"
+            shape = (len(index), *shape[1:])
         spec["shape"] = list(shape)
         self.emit(spec)
         self.values[node.name] = Tensor(node.name, q, shape, src.bound)

@@ -175,6 +175,9 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             nodes.append(helper.make_node("Mul", [x, node.inputs[1]], [out]))
         elif node.op == "concat":
             nodes.append(helper.make_node("Concat", list(node.inputs), [out], axis=1))
+        elif node.op == "gather_channels":
+            index = const(f"{node.name}.index", np.array(node.channel_index(shapes[x][1]), dtype=np.int64))
+            nodes.append(helper.make_node("Gather", [x, index], [out], axis=1))
         elif node.op == "max_pool2d":
             pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
             if node.ceil_mode:

@@ -6,7 +6,8 @@ op), ReLU (module, F.relu, torch.relu, .relu()), ReLU6 and Hardtanh(0, c) (a cap
 SiLU, Sigmoid, Tanh, GELU, LeakyReLU and ELU (modules and functions: lookup tables in the engine), MaxPool2d /
 AvgPool2d (modules and functions; padding, ceil_mode, count_include_pad), AdaptiveMax/AvgPool2d to any size
 (modules and functions) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
-x.view/reshape(x.size(0), -1)), torch.cat along the channels, torchvision's stochastic depth (identity), residual add, a * b of
+x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split along the channels and
+torchvision's channel_shuffle (ShuffleNet), torchvision's stochastic depth (identity), residual add, a * b of
 two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
 """
@@ -32,7 +33,8 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED = ("the exportable activations: ReLU, ReLU6, Hardtanh(0, c), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, "
               "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm, max/avg/adaptive pooling, global pooling, "
-              "flatten, add, mul of two branches, torch.cat on channels, Dropout, Identity")
+              "flatten, add, mul of two branches, torch.cat / chunk / split on channels, torchvision's "
+              "channel_shuffle, Dropout, Identity")
 # Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                 nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
@@ -105,6 +107,11 @@ def _is_stochastic_depth(fn) -> bool:
     return getattr(fn, "__name__", "") == "stochastic_depth" and getattr(fn, "__module__", "").startswith("torchvision.")
 
 
+def _is_channel_shuffle(fn) -> bool:
+    return getattr(fn, "__module__", "") == "torchvision.models.shufflenetv2" and getattr(fn, "__name__", "") == \
+        "channel_shuffle"
+
+
 def _is_shape(node) -> bool:
     """x.size() / x.size(d) / x.shape."""
     return isinstance(node, torch.fx.Node) and (node.op == "call_method" and node.target == "size" or
@@ -144,6 +151,7 @@ class _Tracer:
         self.value: dict[torch.fx.Node, str] = {}            # fx node -> graph value name
         self.producers: dict[str, list[torch.fx.Node]] = {"input": []}  # graph value -> fx nodes that alias it
         self.output: str | None = None
+        self.pieces: dict[torch.fx.Node, tuple] = {}  # chunk / split calls along the channels: (source, how)
 
     def fail(self, node: torch.fx.Node, what: str) -> TypeError:
         return TypeError(f"qcnn.export: node {node.name!r} ({node.op} {node.target}): {what}")
@@ -304,10 +312,41 @@ class _Tracer:
         self.register(pool, node)
         self.add(node, Node(node.name, "flatten", [pool.name]))
 
+    def split_channels(self, node: torch.fx.Node, kind: str) -> None:
+        """torch.chunk(x, n, 1) / torch.split(x, sizes, 1) (and the methods): remembered until a piece is taken."""
+        how = self.arg(node, 1, "chunks" if kind == "chunk" else "split_size_or_sections")
+        if how is None and kind == "split":
+            how = node.kwargs.get("split_size")
+        dim = self.arg(node, 2, "dim", 0)
+        if dim not in (1, -3):
+            raise self.fail(node, f"{kind} exports only along the channels (dim 1), got dim {dim}")
+        valid = isinstance(how, int) and how >= 1 if kind == "chunk" else \
+            isinstance(how, int) and how >= 1 or isinstance(how, (list, tuple)) and how and \
+            all(isinstance(v, int) and v >= 1 for v in how)
+        if not valid:
+            raise self.fail(node, f"{kind} needs {'a chunk count' if kind == 'chunk' else 'a size or sizes'} >= 1, "
+                            f"got {how!r}")
+        self.pieces[node] = (self.input_of(node), (kind, tuple(how) if isinstance(how, list) else how))
+
     def function(self, node: torch.fx.Node) -> None:
         fn = node.target
         method = node.op == "call_method"
-        if fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
+        if fn is operator.getitem and node.args[0] in self.pieces:
+            src, (kind, how) = self.pieces[node.args[0]]
+            index = node.args[1]
+            if not isinstance(index, int) or index < 0:
+                raise self.fail(node, f"take the pieces of a {kind} by a non-negative index, got {index!r}")
+            self.add(node, Node(node.name, "gather_channels", [src], channels=(kind, how, index)))
+        elif fn in (torch.chunk,) or (method and fn == "chunk"):
+            self.split_channels(node, "chunk")
+        elif fn in (torch.split,) or (method and fn == "split"):
+            self.split_channels(node, "split")
+        elif _is_channel_shuffle(fn):
+            groups = self.arg(node, 1, "groups")
+            if not isinstance(groups, int) or groups < 1:
+                raise self.fail(node, f"channel_shuffle needs groups an int >= 1, got {groups!r}")
+            self.add(node, Node(node.name, "gather_channels", [self.input_of(node)], channels=("shuffle", groups)))
+        elif fn in _RELU_FUNCTIONS or (method and fn in ("relu", "relu_")):
             self.fuse_relu(node)
         elif fn in _LUT_FUNCTIONS or (method and fn in _LUT_METHODS):
             self.lut_node(node, _LUT_METHODS[fn] if method else _LUT_FUNCTIONS[fn])
