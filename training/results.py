@@ -204,7 +204,8 @@ def accumulator_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-REFIT_RUNS = {"refit_warm": "previous codebook (warm_start: true)", "refit_cold": "k-means++ (warm_start: false)"}
+REFIT_RUNS = {"refit_warm": "previous codebook (warm_start: true)", "refit_cold": "k-means++ (warm_start: false)",
+              "refit_decay": "previous codebook, lr halved each round (lr_decay: 0.5)"}
 
 
 def refit_table(summaries: list[dict]) -> str:
@@ -258,6 +259,10 @@ def torchvision_table(summaries: list[dict], runs_dir: Path) -> str:
                      f"{_num(d.get('ratio_packed'))} | {d.get('images', '-')} | {_num(d.get('load_agreement'))} | "
                      f"{_num(d.get('infer_agreement'))} | {_num(d.get('onnx_agreement'))} | "
                      f"{'-' if 'infer_images_per_second' not in d else format(d['infer_images_per_second'], '.0f')} |")
+    pending = sorted(c.stem for c in (ROOT / "configs").glob("tv_*.yaml")
+                     if not c.stem.endswith("_baseline") and not (runs_dir / c.stem / "summary.json").is_file())
+    if pending:
+        lines += ["", f"Not run yet: {', '.join(pending)} (configs/<name>.yaml)."]
     return "\n".join(lines)
 
 
@@ -307,7 +312,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "## Refits in Ji et al.'s loop: warm start against a fresh k-means",
         "",
         "configs/w4_kmeans from the make demo baseline, 3 rounds of 1 epoch (configs/refit_warm.yaml, "
-        "configs/refit_cold.yaml): every round refits the 4-bit per-channel codebooks on the retrained latent weights, "
+        "configs/refit_cold.yaml; refit_decay.yaml: 4 rounds, each retraining from half the previous round's learning "
+        "rate): every round refits the 4-bit per-channel codebooks on the retrained latent weights, "
         "either from the previous codebook (Lloyd's iterations from it) or drawn afresh by k-means++. Cluster change = "
         "share of weights whose level changed at the refit; val acc after refit = before that round's retraining.",
         "",
@@ -322,7 +328,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "37 minutes per full epoch here) on 8,000 (3 float epochs); validation and test splits are the usual "
         "5,000 and 10,000 images. Deployed: training/deploy.py (the .qcnn file in qcnn.load and qcnn-infer, both the "
         "C++ integer engine, and the ONNX export in onnxruntime's default session; agreement = top-1 agreement with "
-        "the fake-quant PyTorch model on the first N test images (the table says N).",
+        "the fake-quant PyTorch model on the first N test images (the table says N). Engine images/s: qcnn-infer's, "
+        "measured beside a training run on the same 2 cores, so not a benchmark (docs/BENCHMARKS.md has quiet ones).",
         "",
         torchvision_table(summaries, runs_dir),
         METHODS_END,
