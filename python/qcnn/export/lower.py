@@ -164,6 +164,29 @@ class Lowering:
         self.requantizations[name] = Tensor(name, target, src.shape, min(src.bound, _bound(target)))
         return self.requantizations[name]
 
+    def output_target(self, name: str, bound: float) -> tuple[QParams, float]:
+        """The quantizer a node's output is written in (narrow_target, else a wide grid over its proven bound)
+        and the bound on |real value| that then holds."""
+        target = self.narrow_target(name)
+        if target is None:
+            return wide_qparams(bound), bound
+        return target, min(bound, _bound(target))
+
+    def channel_requantization(self, prefix: str, scale: torch.Tensor, bias: torch.Tensor, target: QParams,
+                               bias_limit: int) -> None:
+        """Stores the per-channel fixed point of y = scale[c] * v + bias[c] in `target`'s codes:
+        <prefix>.multiplier / .shift / .bias with multiplier 2^-shift = scale[c] / s_y and bias[c] / s_y * 2^shift
+        (clamped to +-bias_limit)."""
+        mults, shifts, biases = [], [], []
+        for c in range(scale.numel()):
+            mt, sh = quantize_multiplier(float(scale[c]) / target.scale)
+            mults.append(mt)
+            shifts.append(sh)
+            biases.append(max(-bias_limit, min(bias_limit, round(float(bias[c]) / target.scale * 2.0 ** sh))))
+        self.tensors[f"{prefix}.multiplier"] = torch.tensor(mults, dtype=torch.int32)
+        self.tensors[f"{prefix}.shift"] = torch.tensor(shifts, dtype=torch.uint8)
+        self.tensors[f"{prefix}.bias"] = torch.tensor(biases, dtype=torch.int64)
+
     # Lowering of each op --------------------------------------------------------------------------
     def lower_input(self) -> None:
         g = self.graph
@@ -318,22 +341,8 @@ class Lowering:
         else:
             # |y| <= |eff_scale| * K * max|q_x - z_x| * max|level| + |eff_bias| for every input.
             bound_m = eff_scale.abs() * (k * _code_range(node.act)) * level_max + eff_bias.abs()
-            bound = float(bound_m.max())
-            target = self.narrow_target(node.name)
-            if target is None:
-                target = wide_qparams(bound)
-            else:
-                bound = min(bound, _bound(target))
-            mults, shifts, biases = [], [], []
-            for ch in range(m):
-                mt, sh = quantize_multiplier(float(eff_scale[ch]) / target.scale)
-                b = round(float(eff_bias[ch]) / target.scale * 2.0 ** sh)
-                mults.append(mt)
-                shifts.append(sh)
-                biases.append(max(-BIAS_LIMIT, min(BIAS_LIMIT, b)))
-            self.tensors[f"{node.name}.requant.multiplier"] = torch.tensor(mults, dtype=torch.int32)
-            self.tensors[f"{node.name}.requant.shift"] = torch.tensor(shifts, dtype=torch.uint8)
-            self.tensors[f"{node.name}.requant.bias"] = torch.tensor(biases, dtype=torch.int64)
+            target, bound = self.output_target(node.name, float(bound_m.max()))
+            self.channel_requantization(f"{node.name}.requant", eff_scale, eff_bias, target, BIAS_LIMIT)
             out["qparams"] = target.to_json()
             out["clamp"] = _output_clamp(target, node)
             self.values[node.name] = Tensor(node.name, target, shape, bound)
@@ -345,12 +354,7 @@ class Lowering:
             raise ValueError(f"node {node.name!r}: add inputs must be quantized")
         if a.shape != b.shape:
             raise ValueError(f"node {node.name!r}: add inputs have shapes {list(a.shape)} and {list(b.shape)}")
-        bound = a.bound + b.bound
-        target = self.narrow_target(node.name)
-        if target is None:
-            target = wide_qparams(bound)
-        else:
-            bound = min(bound, _bound(target))
+        target, bound = self.output_target(node.name, a.bound + b.bound)
         ra, rb = a.qparams.scale / target.scale, b.qparams.scale / target.scale
         _, shift = quantize_multiplier(max(ra, rb), 29)
         ma, mb = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
@@ -373,21 +377,8 @@ class Lowering:
         if a.numel() != channels:
             raise ValueError(f"node {node.name!r}: {a.numel()} BatchNorm features for an input of {channels} channels "
                              f"(shape {list(src.shape)})")
-        bound = float((a.abs() * src.bound + b.abs()).max())
-        target = self.narrow_target(node.name)
-        if target is None:
-            target = wide_qparams(bound)
-        else:
-            bound = min(bound, _bound(target))
-        mults, shifts, biases = [], [], []
-        for c in range(channels):
-            mt, sh = quantize_multiplier(float(a[c]) * q.scale / target.scale)
-            mults.append(mt)
-            shifts.append(sh)
-            biases.append(max(-AFFINE_BIAS_LIMIT, min(AFFINE_BIAS_LIMIT, round(float(b[c]) / target.scale * 2.0 ** sh))))
-        self.tensors[f"{node.name}.multiplier"] = torch.tensor(mults, dtype=torch.int32)
-        self.tensors[f"{node.name}.shift"] = torch.tensor(shifts, dtype=torch.uint8)
-        self.tensors[f"{node.name}.bias"] = torch.tensor(biases, dtype=torch.int64)
+        target, bound = self.output_target(node.name, float((a.abs() * src.bound + b.abs()).max()))
+        self.channel_requantization(node.name, a * q.scale, b, target, AFFINE_BIAS_LIMIT)
         self.emit({"name": node.name, "op": "affine", "inputs": [src.name], "shape": list(src.shape),
                    "input_zero_point": q.zero_point, "qparams": target.to_json(), "clamp": _output_clamp(target, node)})
         self.values[node.name] = Tensor(node.name, target, src.shape, bound)
