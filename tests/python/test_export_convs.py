@@ -347,10 +347,22 @@ def test_cat_along_other_dims_is_refused_naming_the_node():
         to_graph(model, **FASHION_INPUT)
 
 
+def _load_error(tmp_path, doc: dict, tensors: dict, change) -> str:
+    """The message qcnn.load raises for a copy of the file (doc, tensors) that `change(doc, tensors)` broke."""
+    from qcnn.export.qfile import write_qcnn
+
+    bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
+    change(bad_doc, bad_tensors)
+    write_qcnn(tmp_path / "bad.qcnn", bad_doc, bad_tensors)
+    with pytest.raises(Exception) as err:
+        qcnn.load(tmp_path / "bad.qcnn")
+    return str(err.value)
+
+
 def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
     """A file that lies about a table's coverage, its entries or a concat's inputs gets an error, not a read out
     of bounds."""
-    from qcnn.export.qfile import read_qcnn, write_qcnn
+    from qcnn.export.qfile import read_qcnn
 
     torch.manual_seed(0)
     model = qcnn.quantize_(InceptionLike().eval(), U8)
@@ -360,13 +372,7 @@ def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
     concat = next(n for n in doc["nodes"] if n["op"] == "concat")
 
     def broken(change) -> str:
-        bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
-        change(bad_doc, bad_tensors)
-        path = tmp_path / "bad.qcnn"
-        write_qcnn(path, bad_doc, bad_tensors)
-        with pytest.raises(Exception) as err:
-            qcnn.load(path)
-        return str(err.value)
+        return _load_error(tmp_path, doc, tensors, change)
 
     def one_input(d, t):
         next(n for n in d["nodes"] if n["op"] == "concat")["inputs"] = concat["inputs"][:1]
@@ -590,7 +596,7 @@ def test_chunk_split_and_channel_shuffle_export(tmp_path):
 
 
 def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_path):
-    from qcnn.export.qfile import read_qcnn, write_qcnn
+    from qcnn.export.qfile import read_qcnn
 
     torch.manual_seed(0)
     module = BatchNormAnywhere()
@@ -600,12 +606,7 @@ def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_
     doc, tensors = read_qcnn(tmp_path / "good.qcnn")
 
     def broken(change) -> str:
-        bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
-        change(bad_doc, bad_tensors)
-        write_qcnn(tmp_path / "bad.qcnn", bad_doc, bad_tensors)
-        with pytest.raises(Exception) as err:
-            qcnn.load(tmp_path / "bad.qcnn")
-        return str(err.value)
+        return _load_error(tmp_path, doc, tensors, change)
 
     def big_shift(d, t):
         t["pre.shift"] = torch.full_like(t["pre.shift"], 63)
