@@ -364,7 +364,9 @@ class RetrainConfig(_Section):
     each layer's weights, largest magnitude first (runs exactly len(incremental_fractions) rounds).
     keep_best: end with the state of the round with the best validation accuracy, not the last round
     (ignored in incremental mode, whose earlier rounds are only partly quantized). lr_decay: round r retrains
-    from lr * lr_decay^r, so the latent weights drift less each round and the refits settle."""
+    from lr * lr_decay^r, so the latent weights drift less each round and the refits settle. bn_batches: after
+each refit (and round 0's calibration), re-estimate the BatchNorm statistics over that many training batches
+with the new quantized weights (0: keep the statistics the last round trained)."""
 
     max_rounds: int = 4
     min_rounds: int = 2
@@ -377,6 +379,7 @@ class RetrainConfig(_Section):
     incremental_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
     histogram_layer: Optional[str] = None
     keep_best: bool = True
+    bn_batches: int = 0
 
     def round_lr(self, round_index: int) -> float:
         """The learning rate round `round_index` (from 0) retrains from."""
@@ -389,6 +392,7 @@ class RetrainConfig(_Section):
         _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
         _check_range(_join(path, "lr_decay"), self.lr_decay, 1e-3, 1.0)
         _check_range(_join(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
+        _check_range(_join(path, "bn_batches"), self.bn_batches, 0, 100_000)
         fr = self.incremental_fractions
         for i, f in enumerate(fr):
             _check_range(f"{_join(path, 'incremental_fractions')}[{i}]", f, 1e-6, 1.0)

@@ -170,6 +170,45 @@ def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
 
 
 @torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, loader, batches: int) -> int:
+    """Recomputes every BatchNorm's running mean and variance as the plain average over the first `batches`
+    batches of `loader` (labels not needed), with the weights as the model quantizes them now. Only the
+    BatchNorm layers run in train mode (dropout and the quantizers stay in eval); their affine parameters and
+    momentum are kept. Returns the batch count (0 when the model has no BatchNorm)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    was_training = model.training
+    model.eval()
+    saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: every batch weighs the same
+        bn.train()
+    seen = 0
+    try:
+        for batch in loader:
+            model(engine.to_model_input(engine.batch_input(batch, "BatchNorm re-estimation loader"), model))
+            seen += 1
+            if seen >= batches:
+                break
+        if seen == 0:
+            raise ValueError("reestimate_batchnorm: the loader yielded no batches")
+    except BaseException:
+        for bn, (_, mean, var, count) in zip(norms, saved):  # a failed pass leaves the old statistics
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(count)
+        raise
+    finally:
+        for bn, (momentum, *_) in zip(norms, saved):
+            bn.momentum = momentum
+        model.train(was_training)
+    return seen
+
+
+@torch.no_grad()
 def refit_weights(model: nn.Module, refit: bool = True) -> dict:
     """Refits every weight quantizer on its latent weights (refit=False: only reassigns). Returns
     {'change_fraction': weight-count-weighted mean over layers (None on the first fit), 'layers': {...}}."""

@@ -118,7 +118,8 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
 
 # ---------------------------------------------------------------------------------- retraining loop
 def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) -> dict:
-    """Calibration (round 0), refit on rank 0 (or incremental freezing), broadcast. Returns the round info."""
+    """Calibration (round 0), refit on rank 0 (or incremental freezing), broadcast, BatchNorm re-estimation
+    (retrain.bn_batches). Returns the round info."""
     rcfg = cfg.retrain
     r = state["round"]
     info = None
@@ -133,6 +134,8 @@ def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) ->
     if r == 0 and cfg.quant is not None:
         # Activation ranges are observed on the network with its weights already quantized.
         qz.calibrate_activations(model, train_loader, cfg.quant.calibration_batches)
+        engine.sync_state(model)
+    if rcfg.bn_batches and qz.reestimate_batchnorm(model, train_loader, rcfg.bn_batches):
         engine.sync_state(model)
     return info
 

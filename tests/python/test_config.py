@@ -43,6 +43,8 @@ def test_roundtrip_and_resolved_dump(tmp_path):
     ({"retrain": {"incremental": True, "incremental_fractions": [0.5, 0.4, 1.0]}}, "retrain.incremental_fractions"),
     ({"retrain": {"lr_decay": 1.5}}, "retrain.lr_decay"),
     ({"retrain": {"lr_decay": 0.0}}, "retrain.lr_decay"),
+    ({"retrain": {"bn_batches": -1}}, "retrain.bn_batches"),
+    ({"retrain": {"bn_batches": 2.5}}, "retrain.bn_batches"),
     ({"unknown_section": {}}, "unknown_section"),
     ({"quant": {"weight": {"kind": "binary", "learn_scale": True, "bits": 1}}}, "quant.weight.learn_scale"),
 ])

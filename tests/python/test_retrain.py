@@ -172,3 +172,88 @@ def test_each_round_retrains_from_the_decayed_learning_rate(tmp_path, monkeypatc
     monkeypatch.setattr(engine, "build_optimizer", lambda m, t, lr: seen.append(lr) or build(m, t, lr))
     assert retrain.run(model, cfg, splits.train, splits.val, progress=False)["finished"]
     assert seen == pytest.approx([0.01, 0.005, 0.0025])
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+def test_batchnorm_reestimation_averages_the_batch_statistics_of_the_quantized_model():
+    """reestimate_batchnorm: running mean / variance become the plain average of the per-batch statistics that
+    the quantized network produces, with dropout and the quantizers left in eval mode; a loader with no batches
+    is an error that leaves the old statistics."""
+    from qcnn import quantize as qz
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3, momentum=0.3), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.5), torch.nn.Flatten(), torch.nn.Linear(3 * 26 * 26, 4))
+    qcnn.quantize_(net, qconfig.from_dict({"quant": {"weight": {"kind": "codebook", "bits": 2},
+                                                     "act": {"bits": 8}}}).quant)
+    batches = [(torch.randn(8, 1, 28, 28) * (1 + i), torch.zeros(8, dtype=torch.long)) for i in range(3)]
+    qz.calibrate_activations(net, batches, 1)
+    qz.refit_weights(net)
+    bn = net[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        feats = [net[0](x) for x, _ in batches[:2]]  # the quantized conv's outputs
+    means = [f.mean((0, 2, 3)) for f in feats]
+    variances = [f.var((0, 2, 3), unbiased=True) for f in feats]
+    before = {k: v.clone() for k, v in net.state_dict().items() if "bn" not in k and not k.startswith("1.")}
+    net.train()
+    assert qz.reestimate_batchnorm(net, batches, 2) == 2
+    assert net.training and bn.momentum == 0.3
+    torch.testing.assert_close(bn.running_mean, (means[0] + means[1]) / 2)
+    torch.testing.assert_close(bn.running_var, (variances[0] + variances[1]) / 2)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights, codebooks, act steps unchanged
+    kept = bn.running_mean.clone()
+    with pytest.raises(ValueError, match="no batches"):
+        qz.reestimate_batchnorm(net, [], 4)
+    assert torch.equal(bn.running_mean, kept) and bn.momentum == 0.3
+    assert qz.reestimate_batchnorm(torch.nn.Linear(2, 2), batches, 2) == 0  # nothing to re-estimate
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+def test_loop_with_batchnorm_reestimation_resumes_exactly(tmp_path, monkeypatch):
+    """retrain.bn_batches re-estimates BN after each refit; a run cut mid-round ends where an uncut one does."""
+    from qcnn import quantize as qz
+    full_cfg, cut_cfg = (_cfg(tmp_path, name, **CODEBOOK_QUANT) for name in ("bn_full", "bn_cut"))
+    for cfg in (full_cfg, cut_cfg):
+        cfg.retrain.bn_batches = 2
+    model, splits = _fresh(full_cfg)
+    calls = []
+    real = qz.reestimate_batchnorm
+    monkeypatch.setattr(qz, "reestimate_batchnorm", lambda *a: calls.append(a[2]) or real(*a))
+    result = retrain.run(model, full_cfg, splits.train, splits.val, progress=False)
+    assert result["finished"] and calls == [2, 2]
+    for stop in (1, None):
+        resumed, res_splits = _fresh(cut_cfg)
+        retrain.run(resumed, cut_cfg, res_splits.train, res_splits.val, resume=True, stop_after_epochs=stop,
+                    progress=False)
+    _assert_same_state(model, resumed)
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+def test_refit_probe_reproduces_the_loop_and_localizes_the_refit(tmp_path):
+    """training/refit_probe.py on a finished run: the kept state scores the run's recorded validation accuracy,
+    refitting all layers scores what refit_weights on that state scores, and every layer gets its own row."""
+    import sys
+    from pathlib import Path
+    from training_scripts import load_training_script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
+    retrain_script, refit_probe = load_training_script("retrain"), load_training_script("refit_probe")
+    cfg = _cfg(tmp_path, "probe", **CODEBOOK_QUANT)
+    cfg.retrain.epochs_per_round = 1
+    float_model, _ = _fresh(cfg, quantize=False)
+    baseline = tmp_path / "baseline" / "model.pt"
+    baseline.parent.mkdir()
+    torch.save(float_model.state_dict(), baseline)
+    cfg.baseline = str(baseline)
+    summary = retrain_script.main(["--config", "unused.yaml", "--no-progress"], cfg=cfg)
+    result = refit_probe.probe(tmp_path / "probe", bn_batches=2, progress=False)
+    assert result["kept_val_acc"] == summary["val_acc"]
+    model, _ = refit_probe.load_quantized(tmp_path / "probe")
+    from qcnn import quantize as qz
+    qz.refit_weights(model)
+    assert result["rows"][0]["refit"] == "all layers"
+    assert result["rows"][0]["val_acc"] == engine.evaluate(model, build_loaders(cfg.data).val)["acc"]
+    layers = list(qz.quant_layers(model))
+    assert [r["refit"] for r in result["rows"][1:]] == layers == list(result["drift"])
+    assert all(0.0 <= r["change_fraction"] <= 1.0 and 0.0 <= r["val_acc_bn"] <= 100.0 for r in result["rows"])
+    assert json.loads((tmp_path / "probe" / "refit_probe.json").read_text()) == result
