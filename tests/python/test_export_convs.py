@@ -12,6 +12,7 @@ from torch import nn
 import qcnn
 from qcnn.data import FASHION_MEAN, FASHION_STD
 from qcnn.export import reference_forward, to_graph
+from qcnn.export.graph import Node
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT
@@ -193,7 +194,7 @@ def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
 
     model = qcnn.quantize_(Odd().eval(), U8)
     calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
-    with pytest.raises(TypeError, match="node 'view'.*exports only as a flatten to \\(batch, -1\\)"):
+    with pytest.raises(TypeError, match="node 'view'.*keeps each image apart along dim 0"):
         to_graph(model, **FASHION_INPUT)
 
 
@@ -638,3 +639,67 @@ def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_
 
     assert "node 1 'early'" in broken(dequantize_in_the_middle)
     assert "only the last node may be float" in broken(dequantize_in_the_middle)
+
+
+class HandShuffle(nn.Module):
+    """Channel shuffles written out by hand, the three usual ways, and view / transpose chains that are a flatten."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.stem = nn.Conv2d(1, 12, 3, padding=1)
+        self.mid = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=3)
+        self.fc = nn.Linear(12 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        if self.spelling == "size":  # ShuffleNet v1 / v2 papers' code
+            b, c, h, w = x.size()
+            x = x.view(b, 3, c // 3, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        elif self.spelling == "permute":
+            n = x.shape[0]
+            x = x.reshape(n, 4, 3, 28, 28).permute(0, 2, 1, 3, 4).reshape(n, 12, 28, 28)
+        else:  # torch functions, -1 for the batch
+            x = torch.flatten(torch.transpose(x.view(-1, 2, 6, 28, 28), 1, 2), 1, 2)
+        y = torch.relu(self.mid(x))
+        return self.fc(y.permute(0, 1, 2, 3).reshape(y.size(0), 12, -1).flatten(1))
+
+
+@pytest.mark.parametrize("spelling", ["size", "permute", "functions"])
+def test_a_channel_shuffle_written_by_hand_exports_as_a_channel_permutation(tmp_path, spelling):
+    torch.manual_seed(0)
+    model, pixels, x, reference = _calibrated(HandShuffle(spelling), seed=15)
+    graph = _assert_deployed(model, pixels, x, reference, tmp_path)
+    groups = {"size": 3, "permute": 4, "functions": 2}[spelling]
+    gathers = [n for n in graph.nodes if n.op == "gather_channels"]
+    assert len(gathers) == 1 and gathers[0].channels[0] == "index"
+    # the same permutation as torchvision's channel_shuffle into that many groups
+    assert gathers[0].channel_index(12) == Node("s", "gather_channels", ["x"], channels=("shuffle", groups)).channel_index(12)
+    assert [n.op for n in graph.nodes][-2:] == ["flatten", "linear"]
+
+
+class BadRearrangement(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.kind == "spatial":
+            x = x.transpose(2, 3)  # moves pixels inside each channel
+        elif self.kind == "batch":
+            x = x.view(64, -1)  # the batch size written as a number
+        elif self.kind == "mixes":
+            x = x.transpose(0, 1).contiguous().view(-1, 4, 28, 28)  # mixes the images
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("kind,message", [("spatial", "a flatten or as a permutation of the channels"),
+                                          ("batch", "keep the batch as its first size"),
+                                          ("mixes", "keeps each image apart")])
+def test_view_transpose_chains_that_are_not_a_channel_permutation_are_refused(kind, message):
+    model, *_ = _calibrated(BadRearrangement(kind), seed=16)
+    with pytest.raises(TypeError, match=message):
+        to_graph(model, **FASHION_INPUT)

@@ -210,9 +210,10 @@ class Node:
         if self.op.startswith("adaptive") and (not isinstance(self.output_size, tuple) or len(self.output_size) != 2):
             raise ValueError(f"node {self.name!r}: {self.op} needs output_size (H, W), got {self.output_size!r}")
         if self.op == "gather_channels" and (not isinstance(self.channels, tuple) or
-                                             self.channels[:1] not in (("shuffle",), ("chunk",), ("split",))):
-            raise ValueError(f"node {self.name!r}: gather_channels needs channels ('shuffle', groups), ('chunk', n, i) "
-                             f"or ('split', sizes, i), got {self.channels!r}")
+                                             self.channels[:1] not in (("shuffle",), ("chunk",), ("split",),
+                                                                       ("index",))):
+            raise ValueError(f"node {self.name!r}: gather_channels needs channels ('shuffle', groups), ('chunk', n, i), "
+                             f"('split', sizes, i) or ('index', channels), got {self.channels!r}")
         if self.op == "concat" and len(self.inputs) < 2:
             raise ValueError(f"node {self.name!r}: concat needs at least 2 inputs")
         if self.op in ("add", "mul") and len(self.inputs) != 2:
@@ -227,8 +228,14 @@ class Node:
     def channel_index(self, channels: int) -> list[int]:
         """A gather_channels node's input channel for each output channel, on an input of `channels`:
         torchvision's channel_shuffle (view as [groups, C / groups], transpose, flatten), or the i-th piece of
-        torch.chunk / torch.split along the channels. ValueError naming the node when it does not apply."""
+        torch.chunk / torch.split along the channels, or an explicit list ('index': a permutation written as view /
+        transpose / view). ValueError naming the node when it does not apply."""
         kind = self.channels[0]
+        if kind == "index":
+            index = list(self.channels[1])
+            if not all(isinstance(c, int) and 0 <= c < channels for c in index):
+                raise ValueError(f"node {self.name!r}: channel index {index} is not into {channels} channels")
+            return index
         if kind == "shuffle":
             groups = self.channels[1]
             if not isinstance(groups, int) or groups < 1 or channels % groups:

@@ -6,8 +6,10 @@ op), ReLU (module, F.relu, torch.relu, .relu()), ReLU6 and Hardtanh(0, c) (a cap
 SiLU, Sigmoid, Tanh, GELU, LeakyReLU and ELU (modules and functions: lookup tables in the engine), MaxPool2d /
 AvgPool2d (modules and functions; padding, ceil_mode, count_include_pad), AdaptiveMax/AvgPool2d to any size
 (modules and functions) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
-x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split along the channels and
-torchvision's channel_shuffle (ShuffleNet), torchvision's stochastic depth (identity), residual add, a * b of
+x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split along the channels,
+torchvision's channel_shuffle (ShuffleNet) and any view / reshape / transpose / permute / flatten chain that
+permutes the channels or flattens (replayed on element indices at the shapes of a batch of 2; the batch must stay
+dim 0), torchvision's stochastic depth (identity), residual add, a * b of
 two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
 Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
 """
@@ -34,7 +36,7 @@ _NO_OPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _SUPPORTED = ("the exportable activations: ReLU, ReLU6, Hardtanh(0, c), Hardswish, Hardsigmoid, SiLU, Sigmoid, Tanh, "
               "GELU, LeakyReLU, ELU; layers: Conv2d, Linear, BatchNorm, max/avg/adaptive pooling, global pooling, "
               "flatten, add, mul of two branches, torch.cat / chunk / split on channels, torchvision's "
-              "channel_shuffle, Dropout, Identity")
+              "channel_shuffle or a view / transpose chain that permutes the channels, Dropout, Identity")
 # Elementwise functions the integer engine runs as lookup tables (graph.ELEMENTWISE names).
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
                 nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu"}
@@ -142,10 +144,19 @@ def _conv_padding(mod: nn.Conv2d, node: torch.fx.Node, tracer) -> tuple[int, int
     return tuple(t // 2 for t in total)
 
 
+_SCALAR_FUNCTIONS = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, operator.neg)
+_SHAPE_METHODS = ("view", "reshape", "transpose", "permute", "contiguous", "flatten", "swapaxes")
+_SHAPE_FUNCTIONS = (torch.reshape, torch.transpose, torch.permute, torch.flatten, torch.swapaxes)
+
+
 class _Tracer:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]):
+        self.model, self.input_shape = model, tuple(input_shape)
         self.fx_graph = trace(model, "qcnn.export")
         self.modules = dict(model.named_modules())
+        self.shapes: dict[torch.fx.Node, tuple] | None = None  # at batch 2, when a shape chain needs them
+        self.rearranged: dict[torch.fx.Node, tuple] = {}  # view / transpose chains: (source, its shape, index)
+        self.scalars: set[torch.fx.Node] = set()  # shape arithmetic (x.size(1) // g), read where a view uses it
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}
         self.value: dict[torch.fx.Node, str] = {}            # fx node -> graph value name
@@ -158,9 +169,103 @@ class _Tracer:
 
     def input_of(self, node: torch.fx.Node, i: int = 0) -> str:
         arg = node.args[i] if i < len(node.args) else None
+        if isinstance(arg, torch.fx.Node) and arg in self.rearranged:
+            self.settle(arg)
         if not isinstance(arg, torch.fx.Node) or arg not in self.value:
             raise self.fail(node, f"argument {i} is not a traced tensor")
         return self.value[arg]
+
+    def is_scalar(self, node: torch.fx.Node) -> bool:
+        """x.size(), x.shape and integer arithmetic on them (c // groups)."""
+        if _is_shape(node):
+            return True
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        return node.op == "call_function" and node.target in _SCALAR_FUNCTIONS and bool(args) and \
+            all(a in self.scalars or _is_shape(a) for a in args)
+
+    def shape_of(self, node: torch.fx.Node) -> tuple:
+        """The shape `node` computes on a batch of 2 (torch.fx ShapeProp on zeros, eval mode, run once)."""
+        if self.shapes is None:
+            from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+            module = torch.fx.GraphModule(self.model, self.fx_graph)
+            device = next((t.device for t in self.model.parameters()), torch.device("cpu"))
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    ShapeProp(module).propagate(torch.zeros((2, *self.input_shape), device=device))
+            except Exception as err:  # whatever the model raises on a batch of 2 of its input shape
+                raise self.fail(node, f"finding its shape needs the model to run on a batch of 2 inputs of shape "
+                                f"{self.input_shape}, and it failed ({type(err).__name__}: {err})") from err
+            finally:
+                self.model.train(was_training)
+            self.shapes = {n: tuple(n.meta["tensor_meta"].shape) for n in self.fx_graph.nodes
+                           if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
+        if node not in self.shapes:
+            raise self.fail(node, "its shape is unknown (not a tensor)")
+        return self.shapes[node]
+
+    def rearrange(self, node: torch.fx.Node) -> None:
+        """A view / reshape / transpose / permute / contiguous / flatten: replayed on the element indices of the
+        batch of 2, settled into a graph node when something else reads it."""
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name in ("view", "reshape"):
+            shape = list(node.args[1:]) if node.op == "call_method" else list(self.arg(node, 1, "shape"))
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = list(shape[0])
+            if not shape or not (shape[0] == -1 or _is_batch_size(shape[0])):
+                raise self.fail(node, "a view / reshape must keep the batch as its first size (x.size(0) or -1), "
+                                f"got {shape[0] if shape else 'no size'}")
+        arg = node.args[0] if node.args else node.kwargs.get("input")
+        if isinstance(arg, torch.fx.Node) and arg in self.rearranged:
+            source, source_shape, index = self.rearranged[arg]
+        elif isinstance(arg, torch.fx.Node) and arg in self.value:
+            source, source_shape = self.value[arg], self.shape_of(arg)
+            index = torch.arange(math.prod(source_shape)).reshape(source_shape)
+        else:
+            raise self.fail(node, "argument 0 is not a traced tensor")
+        if name in ("transpose", "swapaxes"):
+            dims = [self.arg(node, i, key) for i, key in ((1, "dim0"), (2, "dim1"))]
+            index = index.transpose(*dims)
+        elif name == "permute":
+            dims = node.args[1:] if node.op == "call_method" else self.arg(node, 1, "dims")
+            index = index.permute(*(dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims))
+        elif name != "contiguous":  # view, reshape, flatten: the elements in row-major order, re-shaped
+            index = index.reshape(self.shape_of(node))
+        if tuple(index.shape) != self.shape_of(node):
+            raise self.fail(node, f"replaying it gave shape {tuple(index.shape)}, torch gives {self.shape_of(node)}")
+        self.rearranged[node] = (source, source_shape, index)
+
+    def settle(self, node: torch.fx.Node) -> None:
+        """The graph node for a finished view / transpose chain: the identity, a flatten, or a permutation of the
+        channels of an NCHW tensor (a channel shuffle written out by hand). Anything else is refused."""
+        source, source_shape, index = self.rearranged.pop(node)
+        batch = index.shape[0]
+        per_image = index.numel() // batch if batch else 0
+        first = torch.arange(batch).reshape((batch,) + (1,) * (index.dim() - 1)) * per_image
+        if index.dim() < 2 or batch != 2 or not bool(((index - first) >= 0).all() and ((index - first) < per_image).all()):
+            raise self.fail(node, "a view / transpose chain exports only when it keeps each image apart along dim 0")
+        own = index - first  # each image's element indices into its own [C, H, W] (or [F])
+        if torch.equal(own.flatten(1)[0], torch.arange(per_image)) and torch.equal(own[0], own[1]):
+            if tuple(index.shape) == tuple(source_shape):
+                self.alias(node, source)
+            elif index.dim() == 2:
+                self.add(node, Node(node.name, "flatten", [source]))
+            else:
+                raise self.fail(node, f"a view to {tuple(index.shape)[1:]} has no export (flatten to (batch, -1) or "
+                                "keep the NCHW shape)")
+            return
+        if index.dim() == 4 and tuple(index.shape) == tuple(source_shape):
+            c, h, w = index.shape[1:]
+            channel = own[0] // (h * w)
+            perm = channel[:, 0, 0]
+            plane = torch.arange(h * w).reshape(h, w)
+            if torch.equal(own[0], perm[:, None, None] * (h * w) + plane) and torch.equal(own[0], own[1]):
+                self.add(node, Node(node.name, "gather_channels", [source], channels=("index", tuple(perm.tolist()))))
+                return
+        raise self.fail(node, "a view / transpose chain exports only as a flatten or as a permutation of the "
+                        "channels (a channel shuffle: view (N, g, C / g, H, W), transpose(1, 2), view (N, C, H, W))")
 
     def alias(self, node: torch.fx.Node, value: str) -> None:
         self.value[node] = value
@@ -331,7 +436,10 @@ class _Tracer:
     def function(self, node: torch.fx.Node) -> None:
         fn = node.target
         method = node.op == "call_method"
-        if fn is operator.getitem and node.args[0] in self.pieces:
+        shape_op = method and fn in _SHAPE_METHODS or fn in _SHAPE_FUNCTIONS
+        if shape_op and node.args and node.args[0] in self.rearranged:
+            self.rearrange(node)  # a view / transpose chain goes on
+        elif fn is operator.getitem and node.args[0] in self.pieces:
             src, (kind, how) = self.pieces[node.args[0]]
             index = node.args[1]
             if not isinstance(index, int) or index < 0:
@@ -384,10 +492,12 @@ class _Tracer:
             shape = list(node.args[1:]) if method else list(self.arg(node, 1, "shape"))
             if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
                 shape = list(shape[0])
-            if len(shape) != 2 or shape[1] != -1 or not _is_batch_size(shape[0]):
-                raise self.fail(node, f"{fn} exports only as a flatten to (batch, -1), e.g. x.view(x.size(0), -1); "
-                                "use torch.flatten(x, 1)")
-            self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+            if len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0]):
+                self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+            else:
+                self.rearrange(node)
+        elif shape_op and fn not in ("flatten", torch.flatten):
+            self.rearrange(node)
         elif fn in _ADD_FUNCTIONS or (method and fn in ("add", "add_", "__add__")):
             if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
                 raise self.fail(node, "add exports only as a + b of two tensors")
@@ -412,9 +522,10 @@ class _Tracer:
         elif fn is torch.flatten or (method and fn == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            if start != 1 or end != -1:
-                raise self.fail(node, "flatten exports only with start_dim=1, end_dim=-1")
-            self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+            if start == 1 and end == -1:
+                self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
+            else:
+                self.rearrange(node)
         else:
             raise self.fail(node, f"this function has no export ({_SUPPORTED})")
 
@@ -426,14 +537,14 @@ class _Tracer:
                 self.alias(node, "input")
             elif node.op == "call_module":
                 self.module(node)
-            elif _is_shape(node) or node.target is operator.getitem and _is_shape(node.args[0]):
-                continue  # shape arithmetic for a view: read where it is used
+            elif self.is_scalar(node):
+                self.scalars.add(node)  # shape arithmetic for a view: read where it is used
             elif node.op in ("call_function", "call_method"):
                 self.function(node)
             elif node.op == "output":
                 if not isinstance(node.args[0], torch.fx.Node):
                     raise self.fail(node, "the model must return one tensor")
-                self.output = self.value[node.args[0]]
+                self.output = self.input_of(node)
             else:
                 raise self.fail(node, "unsupported fx node kind")
         if not self.nodes or self.output != self.nodes[-1].name:
@@ -465,7 +576,7 @@ def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] | None 
         spec = InputSpec(tuple(given["input_shape"]), tuple(given["mean"]), tuple(given["std"]))
     except (TypeError, ValueError) as err:
         raise ValueError(f"qcnn.export: bad input_shape/mean/std: {err}") from None
-    tracer = _Tracer(model)
+    tracer = _Tracer(model, spec.shape)
     tracer.run()
     graph = Graph(spec.shape, list(spec.mean), list(spec.std), tracer.nodes)
     graph.validate()
