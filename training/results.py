@@ -233,8 +233,8 @@ def refit_probe_table(runs_dir: Path) -> str:
     probes = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/refit_probe.json"))]
     if not probes:
         return "(no refit probe run yet: python training/refit_probe.py --run runs/refit_warm)"
-    lines = ["| run (kept state) | refit | weights per channel / levels | latent drift (RMS, % of weight RMS) | "
-             "cluster change | val acc | with BN re-estimation |", "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| run (kept state) | refit | weights per channel / levels | latent - quantized weight (RMS, % of "
+             "weight RMS) | cluster change | val acc | with BN re-estimation |", "|---|---|---|---:|---:|---:|---:|"]
     for probe in probes:
         lines.append(f"| {probe['run']} | none | | | | {probe['kept_val_acc']:.2f} | {probe['kept_val_acc_bn']:.2f} |")
         for row in probe["rows"]:

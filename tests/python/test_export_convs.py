@@ -674,7 +674,8 @@ def test_a_channel_shuffle_written_by_hand_exports_as_a_channel_permutation(tmp_
     gathers = [n for n in graph.nodes if n.op == "gather_channels"]
     assert len(gathers) == 1 and gathers[0].channels[0] == "index"
     # the same permutation as torchvision's channel_shuffle into that many groups
-    assert gathers[0].channel_index(12) == Node("s", "gather_channels", ["x"], channels=("shuffle", groups)).channel_index(12)
+    shuffle = Node("shuffle", "gather_channels", ["x"], channels=("shuffle", groups))
+    assert gathers[0].channel_index(12) == shuffle.channel_index(12)
     assert [n.op for n in graph.nodes][-2:] == ["flatten", "linear"]
 
 

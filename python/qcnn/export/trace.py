@@ -244,9 +244,9 @@ class _Tracer:
         batch = index.shape[0]
         per_image = index.numel() // batch if batch else 0
         first = torch.arange(batch).reshape((batch,) + (1,) * (index.dim() - 1)) * per_image
-        if index.dim() < 2 or batch != 2 or not bool(((index - first) >= 0).all() and ((index - first) < per_image).all()):
-            raise self.fail(node, "a view / transpose chain exports only when it keeps each image apart along dim 0")
         own = index - first  # each image's element indices into its own [C, H, W] (or [F])
+        if index.dim() < 2 or batch != 2 or not bool(((own >= 0) & (own < per_image)).all()):
+            raise self.fail(node, "a view / transpose chain exports only when it keeps each image apart along dim 0")
         if torch.equal(own.flatten(1)[0], torch.arange(per_image)) and torch.equal(own[0], own[1]):
             if tuple(index.shape) == tuple(source_shape):
                 self.alias(node, source)
