@@ -144,21 +144,21 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
             if node.act is not None:
                 x = fake_quant(x, node.act, f"{node.name}.act")
             wn, b = integer_weight(node, const, nodes)
-            # The bias is added after the conv / matmul, not given to it: onnxruntime's default session would
-            # otherwise quantize a float bias to int32 at input scale * weight scale, which at 2-bit activations
-            # leaves it a few steps of resolution (WeightBiasQuantization).
-            per_channel = (1, -1) + (1,) * (len(shapes[node.inputs[0]]) - 2)
-            bn = const(f"{node.name}.bias", b.astype(np.float32).reshape(per_channel))
             y = out if not node.relu else f"{node.name}.pre_relu"
             if node.op == "conv2d":
+                # The bias is added after the conv, not given to it: onnxruntime's default session would otherwise
+                # quantize a float bias to int32 at input scale * weight scale, which at 2-bit activations leaves
+                # it a few steps of resolution (WeightBiasQuantization).
+                bn = const(f"{node.name}.bias", b.astype(np.float32).reshape(1, -1, 1, 1))
                 pads = [node.padding[0], node.padding[1], node.padding[0], node.padding[1]]
                 kernel = list(node.weight.indices.shape[2:])
                 nodes.append(helper.make_node("Conv", [x, wn], [f"{node.name}.product"], kernel_shape=kernel,
                                               strides=list(node.stride), pads=pads, group=int(node.groups),
                                               dilations=list(node.dilation)))
-            else:
-                nodes.append(helper.make_node("Gemm", [x, wn], [f"{node.name}.product"], transB=1))
-            nodes.append(helper.make_node("Add", [f"{node.name}.product", bn], [y]))
+                nodes.append(helper.make_node("Add", [f"{node.name}.product", bn], [y]))
+            else:  # a Gemm followed by an Add is fused back, and wrongly, by onnxruntime: its bias stays its C input
+                bn = const(f"{node.name}.bias", b.astype(np.float32))
+                nodes.append(helper.make_node("Gemm", [x, wn, bn], [y], transB=1))
             if node.relu:
                 relu(y, out, node)
         elif node.op == "quant":
