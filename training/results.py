@@ -365,7 +365,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "5,000 and 10,000 images. Deployed: training/deploy.py (the .qcnn file in qcnn.load and qcnn-infer, both the "
         "C++ integer engine, and the ONNX export in onnxruntime's default session; agreement = top-1 agreement with "
         "the fake-quant PyTorch model on the first N test images (the table says N). Engine images/s: qcnn-infer's, "
-        "measured beside a training run on the same 2 cores, so not a benchmark (docs/BENCHMARKS.md has quiet ones). "
+        "one deploy.py run each on the 2 cores with nothing else running, not a benchmark (docs/BENCHMARKS.md has "
+        "those). "
         "The quantized runs train two epochs more than their float baselines did: ResNet-18's baseline (3 epochs on "
         "8,000 images) is far from converged, so most of its quantized run's gain is that extra training, not "
         "quantization.",
