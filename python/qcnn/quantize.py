@@ -141,6 +141,18 @@ def act_quantizers(model: nn.Module) -> list[QuantAct]:
     return [m for m in getattr(model, "module", model).modules() if isinstance(m, QuantAct)]
 
 
+def _forward_batches(model: nn.Module, loader, batches: int, what: str) -> int:
+    """Runs the model on the inputs of the first `batches` batches of `loader` (tensors or (x, ...) tuples);
+    returns how many it ran."""
+    seen = 0
+    for batch in loader:
+        model(engine.to_model_input(engine.batch_input(batch, what), model))
+        seen += 1
+        if seen >= batches:  # stop before drawing another batch (its augmentation would consume the RNG)
+            break
+    return seen
+
+
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
     """Initializes every QuantAct's clip from an observer over the first `batches` batches of `loader`
@@ -153,12 +165,7 @@ def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
     model.eval()
     for act in acts:
         act.start_calibration()
-    seen = 0
-    for batch in loader:
-        model(engine.to_model_input(engine.batch_input(batch, "calibration loader"), model))
-        seen += 1
-        if seen >= batches:
-            break
+    seen = _forward_batches(model, loader, batches, "calibration loader")
     names = {id(m): name for name, m in getattr(model, "module", model).named_modules()}
     for act in acts:
         try:
@@ -186,13 +193,8 @@ def reestimate_batchnorm(model: nn.Module, loader, batches: int) -> int:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: every batch weighs the same
         bn.train()
-    seen = 0
     try:
-        for batch in loader:
-            model(engine.to_model_input(engine.batch_input(batch, "BatchNorm re-estimation loader"), model))
-            seen += 1
-            if seen >= batches:
-                break
+        seen = _forward_batches(model, loader, batches, "BatchNorm re-estimation loader")
         if seen == 0:
             raise ValueError("reestimate_batchnorm: the loader yielded no batches")
     except BaseException:

@@ -206,14 +206,17 @@ class _Tracer:
             raise self.fail(node, "its shape is unknown (not a tensor)")
         return self.shapes[node]
 
+    def view_shape(self, node: torch.fx.Node) -> list:
+        """The sizes a view / reshape call asks for (x.view(a, b), x.view((a, b)), torch.reshape(x, (a, b)))."""
+        shape = list(node.args[1:]) if node.op == "call_method" else list(self.arg(node, 1, "shape"))
+        return list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+
     def rearrange(self, node: torch.fx.Node) -> None:
         """A view / reshape / transpose / permute / contiguous / flatten: replayed on the element indices of the
         batch of 2, settled into a graph node when something else reads it."""
         name = node.target if isinstance(node.target, str) else node.target.__name__
         if name in ("view", "reshape"):
-            shape = list(node.args[1:]) if node.op == "call_method" else list(self.arg(node, 1, "shape"))
-            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-                shape = list(shape[0])
+            shape = self.view_shape(node)
             if not shape or not (shape[0] == -1 or _is_batch_size(shape[0])):
                 raise self.fail(node, "a view / reshape must keep the batch as its first size (x.size(0) or -1), "
                                 f"got {shape[0] if shape else 'no size'}")
@@ -489,9 +492,7 @@ class _Tracer:
                                    divisor_override=self.arg(node, 6, "divisor_override"), **options)
             self.pool(node, mod, self.input_of(node))
         elif method and fn in ("view", "reshape") or fn is torch.reshape:
-            shape = list(node.args[1:]) if method else list(self.arg(node, 1, "shape"))
-            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-                shape = list(shape[0])
+            shape = self.view_shape(node)
             if len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0]):
                 self.add(node, Node(node.name, "flatten", [self.input_of(node)]))
             else:
