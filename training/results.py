@@ -206,7 +206,8 @@ def accumulator_table(summaries: list[dict]) -> str:
 
 REFIT_RUNS = {"refit_warm": "previous codebook (warm_start: true)", "refit_cold": "k-means++ (warm_start: false)",
               "refit_decay": "previous codebook, lr halved each round (lr_decay: 0.5)",
-              "refit_bn": "previous codebook, BatchNorm re-estimated after the refit (bn_batches: 16)"}
+              "refit_bn": "previous codebook, BatchNorm re-estimated after the refit (bn_batches: 16)",
+              "refit_track": "previous codebook, tables of <= 16 weights follow them (track_weights: true)"}
 
 
 def refit_table(summaries: list[dict]) -> str:

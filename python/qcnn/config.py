@@ -155,7 +155,10 @@ class WeightQuantConfig(_Section):
     BW-1-ceil(log2 max|w|)), codebook (qcnn.codebook.fit `method`, per tensor or channel; `train_centroids`
     trains the centroids from per-cluster summed gradients; fit_options go to qcnn.codebook.fit; warm_start:
     refits of the k-means methods (kmeans, kde_kmeans) start from the previous codebook, so the retraining
-    loop's refits keep what the last round trained; the other methods refit from scratch).
+    loop's refits keep what the last round trained; the other methods refit from scratch; track_weights: a
+    table with no more weights than levels (a 1-channel 3x3 stem, depthwise 3x3 at 4 bits) holds its own
+    weights and follows them between refits, false keeps it fixed like the others. Left out of to_dict()
+    when true).
 
     accumulator_bits: P in [2, 32] (kind uniform, symmetric only; null = no constraint): the layer's integer
     accumulator must not overflow a signed P-bit register for any input. The quantizer enforces
@@ -175,6 +178,7 @@ class WeightQuantConfig(_Section):
     train_centroids: bool = False
     fit_options: dict[str, Any] = field(default_factory=dict)
     warm_start: bool = True
+    track_weights: bool = True
     accumulator_bits: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
@@ -198,11 +202,16 @@ class WeightQuantConfig(_Section):
             raise ConfigError(_join(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
         if self.train_centroids and self.kind != "codebook":
             raise ConfigError(_join(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
+        if not self.track_weights and self.kind != "codebook":
+            raise ConfigError(_join(path, "track_weights"), f"only applies to kind 'codebook', not {self.kind!r}")
 
     def to_dict(self) -> dict:
         out = super().to_dict()
+        # Configs and summaries without these options read as before.
         if out["accumulator_bits"] is None:
-            del out["accumulator_bits"]  # configs and summaries without the constraint read as before
+            del out["accumulator_bits"]
+        if out["track_weights"]:
+            del out["track_weights"]
         return out
 
 

@@ -47,6 +47,8 @@ def test_roundtrip_and_resolved_dump(tmp_path):
     ({"retrain": {"bn_batches": 2.5}}, "retrain.bn_batches"),
     ({"unknown_section": {}}, "unknown_section"),
     ({"quant": {"weight": {"kind": "binary", "learn_scale": True, "bits": 1}}}, "quant.weight.learn_scale"),
+    ({"quant": {"weight": {"kind": "uniform", "track_weights": False}}}, "quant.weight.track_weights"),
+    ({"quant": {"weight": {"track_weights": "no"}}}, "quant.weight.track_weights"),
 ])
 def test_errors_name_file_and_key_path(tmp_path, patch, key_path):
     path = tmp_path / "bad.yaml"

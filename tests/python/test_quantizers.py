@@ -9,6 +9,7 @@ import qcnn
 if not (hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None):
     pytest.skip("qcnn.ops.fake_quant / qcnn.codebook not built yet", allow_module_level=True)
 
+from qcnn.quantizers.weight import snap_to_grid  # noqa: E402
 from qcnn.quantizers import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,  # noqa: E402
                              QuantAct, UniformWeightQuantizer)
 
@@ -224,6 +225,45 @@ def test_bad_arguments():
         CodebookWeightQuantizer((2, 2), 2).refit(torch.randn(3, 2))
     with pytest.raises(ValueError, match="fraction"):
         CodebookWeightQuantizer((2, 2), 2).freeze(torch.randn(2, 2), 0.0)
+
+
+@pytest.mark.parametrize("per_channel,shape,bits", [(True, (8, 1, 3, 3), 4), (False, (3, 2, 2), 4),
+                                                    (True, (5, 4), 2)])
+def test_a_table_with_no_more_weights_than_levels_follows_its_weights(per_channel, shape, bits):
+    """Every weight of such a table is a level of its own: the forward is each latent weight on the table's
+    integer grid, after any optimizer step and without a refit; no weight ever changes level; what the
+    exporter reads computes the same values."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(shape, generator=g).requires_grad_()
+    q = CodebookWeightQuantizer(w.shape, bits, per_channel=per_channel)
+    assert q.tracks_weights
+    assert q.refit(w) is None
+    for step in range(3):
+        out = q(w)
+        tables = w.detach().reshape(shape[0], -1) if per_channel else w.detach().reshape(1, -1)
+        expected = snap_to_grid(tables, q.level_limit).reshape(shape)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert (out - w).abs().max() <= tables.abs().max() / q.level_limit / 2 + 1e-7
+        grad = torch.randn(shape, generator=g)
+        out.backward(grad)
+        torch.testing.assert_close(w.grad, grad)  # straight through
+        indices, book = q.deployed(w)
+        values = book.expand(shape[0], -1).gather(1, indices.reshape(shape[0], -1)).reshape(shape)
+        torch.testing.assert_close(values, out.detach(), rtol=0, atol=0)
+        with torch.no_grad():
+            w.add_(0.2 * torch.randn(shape, generator=g))
+            w.grad = None
+    assert q.refit(w) == 0.0
+    assert not CodebookWeightQuantizer(w.shape, bits, per_channel=per_channel, track_weights=False).tracks_weights
+    # One weight more than levels: an ordinary k-means table, fixed between refits.
+    wide = torch.randn(2, 2 ** bits + 1, generator=g)
+    fixed = CodebookWeightQuantizer(wide.shape, bits, per_channel=True)
+    assert not fixed.tracks_weights
+    fixed(wide)
+    book = fixed.codebook.clone()
+    moved = fixed(wide + 0.05)
+    assert torch.equal(fixed.codebook, book)
+    assert bool((moved[:, :, None] == book[:, None, :]).any(-1).all())  # every value a fixed level
 
 
 def test_warm_refit_keeps_clusters_of_drifted_weights():

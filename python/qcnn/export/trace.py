@@ -82,8 +82,7 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
         if bool(wq.incremental) and not bool(wq.frozen.all()):
             raise ValueError(f"layer {name!r}: incremental quantization has frozen only "
                              f"{float(wq.frozen.float().mean()):.0%} of the weights; export needs all of them frozen")
-        indices = wq.frozen_indices if bool(wq.incremental) else wq.nearest(w)
-        return QuantWeight.from_codebook(indices, wq.effective_codebook().detach())
+        return QuantWeight.from_codebook(*wq.deployed(w))
     q = wq.quantize(w).detach().to(torch.float32)
     if isinstance(wq, BinaryWeightQuantizer):
         alpha = q.abs().reshape(m, -1).amax(dim=1)

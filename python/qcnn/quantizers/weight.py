@@ -466,11 +466,19 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     Incremental mode (INQ, Zhou et al. 2017): freeze(weight, fraction) fixes the largest-magnitude weights
     at their centroids; frozen weights use their stored centroid, the others stay float and keep training.
+
+    Tables with no more weights than entries (tracks_weights: a 1-channel 3x3 stem or a depthwise 3x3 conv at
+    4 bits) hold their own weights: k-means would put a centroid on every weight, so instead of staying fixed
+    between refits the table follows the latent weights, each weight snapped to its table's integer grid
+    (entry i of a table is its i-th weight, the rest 0). A fixed table would leave the straight-through
+    gradient piling up in latents that never change level, applied all at once by the next refit
+    (training/refit_probe.py). Not in incremental mode, whose frozen weights keep their stored values, nor with
+    track_weights=False.
     """
 
     def __init__(self, weight_shape, bits: int, *, method: str = "kmeans", per_channel: bool = True,
                  train_centroids: bool = False, seed: int = 0, fit_options: dict | None = None,
-                 warm_start: bool = False):
+                 warm_start: bool = False, track_weights: bool = True):
         super().__init__(weight_shape)
         if not 1 <= bits <= 8:
             raise ValueError(f"CodebookWeightQuantizer: bits must be in [1, 8], got {bits}")
@@ -488,8 +496,25 @@ class CodebookWeightQuantizer(WeightQuantizer):
         self.register_buffer("incremental", torch.tensor(False))
         self.register_buffer("frozen", torch.zeros(self.weight_shape, dtype=torch.bool))
         self.register_buffer("frozen_indices", torch.zeros(self.weight_shape, dtype=torch.int64))
+        self.table_size = math.prod(self.weight_shape[1:] if per_channel else self.weight_shape)
+        self.tracks_weights = track_weights and self.table_size <= k
+
+    def _weight_tables(self, weight: torch.Tensor) -> torch.Tensor:
+        """For tracks_weights: each table's weights in order, zero-padded to 2^bits entries, on its integer grid."""
+        w = weight.detach().to(self.codebook.dtype)
+        tables = _channel_view(w) if self.per_channel else w.reshape(-1)
+        return snap_to_grid(nn.functional.pad(tables, (0, self.codebook.shape[-1] - self.table_size)),
+                            self.level_limit)
+
+    def _own_entries(self, weight: torch.Tensor) -> torch.Tensor:
+        """For tracks_weights: every weight's index, its position in its table."""
+        return torch.arange(self.table_size, device=weight.device).expand(
+            weight.shape[0] if self.per_channel else 1, -1).reshape(weight.shape)
 
     def _fit(self, weight: torch.Tensor) -> None:
+        if self.tracks_weights and not bool(self.incremental):
+            self.codebook.data.copy_(self._weight_tables(weight))
+            return
         from .. import codebook
         start = self.codebook.detach() if self.warm_start and bool(self.fitted) else None
         result = codebook.fit(weight, self.bits, method=self.method,
@@ -544,7 +569,10 @@ class CodebookWeightQuantizer(WeightQuantizer):
         compiling = torch.compiler.is_compiling()
         if not compiling and bool(self.incremental):
             return torch.where(self.frozen, self._lookup(book, self.frozen_indices), weight)
-        if self.train_centroids:
+        if self.tracks_weights:
+            snapped = self._weight_tables(weight)[..., :self.table_size].reshape(weight.shape)
+            q = snapped.to(weight.dtype) + (weight - weight.detach())
+        elif self.train_centroids:
             q = self._lookup(book, self._nearest(weight, book.detach())) + (weight - weight.detach())
         else:
             from ..codebook import quantize_to_codebook
@@ -559,7 +587,19 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def assignment(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.tracks_weights and not bool(self.incremental):
+            return self._own_entries(weight)
         return self.nearest(weight)
+
+    @torch.no_grad()
+    def deployed(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, codebook) such that codebook[table, index] is each weight's value in the forward: the
+        exporter's weights. A table that tracks its weights is brought up to date with them first."""
+        if bool(self.incremental):
+            return self.frozen_indices, self.effective_codebook().detach()
+        if self.tracks_weights:
+            self.codebook.data.copy_(self._weight_tables(weight))
+        return self.assignment(weight), self.effective_codebook().detach()
 
     @torch.no_grad()
     def freeze(self, weight: torch.Tensor, fraction: float) -> float:
@@ -608,5 +648,5 @@ def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:
     if cfg.kind == "codebook":
         return CodebookWeightQuantizer(weight_shape, cfg.bits, method=cfg.method, per_channel=per_channel,
                                        train_centroids=cfg.train_centroids, fit_options=cfg.fit_options,
-                                       warm_start=cfg.warm_start)
+                                       warm_start=cfg.warm_start, track_weights=cfg.track_weights)
     raise ValueError(f"build_weight_quantizer: unknown kind {cfg.kind!r}")
