@@ -142,14 +142,14 @@ def quantize_onnx_int8(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
     return out
 
 
-def ort_runner(path: Path, threads: int):
+def ort_runner(path: Path, threads: int, input_name: str = "pixels"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()  # graph optimizations: ORT_ENABLE_ALL, the default
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"pixels": x})[0], lambda t: t.numpy()
+    return lambda x: session.run(None, {input_name: x})[0], lambda t: t.numpy()
 
 
 def torchao_int8(net: PixelNet, calib: torch.Tensor) -> nn.Module:

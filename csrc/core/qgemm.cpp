@@ -346,6 +346,8 @@ struct Workspace {
   std::vector<int32_t> acc;
   std::vector<uint32_t> bit_panel;
   std::vector<uint8_t> panel8;
+  std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
+  std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
 };
 
 bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
@@ -435,6 +437,69 @@ void depthwise_tile(const PackedConv& pc, const RequantBlock* blocks, const In* 
   }
 }
 
+#ifdef QCNN_X86
+// Depthwise on uint8 codes, 8 or 16 channels per step: the codes of two taps interleaved and widened to
+// int16 meet their interleaved weights in vpmaddwd. Taps outside the image read `border`, a row of
+// x_sub, so sum_t x_t * w_t - x_sub * sum_t w_t = sum_t (x_t - x_sub) * w_t over the taps inside.
+template <typename Out>
+QCNN_AVX2 void depthwise_tile_avx2(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* x, int32_t x_sub,
+                                   int64_t p0, int64_t rows, Out* out, Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t c = g.c, ldc = c + 8, taps = g.k(), pairs = (taps + 1) / 2;
+  ws.acc.resize(static_cast<size_t>(rows * ldc + c));
+  ws.border.assign(static_cast<size_t>(c), static_cast<uint8_t>(x_sub));
+  ws.taps.resize(static_cast<size_t>(2 * pairs));
+  int32_t* acc = ws.acc.data();
+  int32_t* start = acc + rows * ldc;  // -x_sub * sum_t w[t][c]
+  for (int64_t ch = 0; ch < c; ++ch) start[ch] = -x_sub * pc.dw_sums[ch];
+  const uint8_t** src = ws.taps.data();
+  src[2 * pairs - 1] = ws.border.data();  // the odd tap's partner (its weights are 0)
+  const int16_t* w = pc.dw_pairs.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
+    for (int ky = 0, t = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx, ++t) {
+        const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh, ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
+        src[t] = iy < 0 || iy >= g.h || ix < 0 || ix >= g.w ? ws.border.data() : x + (iy * g.w + ix) * c;
+      }
+    int32_t* row = acc + r * ldc;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= c; c0 += 16) {
+      __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start + c0));
+      __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start + c0 + 8));
+      for (int64_t j = 0; j < pairs; ++j) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[2 * j] + c0));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[2 * j + 1] + c0));
+        const int16_t* wj = w + (j * c + c0) * 2;
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj))));
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + 16))));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0 + 8), hi);
+    }
+    if (c0 + 8 <= c) {
+      __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start + c0));
+      for (int64_t j = 0; j < pairs; ++j) {
+        const __m128i a = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[2 * j] + c0));
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[2 * j + 1] + c0));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (j * c + c0) * 2))));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0), lo);
+      c0 += 8;
+    }
+    for (; c0 < c; ++c0) {  // the last c % 8 channels
+      int32_t sum = start[c0];
+      for (int64_t t = 0; t < 2 * pairs; ++t) sum += int32_t{src[t][c0]} * w[((t / 2) * c + c0) * 2 + t % 2];
+      row[c0] = sum;
+    }
+  }
+  epilogue_rows(pc, blocks, acc, ldc, rows, out + p0 * g.m);
+}
+#endif
+
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads) {
   const RequantBlock* blocks = pc.requant_blocks.data();
@@ -461,6 +526,9 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
 #ifdef QCNN_X86
     else if (pc.acc16)
       acc16_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else if (pc.depthwise && std::is_same_v<In, uint8_t> && !pc.dw_pairs.empty() && x_sub >= 0 && x_sub <= 255)
+      depthwise_tile_avx2(pc, blocks, reinterpret_cast<const uint8_t*>(x), x_sub, t * rows,
+                          std::min(rows, positions - t * rows), out, ws);
 #endif
     else if (pc.depthwise)
       depthwise_tile(pc, blocks, x, x_sub, t * rows, std::min(rows, positions - t * rows), out, ws);
@@ -532,6 +600,26 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
 }
 }  // namespace
 
+namespace {
+void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
+  const int64_t c = pc.g.c, taps = pc.g.k(), pairs = (taps + 1) / 2;
+  std::vector<int16_t> packed(static_cast<size_t>(pairs * c * 2), 0);
+  std::vector<int32_t> sums(static_cast<size_t>(c), 0);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    int64_t abs_sum = 0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int16_t v = weight[ch * taps + t];
+      packed[((t / 2) * c + ch) * 2 + t % 2] = v;
+      sums[ch] += v;
+      abs_sum += v < 0 ? -int64_t{v} : int64_t{v};
+    }
+    if (510 * abs_sum > INT32_MAX) return;
+  }
+  pc.dw_pairs = std::move(packed);
+  pc.dw_sums = std::move(sums);
+}
+}  // namespace
+
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x,
                      int accumulator_bits) {
   PackedConv pc;
@@ -556,6 +644,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)
       for (int64_t t = 0; t < taps; ++t) pc.weights[t * g.c + ch] = weight[ch * taps + t];
+    if (isa == Isa::Avx2) pack_depthwise_pairs(pc, weight);
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
@@ -634,6 +723,7 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
   const int64_t rows = tile_rows(pc);
   if (pc.bits.planes) return bit_scratch_bytes(pc) + rows * (g.m + 8) * 4;
   if (pc.acc16) return rows * (pc.kp + (g.m + 16) * 4) + (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c;
+  if (pc.depthwise) return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
   int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
   if (uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
   return bytes;

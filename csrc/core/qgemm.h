@@ -83,6 +83,11 @@ struct PackedConv {
   int64_t mg8 = 0;                 // channels per group rounded up to 8
   bool depthwise = false;          // groups = in = out channels: its own kernel
   std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
+  // Depthwise on AVX2 (uint8 inputs): the taps in pairs, [ceil(taps / 2)][C][2] (an odd last tap paired
+  // with 0), and sum_t w[t][c] for the zero-point correction; empty where 510 * sum_t |w[t][c]| could
+  // leave int32 (the kernel's partial sums), which keeps such a layer on the scalar loop.
+  std::vector<int16_t> dw_pairs;
+  std::vector<int32_t> dw_sums;
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the bit-plane kernel

@@ -132,6 +132,46 @@ TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qg
   }
 }
 
+// Depthwise with the channel counts of real nets (16- and 8-channel steps and a tail), every tap pattern at
+// the borders, and weights large enough that the AVX2 kernel's int32 bound sends a layer to the scalar loop.
+TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm][depthwise]") {
+  std::mt19937 rng(11);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 60; ++trial) {
+    Case t;
+    const int64_t c = trial < 4 ? 24 * (trial + 1) : pick(1, 90);
+    const bool wide = trial == 5;  // 144 taps of |w| near 2^15: past the AVX2 kernel's bound
+    const int kh = wide ? 12 : pick(1, 5), kw = wide ? 12 : pick(1, 5), s = pick(1, 2);
+    const int dil = !wide && pick(0, 3) == 0 ? 2 : 1;
+    const int64_t h = pick(dil * (kh - 1) + 1, dil * (kh - 1) + 5), w = pick(dil * (kw - 1) + 1, dil * (kw - 1) + 5);
+    t.g = make_conv_geom(h, w, c, c, c, kh, kw, s, s, pick(0, kh), pick(0, kw), dil, dil);
+    t.x.resize(static_cast<size_t>(h * w * c));
+    for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
+    t.x_sub = trial % 5 == 0 ? 255 : trial % 5 == 1 ? 0 : pick(0, 255);
+    const int wmax = wide || trial % 3 == 0 ? 32767 : 127;
+    t.w.resize(static_cast<size_t>(c * t.g.k()));
+    for (auto& v : t.w) v = static_cast<int16_t>(wide ? wmax - pick(0, 100) : pick(-wmax, wmax));
+    for (int64_t i = 0; i < c; ++i) {
+      t.epi.multiplier.push_back(pick(1, 1 << 20));
+      t.epi.shift.push_back(pick(20, 40));
+      t.epi.bias.push_back(pick(-(1 << 20), 1 << 20));
+    }
+    t.epi.lo = 0;
+    t.epi.hi = 255;
+    INFO("trial " << trial << " c=" << c << " k=" << kh << "x" << kw << " stride " << s << " dilation " << dil
+                  << " x_sub " << t.x_sub << " max|w| " << wmax);
+    const auto want = reference(t);
+    for (Isa isa : {Isa::Scalar, Isa::Avx2}) {
+      if (!isa_supported(isa)) continue;
+      const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa);
+      CHECK(conv_kernel_name(pc) == "depthwise");
+      CHECK(pc.dw_pairs.empty() == (wide || isa != Isa::Avx2));
+      CHECK(run<uint8_t>(t, isa, Storage::U8, 1 + trial % 2) == want);
+      CHECK(run<int32_t>(t, isa, Storage::I32, 1) == want);
+    }
+  }
+}
+
 // Binary weights with inputs of 1 to kMaxBitPlanes bits: the bit-plane kernel. Wide fields (up to
 // 130 channels x 3 x 3 = 37 words) cross the AVX2 kernel's byte-counter flush (every 31 or 10 words).
 TEST_CASE("bit-plane kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
