@@ -34,11 +34,7 @@ def probe(run_dir: Path, bn_batches: int = 16, progress: bool = True) -> dict:
 
     def refit(names) -> tuple[torch.nn.Module, float | None]:
         trial = copy.deepcopy(model)
-        layers = qz.quant_layers(trial)
-        changes = [layers[n].refit(fit=True) for n in names]
-        weights = [layers[n].weight.numel() for n in names]
-        change = sum(c * w for c, w in zip(changes, weights)) / sum(weights) if None not in changes else None
-        return trial, change
+        return trial, qz.refit_weights(trial, layers=names)["change_fraction"]
 
     def after_bn(trial) -> float:
         qz.reestimate_batchnorm(trial, splits.train, bn_batches)

@@ -211,11 +211,18 @@ def reestimate_batchnorm(model: nn.Module, loader, batches: int) -> int:
 
 
 @torch.no_grad()
-def refit_weights(model: nn.Module, refit: bool = True) -> dict:
-    """Refits every weight quantizer on its latent weights (refit=False: only reassigns). Returns
-    {'change_fraction': weight-count-weighted mean over layers (None on the first fit), 'layers': {...}}."""
+def refit_weights(model: nn.Module, refit: bool = True, layers=None) -> dict:
+    """Refits every weight quantizer on its latent weights (refit=False: only reassigns), or those of the
+    quantized layers named in `layers`. Returns {'change_fraction': weight-count-weighted mean over the layers
+    (None on the first fit), 'layer_change': {name: fraction}}."""
     changes, total, weighted = {}, 0, 0.0
-    for name, layer in quant_layers(model).items():
+    chosen = quant_layers(model)
+    if layers is not None:
+        unknown = sorted(set(layers) - set(chosen))
+        if unknown:
+            raise ValueError(f"refit_weights: no quantized layer named {', '.join(map(repr, unknown))}")
+        chosen = {name: chosen[name] for name in layers}
+    for name, layer in chosen.items():
         if layer.weight_quant is None:
             continue
         change = layer.refit(fit=refit)

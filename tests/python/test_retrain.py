@@ -257,3 +257,28 @@ def test_refit_probe_reproduces_the_loop_and_localizes_the_refit(tmp_path):
     assert [r["refit"] for r in result["rows"][1:]] == layers == list(result["drift"])
     assert all(0.0 <= r["change_fraction"] <= 1.0 and 0.0 <= r["val_acc_bn"] <= 100.0 for r in result["rows"])
     assert json.loads((tmp_path / "probe" / "refit_probe.json").read_text()) == result
+
+
+def test_refit_weights_of_named_layers_only():
+    """refit_weights(layers=...) refits those layers and weighs their change by their weight counts; an unknown
+    name is an error that names it."""
+    from qcnn import quantize as qz
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 3))
+    qcnn.quantize_(net, qconfig.from_dict({"quant": {"weight": {"kind": "codebook", "bits": 2},
+                                                     "act": {"bits": 8}}}).quant)
+    qz.refit_weights(net)
+    with torch.no_grad():
+        for p in (net[0].weight, net[3].weight):
+            p.add_(0.3 * torch.randn_like(p))
+    linear_before = net[3].weight_quant.codebook.clone()
+    result = qz.refit_weights(net, layers=["0"])
+    assert set(result["layer_change"]) == {"0"} and result["change_fraction"] == result["layer_change"]["0"]
+    assert torch.equal(net[3].weight_quant.codebook, linear_before)
+    both = qz.refit_weights(net, refit=False, layers=["0", "3"])
+    counts = {"0": net[0].weight.numel(), "3": net[3].weight.numel()}
+    expected = sum(both["layer_change"][n] * counts[n] for n in counts) / sum(counts.values())
+    assert both["change_fraction"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="'classifier'"):
+        qz.refit_weights(net, layers=["classifier"])
