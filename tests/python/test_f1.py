@@ -96,8 +96,10 @@ def test_results_table_shows_f1_or_dash_for_older_summaries():
 def test_binary_study_table(tmp_path):
     base = {"name": "base", "kind": "float", "epochs": 3, "test_acc": 92.0, "test_f1": 90.0}
     summaries = [base, _quantized_summary("bin_a2", 2, f1=87.0), _quantized_summary("bin_a8", 8),
-                 {**_quantized_summary("w4", 8), "quant": {"weight": {"kind": "uniform", "bits": 4}}}]
+                 {**_quantized_summary("w4", 8), "quant": {"weight": {"kind": "uniform", "bits": 4}}},
+                 {**_quantized_summary("other_net_a2", 2), "model": "torchvision.resnet18"}]
     for s in summaries[1:3]:
+        s["model"] = "vgg_small"  # the net of configs/baseline.yaml, which the kernel benchmark measures
         cfg = qconfig.from_dict({"name": s["name"], "model": {"name": "vgg_small", "kwargs": {"width": 4}},
                                  "quant": s["quant"]})
         (tmp_path / s["name"]).mkdir()
@@ -105,11 +107,14 @@ def test_binary_study_table(tmp_path):
     bench = tmp_path / "kernels.json"  # bench_kernels.py's rows: the most threads' ratio is the measured speedup
     bench.write_text(json.dumps({"rows": [{"hidden_act_bits": 2, "threads": 1, "ratio": 1.5},
                                           {"hidden_act_bits": 2, "threads": 2, "ratio": 2.5},
-                                          {"case": "acc16", "threads": 2, "ratio": 1.6}]}))
+                                          {"case": "acc16", "threads": 2, "ratio": 1.6}],
+                                 "baseline_config": "configs/baseline.yaml"}))
     lines = results.binary_study_table(summaries, tmp_path, bench).splitlines()
-    assert len(lines) == 4  # header, rule, the two binary runs in activation-bit order
+    assert len(lines) == 5  # header, rule, the three binary runs in activation-bit order
     a2 = [c.strip() for c in lines[2].strip("|").split("|")]
-    a8 = [c.strip() for c in lines[3].strip("|").split("|")]
+    other = [c.strip() for c in lines[3].strip("|").split("|")]
+    a8 = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert other[0] == "other_net_a2" and other[8] == "-"  # measured on another net: not this one's speedup
     assert a2[:5] == ["bin_a2", "8", "2", "88.00", "87.00"]
     assert a2[5] == f"{100 * (90 - 87) / 90:.2f}"  # relative F1 drop against the baseline found by name
     # VGGSmall width 4 on 1x28x28: MACs per conv = outputs * Cin * 9, then the 16->10 linear
@@ -121,4 +126,4 @@ def test_binary_study_table(tmp_path):
     assert a2[8] == "2.50x"
     assert a8[:5] == ["bin_a8", "8", "8", "88.00", "-"] and a8[5] == "-" and a8[6] == "8.00x" and a8[8] == "-"
     assert results.binary_study_table([base], tmp_path, bench) == "(no binary-weight run yet)"
-    assert results.measured_binary_speedups(tmp_path / "absent.json") == {}
+    assert results.measured_binary_speedups(tmp_path / "absent.json") == (None, {})
