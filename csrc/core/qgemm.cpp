@@ -484,8 +484,8 @@ QCNN_AVX2 void depthwise_tile_avx2(const PackedConv& pc, const RequantBlock* blo
       for (int64_t j = 0; j < pairs; ++j) {
         const __m128i a = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[2 * j] + c0));
         const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[2 * j + 1] + c0));
-        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)),
-                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (j * c + c0) * 2))));
+        const __m256i wj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (j * c + c0) * 2));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), wj));
       }
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + c0), lo);
       c0 += 8;
@@ -598,9 +598,7 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
   }
   return true;
 }
-}  // namespace
 
-namespace {
 void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
   const int64_t c = pc.g.c, taps = pc.g.k(), pairs = (taps + 1) / 2;
   std::vector<int16_t> packed(static_cast<size_t>(pairs * c * 2), 0);
