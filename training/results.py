@@ -344,8 +344,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "configs/refit_cold.yaml; refit_decay.yaml: 4 rounds, each retraining from half the previous round's learning "
         "rate; refit_bn.yaml: refit_warm with BatchNorm re-estimated after every refit; these four keep the first "
         "conv's 9-weight tables fixed between refits, `track_weights: false`, as every run did before that option; "
-        "refit_track.yaml: refit_warm with the default, tables that follow their weights): every round refits the 4-bit "
-        "per-channel codebooks on the retrained latent weights, either from the previous codebook (Lloyd's iterations "
+        "refit_track.yaml: refit_warm with the default, tables that follow their weights): every round refits the "
+        "4-bit per-channel codebooks on the retrained latent weights, either from the previous codebook (Lloyd's iterations "
         "from it) or drawn afresh by k-means++. Cluster change = share of weights whose level changed at the refit; "
         "val acc after refit = before that round's retraining (for refit_bn: after the BatchNorm re-estimation).",
         "",
@@ -366,8 +366,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "The remedy, now the default (`weight.track_weights: true`, refit_track above): a table with no more weights "
         "than levels holds those weights, each snapped to the table's integer grid, and follows them through "
         "retraining, so the forward sees every step of the latent weights and no drift is left for the refit to "
-        "apply. Its refits cost at most 0.6 points of validation accuracy here, and every round's retraining ends at or above the "
-        "round before (no BatchNorm re-estimation). The cluster change hardly shrinks (the other layers' refits "
+        "apply. Its refits cost at most 0.6 points of validation accuracy here, and every round's retraining ends "
+        "at or above the round before (no BatchNorm re-estimation). The cluster change hardly shrinks (the other layers' refits "
         "move as many weights as before); with `lr_decay` it does (refit_decay). The 4-bit codebook runs of the first "
         "tables (w4_kmeans, w4_incremental) were made before the option existed, with their first conv's tables "
         "fixed.",
@@ -394,7 +394,8 @@ def methods_section(summaries: list[dict], runs_dir: Path) -> str:
         "9-weight tables (the stem, and MobileNetV2's depthwise convs) stayed fixed between refits, which is what "
         "`track_weights: false` does now. MobileNetV2's W4 k-means row was run again with the default (tables that "
         "follow their weights): its round-1 refit now costs 0.14 points of validation accuracy (89.34 -> 89.20) where "
-        "it cost 1.78 with fixed tables (89.14 -> 87.36; test 89.20 then, against 89.38 now). The 2-bit and binary rows are not affected (4 and 2 levels, fewer than 9 weights).",
+        "it cost 1.78 with fixed tables (89.14 -> 87.36; test 89.20 then, against 89.38 now). The 2-bit and "
+        "binary rows are not affected (4 and 2 levels, fewer than 9 weights).",
         METHODS_END,
     ])
 

@@ -499,12 +499,16 @@ class CodebookWeightQuantizer(WeightQuantizer):
         self.table_size = math.prod(self.weight_shape[1:] if per_channel else self.weight_shape)
         self.tracks_weights = track_weights and self.table_size <= k
 
-    def _weight_tables(self, weight: torch.Tensor) -> torch.Tensor:
-        """For tracks_weights: each table's weights in order, zero-padded to 2^bits entries, on its integer grid."""
+    def _snapped_tables(self, weight: torch.Tensor) -> torch.Tensor:
+        """For tracks_weights: each table's weights in order ([M, n] per channel, [n] per tensor), on its integer
+        grid (the zero entries that pad a table to 2^bits do not change its grid)."""
         w = weight.detach().to(self.codebook.dtype)
-        tables = _channel_view(w) if self.per_channel else w.reshape(-1)
-        return snap_to_grid(nn.functional.pad(tables, (0, self.codebook.shape[-1] - self.table_size)),
-                            self.level_limit)
+        return snap_to_grid(_channel_view(w) if self.per_channel else w.reshape(-1), self.level_limit)
+
+    def _sync_tables(self, weight: torch.Tensor) -> None:
+        """For tracks_weights: the codebook becomes the snapped weights, zero-padded to 2^bits entries."""
+        tables = self._snapped_tables(weight)
+        self.codebook.data.copy_(nn.functional.pad(tables, (0, self.codebook.shape[-1] - self.table_size)))
 
     def _own_entries(self, weight: torch.Tensor) -> torch.Tensor:
         """For tracks_weights: every weight's index, its position in its table."""
@@ -513,7 +517,7 @@ class CodebookWeightQuantizer(WeightQuantizer):
 
     def _fit(self, weight: torch.Tensor) -> None:
         if self.tracks_weights and not bool(self.incremental):
-            self.codebook.data.copy_(self._weight_tables(weight))
+            self._sync_tables(weight)
             return
         from .. import codebook
         start = self.codebook.detach() if self.warm_start and bool(self.fitted) else None
@@ -565,24 +569,23 @@ class CodebookWeightQuantizer(WeightQuantizer):
         return self._lookup(self.effective_codebook().detach(), self.frozen_indices)
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
-        book = self.effective_codebook()
         compiling = torch.compiler.is_compiling()
         if not compiling and bool(self.incremental):
-            return torch.where(self.frozen, self._lookup(book, self.frozen_indices), weight)
-        if self.tracks_weights:
-            snapped = self._weight_tables(weight)[..., :self.table_size].reshape(weight.shape)
-            q = snapped.to(weight.dtype) + (weight - weight.detach())
+            return torch.where(self.frozen, self._lookup(self.effective_codebook(), self.frozen_indices), weight)
+        if self.tracks_weights:  # no codebook to read: the table is the weights
+            q = self._snapped_tables(weight).reshape(weight.shape).to(weight.dtype) + (weight - weight.detach())
         elif self.train_centroids:
+            book = self.effective_codebook()
             q = self._lookup(book, self._nearest(weight, book.detach())) + (weight - weight.detach())
         else:
             from ..codebook import quantize_to_codebook
-            _, dequantized = quantize_to_codebook(weight.detach(), book)
+            _, dequantized = quantize_to_codebook(weight.detach(), self.effective_codebook())
             # Straight-through: the value is exactly `dequantized` (w - w.detach() is exactly zero), the
             # gradient flows to the latent weight.
             q = dequantized + (weight - weight.detach())
         if compiling:  # the incremental (INQ) select above, without a branch on the flag
-            q = torch.where(self.incremental & self.frozen, self._lookup(book, self.frozen_indices),
-                            torch.where(self.incremental, weight, q))
+            frozen_values = self._lookup(self.effective_codebook(), self.frozen_indices)
+            q = torch.where(self.incremental & self.frozen, frozen_values, torch.where(self.incremental, weight, q))
         return q
 
     @torch.no_grad()
@@ -598,7 +601,7 @@ class CodebookWeightQuantizer(WeightQuantizer):
         if bool(self.incremental):
             return self.frozen_indices, self.effective_codebook().detach()
         if self.tracks_weights:
-            self.codebook.data.copy_(self._weight_tables(weight))
+            self._sync_tables(weight)
         return self.assignment(weight), self.effective_codebook().detach()
 
     @torch.no_grad()
