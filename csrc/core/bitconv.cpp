@@ -1,6 +1,7 @@
 #include "core/bitconv.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <type_traits>
 
@@ -10,295 +11,317 @@ namespace qcnn {
 
 namespace {
 
-constexpr uint32_t kLowNibbles = 0x0F0F0F0Fu;
-constexpr int kBitRows = 2;    // output positions per microkernel call
-constexpr int kBitBlocks = 3;  // 8-channel blocks per microkernel call
-constexpr int64_t kBitPanelBytes = 16 << 10;
+constexpr int kSlots = 2;    // pixel pairs per microkernel call
+constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
+constexpr int64_t kTileRows = 32;
+constexpr int kTableBytes = 16;
+constexpr int kPatternBytes = 32;  // 16 channels' patterns, once per lane
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+int beta(int bits) { return 4 * ((1 << bits) - 1); }
 
-// Words per tile row: [planes][2: the word, its high nibbles shifted down][kwords], then S.
-int64_t row_words(const BitWeights& bw) { return int64_t{bw.planes} * 2 * bw.kwords + 1; }
-
-// The per-image bit image: [planes][2: bytes, their high nibbles shifted down][hp][wp][cbytes], then
-// the int32 sum of v over each pixel's channels [hp][wp] (zero on the border).
 struct ImageLayout {
-  int64_t wp, pixels, plane_bytes, sums_offset, total;
+  int64_t wq, quad_stride, row_stride, total;  // strides in bytes
   explicit ImageLayout(const PackedConv& pc) {
     const ConvGeom& g = pc.g;
-    wp = g.w + 2 * g.pw;
-    pixels = (g.h + 2 * g.ph) * wp;
-    plane_bytes = pixels * pc.bits.cbytes;
-    sums_offset = (int64_t{pc.bits.planes} * 2 * plane_bytes + 3) / 4 * 4;
-    total = sums_offset + pixels * 4;
+    wq = g.w + 2 * g.pw + g.sw;
+    quad_stride = wq * kTableBytes;
+    row_stride = pc.bits.quads * quad_stride;
+    total = (g.h + 2 * g.ph) * row_stride;
   }
 };
 
-// dst[0, n) = src[0, n) for the short runs of a receptive field (a few to a few dozen bytes), without
-// a library call per run: overlapping 8- or 4-byte moves, never past either end.
-inline void copy_run(uint8_t* dst, const uint8_t* src, int64_t n) {
-  uint64_t a;
-  if (n >= 8) {
-    int64_t i = 0;
-    for (; i + 8 < n; i += 8) {
-      std::memcpy(&a, src + i, 8);
-      std::memcpy(dst + i, &a, 8);
-    }
-    std::memcpy(&a, src + n - 8, 8);
-    std::memcpy(dst + n - 8, &a, 8);
-  } else if (n >= 4) {
-    uint32_t c, d;
-    std::memcpy(&c, src, 4);
-    std::memcpy(&d, src + n - 4, 4);
-    std::memcpy(dst, &c, 4);
-    std::memcpy(dst + n - 4, &d, 4);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
-  }
-}
+// A pixel pair of a tile: the table offset of its lane-0 pixel at tap (0, 0), quad 0, and the tile rows
+// of its two outputs (out1 < 0: lane 1 is padding, its result dropped).
+struct Slot {
+  int64_t offset, out0, out1;
+};
+constexpr int64_t kSlotWords = sizeof(Slot) / sizeof(int64_t);
 
-// Tile rows of input words: the receptive field's bytes of each plane and of its shifted high nibbles,
-// copied from the bit image (the weights' low nibbles are masked at load, so the words themselves
-// serve the low half), and S summed from the per-pixel sums.
-void build_panel(const PackedConv& pc, const uint8_t* image, int64_t p0, int64_t rows, uint32_t* panel) {
-  const BitWeights& bw = pc.bits;
-  const ConvGeom& g = pc.g;
-  const ImageLayout layout(pc);
-  const int64_t cbytes = bw.cbytes, wp = layout.wp, run = g.kw * cbytes, ystep = int64_t{g.dh} * wp * cbytes;
-  const int64_t stride = row_words(bw);
-  const auto* sums = reinterpret_cast<const int32_t*>(image + layout.sums_offset);
-  int64_t oy = p0 / g.ow, ox = p0 % g.ow;
-  for (int64_t r = 0; r < rows; ++r) {
-    uint32_t* row = panel + r * stride;
-    const int64_t pixel = oy * g.sh * wp + ox * g.sw;
-    for (int64_t half = 0; half < 2 * bw.planes; ++half) {
-      uint32_t* words = row + half * bw.kwords;
-      words[bw.kwords - 1] = 0;  // the padding bytes of the last word
-      auto* dst = reinterpret_cast<uint8_t*>(words);
-      const uint8_t* src = image + half * layout.plane_bytes + pixel * cbytes;
-      for (int ky = 0; ky < g.kh; ++ky) copy_run(dst + ky * run, src + ky * ystep, run);
-    }
-    int64_t sum = 0;
-    for (int ky = 0; ky < g.kh; ++ky)
-      for (int kx = 0; kx < g.kw; ++kx) sum += sums[pixel + int64_t{ky} * g.dh * wp + kx];
-    row[stride - 1] = static_cast<uint32_t>(sum);  // S < 2^31: K * max v is bounded at load
-    if (++ox == g.ow) {
-      ox = 0;
-      ++oy;
-    }
-  }
-}
+struct KernelArgs {
+  const uint8_t* image;
+  const int64_t* tap_offsets;  // [taps] bytes
+  int64_t taps, quads, quad_stride, lane1, group_stride;  // lane1: bytes from the lane-0 pixel to the lane-1 one
+  int flush;         // steps (one table per lane) before the byte accumulators could wrap
+  int64_t epoch;     // steps before the 16-bit accumulators could wrap, a multiple of flush
+  int32_t bias;      // beta * taps * quads
+};
+
+// Byte offset, within a 16-channel group, of the patterns of tap t, quad q.
+inline int64_t pattern_index(const KernelArgs& a, int64_t t, int64_t q) { return (t * a.quads + q) * kPatternBytes; }
 
 template <int R, int J>
-void bit_kernel_scalar(const BitWeights& bw, const uint32_t* panel, const uint32_t* w, int32_t* c, int64_t ldc) {
-  const int64_t stride = row_words(bw), wblock = bw.kwords * 16;
-  for (int r = 0; r < R; ++r) {
-    const uint32_t* row = panel + r * stride;
-    const int32_t s = static_cast<int32_t>(row[stride - 1]);
-    for (int j = 0; j < J; ++j)
-      for (int l = 0; l < 8; ++l) {
-        int64_t p = 0;
-        for (int b = 0; b < bw.planes; ++b) {
-          const uint32_t* lo = row + int64_t{b} * 2 * bw.kwords;
-          const uint32_t* hi = lo + bw.kwords;
-          int64_t count = 0;
-          for (int64_t q = 0; q < bw.kwords; ++q) {
-            const uint32_t* wq = w + j * wblock + q * 16;
-            count += __builtin_popcount(wq[l] & lo[q]) + __builtin_popcount(wq[8 + l] & hi[q]);
-          }
-          p += count << b;
+void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
+  for (int r = 0; r < R; ++r)
+    for (int lane = 0; lane < 2; ++lane) {
+      const int64_t out = lane ? slots[r].out1 : slots[r].out0;
+      if (out < 0) continue;
+      const uint8_t* base = a.image + slots[r].offset + lane * a.lane1;
+      for (int j = 0; j < J; ++j)
+        for (int i = 0; i < 16; ++i) {
+          int32_t sum = 0;
+          for (int64_t t = 0; t < a.taps; ++t)
+            for (int64_t q = 0; q < a.quads; ++q) {
+              const uint8_t pattern = patterns[j * a.group_stride + pattern_index(a, t, q) + i];
+              sum += base[a.tap_offsets[t] + q * a.quad_stride + pattern];
+            }
+          acc[out * ldc + j * 16 + i] = sum - a.bias;
         }
-        c[r * ldc + j * 8 + l] = static_cast<int32_t>(2 * p - s);
-      }
-  }
+    }
 }
 
 #ifdef QCNN_X86
-QCNN_AVX2 inline __m256i nibble_count(__m256i table, __m256i a, __m256i b) {
-  return _mm256_add_epi8(_mm256_shuffle_epi8(table, a), _mm256_shuffle_epi8(table, b));
+// Byte accumulators (biased table entries, at most 2 beta per step) widen into 16-bit ones every
+// `flush` steps, those into int32 every `epoch` steps; unpacklo/hi give channels 0-7 / 8-15 of both lanes.
+template <int R, int J>
+QCNN_AVX2 inline void widen_bytes(__m256i (&bytes)[R][J], __m256i (&lo16)[R][J], __m256i (&hi16)[R][J]) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      lo16[r][j] = _mm256_add_epi16(lo16[r][j], _mm256_unpacklo_epi8(bytes[r][j], zero));
+      hi16[r][j] = _mm256_add_epi16(hi16[r][j], _mm256_unpackhi_epi8(bytes[r][j], zero));
+      bytes[r][j] = zero;
+    }
 }
 
-// acc8 collects weighted byte counts: a word adds at most 8 * (2^B - 1) to a byte, so they are
-// widened to int32 lanes (two multiplies by one) every 255 / (8 * (2^B - 1)) words.
-template <int R, int J, int B>
-QCNN_AVX2 void bit_kernel_avx2(const BitWeights& bw, const uint32_t* panel, const uint32_t* w, int32_t* c,
-                               int64_t ldc) {
-  const int64_t stride = row_words(bw), kwords = bw.kwords, wblock = kwords * 16;
-  constexpr int kFlush = 255 / (8 * ((1 << B) - 1));
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1,
-                                         2, 2, 3, 2, 3, 3, 4);
-  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  __m256i acc8[R][J], acc32[R][J];
+// wide[r][lane][channel] += the 16-bit sums (unpacklo/hi hold channels 0-7 / 8-15 of both lanes).
+template <int R, int J>
+QCNN_AVX2 inline void widen_words(__m256i (&lo16)[R][J], __m256i (&hi16)[R][J], int32_t (*wide)[2][J * 16]) {
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) acc8[r][j] = acc32[r][j] = _mm256_setzero_si256();
-  int pending = 0;
-  for (int64_t q = 0; q < kwords; ++q) {
-    for (int r = 0; r < R; ++r) {
-      const uint32_t* row = panel + r * stride + q;
-      __m256i lo[B], hi[B];
-      for (int b = 0; b < B; ++b) {
-        lo[b] = _mm256_set1_epi32(static_cast<int32_t>(row[b * 2 * kwords]));
-        hi[b] = _mm256_set1_epi32(static_cast<int32_t>(row[b * 2 * kwords + kwords]));
+    for (int j = 0; j < J; ++j) {
+      for (int lane = 0; lane < 2; ++lane) {
+        const __m128i lo = lane ? _mm256_extracti128_si256(lo16[r][j], 1) : _mm256_castsi256_si128(lo16[r][j]);
+        const __m128i hi = lane ? _mm256_extracti128_si256(hi16[r][j], 1) : _mm256_castsi256_si128(hi16[r][j]);
+        auto* w = reinterpret_cast<__m256i*>(wide[r][lane] + j * 16);
+        _mm256_store_si256(w, _mm256_add_epi32(_mm256_load_si256(w), _mm256_cvtepu16_epi32(lo)));
+        _mm256_store_si256(w + 1, _mm256_add_epi32(_mm256_load_si256(w + 1), _mm256_cvtepu16_epi32(hi)));
+      }
+      lo16[r][j] = hi16[r][j] = _mm256_setzero_si256();
+    }
+}
+
+// Byte accumulators (biased table entries, at most 2 beta per step) widen into 16-bit ones every
+// `flush` steps, those into int32 every `epoch` steps.
+template <int R, int J, bool kContiguous>
+QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc,
+                                  int64_t ldc) {
+  __m256i bytes[R][J], lo16[R][J], hi16[R][J];
+  alignas(32) int32_t wide[R][2][J * 16] = {};
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) bytes[r][j] = lo16[r][j] = hi16[r][j] = _mm256_setzero_si256();
+  const uint8_t* base[R];
+  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
+  int64_t epoch_steps = 0;
+  const int64_t steps = a.taps * a.quads;
+  int64_t t = 0, q = 0;  // the step's tap and quad
+  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
+    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t offset = a.tap_offsets[t] + q * a.quad_stride;
+      const uint8_t* pt = patterns + s * kPatternBytes;  // (t * quads + q) = s
+      __m256i table[R];
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* p = base[r] + offset;
+        table[r] = kContiguous ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                               : _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p + a.lane1),
+                                                     reinterpret_cast<const __m128i*>(p));
       }
       for (int j = 0; j < J; ++j) {
-        const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 16));
-        const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * 16 + 8));
-        // Horner over the planes: t = sum_b 2^b count_b
-        __m256i t = nibble_count(table, _mm256_and_si256(wl, lo[B - 1]), _mm256_and_si256(wh, hi[B - 1]));
-        for (int b = B - 2; b >= 0; --b)
-          t = _mm256_add_epi8(_mm256_add_epi8(t, t),
-                              nibble_count(table, _mm256_and_si256(wl, lo[b]), _mm256_and_si256(wh, hi[b])));
-        acc8[r][j] = _mm256_add_epi8(acc8[r][j], t);
+        const __m256i pattern = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pt + j * a.group_stride));
+        for (int r = 0; r < R; ++r) bytes[r][j] = _mm256_add_epi8(bytes[r][j], _mm256_shuffle_epi8(table[r], pattern));
+      }
+      if (++q == a.quads) {
+        q = 0;
+        ++t;
       }
     }
-    if (++pending == kFlush || q + 1 == kwords) {
-      for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) {
-          const __m256i wide = _mm256_madd_epi16(_mm256_maddubs_epi16(acc8[r][j], ones8), ones16);
-          acc32[r][j] = _mm256_add_epi32(acc32[r][j], wide);
-          acc8[r][j] = _mm256_setzero_si256();
-        }
-      pending = 0;
+    widen_bytes(bytes, lo16, hi16);
+    if ((epoch_steps += a.flush) == a.epoch) {
+      widen_words(lo16, hi16, wide);
+      epoch_steps = 0;
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const __m256i s = _mm256_set1_epi32(static_cast<int32_t>(panel[r * stride + stride - 1]));
-    for (int j = 0; j < J; ++j)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + j * 8),
-                          _mm256_sub_epi32(_mm256_add_epi32(acc32[r][j], acc32[r][j]), s));
-  }
+  widen_words(lo16, hi16, wide);
+  const __m256i bias = _mm256_set1_epi32(a.bias);
+  for (int r = 0; r < R; ++r)
+    for (int lane = 0; lane < 2; ++lane) {
+      const int64_t out = lane ? slots[r].out1 : slots[r].out0;
+      if (out < 0) continue;
+      for (int j = 0; j < 2 * J; ++j) {
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wide[r][lane] + j * 8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + out * ldc + j * 8), _mm256_sub_epi32(v, bias));
+      }
+    }
 }
 #endif
 
-using BitKernel = void (*)(const BitWeights&, const uint32_t*, const uint32_t*, int32_t*, int64_t);
+using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, int32_t*, int64_t);
 
-#define QCNN_BIT_ROWS(fn, ...) \
-  {{fn<1, 1 __VA_ARGS__>, fn<1, 2 __VA_ARGS__>, fn<1, 3 __VA_ARGS__>}, \
-   {fn<2, 1 __VA_ARGS__>, fn<2, 2 __VA_ARGS__>, fn<2, 3 __VA_ARGS__>}}
+#define QCNN_BINARY_ROW(fn, r, ...) \
+  {fn<r, 1 __VA_ARGS__>, fn<r, 2 __VA_ARGS__>, fn<r, 3 __VA_ARGS__>, fn<r, 4 __VA_ARGS__>, fn<r, 5 __VA_ARGS__>, \
+   fn<r, 6 __VA_ARGS__>}
+#define QCNN_BINARY_KERNELS(fn, ...) {QCNN_BINARY_ROW(fn, 1, __VA_ARGS__), QCNN_BINARY_ROW(fn, 2, __VA_ARGS__)}
 
-BitKernel bit_kernel(Isa isa, int planes, int rows, int blocks) {
-  static const BitKernel scalar[kBitRows][kBitBlocks] = QCNN_BIT_ROWS(bit_kernel_scalar);
+BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
+  static_assert(kSlots == 2 && kGroups == 6, "the kernel tables below");
+  static const BinaryKernel scalar[kSlots][kGroups] = QCNN_BINARY_KERNELS(binary_kernel_scalar);
 #ifdef QCNN_X86
-  static_assert(kMaxBitPlanes == 2, "one row of kernels per plane count");
-  static const BitKernel avx2[kMaxBitPlanes][kBitRows][kBitBlocks] = {QCNN_BIT_ROWS(bit_kernel_avx2, , 1),
-                                                                        QCNN_BIT_ROWS(bit_kernel_avx2, , 2)};
-  if (isa == Isa::Avx2) return avx2[planes - 1][rows - 1][blocks - 1];
+  static const BinaryKernel avx2[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx2, , false),
+                                                        QCNN_BINARY_KERNELS(binary_kernel_avx2, , true)};
+  if (isa == Isa::Avx2) return avx2[contiguous][slots - 1][groups - 1];
 #endif
   (void)isa;
-  (void)planes;
-  return scalar[rows - 1][blocks - 1];
+  (void)contiguous;
+  return scalar[slots - 1][groups - 1];
 }
-#undef QCNN_BIT_ROWS
+#undef QCNN_BINARY_KERNELS
+#undef QCNN_BINARY_ROW
 
-// Bits of one pixel: plane j, byte c / 8, bit c % 8 = bit j of v = x[c] - x_sub (planes 2 plane_bytes
-// apart: the high-nibble copies sit between them). Returns the sum of v.
+// quad[q] = sum_i v_{4q+i} << (B i) for q < quads, over the n channels at src (n < 4 quads zero-fills
+// the last one), v = (x - x_sub) masked to B bits (the engine proves the range; the mask keeps a table
+// index in bounds regardless).
 template <typename T>
-int64_t pixel_bits(const T* src, int64_t c, int32_t x_sub, int planes, int64_t plane_bytes, uint8_t* dst) {
-  int64_t sum = 0;
-  for (int64_t i = 0; i < c; ++i) {
-    const uint32_t v = static_cast<uint32_t>(static_cast<int64_t>(src[i]) - x_sub);
-    sum += v;
-    for (int j = 0; j < planes; ++j)
-      dst[2 * j * plane_bytes + i / 8] |= static_cast<uint8_t>(((v >> j) & 1u) << (i % 8));
+void quad_values(const T* src, int64_t n, int32_t x_sub, int bits, int64_t quads, uint32_t* quad) {
+  const uint32_t mask = (1u << bits) - 1;
+  std::fill(quad, quad + quads, 0u);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t v = static_cast<uint32_t>(static_cast<int64_t>(src[i]) - x_sub) & mask;
+    quad[i / 4] |= v << (bits * (i % 4));
   }
-  return sum;
 }
 
 #ifdef QCNN_X86
-// 32 channels at a time: v - x_sub wraps exactly in 8 bits (v < 16), and shifting bit j to bit 7 of
-// each byte lets vpmovmskb collect plane j (a 16-bit lane shift moves no bit across the byte's top).
-QCNN_AVX2 int64_t pixel_bits_avx2(const uint8_t* src, int64_t c, int32_t x_sub, int planes, int64_t plane_bytes,
-                                  uint8_t* dst) {
+// 32 values at a time: (x - x_sub) wraps exactly in 8 bits before the mask, vpmaddubsw joins pairs
+// (v0 + 2^B v1) and vpmaddwd pairs of pairs.
+QCNN_AVX2 void quad_values_avx2(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads,
+                                uint32_t* quad) {
   const __m256i sub = _mm256_set1_epi8(static_cast<char>(x_sub));
-  int64_t sum = 0;
-  for (int64_t c0 = 0; c0 < c; c0 += 32) {
-    const int64_t n = std::min<int64_t>(32, c - c0);
+  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << bits) - 1));
+  const __m256i pair = _mm256_set1_epi16(static_cast<int16_t>(1 | (1 << (bits + 8))));
+  const __m256i quadw = _mm256_set1_epi32(1 | (1 << (2 * bits + 16)));
+  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                        22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int64_t c0 = 0; c0 < n; c0 += 32) {
+    const int64_t len = std::min<int64_t>(32, n - c0);
     __m256i v;
-    if (n == 32) {
+    if (len == 32) {
       v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c0));
-    } else {  // the last channels: their bits only (the lanes past them are masked off below)
+    } else {
       alignas(32) uint8_t tail[32] = {};
-      copy_run(tail, src + c0, n);
+      std::memcpy(tail, src + c0, static_cast<size_t>(len));
       v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
     }
-    v = _mm256_sub_epi8(v, sub);
-    const uint32_t keep = n == 32 ? ~0u : (1u << n) - 1;
-    for (int j = 0; j < planes; ++j) {
-      const uint32_t bits =
-          keep & static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_sll_epi16(v, _mm_cvtsi32_si128(7 - j))));
-      sum += int64_t{__builtin_popcount(bits)} << j;
-      uint8_t* d = dst + 2 * j * plane_bytes + c0 / 8;
-      for (int64_t b = 0; b < (n + 7) / 8; ++b) d[b] = static_cast<uint8_t>(bits >> (8 * b));
+    v = _mm256_and_si256(_mm256_sub_epi8(v, sub), mask);
+    if (len < 32) v = _mm256_and_si256(v, _mm256_cmpgt_epi8(_mm256_set1_epi8(static_cast<char>(len)), iota));
+    const __m256i packed = _mm256_madd_epi16(_mm256_maddubs_epi16(v, pair), quadw);
+    if (quads - c0 / 4 >= 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(quad + c0 / 4), packed);
+    } else {
+      alignas(32) uint32_t out[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out), packed);
+      std::copy(out, out + (quads - c0 / 4), quad + c0 / 4);
     }
   }
-  return sum;
 }
 #endif
+
+// The quad values of one input row, [w][quads]: with C a multiple of 4 the row's channels are one run
+// of quads.
+template <typename T>
+void row_quads(const PackedConv& pc, const T* row, int32_t x_sub, uint32_t* quad) {
+  const ConvGeom& g = pc.g;
+  const BitWeights& bw = pc.bits;
+  const bool whole_row = g.c % 4 == 0;
+  const int64_t runs = whole_row ? 1 : g.w, run = whole_row ? g.w * g.c : g.c, run_quads = whole_row ? g.w * bw.quads : bw.quads;
+  for (int64_t i = 0; i < runs; ++i) {
+#ifdef QCNN_X86
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      if (pc.isa == Isa::Avx2) {
+        quad_values_avx2(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
+        continue;
+      }
+    }
+#endif
+    quad_values(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
+  }
+}
+
+// `count` tables of v = 0 (every entry beta) at dst: short runs, stored inline rather than by memset calls.
+inline void zero_tables(uint8_t* dst, int64_t count, uint8_t zero_table) {
+  uint8_t table[kTableBytes];
+  std::memset(table, zero_table, kTableBytes);
+  for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * kTableBytes, table, kTableBytes);
+}
 
 template <typename T>
 void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vector<uint8_t>& image) {
   const ConvGeom& g = pc.g;
   const BitWeights& bw = pc.bits;
   const ImageLayout layout(pc);
-  image.assign(static_cast<size_t>(layout.total), 0);
-  auto* sums = reinterpret_cast<int32_t*>(image.data() + layout.sums_offset);
-  for (int64_t iy = 0; iy < g.h; ++iy)
-    for (int64_t ix = 0; ix < g.w; ++ix) {
-      const T* src = x + (iy * g.w + ix) * g.c;
-      const int64_t pixel = (iy + g.ph) * layout.wp + ix + g.pw;
-      uint8_t* dst = image.data() + pixel * bw.cbytes;
-      int64_t sum;
-#ifdef QCNN_X86
-      if constexpr (std::is_same_v<T, uint8_t>) {
-        if (pc.isa == Isa::Avx2) {
-          sums[pixel] = static_cast<int32_t>(pixel_bits_avx2(src, g.c, x_sub, bw.planes, layout.plane_bytes, dst));
-          continue;
-        }
-      }
-#endif
-      sum = pixel_bits(src, g.c, x_sub, bw.planes, layout.plane_bytes, dst);
-      sums[pixel] = static_cast<int32_t>(sum);
+  const auto zero_table = static_cast<uint8_t>(beta(bw.act_bits));  // the table of v = 0
+  image.resize(static_cast<size_t>(layout.total));
+  thread_local std::vector<uint32_t> quad;
+  quad.resize(static_cast<size_t>(g.w * bw.quads));
+  const int64_t left = g.pw, right = layout.wq - g.pw - g.w;  // border and spare tables of a row
+  for (int64_t py = 0; py < g.h + 2 * g.ph; ++py) {
+    uint8_t* row = image.data() + py * layout.row_stride;
+    const int64_t iy = py - g.ph;
+    if (iy < 0 || iy >= g.h) {
+      std::memset(row, zero_table, static_cast<size_t>(layout.row_stride));
+      continue;
     }
-  for (int j = 0; j < bw.planes; ++j) {  // the high nibbles, shifted down
-    const uint8_t* lo = image.data() + 2 * j * layout.plane_bytes;
-    uint8_t* hi = image.data() + (2 * j + 1) * layout.plane_bytes;
-    for (int64_t i = 0; i < layout.plane_bytes; ++i) hi[i] = static_cast<uint8_t>(lo[i] >> 4);
+    row_quads(pc, x + iy * g.w * g.c, x_sub, quad.data());
+    for (int64_t q = 0; q < bw.quads; ++q) {
+      uint8_t* dst = row + q * layout.quad_stride;
+      zero_tables(dst, left, zero_table);
+      for (int64_t ix = 0; ix < g.w; ++ix)
+        std::memcpy(dst + (left + ix) * kTableBytes, bw.tables.data() + quad[ix * bw.quads + q] * kTableBytes,
+                    kTableBytes);
+      zero_tables(dst + (left + g.w) * kTableBytes, right, zero_table);
+    }
   }
 }
 
 }  // namespace
 
-int binary_planes(const ConvGeom& g, const int16_t* weight, InputRange x) {
-  if (g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi < 1 || x.hi >= (int64_t{1} << kMaxBitPlanes)) return 0;
+int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x) {
+  if (g.groups != 1 || x.lo < 0 || x.hi < 1 || x.hi >= (int64_t{1} << kMaxBinaryActBits)) return 0;
   const int64_t count = g.m * g.k();
   for (int64_t i = 0; i < count; ++i)
     if (weight[i] != 1 && weight[i] != -1) return 0;
-  int planes = 0;
-  while ((int64_t{1} << planes) <= x.hi) ++planes;
-  return planes;
+  int bits = 0;
+  while ((int64_t{1} << bits) <= x.hi) ++bits;
+  // the int32 sums of biased entries: at most 2 beta per tap and quad
+  if (int64_t{2} * beta(bits) * g.kh * g.kw * ((g.c + 3) / 4) > INT32_MAX) return 0;
+  return bits;
 }
 
-BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int planes) {
+BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits) {
   BitWeights bw;
-  bw.planes = planes;
-  bw.cbytes = (g.c + 7) / 8;
-  bw.kwords = (g.kh * g.kw * bw.cbytes + 3) / 4;
-  const int64_t blocks = round_up(g.m, 8) / 8, taps = int64_t{g.kh} * g.kw;
-  std::vector<uint8_t> field(static_cast<size_t>(bw.kwords * 4));
-  bw.words.assign(static_cast<size_t>(blocks * bw.kwords * 16), 0);
-  for (int64_t m = 0; m < g.m; ++m) {
-    std::fill(field.begin(), field.end(), uint8_t{0});
+  bw.act_bits = act_bits;
+  bw.quads = (g.c + 3) / 4;
+  const int64_t groups = round_up(g.m, 16) / 16, taps = int64_t{g.kh} * g.kw;
+  bw.patterns.assign(static_cast<size_t>(groups * taps * bw.quads * kPatternBytes), 0);
+  for (int64_t m = 0; m < g.m; ++m)
     for (int64_t t = 0; t < taps; ++t)
       for (int64_t c = 0; c < g.c; ++c)
-        if (weight[m * g.k() + t * g.c + c] == 1) field[t * bw.cbytes + c / 8] |= static_cast<uint8_t>(1u << (c % 8));
-    for (int64_t q = 0; q < bw.kwords; ++q) {
-      uint32_t word;
-      std::memcpy(&word, field.data() + 4 * q, 4);
-      uint32_t* dst = bw.words.data() + ((m / 8) * bw.kwords + q) * 16 + m % 8;
-      dst[0] = word & kLowNibbles;
-      dst[8] = (word >> 4) & kLowNibbles;
+        if (weight[m * g.k() + t * g.c + c] == 1) {
+          uint8_t* p = bw.patterns.data() + (((m / 16) * taps + t) * bw.quads + c / 4) * kPatternBytes + m % 16;
+          p[0] |= static_cast<uint8_t>(1u << (c % 4));
+          p[16] = p[0];
+        }
+  const int b = beta(act_bits), values = 1 << (4 * act_bits);
+  const uint32_t mask = (1u << act_bits) - 1;
+  bw.tables.resize(static_cast<size_t>(values * kTableBytes));
+  for (int u = 0; u < values; ++u)
+    for (int n = 0; n < 16; ++n) {
+      int entry = b;
+      for (int i = 0; i < 4; ++i) {
+        const int v = static_cast<int>((static_cast<uint32_t>(u) >> (act_bits * i)) & mask);
+        entry += (n >> i) & 1 ? v : -v;
+      }
+      bw.tables[static_cast<size_t>(u * kTableBytes + n)] = static_cast<uint8_t>(entry);
     }
-  }
   return bw;
 }
 
@@ -310,27 +333,52 @@ void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, s
 }
 
 void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int64_t rows, int32_t* acc, int64_t ldc,
-                    std::vector<uint32_t>& scratch) {
+                    std::vector<int64_t>& scratch) {
+  const ConvGeom& g = pc.g;
   const BitWeights& bw = pc.bits;
-  const int64_t stride = row_words(bw), blocks = round_up(pc.g.m, 8) / 8, wblock = bw.kwords * 16;
-  scratch.resize(static_cast<size_t>(rows * stride));
-  build_panel(pc, image, p0, rows, scratch.data());
-  for (int64_t b = 0; b < blocks; b += kBitBlocks) {
-    const int jn = static_cast<int>(std::min<int64_t>(kBitBlocks, blocks - b));
-    for (int64_t r0 = 0; r0 < rows; r0 += kBitRows) {
-      const int rn = static_cast<int>(std::min<int64_t>(kBitRows, rows - r0));
-      bit_kernel(pc.isa, bw.planes, rn, jn)(bw, scratch.data() + r0 * stride, bw.words.data() + b * wblock,
-                                            acc + r0 * ldc + b * 8, ldc);
+  const ImageLayout layout(pc);
+  const int64_t taps = int64_t{g.kh} * g.kw, groups = round_up(g.m, 16) / 16;
+  // Pixel pairs: neighbours in a row; a row's (or the tile's) odd last output pairs with padding.
+  scratch.resize(static_cast<size_t>(rows * kSlotWords + taps));
+  auto* slots = reinterpret_cast<Slot*>(scratch.data());
+  int64_t nslots = 0;
+  for (int64_t r = 0; r < rows;) {
+    const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
+    const bool pair = r + 1 < rows && ox + 1 < g.ow;
+    slots[nslots++] = {oy * g.sh * layout.row_stride + ox * g.sw * kTableBytes, r, pair ? r + 1 : -1};
+    r += pair ? 2 : 1;
+  }
+  int64_t* tap_offsets = scratch.data() + rows * kSlotWords;
+  for (int ky = 0; ky < g.kh; ++ky)
+    for (int kx = 0; kx < g.kw; ++kx)
+      tap_offsets[ky * g.kw + kx] = int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes;
+  KernelArgs a{};
+  a.image = image;
+  a.tap_offsets = tap_offsets;
+  a.taps = taps;
+  a.quads = bw.quads;
+  a.quad_stride = layout.quad_stride;
+  a.lane1 = int64_t{g.sw} * kTableBytes;
+  a.group_stride = taps * bw.quads * kPatternBytes;
+  const int step_max = 2 * beta(bw.act_bits);
+  a.flush = 255 / step_max;
+  a.epoch = int64_t{65535 / step_max} / a.flush * a.flush;
+  a.bias = static_cast<int32_t>(beta(bw.act_bits) * taps * bw.quads);
+  const bool contiguous = g.sw == 1;
+  for (int64_t b = 0; b < groups; b += kGroups) {
+    const int jn = static_cast<int>(std::min<int64_t>(kGroups, groups - b));
+    for (int64_t s = 0; s < nslots; s += kSlots) {
+      const int sn = static_cast<int>(std::min<int64_t>(kSlots, nslots - s));
+      binary_kernel(pc.isa, contiguous, sn, jn)(a, slots + s, bw.patterns.data() + b * a.group_stride,
+                                                acc + b * 16, ldc);
     }
   }
 }
 
-int64_t bit_tile_rows(const PackedConv& pc) {
-  return std::clamp<int64_t>(kBitPanelBytes / (4 * row_words(pc.bits)) / kBitRows * kBitRows, kBitRows, 64);
-}
+int64_t bit_tile_rows(const PackedConv&) { return kTileRows; }
 
 int64_t bit_scratch_bytes(const PackedConv& pc) {
-  return ImageLayout(pc).total + bit_tile_rows(pc) * row_words(pc.bits) * 4;
+  return ImageLayout(pc).total + (kTileRows * kSlotWords + int64_t{pc.g.kh} * pc.g.kw) * 8;
 }
 
 }  // namespace qcnn

@@ -1,20 +1,22 @@
-// Binary-weight convolution over bit planes (XNOR-Net / BWN weights; the popcount cost of O'Keeffe &
-// Villing 2017: a binary-weight layer with B-bit activations costs B popcount passes).
+// Binary-weight convolution by table lookup (XNOR-Net / BWN weights against few-bit activations: the
+// popcount layers of O'Keeffe & Villing 2017, with the popcount done by vpshufb).
 //
-// Weights w in {-1, +1} and inputs v = x - z_x in [0, 2^B). With v = sum_j 2^j v_j (bit planes V_j),
-// Wpos = the set of k with w_k = +1 and S = sum_k v_k:
+// Weights w in {-1, +1}, inputs v = x - z_x in [0, 2^B), B <= kMaxBinaryActBits. A pixel's channels are
+// taken four at a time (a quad; channels past C count as v = 0). For a quad with values v_0 .. v_3
+// the pixel has a 16-entry table over the sign patterns n of four weights (bit i set: w_i = +1):
 //
-//   sum_k w_k v_k = 2 * sum_{k in Wpos} v_k - S = 2 * sum_j 2^j popcount(Wpos & V_j) - S
+//   T[n] = beta + sum_i (bit_i(n) ? v_i : -v_i),   beta = 4 (2^B - 1), so 0 <= T[n] <= 2 beta,
 //
-// so each output costs B AND-popcount passes over the K bits of its receptive field, and S is paid
-// once per position for all channels. Every path computes the exact integer the int16 GEMM would.
+// and an output is the sum, over the taps and quads of its receptive field, of T[its weights' pattern],
+// minus beta * taps * quads: the exact integer the int16 GEMM would compute. The tables are built once
+// per image (a quad's value selects one of 2^(4B) tables computed at pack time); the weights become
+// 4-bit patterns. The AVX2 kernel holds the tables of two output pixels in the two 128-bit lanes of a
+// register and the patterns of 16 channels in each lane, so one vpshufb does 16 channels x 2 pixels x 4
+// taps-channels: 128 MACs for any B (the AND + nibble popcount over bit planes does 256 / B per lookup
+// and an AND per lookup besides).
 //
-// Bit layout: bit c % 8 of byte c / 8 of a pixel's `cbytes` bytes is channel c (channels padded with
-// zero bits to a multiple of 8); a receptive field is the kh * kw pixels' bytes in (ky, kx) order,
-// padded with zero bytes to `kwords` 32-bit words. The AVX2 kernel puts 8 output channels in the 8
-// lanes of a register and counts bits with a nibble table (vpshufb); it keeps the low and high
-// nibbles of every word apart (pre-split at load for the weights, per tile for the inputs), so an
-// AND yields nibbles the table can index directly.
+// Table image: [h + 2ph][quads][w + 2pw + sw][16] bytes, border and spare columns holding the tables of
+// v = 0 (every entry beta). The spare sw columns are the lane-1 pixel of a row's unpaired last output.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -23,21 +25,22 @@
 
 namespace qcnn {
 
-// Planes B for a conv the bit-plane kernel serves, 0 otherwise: one group, dilation 1 in x, every
-// weight -1 or +1, and x - z_x within [0, 2^B) with 1 <= B <= kMaxBitPlanes.
-int binary_planes(const ConvGeom& g, const int16_t* weight, InputRange x);
+// Activation bits B for a conv the binary kernel serves, 0 otherwise: one group, every weight -1 or
+// +1, and x - z_x within [0, 2^B) with 1 <= B <= kMaxBinaryActBits.
+int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x);
 
-BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int planes);
+BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits);
 
-// One image's bit planes, zero-bordered: [planes][h + 2ph][w + 2pw][cbytes].
+// One image's table image (layout above).
 void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image);
 
 // acc[r * ldc + m] = sum_k w[m, k] * (x - z_x) for the output positions p0 .. p0 + rows - 1 (and
-// arbitrary values in the channel padding up to ldc); scratch holds the tile's input words.
+// arbitrary values in the channel padding up to a multiple of 16: ldc >= m + 16); scratch holds the
+// tile's pixel pairs.
 void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int64_t rows, int32_t* acc, int64_t ldc,
-                    std::vector<uint32_t>& scratch);
+                    std::vector<int64_t>& scratch);
 
-// Output positions per tile and the bytes of per-thread scratch (image + tile words).
+// Output positions per tile and the bytes of per-thread scratch (table image + pixel pairs).
 int64_t bit_tile_rows(const PackedConv& pc);
 int64_t bit_scratch_bytes(const PackedConv& pc);
 

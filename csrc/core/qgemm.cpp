@@ -27,7 +27,7 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // Output positions per tile: the GEMM's int16 panel fills kPanelBytes; depthwise has no panel.
 int64_t tile_rows(const PackedConv& pc) {
   if (pc.depthwise) return 16;
-  if (pc.bits.planes) return bit_tile_rows(pc);
+  if (pc.bits.act_bits) return bit_tile_rows(pc);
   if (pc.acc16) return std::clamp<int64_t>(kPanelBytes / pc.kp / kRows * kRows, kRows, 64);
   return std::clamp<int64_t>(kPanelBytes / (2 * pc.kp) / kRows * kRows, kRows, 64);
 }
@@ -251,17 +251,53 @@ Microkernel microkernel(Isa isa, int rows, int blocks) {
 }
 #undef QCNN_MK_TABLE
 
+// The output code of channel m for accumulator `acc` (docs/FORMAT.md section 4), before store_offset.
+inline int64_t output_code(const ConvEpilogue& e, int64_t m, int64_t acc) {
+  const int64_t v = rounding_shift(acc * e.multiplier[m] + e.bias[m], e.shift[m]);
+  return std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
+}
+
 // Scalar epilogue of channels [m0, m1) of one row.
 template <typename Out>
 void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64_t m1, Out* out) {
   const ConvEpilogue& e = pc.epi;
   for (int64_t m = m0; m < m1; ++m) {
-    if constexpr (std::is_same_v<Out, float>) {
+    if constexpr (std::is_same_v<Out, float>)
       out[m] = std::fma(static_cast<float>(acc[m]), e.scale[m], e.float_bias[m]);
-    } else {
-      int64_t v = rounding_shift(int64_t{acc[m]} * e.multiplier[m] + e.bias[m], e.shift[m]);
-      v = std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
-      out[m] = static_cast<Out>(v - e.store_offset);
+    else
+      out[m] = static_cast<Out>(output_code(e, m, acc[m]) - e.store_offset);
+  }
+}
+
+// Thresholds of the requantization for accumulators within +-acc_bound (the binary layers, few output
+// codes): g = sign_m * acc makes output_code non-decreasing in g, so code L is reached exactly where
+// g >= t_L, found by bisection; stored as t_L - 1 (never reached: INT32_MAX, always: INT32_MIN).
+void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t m_full = pc.g.m / 8 * 8, steps = e.hi - e.lo;
+  pc.threshold_levels = static_cast<int>(steps + 1);
+  pc.level_thresholds.resize(static_cast<size_t>(m_full * steps));
+  pc.level_signs.resize(static_cast<size_t>(m_full));
+  for (int64_t m = 0; m < m_full; ++m) {
+    const int64_t sign = e.multiplier[m] < 0 ? -1 : 1;
+    pc.level_signs[m] = static_cast<int32_t>(sign);
+    auto code = [&](int64_t g) { return output_code(e, m, sign * g); };
+    for (int64_t l = 0; l < steps; ++l) {
+      const int64_t level = e.lo + 1 + l;
+      int32_t thr;
+      if (code(acc_bound) < level) {
+        thr = INT32_MAX;
+      } else if (code(-acc_bound) >= level) {
+        thr = INT32_MIN;
+      } else {  // code(lo) < level <= code(hi)
+        int64_t lo = -acc_bound, hi = acc_bound;
+        while (hi - lo > 1) {
+          const int64_t mid = lo + (hi - lo) / 2;
+          (code(mid) >= level ? hi : lo) = mid;
+        }
+        thr = static_cast<int32_t>(hi - 1);
+      }
+      pc.level_thresholds[static_cast<size_t>(((m / 8) * steps + l) * 8 + m % 8)] = thr;
     }
   }
 }
@@ -325,12 +361,43 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
 }
 #endif
 
+#ifdef QCNN_X86
+// The threshold form of the epilogue (pack_level_thresholds): a compare and a subtract per threshold.
+template <typename Out>
+QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t full = pc.g.m / 8 * 8, steps = pc.threshold_levels - 1;
+  const __m256i base = _mm256_set1_epi32(e.lo - e.store_offset);
+  for (int64_t m = 0; m < full; m += 8) {
+    const __m256i g = _mm256_sign_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)),
+                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pc.level_signs[m])));
+    const int32_t* thr = pc.level_thresholds.data() + (m / 8) * steps * 8;
+    __m256i v = base;
+    for (int64_t l = 0; l < steps; ++l)
+      v = _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr + l * 8))));
+    if constexpr (std::is_same_v<Out, uint8_t>) {
+      const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + m), _mm_packus_epi16(w16, w16));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), v);
+    }
+  }
+  epilogue_scalar(pc, acc, full, pc.g.m, out);
+}
+#endif
+
 template <typename Out>
 void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc, int64_t rows,
                    Out* out) {
   const int64_t m = pc.g.m;
   for (int64_t r = 0; r < rows; ++r) {
 #ifdef QCNN_X86
+    if constexpr (!std::is_same_v<Out, float>) {
+      if (pc.threshold_levels) {
+        threshold_epilogue_avx2(pc, acc + r * ldc, out + r * m);
+        continue;
+      }
+    }
     if (pc.isa == Isa::Avx2) {
       epilogue_avx2(pc, blocks, acc + r * ldc, m, out + r * m);
       continue;
@@ -344,7 +411,7 @@ void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32
 struct Workspace {
   std::vector<int16_t> panel;
   std::vector<int32_t> acc;
-  std::vector<uint32_t> bit_panel;
+  std::vector<int64_t> bit_slots;
   std::vector<uint8_t> panel8;
   std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
   std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
@@ -405,9 +472,9 @@ void acc16_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uin
 template <typename Out>
 void bit_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* image, int64_t p0, int64_t rows,
                    Out* out, Workspace& ws) {
-  const int64_t ldc = pc.g.m + 8;
+  const int64_t ldc = pc.g.m + 16;  // the last 16-channel group writes up to 15 padding lanes
   ws.acc.resize(static_cast<size_t>(rows * ldc));
-  bit_accumulate(pc, image, p0, rows, ws.acc.data(), ldc, ws.bit_panel);
+  bit_accumulate(pc, image, p0, rows, ws.acc.data(), ldc, ws.bit_slots);
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
 }
 
@@ -507,12 +574,12 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
   thread_local std::vector<int16_t> padded;
-  thread_local std::vector<uint8_t> planes, padded8;
+  thread_local std::vector<uint8_t> tables, padded8;
   const int16_t* padded_image = nullptr;  // the threads read the caller's thread_local buffers through these
-  const uint8_t* bit_planes = nullptr, *padded_image8 = nullptr;
-  if (pc.bits.planes) {
-    bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, planes);
-    bit_planes = planes.data();
+  const uint8_t* bit_tables = nullptr, *padded_image8 = nullptr;
+  if (pc.bits.act_bits) {
+    bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, tables);
+    bit_tables = tables.data();
   } else if (pc.acc16) {
     pad_image(x, x_sub, pc.g, padded8);
     padded_image8 = padded8.data();
@@ -521,8 +588,8 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
     padded_image = padded.data();
   }
   auto tile = [&](int64_t t, Workspace& ws) {
-    if (pc.bits.planes)
-      bit_conv_tile(pc, blocks, bit_planes, t * rows, std::min(rows, positions - t * rows), out, ws);
+    if (pc.bits.act_bits)
+      bit_conv_tile(pc, blocks, bit_tables, t * rows, std::min(rows, positions - t * rows), out, ws);
 #ifdef QCNN_X86
     else if (pc.acc16)
       acc16_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
@@ -628,8 +695,8 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.mg8 = round_up(mg, 8);
   const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
-  if (const int planes = binary_planes(g, weight, x)) {
-    pc.bits = pack_bit_weights(g, weight, planes);
+  if (const int act_bits = binary_act_bits(g, weight, x)) {
+    pc.bits = pack_bit_weights(g, weight, act_bits);
   } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
     pc.acc16 = true;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
@@ -646,7 +713,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
-  for (int64_t group = 0; group < (pc.depthwise || pc.bits.planes || pc.acc16 ? 0 : g.groups); ++group)
+  for (int64_t group = 0; group < (pc.depthwise || pc.bits.act_bits || pc.acc16 ? 0 : g.groups); ++group)
     for (int64_t j = 0; j < mg; ++j) {
       const int16_t* src = weight + (group * mg + j) * k;
       int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
@@ -668,6 +735,9 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
+  if (pc.bits.act_bits && !pc.epi.float_output && isa == Isa::Avx2 &&
+      pc.epi.hi - pc.epi.lo < kMaxThresholdLevels)
+    pack_level_thresholds(pc, k * ((int64_t{1} << pc.bits.act_bits) - 1));
   return pc;
 }
 
@@ -711,7 +781,7 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 }
 
 std::string conv_kernel_name(const PackedConv& pc) {
-  if (pc.bits.planes) return "bit-plane x" + std::to_string(pc.bits.planes);
+  if (pc.bits.act_bits) return "binary a" + std::to_string(pc.bits.act_bits);
   if (pc.acc16) return "gemm acc16";
   return pc.depthwise ? "depthwise" : "gemm acc32";
 }
@@ -719,7 +789,7 @@ std::string conv_kernel_name(const PackedConv& pc) {
 int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
-  if (pc.bits.planes) return bit_scratch_bytes(pc) + rows * (g.m + 8) * 4;
+  if (pc.bits.act_bits) return bit_scratch_bytes(pc) + rows * (g.m + 16) * 4;
   if (pc.acc16) return rows * (pc.kp + (g.m + 16) * 4) + (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c;
   if (pc.depthwise) return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
   int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);

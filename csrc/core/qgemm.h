@@ -65,15 +65,17 @@ struct InputRange {
   int64_t lo = INT32_MIN, hi = INT32_MAX;
 };
 
-// Above 2 planes the int16 GEMM is as fast on AVX2 (measured on Zen 3: 3 planes break even, 4 lose).
-constexpr int kMaxBitPlanes = 2;
+// Activations of at most this many bits run binary layers on the table-lookup kernel (core/bitconv.h);
+// its tables of 2^(4B) quad values grow past L1 beyond 2 bits.
+constexpr int kMaxBinaryActBits = 2;
+constexpr int kMaxThresholdLevels = 16;
 
-// Weights of the bit-plane kernel (core/bitconv.h): the bits of w = +1, low and high nibbles apart.
+// Weights of the binary kernel (core/bitconv.h).
 struct BitWeights {
-  int planes = 0;       // B; 0: the layer runs on the int16 GEMM
-  int64_t cbytes = 0;   // bytes of one pixel's channels in one plane
-  int64_t kwords = 0;   // 32-bit words of one receptive field in one plane
-  std::vector<uint32_t> words;  // [M / 8 blocks][kwords][2: low, high nibbles][8 channels]
+  int act_bits = 0;     // B; 0: the layer runs on a GEMM
+  int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
+  std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
+  std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T
 };
 
 struct PackedConv {
@@ -90,14 +92,20 @@ struct PackedConv {
   std::vector<int32_t> dw_sums;
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
-  BitWeights bits;                            // binary weights with few-bit inputs: the bit-plane kernel
+  BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
+  // Binary layers with at most kMaxThresholdLevels output codes (AVX2): the requantization as thresholds
+  // on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]}, [M / 8][levels - 1][8],
+  // sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
+  int threshold_levels = 0;
+  std::vector<int32_t> level_thresholds;
+  std::vector<int32_t> level_signs;  // [M / 8 * 8]
   bool acc16 = false;                         // the int16-accumulator kernel (AVX2)
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
 };
 
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
 // |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load). Binary weights (all -1
-// or +1) whose input range `x` has at most kMaxBitPlanes bits run on the bit-plane kernel. A layer
+// or +1) whose input range `x` has at most kMaxBinaryActBits bits run on the table-lookup binary kernel. A layer
 // that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
 // 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
 // max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM.
@@ -116,7 +124,7 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
                                     int32_t x_sub, int acc_bits);
 
-// The kernel pack_conv chose: "bit-plane x1" / "x2" (planes), "gemm acc16", "gemm acc32" or "depthwise".
+// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32" or "depthwise".
 std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).

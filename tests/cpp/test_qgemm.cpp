@@ -91,9 +91,9 @@ std::vector<double> reference(const Case& t) {
 // int32_input: the same codes stored as int32 with an offset of -1000 (the engine's wide values).
 template <typename Out>
 std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bool int32_input = false,
-                        InputRange range = {}, int expect_planes = 0) {
+                        InputRange range = {}, int expect_act_bits = 0) {
   PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
-  REQUIRE(pc.bits.planes == expect_planes);
+  REQUIRE(pc.bits.act_bits == expect_act_bits);
   std::vector<Out> out(static_cast<size_t>(t.g.positions() * t.g.m));
   if (int32_input) {
     std::vector<int32_t> wide(t.x.begin(), t.x.end());
@@ -172,64 +172,90 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
   }
 }
 
-// Binary weights with inputs of 1 to kMaxBitPlanes bits: the bit-plane kernel. Wide fields (up to
-// 130 channels x 3 x 3 = 37 words) cross the AVX2 kernel's byte-counter flush (every 31 or 10 words).
-TEST_CASE("bit-plane kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
+// Binary weights with inputs of 1 to kMaxBinaryActBits bits: the table-lookup kernel. Wide fields
+// (up to 130 channels x 3 x 3 = 297 table steps) cross the AVX2 kernel's byte flush (every 10 or 31
+// steps), more than 96 output channels its 6-group blocks, and one field of 1,300 channels x 3 x 3
+// (2,925 steps at 2 bits) its 16-bit epoch (2,730 steps); odd output widths, strides and dilations pair
+// pixels with padding lanes.
+TEST_CASE("binary kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
   std::mt19937 rng(11);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   for (Isa isa : {Isa::Scalar, Isa::Avx2}) {
     if (!isa_supported(isa)) continue;
-    for (int trial = 0; trial < 120; ++trial) {
-      const bool float_output = trial % 3 == 0;
+    for (int trial = 0; trial < 121; ++trial) {
+      const bool epoch_case = trial == 120;
+      const bool float_output = epoch_case || trial % 3 == 0;  // float: the exact sum, unclamped
       Case t = random_case(rng, float_output);
-      const int64_t c = trial % 10 == 0 ? pick(100, 130) : pick(1, 40), m = pick(1, 30);
-      const int kh = pick(1, 3), kw = pick(1, 3), dh = pick(1, 2);
-      const int64_t h = pick(dh * (kh - 1) + 1, 9), w = pick(kw, 9);
+      const int64_t c = epoch_case ? 1300 : trial % 10 == 0 ? pick(100, 130) : pick(1, 40);
+      const int64_t m = epoch_case ? 17 : trial % 7 == 0 ? pick(90, 130) : pick(1, 30);
+      const int kh = epoch_case ? 3 : pick(1, 3), kw = epoch_case ? 3 : pick(1, 3);
+      const int dh = epoch_case ? 1 : pick(1, 2), dw = epoch_case ? 1 : pick(1, 2);
+      const int64_t h = epoch_case ? 3 : pick(dh * (kh - 1) + 1, 9), w = epoch_case ? 3 : pick(dw * (kw - 1) + 1, 9);
       t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1),
-                           dh, 1);
-      const int planes = pick(1, kMaxBitPlanes);
-      const int32_t vmax = pick(1 << (planes - 1), (1 << planes) - 1);  // needs exactly `planes` bits
+                           dh, dw);
+      const int bits = epoch_case ? 2 : pick(1, kMaxBinaryActBits);
+      const int32_t vmax = epoch_case ? 3 : pick(1 << (bits - 1), (1 << bits) - 1);  // needs exactly `bits` bits
       t.x_sub = pick(0, 255 - vmax);
       t.x.resize(static_cast<size_t>(h * w * c));
-      for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + pick(0, vmax));
+      for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + (epoch_case ? vmax : pick(0, vmax)));
       t.w.resize(static_cast<size_t>(m * t.g.k()));
-      for (auto& v : t.w) v = static_cast<int16_t>(pick(0, 1) ? 1 : -1);
-      t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 20);
-      t.epi.shift.resize(static_cast<size_t>(m), 24);
-      t.epi.bias.resize(static_cast<size_t>(m), 0);
-      t.epi.scale.resize(static_cast<size_t>(m), 0.5f);
-      t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
+      for (auto& v : t.w) v = static_cast<int16_t>(epoch_case || pick(0, 1) ? 1 : -1);
+      t.epi.multiplier.assign(static_cast<size_t>(m), 1 << 20);
+      t.epi.shift.assign(static_cast<size_t>(m), 24);
+      t.epi.bias.assign(static_cast<size_t>(m), 0);
+      t.epi.scale.assign(static_cast<size_t>(m), 0.5f);
+      t.epi.float_bias.assign(static_cast<size_t>(m), 0.25f);
+      if (!float_output && trial % 3 == 1) {  // few output codes: the AVX2 threshold epilogue
+        for (int64_t i = 0; i < m; ++i) {
+          t.epi.multiplier[i] = i % 7 == 3 ? 0 : pick(-(1 << 22), 1 << 22);
+          t.epi.bias[i] = static_cast<int64_t>(pick(-(1 << 26), 1 << 26));
+        }
+        t.epi.lo = pick(-8, 0);
+        t.epi.hi = t.epi.lo + pick(0, kMaxThresholdLevels - 1);
+        t.epi.store_offset = t.epi.lo;
+        t.epi.zero_point = pick(t.epi.lo, t.epi.hi);
+      }
       const InputRange range{0, vmax};
-      int want_planes = 0;
-      while ((1 << want_planes) <= vmax) ++want_planes;
+      int want_bits = 0;
+      while ((1 << want_bits) <= vmax) ++want_bits;
       INFO("isa " << isa_name(isa) << " trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m
-                  << " k=" << kh << "x" << kw << " planes=" << want_planes);
+                  << " k=" << kh << "x" << kw << " dilation " << dh << "x" << dw << " bits=" << want_bits);
       const auto want = reference(t);
       const int threads = trial % 2 ? 2 : 1;
       if (float_output) {
-        CHECK(run<float>(t, isa, Storage::F32, threads, false, range, want_planes) == want);
+        CHECK(run<float>(t, isa, Storage::F32, threads, false, range, want_bits) == want);
       } else {
-        CHECK(run<uint8_t>(t, isa, Storage::U8, threads, false, range, want_planes) == want);
-        CHECK(run<int32_t>(t, isa, Storage::I32, threads, true, range, want_planes) == want);
+        CHECK(run<uint8_t>(t, isa, Storage::U8, threads, false, range, want_bits) == want);
+        CHECK(run<int32_t>(t, isa, Storage::I32, threads, true, range, want_bits) == want);
       }
     }
   }
 }
 
-TEST_CASE("bit-plane kernel is chosen only where it is exact", "[qgemm][binary]") {
+TEST_CASE("binary kernel is chosen only where it is exact", "[qgemm][binary]") {
   const ConvGeom g = make_conv_geom(4, 4, 3, 2, 1, 3, 3, 1, 1, 1, 1, 1, 1);
   std::vector<int16_t> w(static_cast<size_t>(g.m * g.k()), 1);
   ConvEpilogue epi;
   epi.float_output = true;
   epi.scale.assign(2, 1.0f);
   epi.float_bias.assign(2, 0.0f);
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.planes == 2);
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 1}).bits.planes == 1);
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 4}).bits.planes == 0);    // more planes than it wins at
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {-1, 3}).bits.planes == 0);   // signed inputs
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {}).bits.planes == 0);        // unknown range
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.act_bits == 2);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 1}).bits.act_bits == 1);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 4}).bits.act_bits == 0);    // more bits than its tables serve
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {-1, 3}).bits.act_bits == 0);   // signed inputs
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {}).bits.act_bits == 0);        // unknown range
+  if (isa_supported(Isa::Avx2)) {  // few output codes: the threshold epilogue; 256 codes: the requantization
+    ConvEpilogue q;
+    q.multiplier.assign(2, 1 << 20);
+    q.shift.assign(2, 24);
+    q.bias.assign(2, 0);
+    q.hi = 3;
+    CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 4);
+    q.hi = 255;
+    CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 0);
+  }
   w[5] = 0;
-  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.planes == 0);    // not every weight is +-1
+  CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.act_bits == 0);    // not every weight is +-1
 }
 
 TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {

@@ -166,11 +166,11 @@ def test_properties_and_profile(model_dir):
 
 
 @pytest.mark.parametrize("name, kernels", [
-    ("binary_a1", ["gemm acc32", "bit-plane x1", "bit-plane x1"]),  # the 8-bit signed input stays on the GEMM
-    ("binary_a2", ["gemm acc32", "bit-plane x2", "bit-plane x2"]),
+    ("binary_a1", ["gemm acc32", "binary a1", "binary a1"]),  # the 8-bit signed input stays on the GEMM
+    ("binary_a2", ["gemm acc32", "binary a2", "binary a2"]),
     ("codebook_w2", ["gemm acc32", "gemm acc32", "gemm acc32"]),   # 4-bit activations, 2-bit weights
 ])
-def test_binary_layers_with_few_bit_inputs_run_on_the_bit_plane_kernel(model_dir, name, kernels):
+def test_binary_layers_with_few_bit_inputs_run_on_the_binary_kernel(model_dir, name, kernels):
     layers = qcnn.load(model_dir / f"{name}.qcnn").profile(random_pixels(4, seed=15))
     assert [layer.kernel for layer in layers if layer.op in ("conv2d", "linear")] == kernels
     assert all(layer.kernel == "" for layer in layers if layer.op not in ("conv2d", "linear"))

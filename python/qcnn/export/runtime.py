@@ -13,7 +13,7 @@ from torch import nn
 class LayerProfile(NamedTuple):
     name: str
     op: str
-    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm acc16", "depthwise", "bit-plane x2")
+    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm acc16", "depthwise", "binary a2")
     macs_per_image: int
     seconds: float  # summed over the images of the profiled run
 
