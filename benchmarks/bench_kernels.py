@@ -34,7 +34,7 @@ from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir
 from common import parser, report
 from qcnn import config as qconfig, data
 from qcnn.export import read_qcnn, write_qcnn
-from qcnn.search.accumulator_search import accumulator
+from qcnn.search.accumulator_search import AccumulatorSearchConfig, accumulator
 
 ROOT = Path(__file__).resolve().parent.parent
 import search_accumulator  # noqa: E402  (training/, on the path through bench_engine)
@@ -45,7 +45,8 @@ BINARY_ACT_BITS = (1, 2, 4, 8)
 def acc16_model(float_model, calib: tuple):
     """qcnn.search.accumulator's P = 16 plan on the float model (acc16_demo.yaml's base quantizers and search
     settings), installed with its L1 constraint and calibrated, without fine-tuning."""
-    cfg, search = search_accumulator.load_config(ACC16_CONFIG)
+    cfg, search = qconfig.load_with_search(ACC16_CONFIG, AccumulatorSearchConfig,
+                                           check=search_accumulator.check_base_quant)
     plan = accumulator(float_model, quant=cfg.quant, **search.to_dict())
     return quantize_post_training(float_model, plan.quant_config(), calib)
 

@@ -269,8 +269,7 @@ void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64
   }
 }
 
-// Thresholds of the requantization for accumulators within +-acc_bound (the binary layers, few output
-// codes): g = sign_m * acc makes output_code non-decreasing in g, so code L is reached exactly where
+// Thresholds of the requantization for accumulators within +-acc_bound (layers with few output codes): g = sign_m * acc makes output_code non-decreasing in g, so code L is reached exactly where
 // g >= t_L, found by bisection; stored as t_L - 1 (never reached: INT32_MAX, always: INT32_MIN).
 void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
   const ConvEpilogue& e = pc.epi;
@@ -735,9 +734,13 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
-  if (pc.bits.act_bits && !pc.epi.float_output && isa == Isa::Avx2 &&
-      pc.epi.hi - pc.epi.lo < kMaxThresholdLevels)
-    pack_level_thresholds(pc, k * ((int64_t{1} << pc.bits.act_bits) - 1));
+  if (!pc.epi.float_output && isa == Isa::Avx2 && pc.epi.hi - pc.epi.lo < kMaxThresholdLevels) {
+    // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
+    int64_t w_max = 0;
+    for (int64_t i = 0; i < g.m * k; ++i) w_max = std::max<int64_t>(w_max, std::abs(int64_t{weight[i]}));
+    const int64_t x_max = std::max(std::abs(x.lo), std::abs(x.hi));
+    if (x_max <= 65535 && k * x_max * w_max < (int64_t{1} << 30)) pack_level_thresholds(pc, k * x_max * w_max);
+  }
   return pc;
 }
 

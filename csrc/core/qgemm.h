@@ -93,7 +93,7 @@ struct PackedConv {
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
-  // Binary layers with at most kMaxThresholdLevels output codes (AVX2): the requantization as thresholds
+  // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2): the requantization as thresholds
   // on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]}, [M / 8][levels - 1][8],
   // sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
   int threshold_levels = 0;
