@@ -68,7 +68,7 @@ struct InputRange {
 // Activations of at most this many bits run binary layers on the table-lookup kernel (core/bitconv.h);
 // its tables of 2^(4B) quad values grow past L1 beyond 2 bits.
 constexpr int kMaxBinaryActBits = 2;
-constexpr int kMaxThresholdLevels = 16;
+constexpr int kMaxThresholdLevels = 8;  // above, the 64-bit requantization is as fast (4-bit outputs measured slower)
 
 // Weights of the binary kernel (core/bitconv.h).
 struct BitWeights {
