@@ -1,11 +1,11 @@
-"""The engine's narrow-arithmetic kernels against its own int8 GEMM on the demo net: the bit-plane kernel
+"""The engine's narrow-arithmetic kernels against its own int8 GEMM on the demo net: the binary table-lookup kernel
 (binary weights, 2-bit activations; O'Keeffe & Villing 2017) and the int16-accumulator GEMM (layers that declare
 a 16-bit accumulator; de Bruin et al. 2020).
 
 The float baseline of `make demo` (runs/demo_baseline, trained as bench_engine.py trains it when missing) is
 quantized post-training, on the same 512 calibration images: W8 (uniform 8-bit weights and activations: the
 int32-accumulator GEMM on every layer), binary-A1/A2/A4/A8 (configs/binary_study_a*.yaml: binary weights with
-1/2/4/8-bit hidden activations behind an 8-bit input layer; 1 and 2 bits run on the bit-plane kernel, 4 and 8 on
+1/2/4/8-bit hidden activations behind an 8-bit input layer; 1 and 2 bits run on the binary kernel, 4 and 8 on
 the GEMM) and acc16 (qcnn.search.accumulator with P = 16 and configs/acc16_demo.yaml's search
 settings: the int16-accumulator GEMM behind the signed input layer). The acc16 file is also run with its
 accumulator_bits removed, which puts the same integers on the int32-accumulator GEMM: that pair isolates the

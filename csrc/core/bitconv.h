@@ -12,8 +12,8 @@
 // per image (a quad's value selects one of 2^(4B) tables computed at pack time); the weights become
 // 4-bit patterns. The AVX2 kernel holds the tables of two output pixels in the two 128-bit lanes of a
 // register and the patterns of 16 channels in each lane, so one vpshufb does 16 channels x 2 pixels x 4
-// taps-channels: 128 MACs for any B (the AND + nibble popcount over bit planes does 256 / B per lookup
-// and an AND per lookup besides).
+// input channels: 128 MACs for any B (an AND + nibble popcount over bit planes does 256 / B per lookup,
+// and an AND besides).
 //
 // Table image: [h + 2ph][quads][w + 2pw + sw][16] bytes, border and spare columns holding the tables of
 // v = 0 (every entry beta). The spare sw columns are the lane-1 pixel of a row's unpaired last output.

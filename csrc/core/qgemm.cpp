@@ -269,11 +269,15 @@ void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64
   }
 }
 
-// Thresholds of the requantization for accumulators within +-acc_bound (layers with few output codes): g = sign_m * acc makes output_code non-decreasing in g, so code L is reached exactly where
-// g >= t_L, found by bisection; stored as t_L - 1 (never reached: INT32_MAX, always: INT32_MIN).
+// Thresholds of the requantization for accumulators within +-acc_bound (layers with few output codes):
+// g = sign_m * acc makes output_code non-decreasing in g, so code L is reached exactly where g >= t_L,
+// found by bisection; stored as t_L - 1 (never reached: INT32_MAX, always: INT32_MIN). Layers whose
+// acc * multiplier + bias could come near the int64 range over +-acc_bound keep the multiply-shift.
 void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
   const ConvEpilogue& e = pc.epi;
   const int64_t m_full = pc.g.m / 8 * 8, steps = e.hi - e.lo;
+  for (int64_t m = 0; m < m_full; ++m)
+    if (e.bias[m] <= -(int64_t{1} << 61) || e.bias[m] >= (int64_t{1} << 61)) return;  // |acc * mult| < 2^61 already
   pc.threshold_levels = static_cast<int>(steps + 1);
   pc.level_thresholds.resize(static_cast<size_t>(m_full * steps));
   pc.level_signs.resize(static_cast<size_t>(m_full));
