@@ -71,8 +71,7 @@ void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t*
 }
 
 #ifdef QCNN_X86
-// Byte accumulators (biased table entries, at most 2 beta per step) widen into 16-bit ones every
-// `flush` steps, those into int32 every `epoch` steps; unpacklo/hi give channels 0-7 / 8-15 of both lanes.
+// bytes into the 16-bit accumulators: unpacklo/hi give channels 0-7 / 8-15 of both lanes.
 template <int R, int J>
 QCNN_AVX2 inline void widen_bytes(__m256i (&bytes)[R][J], __m256i (&lo16)[R][J], __m256i (&hi16)[R][J]) {
   const __m256i zero = _mm256_setzero_si256();
