@@ -275,7 +275,7 @@ void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64
 // acc * multiplier + bias could come near the int64 range over +-acc_bound keep the multiply-shift.
 void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t m_full = pc.g.m / 8 * 8, steps = e.hi - e.lo;
+  const int64_t m_full = pc.g.m / 8 * 8, steps = int64_t{e.hi} - e.lo;  // int32 codes span up to 2^32
   for (int64_t m = 0; m < m_full; ++m)
     if (e.bias[m] <= -(int64_t{1} << 61) || e.bias[m] >= (int64_t{1} << 61)) return;  // |acc * mult| < 2^61 already
   pc.threshold_levels = static_cast<int>(steps + 1);
@@ -738,7 +738,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
-  if (!pc.epi.float_output && isa == Isa::Avx2 && pc.epi.hi - pc.epi.lo < kMaxThresholdLevels) {
+  if (!pc.epi.float_output && isa == Isa::Avx2 && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
     int64_t w_max = 0;
     for (int64_t i = 0; i < g.m * k; ++i) w_max = std::max<int64_t>(w_max, std::abs(int64_t{weight[i]}));

@@ -267,6 +267,9 @@ TEST_CASE("binary kernel is chosen only where it is exact", "[qgemm][binary]") {
     CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 4);
     q.hi = 255;
     CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 0);
+    q.lo = INT32_MIN;  // wide int32 codes: their span overflows int32
+    q.hi = INT32_MAX;
+    CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 0);
   }
   w[5] = 0;
   CHECK(pack_conv(g, w.data(), epi, Isa::Scalar, {0, 3}).bits.act_bits == 0);    // not every weight is +-1
