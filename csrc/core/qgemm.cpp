@@ -24,12 +24,17 @@ constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays i
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Output positions per tile: the GEMM's int16 panel fills kPanelBytes; depthwise has no panel.
+// One group, dilation 1 in x: each kernel row's kw * c input values are contiguous in a zero-bordered copy
+// of the image, which the GEMM kernels then read in place instead of gathering a row panel.
+bool reads_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
+
+// Output positions per tile: the GEMM's int16 panel fills kPanelBytes, or where the kernels read the
+// padded image, the int32 accumulator tile fills 2 * kPanelBytes; depthwise has no panel.
 int64_t tile_rows(const PackedConv& pc) {
   if (pc.depthwise) return 16;
   if (pc.bits.act_bits) return bit_tile_rows(pc);
-  if (pc.acc16) return std::clamp<int64_t>(kPanelBytes / pc.kp / kRows * kRows, kRows, 64);
-  return std::clamp<int64_t>(kPanelBytes / (2 * pc.kp) / kRows * kRows, kRows, 64);
+  const int64_t rows = reads_padded_image(pc.g) ? 2 * kPanelBytes / (4 * (pc.g.m + 16)) : kPanelBytes / (2 * pc.kp);
+  return std::clamp<int64_t>(rows / kRows * kRows, kRows, 64);
 }
 
 // d[i] = s[i] - sub in the narrow type D (int16, or uint8 for the acc16 path): the true difference
@@ -72,47 +77,39 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
   }
 }
 
-// The image minus z_x once in a zero-bordered int16 copy [h + 2ph][w + 2pw][c] (groups = 1, dilation 1
-// in x): a panel row is then kh plain copies of kw * c values, with no bounds checks and no conversion
-// (each input value is converted once instead of once per kernel tap).
+// The image minus z_x once in a zero-bordered copy [h + 2ph][w + 2pw][c] (reads_padded_image(g)), and one
+// element more: a kernel row of odd length kw * c is read in pairs, the last one reaching one value past it
+// (its weight is 0). Each input value is converted once instead of once per kernel tap.
 template <typename T, typename D>
 void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
-  padded.assign(static_cast<size_t>(hp * wp * g.c), 0);
+  padded.assign(static_cast<size_t>(hp * wp * g.c + 1), 0);
   for (int64_t iy = 0; iy < g.h; ++iy)
     convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
 }
 
-template <typename D>
-void gather_panel_padded(const D* padded, const ConvGeom& g, int64_t p0, int64_t rows, int64_t kp, D* panel) {
-  const int64_t c = g.c, wp = g.w + 2 * g.pw, row_len = g.kw * c, ow = g.ow, sh = g.sh, sw = g.sw;
-  const int64_t kh = g.kh, ystep = int64_t{g.dh} * wp * c, k = g.k();
-  int64_t oy = p0 / ow, ox = p0 % ow;
-  for (int64_t r = 0; r < rows; ++r) {
-    D* dst = panel + r * kp;
-    const D* src = padded + (oy * sh * wp + ox * sw) * c;
-    for (int64_t ky = 0; ky < kh; ++ky)
-      for (int64_t i = 0; i < row_len; ++i) dst[ky * row_len + i] = src[ky * ystep + i];
-    if (kp > k) dst[k] = 0;
-    if (++ox == ow) {
-      ox = 0;
-      ++oy;
-    }
-  }
-}
+// Where a microkernel reads its rows of A: row r's k-pairs lie in `segs` segments of `seg_pairs` pairs,
+// segment s at row[r] + s * seg_stride. A row panel is one segment per row; the padded image read in
+// place is one segment per kernel row ky (its kw * c values are contiguous there).
+template <typename A>
+struct RowSource {
+  const A* row[kRows];
+  int64_t seg_stride = 0, segs = 1, seg_pairs = 0;
+};
 
 // c[r][j*8 + lane] = sum_q a[r][2q] * w[j][q][lane][0] + a[r][2q+1] * w[j][q][lane][1]
 template <int R, int J>
-void microkernel_scalar(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs, int32_t* c,
-                        int64_t ldc) {
+void microkernel_scalar(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) {
       int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      const int16_t* ar = a + r * lda;
-      const int16_t* wj = w + j * wblock;
-      for (int64_t q = 0; q < pairs; ++q)
-        for (int l = 0; l < 8; ++l)
-          acc[l] += int32_t{ar[2 * q]} * wj[q * 16 + 2 * l] + int32_t{ar[2 * q + 1]} * wj[q * 16 + 2 * l + 1];
+      const int16_t* wq = w + j * wblock;
+      for (int64_t s = 0; s < a.segs; ++s) {
+        const int16_t* ar = a.row[r] + s * a.seg_stride;
+        for (int64_t q = 0; q < a.seg_pairs; ++q, wq += 16)
+          for (int l = 0; l < 8; ++l)
+            acc[l] += int32_t{ar[2 * q]} * wq[2 * l] + int32_t{ar[2 * q + 1]} * wq[2 * l + 1];
+      }
       std::memcpy(c + r * ldc + j * 8, acc, sizeof acc);
     }
 }
@@ -152,34 +149,35 @@ struct PairsToInt16 {
   }
 };
 
-// An R x (J * Lanes::kLanes) tile of C from `pairs` k-pairs: a [R][2 * pairs] at stride lda, w's J blocks
-// wblock elements apart (2 * kLanes per pair), C rows ldc apart.
+// An R x (J * Lanes::kLanes) tile of C from the k-pairs of `a`: w's J blocks wblock elements apart
+// (2 * kLanes per pair), C rows ldc apart.
 template <class Lanes, int R, int J>
-QCNN_AVX2 void lane_microkernel(const typename Lanes::A* a, int64_t lda, const typename Lanes::W* w, int64_t wblock,
-                                int64_t pairs, int32_t* c, int64_t ldc) {
+QCNN_AVX2 void lane_microkernel(const RowSource<typename Lanes::A>& a, const typename Lanes::W* w, int64_t wblock,
+                                int32_t* c, int64_t ldc) {
   constexpr int kPairStep = 2 * Lanes::kLanes;
   __m256i acc[R][J];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
-  for (int64_t q = 0; q < pairs; ++q) {
-    __m256i wv[J];
-    for (int j = 0; j < J; ++j)
-      wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * wblock + q * kPairStep));
-    for (int r = 0; r < R; ++r) {
-      typename Lanes::Pair pair;
-      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
-      const __m256i av = Lanes::broadcast(pair);
-      for (int j = 0; j < J; ++j) acc[r][j] = Lanes::madd(acc[r][j], av, wv[j]);
+  const typename Lanes::W* wq = w;
+  for (int64_t s = 0; s < a.segs; ++s)
+    for (int64_t q = 0; q < a.seg_pairs; ++q, wq += kPairStep) {
+      __m256i wv[J];
+      for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + j * wblock));
+      for (int r = 0; r < R; ++r) {
+        typename Lanes::Pair pair;
+        std::memcpy(&pair, a.row[r] + s * a.seg_stride + 2 * q, sizeof pair);
+        const __m256i av = Lanes::broadcast(pair);
+        for (int j = 0; j < J; ++j) acc[r][j] = Lanes::madd(acc[r][j], av, wv[j]);
+      }
     }
-  }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) Lanes::store(c + r * ldc + j * Lanes::kLanes, acc[r][j]);
 }
 
 template <int R, int J>
-QCNN_AVX2 void microkernel_avx2(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
-                                int32_t* c, int64_t ldc) {
-  lane_microkernel<PairsToInt32, R, J>(a, lda, w, wblock, pairs, c, ldc);
+QCNN_AVX2 void microkernel_avx2(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c,
+                                int64_t ldc) {
+  lane_microkernel<PairsToInt32, R, J>(a, w, wblock, c, ldc);
 }
 #endif
 
@@ -187,32 +185,35 @@ QCNN_AVX2 void microkernel_avx2(const int16_t* a, int64_t lda, const int16_t* w,
 // The full 3 x 3 tile with named accumulators: GCC keeps an array of them in registers only with
 // a register copy per update, which costs issue slots the multiplies need.
 template <>
-QCNN_AVX2 void microkernel_avx2<3, 3>(const int16_t* a, int64_t lda, const int16_t* w, int64_t wblock, int64_t pairs,
-                                      int32_t* c, int64_t ldc) {
+QCNN_AVX2 void microkernel_avx2<3, 3>(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c,
+                                      int64_t ldc) {
   __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
           c22 = c00;
-  const int16_t *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda;
   const int16_t *w0 = w, *w1 = w + wblock, *w2 = w + 2 * wblock;
-  for (int64_t q = 0; q < pairs; ++q) {
-    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + q * 16));
-    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + q * 16));
-    const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + q * 16));
-    int32_t p0, p1, p2;
-    std::memcpy(&p0, a0 + 2 * q, 4);
-    std::memcpy(&p1, a1 + 2 * q, 4);
-    std::memcpy(&p2, a2 + 2 * q, 4);
-    __m256i x = _mm256_set1_epi32(p0);
-    c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, v0));
-    c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, v1));
-    c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x, v2));
-    x = _mm256_set1_epi32(p1);
-    c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, v0));
-    c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, v1));
-    c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x, v2));
-    x = _mm256_set1_epi32(p2);
-    c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, v0));
-    c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, v1));
-    c22 = _mm256_add_epi32(c22, _mm256_madd_epi16(x, v2));
+  for (int64_t s = 0; s < a.segs; ++s) {
+    const int16_t *a0 = a.row[0] + s * a.seg_stride, *a1 = a.row[1] + s * a.seg_stride,
+                  *a2 = a.row[2] + s * a.seg_stride;
+    for (int64_t q = 0; q < a.seg_pairs; ++q, w0 += 16, w1 += 16, w2 += 16) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1));
+      const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2));
+      int32_t p0, p1, p2;
+      std::memcpy(&p0, a0 + 2 * q, 4);
+      std::memcpy(&p1, a1 + 2 * q, 4);
+      std::memcpy(&p2, a2 + 2 * q, 4);
+      __m256i x = _mm256_set1_epi32(p0);
+      c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, v0));
+      c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, v1));
+      c02 = _mm256_add_epi32(c02, _mm256_madd_epi16(x, v2));
+      x = _mm256_set1_epi32(p1);
+      c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, v0));
+      c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, v1));
+      c12 = _mm256_add_epi32(c12, _mm256_madd_epi16(x, v2));
+      x = _mm256_set1_epi32(p2);
+      c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, v0));
+      c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, v1));
+      c22 = _mm256_add_epi32(c22, _mm256_madd_epi16(x, v2));
+    }
   }
   auto store = [&](int r, int j, __m256i v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + j * 8), v);
@@ -224,7 +225,7 @@ QCNN_AVX2 void microkernel_avx2<3, 3>(const int16_t* a, int64_t lda, const int16
 #endif
 
 #ifdef QCNN_X86
-using Acc16Kernel = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+using Acc16Kernel = void (*)(const RowSource<uint8_t>&, const int8_t*, int64_t, int32_t*, int64_t);
 
 Acc16Kernel acc16_kernel(int rows, int blocks) {
   static const Acc16Kernel table[kRows][kBlocks] = {
@@ -235,7 +236,7 @@ Acc16Kernel acc16_kernel(int rows, int blocks) {
 }
 #endif
 
-using Microkernel = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int64_t, int32_t*, int64_t);
+using Microkernel = void (*)(const RowSource<int16_t>&, const int16_t*, int64_t, int32_t*, int64_t);
 
 #define QCNN_MK_TABLE(fn) \
   {{fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, {fn<3, 1>, fn<3, 2>, fn<3, 3>}}
@@ -306,6 +307,30 @@ void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
 }
 
 #ifdef QCNN_X86
+// 8 (16) output codes in int32 lanes, stored as Out: narrowed to uint8 (each code is in [0, 255]), or as is.
+template <typename Out>
+QCNN_AVX2 inline void store_codes8(Out* out, __m256i v) {
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w16, w16));
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
+  }
+}
+
+template <typename Out>
+QCNN_AVX2 inline void store_codes16(Out* out, __m256i v0, __m256i v1) {
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    // packus works within 128-bit halves: (v0 lo, v1 lo, v0 hi, v1 hi) back into channel order
+    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v0, v1), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                     _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1)));
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), v1);
+  }
+}
+
 QCNN_AVX2 inline __m256i shift_right_arith64(__m256i v, __m256i s) {
   // AVX2 has no 64-bit arithmetic shift: flip negative values, shift logically, flip back (floor).
   const __m256i sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
@@ -351,13 +376,7 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
       odd = round_shift64(odd, b.shift_odd, b.half_odd, b.tie_odd);
       even = clamp64(_mm256_add_epi64(even, zp), lo, hi);
       odd = clamp64(_mm256_add_epi64(odd, zp), lo, hi);
-      const __m256i v = _mm256_sub_epi32(_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), offset);
-      if constexpr (std::is_same_v<Out, uint8_t>) {
-        const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + m), _mm_packus_epi16(w16, w16));
-      } else {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), v);
-      }
+      store_codes8(out + m, _mm256_sub_epi32(_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), offset));
     }
   }
   epilogue_scalar(pc, acc, full, m_count, out);
@@ -365,25 +384,36 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
 #endif
 
 #ifdef QCNN_X86
-// The threshold form of the epilogue (pack_level_thresholds): a compare and a subtract per threshold.
+// The threshold form of the epilogue (pack_level_thresholds): a compare and a subtract per threshold, on two
+// 8-channel blocks at a time (two independent chains), 16 codes narrowed and stored together.
 template <typename Out>
 QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc, Out* out) {
   const ConvEpilogue& e = pc.epi;
   const int64_t full = pc.g.m / 8 * 8, steps = pc.threshold_levels - 1;
   const __m256i base = _mm256_set1_epi32(e.lo - e.store_offset);
-  for (int64_t m = 0; m < full; m += 8) {
-    const __m256i g = _mm256_sign_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)),
-                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pc.level_signs[m])));
+  auto codes = [&](int64_t m) {
+    return _mm256_sign_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pc.level_signs[m])));
+  };
+  int64_t m = 0;
+  for (; m + 16 <= full; m += 16) {
+    const __m256i g0 = codes(m), g1 = codes(m + 8);
+    const int32_t* t0 = pc.level_thresholds.data() + (m / 8) * steps * 8;
+    const int32_t* t1 = t0 + steps * 8;
+    __m256i v0 = base, v1 = base;
+    for (int64_t l = 0; l < steps; ++l) {
+      v0 = _mm256_sub_epi32(v0, _mm256_cmpgt_epi32(g0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t0 + l * 8))));
+      v1 = _mm256_sub_epi32(v1, _mm256_cmpgt_epi32(g1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t1 + l * 8))));
+    }
+    store_codes16(out + m, v0, v1);
+  }
+  for (; m < full; m += 8) {
+    const __m256i g = codes(m);
     const int32_t* thr = pc.level_thresholds.data() + (m / 8) * steps * 8;
     __m256i v = base;
     for (int64_t l = 0; l < steps; ++l)
       v = _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr + l * 8))));
-    if constexpr (std::is_same_v<Out, uint8_t>) {
-      const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + m), _mm_packus_epi16(w16, w16));
-    } else {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), v);
-    }
+    store_codes8(out + m, v);
   }
   epilogue_scalar(pc, acc, full, pc.g.m, out);
 }
@@ -415,35 +445,69 @@ struct Workspace {
   std::vector<int16_t> panel;
   std::vector<int32_t> acc;
   std::vector<int64_t> bit_slots;
-  std::vector<uint8_t> panel8;
+  std::vector<int64_t> row_offsets;  // GEMM reading the padded image: each output position's input offset
   std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
   std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
 };
 
-bool uses_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
+// Rows [p, p + rn) of a tile as the microkernels read them: from the row panel (one segment of kp values
+// per row) or, where the layer reads the padded image in place, one segment per kernel row.
+template <typename D>
+RowSource<D> panel_rows(const PackedConv& pc, const D* panel, int rn) {
+  RowSource<D> a;
+  a.seg_pairs = pc.kp / 2;
+  for (int r = 0; r < kRows; ++r) a.row[r] = panel + std::min(r, rn - 1) * pc.kp;
+  return a;
+}
 
-// padded: the image from pad_image when uses_padded_image(g), else null.
+// Offsets in the padded image of the first input value of output positions [p0, p0 + rows), once per tile.
+void image_row_offsets(const ConvGeom& g, int64_t p0, int64_t rows, std::vector<int64_t>& offsets) {
+  const int64_t wp = g.w + 2 * g.pw;
+  offsets.resize(static_cast<size_t>(rows));
+  int64_t oy = p0 / g.ow, ox = p0 % g.ow;
+  for (int64_t r = 0; r < rows; ++r) {
+    offsets[static_cast<size_t>(r)] = (oy * g.sh * wp + ox * g.sw) * g.c;
+    if (++ox == g.ow) {
+      ox = 0;
+      ++oy;
+    }
+  }
+}
+
+template <typename D>
+RowSource<D> image_rows(const PackedConv& pc, const D* padded, const int64_t* offsets, int rn) {
+  const ConvGeom& g = pc.g;
+  RowSource<D> a;
+  a.segs = g.kh;
+  a.seg_stride = int64_t{g.dh} * (g.w + 2 * g.pw) * g.c;
+  a.seg_pairs = pc.seg_pairs;
+  for (int r = 0; r < kRows; ++r) a.row[r] = padded + offsets[std::min(r, rn - 1)];
+  return a;
+}
+
+// padded: the image from pad_image when reads_padded_image(g), else null.
 template <typename In, typename Out>
 void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, int32_t x_sub, const int16_t* padded,
                int64_t p0, int64_t rows, Out* out, Workspace& ws) {
   const ConvGeom& g = pc.g;
-  const int64_t kp = pc.kp, pairs = kp / 2, wblock = pairs * 16, nblocks = pc.mg8 / 8;
+  const int64_t kp = pc.kp, wblock = kp / 2 * 16, nblocks = pc.mg8 / 8;
   const int64_t ldc = g.m + 8;  // a group's last block writes up to 7 padding lanes past its channels
-  ws.panel.resize(static_cast<size_t>(rows * kp));
   ws.acc.resize(static_cast<size_t>(rows * ldc));
+  if (padded)
+    image_row_offsets(g, p0, rows, ws.row_offsets);
+  else
+    ws.panel.resize(static_cast<size_t>(rows * kp));
   for (int64_t group = 0; group < g.groups; ++group) {
-    if (padded)
-      gather_panel_padded(padded, g, p0, rows, kp, ws.panel.data());
-    else
-      gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
+    if (!padded) gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
     const int16_t* wg = pc.weights.data() + group * nblocks * wblock;
     int32_t* cg = ws.acc.data() + group * g.mg();
     for (int64_t b = 0; b < nblocks; b += kBlocks) {
       const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
       for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
         const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
-        microkernel(pc.isa, rn, jn)(ws.panel.data() + r0 * kp, kp, wg + b * wblock, wblock, pairs,
-                                    cg + r0 * ldc + b * 8, ldc);
+        const RowSource<int16_t> a = padded ? image_rows(pc, padded, ws.row_offsets.data() + r0, rn)
+                                            : panel_rows(pc, ws.panel.data() + r0 * kp, rn);
+        microkernel(pc.isa, rn, jn)(a, wg + b * wblock, wblock, cg + r0 * ldc + b * 8, ldc);
       }
     }
   }
@@ -455,17 +519,16 @@ template <typename Out>
 void acc16_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* padded, int64_t p0, int64_t rows,
                      Out* out, Workspace& ws) {
   const ConvGeom& g = pc.g;
-  const int64_t kp = pc.kp, pairs = kp / 2, wblock = pairs * 32, nblocks = round_up(g.m, 16) / 16;
+  const int64_t wblock = pc.kp / 2 * 32, nblocks = round_up(g.m, 16) / 16;
   const int64_t ldc = g.m + 16;  // the last block writes up to 15 padding lanes past the channels
-  ws.panel8.resize(static_cast<size_t>(rows * kp));
   ws.acc.resize(static_cast<size_t>(rows * ldc));
-  gather_panel_padded(padded, g, p0, rows, kp, ws.panel8.data());
+  image_row_offsets(g, p0, rows, ws.row_offsets);
   for (int64_t b = 0; b < nblocks; b += kBlocks) {
     const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
-      acc16_kernel(rn, jn)(ws.panel8.data() + r0 * kp, kp, pc.weights8.data() + b * wblock, wblock, pairs,
-                           ws.acc.data() + r0 * ldc + b * 16, ldc);
+      acc16_kernel(rn, jn)(image_rows(pc, padded, ws.row_offsets.data() + r0, rn), pc.weights8.data() + b * wblock,
+                           wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
   }
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
@@ -586,7 +649,7 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   } else if (pc.acc16) {
     pad_image(x, x_sub, pc.g, padded8);
     padded_image8 = padded8.data();
-  } else if (uses_padded_image(pc.g)) {  // never depthwise (groups > 1)
+  } else if (reads_padded_image(pc.g)) {  // never depthwise (groups > 1)
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
   }
@@ -694,9 +757,14 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.g = g;
   pc.isa = isa;
   const int64_t k = g.k(), mg = g.mg();
-  pc.kp = round_up(k, 2);
+  // k in segments of seg_len values, each padded to whole pairs: the kh kernel rows where the kernels read
+  // the padded image, else all of k (the row panel).
+  const int64_t seg_len = reads_padded_image(g) ? g.kw * g.cg() : k;
+  pc.seg_pairs = (seg_len + 1) / 2;
+  pc.kp = k / seg_len * 2 * pc.seg_pairs;
   pc.mg8 = round_up(mg, 8);
   const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
+  auto packed_k = [&](int64_t kk) { return kk / seg_len * 2 * pc.seg_pairs + kk % seg_len; };
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
   if (const int act_bits = binary_act_bits(g, weight, x)) {
     pc.bits = pack_bit_weights(g, weight, act_bits);
@@ -706,7 +774,8 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
     for (int64_t m = 0; m < g.m; ++m)
       for (int64_t kk = 0; kk < k; ++kk)
-        pc.weights8[((m / 16) * pairs + kk / 2) * 32 + (m % 16) * 2 + kk % 2] = static_cast<int8_t>(weight[m * k + kk]);
+        pc.weights8[((m / 16) * pairs + packed_k(kk) / 2) * 32 + (m % 16) * 2 + packed_k(kk) % 2] =
+            static_cast<int8_t>(weight[m * k + kk]);
   } else if (pc.depthwise) {  // [taps][C]
     const int64_t taps = k;
     pc.weights.resize(static_cast<size_t>(taps * g.c));
@@ -720,7 +789,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     for (int64_t j = 0; j < mg; ++j) {
       const int16_t* src = weight + (group * mg + j) * k;
       int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
-      for (int64_t kk = 0; kk < k; ++kk) dst[(kk / 2) * 16 + kk % 2] = src[kk];
+      for (int64_t kk = 0; kk < k; ++kk) dst[(packed_k(kk) / 2) * 16 + packed_k(kk) % 2] = src[kk];
     }
   if (!epi.float_output) {
     pc.requant_blocks.resize(static_cast<size_t>(g.m / 8));
@@ -797,11 +866,11 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
   if (pc.bits.act_bits) return bit_scratch_bytes(pc) + rows * (g.m + 16) * 4;
-  if (pc.acc16) return rows * (pc.kp + (g.m + 16) * 4) + (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c;
   if (pc.depthwise) return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
-  int64_t bytes = rows * (pc.kp * 2 + (g.m + 8) * 4);
-  if (uses_padded_image(g)) bytes += (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c * 2;
-  return bytes;
+  const int64_t padded_values = (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c + 1;
+  if (pc.acc16) return rows * ((g.m + 16) * 4 + 8) + padded_values;
+  if (reads_padded_image(g)) return rows * ((g.m + 8) * 4 + 8) + padded_values * 2;
+  return rows * (pc.kp * 2 + (g.m + 8) * 4);
 }
 
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
@@ -863,6 +932,9 @@ double int8_peak_gmacs(double seconds, int threads) {
     constexpr int64_t kPairs = 64, kCalls = 64;
     const std::vector<int16_t> a(3 * 2 * kPairs, 3), w(kBlocks * kPairs * 16, -2);
     std::vector<int32_t> c(3 * 8 * kBlocks);
+    RowSource<int16_t> rows;
+    rows.seg_pairs = kPairs;
+    for (int r = 0; r < kRows; ++r) rows.row[r] = a.data() + r * 2 * kPairs;
     const auto start = clock::now();
     double elapsed = 0;
     while (elapsed < seconds) {
@@ -874,7 +946,7 @@ double int8_peak_gmacs(double seconds, int threads) {
 #endif
       {
         for (int64_t i = 0; i < kCalls; ++i)
-          microkernel_scalar<kRows, kBlocks>(a.data(), 2 * kPairs, w.data(), kPairs * 16, kPairs, c.data(), 8 * kBlocks);
+          microkernel_scalar<kRows, kBlocks>(rows, w.data(), kPairs * 16, c.data(), 8 * kBlocks);
         sink = sink + c[0];
         done += kCalls * kRows * 8 * kBlocks * 2 * kPairs;
       }

@@ -2,8 +2,9 @@
 //
 //   acc[p, m] = sum_k (x[p, k] - z_x) * w_int[m, k]      k = (ky, kx, c) within m's group
 //
-// Per tile of output positions the needed input pixels are gathered into an int16 row panel
-// (x - z_x, zero padding becomes exactly 0: no full im2col buffer), multiplied against weights
+// The kernels read the input as x - z_x in int16 from a zero-bordered copy of the image, in place
+// (one group, dilation 1 in x: each kernel row is kw * c contiguous values), or per tile of output
+// positions from a gathered row panel (no full im2col buffer either way), multiplied against weights
 // pre-packed once at load into blocks of 8 output channels x pairs of k (the layout vpmaddwd
 // reads: a broadcast pair of activations times 8 channel pairs gives 8 int32 partial sums), and
 // the int32 accumulators of the tile go through a fused epilogue: bias, fixed-point
@@ -81,7 +82,8 @@ struct BitWeights {
 struct PackedConv {
   ConvGeom g;
   Isa isa = Isa::Scalar;
-  int64_t kp = 0;                  // k rounded up to even
+  int64_t kp = 0;                  // packed k: segments of seg_pairs k-pairs (qgemm.cpp pack_conv)
+  int64_t seg_pairs = 0;
   int64_t mg8 = 0;                 // channels per group rounded up to 8
   bool depthwise = false;          // groups = in = out channels: its own kernel
   std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
