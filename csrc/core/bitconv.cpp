@@ -22,13 +22,13 @@ int beta(int bits) { return 4 * ((1 << bits) - 1); }
 
 struct ImageLayout {
   int64_t wq, quad_stride, row_stride, total;  // strides in bytes
-  explicit ImageLayout(const PackedConv& pc) {
-    const ConvGeom& g = pc.g;
+  ImageLayout(const ConvGeom& g, int64_t quads) {
     wq = g.w + 2 * g.pw + g.sw;
     quad_stride = wq * kTableBytes;
-    row_stride = pc.bits.quads * quad_stride;
+    row_stride = quads * quad_stride;
     total = (g.h + 2 * g.ph) * row_stride;
   }
+  explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits.quads) {}
 };
 
 // A pixel pair of a tile: the table offset of its lane-0 pixel at tap (0, 0), quad 0, and the tile rows
@@ -309,6 +309,10 @@ BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bi
           p[0] |= static_cast<uint8_t>(1u << (c % 4));
           p[16] = p[0];
         }
+  const ImageLayout layout(g, bw.quads);
+  for (int ky = 0; ky < g.kh; ++ky)
+    for (int kx = 0; kx < g.kw; ++kx)
+      bw.tap_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes);
   const int b = beta(act_bits), values = 1 << (4 * act_bits);
   const uint32_t mask = (1u << act_bits) - 1;
   bw.tables.resize(static_cast<size_t>(values * kTableBytes));
@@ -338,7 +342,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   const ImageLayout layout(pc);
   const int64_t taps = int64_t{g.kh} * g.kw, groups = round_up(g.m, 16) / 16;
   // Pixel pairs: neighbours in a row; a row's (or the tile's) odd last output pairs with padding.
-  scratch.resize(static_cast<size_t>(rows * kSlotWords + taps));
+  scratch.resize(static_cast<size_t>(rows * kSlotWords));
   auto* slots = reinterpret_cast<Slot*>(scratch.data());
   int64_t nslots = 0;
   for (int64_t r = 0; r < rows;) {
@@ -347,13 +351,9 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
     slots[nslots++] = {oy * g.sh * layout.row_stride + ox * g.sw * kTableBytes, r, pair ? r + 1 : -1};
     r += pair ? 2 : 1;
   }
-  int64_t* tap_offsets = scratch.data() + rows * kSlotWords;
-  for (int ky = 0; ky < g.kh; ++ky)
-    for (int kx = 0; kx < g.kw; ++kx)
-      tap_offsets[ky * g.kw + kx] = int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes;
   KernelArgs a{};
   a.image = image;
-  a.tap_offsets = tap_offsets;
+  a.tap_offsets = bw.tap_offsets.data();
   a.taps = taps;
   a.quads = bw.quads;
   a.quad_stride = layout.quad_stride;
@@ -377,7 +377,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
 int64_t bit_tile_rows(const PackedConv&) { return kTileRows; }
 
 int64_t bit_scratch_bytes(const PackedConv& pc) {
-  return ImageLayout(pc).total + (kTileRows * kSlotWords + int64_t{pc.g.kh} * pc.g.kw) * 8;
+  return ImageLayout(pc).total + kTileRows * kSlotWords * 8;
 }
 
 }  // namespace qcnn

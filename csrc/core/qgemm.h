@@ -77,6 +77,7 @@ struct BitWeights {
   int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
   std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
   std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T
+  std::vector<int64_t> tap_offsets;  // [kh * kw]: bytes from a pixel's tables to those of each kernel tap
 };
 
 struct PackedConv {
