@@ -71,7 +71,7 @@ void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t*
 }
 
 #ifdef QCNN_X86
-// bytes into the 16-bit accumulators: unpacklo/hi give channels 0-7 / 8-15 of both lanes.
+// Bytes into the 16-bit accumulators: unpacklo/hi give channels 0-7 / 8-15 of both lanes.
 template <int R, int J>
 QCNN_AVX2 inline void widen_bytes(__m256i (&bytes)[R][J], __m256i (&lo16)[R][J], __m256i (&hi16)[R][J]) {
   const __m256i zero = _mm256_setzero_si256();

@@ -384,6 +384,11 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
 #endif
 
 #ifdef QCNN_X86
+// v + 1 in the lanes where g > thr (cmpgt gives -1 there).
+QCNN_AVX2 inline __m256i count_above(__m256i v, __m256i g, const int32_t* thr) {
+  return _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr))));
+}
+
 // The threshold form of the epilogue (pack_level_thresholds): a compare and a subtract per threshold, on two
 // 8-channel blocks at a time (two independent chains), 16 codes narrowed and stored together.
 template <typename Out>
@@ -402,8 +407,8 @@ QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc,
     const int32_t* t1 = t0 + steps * 8;
     __m256i v0 = base, v1 = base;
     for (int64_t l = 0; l < steps; ++l) {
-      v0 = _mm256_sub_epi32(v0, _mm256_cmpgt_epi32(g0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t0 + l * 8))));
-      v1 = _mm256_sub_epi32(v1, _mm256_cmpgt_epi32(g1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t1 + l * 8))));
+      v0 = count_above(v0, g0, t0 + l * 8);
+      v1 = count_above(v1, g1, t1 + l * 8);
     }
     store_codes16(out + m, v0, v1);
   }
@@ -411,8 +416,7 @@ QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc,
     const __m256i g = codes(m);
     const int32_t* thr = pc.level_thresholds.data() + (m / 8) * steps * 8;
     __m256i v = base;
-    for (int64_t l = 0; l < steps; ++l)
-      v = _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr + l * 8))));
+    for (int64_t l = 0; l < steps; ++l) v = count_above(v, g, thr + l * 8);
     store_codes8(out + m, v);
   }
   epilogue_scalar(pc, acc, full, pc.g.m, out);

@@ -96,9 +96,9 @@ struct PackedConv {
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
-  // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2): the requantization as thresholds
-  // on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]}, [M / 8][levels - 1][8],
-  // sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
+  // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2): the requantization
+  // as thresholds on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]},
+  // [M / 8][levels - 1][8], sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
   int threshold_levels = 0;
   std::vector<int32_t> level_thresholds;
   std::vector<int32_t> level_signs;  // [M / 8 * 8]
