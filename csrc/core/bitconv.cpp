@@ -11,7 +11,8 @@ namespace qcnn {
 
 namespace {
 
-constexpr int kSlots = 2;    // pixel pairs per microkernel call
+constexpr int kSlots = 2;    // pixel slots (2 or 4 pixels, BitWeights::lanes) per microkernel call
+constexpr int kMaxLanes = 4;
 constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
 constexpr int64_t kTileRows = 32;
 constexpr int kTableBytes = 16;
@@ -22,26 +23,26 @@ int beta(int bits) { return 4 * ((1 << bits) - 1); }
 
 struct ImageLayout {
   int64_t wq, quad_stride, row_stride, total;  // strides in bytes
-  ImageLayout(const ConvGeom& g, int64_t quads) {
-    wq = g.w + 2 * g.pw + g.sw;
+  ImageLayout(const ConvGeom& g, int64_t quads, int lanes) {
+    wq = g.w + 2 * g.pw + (lanes - 1) * g.sw;
     quad_stride = wq * kTableBytes;
     row_stride = quads * quad_stride;
     total = (g.h + 2 * g.ph) * row_stride;
   }
-  explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits.quads) {}
+  explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits.quads, pc.bits.lanes) {}
 };
 
-// A pixel pair of a tile: the table offset of its lane-0 pixel at tap (0, 0), quad 0, and the tile rows
-// of its two outputs (out1 < 0: lane 1 is padding, its result dropped).
+// A slot of a tile, `lanes` neighbouring output pixels of a row: the table offset of its lane-0 pixel at tap
+// (0, 0), quad 0, and the tile rows of its outputs (out[l] < 0: lane l is padding, its result dropped).
 struct Slot {
-  int64_t offset, out0, out1;
+  int64_t offset, out[kMaxLanes];
 };
 constexpr int64_t kSlotWords = sizeof(Slot) / sizeof(int64_t);
 
 struct KernelArgs {
   const uint8_t* image;
   const int64_t* tap_offsets;  // [taps] bytes
-  int64_t taps, quads, quad_stride, lane1, group_stride;  // lane1: bytes from the lane-0 pixel to the lane-1 one
+  int64_t taps, quads, quad_stride, lane1, group_stride;  // lane1: bytes from one lane's pixel to the next
   int flush;         // steps (one table per lane) before the byte accumulators could wrap
   int64_t epoch;     // steps before the 16-bit accumulators could wrap, a multiple of flush
   int32_t bias;      // beta * taps * quads
@@ -53,8 +54,8 @@ inline int64_t pattern_index(const KernelArgs& a, int64_t t, int64_t q) { return
 template <int R, int J>
 void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
   for (int r = 0; r < R; ++r)
-    for (int lane = 0; lane < 2; ++lane) {
-      const int64_t out = lane ? slots[r].out1 : slots[r].out0;
+    for (int lane = 0; lane < kMaxLanes; ++lane) {
+      const int64_t out = slots[r].out[lane];
       if (out < 0) continue;
       const uint8_t* base = a.image + slots[r].offset + lane * a.lane1;
       for (int j = 0; j < J; ++j)
@@ -144,7 +145,7 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
   const __m256i bias = _mm256_set1_epi32(a.bias);
   for (int r = 0; r < R; ++r)
     for (int lane = 0; lane < 2; ++lane) {
-      const int64_t out = lane ? slots[r].out1 : slots[r].out0;
+      const int64_t out = slots[r].out[lane];
       if (out < 0) continue;
       for (int j = 0; j < 2 * J; ++j) {
         const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wide[r][lane] + j * 8));
@@ -152,6 +153,96 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
       }
     }
 }
+
+// wide[r][lane][channel] += the 16-bit sums of binary_kernel_avx512 (per 128-bit lane: channels 0-7 in lo16,
+// 8-15 in hi16), through memory: once per epoch (hundreds of steps).
+template <int R, int J>
+QCNN_AVX512VNNI void widen_words512(__m512i (&lo16)[R][J], __m512i (&hi16)[R][J], int32_t (*wide)[4][J * 16]) {
+  alignas(64) uint16_t lo[32], hi[32];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      _mm512_store_si512(lo, lo16[r][j]);
+      _mm512_store_si512(hi, hi16[r][j]);
+      for (int lane = 0; lane < 4; ++lane) {
+        auto* w = reinterpret_cast<__m256i*>(wide[r][lane] + j * 16);
+        const __m256i l = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(lo + 8 * lane)));
+        const __m256i h = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(hi + 8 * lane)));
+        _mm256_store_si256(w, _mm256_add_epi32(_mm256_load_si256(w), l));
+        _mm256_store_si256(w + 1, _mm256_add_epi32(_mm256_load_si256(w + 1), h));
+      }
+      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
+    }
+}
+
+// GCC 12's _mm512_broadcast_i32x4 and _mm512_castsi128_si512 start from a deliberately undefined register,
+// which -Wmaybe-uninitialized reports (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// The AVX-512 BW form of binary_kernel_avx2: the tables of four output pixels in the four 128-bit lanes of a
+// zmm register, so one vpshufb does 16 channels x 4 pixels x 4 input channels, 256 MACs.
+template <int R, int J, bool kContiguous>
+QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots, const uint8_t* patterns,
+                                          int32_t* acc, int64_t ldc) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i bytes[R][J], lo16[R][J], hi16[R][J];
+  alignas(64) int32_t wide[R][4][J * 16] = {};
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) bytes[r][j] = lo16[r][j] = hi16[r][j] = zero;
+  const uint8_t* base[R];
+  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
+  int64_t epoch_steps = 0;
+  const int64_t steps = a.taps * a.quads;
+  int64_t t = 0, q = 0;
+  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
+    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t offset = a.tap_offsets[t] + q * a.quad_stride;
+      const uint8_t* pt = patterns + s * kPatternBytes;
+      __m512i table[R];
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* p = base[r] + offset;
+        if (kContiguous) {
+          table[r] = _mm512_loadu_si512(p);
+        } else {
+          __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+          v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + a.lane1)), 1);
+          v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * a.lane1)), 2);
+          table[r] = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * a.lane1)), 3);
+        }
+      }
+      for (int j = 0; j < J; ++j) {
+        const __m512i pattern =
+            _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pt + j * a.group_stride)));
+        for (int r = 0; r < R; ++r) bytes[r][j] = _mm512_add_epi8(bytes[r][j], _mm512_shuffle_epi8(table[r], pattern));
+      }
+      if (++q == a.quads) {
+        q = 0;
+        ++t;
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) {
+        lo16[r][j] = _mm512_add_epi16(lo16[r][j], _mm512_unpacklo_epi8(bytes[r][j], zero));
+        hi16[r][j] = _mm512_add_epi16(hi16[r][j], _mm512_unpackhi_epi8(bytes[r][j], zero));
+        bytes[r][j] = zero;
+      }
+    if ((epoch_steps += a.flush) == a.epoch) {
+      widen_words512(lo16, hi16, wide);
+      epoch_steps = 0;
+    }
+  }
+  widen_words512(lo16, hi16, wide);
+  const __m512i bias = _mm512_set1_epi32(a.bias);
+  for (int r = 0; r < R; ++r)
+    for (int lane = 0; lane < 4; ++lane) {
+      const int64_t out = slots[r].out[lane];
+      if (out < 0) continue;
+      for (int j = 0; j < J; ++j)
+        _mm512_storeu_si512(acc + out * ldc + j * 16, _mm512_sub_epi32(_mm512_load_si512(wide[r][lane] + j * 16), bias));
+    }
+}
+#pragma GCC diagnostic pop
 #endif
 
 using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, int32_t*, int64_t);
@@ -167,7 +258,10 @@ BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
 #ifdef QCNN_X86
   static const BinaryKernel avx2[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx2, , false),
                                                         QCNN_BINARY_KERNELS(binary_kernel_avx2, , true)};
-  if (isa == Isa::Avx2) return avx2[contiguous][slots - 1][groups - 1];
+  static const BinaryKernel avx512[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx512, , false),
+                                                          QCNN_BINARY_KERNELS(binary_kernel_avx512, , true)};
+  if (isa == Isa::Avx512Vnni) return avx512[contiguous][slots - 1][groups - 1];
+  if (has_avx2(isa)) return avx2[contiguous][slots - 1][groups - 1];
 #endif
   (void)isa;
   (void)contiguous;
@@ -235,7 +329,7 @@ void row_quads(const PackedConv& pc, const T* row, int32_t x_sub, uint32_t* quad
   for (int64_t i = 0; i < runs; ++i) {
 #ifdef QCNN_X86
     if constexpr (std::is_same_v<T, uint8_t>) {
-      if (pc.isa == Isa::Avx2) {
+      if (has_avx2(pc.isa)) {
         quad_values_avx2(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
         continue;
       }
@@ -295,9 +389,10 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x) {
   return bits;
 }
 
-BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits) {
+BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa) {
   BitWeights bw;
   bw.act_bits = act_bits;
+  bw.lanes = isa == Isa::Avx512Vnni ? 4 : 2;
   bw.quads = (g.c + 3) / 4;
   const int64_t groups = round_up(g.m, 16) / 16, taps = int64_t{g.kh} * g.kw;
   bw.patterns.assign(static_cast<size_t>(groups * taps * bw.quads * kPatternBytes), 0);
@@ -309,7 +404,7 @@ BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bi
           p[0] |= static_cast<uint8_t>(1u << (c % 4));
           p[16] = p[0];
         }
-  const ImageLayout layout(g, bw.quads);
+  const ImageLayout layout(g, bw.quads, bw.lanes);
   for (int ky = 0; ky < g.kh; ++ky)
     for (int kx = 0; kx < g.kw; ++kx)
       bw.tap_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes);
@@ -341,15 +436,17 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   const BitWeights& bw = pc.bits;
   const ImageLayout layout(pc);
   const int64_t taps = int64_t{g.kh} * g.kw, groups = round_up(g.m, 16) / 16;
-  // Pixel pairs: neighbours in a row; a row's (or the tile's) odd last output pairs with padding.
+  // Slots: `lanes` neighbours in a row; a row's (or the tile's) last outputs share one with padding lanes.
   scratch.resize(static_cast<size_t>(rows * kSlotWords));
   auto* slots = reinterpret_cast<Slot*>(scratch.data());
   int64_t nslots = 0;
   for (int64_t r = 0; r < rows;) {
     const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
-    const bool pair = r + 1 < rows && ox + 1 < g.ow;
-    slots[nslots++] = {oy * g.sh * layout.row_stride + ox * g.sw * kTableBytes, r, pair ? r + 1 : -1};
-    r += pair ? 2 : 1;
+    const int64_t n = std::min<int64_t>({bw.lanes, rows - r, g.ow - ox});
+    Slot& slot = slots[nslots++];
+    slot.offset = oy * g.sh * layout.row_stride + ox * g.sw * kTableBytes;
+    for (int lane = 0; lane < kMaxLanes; ++lane) slot.out[lane] = lane < n ? r + lane : -1;
+    r += n;
   }
   KernelArgs a{};
   a.image = image;

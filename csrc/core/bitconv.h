@@ -15,8 +15,10 @@
 // input channels: 128 MACs for any B (an AND + nibble popcount over bit planes does 256 / B per lookup,
 // and an AND besides).
 //
-// Table image: [h + 2ph][quads][w + 2pw + sw][16] bytes, border and spare columns holding the tables of
-// v = 0 (every entry beta). The spare sw columns are the lane-1 pixel of a row's unpaired last output.
+// On AVX-512 BW (Isa::Avx512Vnni) a zmm register holds the tables of four output pixels: 256 MACs per vpshufb.
+//
+// Table image: [h + 2ph][quads][w + 2pw + (lanes - 1) sw][16] bytes, border and spare columns holding the
+// tables of v = 0 (every entry beta). The spare columns are the padding lanes of a row's last slot.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -29,7 +31,8 @@ namespace qcnn {
 // +1, and x - z_x within [0, 2^B) with 1 <= B <= kMaxBinaryActBits.
 int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x);
 
-BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits);
+// isa: the kernel's pixels per register (BitWeights::lanes) set the table image's spare columns.
+BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa);
 
 // One image's table image (layout above).
 void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image);

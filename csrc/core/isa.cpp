@@ -6,10 +6,15 @@
 
 namespace qcnn {
 
+namespace {
+constexpr Isa kAll[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni};
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
+    case Isa::Avx512Vnni: return "avx512vnni";
   }
   return "?";
 }
@@ -17,10 +22,14 @@ const char* isa_name(Isa isa) {
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
-    case Isa::Avx2:
 #if defined(__x86_64__) || defined(_M_X64)
+    case Isa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Avx512Vnni:
+      return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #else
+    default:
       return false;
 #endif
   }
@@ -31,14 +40,17 @@ Isa select_isa() {
   const char* forced = std::getenv("QCNN_ISA");
   if (forced && *forced) {
     const std::string name = forced;
-    for (Isa isa : {Isa::Scalar, Isa::Avx2}) {
+    for (Isa isa : kAll) {
       if (name != isa_name(isa)) continue;
       if (!isa_supported(isa)) throw std::invalid_argument("QCNN_ISA=" + name + ": this CPU cannot run that path");
       return isa;
     }
-    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: scalar, avx2)");
+    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: scalar, avx2, avx512vnni)");
   }
-  return isa_supported(Isa::Avx2) ? Isa::Avx2 : Isa::Scalar;
+  Isa best = Isa::Scalar;
+  for (Isa isa : kAll)
+    if (isa_supported(isa)) best = isa;
+  return best;
 }
 
 }  // namespace qcnn

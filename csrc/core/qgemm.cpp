@@ -21,6 +21,8 @@ namespace {
 constexpr int kRows = 3;    // output positions per microkernel call
 constexpr int kBlocks = 3;  // 8-channel blocks per microkernel call: 3 x 3 = 9 ymm accumulators, 16 registers in all
 constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays in L1 while every block reads it
+constexpr int kVnniRows = 6;    // VNNI GEMM: output positions per microkernel call
+constexpr int kVnniBlocks = 4;  // and 16-channel blocks: 6 x 4 = 24 zmm accumulators, 32 registers in all
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -33,6 +35,10 @@ bool reads_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; 
 int64_t tile_rows(const PackedConv& pc) {
   if (pc.depthwise) return 16;
   if (pc.bits.act_bits) return bit_tile_rows(pc);
+  if (pc.vnni) {
+    const int64_t rows = 2 * kPanelBytes / (4 * round_up(pc.g.m, 16));
+    return std::clamp<int64_t>(rows / kVnniRows * kVnniRows, kVnniRows, 60);
+  }
   const int64_t rows = reads_padded_image(pc.g) ? 2 * kPanelBytes / (4 * (pc.g.m + 16)) : kPanelBytes / (2 * pc.kp);
   return std::clamp<int64_t>(rows / kRows * kRows, kRows, 64);
 }
@@ -77,24 +83,25 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
   }
 }
 
-// The image minus z_x once in a zero-bordered copy [h + 2ph][w + 2pw][c] (reads_padded_image(g)), and one
-// element more: a kernel row of odd length kw * c is read in pairs, the last one reaching one value past it
-// (its weight is 0). Each input value is converted once instead of once per kernel tap.
+// The image minus x_sub once in a copy [h + 2ph][w + 2pw][c] with a border of `border` (reads_padded_image(g)),
+// and kImageSlack elements more: a kernel row is read in pairs or quads, the last one reaching up to 3 values
+// past it (their weights are 0). Each input value is converted once instead of once per kernel tap.
+constexpr int64_t kImageSlack = 3;
 template <typename T, typename D>
-void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded) {
+void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded, D border = 0) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
-  padded.assign(static_cast<size_t>(hp * wp * g.c + 1), 0);
+  padded.assign(static_cast<size_t>(hp * wp * g.c + kImageSlack), border);
   for (int64_t iy = 0; iy < g.h; ++iy)
     convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
 }
 
-// Where a microkernel reads its rows of A: row r's k-pairs lie in `segs` segments of `seg_pairs` pairs,
-// segment s at row[r] + s * seg_stride. A row panel is one segment per row; the padded image read in
-// place is one segment per kernel row ky (its kw * c values are contiguous there).
-template <typename A>
+// Where a microkernel reads its rows of A: row r's k-steps (pairs, or quads for the VNNI GEMM) lie in `segs`
+// segments of `seg_steps` steps, segment s at row[r] + s * seg_stride. A row panel is one segment per row;
+// the padded image read in place is one segment per kernel row ky (its kw * c values are contiguous there).
+template <typename A, int N = kRows>
 struct RowSource {
-  const A* row[kRows];
-  int64_t seg_stride = 0, segs = 1, seg_pairs = 0;
+  const A* row[N];
+  int64_t seg_stride = 0, segs = 1, seg_steps = 0;
 };
 
 // c[r][j*8 + lane] = sum_q a[r][2q] * w[j][q][lane][0] + a[r][2q+1] * w[j][q][lane][1]
@@ -106,7 +113,7 @@ void microkernel_scalar(const RowSource<int16_t>& a, const int16_t* w, int64_t w
       const int16_t* wq = w + j * wblock;
       for (int64_t s = 0; s < a.segs; ++s) {
         const int16_t* ar = a.row[r] + s * a.seg_stride;
-        for (int64_t q = 0; q < a.seg_pairs; ++q, wq += 16)
+        for (int64_t q = 0; q < a.seg_steps; ++q, wq += 16)
           for (int l = 0; l < 8; ++l)
             acc[l] += int32_t{ar[2 * q]} * wq[2 * l] + int32_t{ar[2 * q + 1]} * wq[2 * l + 1];
       }
@@ -160,7 +167,7 @@ QCNN_AVX2 void lane_microkernel(const RowSource<typename Lanes::A>& a, const typ
     for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
   const typename Lanes::W* wq = w;
   for (int64_t s = 0; s < a.segs; ++s)
-    for (int64_t q = 0; q < a.seg_pairs; ++q, wq += kPairStep) {
+    for (int64_t q = 0; q < a.seg_steps; ++q, wq += kPairStep) {
       __m256i wv[J];
       for (int j = 0; j < J; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + j * wblock));
       for (int r = 0; r < R; ++r) {
@@ -193,7 +200,7 @@ QCNN_AVX2 void microkernel_avx2<3, 3>(const RowSource<int16_t>& a, const int16_t
   for (int64_t s = 0; s < a.segs; ++s) {
     const int16_t *a0 = a.row[0] + s * a.seg_stride, *a1 = a.row[1] + s * a.seg_stride,
                   *a2 = a.row[2] + s * a.seg_stride;
-    for (int64_t q = 0; q < a.seg_pairs; ++q, w0 += 16, w1 += 16, w2 += 16) {
+    for (int64_t q = 0; q < a.seg_steps; ++q, w0 += 16, w1 += 16, w2 += 16) {
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0));
       const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1));
       const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2));
@@ -234,6 +241,48 @@ Acc16Kernel acc16_kernel(int rows, int blocks) {
       {lane_microkernel<PairsToInt16, 3, 1>, lane_microkernel<PairsToInt16, 3, 2>, lane_microkernel<PairsToInt16, 3, 3>}};
   return table[rows - 1][blocks - 1];
 }
+
+// c[r][j*16 + lane] = start[j*16 + lane] + sum_q sum_i a[r][4q + i] * w[j][q][lane][i]. vpdpbusd multiplies a
+// broadcast quad of unsigned activations with 16 channel quads of signed weights and adds the four products
+// into each int32 lane, 64 MACs per instruction. Its adds wrap, so the sum is exact wherever the final
+// value fits int32, which the engine's load-time bound on |acc| proves.
+template <int R, int J>
+QCNN_AVX512VNNI void vnni_microkernel(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock,
+                                      const int32_t* start, int32_t* c, int64_t ldc) {
+  __m512i acc[R][J];
+  for (int j = 0; j < J; ++j) {
+    const __m512i s = _mm512_loadu_si512(start + j * 16);
+    for (int r = 0; r < R; ++r) acc[r][j] = s;
+  }
+  const int8_t* wq = w;
+  for (int64_t s = 0; s < a.segs; ++s) {
+    const uint8_t* ar[R];
+    for (int r = 0; r < R; ++r) ar[r] = a.row[r] + s * a.seg_stride;
+    for (int64_t q = 0; q < a.seg_steps; ++q, wq += 64) {
+      __m512i wv[J];
+      for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(wq + j * wblock);
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, ar[r] + 4 * q, sizeof quad);
+        const __m512i av = _mm512_set1_epi32(quad);
+        for (int j = 0; j < J; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, wv[j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) _mm512_storeu_si512(c + r * ldc + j * 16, acc[r][j]);
+}
+
+using VnniKernel = void (*)(const RowSource<uint8_t, kVnniRows>&, const int8_t*, int64_t, const int32_t*, int32_t*,
+                            int64_t);
+
+#define QCNN_VNNI_ROW(r) {vnni_microkernel<r, 1>, vnni_microkernel<r, 2>, vnni_microkernel<r, 3>, vnni_microkernel<r, 4>}
+VnniKernel vnni_kernel(int rows, int blocks) {
+  static const VnniKernel table[kVnniRows][kVnniBlocks] = {QCNN_VNNI_ROW(1), QCNN_VNNI_ROW(2), QCNN_VNNI_ROW(3),
+                                                           QCNN_VNNI_ROW(4), QCNN_VNNI_ROW(5), QCNN_VNNI_ROW(6)};
+  return table[rows - 1][blocks - 1];
+}
+#undef QCNN_VNNI_ROW
 #endif
 
 using Microkernel = void (*)(const RowSource<int16_t>&, const int16_t*, int64_t, int32_t*, int64_t);
@@ -245,7 +294,7 @@ Microkernel microkernel(Isa isa, int rows, int blocks) {
   static const Microkernel scalar[kRows][kBlocks] = QCNN_MK_TABLE(microkernel_scalar);
 #ifdef QCNN_X86
   static const Microkernel avx2[kRows][kBlocks] = QCNN_MK_TABLE(microkernel_avx2);
-  if (isa == Isa::Avx2) return avx2[rows - 1][blocks - 1];
+  if (has_avx2(isa)) return avx2[rows - 1][blocks - 1];
 #endif
   (void)isa;
   return scalar[rows - 1][blocks - 1];
@@ -435,7 +484,7 @@ void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32
         continue;
       }
     }
-    if (pc.isa == Isa::Avx2) {
+    if (has_avx2(pc.isa)) {
       epilogue_avx2(pc, blocks, acc + r * ldc, m, out + r * m);
       continue;
     }
@@ -459,7 +508,7 @@ struct Workspace {
 template <typename D>
 RowSource<D> panel_rows(const PackedConv& pc, const D* panel, int rn) {
   RowSource<D> a;
-  a.seg_pairs = pc.kp / 2;
+  a.seg_steps = pc.kp / 2;
   for (int r = 0; r < kRows; ++r) a.row[r] = panel + std::min(r, rn - 1) * pc.kp;
   return a;
 }
@@ -478,14 +527,15 @@ void image_row_offsets(const ConvGeom& g, int64_t p0, int64_t rows, std::vector<
   }
 }
 
-template <typename D>
-RowSource<D> image_rows(const PackedConv& pc, const D* padded, const int64_t* offsets, int rn) {
+template <typename D, int N = kRows>
+RowSource<D, N> image_rows(const PackedConv& pc, const D* padded, const int64_t* offsets, int rn,
+                           int64_t seg_steps) {
   const ConvGeom& g = pc.g;
-  RowSource<D> a;
+  RowSource<D, N> a;
   a.segs = g.kh;
   a.seg_stride = int64_t{g.dh} * (g.w + 2 * g.pw) * g.c;
-  a.seg_pairs = pc.seg_pairs;
-  for (int r = 0; r < kRows; ++r) a.row[r] = padded + offsets[std::min(r, rn - 1)];
+  a.seg_steps = seg_steps;
+  for (int r = 0; r < N; ++r) a.row[r] = padded + offsets[std::min(r, rn - 1)];
   return a;
 }
 
@@ -509,7 +559,7 @@ void conv_tile(const PackedConv& pc, const RequantBlock* blocks, const In* x, in
       const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
       for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
         const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
-        const RowSource<int16_t> a = padded ? image_rows(pc, padded, ws.row_offsets.data() + r0, rn)
+        const RowSource<int16_t> a = padded ? image_rows(pc, padded, ws.row_offsets.data() + r0, rn, pc.seg_pairs)
                                             : panel_rows(pc, ws.panel.data() + r0 * kp, rn);
         microkernel(pc.isa, rn, jn)(a, wg + b * wblock, wblock, cg + r0 * ldc + b * 8, ldc);
       }
@@ -531,8 +581,27 @@ void acc16_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uin
     const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
-      acc16_kernel(rn, jn)(image_rows(pc, padded, ws.row_offsets.data() + r0, rn), pc.weights8.data() + b * wblock,
-                           wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
+      acc16_kernel(rn, jn)(image_rows(pc, padded, ws.row_offsets.data() + r0, rn, pc.seg_pairs),
+                           pc.weights8.data() + b * wblock, wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
+    }
+  }
+  epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
+}
+
+template <typename Out>
+void vnni_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* padded, int64_t p0, int64_t rows,
+                    Out* out, Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t wblock = g.kh * pc.seg_quads * 64, nblocks = round_up(g.m, 16) / 16, ldc = nblocks * 16;
+  ws.acc.resize(static_cast<size_t>(rows * ldc));
+  image_row_offsets(g, p0, rows, ws.row_offsets);
+  for (int64_t b = 0; b < nblocks; b += kVnniBlocks) {
+    const int jn = static_cast<int>(std::min<int64_t>(kVnniBlocks, nblocks - b));
+    for (int64_t r0 = 0; r0 < rows; r0 += kVnniRows) {
+      const int rn = static_cast<int>(std::min<int64_t>(kVnniRows, rows - r0));
+      vnni_kernel(rn, jn)(image_rows<uint8_t, kVnniRows>(pc, padded, ws.row_offsets.data() + r0, rn, pc.seg_quads),
+                          pc.weights_quads.data() + b * wblock, wblock, pc.vnni_acc_start.data() + b * 16,
+                          ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
   }
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
@@ -653,6 +722,9 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   } else if (pc.acc16) {
     pad_image(x, x_sub, pc.g, padded8);
     padded_image8 = padded8.data();
+  } else if (pc.vnni) {
+    pad_image(x, x_sub + pc.vnni_x_lo, pc.g, padded8, static_cast<uint8_t>(-pc.vnni_x_lo));
+    padded_image8 = padded8.data();
   } else if (reads_padded_image(pc.g)) {  // never depthwise (groups > 1)
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
@@ -663,6 +735,8 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
 #ifdef QCNN_X86
     else if (pc.acc16)
       acc16_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else if (pc.vnni)
+      vnni_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
     else if (pc.depthwise && std::is_same_v<In, uint8_t> && !pc.dw_pairs.empty() && x_sub >= 0 && x_sub <= 255)
       depthwise_tile_avx2(pc, blocks, reinterpret_cast<const uint8_t*>(x), x_sub, t * rows,
                           std::min(rows, positions - t * rows), out, ws);
@@ -722,7 +796,7 @@ ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t grou
 
 namespace {
 bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int accumulator_bits, Isa isa) {
-  if (isa != Isa::Avx2 || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
+  if (!has_avx2(isa) || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
   const int64_t k = g.k();
   for (int64_t m = 0; m < g.m; ++m) {
     int64_t l1 = 0;
@@ -733,6 +807,37 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
     }
     if (x.hi * l1 > 32767) return false;
   }
+  return true;
+}
+
+// The VNNI GEMM's weights and accumulator starts (PackedConv::vnni), where the layer qualifies: an Isa::Avx512Vnni
+// pack, one group, dilation 1 in x, int8 weights, and an input range that, widened to hold 0 (the border), spans
+// at most 256 values. False leaves pc as it was.
+bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
+  const ConvGeom& g = pc.g;
+  const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
+  if (pc.isa != Isa::Avx512Vnni || !reads_padded_image(g) || x_hi - x_lo > 255) return false;
+  const int64_t k = g.k(), seg_len = g.kw * g.c, seg_quads = (seg_len + 3) / 4, kq = g.kh * seg_quads;
+  if (255 * 128 * k > INT32_MAX) return false;  // bounds each |x_lo * sum_k w[m][k]| below
+  std::vector<int8_t> packed(static_cast<size_t>(round_up(g.m, 16) * kq * 4), 0);
+  std::vector<int32_t> start(static_cast<size_t>(round_up(g.m, 16)), 0);
+  for (int64_t m = 0; m < g.m; ++m) {
+    int64_t sum = 0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int16_t v = weight[m * k + kk];
+      if (v < -128 || v > 127) return false;
+      sum += v;
+      const int64_t quad = kk / seg_len * seg_quads + kk % seg_len / 4;
+      packed[static_cast<size_t>(((m / 16) * kq + quad) * 64 + (m % 16) * 4 + kk % seg_len % 4)] =
+          static_cast<int8_t>(v);
+    }
+    start[static_cast<size_t>(m)] = static_cast<int32_t>(x_lo * sum);
+  }
+  pc.vnni = true;
+  pc.vnni_x_lo = static_cast<int32_t>(x_lo);
+  pc.seg_quads = seg_quads;
+  pc.weights_quads = std::move(packed);
+  pc.vnni_acc_start = std::move(start);
   return true;
 }
 
@@ -771,7 +876,8 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   auto packed_k = [&](int64_t kk) { return kk / seg_len * 2 * pc.seg_pairs + kk % seg_len; };
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
   if (const int act_bits = binary_act_bits(g, weight, x)) {
-    pc.bits = pack_bit_weights(g, weight, act_bits);
+    pc.bits = pack_bit_weights(g, weight, act_bits, isa);
+  } else if (pack_vnni(pc, weight, x)) {
   } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
     pc.acc16 = true;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
@@ -785,11 +891,11 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)
       for (int64_t t = 0; t < taps; ++t) pc.weights[t * g.c + ch] = weight[ch * taps + t];
-    if (isa == Isa::Avx2) pack_depthwise_pairs(pc, weight);
+    if (has_avx2(isa)) pack_depthwise_pairs(pc, weight);
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
-  for (int64_t group = 0; group < (pc.depthwise || pc.bits.act_bits || pc.acc16 ? 0 : g.groups); ++group)
+  for (int64_t group = 0; group < (pc.depthwise || pc.bits.act_bits || pc.acc16 || pc.vnni ? 0 : g.groups); ++group)
     for (int64_t j = 0; j < mg; ++j) {
       const int16_t* src = weight + (group * mg + j) * k;
       int16_t* dst = pc.weights.data() + ((group * nblocks + j / 8) * pairs) * 16 + (j % 8) * 2;
@@ -811,7 +917,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
-  if (!pc.epi.float_output && isa == Isa::Avx2 && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
+  if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
     int64_t w_max = 0;
     for (int64_t i = 0; i < g.m * k; ++i) w_max = std::max<int64_t>(w_max, std::abs(int64_t{weight[i]}));
@@ -863,6 +969,7 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 std::string conv_kernel_name(const PackedConv& pc) {
   if (pc.bits.act_bits) return "binary a" + std::to_string(pc.bits.act_bits);
   if (pc.acc16) return "gemm acc16";
+  if (pc.vnni) return "gemm vnni";
   return pc.depthwise ? "depthwise" : "gemm acc32";
 }
 
@@ -871,8 +978,9 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
   const int64_t rows = tile_rows(pc);
   if (pc.bits.act_bits) return bit_scratch_bytes(pc) + rows * (g.m + 16) * 4;
   if (pc.depthwise) return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
-  const int64_t padded_values = (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c + 1;
+  const int64_t padded_values = (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c + kImageSlack;
   if (pc.acc16) return rows * ((g.m + 16) * 4 + 8) + padded_values;
+  if (pc.vnni) return rows * (round_up(g.m, 16) * 4 + 8) + padded_values;
   if (reads_padded_image(g)) return rows * ((g.m + 8) * 4 + 8) + padded_values * 2;
   return rows * (pc.kp * 2 + (g.m + 8) * 4);
 }
@@ -920,6 +1028,29 @@ QCNN_AVX2 int64_t peak_loop_avx2(int64_t iterations) {
                                _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
   return _mm256_extract_epi32(s, 0);
 }
+
+// 8 independent vpdpbusd chains (64 u8 x s8 MACs each) per iteration.
+QCNN_AVX512VNNI int64_t peak_loop_vnni(int64_t iterations) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const __m512i x = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
+  for (int64_t i = 0; i < iterations; ++i) {
+    __asm__ volatile(
+        "vpdpbusd %[w], %[x], %[a0]\n\t"
+        "vpdpbusd %[w], %[x], %[a1]\n\t"
+        "vpdpbusd %[w], %[x], %[a2]\n\t"
+        "vpdpbusd %[w], %[x], %[a3]\n\t"
+        "vpdpbusd %[w], %[x], %[a4]\n\t"
+        "vpdpbusd %[w], %[x], %[a5]\n\t"
+        "vpdpbusd %[w], %[x], %[a6]\n\t"
+        "vpdpbusd %[w], %[x], %[a7]\n\t"
+        : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5), [a6] "+v"(a6),
+          [a7] "+v"(a7)
+        : [x] "v"(x), [w] "v"(w));
+  }
+  const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                     _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+  return _mm_cvtsi128_si32(_mm512_castsi512_si128(s));
+}
 }  // namespace
 #endif
 
@@ -937,13 +1068,16 @@ double int8_peak_gmacs(double seconds, int threads) {
     const std::vector<int16_t> a(3 * 2 * kPairs, 3), w(kBlocks * kPairs * 16, -2);
     std::vector<int32_t> c(3 * 8 * kBlocks);
     RowSource<int16_t> rows;
-    rows.seg_pairs = kPairs;
+    rows.seg_steps = kPairs;
     for (int r = 0; r < kRows; ++r) rows.row[r] = a.data() + r * 2 * kPairs;
     const auto start = clock::now();
     double elapsed = 0;
     while (elapsed < seconds) {
 #ifdef QCNN_X86
-      if (isa_supported(Isa::Avx2)) {
+      if (isa_supported(Isa::Avx512Vnni)) {
+        sink = sink + peak_loop_vnni(iterations);
+        done += iterations * 8 * 64;  // 8 vpdpbusd of 64 MACs per iteration
+      } else if (isa_supported(Isa::Avx2)) {
         sink = sink + peak_loop_avx2(iterations);
         done += iterations * 8 * 16;  // 8 vpmaddwd of 16 MACs per iteration
       } else

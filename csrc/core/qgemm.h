@@ -74,6 +74,7 @@ constexpr int kMaxThresholdLevels = 8;  // above, the 64-bit requantization is a
 // Weights of the binary kernel (core/bitconv.h).
 struct BitWeights {
   int act_bits = 0;     // B; 0: the layer runs on a GEMM
+  int lanes = 2;        // output pixels per register: 2 (AVX2, scalar) or 4 (AVX-512)
   int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
   std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
   std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T
@@ -104,6 +105,14 @@ struct PackedConv {
   std::vector<int32_t> level_signs;  // [M / 8 * 8]
   bool acc16 = false;                         // the int16-accumulator kernel (AVX2)
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
+  // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range
+  // at most 256 values wide): it reads u = x - z_x - x_lo in [0, 255] from a padded uint8 image (border
+  // -x_lo, where x - z_x = 0) and starts each accumulator at x_lo * sum_k w[m][k], which undoes the shift.
+  bool vnni = false;
+  int32_t vnni_x_lo = 0;
+  int64_t seg_quads = 0;                      // k-quads per kernel row (each row padded to whole quads)
+  std::vector<int8_t> weights_quads;          // [M / 16 blocks][kh * seg_quads][16][4]
+  std::vector<int32_t> vnni_acc_start;        // [M rounded up to 16]: x_lo * sum_k w[m][k]
 };
 
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
@@ -111,7 +120,10 @@ struct PackedConv {
 // or +1) whose input range `x` has at most kMaxBinaryActBits bits run on the table-lookup binary kernel. A layer
 // that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
 // 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
-// max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM.
+// max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM. With
+// Isa::Avx512Vnni, a layer the VNNI GEMM can run (see PackedConv::vnni) runs there instead of on either
+// int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice acc16's MACs per
+// instruction (docs/BENCHMARKS.md). Binary layers keep the table-lookup kernel.
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);
 
@@ -127,17 +139,18 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
                                     int32_t x_sub, int acc_bits);
 
-// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32" or "depthwise".
+// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32", "gemm vnni" or
+// "depthwise".
 std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).
 int64_t conv_scratch_bytes(const PackedConv& pc);
 
 // Measured peak integer multiply-accumulate throughput of the best kernel instruction of this CPU
-// (vpmaddwd + vpaddd from registers on AVX2, no memory traffic; without AVX2 the scalar microkernel on
-// L1-resident operands) over about `seconds`, in G MACs/s
-// summed over `threads` threads: what a layer's MACs/s is compared with. Without VNNI this is also
-// the int8 peak: u8 x s8 (vpmaddubsw + vpmaddwd) needs two multiplies per 32 MACs, as vpmaddwd does.
+// (vpdpbusd on zmm with AVX-512 VNNI, vpmaddwd + vpaddd on AVX2, from registers, no memory traffic; without
+// AVX2 the scalar microkernel on L1-resident operands) over about `seconds`, in G MACs/s summed over
+// `threads` threads: what a layer's MACs/s is compared with. On AVX2 this is also the int8 peak: u8 x s8
+// (vpmaddubsw + vpmaddwd) needs two multiplies per 32 MACs, as vpmaddwd does.
 double int8_peak_gmacs(double seconds, int threads);
 
 }  // namespace qcnn

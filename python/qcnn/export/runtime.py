@@ -13,7 +13,7 @@ from torch import nn
 class LayerProfile(NamedTuple):
     name: str
     op: str
-    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm acc16", "depthwise", "binary a2")
+    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm vnni", "gemm acc16", "depthwise", "binary a2")
     macs_per_image: int
     seconds: float  # summed over the images of the profiled run
 
@@ -48,7 +48,7 @@ class IntegerModel(nn.Module):
 
     @property
     def isa(self) -> str:
-        """The instruction set the engine chose its kernels for at load ("avx2" or "scalar"; QCNN_ISA forces one)."""
+        """The instruction set the engine chose its kernels for at load ("avx512vnni", "avx2" or "scalar"; QCNN_ISA forces one)."""
         return self.engine.isa()
 
     @property
