@@ -12,8 +12,11 @@ accumulator_bits removed, which puts the same integers on the int32-accumulator 
 accumulator. All run through qcnn.load on the 10,000 uint8 test images.
 
 Rows: seconds per image at batch 256 (1 / throughput), 1 and 2 threads; ratio = anchor_s / qcnn_s with the
-anchor the same net on the int32-accumulator GEMM (W8 for the binary nets, the stripped file for acc16). Per conv
-layer at batch 256: each file's profile, with the kernel the engine chose. For the binary nets the theoretical
+anchor the same net on the int32-accumulator GEMM (W8 for the binary nets, the stripped file for acc16), each
+on the engine's own kernel path. On a CPU with AVX-512 VNNI every pair is also run with QCNN_ISA=avx2 (rows
+marked so), and one more row sets the int16-accumulator kernel (acc16 under QCNN_ISA=avx2) against the VNNI GEMM
+(the stripped file on the engine's own path): where acc16 stands against each int32 kernel. Per conv layer at
+batch 256: each file's profile on each path, with the kernel the engine chose. For the binary nets the theoretical
 speedup of qcnn.analysis.cost (bit operations against the W8 net) stands beside the measured one; training/
 results.py reads the measured one into the binary-weight study table.
 
@@ -29,8 +32,8 @@ from pathlib import Path
 import torch
 
 import qcnn
-from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir, calibration_set, load_float,
-                          measure_inprocess, qcnn_load_runner, quantize_post_training)
+from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir, calibration_set, isa_env,
+                          load_float, measure_inprocess, qcnn_load_runner, quantize_post_training)
 from common import parser, report
 from qcnn import config as qconfig, data
 from qcnn.export import read_qcnn, write_qcnn
@@ -59,19 +62,27 @@ def strip_accumulator_bits(src: Path, dst: Path) -> Path:
     return dst
 
 
-def layer_rows(files: dict[str, Path], pixels: torch.Tensor, repeats: int) -> list[dict]:
+def layer_rows(files: dict[str, Path], pixels: torch.Tensor, repeats: int, paths: list) -> list[dict]:
     rows = []
     for threads in THREADS:
         torch.set_num_threads(threads)
-        for name, path in files.items():
-            model = qcnn.load(path, threads=threads)
-            model.profile(pixels)  # warm-up
-            runs = [[p for p in model.profile(pixels) if p.kernel] for _ in range(repeats)]
-            for i, layer in enumerate(runs[0]):
-                rows.append({"model": name, "layer": layer.name, "kernel": layer.kernel, "threads": threads,
-                             "macs_per_image": layer.macs_per_image,
-                             "us_per_image": 1e6 * statistics.median(r[i].seconds for r in runs) / pixels.shape[0]})
+        for isa in paths:
+            for name, path in files.items():
+                with isa_env(isa):
+                    model = qcnn.load(path, threads=threads)
+                model.profile(pixels)  # warm-up
+                runs = [[p for p in model.profile(pixels) if p.kernel] for _ in range(repeats)]
+                for i, layer in enumerate(runs[0]):
+                    rows.append({"model": name, "isa": model.isa, "forced_isa": isa is not None, "layer": layer.name,
+                                 "kernel": layer.kernel, "threads": threads, "macs_per_image": layer.macs_per_image,
+                                 "us_per_image": 1e6 * statistics.median(r[i].seconds for r in runs) / pixels.shape[0]})
     return rows
+
+
+def ratio_row(case: str, res: dict, ref: dict, anchor: str, threads: int, isa: str, forced: bool) -> dict:
+    return {"case": f"{case} batch {BATCH} t{threads}", "qcnn_s": res["s_per_image"], "anchor": anchor,
+            "anchor_s": ref["s_per_image"], "ratio": ref["s_per_image"] / res["s_per_image"], "acc": res["acc"],
+            "anchor_acc": ref["acc"], "threads": threads, "isa": isa, "forced_isa": forced}
 
 
 def main() -> None:
@@ -101,32 +112,40 @@ def main() -> None:
         shape = tuple(pixels.shape[1:])
         bops = {name: qcnn.analysis.cost(model, shape).total["bops"] for name, model in models.items()}
 
-        results = {}
+        own_isa = qcnn.load(files["W8"]).isa
+        paths = [None] + (["avx2"] if own_isa == "avx512vnni" else [])  # None: the engine's own choice
+        results, isa_of = {}, {}
         for threads in THREADS:
             torch.set_num_threads(threads)
-            for name, path in files.items():
-                run, native, isa = qcnn_load_runner(path, threads, None)
-                results[name, threads] = measure_inprocess(run, native, pixels, test_labels, BATCH, repeats)
+            for isa in paths:
+                for name, path in files.items():
+                    run, native, isa_of[isa] = qcnn_load_runner(path, threads, isa)
+                    results[name, isa, threads] = measure_inprocess(run, native, pixels, test_labels, BATCH, repeats)
         rows = []
         pairs = [(f"binary-A{bits}", "W8") for bits in BINARY_ACT_BITS] + [("acc16", "acc16 stripped")]
-        for name, anchor in pairs:
+        for isa in paths:
+            for name, anchor in pairs:
+                for threads in THREADS:
+                    row = ratio_row(name if isa is None else f"{name} QCNN_ISA={isa}", results[name, isa, threads],
+                                    results[anchor, isa, threads], anchor, threads, isa_of[isa], isa is not None)
+                    if name.startswith("binary-A"):
+                        row["hidden_act_bits"] = int(name.removeprefix("binary-A"))
+                        row["theoretical_speedup"] = bops["W8"] / bops[name]
+                    rows.append(row)
+        if "avx2" in paths:  # the int16 accumulator (AVX2) against the VNNI GEMM's int32 one, same integers
             for threads in THREADS:
-                res, ref = results[name, threads], results[anchor, threads]
-                row = {"case": f"{name} batch {BATCH} t{threads}", "qcnn_s": res["s_per_image"], "anchor": anchor,
-                       "anchor_s": ref["s_per_image"], "ratio": ref["s_per_image"] / res["s_per_image"],
-                       "acc": res["acc"], "anchor_acc": ref["acc"], "threads": threads}
-                if name.startswith("binary-A"):
-                    row["hidden_act_bits"] = int(name.removeprefix("binary-A"))
-                    row["theoretical_speedup"] = bops["W8"] / bops[name]
-                rows.append(row)
-        layers = layer_rows(files, pixels[:BATCH], repeats)
+                rows.append(ratio_row("acc16 QCNN_ISA=avx2 vs stripped on " + own_isa, results["acc16", "avx2", threads],
+                                      results["acc16 stripped", None, threads], f"acc16 stripped ({own_isa})", threads,
+                                      "avx2", True))
+        layers = layer_rows(files, pixels[:BATCH], repeats, paths)
     load_at_end = os.getloadavg()
     report("kernels", rows, args.json, extra={
         "layers": layers, "load_average_start": load_at_start, "load_average_end": load_at_end,
         "baseline_config": str(BASELINE_CONFIG.relative_to(ROOT))})
     print("\nper layer, batch 256 (us per image):")
     for r in layers:
-        print(f"  t{r['threads']} {r['model']:<15} {r['layer']:<13} {r['kernel']:<13} {r['us_per_image']:8.2f}")
+        print(f"  t{r['threads']} {r['isa']:<10} {r['model']:<15} {r['layer']:<13} {r['kernel']:<13} "
+              f"{r['us_per_image']:8.2f}")
 
 
 if __name__ == "__main__":

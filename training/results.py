@@ -137,7 +137,7 @@ def measured_binary_speedups(bench_json: Path) -> tuple[str | None, dict[int, fl
         return None, {}
     from qcnn import config as qconfig
     doc = json.loads(bench_json.read_text())
-    rows = [r for r in doc["rows"] if "hidden_act_bits" in r]
+    rows = [r for r in doc["rows"] if "hidden_act_bits" in r and not r.get("forced_isa")]  # the engine's own path
     top = max((r["threads"] for r in rows), default=0)
     model = qconfig.load(ROOT / doc["baseline_config"]).model.name if "baseline_config" in doc else None
     return model, {r["hidden_act_bits"]: r["ratio"] for r in rows if r["threads"] == top}

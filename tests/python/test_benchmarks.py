@@ -30,12 +30,24 @@ def test_bench_kernels_quick(tmp_path):
             assert row["ratio"] == pytest.approx(row["anchor_s"] / row["qcnn_s"])
     # the acc16 file and its copy without accumulator_bits hold the same integers: the same predictions
     assert rows["acc16 batch 256 t1"]["acc"] == rows["acc16 batch 256 t1"]["anchor_acc"]
-    kernels = {(r["model"], r["layer"]): r["kernel"] for r in doc["layers"]}
-    assert kernels["binary-A2", "features.4"] == "binary a2"
-    assert kernels["binary-A1", "features.4"] == "binary a1"
-    assert kernels["binary-A8", "features.4"] == "gemm acc32"  # 8-bit activations: the GEMM
-    assert kernels["acc16", "features.4"] == "gemm acc16"
-    assert kernels["acc16 stripped", "features.4"] == "gemm acc32"
+    own_isa = {r["isa"] for r in doc["layers"] if not r["forced_isa"]}
+    assert len(own_isa) == 1
+    paths = {r["isa"] for r in doc["layers"]}
+    assert paths == ({"avx512vnni", "avx2"} if own_isa == {"avx512vnni"} else own_isa)
+    for isa in paths:
+        kernels = {(r["model"], r["layer"]): r["kernel"] for r in doc["layers"] if r["isa"] == isa}
+        assert kernels["binary-A2", "features.4"] == "binary a2"
+        assert kernels["binary-A1", "features.4"] == "binary a1"
+        # 8-bit activations: the GEMM; on avx512vnni the VNNI one, which also takes the acc16 layers
+        gemm = "gemm vnni" if isa == "avx512vnni" else "gemm acc32"
+        assert kernels["binary-A8", "features.4"] == gemm
+        assert kernels["acc16", "features.4"] == ("gemm vnni" if isa == "avx512vnni" else "gemm acc16")
+        assert kernels["acc16 stripped", "features.4"] == gemm
+        if isa == "avx2" and own_isa == {"avx512vnni"}:  # each pair on the AVX2 path too, and acc16 against VNNI
+            for name in ("binary-A2", "acc16"):
+                assert rows[f"{name} QCNN_ISA=avx2 batch 256 t2"]["isa"] == "avx2"
+            vs = rows["acc16 QCNN_ISA=avx2 vs stripped on avx512vnni batch 256 t1"]
+            assert vs["acc"] == vs["anchor_acc"]
 
 
 def test_bench_engine_quick(tmp_path):

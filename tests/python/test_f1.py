@@ -107,6 +107,7 @@ def test_binary_study_table(tmp_path):
     bench = tmp_path / "kernels.json"  # bench_kernels.py's rows: the most threads' ratio is the measured speedup
     bench.write_text(json.dumps({"rows": [{"hidden_act_bits": 2, "threads": 1, "ratio": 1.5},
                                           {"hidden_act_bits": 2, "threads": 2, "ratio": 2.5},
+                                          {"hidden_act_bits": 2, "threads": 2, "ratio": 9.0, "forced_isa": True},
                                           {"case": "acc16", "threads": 2, "ratio": 1.6}],
                                  "baseline_config": "configs/baseline.yaml"}))
     lines = results.binary_study_table(summaries, tmp_path, bench).splitlines()
