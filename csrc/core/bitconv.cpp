@@ -12,6 +12,7 @@ namespace qcnn {
 namespace {
 
 constexpr int kSlots = 2;    // pixel slots (2 or 4 pixels, BitWeights::lanes) per microkernel call
+constexpr int kSlots512 = 4;
 constexpr int kMaxLanes = 4;
 constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
 constexpr int64_t kTileRows = 32;
@@ -41,8 +42,8 @@ constexpr int64_t kSlotWords = sizeof(Slot) / sizeof(int64_t);
 
 struct KernelArgs {
   const uint8_t* image;
-  const int64_t* tap_offsets;  // [taps] bytes
-  int64_t taps, quads, quad_stride, lane1, group_stride;  // lane1: bytes from one lane's pixel to the next
+  const int64_t* step_offsets;  // [taps * quads] bytes
+  int64_t taps, quads, lane1, group_stride;  // lane1: bytes from one lane's pixel to the next
   int flush;         // steps (one table per lane) before the byte accumulators could wrap
   int64_t epoch;     // steps before the 16-bit accumulators could wrap, a multiple of flush
   int32_t bias;      // beta * taps * quads
@@ -64,7 +65,7 @@ void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t*
           for (int64_t t = 0; t < a.taps; ++t)
             for (int64_t q = 0; q < a.quads; ++q) {
               const uint8_t pattern = patterns[j * a.group_stride + pattern_index(a, t, q) + i];
-              sum += base[a.tap_offsets[t] + q * a.quad_stride + pattern];
+              sum += base[a.step_offsets[t * a.quads + q] + pattern];
             }
           acc[out * ldc + j * 16 + i] = sum - a.bias;
         }
@@ -113,12 +114,11 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
   for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
   int64_t epoch_steps = 0;
   const int64_t steps = a.taps * a.quads;
-  int64_t t = 0, q = 0;  // the step's tap and quad
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
     for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.tap_offsets[t] + q * a.quad_stride;
-      const uint8_t* pt = patterns + s * kPatternBytes;  // (t * quads + q) = s
+      const int64_t offset = a.step_offsets[s];
+      const uint8_t* pt = patterns + s * kPatternBytes;
       __m256i table[R];
       for (int r = 0; r < R; ++r) {
         const uint8_t* p = base[r] + offset;
@@ -129,10 +129,6 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
       for (int j = 0; j < J; ++j) {
         const __m256i pattern = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pt + j * a.group_stride));
         for (int r = 0; r < R; ++r) bytes[r][j] = _mm256_add_epi8(bytes[r][j], _mm256_shuffle_epi8(table[r], pattern));
-      }
-      if (++q == a.quads) {
-        q = 0;
-        ++t;
       }
     }
     widen_bytes(bytes, lo16, hi16);
@@ -154,31 +150,31 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
     }
 }
 
-// wide[r][lane][channel] += the 16-bit sums of binary_kernel_avx512 (per 128-bit lane: channels 0-7 in lo16,
-// 8-15 in hi16), through memory: once per epoch (hundreds of steps).
+// The 16-bit sums of binary_kernel_avx512 (per 128-bit lane: channels 0-7 in lo16, 8-15 in hi16) into the
+// int32 outputs of each slot's lanes: stored less the bias at the first epoch, added after it.
 template <int R, int J>
-QCNN_AVX512VNNI void widen_words512(__m512i (&lo16)[R][J], __m512i (&hi16)[R][J], int32_t (*wide)[4][J * 16]) {
+QCNN_AVX512VNNI void widen_words512(__m512i (&lo16)[R][J], __m512i (&hi16)[R][J], const Slot* slots, int32_t* acc,
+                                    int64_t ldc, bool first, int32_t bias) {
   alignas(64) uint16_t lo[32], hi[32];
+  const __m256i start = _mm256_set1_epi32(-bias);
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) {
       _mm512_store_si512(lo, lo16[r][j]);
       _mm512_store_si512(hi, hi16[r][j]);
+      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
       for (int lane = 0; lane < 4; ++lane) {
-        auto* w = reinterpret_cast<__m256i*>(wide[r][lane] + j * 16);
+        if (slots[r].out[lane] < 0) continue;
+        auto* dst = reinterpret_cast<__m256i*>(acc + slots[r].out[lane] * ldc + j * 16);
         const __m256i l = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(lo + 8 * lane)));
         const __m256i h = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(hi + 8 * lane)));
-        _mm256_store_si256(w, _mm256_add_epi32(_mm256_load_si256(w), l));
-        _mm256_store_si256(w + 1, _mm256_add_epi32(_mm256_load_si256(w + 1), h));
+        const __m256i was_lo = first ? start : _mm256_loadu_si256(dst);
+        const __m256i was_hi = first ? start : _mm256_loadu_si256(dst + 1);
+        _mm256_storeu_si256(dst, _mm256_add_epi32(was_lo, l));
+        _mm256_storeu_si256(dst + 1, _mm256_add_epi32(was_hi, h));
       }
-      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
     }
 }
 
-// GCC 12's _mm512_broadcast_i32x4 and _mm512_castsi128_si512 start from a deliberately undefined register,
-// which -Wmaybe-uninitialized reports (GCC bug 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 // The AVX-512 BW form of binary_kernel_avx2: the tables of four output pixels in the four 128-bit lanes of a
 // zmm register, so one vpshufb does 16 channels x 4 pixels x 4 input channels, 256 MACs.
 template <int R, int J, bool kContiguous>
@@ -186,18 +182,17 @@ QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots
                                           int32_t* acc, int64_t ldc) {
   const __m512i zero = _mm512_setzero_si512();
   __m512i bytes[R][J], lo16[R][J], hi16[R][J];
-  alignas(64) int32_t wide[R][4][J * 16] = {};
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) bytes[r][j] = lo16[r][j] = hi16[r][j] = zero;
   const uint8_t* base[R];
   for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
   int64_t epoch_steps = 0;
+  bool first = true;
   const int64_t steps = a.taps * a.quads;
-  int64_t t = 0, q = 0;
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
     for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.tap_offsets[t] + q * a.quad_stride;
+      const int64_t offset = a.step_offsets[s];
       const uint8_t* pt = patterns + s * kPatternBytes;
       __m512i table[R];
       for (int r = 0; r < R; ++r) {
@@ -216,10 +211,6 @@ QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots
             _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pt + j * a.group_stride)));
         for (int r = 0; r < R; ++r) bytes[r][j] = _mm512_add_epi8(bytes[r][j], _mm512_shuffle_epi8(table[r], pattern));
       }
-      if (++q == a.quads) {
-        q = 0;
-        ++t;
-      }
     }
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < J; ++j) {
@@ -228,21 +219,13 @@ QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots
         bytes[r][j] = zero;
       }
     if ((epoch_steps += a.flush) == a.epoch) {
-      widen_words512(lo16, hi16, wide);
+      widen_words512(lo16, hi16, slots, acc, ldc, first, a.bias);
+      first = false;
       epoch_steps = 0;
     }
   }
-  widen_words512(lo16, hi16, wide);
-  const __m512i bias = _mm512_set1_epi32(a.bias);
-  for (int r = 0; r < R; ++r)
-    for (int lane = 0; lane < 4; ++lane) {
-      const int64_t out = slots[r].out[lane];
-      if (out < 0) continue;
-      for (int j = 0; j < J; ++j)
-        _mm512_storeu_si512(acc + out * ldc + j * 16, _mm512_sub_epi32(_mm512_load_si512(wide[r][lane] + j * 16), bias));
-    }
+  if (epoch_steps || first) widen_words512(lo16, hi16, slots, acc, ldc, first, a.bias);
 }
-#pragma GCC diagnostic pop
 #endif
 
 using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, int32_t*, int64_t);
@@ -251,15 +234,21 @@ using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, in
   {fn<r, 1 __VA_ARGS__>, fn<r, 2 __VA_ARGS__>, fn<r, 3 __VA_ARGS__>, fn<r, 4 __VA_ARGS__>, fn<r, 5 __VA_ARGS__>, \
    fn<r, 6 __VA_ARGS__>}
 #define QCNN_BINARY_KERNELS(fn, ...) {QCNN_BINARY_ROW(fn, 1, __VA_ARGS__), QCNN_BINARY_ROW(fn, 2, __VA_ARGS__)}
+#define QCNN_BINARY_KERNELS4(fn, ...)                                                                       \
+  {QCNN_BINARY_ROW(fn, 1, __VA_ARGS__), QCNN_BINARY_ROW(fn, 2, __VA_ARGS__), QCNN_BINARY_ROW(fn, 3, __VA_ARGS__), \
+   QCNN_BINARY_ROW(fn, 4, __VA_ARGS__)}
+
+// Slots per call: kSlots, or kSlots512 on AVX-512 (4 x 6 byte accumulators + 4 tables + 1 pattern of 32 zmm).
+int slots_per_call(Isa isa) { return isa == Isa::Avx512Vnni ? kSlots512 : kSlots; }
 
 BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
-  static_assert(kSlots == 2 && kGroups == 6, "the kernel tables below");
+  static_assert(kSlots == 2 && kSlots512 == 4 && kGroups == 6, "the kernel tables below");
   static const BinaryKernel scalar[kSlots][kGroups] = QCNN_BINARY_KERNELS(binary_kernel_scalar);
 #ifdef QCNN_X86
   static const BinaryKernel avx2[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx2, , false),
                                                         QCNN_BINARY_KERNELS(binary_kernel_avx2, , true)};
-  static const BinaryKernel avx512[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx512, , false),
-                                                          QCNN_BINARY_KERNELS(binary_kernel_avx512, , true)};
+  static const BinaryKernel avx512[2][kSlots512][kGroups] = {QCNN_BINARY_KERNELS4(binary_kernel_avx512, , false),
+                                                             QCNN_BINARY_KERNELS4(binary_kernel_avx512, , true)};
   if (isa == Isa::Avx512Vnni) return avx512[contiguous][slots - 1][groups - 1];
   if (has_avx2(isa)) return avx2[contiguous][slots - 1][groups - 1];
 #endif
@@ -267,6 +256,7 @@ BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
   (void)contiguous;
   return scalar[slots - 1][groups - 1];
 }
+#undef QCNN_BINARY_KERNELS4
 #undef QCNN_BINARY_KERNELS
 #undef QCNN_BINARY_ROW
 
@@ -364,13 +354,16 @@ void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vecto
       continue;
     }
     row_quads(pc, x + iy * g.w * g.c, x_sub, quad.data());
-    for (int64_t q = 0; q < bw.quads; ++q) {
-      uint8_t* dst = row + q * layout.quad_stride;
+    // locals: the byte stores below may alias anything, which would reload every member per table
+    const uint8_t* tables = bw.tables.data();
+    const uint32_t* values = quad.data();
+    const int64_t quads = bw.quads, w = g.w, quad_stride = layout.quad_stride;
+    for (int64_t q = 0; q < quads; ++q) {
+      uint8_t* dst = row + q * quad_stride;
       zero_tables(dst, left, zero_table);
-      for (int64_t ix = 0; ix < g.w; ++ix)
-        std::memcpy(dst + (left + ix) * kTableBytes, bw.tables.data() + quad[ix * bw.quads + q] * kTableBytes,
-                    kTableBytes);
-      zero_tables(dst + (left + g.w) * kTableBytes, right, zero_table);
+      for (int64_t ix = 0; ix < w; ++ix)
+        std::memcpy(dst + (left + ix) * kTableBytes, tables + values[ix * quads + q] * kTableBytes, kTableBytes);
+      zero_tables(dst + (left + w) * kTableBytes, right, zero_table);
     }
   }
 }
@@ -407,7 +400,9 @@ BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bi
   const ImageLayout layout(g, bw.quads, bw.lanes);
   for (int ky = 0; ky < g.kh; ++ky)
     for (int kx = 0; kx < g.kw; ++kx)
-      bw.tap_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes);
+      for (int64_t q = 0; q < bw.quads; ++q)
+        bw.step_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes +
+                                  q * layout.quad_stride);
   const int b = beta(act_bits), values = 1 << (4 * act_bits);
   const uint32_t mask = (1u << act_bits) - 1;
   bw.tables.resize(static_cast<size_t>(values * kTableBytes));
@@ -450,10 +445,9 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   }
   KernelArgs a{};
   a.image = image;
-  a.tap_offsets = bw.tap_offsets.data();
+  a.step_offsets = bw.step_offsets.data();
   a.taps = taps;
   a.quads = bw.quads;
-  a.quad_stride = layout.quad_stride;
   a.lane1 = int64_t{g.sw} * kTableBytes;
   a.group_stride = taps * bw.quads * kPatternBytes;
   const int step_max = 2 * beta(bw.act_bits);
@@ -463,8 +457,8 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   const bool contiguous = g.sw == 1;
   for (int64_t b = 0; b < groups; b += kGroups) {
     const int jn = static_cast<int>(std::min<int64_t>(kGroups, groups - b));
-    for (int64_t s = 0; s < nslots; s += kSlots) {
-      const int sn = static_cast<int>(std::min<int64_t>(kSlots, nslots - s));
+    for (int64_t s = 0; s < nslots; s += slots_per_call(pc.isa)) {
+      const int sn = static_cast<int>(std::min<int64_t>(slots_per_call(pc.isa), nslots - s));
       binary_kernel(pc.isa, contiguous, sn, jn)(a, slots + s, bw.patterns.data() + b * a.group_stride,
                                                 acc + b * 16, ldc);
     }

@@ -329,7 +329,7 @@ void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
   for (int64_t m = 0; m < m_full; ++m)
     if (e.bias[m] <= -(int64_t{1} << 61) || e.bias[m] >= (int64_t{1} << 61)) return;  // |acc * mult| < 2^61 already
   pc.threshold_levels = static_cast<int>(steps + 1);
-  pc.level_thresholds.resize(static_cast<size_t>(m_full * steps));
+  pc.level_thresholds.resize(static_cast<size_t>(round_up(m_full, 16) * steps));
   pc.level_signs.resize(static_cast<size_t>(m_full));
   for (int64_t m = 0; m < m_full; ++m) {
     const int64_t sign = e.multiplier[m] < 0 ? -1 : 1;
@@ -350,7 +350,7 @@ void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
         }
         thr = static_cast<int32_t>(hi - 1);
       }
-      pc.level_thresholds[static_cast<size_t>(((m / 8) * steps + l) * 8 + m % 8)] = thr;
+      pc.level_thresholds[static_cast<size_t>(((m / 16) * steps + l) * 16 + m % 16)] = thr;
     }
   }
 }
@@ -433,42 +433,77 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
 #endif
 
 #ifdef QCNN_X86
-// v + 1 in the lanes where g > thr (cmpgt gives -1 there).
-QCNN_AVX2 inline __m256i count_above(__m256i v, __m256i g, const int32_t* thr) {
-  return _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(thr))));
+// The threshold form of the epilogue (pack_level_thresholds; thresholds [M / 16][levels - 1][16]) for `rows` rows
+// of accumulators ldc apart, channels [m0, M) (m0 a multiple of 16): per 8-channel block the sign and the S
+// thresholds stay in registers over the rows, and each code is a compare and a subtract per threshold
+// (cmpgt gives -1 where g > t).
+template <int S, typename Out>
+QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out,
+                                       int64_t m0) {
+  const int64_t m_all = pc.g.m, full = m_all / 8 * 8;
+  const __m256i base = _mm256_set1_epi32(pc.epi.lo - pc.epi.store_offset);
+  for (int64_t m = m0; m < full; m += 8) {
+    const __m256i sign = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pc.level_signs[m]));
+    const int32_t* t = pc.level_thresholds.data() + (m / 16) * S * 16 + m % 16;
+    __m256i thr[S + 1];  // S = 0: a layer with one output code
+    for (int l = 0; l < S; ++l) thr[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + l * 16));
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m256i g = _mm256_sign_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * ldc + m)), sign);
+      __m256i v = base;
+      for (int l = 0; l < S; ++l) v = _mm256_sub_epi32(v, _mm256_cmpgt_epi32(g, thr[l]));
+      store_codes8(out + r * m_all + m, v);
+    }
+  }
+  if (full < m_all)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
 }
 
-// The threshold form of the epilogue (pack_level_thresholds): a compare and a subtract per threshold, on two
-// 8-channel blocks at a time (two independent chains), 16 codes narrowed and stored together.
-template <typename Out>
-QCNN_AVX2 void threshold_epilogue_avx2(const PackedConv& pc, const int32_t* acc, Out* out) {
-  const ConvEpilogue& e = pc.epi;
-  const int64_t full = pc.g.m / 8 * 8, steps = pc.threshold_levels - 1;
-  const __m256i base = _mm256_set1_epi32(e.lo - e.store_offset);
-  auto codes = [&](int64_t m) {
-    return _mm256_sign_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)),
-                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pc.level_signs[m])));
-  };
-  int64_t m = 0;
-  for (; m + 16 <= full; m += 16) {
-    const __m256i g0 = codes(m), g1 = codes(m + 8);
-    const int32_t* t0 = pc.level_thresholds.data() + (m / 8) * steps * 8;
-    const int32_t* t1 = t0 + steps * 8;
-    __m256i v0 = base, v1 = base;
-    for (int64_t l = 0; l < steps; ++l) {
-      v0 = count_above(v0, g0, t0 + l * 8);
-      v1 = count_above(v1, g1, t1 + l * 8);
+// The same on 16-channel zmm blocks: the sign applied as (acc ^ s) - s with s = sign >> 31, a masked
+// increment per threshold, the codes narrowed by vpmovdb; the channels past the last 16 on the AVX2 form.
+template <int S, typename Out>
+QCNN_AVX512VNNI void threshold_epilogue_avx512(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows,
+                                               Out* out) {
+  const int64_t m_all = pc.g.m, full = m_all / 16 * 16;
+  const __m512i base = _mm512_set1_epi32(pc.epi.lo - pc.epi.store_offset), one = _mm512_set1_epi32(1);
+  for (int64_t m = 0; m < full; m += 16) {
+    const __m512i sign = _mm512_srai_epi32(_mm512_loadu_si512(&pc.level_signs[m]), 31);
+    const int32_t* t = pc.level_thresholds.data() + (m / 16) * S * 16;
+    __m512i thr[S + 1];
+    for (int l = 0; l < S; ++l) thr[l] = _mm512_loadu_si512(t + l * 16);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i g = _mm512_sub_epi32(_mm512_xor_si512(_mm512_loadu_si512(acc + r * ldc + m), sign), sign);
+      __m512i v = base;
+      for (int l = 0; l < S; ++l) v = _mm512_mask_add_epi32(v, _mm512_cmpgt_epi32_mask(g, thr[l]), v, one);
+      if constexpr (std::is_same_v<Out, uint8_t>)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * m_all + m), _mm512_cvtepi32_epi8(v));
+      else
+        _mm512_storeu_si512(out + r * m_all + m, v);
     }
-    store_codes16(out + m, v0, v1);
   }
-  for (; m < full; m += 8) {
-    const __m256i g = codes(m);
-    const int32_t* thr = pc.level_thresholds.data() + (m / 8) * steps * 8;
-    __m256i v = base;
-    for (int64_t l = 0; l < steps; ++l) v = count_above(v, g, thr + l * 8);
-    store_codes8(out + m, v);
+  threshold_epilogue_avx2<S>(pc, acc, ldc, rows, out, full);
+}
+
+template <int S, typename Out>
+void threshold_epilogue_s(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  if (pc.isa == Isa::Avx512Vnni)
+    threshold_epilogue_avx512<S>(pc, acc, ldc, rows, out);
+  else
+    threshold_epilogue_avx2<S>(pc, acc, ldc, rows, out, 0);
+}
+
+template <typename Out>
+void threshold_epilogue(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  static_assert(kMaxThresholdLevels == 8, "the cases below");
+  switch (pc.threshold_levels - 1) {
+    case 0: return threshold_epilogue_s<0>(pc, acc, ldc, rows, out);
+    case 1: return threshold_epilogue_s<1>(pc, acc, ldc, rows, out);
+    case 2: return threshold_epilogue_s<2>(pc, acc, ldc, rows, out);
+    case 3: return threshold_epilogue_s<3>(pc, acc, ldc, rows, out);
+    case 4: return threshold_epilogue_s<4>(pc, acc, ldc, rows, out);
+    case 5: return threshold_epilogue_s<5>(pc, acc, ldc, rows, out);
+    case 6: return threshold_epilogue_s<6>(pc, acc, ldc, rows, out);
+    default: return threshold_epilogue_s<7>(pc, acc, ldc, rows, out);  // levels <= kMaxThresholdLevels
   }
-  epilogue_scalar(pc, acc, full, pc.g.m, out);
 }
 #endif
 
@@ -476,14 +511,13 @@ template <typename Out>
 void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc, int64_t rows,
                    Out* out) {
   const int64_t m = pc.g.m;
+#ifdef QCNN_X86
+  if constexpr (!std::is_same_v<Out, float>) {
+    if (pc.threshold_levels) return threshold_epilogue(pc, acc, ldc, rows, out);
+  }
+#endif
   for (int64_t r = 0; r < rows; ++r) {
 #ifdef QCNN_X86
-    if constexpr (!std::is_same_v<Out, float>) {
-      if (pc.threshold_levels) {
-        threshold_epilogue_avx2(pc, acc + r * ldc, out + r * m);
-        continue;
-      }
-    }
     if (has_avx2(pc.isa)) {
       epilogue_avx2(pc, blocks, acc + r * ldc, m, out + r * m);
       continue;

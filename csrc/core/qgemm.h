@@ -78,7 +78,7 @@ struct BitWeights {
   int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
   std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
   std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T
-  std::vector<int64_t> tap_offsets;  // [kh * kw]: bytes from a pixel's tables to those of each kernel tap
+  std::vector<int64_t> step_offsets;  // [kh * kw][quads]: bytes from a pixel's tables to those of each tap and quad
 };
 
 struct PackedConv {
@@ -99,7 +99,7 @@ struct PackedConv {
   BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
   // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2): the requantization
   // as thresholds on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]},
-  // [M / 8][levels - 1][8], sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
+  // [M / 16][levels - 1][16], sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
   int threshold_levels = 0;
   std::vector<int32_t> level_thresholds;
   std::vector<int32_t> level_signs;  // [M / 8 * 8]
