@@ -400,20 +400,21 @@ QCNN_AVX2 inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
   return _mm256_blendv_epi8(hi, v, _mm256_cmpgt_epi64(hi, v));
 }
 
+// Channels [m0, m_count) of one row (m0 a multiple of 8).
 template <typename Out>
 QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t m_count,
-                             Out* out) {
+                             Out* out, int64_t m0 = 0) {
   const ConvEpilogue& e = pc.epi;
   const int64_t full = m_count / 8 * 8;
   if constexpr (std::is_same_v<Out, float>) {
-    for (int64_t m = 0; m < full; m += 8) {
+    for (int64_t m = m0; m < full; m += 8) {
       const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m)));
       _mm256_storeu_ps(out + m, _mm256_fmadd_ps(a, _mm256_loadu_ps(&e.scale[m]), _mm256_loadu_ps(&e.float_bias[m])));
     }
   } else {
     const __m256i zp = _mm256_set1_epi64x(e.zero_point), lo = _mm256_set1_epi64x(e.lo),
                   hi = _mm256_set1_epi64x(e.hi), offset = _mm256_set1_epi32(e.store_offset);
-    for (int64_t m = 0; m < full; m += 8) {
+    for (int64_t m = m0; m < full; m += 8) {
       const RequantBlock& b = blocks[m / 8];
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + m));
       const __m256i mult = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.multiplier));
@@ -429,6 +430,62 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
     }
   }
   epilogue_scalar(pc, acc, full, m_count, out);
+}
+
+// The int64 lanes of two RequantBlocks' 4-lane arrays: channels (0, 2, 4, 6) of the first and of the second,
+// as vpmuldq leaves the even channels of 16 in a zmm register.
+QCNN_AVX512VNNI inline __m512i join_blocks(const int64_t* first, const int64_t* second) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(first))),
+                            _mm256_load_si256(reinterpret_cast<const __m256i*>(second)), 1);
+}
+
+// RS(v + bias, shift) + zp clamped to [lo, hi] in 8 int64 lanes: AVX-512 has the arithmetic 64-bit shift and
+// the 64-bit min / max that AVX2 builds from compares and blends.
+struct Requant512 {
+  __m512i bias, shift, half, tie;
+};
+QCNN_AVX512VNNI inline __m512i requant512(__m512i v, const Requant512& q, __m512i zp, __m512i lo, __m512i hi) {
+  v = _mm512_add_epi64(v, q.bias);
+  v = _mm512_add_epi64(_mm512_add_epi64(v, q.half), _mm512_and_si512(_mm512_srlv_epi64(v, q.shift), q.tie));
+  v = _mm512_add_epi64(_mm512_srav_epi64(v, q.shift), zp);
+  return _mm512_min_epi64(_mm512_max_epi64(v, lo), hi);
+}
+
+// The requantization of `rows` rows, 16 channels at a time with each block's constants in registers over the
+// rows; a last block of 8 to 15 channels under a lane mask (its second half's constants repeat the first's,
+// masked off past 8), and the last m % 8 channels on the scalar form.
+template <typename Out>
+QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc,
+                                     int64_t rows, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t m_all = pc.g.m, full = m_all / 8 * 8;
+  const __m512i zp = _mm512_set1_epi64(e.zero_point), lo = _mm512_set1_epi64(e.lo), hi = _mm512_set1_epi64(e.hi),
+                offset = _mm512_set1_epi32(e.store_offset);
+  for (int64_t m = 0; m < full; m += 16) {
+    const bool half = m + 8 == full;
+    const __mmask16 lanes = half ? 0x00FF : 0xFFFF;
+    const RequantBlock &b0 = blocks[m / 8], &b1 = blocks[half ? m / 8 : m / 8 + 1];
+    const __m512i mult = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(b0.multiplier))),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(b1.multiplier)), 1);
+    const __m512i mult_odd = _mm512_srli_epi64(mult, 32);
+    const Requant512 even{join_blocks(b0.bias_even, b1.bias_even), join_blocks(b0.shift_even, b1.shift_even),
+                          join_blocks(b0.half_even, b1.half_even), join_blocks(b0.tie_even, b1.tie_even)};
+    const Requant512 odd{join_blocks(b0.bias_odd, b1.bias_odd), join_blocks(b0.shift_odd, b1.shift_odd),
+                         join_blocks(b0.half_odd, b1.half_odd), join_blocks(b0.tie_odd, b1.tie_odd)};
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i a = _mm512_maskz_loadu_epi32(lanes, acc + r * ldc + m);
+      const __m512i ve = requant512(_mm512_mul_epi32(a, mult), even, zp, lo, hi);
+      const __m512i vo = requant512(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), mult_odd), odd, zp, lo, hi);
+      const __m512i v = _mm512_sub_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), offset);
+      if constexpr (std::is_same_v<Out, uint8_t>)
+        _mm512_mask_cvtepi32_storeu_epi8(out + r * m_all + m, lanes, v);
+      else
+        _mm512_mask_storeu_epi32(out + r * m_all + m, lanes, v);
+    }
+  }
+  if (full < m_all)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
 }
 #endif
 
@@ -514,6 +571,7 @@ void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32
 #ifdef QCNN_X86
   if constexpr (!std::is_same_v<Out, float>) {
     if (pc.threshold_levels) return threshold_epilogue(pc, acc, ldc, rows, out);
+    if (pc.isa == Isa::Avx512Vnni) return epilogue_avx512(pc, blocks, acc, ldc, rows, out);
   }
 #endif
   for (int64_t r = 0; r < rows; ++r) {
