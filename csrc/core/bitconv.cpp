@@ -15,7 +15,8 @@ constexpr int kSlots = 2;    // pixel slots (2 or 4 pixels, BitWeights::lanes) p
 constexpr int kSlots512 = 4;
 constexpr int kMaxLanes = 4;
 constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
-constexpr int64_t kTileRows = 32;
+constexpr int64_t kTileRows = 32;      // output positions per tile, at least: whole rows of slots (bit_tile_rows)
+constexpr int64_t kMaxTileRows = 128;
 constexpr int kTableBytes = 16;
 constexpr int kPatternBytes = 32;  // 16 channels' patterns, once per lane
 
@@ -151,27 +152,23 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
 }
 
 // The 16-bit sums of binary_kernel_avx512 (per 128-bit lane: channels 0-7 in lo16, 8-15 in hi16) into the
-// int32 outputs of each slot's lanes: stored less the bias at the first epoch, added after it.
+// int32 outputs of each slot's lanes: lane l's two halves joined by one qword permute and widened, stored less
+// the bias at the first epoch, added after it.
 template <int R, int J>
 QCNN_AVX512VNNI void widen_words512(__m512i (&lo16)[R][J], __m512i (&hi16)[R][J], const Slot* slots, int32_t* acc,
                                     int64_t ldc, bool first, int32_t bias) {
-  alignas(64) uint16_t lo[32], hi[32];
-  const __m256i start = _mm256_set1_epi32(-bias);
+  const __m512i start = _mm512_set1_epi32(-bias);
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) {
-      _mm512_store_si512(lo, lo16[r][j]);
-      _mm512_store_si512(hi, hi16[r][j]);
-      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
       for (int lane = 0; lane < 4; ++lane) {
         if (slots[r].out[lane] < 0) continue;
-        auto* dst = reinterpret_cast<__m256i*>(acc + slots[r].out[lane] * ldc + j * 16);
-        const __m256i l = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(lo + 8 * lane)));
-        const __m256i h = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(hi + 8 * lane)));
-        const __m256i was_lo = first ? start : _mm256_loadu_si256(dst);
-        const __m256i was_hi = first ? start : _mm256_loadu_si256(dst + 1);
-        _mm256_storeu_si256(dst, _mm256_add_epi32(was_lo, l));
-        _mm256_storeu_si256(dst + 1, _mm256_add_epi32(was_hi, h));
+        const __m512i pick = _mm512_setr_epi64(2 * lane, 2 * lane + 1, 8 + 2 * lane, 9 + 2 * lane, 0, 0, 0, 0);
+        const __m512i sums = _mm512_cvtepu16_epi32(
+            _mm512_castsi512_si256(_mm512_permutex2var_epi64(lo16[r][j], pick, hi16[r][j])));
+        int32_t* dst = acc + slots[r].out[lane] * ldc + j * 16;
+        _mm512_storeu_si512(dst, _mm512_add_epi32(first ? start : _mm512_loadu_si512(dst), sums));
       }
+      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
     }
 }
 
@@ -465,10 +462,18 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   }
 }
 
-int64_t bit_tile_rows(const PackedConv&) { return kTileRows; }
+// Whole output rows, at least kTileRows positions, and where it fits in kMaxTileRows a slot count that fills
+// every microkernel call (a row's last slot is partial, and a call with fewer slots costs as much per step).
+int64_t bit_tile_rows(const PackedConv& pc) {
+  const int64_t ow = pc.g.ow, per_row = (ow + pc.bits.lanes - 1) / pc.bits.lanes, per_call = slots_per_call(pc.isa);
+  const int64_t rows = std::max<int64_t>(1, (kTileRows + ow - 1) / ow);
+  for (int64_t r = rows; r * ow <= kMaxTileRows; ++r)
+    if (r * per_row % per_call == 0) return r * ow;
+  return rows * ow;
+}
 
 int64_t bit_scratch_bytes(const PackedConv& pc) {
-  return ImageLayout(pc).total + kTileRows * kSlotWords * 8;
+  return ImageLayout(pc).total + bit_tile_rows(pc) * kSlotWords * 8;
 }
 
 }  // namespace qcnn
