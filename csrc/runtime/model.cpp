@@ -863,6 +863,10 @@ void with_stored(const CodesIn& in, F&& f) {
 }
 }  // namespace
 
+namespace {
+constexpr int64_t kMinSharedLayerMacs = int64_t{1} << 24;
+}  // namespace
+
 void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads) const {
   const Value& out = values[node.output];
   const Value& x = values[node.inputs[0]];
@@ -872,6 +876,9 @@ void Plan::run_node(const Node& node, uint8_t* arena, float* logits, int threads
     case Op::Linear: {
       const ConvStep& st = std::get<ConvStep>(node.step);
       const int64_t positions = st.packed.g.positions();
+      // Few images: the threads share a layer only where it is large enough to pay for the split (measured at
+      // batch 1 on 2 threads: splitting the demo net's 4M-MAC layers, 10-12 us each, made it slower than 1 thread).
+      if (st.packed.g.macs() < kMinSharedLayerMacs) threads = 1;
       if (!out.is_float()) {
         conv_image(st.packed, arena + x.arena_offset, x.storage, st.x_sub, arena + out.arena_offset, out.storage,
                    threads);
