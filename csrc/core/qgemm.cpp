@@ -356,7 +356,7 @@ void pack_level_thresholds(PackedConv& pc, int64_t acc_bound) {
 }
 
 #ifdef QCNN_X86
-// 8 (16) output codes in int32 lanes, stored as Out: narrowed to uint8 (each code is in [0, 255]), or as is.
+// 8 output codes in int32 lanes, stored as Out: narrowed to uint8 (each code is in [0, 255]), or as is.
 template <typename Out>
 QCNN_AVX2 inline void store_codes8(Out* out, __m256i v) {
   if constexpr (std::is_same_v<Out, uint8_t>) {
@@ -364,19 +364,6 @@ QCNN_AVX2 inline void store_codes8(Out* out, __m256i v) {
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w16, w16));
   } else {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
-  }
-}
-
-template <typename Out>
-QCNN_AVX2 inline void store_codes16(Out* out, __m256i v0, __m256i v1) {
-  if constexpr (std::is_same_v<Out, uint8_t>) {
-    // packus works within 128-bit halves: (v0 lo, v1 lo, v0 hi, v1 hi) back into channel order
-    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v0, v1), 0xD8);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
-                     _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1)));
-  } else {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), v1);
   }
 }
 
@@ -432,11 +419,29 @@ QCNN_AVX2 void epilogue_avx2(const PackedConv& pc, const RequantBlock* blocks, c
   epilogue_scalar(pc, acc, full, m_count, out);
 }
 
-// The int64 lanes of two RequantBlocks' 4-lane arrays: channels (0, 2, 4, 6) of the first and of the second,
-// as vpmuldq leaves the even channels of 16 in a zmm register.
-QCNN_AVX512VNNI inline __m512i join_blocks(const int64_t* first, const int64_t* second) {
+// Two RequantBlocks' 32-byte arrays in one zmm register: the multipliers of 16 channels, or the int64 lanes of
+// channels (0, 2, 4, 6) of the first and of the second, as vpmuldq leaves the even channels of 16.
+template <typename T>
+QCNN_AVX512VNNI inline __m512i join_blocks(const T* first, const T* second) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(first))),
                             _mm256_load_si256(reinterpret_cast<const __m256i*>(second)), 1);
+}
+
+// The `lanes` of 16 output codes in int32 lanes, stored as Out as store_codes8 does: narrowed to uint8 by vpmovdb
+// in registers (its memory form is slow on AMD), all 16 by a plain store.
+template <typename Out>
+QCNN_AVX512VNNI inline void store_codes512(Out* out, __mmask16 lanes, __m512i v) {
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    const __m128i codes = _mm512_cvtepi32_epi8(v);
+    if (lanes == 0xFFFF)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), codes);
+    else
+      _mm_mask_storeu_epi8(out, lanes, codes);
+  } else if (lanes == 0xFFFF) {
+    _mm512_storeu_si512(out, v);
+  } else {
+    _mm512_mask_storeu_epi32(out, lanes, v);
+  }
 }
 
 // RS(v + bias, shift) + zp clamped to [lo, hi] in 8 int64 lanes: AVX-512 has the arithmetic 64-bit shift and
@@ -465,9 +470,7 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
     const bool half = m + 8 == full;
     const __mmask16 lanes = half ? 0x00FF : 0xFFFF;
     const RequantBlock &b0 = blocks[m / 8], &b1 = blocks[half ? m / 8 : m / 8 + 1];
-    const __m512i mult = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(b0.multiplier))),
-        _mm256_load_si256(reinterpret_cast<const __m256i*>(b1.multiplier)), 1);
+    const __m512i mult = join_blocks(b0.multiplier, b1.multiplier);
     const __m512i mult_odd = _mm512_srli_epi64(mult, 32);
     const Requant512 even{join_blocks(b0.bias_even, b1.bias_even), join_blocks(b0.shift_even, b1.shift_even),
                           join_blocks(b0.half_even, b1.half_even), join_blocks(b0.tie_even, b1.tie_even)};
@@ -477,11 +480,8 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
       const __m512i a = _mm512_maskz_loadu_epi32(lanes, acc + r * ldc + m);
       const __m512i ve = requant512(_mm512_mul_epi32(a, mult), even, zp, lo, hi);
       const __m512i vo = requant512(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), mult_odd), odd, zp, lo, hi);
-      const __m512i v = _mm512_sub_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), offset);
-      if constexpr (std::is_same_v<Out, uint8_t>)
-        _mm512_mask_cvtepi32_storeu_epi8(out + r * m_all + m, lanes, v);
-      else
-        _mm512_mask_storeu_epi32(out + r * m_all + m, lanes, v);
+      store_codes512(out + r * m_all + m, lanes,
+                     _mm512_sub_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), offset));
     }
   }
   if (full < m_all)
@@ -531,10 +531,7 @@ QCNN_AVX512VNNI void threshold_epilogue_avx512(const PackedConv& pc, const int32
       const __m512i g = _mm512_sub_epi32(_mm512_xor_si512(_mm512_loadu_si512(acc + r * ldc + m), sign), sign);
       __m512i v = base;
       for (int l = 0; l < S; ++l) v = _mm512_mask_add_epi32(v, _mm512_cmpgt_epi32_mask(g, thr[l]), v, one);
-      if constexpr (std::is_same_v<Out, uint8_t>)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * m_all + m), _mm512_cvtepi32_epi8(v));
-      else
-        _mm512_storeu_si512(out + r * m_all + m, v);
+      store_codes512(out + r * m_all + m, 0xFFFF, v);
     }
   }
   threshold_epilogue_avx2<S>(pc, acc, ldc, rows, out, full);
@@ -969,7 +966,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
   if (const int act_bits = binary_act_bits(g, weight, x)) {
     pc.bits = pack_bit_weights(g, weight, act_bits, isa);
-  } else if (pack_vnni(pc, weight, x)) {
+  } else if (pack_vnni(pc, weight, x)) {  // pc.weights_quads and pc.vnni_acc_start are set
   } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
     pc.acc16 = true;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
