@@ -35,9 +35,29 @@ def load_baseline(cfg: qconfig.RunConfig, script: str) -> tuple[torch.nn.Module,
     if not source.is_file():
         raise SystemExit(f"{script}: float baseline {source} not found; train it with training/train.py "
                          "or set 'baseline' in the config")
+    check_baseline_split(cfg, source, script)
     model = models.create(cfg.model.name, **cfg.model.kwargs)
     model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
     return model, source
+
+
+def check_baseline_split(cfg: qconfig.RunConfig, source: Path, script: str) -> None:
+    """Stops `script` when the baseline's run (its config.yaml beside model.pt, where there is one) drew its
+    validation split differently: the validation images, on which every selection is made, would then include
+    images the baseline was trained on. Safe: the same data.seed and a data.val_size no larger than the
+    baseline's (train_val_indices takes the first val_size of one permutation)."""
+    saved_path = source.parent / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = qconfig.DataConfig.from_dict(qconfig._read_mapping(saved_path).get("data"), "data")
+    except qconfig.ConfigError as err:
+        raise SystemExit(f"{script}: cannot read the float baseline's config {saved_path}: {err}") from err
+    if saved.seed != cfg.data.seed or cfg.data.val_size > saved.val_size:
+        raise SystemExit(f"{script}: the float baseline {source} was trained with data.val_size={saved.val_size}, "
+                         f"data.seed={saved.seed} ({saved_path}); this config's data.val_size={cfg.data.val_size}, "
+                         f"data.seed={cfg.data.seed} would validate on images the baseline was trained on. Use "
+                         "the baseline's seed and a val_size no larger than its own, or retrain the baseline")
 
 
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:

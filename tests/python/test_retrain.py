@@ -282,3 +282,28 @@ def test_refit_weights_of_named_layers_only():
     assert both["change_fraction"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="'classifier'"):
         qz.refit_weights(net, layers=["classifier"])
+
+
+def test_baseline_trained_on_the_validation_images_is_refused(tmp_path):
+    from training_scripts import load_training_script
+    script = load_training_script("retrain")
+    run = tmp_path / "base"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"")
+    qconfig.dump(qconfig.from_dict({"name": "base", "data": {"val_size": 5000, "seed": 3}}), run / "config.yaml")
+
+    def check(**data):
+        cfg = qconfig.from_dict({"name": "q", "baseline": str(run / "model.pt"), "data": data})
+        script.check_baseline_split(cfg, run / "model.pt", "retrain.py")
+
+    check(val_size=5000, seed=3)
+    check(val_size=1000, seed=3)  # a prefix of the baseline's own validation split
+    with pytest.raises(SystemExit, match=r"data.val_size=5000, data.seed=3.*val_size=10000"):
+        check(val_size=10000, seed=3)
+    with pytest.raises(SystemExit, match=r"data.seed=0"):
+        check(val_size=5000, seed=0)
+    (run / "config.yaml").write_text("data: {val_size: -4}\n")
+    with pytest.raises(SystemExit, match=r"cannot read the float baseline's config .*data.val_size"):
+        check(val_size=5000, seed=3)
+    (run / "config.yaml").unlink()
+    check(val_size=10000, seed=0)  # a model file without its run: nothing to compare
