@@ -1,4 +1,4 @@
-"""Deploy a retrained run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it on the test set
+"""Deploy a retrained or fixed-point-searched run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it on the test set
 with qcnn.load (the C++ integer engine through qcnn._C) and with build/qcnn-infer (the same engine, no Python),
 compare both with the fake-quant PyTorch model (top-1 agreement and accuracy) and with each other (the logits
 must be bit-identical: `logits_identical`). Writes runs/<name>/deploy.json.
@@ -24,17 +24,30 @@ import torch  # noqa: E402
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, data, engine, models  # noqa: E402
 from qcnn.export import ExportReport, to_graph  # noqa: E402
+from qcnn.search import fixed_point_search  # noqa: E402
 
 DEFAULT_INFER = ROOT / "build" / "qcnn-infer"
 
 
 def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
-    """The retrained quantized model of a run (its resolved config.yaml and model.pt), in eval mode."""
-    cfg = qconfig.load(run_dir / "config.yaml")
-    if cfg.quant is None:
-        raise ValueError(f"{run_dir / 'config.yaml'}: the run has no 'quant' section; only quantized runs deploy")
-    model = models.create(cfg.model.name, **cfg.model.kwargs)
-    qcnn.quantize_(model, cfg.quant)
+    """The quantized model of a run (its resolved config.yaml and model.pt), in eval mode: a retrained run
+    (config.yaml's quant section) or a fixed-point search run (plan.json applied to the BN-folded float net)."""
+    plan_path = run_dir / "plan.json"
+    try:
+        plan_doc = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{plan_path}: cannot read the run's plan ({err})") from err
+    if isinstance(plan_doc, dict) and plan_doc.get("format") == fixed_point_search.PLAN_FORMAT:
+        cfg, _ = qconfig.load_with_search(run_dir / "config.yaml", fixed_point_search.FixedPointSearchConfig)
+        plan = fixed_point_search.FixedPointPlan.from_dict(plan_doc)
+        model = plan.apply(qcnn.fold_batchnorm(models.create(cfg.model.name, **cfg.model.kwargs)))
+    else:
+        cfg = qconfig.load(run_dir / "config.yaml")
+        if cfg.quant is None:
+            raise ValueError(f"{run_dir / 'config.yaml'}: the run has no 'quant' section and no fixed-point plan; "
+                             "only quantized runs deploy")
+        model = models.create(cfg.model.name, **cfg.model.kwargs)
+        qcnn.quantize_(model, cfg.quant)
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     data.set_input_spec(model, data.FASHION_MNIST_INPUT)  # what a run config's data section reads

@@ -504,6 +504,9 @@ def test_script_reads_the_test_split_only_after_the_search(tmp_path, monkeypatch
     rebuilt.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     assert _accuracy(rebuilt, splits.val) == summary["val_acc"]
     assert _accuracy(rebuilt, splits.test) == summary["test_acc"]
+    deployed, _ = load_training_script("deploy").load_quantized(run)  # what training/deploy.py exports
+    assert isinstance(deployed.features[0], QuantConv2d) and not deployed.training
+    assert _accuracy(deployed, splits.val) == summary["val_acc"]
 
     config.write_text(config.read_text().replace("budget: 0.02", "budget: 2"))
     with pytest.raises(ConfigError, match="search.budget"):

@@ -28,7 +28,9 @@ the float model, (acc_float - acc) / acc_float; T = budget):
       `local_min_gain` (a fraction; 0.0015 as the authors' code, which keeps its local search only for such a
       gain); repeated from the new choice until nothing moves. Neighbours with BW+1 are never cheaper, so they
       are not evaluated.
-   A layer whose start format already exceeds its budget (possible for early weights, budget T*i/L) keeps it.
+   A layer whose start format already exceeds its budget (possible for early weights, budget T*i/L) keeps it
+   (its history record says within_budget False): where the start itself loses more than T/L, start_bits=12
+   (the paper's start) gives those layers room.
 
 Speed: a candidate for layer i changes nothing before layer i, so the search keeps, per validation batch, the
 values live just before layer i's call (for a chain, layer i's input; for a residual net, the skip tensors too;
@@ -757,7 +759,9 @@ class _Search:
         self.history.append(record)
         self.log(f"{component:11s} {name:24s} budget {100 * budget:.3f}%: ({start_fmt[0]}, {start_fmt[1]}) -> "
                  f"({current[0]}, {current[1]}), val acc {record['val_acc']:.2f}%, relative drop "
-                 f"{100 * record['relative_drop']:.3f}%, {record['candidates']} candidates")
+                 f"{100 * record['relative_drop']:.3f}%, {record['candidates']} candidates"
+                 + ("" if record["within_budget"] else " (kept: the drop before this layer already exceeds its "
+                    "budget; a higher start_bits leaves early layers room)"))
 
     def run(self) -> FixedPointPlan:
         t0 = time.perf_counter()
