@@ -214,16 +214,31 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
   with_input(in, [&](auto src) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
     T* dst = static_cast<T*>(out.data);
+    if (ow == 0) return;
+    if (max) {
+      // Separable: the max over a window's rows first, along whole rows (long vector runs), then over its
+      // columns; each cell is read once per window row instead of once per window.
+      const int64_t first = cols.begin[0] * c, span = (cols.end[ow - 1] - cols.begin[0]) * c;
+      thread_local std::vector<T> column_max;
+      column_max.resize(static_cast<size_t>(span));
+      T* v = column_max.data();  // v[x * c + ch - first] for the columns the windows cover
+      for (int64_t oy = 0; oy < rows.size(); ++oy) {
+        const int64_t y0 = rows.begin[oy], y1 = rows.end[oy];
+        std::copy(src + y0 * w * c + first, src + y0 * w * c + first + span, v);
+        for (int64_t yy = y0 + 1; yy < y1; ++yy) max_into(v, src + yy * w * c + first, span);
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const int64_t x0 = cols.begin[ox], x1 = cols.end[ox];
+          T* d = dst + (oy * ow + ox) * c;
+          std::copy(v + x0 * c - first, v + (x0 + 1) * c - first, d);
+          for (int64_t xx = x0 + 1; xx < x1; ++xx) max_into(d, v + xx * c - first, c);
+        }
+      }
+      return;
+    }
     for (int64_t oy = 0; oy < rows.size(); ++oy)
       for (int64_t ox = 0; ox < ow; ++ox) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy], x0 = cols.begin[ox], x1 = cols.end[ox];
         T* d = dst + (oy * ow + ox) * c;
-        if (max) {
-          std::copy(src + (y0 * w + x0) * c, src + (y0 * w + x0 + 1) * c, d);
-          for (int64_t yy = y0; yy < y1; ++yy)
-            for (int64_t xx = x0; xx < x1; ++xx) max_into(d, src + (yy * w + xx) * c, c);
-          continue;
-        }
         std::fill(sum.begin(), sum.end(), 0);
         for (int64_t yy = y0; yy < y1; ++yy)
           for (int64_t xx = x0; xx < x1; ++xx) {

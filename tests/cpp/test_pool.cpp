@@ -1,5 +1,5 @@
 // Max pooling of NHWC codes against a direct reference: every channel count from 1 to 70 (the vector steps of
-// 16 and 8 and their tails), uint8 and int32 storage, overlapping and padded windows.
+// 16 and 8 and their tails), uint8 and int32 storage, overlapping, padded, ceil-mode and adaptive windows.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -35,9 +35,13 @@ TEST_CASE("max pool equals the direct reference for every channel count", "[pool
   for (int64_t c = 1; c <= 70; ++c) {
     const int kernel = pick(2, 3), stride = pick(1, 2), pad = pick(0, kernel / 2);
     const int64_t h = pick(kernel, 9), w = pick(kernel, 9);
-    const PoolAxis rows = pool_axis(h, kernel, stride, pad, false, true, "rows");
-    const PoolAxis cols = pool_axis(w, kernel, stride, pad, false, true, "cols");
-    INFO("c=" << c << " kernel " << kernel << " stride " << stride << " pad " << pad << " " << h << "x" << w);
+    const int mode = static_cast<int>(c % 3);  // 0: floor, 1: ceil mode, 2: adaptive (out may exceed in)
+    const PoolAxis rows = mode == 2 ? adaptive_pool_axis(h, pick(1, static_cast<int>(h) + 2), "rows")
+                                    : pool_axis(h, kernel, stride, pad, mode == 1, true, "rows");
+    const PoolAxis cols = mode == 2 ? adaptive_pool_axis(w, pick(1, static_cast<int>(w) + 2), "cols")
+                                    : pool_axis(w, kernel, stride, pad, mode == 1, true, "cols");
+    INFO("c=" << c << " mode " << mode << " kernel " << kernel << " stride " << stride << " pad " << pad << " " << h
+              << "x" << w);
     std::vector<uint8_t> x8(static_cast<size_t>(h * w * c));
     for (auto& v : x8) v = static_cast<uint8_t>(pick(0, 255));
     std::vector<uint8_t> out8(static_cast<size_t>(rows.size() * cols.size() * c));
