@@ -1,7 +1,7 @@
-"""Deploy a retrained or fixed-point-searched run: export runs/<name>/model.qcnn (and a Huffman-coded copy), run it on the test set
-with qcnn.load (the C++ integer engine through qcnn._C) and with build/qcnn-infer (the same engine, no Python),
-compare both with the fake-quant PyTorch model (top-1 agreement and accuracy) and with each other (the logits
-must be bit-identical: `logits_identical`). Writes runs/<name>/deploy.json.
+"""Deploy a retrained or fixed-point-searched run: export runs/<name>/model.qcnn (and a Huffman-coded copy),
+run it on the test set with qcnn.load (the C++ integer engine through qcnn._C) and with build/qcnn-infer (the
+same engine, no Python), compare both with the fake-quant PyTorch model (top-1 agreement and accuracy) and
+with each other (the logits must be bit-identical: `logits_identical`). Writes runs/<name>/deploy.json.
 
 python training/deploy.py --run runs/w3_kmeans [--infer build/qcnn-infer] [--threads N] [--images N]
 """
