@@ -218,7 +218,20 @@ def test_input_shape_that_does_not_fit_the_model():
     with pytest.raises(ValueError, match="input_shape"):
         cost(_float_net(), (3, 5, 5))
     with pytest.raises(ValueError, match="example"):
-        cost(_float_net(), (1, 5, 5), example=torch.zeros(1, 1, 5, 5))
+        cost(_float_net(), (1, 5, 5), example=torch.zeros(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="example"):
+        cost(_float_net(), (1, 5, 5), example=torch.zeros(1, 5, 4))
+
+
+def test_an_example_may_carry_a_batch_of_one():
+    example = torch.randn(1, 5, 5)
+    assert cost(_float_net(), (1, 5, 5), example=example[None]).total == \
+        cost(_float_net(), (1, 5, 5), example=example).total
+
+
+def test_an_input_too_large_to_trace_is_refused_before_any_allocation():
+    with pytest.raises(ValueError, match=r"input_shape \(1, 100000, 100000\) has 10,000,000,000 elements"):
+        cost(_float_net(), (1, 100000, 100000))
 
 
 def test_model_without_conv_or_linear():

@@ -260,6 +260,8 @@ def test_plan_round_trip_table_and_validation():
 def test_plan_apply_errors():
     plan = _hand_plan()
     with pytest.raises(ValueError, match="no module named 'conv1'"):
+        plan.apply(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match=r"no formats for the model's layers \['0'\]"):
         plan.apply(nn.Sequential(nn.Conv2d(1, 4, 3)))
     with pytest.raises(ValueError, match="fold_batchnorm"):
         plan.apply(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
@@ -267,6 +269,13 @@ def test_plan_apply_errors():
     mismatched.conv1, mismatched.fc = nn.Conv2d(1, 5, 3), nn.Linear(8, 4)
     with pytest.raises(ValueError, match="45 weights"):
         plan.apply(mismatched)
+    half = nn.Module()  # conv1 matches, fc does not: nothing may be replaced
+    half.conv1, half.fc = nn.Conv2d(1, 4, 3), nn.Linear(9, 4)
+    with pytest.raises(ValueError, match="'fc' is a linear with 36 weights"):
+        plan.apply(half)
+    assert type(half.conv1) is nn.Conv2d
+    with pytest.raises(ValueError, match="at least one layer"):
+        FixedPointPlan.from_dict({**plan.to_dict(), "layers": []})
 
 
 # ---------------------------------------------------------------------------------------------- the search
@@ -438,6 +447,22 @@ def test_search_argument_errors(teacher):
         fixed_point(net, [x[:8]])
     with pytest.raises(ValueError, match="classifies no sample"):
         fixed_point(net, [(x[:64], torch.full((64,), 9))])
+    with pytest.raises(ValueError, match="no nn.Conv2d or nn.Linear"):
+        fixed_point(nn.Sequential(nn.Flatten()), loader)
+
+
+def test_search_refuses_bad_batches_by_name(teacher):
+    net, x, y = teacher
+    with pytest.raises(ValueError, match="labels must be a 1-D integer tensor.*batch 1 has torch.float32"):
+        fixed_point(net, [(x[:8], y[:8]), (x[8:16], y[8:16].float())])
+    with pytest.raises(ValueError, match="labels must be a 1-D integer tensor.*shape \\(7,\\)"):
+        fixed_point(net, [(x[:8], y[:7])])
+    poisoned = x[:16].clone()
+    poisoned[3, 0] = math.nan
+    with pytest.raises(ValueError, match="holds NaN or inf \\(batch 0 of val_loader\\)"):
+        fixed_point(net, [(poisoned, y[:16])])
+    with pytest.raises(ValueError, match="cannot run on batch 0 of val_loader \\(inputs of shape \\(8, 3, 8, 8\\)\\)"):
+        fixed_point(net, [(x[:8].expand(8, 3, 8, 8), y[:8])])
 
 
 def test_search_config_errors_name_the_key():

@@ -28,6 +28,7 @@ Definitions (l runs over the nn.Conv2d / nn.Linear layers, qcnn's QuantConv2d / 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -37,6 +38,7 @@ FLOAT_BITS = 32
 INT8_BITS = 8
 CODEBOOK_LEVEL_BITS = 16  # levels are stored as I16 (docs/FORMAT.md section 3)
 POPCOUNT_WORD_BITS = 64
+MAX_INPUT_ELEMENTS = 1 << 27  # one sample of 3 x 6688 x 6688; the forward's activations are some multiple of it
 
 
 @dataclass
@@ -201,14 +203,15 @@ def _codebook_bits(quantizer, weight_bits: int) -> int:
 def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) -> CostReport:
     """The bit-operation cost of `model` on one input of shape `input_shape` (one sample, WITHOUT the batch
     dimension, e.g. (1, 28, 28); a batch of one is prepended). A 4-D shape is an NCHW batch shape, which no
-    single sample of a 2-D CNN has: its batch size is dropped and the cost is still per sample. The shapes are traced with forward hooks on a
-    deep copy of the model in eval mode (so lazy quantizer fits and BatchNorm statistics of `model` stay
-    untouched), fed with zeros or with `example` (a tensor of shape `input_shape`). A layer run more than
-    once adds the MACs and activations of every call. Formulas: see the module docstring.
+    single sample of a 2-D CNN has: its batch size is dropped and the cost is still per sample. The shapes are
+    traced with forward hooks on a deep copy of the model in eval mode (so lazy quantizer fits and BatchNorm
+    statistics of `model` stay untouched), fed with zeros or with `example` (a tensor of shape `input_shape`,
+    or a batch of one of it). A layer run more than once adds the MACs and activations of every call.
+    Formulas: see the module docstring.
 
     Raises TypeError if `model` is not an nn.Module, ValueError if input_shape is not a sequence of
-    positive ints, if `example` does not have that shape, if the model has no nn.Conv2d / nn.Linear that
-    runs on this input, or if the model cannot run on it.
+    positive ints or has more than MAX_INPUT_ELEMENTS elements, if `example` does not have that shape, if the
+    model has no nn.Conv2d / nn.Linear that runs on this input, or if the model cannot run on it.
     """
     from ..engine import unwrap
     if not isinstance(model, nn.Module):
@@ -219,7 +222,12 @@ def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) 
     model = unwrap(model)
     if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
         raise ValueError("cost: model has no nn.Conv2d or nn.Linear layer")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"cost: input_shape {shape} has {math.prod(shape):,} elements per sample, more than the "
+                         f"{MAX_INPUT_ELEMENTS:,} a traced forward is allowed")
     if example is not None:
+        if isinstance(example, torch.Tensor) and tuple(example.shape) == (1, *shape):
+            example = example[0]
         if not isinstance(example, torch.Tensor) or tuple(example.shape) != shape:
             got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
             raise ValueError(f"cost: example must be a tensor of shape input_shape {shape}, got {got}")

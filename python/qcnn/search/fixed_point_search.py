@@ -173,6 +173,8 @@ class FixedPointPlan:
         if not isinstance(self.layers, list) or not all(isinstance(l, LayerFixedPoint) for l in self.layers):
             raise TypeError("FixedPointPlan: layers must be a list of LayerFixedPoint")
         names = [layer.name for layer in self.layers]
+        if not names:
+            raise ValueError("FixedPointPlan: a plan needs at least one layer")
         if len(set(names)) != len(names):
             raise ValueError(f"FixedPointPlan: layer names repeat: {names}")
         if not isinstance(self.stats, dict):
@@ -180,18 +182,27 @@ class FixedPointPlan:
 
     # ----------------------------------------------------------------------------------------- applying
     def apply(self, model: nn.Module) -> nn.Module:
-        """Replaces every planned nn.Conv2d/nn.Linear of the float, BN-folded `model` (in place) by a QuantConv2d /
+        """Replaces every nn.Conv2d/nn.Linear of the float, BN-folded `model` (in place) by a QuantConv2d /
         QuantLinear sharing its parameters, with FixedPointWeightQuantizer, FixedPointAct (input) and
-        FixedPointQuantizer (bias) in the planned formats. Returns `model`."""
+        FixedPointQuantizer (bias) in the planned formats. Returns `model`. The plan must name every conv/linear
+        layer of the model, and nothing else; on any mismatch the model is left unchanged."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"FixedPointPlan.apply: model must be an nn.Module, got {type(model).__name__}")
         _reject_batchnorm(model, "FixedPointPlan.apply")
         modules = dict(model.named_modules())
+        planned = {layer.name for layer in self.layers}
+        unplanned = [name for name, m in modules.items()
+                     if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in planned]
+        if unplanned:
+            raise ValueError(f"FixedPointPlan.apply: the plan has no formats for the model's layers {unplanned}")
+        replacements = []
         for layer in self.layers:
             module = modules.get(layer.name)
             if module is None:
                 raise ValueError(f"FixedPointPlan.apply: the model has no module named {layer.name!r}")
-            set_submodule(model, layer.name, _quantized_layer(module, layer))
+            replacements.append((layer.name, _quantized_layer(module, layer)))
+        for name, quantized in replacements:
+            set_submodule(model, name, quantized)
         return model
 
     # ------------------------------------------------------------------------------------------- costs
@@ -429,7 +440,13 @@ def _loader_batches(loader: Iterable, max_batches: int | None, device: torch.dev
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2
                 and all(isinstance(t, torch.Tensor) for t in batch)):
             raise TypeError("qcnn.search.fixed_point: val_loader must yield (inputs, labels) pairs of tensors")
-        yield batch[0].to(device), batch[1].to(device)
+        x, y = batch
+        if x.dim() == 0 or y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point or y.dtype.is_complex \
+                or y.dtype == torch.bool:
+            raise ValueError("qcnn.search.fixed_point: val_loader's labels must be a 1-D integer tensor with one "
+                             f"class index per input; batch {b} has {y.dtype} labels of shape {tuple(y.shape)} for "
+                             f"inputs of shape {tuple(x.shape)}")
+        yield x.to(device), y.to(device)
 
 
 class _Scorer:
@@ -544,8 +561,8 @@ class _Search:
             if isinstance(getattr(module, "inplace", None), bool):
                 module.inplace = False  # cached tensors must not be overwritten (see the module docstring)
         self.work = work
-        self.device = next(work.parameters()).device
         self.layers = self._find_layers(work)
+        self.device = next(work.parameters()).device
         self.scorer = _Scorer(work, loader, max_batches, self.device, cache_bytes)
         self._calibrate(loader, max_batches, calibration_batches, cache_bytes)
         self._install_quantizers()
@@ -598,7 +615,11 @@ class _Search:
                         order.append(name)
                     info.act_count = x[0].numel()
                 if calibration_batches is None or state["batch"] < calibration_batches:
-                    info.act_peak = max(info.act_peak, float(x.detach().abs().max()))
+                    peak = float(x.detach().abs().max())
+                    if not math.isfinite(peak):  # max() below would drop a NaN
+                        raise ValueError(f"qcnn.search.fixed_point: the input of layer {name!r} holds NaN or inf "
+                                         f"(batch {state['batch']} of val_loader)")
+                    info.act_peak = max(info.act_peak, peak)
             return hook
 
         def post_hook(name):
@@ -617,7 +638,11 @@ class _Search:
         stored_bytes = correct = seen = 0
         try:
             for x, y in _loader_batches(loader, max_batches, self.device):
-                logits = self.work(x)
+                try:
+                    logits = self.work(x)
+                except (RuntimeError, TypeError, IndexError) as err:
+                    raise ValueError(f"qcnn.search.fixed_point: the model cannot run on batch {state['batch']} of "
+                                     f"val_loader (inputs of shape {tuple(x.shape)}): {err}") from err
                 if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
                     raise ValueError("qcnn.search.fixed_point: the model must return logits [batch, classes]")
                 correct += int((logits.argmax(1) == y).sum())
