@@ -37,7 +37,12 @@ def load_baseline(cfg: qconfig.RunConfig, script: str) -> tuple[torch.nn.Module,
                          "or set 'baseline' in the config")
     check_baseline_split(cfg, source, script)
     model = models.create(cfg.model.name, **cfg.model.kwargs)
-    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    try:  # a hostile or truncated file raises anything from the unpickler
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:
+        raise SystemExit(f"{script}: float baseline {source} is not a state dict of model {cfg.model.name!r} "
+                         f"({type(err).__name__}: {str(err)[:300]})") from err
     return model, source
 
 
@@ -130,4 +135,4 @@ def format_rounds(rounds: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    train_script.run_script(main)

@@ -33,6 +33,7 @@ from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchCo
                                            accumulator_report, base_quant_config)
 
 from retrain import load_baseline  # noqa: E402
+from train import run_script  # noqa: E402
 
 OVERFLOW_CHECK_IMAGES = 200
 
@@ -134,4 +135,4 @@ def load_plan(path: Path) -> AccumulatorPlan:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

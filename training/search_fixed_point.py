@@ -28,6 +28,7 @@ from qcnn.data import build_loaders  # noqa: E402
 from qcnn.search.fixed_point_search import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
 
 from retrain import load_baseline  # noqa: E402
+from train import run_script  # noqa: E402
 
 
 def relative_drop(reference: float, value: float) -> float:
@@ -117,4 +118,4 @@ def load_plan(path: Path) -> FixedPointPlan:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

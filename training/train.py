@@ -34,6 +34,16 @@ def parse_args(argv=None, description: str = __doc__):
     return p.parse_args(argv)
 
 
+def run_script(main) -> None:
+    """A training script's command line: a bad config stops it with one line that names the file and the key
+    (exit status 2), not a traceback."""
+    try:
+        main()
+    except qconfig.ConfigError as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     args = parse_args(argv)
     cfg = cfg or qconfig.load(args.config)
@@ -71,4 +81,4 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -439,6 +439,8 @@ def _read_mapping(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise ConfigError("", f"cannot read ({err})", file=str(path)) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"not UTF-8 text (byte offset {err.start})", file=str(path)) from err
     except yaml.YAMLError as err:
         raise ConfigError("", f"invalid YAML ({err})", file=str(path)) from err
     if not isinstance(data, dict):

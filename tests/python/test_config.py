@@ -66,6 +66,10 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         config.load(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\x9a\xff\n")
+    with pytest.raises(ConfigError, match=r"binary.yaml: <root>: not UTF-8 text \(byte offset 8\)"):
+        config.load(binary)
 
 
 def test_override_merging():

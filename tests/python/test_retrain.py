@@ -307,3 +307,26 @@ def test_baseline_trained_on_the_validation_images_is_refused(tmp_path):
         check(val_size=5000, seed=3)
     (run / "config.yaml").unlink()
     check(val_size=10000, seed=0)  # a model file without its run: nothing to compare
+
+
+@pytest.mark.parametrize("content", [b"", b"name: not a checkpoint\n", b"PK\x03\x04" + bytes(60)])
+def test_a_baseline_that_is_not_a_state_dict_is_refused_by_name(tmp_path, content):
+    from training_scripts import load_training_script
+    script = load_training_script("retrain")
+    (tmp_path / "model.pt").write_bytes(content)
+    cfg = qconfig.from_dict({"name": "q", "baseline": str(tmp_path / "model.pt")})
+    with pytest.raises(SystemExit, match=r"search.py: float baseline .*model.pt is not a state dict of model "
+                                         r"'vgg_small'"):
+        script.load_baseline(cfg, "search.py")
+
+
+def test_a_script_stops_on_a_bad_config_with_one_line_naming_file_and_key(tmp_path):
+    import subprocess
+    import sys
+    from training_scripts import TRAINING
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: q\nsearch: {acc_bits: 99}\n")
+    done = subprocess.run([sys.executable, str(TRAINING / "search_accumulator.py"), "--config", str(bad)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"search_accumulator.py: {bad}: search.acc_bits: must be in [2, 32], got 99" in done.stderr
