@@ -347,6 +347,12 @@ def test_solver_errors():
     qcnn.quantize_(quantized, {"weight": {"kind": "uniform", "bits": 4}, "act": {"bits": 4}})
     with pytest.raises(ValueError, match="no float"):
         accumulator(quantized, 16)
+    for poison in (math.nan, math.inf):
+        broken = copy.deepcopy(net)
+        with torch.no_grad():
+            broken.fc.weight[0, 0] = poison
+        with pytest.raises(ValueError, match="layer 'fc' has NaN or infinite weights"):
+            accumulator(broken, 16)
 
 
 # --------------------------------------------------------------------------------------------- the config

@@ -275,6 +275,9 @@ def accumulator(model: nn.Module, acc_bits: int = 16, *, quant: QuantConfig | di
         raise ValueError("accumulator: the model has no float nn.Conv2d or nn.Linear layer")
     if any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("accumulator: the model already has quantized layers; pass the float model")
+    for name, module in layers:
+        if not bool(torch.isfinite(module.weight.detach()).all()):
+            raise ValueError(f"accumulator: layer {name!r} has NaN or infinite weights")
     p = options.acc_bits
     limit = 2 ** (p - 1) - 1
     bit_range = range(options.min_bits, options.max_bits + 1)

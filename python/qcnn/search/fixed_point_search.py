@@ -441,8 +441,8 @@ def _loader_batches(loader: Iterable, max_batches: int | None, device: torch.dev
                 and all(isinstance(t, torch.Tensor) for t in batch)):
             raise TypeError("qcnn.search.fixed_point: val_loader must yield (inputs, labels) pairs of tensors")
         x, y = batch
-        if x.dim() == 0 or y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point or y.dtype.is_complex \
-                or y.dtype == torch.bool:
+        integer_labels = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+        if x.dim() == 0 or y.dim() != 1 or y.shape[0] != x.shape[0] or not integer_labels:
             raise ValueError("qcnn.search.fixed_point: val_loader's labels must be a 1-D integer tensor with one "
                              f"class index per input; batch {b} has {y.dtype} labels of shape {tuple(y.shape)} for "
                              f"inputs of shape {tuple(x.shape)}")
