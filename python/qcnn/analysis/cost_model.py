@@ -222,8 +222,9 @@ def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) 
     model = unwrap(model)
     if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
         raise ValueError("cost: model has no nn.Conv2d or nn.Linear layer")
-    if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise ValueError(f"cost: input_shape {shape} has {math.prod(shape):,} elements per sample, more than the "
+    elements = math.prod(shape)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"cost: input_shape {shape} has {elements:,} elements per sample, more than the "
                          f"{MAX_INPUT_ELEMENTS:,} a traced forward is allowed")
     if example is not None:
         if isinstance(example, torch.Tensor) and tuple(example.shape) == (1, *shape):
