@@ -84,6 +84,7 @@ demo: setup
 	$(PYTHON) training/demo.py
 
 bench: setup
+	$(PIP) install -q -r benchmarks/requirements.txt
 	@mkdir -p runs/bench
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b --json runs/bench/$$(basename $$b .py).json || exit 1; done
 

@@ -1,8 +1,12 @@
-"""Codebook fitting: qcnn's 1-D k-means, optimal k-means, KDE-KM and KDE-LM against scikit-learn KMeans.
+"""Codebook fitting: qcnn's 1-D k-means, optimal k-means, KDE-KM and KDE-LM against scikit-learn KMeans,
+flash1dkmeans and Ckmeans.1d.dp (ckwrap).
 
 Every case fits a k-entry codebook to n weights (float32) and reports the fitting time, scikit-learn's
 time (anchor: KMeans(n_clusters=k, n_init=1), its default greedy k-means++ and Lloyd), and the SSE of
 quantizing all n weights with each codebook. KDE rows also compare with full kmeans_1d on the same data.
+The `vs flash1dkmeans` rows set kmeans_1d against flash1dkmeans.kmeans_1d (the same greedy k-means++ and
+Lloyd on sorted data, numba; compiled before timing), the `vs ckwrap` rows set kmeans_1d_optimal against
+ckwrap.ckmeans (Ckmeans.1d.dp's linear-time DP, also optimal); both peers get the same float32 array.
 
   python benchmarks/bench_codebook.py [--json PATH] [--quick] [--state-dict PATH]
 """
@@ -81,9 +85,12 @@ def main() -> None:
     p.add_argument("--state-dict", default=None, help="torch state dict whose conv/linear weights form the 'real' rows")
     args = p.parse_args()
     try:
+        import ckwrap
+        import flash1dkmeans
         from sklearn.cluster import KMeans
     except ImportError as err:
-        raise SystemExit(f"bench_codebook needs scikit-learn as its anchor: {err}")
+        raise SystemExit(f"bench_codebook needs its peers (pip install -r benchmarks/requirements.txt): {err}")
+    flash1dkmeans.kmeans_1d(np.linspace(-1.0, 1.0, 1000, dtype=np.float32), 4, random_state=0)  # numba compile
 
     sizes = [10**5, 10**6] if args.quick else [10**5, 10**6, 10**7]
     ks = [4, 16] if args.quick else [4, 16, 256]
@@ -108,25 +115,32 @@ def main() -> None:
             else:
                 note = f"sklearn skipped: n*k = {n * k:.1e} > {SKLEARN_MAX_NK:.0e} (minutes per fit)"
 
-            def add(method: str, seconds: float, sse: float, **extra):
-                r = row(f"{tag} {method}", seconds, anchor, sk_s if sk_s is not None else float("nan"), **extra)
-                if sk_s is None:
+            def add(method: str, seconds: float, sse: float, peer: str = anchor, peer_s: float | None = sk_s,
+                    peer_sse: float | None = sk_sse, **extra):
+                r = row(f"{tag} {method}", seconds, peer, peer_s if peer_s is not None else float("nan"), **extra)
+                if peer_s is None:
                     r["anchor_s"] = None
                     r["ratio"] = None
                 r["sse"] = sse
-                r["sse_ratio"] = sse / sk_sse if sk_sse else None
-                if note:
+                r["sse_ratio"] = sse / peer_sse if peer_sse else None
+                if note and peer == anchor:
                     r["note"] = note
                 rows.append(r)
                 print(f"{r['case']}: {seconds:.4g} s, sse {sse:.6g}"
-                      + (f", {r['ratio']:.1f}x vs sklearn, sse ratio {r['sse_ratio']:.5f}" if sk_s else ""), flush=True)
+                      + (f", {r['ratio']:.1f}x vs {peer}, sse ratio {r['sse_ratio']:.5f}" if peer_s else ""),
+                      flush=True)
 
             km_s, (c, _) = timed(lambda: ops.kmeans_1d(x, k), args.repeats)
             km_sse = sse_of(x, c)
             add("kmeans_1d", km_s, km_sse)
+            fl_s, (fl_c, _) = timed(lambda: flash1dkmeans.kmeans_1d(x_np[:, 0], k, random_state=0), args.repeats)
+            add("kmeans_1d vs flash1dkmeans", km_s, km_sse, "flash1dkmeans.kmeans_1d", fl_s, sse_of(x, fl_c))
             if n * k <= OPTIMAL_MAX_NK:
                 opt_s, (c, _) = timed(lambda: ops.kmeans_1d_optimal(x, k), args.repeats)
-                add("kmeans_1d_optimal", opt_s, sse_of(x, c))
+                opt_sse = sse_of(x, c)
+                add("kmeans_1d_optimal", opt_s, opt_sse)
+                ck_s, ck = timed(lambda: ckwrap.ckmeans(x_np[:, 0], k), args.repeats)
+                add("kmeans_1d_optimal vs ckwrap", opt_s, opt_sse, "ckwrap.ckmeans", ck_s, sse_of(x, ck.centers))
             else:
                 rows.append({"case": f"{tag} kmeans_1d_optimal", "qcnn_s": None, "anchor": anchor, "anchor_s": None,
                              "ratio": None, "note": f"skipped: n*k = {n * k:.1e} > {OPTIMAL_MAX_NK:.0e}"})
@@ -164,6 +178,13 @@ def summarize(rows: list[dict]) -> None:
         slowest = min(r["ratio"] for r in opt)
         print(f"kmeans_1d_optimal vs sklearn over {len(opt)} cases: worst SSE ratio {worst_sse:.6f} (goal <= 1), "
               f"lowest speed ratio {slowest:.2f} (goal >= 1)")
+    for peer in ("flash1dkmeans", "ckwrap"):
+        peer_rows = [r for r in rows if r["case"].endswith(f"vs {peer}")]
+        if peer_rows:
+            slowest = min(peer_rows, key=lambda r: r["ratio"])
+            worst = max(peer_rows, key=lambda r: r["sse_ratio"])
+            print(f"{peer} over {len(peer_rows)} cases: lowest speed ratio {slowest['ratio']:.2f} ({slowest['case']}), "
+                  f"worst SSE ratio {worst['sse_ratio']:.6f} ({worst['case']})")
     print(f"machine: {machine().get('cpu_model', '?')}, {machine()['cpu_count']} cpus")
 
 
