@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
 
 #include "core/codebook_common.h"
 
@@ -204,7 +205,8 @@ double bandwidth_factor(BandwidthRule rule, double factor, double n_eff, double 
 template <typename T>
 KdeGrid kde_grid_density(const T* x, const T* weight, int64_t n, const KdeOptions& options) {
   if (n <= 0) throw std::invalid_argument("x is empty");
-  if (options.grid_size < 2) throw std::invalid_argument("grid_size must be >= 2");
+  if (options.grid_size < 2 || options.grid_size > kMaxGridSize)
+    throw std::invalid_argument("grid_size must be in [2, " + std::to_string(kMaxGridSize) + "]");
   if (options.rule == BandwidthRule::Factor && !(options.factor > 0.0 && std::isfinite(options.factor)))
     throw std::invalid_argument("bandwidth factor must be finite and > 0");
   const int64_t g = options.grid_size;

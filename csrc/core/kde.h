@@ -15,6 +15,9 @@ enum class BandwidthRule {
 };
 BandwidthRule parse_bandwidth_rule(const std::string& name);  // "scott" | "silverman" | "factor" | "none"
 
+// The most grid points a density may have (grid_size float64 values per group).
+constexpr int64_t kMaxGridSize = int64_t(1) << 20;
+
 struct KdeOptions {
   int64_t sample_size = 100000;  // <= 0 or >= n: use every value
   BandwidthRule rule = BandwidthRule::Scott;

@@ -21,6 +21,14 @@ inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+// `axis` as a dimension index of x (negative counts from the end), checked.
+inline int64_t resolve_axis(const at::Tensor& x, int64_t axis) {
+  const int64_t dim = x.dim();
+  TORCH_CHECK(dim > 0 && axis >= -dim && axis < dim, "qcnn: axis=", axis, " is out of range for an input with ", dim,
+              " dimensions");
+  return axis < 0 ? axis + dim : axis;
+}
+
 // Resolves `axis` (None = per tensor) against x and checks the parameter tensors' sizes.
 inline ChannelLayout channel_layout(const at::Tensor& x, c10::optional<int64_t> axis, int64_t params_numel,
                                     const char* params_name) {
@@ -31,17 +39,22 @@ inline ChannelLayout channel_layout(const at::Tensor& x, c10::optional<int64_t> 
     layout.inner = x.numel();
     return layout;
   }
-  const int64_t dim = x.dim();
   const int64_t a = *axis;
-  TORCH_CHECK(dim > 0 && a >= -dim && a < dim, "qcnn: axis=", a, " is out of range for an input with ", dim,
-              " dimensions");
-  const int64_t ax = a < 0 ? a + dim : a;
+  const int64_t ax = resolve_axis(x, a);
+  const int64_t dim = x.dim();
   for (int64_t d = 0; d < ax; ++d) layout.outer *= x.size(d);
   layout.channels = x.size(ax);
   for (int64_t d = ax + 1; d < dim; ++d) layout.inner *= x.size(d);
   TORCH_CHECK(params_numel == layout.channels, "qcnn: ", params_name, " has ", params_numel,
               " elements but the input has ", layout.channels, " channels along axis ", a);
   return layout;
+}
+
+// The binary ops' checks and layout: w floating point, one alpha per channel along `axis` (None: one per tensor).
+inline ChannelLayout binary_layout(const at::Tensor& w, c10::optional<int64_t> axis) {
+  TORCH_CHECK(is_float_dtype(w.scalar_type()), "qcnn: w must be float32, float16 or bfloat16, got ", w.scalar_type());
+  const int64_t channels = axis.has_value() ? w.size(resolve_axis(w, *axis)) : 1;
+  return channel_layout(w, axis, channels, "w");
 }
 
 inline void check_qrange(int64_t qmin, int64_t qmax) {

@@ -256,4 +256,8 @@ TEST_CASE("KDE sampling is deterministic per seed and histogram mode spans [min,
   bad_unsampled[4321] = NAN;  // not in the sample of 10: found by the pass over all values
   opt.sample_size = 10;
   REQUIRE_THROWS_AS(kde_grid_density<float>(bad_unsampled.data(), nullptr, 5000, opt), std::invalid_argument);
+  opt.grid_size = kMaxGridSize + 1;  // refused before anything is allocated
+  REQUIRE_THROWS_AS(kde_grid_density<float>(same.data(), nullptr, 10, opt), std::invalid_argument);
+  opt.grid_size = kMaxGridSize;
+  REQUIRE(kde_grid_density<float>(same.data(), nullptr, 10, opt).density.size() == static_cast<size_t>(kMaxGridSize));
 }

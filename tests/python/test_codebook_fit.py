@@ -193,6 +193,9 @@ def test_fit_errors():
         cb.fit(w, 2, "kde_lloyd_max", bandwidth=-0.1)
     with pytest.raises(ValueError, match="grid_size"):
         cb.fit(w, 2, "lloyd_max", grid_size=1)
+    for method in ("lloyd_max", "kde_kmeans", "kde_lloyd_max"):  # refused before the grid is allocated (8 TB)
+        with pytest.raises(ValueError, match=r"grid_size must be in \[2, 1048576\], got 1000000000000"):
+            cb.fit(w, 2, method, grid_size=10**12)
     with pytest.raises(ValueError, match="sample_weight"):
         cb.fit(w, 2, sample_weight=torch.ones(9, 8))
     with pytest.raises(ValueError, match="sample_weight"):

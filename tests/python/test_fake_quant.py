@@ -181,6 +181,9 @@ def test_torch_compile_module():
     (lambda x: fake_quant(x, torch.ones(3), torch.zeros(3, dtype=torch.int32), 0, 7, axis=1), "channels"),
     (lambda x: fake_quant(x, torch.tensor([0.1], dtype=torch.float64), torch.tensor([0]), 0, 7), "scale must be"),
     (lambda x: fake_quant_binary(x.int()), "w must be"),
+    (lambda x: fake_quant_binary(x, axis=3), "axis=3 is out of range"),
+    (lambda x: fake_quant_binary(x, axis=-3), "axis=-3 is out of range"),
+    (lambda x: torch.ops.qcnn.fake_quant_binary_backward(x, x, 2), "axis=2 is out of range"),
     (lambda x: fake_quant_fixed(x, 1, 0), "bits"),
     (lambda x: fake_quant(x, 0.1, 0, 0, 7, grad_factor=float("nan")), "grad_factor"),
 ])

@@ -170,7 +170,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kde_grid_density_cpu(
   constexpr const char* op = "kde_grid_density";
   check_grouped_values(op, x, "x");
   check_sample_weight(op, sample_weight, x);
-  TORCH_CHECK_VALUE(grid_size >= 2, op, ": grid_size must be >= 2, got ", grid_size);
+  TORCH_CHECK_VALUE(grid_size >= 2 && grid_size <= cb::kMaxGridSize, op, ": grid_size must be in [2, ",
+                    cb::kMaxGridSize, "], got ", grid_size);
   TORCH_CHECK_VALUE(sample_size >= 0, op, ": sample_size must be >= 0 (0: every value), got ", sample_size);
   cb::KdeOptions options;
   options.rule = parse_or_value_error(op, cb::parse_bandwidth_rule, std::string(bandwidth));

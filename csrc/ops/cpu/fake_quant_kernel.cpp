@@ -209,10 +209,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quant_backward_cpu(
 
 // ---- binary weights -------------------------------------------------------------------------
 
-void check_binary_args(const at::Tensor& w) {
-  TORCH_CHECK(is_float_dtype(w.scalar_type()), "qcnn: w must be float32, float16 or bfloat16, got ", w.scalar_type());
-}
-
 // Per-channel sums over the [outer, C, inner] layout: out[c] = sum over that channel of f(index).
 template <typename Fn>
 std::vector<double> per_channel_sum(const ChannelLayout& l, const Fn& f) {
@@ -236,9 +232,7 @@ inline float sign_of(T v) {
 }
 
 at::Tensor fake_quant_binary_cpu(const at::Tensor& w, c10::optional<int64_t> axis) {
-  check_binary_args(w);
-  const ChannelLayout layout =
-      channel_layout(w, axis, axis.has_value() && w.dim() > 0 ? w.size(*axis < 0 ? *axis + w.dim() : *axis) : 1, "w");
+  const ChannelLayout layout = binary_layout(w, axis);
   const at::Tensor wc = w.contiguous();
   at::Tensor y = at::empty_like(wc);
   const double count = static_cast<double>(layout.outer * layout.inner);
@@ -261,11 +255,9 @@ at::Tensor fake_quant_binary_cpu(const at::Tensor& w, c10::optional<int64_t> axi
 // with the straight-through sign'(w) = 1{|w| <= 1}:
 //   dL/dw_k = g_k * alpha * 1{|w_k| <= 1} + sign(w_k) / n * sum_i g_i * sign(w_i)
 at::Tensor fake_quant_binary_backward_cpu(const at::Tensor& grad, const at::Tensor& w, c10::optional<int64_t> axis) {
-  check_binary_args(w);
+  const ChannelLayout layout = binary_layout(w, axis);
   TORCH_CHECK(grad.sizes() == w.sizes(), "qcnn: grad has shape ", grad.sizes(), " but w has shape ", w.sizes());
   TORCH_CHECK(grad.scalar_type() == w.scalar_type(), "qcnn: grad dtype differs from w dtype");
-  const ChannelLayout layout =
-      channel_layout(w, axis, axis.has_value() && w.dim() > 0 ? w.size(*axis < 0 ? *axis + w.dim() : *axis) : 1, "w");
   const at::Tensor wc = w.contiguous();
   const at::Tensor gc = grad.contiguous();
   at::Tensor gw = at::empty_like(wc);

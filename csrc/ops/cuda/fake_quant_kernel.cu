@@ -237,10 +237,7 @@ __global__ void binary_apply_kernel(const T* __restrict__ w, const T* __restrict
 }
 
 at::Tensor binary_cuda(const at::Tensor& w, const at::Tensor* grad, c10::optional<int64_t> axis) {
-  TORCH_CHECK(is_float_dtype(w.scalar_type()), "qcnn: w must be float32, float16 or bfloat16, got ", w.scalar_type());
-  const int64_t dim = w.dim();
-  const int64_t channels = axis.has_value() && dim > 0 ? w.size(*axis < 0 ? *axis + dim : *axis) : 1;
-  const ChannelLayout layout = channel_layout(w, axis, channels, "w");
+  const ChannelLayout layout = binary_layout(w, axis);
   const c10::cuda::CUDAGuard guard(w.device());
   const at::Tensor wc = w.contiguous();
   at::Tensor gc;
