@@ -162,6 +162,10 @@ class Spellings(nn.Module):
             x = x.mean(dim=[-2, -1], keepdim=True).flatten(1)
         elif self.spelling == "mean_positional":
             x = torch.flatten(torch.mean(x, (2, 3), True), 1)
+        elif self.spelling == "amax":
+            x = x.amax((2, 3))
+        elif self.spelling == "amax_keepdim":
+            x = torch.flatten(torch.amax(x, dim=(-1, -2), keepdim=True), 1)
         elif self.spelling == "view":
             x = F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1)
         elif self.spelling == "reshape":
@@ -171,7 +175,8 @@ class Spellings(nn.Module):
         return self.fc2(torch.relu(self.bn(self.fc1(x))))
 
 
-@pytest.mark.parametrize("spelling", ["mean", "mean_keepdim", "mean_positional", "view", "reshape", "avg"])
+@pytest.mark.parametrize("spelling", ["mean", "mean_keepdim", "mean_positional", "amax", "amax_keepdim", "view",
+                                      "reshape", "avg"])
 def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
     torch.manual_seed(0)
     model = Spellings(spelling)
@@ -180,6 +185,23 @@ def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
         model.bn.running_var.uniform_(0.5, 1.5)
     model, pixels, x, reference = _calibrated(model, seed=2)
     _assert_deployed(model, pixels, x, reference, tmp_path, onnx=False)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "amax"])
+def test_a_reduction_over_the_channels_is_refused_naming_the_node(reduce):
+    class ChannelReduce(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(getattr(self.conv(x), reduce)(1).flatten(1))
+
+    model = qcnn.quantize_(ChannelReduce().eval(), U8)
+    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    with pytest.raises(TypeError, match=f"node '{reduce}'.*{reduce} exports only over the spatial dims \\(2, 3\\)"):
+        to_graph(model, **FASHION_INPUT)
 
 
 def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():

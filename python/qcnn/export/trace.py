@@ -5,7 +5,7 @@ BatchNorm2d / BatchNorm1d (folded into the conv / linear layer right before it, 
 op), ReLU (module, F.relu, torch.relu, .relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid,
 SiLU, Sigmoid, Tanh, GELU, LeakyReLU and ELU (modules and functions: lookup tables in the engine), MaxPool2d /
 AvgPool2d (modules and functions; padding, ceil_mode, count_include_pad), AdaptiveMax/AvgPool2d to any size
-(modules and functions) and global pooling by x.mean((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
+(modules and functions) and global pooling by x.mean((2, 3)) / x.amax((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
 x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split along the channels,
 torchvision's channel_shuffle (ShuffleNet) and any view / reshape / transpose / permute / flatten chain that
 permutes the channels or flattens (replayed on element indices at the shapes of a batch of 2; the batch must stay
@@ -470,14 +470,16 @@ class _Tracer:
             if fn is F.adaptive_max_pool2d and self.arg(node, 2, "return_indices", False):
                 raise self.fail(node, "adaptive max pooling exports only without indices")
             self.adaptive_pool(node, self.arg(node, 1, "output_size"), fn is F.adaptive_max_pool2d)
-        elif (method and fn == "mean") or fn is torch.mean:
+        elif (method and fn in ("mean", "amax")) or fn in (torch.mean, torch.amax):
+            name = fn if method else fn.__name__
             dims = self.arg(node, 1, "dim")
             if isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims):
                 dims = sorted(d % 4 for d in dims)
             dtype = self.arg(node, 3, "dtype") if fn is torch.mean else node.kwargs.get("dtype")
             if dims != [2, 3] or dtype is not None:
-                raise self.fail(node, f"mean exports only over the spatial dims (2, 3) of an NCHW tensor, got {dims}")
-            self.global_pool(node, "global_avg_pool", flatten=not self.arg(node, 2, "keepdim", False))
+                raise self.fail(node, f"{name} exports only over the spatial dims (2, 3) of an NCHW tensor, got {dims}")
+            self.global_pool(node, "global_avg_pool" if name == "mean" else "global_max_pool",
+                             flatten=not self.arg(node, 2, "keepdim", False))
         elif fn in (F.max_pool2d, F.avg_pool2d):
             kernel = self.arg(node, 1, "kernel_size")
             options = dict(stride=self.arg(node, 2, "stride"), padding=self.arg(node, 3, "padding", 0))
