@@ -176,12 +176,13 @@ def fixed_point_table(summaries: list[dict]) -> str:
     runs = [s for s in summaries if s.get("kind") == "fixed_point"]
     if not runs:
         return "(no fixed-point search run yet)"
-    lines = ["| run | budget T | float val % | val % | val relative loss % | float test % | test % | test relative "
-             "loss % | test macro F1 | memory saved vs 8-bit % | multiplication cost saved vs 8-bit % | search s | "
-             "candidates |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | budget T | schedule | float val % | val % | val relative loss % | float test % | test % | test "
+             "relative loss % | test macro F1 | memory saved vs 8-bit % | multiplication cost saved vs 8-bit % | "
+             "search s | candidates |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     plans = []
     for s in runs:
-        lines.append(f"| {s['name']} | {s['search']['budget']} | {s['float_val_acc']:.2f} | {s['val_acc']:.2f} | "
+        lines.append(f"| {s['name']} | {s['search']['budget']} | {s['search'].get('schedule', 'layers')} | "
+                     f"{s['float_val_acc']:.2f} | {s['val_acc']:.2f} | "
                      f"{100 * s['val_relative_drop']:.2f} | {s['float_test_acc']:.2f} | {s['test_acc']:.2f} | "
                      f"{100 * s['test_relative_drop']:.2f} | {_num(s.get('test_f1'))} | "
                      f"{s['memory_saved_vs_int8_pct']:.1f} | {s['mult_cost_saved_vs_int8_pct']:.1f} | "

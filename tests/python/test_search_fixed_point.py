@@ -336,6 +336,24 @@ def test_larger_budget_never_gives_more_bits(teacher, searched):
         assert plans[b].stats["val_relative_drop"] <= 2 * b + 1e-12 or plans[b].stats["start_bits"] == 16
 
 
+def test_size_schedule_shares_the_budget_by_value_count(teacher, searched):
+    net, x, y = teacher
+    plan = fixed_point(net, CountingLoader(x, y), BUDGET, schedule="size")
+    assert plan.stats["schedule"] == "size" and searched[2].stats["schedule"] == "layers"
+    # weights 54, 432, 32 of 518; input activations 64, 96, 8 of 168 per image (the layers of the first test)
+    weight_shares, act_shares = [54 / 518, 486 / 518, 1.0], [64 / 168, 160 / 168, 1.0]
+    budgets = {(r["component"], r["layer"]): r["budget"] for r in plan.stats["history"]}
+    for name, w_share, a_share in zip(("0", "3", "7"), weight_shares, act_shares):
+        assert budgets["weights", name] == pytest.approx(BUDGET * w_share)
+        assert budgets["biases", name] == BUDGET
+        assert budgets["activations", name] == pytest.approx(BUDGET + BUDGET * a_share)
+    layer_budgets = {(r["component"], r["layer"]): r["budget"] for r in searched[2].stats["history"]}
+    assert layer_budgets["weights", "3"] == pytest.approx(BUDGET * 2 / 3)  # the paper's T*i/L
+    for record in plan.stats["history"]:
+        assert record["within_budget"] and record["relative_drop"] <= record["budget"] + 1e-12
+    assert plan.stats["val_relative_drop"] <= 2 * BUDGET + 1e-12
+
+
 def test_prefix_cache_gives_the_same_search_as_recomputation(teacher, searched):
     net, x, y = teacher
     cached = searched[2]
@@ -434,6 +452,9 @@ def test_search_argument_errors(teacher):
         fixed_point(net, loader, cache_bytes=-1)
     with pytest.raises(ValueError, match="local_min_gain"):
         fixed_point(net, loader, local_min_gain=2.0)
+    for schedule in ("linear", None):
+        with pytest.raises(ValueError, match="schedule must be one of \\['layers', 'size'\\]"):
+            fixed_point(net, loader, schedule=schedule)
     with pytest.raises(TypeError, match="model"):
         fixed_point("net", loader)
     with pytest.raises(ValueError, match="fold_batchnorm"):
@@ -473,6 +494,9 @@ def test_search_config_errors_name_the_key():
         FixedPointSearchConfig.from_dict({"start_bits": 20}, _path="search")
     with pytest.raises(ConfigError, match="search.colour"):
         FixedPointSearchConfig.from_dict({"colour": 1}, _path="search")
+    assert FixedPointSearchConfig.from_dict({"schedule": "size"}).schedule == "size"
+    with pytest.raises(ConfigError, match="search.schedule: must be one of"):
+        FixedPointSearchConfig.from_dict({"schedule": "count"}, _path="search")
 
 
 # -------------------------------------------------------------------------------------------- the script
@@ -532,6 +556,13 @@ def test_script_reads_the_test_split_only_after_the_search(tmp_path, monkeypatch
     deployed, _ = load_training_script("deploy").load_quantized(run)  # what training/deploy.py exports
     assert isinstance(deployed.features[0], QuantConv2d) and not deployed.training
     assert _accuracy(deployed, splits.val) == summary["val_acc"]
+
+    results = load_training_script("results")  # docs/RESULTS.md's table: the schedule beside the budget
+    older = {**summary, "search": {k: v for k, v in summary["search"].items() if k != "schedule"}}
+    size = {**summary, "name": "fxp_size", "search": {**summary["search"], "schedule": "size"}}
+    rows = [line for line in results.fixed_point_table([summary, older, size]).splitlines() if line.startswith("| fxp")]
+    assert [row.split(" | ")[:3] for row in rows] == [["| fxp_test", "0.02", "layers"], ["| fxp_test", "0.02", "layers"],
+                                                     ["| fxp_size", "0.02", "size"]]
 
     config.write_text(config.read_text().replace("budget: 0.02", "budget: 2"))
     with pytest.raises(ConfigError, match="search.budget"):

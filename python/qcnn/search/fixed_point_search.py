@@ -20,7 +20,10 @@ the float model, (acc_float - acc) / acc_float; T = budget):
 2. Component by component (weights, then biases, then activations), layer by layer in network order (i = 1..L),
    with every earlier choice applied and everything later at its start format, a candidate is accepted when
    the drop stays within the layer's budget: weights T*i/L, biases T, activations T + T*i/L (so the final drop
-   is at most 2T). For each layer:
+   is at most 2T). With schedule="size" (ours, not the paper's) i/L becomes the share of the component's values
+   in layers 1..i (weights: weight count; activations: input activations per image), so a layer's slice of T
+   follows what its bits cost in memory: a 288-weight first conv gets almost none, a 37k-weight conv its share.
+   For each layer:
    a. step (BW-1, F-1) (same integer bits) while accepted;
    b. then BW-1 with F fixed (clipping allowed) while accepted;
    c. then the 3x3 neighbourhood (BW+-1, F+-1): the cheapest accepted neighbour (fewest bits; ties: higher
@@ -70,6 +73,7 @@ from ..quantizers.act import (FIXED_POINT_BITS, FIXED_POINT_FRAC_BITS, FixedPoin
 from ..quantizers.weight import FixedPointWeightQuantizer
 
 COMPONENTS = ("weights", "biases", "activations")
+SCHEDULES = ("layers", "size")  # the budget's growth over the layers: Goyal et al.'s i/L, or by value count
 DEFAULT_CACHE_BYTES = 2 << 30
 PLAN_FORMAT = "qcnn.fixed_point_plan"
 PLAN_VERSION = 1
@@ -296,6 +300,7 @@ class FixedPointSearchConfig(_Section):
     calibration_batches: Optional[int] = None
     cache_bytes: int = DEFAULT_CACHE_BYTES
     local_min_gain: float = 0.0015
+    schedule: str = "layers"
 
     def validate(self, path: str = "") -> None:
         if not 0.0 <= self.budget < 1.0:
@@ -305,6 +310,8 @@ class FixedPointSearchConfig(_Section):
         _check_range(_join(path, "calibration_batches"), self.calibration_batches, 1, 1 << 40)
         _check_range(_join(path, "cache_bytes"), self.cache_bytes, 0, 1 << 50)
         _check_range(_join(path, "local_min_gain"), self.local_min_gain, 0.0, 1.0)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(_join(path, "schedule"), f"must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
 
 # --------------------------------------------------------------------------------------- the traced forward
@@ -515,7 +522,8 @@ class _Scorer:
 
 
 # ------------------------------------------------------------------------------------------------ the search
-def _check_args(model, budget, start_bits, max_batches, calibration_batches, cache_bytes, local_min_gain) -> None:
+def _check_args(model, budget, start_bits, max_batches, calibration_batches, cache_bytes, local_min_gain,
+                schedule) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"qcnn.search.fixed_point: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
@@ -534,6 +542,8 @@ def _check_args(model, budget, start_bits, max_batches, calibration_batches, cac
     if isinstance(local_min_gain, bool) or not isinstance(local_min_gain, (int, float)) or \
             not 0.0 <= local_min_gain <= 1.0:
         raise ValueError(f"qcnn.search.fixed_point: local_min_gain must be in [0, 1], got {local_min_gain!r}")
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"qcnn.search.fixed_point: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
 
 
 @dataclass
@@ -550,8 +560,9 @@ class _LayerInfo:
 
 class _Search:
     def __init__(self, model, loader, budget, start_bits, max_batches, calibration_batches, cache_bytes,
-                 local_min_gain, log):
+                 local_min_gain, schedule, log):
         self.budget, self.start_bits, self.local_min_gain = float(budget), start_bits, float(local_min_gain)
+        self.schedule = schedule
         self.log = log or (lambda message: None)
         self.evaluated = self.stopped_early = 0
         self.history: list[dict] = []
@@ -738,10 +749,23 @@ class _Search:
         self.log(f"start: {bits}-bit formats, val acc {self._acc(correct):.2f}% (float "
                  f"{self._acc(self.float_correct):.2f}%, relative drop {100 * self._drop(correct):.3f}%)")
 
-    def layer_budget(self, component: str, i: int) -> float:
+    def schedule_shares(self) -> dict[str, list[float]]:
+        """Per component, layer i's share s_i of T (weights T*s_i, activations T + T*s_i): i/L, or with
+        schedule="size" the fraction of the component's values that layers 1..i hold."""
         count = len(self.order)
-        return {"weights": self.budget * i / count, "biases": self.budget,
-                "activations": self.budget + self.budget * i / count}[component]
+        if self.schedule == "layers":
+            shares = [i / count for i in range(1, count + 1)]
+            return {"weights": shares, "activations": shares}
+        sizes = {"weights": [self.quant_modules[name].weight.numel() for name in self.order],
+                 "activations": [self.layers[name].act_count for name in self.order]}
+        return {component: [sum(values[:i]) / sum(values) for i in range(1, count + 1)]
+                for component, values in sizes.items()}
+
+    def layer_budget(self, component: str, i: int) -> float:
+        if component == "biases":
+            return self.budget
+        share = self.shares[component][i - 1]
+        return self.budget * share + (self.budget if component == "activations" else 0.0)
 
     def search_layer(self, name: str, component: str, budget: float) -> None:
         need = self._min_correct(budget)
@@ -791,6 +815,7 @@ class _Search:
     def run(self) -> FixedPointPlan:
         t0 = time.perf_counter()
         self.start()
+        self.shares = self.schedule_shares()
         for component in COMPONENTS:
             self.scorer.reset()
             for i, name in enumerate(self.order, 1):
@@ -815,7 +840,8 @@ class _Search:
                 weight_count=module.weight.numel(), bias_count=0 if module.bias is None else module.bias.numel(),
                 act_count=info.act_count, macs=info.macs))
         stats = {
-            "budget": self.budget, "start_bits": self.start_bits_used, "start_val_acc": self._acc(self.start_correct),
+            "budget": self.budget, "schedule": self.schedule, "start_bits": self.start_bits_used,
+            "start_val_acc": self._acc(self.start_correct),
             "val_acc_float": self._acc(self.float_correct), "val_acc_quantized": self._acc(final_correct),
             "val_relative_drop": self._drop(final_correct), "val_images": self.scorer.num_samples,
             "calibration_batches": self.calibrated_batches, "local_min_gain": self.local_min_gain,
@@ -829,7 +855,7 @@ class _Search:
 
 def fixed_point(model: nn.Module, val_loader: Iterable, budget: float = 0.005, *, start_bits: int = 8,
                 max_batches: int | None = None, calibration_batches: int | None = None,
-                cache_bytes: int = DEFAULT_CACHE_BYTES, local_min_gain: float = 0.0015,
+                cache_bytes: int = DEFAULT_CACHE_BYTES, local_min_gain: float = 0.0015, schedule: str = "layers",
                 log: Callable[[str], None] | None = None) -> FixedPointPlan:
     """Goyal et al.'s fixed-point format search (see the module docstring) on a float, BN-folded model.
 
@@ -838,14 +864,16 @@ def fixed_point(model: nn.Module, val_loader: Iterable, budget: float = 0.005, *
     activation peaks. budget: T, the relative top-1 drop the weights may spend (the final drop is at most 2T).
     start_bits: the first bit width tried for everything (raised by 4 until the drop is <= T). cache_bytes: the
     memory one prefix cache, and the kept images, may take. local_min_gain: the accuracy gain (a fraction) an
-    equal-bits neighbour needs to replace the current choice. log: called with one line per decision.
+    equal-bits neighbour needs to replace the current choice. schedule: "layers" (the paper's budgets, T*i/L) or
+    "size" (i/L replaced by the share of the component's values in layers 1..i). log: called with one line per
+    decision.
     Returns the plan; `model` is not modified (apply the plan with plan.apply(model))."""
-    _check_args(model, budget, start_bits, max_batches, calibration_batches, cache_bytes, local_min_gain)
+    _check_args(model, budget, start_bits, max_batches, calibration_batches, cache_bytes, local_min_gain, schedule)
     if log is not None and not callable(log):
         raise TypeError(f"qcnn.search.fixed_point: log must be callable or None, got {type(log).__name__}")
     t0 = time.perf_counter()
     search = _Search(model, val_loader, budget, start_bits, max_batches, calibration_batches, cache_bytes,
-                     local_min_gain, log)
+                     local_min_gain, schedule, log)
     plan = search.run()
     plan.stats["search_seconds"] = time.perf_counter() - t0
     return plan
