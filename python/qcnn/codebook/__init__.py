@@ -156,7 +156,7 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     "optimal" (start from the minimum-SSE partition), max_iter=300, tol=1e-6 (max centroid move /
     value range). lloyd_max: init="optimal" | "quantile" | "linear" (optimal: the
     minimum-SSE k-means of the density-weighted grid points, then Lloyd-Max refinement),
-    max_iter=1000, tol=1e-9, grid_size=4096. kde_kmeans / kde_lloyd_max: their k-means / Lloyd-Max
+    max_iter=1000, tol=1e-9, grid_size=4096 (at most 2^20). kde_kmeans / kde_lloyd_max: their k-means / Lloyd-Max
     options (kde_kmeans defaults to init="optimal": the DP on grid_size points is cheap) plus
     sample_size=100000 (an int count or a float fraction of each group; a group of at most that many
     values uses all of them), bandwidth="scott" | "silverman" (scipy's rules with the
