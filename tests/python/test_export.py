@@ -188,8 +188,17 @@ def test_load_rejects_bad_files(tmp_path):
         qcnn.load(tmp_path / "cut.qcnn")
     with pytest.raises(TypeError, match="weight_path"):  # the engine has one weight path
         qcnn.load(good, weight_path="dense")
+    loaded = qcnn.load(good)
     with pytest.raises(ValueError, match="pixels must be uint8"):
-        qcnn.load(good)(torch.zeros(1, 1, 16, 16))
+        loaded(torch.zeros(1, 1, 16, 16))
+    for not_pixels in ([[0, 1]], "image.png", None):
+        with pytest.raises(TypeError, match="pixels must be a uint8 torch.Tensor or NumPy array"):
+            loaded(not_pixels)
+    pixels = torch.randint(0, 256, (3, *graph.input_shape), dtype=torch.uint8)
+    strided = np.repeat(pixels.numpy(), 2, axis=0)[::2]  # not contiguous
+    assert torch.equal(loaded(strided), loaded(pixels))
+    checked = qcnn.load(good, count_overflows=True)
+    assert checked.count_overflows(pixels.numpy()) == checked.count_overflows(pixels)
 
 
 def test_graph_validation_errors():

@@ -6,8 +6,18 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def _pixels(pixels) -> torch.Tensor:
+    """A torch tensor of the pixels (a NumPy array is taken as one); anything else is a TypeError naming it."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels
+    if isinstance(pixels, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(pixels))
+    raise TypeError(f"pixels must be a uint8 torch.Tensor or NumPy array [N, C, H, W], got {type(pixels).__name__}")
 
 
 class LayerProfile(NamedTuple):
@@ -19,7 +29,8 @@ class LayerProfile(NamedTuple):
 
 
 class IntegerModel(nn.Module):
-    """Integer inference of a .qcnn file: uint8 pixels [N, C, H, W] -> float32 logits [N, classes]."""
+    """Integer inference of a .qcnn file: uint8 pixels [N, C, H, W] (a torch tensor or a NumPy array) -> float32
+    logits [N, classes]."""
 
     def __init__(self, engine: torch.ScriptObject, path: Path, threads: int = 0, limits: dict | None = None):
         super().__init__()
@@ -60,18 +71,18 @@ class IntegerModel(nn.Module):
         return self.engine.peak_activation_bytes(batch)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.engine.run(pixels, self.threads)
+        return self.engine.run(_pixels(pixels), self.threads)
 
     def count_overflows(self, pixels: torch.Tensor) -> int:
         """The checked path (the model loaded with count_overflows=True): runs `pixels` and returns how many conv
         and linear output values had a running sum, in the engine's (ky, kx, c) order, outside the accumulator
         width their node declares (`accumulator_bits`, docs/FORMAT.md; 32 when undeclared)."""
-        return self.engine.count_overflows(pixels)
+        return self.engine.count_overflows(_pixels(pixels))
 
     def profile(self, pixels: torch.Tensor) -> list[LayerProfile]:
         """Runs `pixels` image by image (the threads share each node), timing every node; one entry per node,
         in order."""
-        return [LayerProfile(*layer) for layer in zip(*self.engine.profile(pixels, self.threads))]
+        return [LayerProfile(*layer) for layer in zip(*self.engine.profile(_pixels(pixels), self.threads))]
 
     def extra_repr(self) -> str:
         return f"{str(self.path)!r}, input_shape={list(self.input_shape)}, classes={self.num_classes}, isa={self.isa}"
