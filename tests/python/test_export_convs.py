@@ -187,35 +187,34 @@ def test_functional_pooling_and_flatten_spellings_export(tmp_path, spelling):
     _assert_deployed(model, pixels, x, reference, tmp_path, onnx=False)
 
 
+class ConvThenFc(nn.Module):
+    """A conv, then `reshape` (what the test writes between them), then a 784 -> 10 linear layer."""
+
+    def __init__(self, reshape):
+        super().__init__()
+        self.reshape = reshape
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        return self.fc(self.reshape(self.conv(x)))
+
+
+def _calibrated_conv_then_fc(reshape) -> nn.Module:
+    model = qcnn.quantize_(ConvThenFc(reshape).eval(), U8)
+    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    return model
+
+
 @pytest.mark.parametrize("reduce", ["mean", "amax"])
 def test_a_reduction_over_the_channels_is_refused_naming_the_node(reduce):
-    class ChannelReduce(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.fc = nn.Linear(28 * 28, 10)
-
-        def forward(self, x):
-            return self.fc(getattr(self.conv(x), reduce)(1).flatten(1))
-
-    model = qcnn.quantize_(ChannelReduce().eval(), U8)
-    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    model = _calibrated_conv_then_fc(lambda x: getattr(x, reduce)(1).flatten(1))
     with pytest.raises(TypeError, match=f"node '{reduce}'.*{reduce} exports only over the spatial dims \\(2, 3\\)"):
         to_graph(model, **FASHION_INPUT)
 
 
 def test_a_view_that_is_not_a_flatten_is_refused_naming_the_node():
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.fc = nn.Linear(28 * 28, 10)
-
-        def forward(self, x):
-            return self.fc(self.conv(x).view(-1, 28 * 28))
-
-    model = qcnn.quantize_(Odd().eval(), U8)
-    calibrate_activations(model, [torch.randn(8, 1, 28, 28)], 1)
+    model = _calibrated_conv_then_fc(lambda x: x.view(-1, 28 * 28))
     with pytest.raises(TypeError, match="node 'view'.*keeps each image apart along dim 0"):
         to_graph(model, **FASHION_INPUT)
 

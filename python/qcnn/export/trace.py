@@ -5,13 +5,13 @@ BatchNorm2d / BatchNorm1d (folded into the conv / linear layer right before it, 
 op), ReLU (module, F.relu, torch.relu, .relu()), ReLU6 and Hardtanh(0, c) (a capped ReLU), Hardswish, Hardsigmoid,
 SiLU, Sigmoid, Tanh, GELU, LeakyReLU and ELU (modules and functions: lookup tables in the engine), MaxPool2d /
 AvgPool2d (modules and functions; padding, ceil_mode, count_include_pad), AdaptiveMax/AvgPool2d to any size
-(modules and functions) and global pooling by x.mean((2, 3)) / x.amax((2, 3)), flattening (nn.Flatten, torch.flatten(x, 1),
-x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split along the channels,
-torchvision's channel_shuffle (ShuffleNet) and any view / reshape / transpose / permute / flatten chain that
-permutes the channels or flattens (replayed on element indices at the shapes of a batch of 2; the batch must stay
-dim 0), torchvision's stochastic depth (identity), residual add, a * b of
-two branches (squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout,
-Identity). The graph is what the model computes in eval mode. Anything else is a TypeError naming the node.
+(modules and functions) and global pooling by x.mean((2, 3)) / x.amax((2, 3)), flattening (nn.Flatten,
+torch.flatten(x, 1), x.view/reshape(x.size(0), -1)), torch.cat along the channels, torch.chunk / torch.split
+along the channels, torchvision's channel_shuffle (ShuffleNet) and any view / reshape / transpose / permute /
+flatten chain that permutes the channels or flattens (replayed on element indices at the shapes of a batch of 2;
+the batch must stay dim 0), torchvision's stochastic depth (identity), residual add, a * b of two branches
+(squeeze-excitation), standalone QuantAct, and the no-ops of evaluation (Dropout, Identity). The graph is what
+the model computes in eval mode. Anything else is a TypeError naming the node.
 """
 from __future__ import annotations
 
