@@ -592,3 +592,51 @@ def test_plan_exports_and_the_engine_computes_what_the_fake_quant_model_does(sea
         fake = model((pixels.float() / 255 - 0.5) / 0.25).argmax(1)
     integer = qcnn.load(path)(pixels).argmax(1)
     assert (fake == integer).float().mean() >= 0.99
+
+
+class _TwoBlockResidual(nn.Module):
+    """Two residual blocks, the second with a 1x1-conv shortcut: every add reads a tensor that two layers use
+    (a wide tensor in the engine), then an 8x8 average (a power-of-two divisor) and a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        conv = lambda cin, cout, k=3: nn.Conv2d(cin, cout, k, padding=k // 2)  # noqa: E731
+        self.stem, self.a1, self.a2 = conv(1, 6), conv(6, 6), conv(6, 6)
+        self.b1, self.b2, self.short = conv(6, 8), conv(8, 8), conv(6, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.a2(torch.relu(self.a1(x))) + x)
+        x = torch.relu(self.b2(torch.relu(self.b1(x))) + self.short(x))
+        return self.fc(F.avg_pool2d(x, 8).flatten(1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_plan_logits_are_bit_identical_in_the_engine(tmp_path, seed):
+    """Fixed-point values are dyadic, so torch's float graph meets exact rounding ties at every quantizer: the
+    engine's wide tensors (power-of-two grids) must keep them, or a tie breaks the other way and the codes part
+    (2-bit formats and negative fractional bits included)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = _TwoBlockResidual().eval()
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    layers = []
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w, b, a = pick(2, 8), pick(2, 10), pick(2, 8)
+            layers.append(LayerFixedPoint(name, "conv" if isinstance(module, nn.Conv2d) else "linear", w,
+                                          pick(w - 2, w + 2), b, pick(b - 3, b + 3), a, pick(a - 4, a + 1),
+                                          module.weight.numel(), module.bias.numel(), 1, 1))
+    model = FixedPointPlan(layers).apply(net).eval()
+    path = tmp_path / "residual.qcnn"
+    qcnn.export(model, path, input_shape=(1, 8, 8), mean=[0.25], std=[0.5], verbose=False)
+    pixels = torch.randint(0, 256, (64, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    with torch.no_grad():
+        fake = model((pixels.float() / 255 - 0.25) / 0.5)
+    integer = qcnn.load(path)(pixels)
+    assert fake.abs().max() > 0
+    assert torch.equal(integer, fake)

@@ -16,7 +16,9 @@ from .graph import Graph, Node, QParams
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 # Wide tensors (outputs feeding adds, several quantizers, or average pools) use int32 codes whose
-# scale maps a proven bound on |value| (worst case over all inputs) to 2**30.
+# scale is the power of two that maps a proven bound on |value| (worst case over all inputs) into
+# [2**29, 2**30). A power of two keeps fixed-point values exact: their scales are powers of two too, so
+# an add of two such tensors, and a requantization from one, see the same ties as torch's float graph.
 WIDE_RANGE = 2 ** 30
 BIAS_LIMIT = 2 ** 62
 AFFINE_BIAS_LIMIT = 2 ** 61  # the engine's affine op: |x - z| * |m| < 2^62 and the bias must leave int64 room
@@ -54,7 +56,10 @@ def quantize_multiplier(real: float, mantissa_bits: int = 31) -> tuple[int, int]
 
 
 def wide_qparams(bound: float) -> QParams:
-    return QParams(bound / WIDE_RANGE if bound > 0 else 1.0, 0, INT32_MIN, INT32_MAX)
+    if not bound > 0:
+        return QParams(1.0, 0, INT32_MIN, INT32_MAX)
+    _, exp = math.frexp(bound / WIDE_RANGE)  # bound / WIDE_RANGE in [2**(exp-1), 2**exp)
+    return QParams(math.ldexp(1.0, exp), 0, INT32_MIN, INT32_MAX)
 
 
 def pool_windows(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool,
