@@ -110,6 +110,19 @@ def test_size_ratio_of_a_4bit_model(tmp_path):
     report = qcnn.export(graph, tmp_path / "m.qcnn", verbose=False)
     assert report.file_bytes == (tmp_path / "m.qcnn").stat().st_size
     assert report.ratio >= 7.5, str(report)
+    assert f"{report.ratio:.2f}x smaller than float32" in str(report)
+
+
+def test_report_says_larger_when_the_file_outgrows_float32(tmp_path):
+    """A 3-weight net: the header and per-channel tables outweigh 12 float32 bytes, and the report says so."""
+    w = torch.tensor([[[[0.5]]], [[[-0.25]]], [[[0.125]]]])
+    graph = Graph((1, 4, 4), [MEAN], [STD], [
+        Node("conv", "conv2d", ["input"], weight=quantize_weight(w, "uniform", 4), bias=None,
+             bn_scale=torch.ones(3), bn_shift=torch.zeros(3), act=QParams(0.05, 0, 0, 255))])
+    report = qcnn.export(graph, tmp_path / "tiny.qcnn", verbose=False)
+    assert report.ratio < 1
+    assert f"{report.file_bytes / report.float32_bytes:.2f}x larger than float32" in str(report)
+    assert "smaller" not in str(report)
 
 
 def test_per_channel_codebook_stores_int16_levels_and_scale_only(tmp_path):

@@ -30,7 +30,10 @@ class ExportReport:
         return self.float32_bytes / self.file_bytes
 
     def __str__(self) -> str:
-        return (f"{self.path}: {self.file_bytes} bytes, {self.ratio:.2f}x smaller than float32 "
+        # a tiny net can be larger than its float32 weights: the file's header and tables cost more than they save
+        size = (f"{self.ratio:.2f}x smaller than" if self.ratio >= 1 else
+                f"{self.file_bytes / self.float32_bytes:.2f}x larger than")
+        return (f"{self.path}: {self.file_bytes} bytes, {size} float32 "
                 f"({self.float32_bytes} bytes); weight indices {self.packed_index_bytes} bytes packed, "
                 f"{self.huffman_index_bytes} bytes Huffman-coded, {self.stored_index_bytes} stored")
 
