@@ -452,6 +452,10 @@ def load(path: str | Path) -> RunConfig:
     """Reads and validates a YAML run config; errors name the file and the key path."""
     path = Path(path)
     data = _read_mapping(path)
+    if "search" in data:
+        raise ConfigError("search", "a search script's config (training/search_fixed_point.py, "
+                          "training/search_accumulator.py): read it with qcnn.config.load_with_search(path, "
+                          "the search's config class)", file=str(path))
     try:
         return RunConfig.from_dict(data)
     except ConfigError as err:

@@ -96,3 +96,5 @@ def test_every_shipped_config_loads():
         else:
             cls = AccumulatorSearchConfig if "acc_bits" in search else FixedPointSearchConfig
             config.load_with_search(path, cls)
+            with pytest.raises(config.ConfigError, match="search: a search script's config .*load_with_search"):
+                config.load(path)
