@@ -315,8 +315,9 @@ class DataConfig(_Section):
 @dataclass
 class ModelConfig(_Section):
     """name: a registered model (qcnn.models.names()), 'torchvision.<builder>' (any torchvision.models builder,
-    e.g. torchvision.resnet18) or 'package.module:Class'. kwargs go to it; kwargs.input_adapter: gray28 fits a
-    net made for 3-channel 224x224 images to 1-channel 28x28 ones (qcnn.models.adapt_to_gray28)."""
+    e.g. torchvision.resnet18) or 'package.module:Class' (an nn.Module class or a function annotated to return
+    one). kwargs go to it; kwargs.input_adapter: gray28 fits a net made for 3-channel 224x224 images to 1-channel
+    28x28 ones (qcnn.models.adapt_to_gray28)."""
 
     name: str = "vgg_small"
     kwargs: dict[str, Any] = field(default_factory=dict)

@@ -49,6 +49,14 @@ class UserNet(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
+def build_user_net() -> UserNet:
+    return UserNet(channels=3)
+
+
+def unannotated_builder(**kwargs):
+    raise AssertionError("called")
+
+
 def test_user_models_by_module_path():
     from qcnn import config
 
@@ -60,8 +68,11 @@ def test_user_models_by_module_path():
         models.create("no_such_module:Net")
     with pytest.raises(ValueError, match="has no attribute 'Missing'"):
         models.create("test_models:Missing")
-    with pytest.raises(TypeError, match="returned a int, not a torch.nn.Module"):
-        models.create("builtins:int")
+    assert isinstance(models.create("test_models:build_user_net"), UserNet)
+    # a config names the code it runs: anything but a model builder is refused before it is called
+    for name in ("builtins:int", "os:system", "subprocess:Popen", "test_models:unannotated_builder"):
+        with pytest.raises(TypeError, match="must be an nn.Module subclass or a function annotated to return one"):
+            models.create(name, command="true")
     with pytest.raises(config.ConfigError, match="model.name: unknown model 'not a name'"):
         config.from_dict({"model": {"name": "not a name"}})
     with pytest.raises(config.ConfigError, match="model.kwargs.input_adapter: must be one of"):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from typing import Callable
 
 from torch import nn
@@ -60,15 +62,30 @@ def _builder(name: str) -> Callable[..., nn.Module]:
         if not hasattr(target, part):
             raise ValueError(f"qcnn.models.create({name!r}): {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"qcnn.models.create({name!r}): {attr!r} is not callable")
+    if not _builds_a_module(target):
+        # a config names the code it runs: only model builders, never an arbitrary callable (os:system)
+        raise TypeError(f"qcnn.models.create({name!r}): {attr!r} must be an nn.Module subclass or a function "
+                        f"annotated to return one (def build(...) -> nn.Module), got {type(target).__name__} "
+                        f"{getattr(target, '__qualname__', target)!r}")
     return target
+
+
+def _builds_a_module(target) -> bool:
+    if isinstance(target, type):
+        return issubclass(target, nn.Module)
+    if not inspect.isfunction(target):
+        return False
+    try:
+        returned = typing.get_type_hints(target).get("return")
+    except Exception:  # an annotation that does not resolve
+        return False
+    return isinstance(returned, type) and issubclass(returned, nn.Module)
 
 
 def create(name: str, input_adapter: str | None = None, **kwargs) -> nn.Module:
     """Builds a model: a registered name, 'torchvision.<builder>' (kwargs go to the builder, e.g.
-    num_classes=10; no pretrained weights unless asked for) or 'package.module:Class' (a callable returning
-    an nn.Module). input_adapter='gray28' fits a net built for 3-channel 224x224 images to 1-channel 28x28
+    num_classes=10; no pretrained weights unless asked for) or 'package.module:Class' (an nn.Module subclass,
+    or a function annotated to return one). input_adapter='gray28' fits a net built for 3-channel 224x224 images to 1-channel 28x28
     ones (adapt_to_gray28). Unknown names and keyword arguments are errors."""
     check_name(name)
     builder = _builder(name)
