@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ def _check_range(path: str, value, lo, hi) -> None:
         raise ConfigError(path, f"must be in [{lo}, {hi}], got {value}")
 
 
+# numpy's seeds are uint32.
+MAX_SEED = 2**32 - 1
+
 WEIGHT_KINDS = ("uniform", "binary", "fixed", "codebook")
 CODEBOOK_METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max")
 
@@ -246,7 +250,6 @@ class OverrideConfig(_Section):
         if not self.pattern:
             raise ConfigError(_join(path, "pattern"), "must be a non-empty glob or 're:<regex>'")
         if self.pattern.startswith("re:"):
-            import re
             try:
                 re.compile(self.pattern[3:])
             except re.error as err:
@@ -304,7 +307,9 @@ class DataConfig(_Section):
     test_subset: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "val_size"), self.val_size, 0, 59_999)
+        # 0 would leave nothing to select rounds on: every validation accuracy reads 0.
+        _check_range(_join(path, "val_size"), self.val_size, 1, 59_999)
+        _check_range(_join(path, "seed"), self.seed, 0, MAX_SEED)
         _check_range(_join(path, "batch_size"), self.batch_size, 1, 1 << 16)
         _check_range(_join(path, "eval_batch_size"), self.eval_batch_size, 1, 1 << 16)
         _check_range(_join(path, "crop_padding"), self.crop_padding, 0, 8)
@@ -363,6 +368,7 @@ class TrainingConfig(_Section):
         _check_range(_join(path, "warmup_fraction"), self.warmup_fraction, 0.0, 0.9)
         _check_range(_join(path, "label_smoothing"), self.label_smoothing, 0.0, 0.5)
         _check_range(_join(path, "threads"), self.threads, 1, 1024)
+        _check_range(_join(path, "seed"), self.seed, 0, MAX_SEED)
 
 
 @dataclass
@@ -401,6 +407,7 @@ with the new quantized weights (0: keep the statistics the last round trained)."
         _check_range(_join(path, "epochs_per_round"), self.epochs_per_round, 1, 1000)
         _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
         _check_range(_join(path, "lr_decay"), self.lr_decay, 1e-3, 1.0)
+        _check_range(_join(path, "acc_gain_threshold"), self.acc_gain_threshold, 0.0, 100.0)
         _check_range(_join(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
         _check_range(_join(path, "bn_batches"), self.bn_batches, 0, 100_000)
         fr = self.incremental_fractions
@@ -427,17 +434,67 @@ class RunConfig(_Section):
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def validate(self, path: str = "") -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(_join(path, "name"), f"must be a non-empty name without '/', got {self.name!r}")
+        if self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(_join(path, "name"), "must be one path component (not empty, '.' or '..'; no '/', "
+                              f"'\\' or NUL), got {self.name!r}")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (an alias bomb expands 1 KB to 10^9 items) and duplicate keys, and reads
+    YAML 1.2 exponent floats without a dot or exponent sign ('1e-3', '5E4') as floats, not strings."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._paths: list[str] = []
+
+    def compose_node(self, parent, index):
+        if parent is None:
+            path = ""
+        elif isinstance(index, int):
+            path = f"{self._paths[-1]}[{index}]"
+        elif index is None:  # a mapping key
+            path = self._paths[-1]
+        else:
+            path = _join(self._paths[-1], str(index.value))
+        event = self.peek_event()
+        if isinstance(event, yaml.events.AliasEvent):
+            raise ConfigError(path, f"YAML aliases are not allowed (*{event.anchor} at {_where(event.start_mark)})")
+        self._paths.append(path)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._paths.pop()
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                seen = first.setdefault((key.tag, key.value), key)
+                if seen is not key:
+                    raise ConfigError(_join(self._paths[-1], key.value), f"duplicate key at "
+                                      f"{_where(key.start_mark)} (first at {_where(seen.start_mark)})")
+        return node
+
+
+def _where(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+                              list("-+.0123456789"))
+
+
 def _read_mapping(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except ConfigError as err:
+        raise ConfigError(err.key_path, err.message, file=str(path)) from None
     except OSError as err:
         raise ConfigError("", f"cannot read ({err})", file=str(path)) from err
     except UnicodeDecodeError as err:

@@ -70,9 +70,13 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> torch.Tensor
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            return _read_idx(f, path, expected_ndim)
     except (OSError, EOFError) as err:
         raise ValueError(f"read_idx: {path}: cannot read ({err})") from err
+
+
+def _read_idx(f, path: Path, expected_ndim: int | None) -> torch.Tensor:
+    raw = f.read(4)
     if len(raw) < 4:
         raise ValueError(f"read_idx: {path}: file holds {len(raw)} bytes, shorter than the 4-byte magic at offset 0")
     if raw[0] != 0 or raw[1] != 0:
@@ -84,17 +88,28 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> torch.Tensor
         want = f"expected {expected_ndim}" if expected_ndim is not None else "expected at least 1"
         raise ValueError(f"read_idx: {path}: {ndim} dimensions at offset 3, {want}")
     header = 4 + 4 * ndim
+    raw += f.read(header - 4)
     if len(raw) < header:
         raise ValueError(f"read_idx: {path}: truncated header: {len(raw)} bytes, dimension sizes end at offset {header}")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     count = math.prod(dims)
-    if len(raw) - header != count:
+    # At most the declared size and one byte more (a gzip bomb stops there), in chunks so that a huge declared
+    # size allocates no more than the file holds.
+    payload = bytearray()
+    while len(payload) <= count:
+        chunk = f.read(min(count + 1 - len(payload), 1 << 24))
+        if not chunk:
+            break
+        payload += chunk
+    if len(payload) < count:
         raise ValueError(
             f"read_idx: {path}: dimensions {dims} need {count} data bytes from offset {header}, "
-            f"the file has {len(raw) - header}"
+            f"the file has {len(payload)}"
         )
-    array = np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims)
-    return torch.from_numpy(array.copy())
+    if len(payload) > count:
+        raise ValueError(f"read_idx: {path}: trailing data at offset {header + count}, after the {count} data bytes "
+                         f"dimensions {dims} need")
+    return torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).reshape(dims))
 
 
 def write_idx(path: str | Path, array) -> Path:

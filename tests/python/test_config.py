@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -98,3 +100,71 @@ def test_every_shipped_config_loads():
             config.load_with_search(path, cls)
             with pytest.raises(config.ConfigError, match="search: a search script's config .*load_with_search"):
                 config.load(path)
+
+
+def _load_text(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path, lambda: config.load(path)
+
+
+def test_yaml_aliases_are_refused(tmp_path):
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"{b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    text = "quant:\n  weight:\n    fit_options:\n" + "".join(f"      {line}\n" for line in levels)
+    assert len(text) < 1024
+    path, load = _load_text(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"c\.yaml: quant\.weight\.fit_options\.b\[0\]: YAML aliases are not "
+                                          r"allowed \(\*a at line 5, column 14\)"):
+        load()
+    path.write_text("model:\n  name: lenet5\n  kwargs: {x: &x 3, y: *x}\n")
+    with pytest.raises(ConfigError, match=r"model\.kwargs\.y: YAML aliases are not allowed .*line 3"):
+        load()
+
+
+@pytest.mark.parametrize("text, key_path, lines", [
+    ("training: {epochs: 3}\nname: x\ntraining: {epochs: 5}\n", "training", (3, 1)),
+    ("training:\n  lr: 0.1\n  lr: 0.2\n", "training.lr", (3, 2)),
+    ("quant:\n  overrides:\n    - {pattern: a, weight: {bits: 3, bits: 4}}\n", "quant.overrides[0].weight.bits", (3, 3)),
+])
+def test_duplicate_keys_are_refused(tmp_path, text, key_path, lines):
+    path, load = _load_text(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"c\.yaml: {re.escape(key_path)}: duplicate key at line {lines[0]}, .*"
+                                          rf"\(first at line {lines[1]}, "):
+        load()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "..\\x", "a\0b"])
+def test_run_name_is_one_path_component(name):
+    with pytest.raises(ConfigError, match="one path component") as info:
+        RunConfig.from_dict({"name": name})
+    assert info.value.key_path == "name"
+    assert RunConfig.from_dict({"name": "a..b"}).run_dir.name == "a..b"
+
+
+@pytest.mark.parametrize("patch, key_path", [
+    ({"training": {"seed": -1}}, "training.seed"),
+    ({"training": {"seed": 2**32}}, "training.seed"),
+    ({"data": {"seed": -1}}, "data.seed"),
+    ({"data": {"seed": 2**63}}, "data.seed"),
+    ({"data": {"val_size": 0}}, "data.val_size"),
+    ({"retrain": {"acc_gain_threshold": float("nan")}}, "retrain.acc_gain_threshold"),
+    ({"retrain": {"acc_gain_threshold": float("inf")}}, "retrain.acc_gain_threshold"),
+    ({"retrain": {"acc_gain_threshold": -0.1}}, "retrain.acc_gain_threshold"),
+])
+def test_range_checks(patch, key_path):
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(patch)
+    assert info.value.key_path == key_path
+    cfg = RunConfig.from_dict({"training": {"seed": 2**32 - 1}, "data": {"seed": 2**32 - 1, "val_size": 1},
+                               "retrain": {"acc_gain_threshold": 0.0}})
+    assert cfg.training.seed == cfg.data.seed == 2**32 - 1
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    _, load = _load_text(tmp_path, "training: {lr: 1e-3, weight_decay: 5E-4, gamma: 1.0e-1, epochs: 3}\n"
+                                   "model: {name: lenet5, kwargs: {s: '1e-3'}}\n")
+    cfg = load()
+    assert cfg.training.lr == 0.001 and cfg.training.weight_decay == 5e-4 and cfg.training.gamma == 0.1
+    assert cfg.training.epochs == 3 and cfg.model.kwargs["s"] == "1e-3"
+    assert yaml.safe_load("x: 1e-3")["x"] == "1e-3"  # the plain SafeLoader is left as it is

@@ -124,3 +124,29 @@ def test_build_loaders_subsets():
     cfg = DataConfig(train_subset=300, val_subset=200, test_subset=100, batch_size=64)
     splits = data.build_loaders(cfg)
     assert splits.train.num_samples == 300 and splits.val.num_samples == 200 and splits.test.num_samples == 100
+
+
+def test_read_idx_refuses_trailing_data(tmp_path):
+    path = tmp_path / "long.idx"
+    _write_idx(path, np.zeros((4, 2), dtype=np.uint8))
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"long\.idx: trailing data at offset 20, after the 8 data bytes"):
+        data.read_idx(path)
+
+
+def test_read_idx_stops_reading_a_gzip_bomb(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.idx.gz"
+    header = bytes([0, 0, 0x08, 3]) + b"".join(struct.pack(">I", d) for d in (10, 28, 28))
+    path.write_bytes(gzip.compress(header + bytes(50 << 20), compresslevel=1))
+    read = []
+
+    class Counting(gzip.GzipFile):
+        def read(self, size=-1):
+            out = super().read(size)
+            read.append(len(out))
+            return out
+
+    monkeypatch.setattr(gzip, "open", lambda p, mode: Counting(p, mode))
+    with pytest.raises(ValueError, match=r"bomb\.idx\.gz: trailing data at offset 7856"):
+        data.read_idx(path, expected_ndim=3)
+    assert sum(read) == 16 + 10 * 28 * 28 + 1
