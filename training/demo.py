@@ -71,9 +71,9 @@ def main(argv=None) -> dict:
     if baseline_matches(base_cfg):
         print(f"demo: reusing the float baseline in {base_cfg.run_dir}", flush=True)
     else:
-        train_script.main(["--config", str(args.baseline_config), "--no-progress"], cfg=base_cfg)
+        train_script.main(["--config", str(args.baseline_config), "--no-progress", "--resume"], cfg=base_cfg)
     base_summary = json.loads((base_cfg.run_dir / "summary.json").read_text())
-    summary = retrain_script.main(["--config", str(args.config), "--no-progress"], cfg=demo_cfg)
+    summary = retrain_script.main(["--config", str(args.config), "--no-progress", "--resume"], cfg=demo_cfg)
     summary["float_test_acc"] = base_summary["test_acc"]
     print()
     summary["deploy"] = deploy_script.deploy(demo_cfg.run_dir, args.infer, verbose=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,27 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    # weights_only=False: the checkpoint holds RNG states (numpy arrays, python tuples) written by us.
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _load_failure(err: Exception) -> str:
+    """The informative part of torch.load's error (its weights_only messages are paragraphs of advice)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"unsupported GLOBAL [\w.]+|Unsupported (?:global|operand)[^\n.]*|failed finding central directory",
+                      text, re.IGNORECASE)
+    if found:
+        return found.group(0)
+    return "empty or truncated file" if isinstance(err, EOFError) else f"{type(err).__name__}: {text.strip()[:200]}"
+
+
+def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
+    """A dict saved by atomic_save, with at least `keys`, read as data only (weights_only: a hostile file cannot
+    run code)."""
+    # numpy's RNG state is an ndarray: its rebuilder, the class and its dtype are the only objects allowed
+    numpy_array = [np.ndarray.__reduce__(np.zeros(1, np.uint32))[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(numpy_array):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or objects beyond tensors and plain containers
+        raise ValueError(f"checkpoint {path}: not a readable qcnn checkpoint ({_load_failure(err)})") from None
+    missing = [key for key in keys if key not in ckpt] if isinstance(ckpt, dict) else list(keys)
+    if not isinstance(ckpt, dict) or missing:
+        raise ValueError(f"checkpoint {path}: not a qcnn checkpoint (a dict with {list(keys)}; missing {missing})")
+    return ckpt

@@ -45,10 +45,11 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, loader, best_model=None) -> None:
+def _save(cfg: RunConfig, model: nn.Module, optimizer, scheduler, state: dict, loader, best_model=None) -> None:
     if not engine.is_main():
         return
     engine.atomic_save({
+        "config": cfg.to_dict(),
         "model": engine.unwrap(model).state_dict(),
         "best_model": best_model,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -56,17 +57,73 @@ def _save(run_dir: Path, model: nn.Module, optimizer, scheduler, state: dict, lo
         "rng": engine.rng_state(),
         "data_order": {"seed": getattr(loader, "seed", None), "epoch": state.get("global_epoch", state.get("epoch"))},
         "loop": state,
-    }, run_dir / CHECKPOINT)
+    }, cfg.run_dir / CHECKPOINT)
 
 
-def _restore(run_dir: Path, model: nn.Module, kind: str):
-    path = run_dir / CHECKPOINT
+# What may change between a run and its resumption: neither the results nor the data order depend on them.
+RESUMABLE_CHANGES = ("training.threads", "data.eval_batch_size")
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, path + ".")
+        elif a != b and path not in RESUMABLE_CHANGES:
+            keys.append(path)
+    return keys
+
+
+def _read_checkpoint(cfg: RunConfig, kind: str) -> dict | None:
+    path = cfg.run_dir / CHECKPOINT
     if not path.is_file():
         return None
-    ckpt = engine.load_checkpoint(path)
-    if ckpt["loop"].get("kind") != kind:
-        raise ValueError(f"--resume: {path} is a {ckpt['loop'].get('kind')!r} checkpoint, not {kind!r}")
-    engine.unwrap(model).load_state_dict(ckpt["model"])
+    ckpt = engine.load_checkpoint(path, ("model", "optimizer", "scheduler", "rng", "loop"))
+    loop = ckpt["loop"]
+    if not isinstance(loop, dict) or loop.get("kind") != kind:
+        found = loop.get("kind") if isinstance(loop, dict) else type(loop).__name__
+        raise ValueError(f"--resume: {path} is a {found!r} checkpoint, not {kind!r}")
+    return ckpt
+
+
+def _finished(ckpt: dict, kind: str, cfg: RunConfig) -> bool:
+    loop = ckpt["loop"]
+    if kind == "retrain":
+        return bool(loop.get("done"))
+    saved = ckpt.get("config")
+    epochs = saved["training"]["epochs"] if isinstance(saved, dict) else cfg.training.epochs
+    return loop.get("epoch", 0) >= epochs
+
+
+def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
+    """The checkpoint to continue from, or None to start the run. An unfinished run continues with resume, of the
+    same config only; without resume it is refused rather than overwritten. A finished run is started over unless
+    resume finds it under the same config (then it is done)."""
+    path = cfg.run_dir / CHECKPOINT
+    try:
+        ckpt = _read_checkpoint(cfg, kind)
+    except ValueError:
+        if resume:
+            raise
+        return None  # unreadable and not asked for: the new run replaces it
+    if ckpt is None:
+        return None
+    finished = _finished(ckpt, kind, cfg)
+    changed = _changed_keys(ckpt["config"], cfg.to_dict()) if isinstance(ckpt.get("config"), dict) else []
+    if not resume or (finished and changed):
+        if not finished:
+            raise ValueError(f"{path} holds an unfinished {kind} run; pass --resume to continue it, or delete "
+                             "the checkpoint to start over")
+        return None
+    if changed:
+        raise ValueError(f"--resume: the config differs from the unfinished run in {path} at {changed}; resume "
+                         "with the run's own config (its config.yaml), or start a new run under another name")
+    try:
+        engine.unwrap(model).load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"--resume: {path} does not fit this model: {str(err).splitlines()[0]}") from None
     engine.set_rng_state(ckpt["rng"])
     return ckpt
 
@@ -81,7 +138,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     run_dir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.training
     state = {"kind": "float", "epoch": 0, "history": []}
-    ckpt = _restore(run_dir, model, "float") if resume else None
+    ckpt = _restore(cfg, model, "float", resume)
     ddp = _wrap_ddp(model)
     optimizer = engine.build_optimizer(ddp, tcfg, tcfg.lr)
     steps = engine.batches_per_epoch(train_loader)
@@ -111,7 +168,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
                   f"acc {stats['acc']:.2f} | val loss {val['loss']:.4f} acc {val['acc']:.2f} "
                   f"F1 {val['f1']:.2f} ({record['seconds']:.0f}s)", flush=True)
             _write_jsonl(run_dir / "epochs.jsonl", state["history"])
-        _save(run_dir, ddp, optimizer, scheduler, state, train_loader)
+        _save(cfg, ddp, optimizer, scheduler, state, train_loader)
         done_now += 1
     return {"finished": True, "history": state["history"]}
 
@@ -182,7 +239,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     epochs = rcfg.epochs_per_round
     state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
              "done": False, "best_round": None}
-    ckpt = _restore(run_dir, model, "retrain") if resume else None
+    ckpt = _restore(cfg, model, "retrain", resume)
     best_model = None  # the state after the round with the best validation accuracy so far
     if ckpt is not None:
         state = ckpt["loop"]
@@ -229,7 +286,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
                 _finish_round(model, cfg, state, val_loader, stats)
                 if state["best_round"] == state["rounds"][-1]["round"]:
                     best_model = copy.deepcopy(model.state_dict())
-            _save(run_dir, ddp, optimizer, scheduler, state, train_loader, best_model)
+            _save(cfg, ddp, optimizer, scheduler, state, train_loader, best_model)
             done_now += 1
             if finished_round:
                 break

@@ -59,6 +59,54 @@ def test_float_training_resumes_exactly(tmp_path):
     assert all(0.0 <= h["val_f1"] <= 100.0 for h in history)
 
 
+def test_an_unfinished_run_is_neither_overwritten_nor_resumed_under_another_config(tmp_path):
+    cfg = _cfg(tmp_path, "cut")
+    model, splits = _fresh(cfg)
+    assert not retrain.train_float(model, cfg, splits.train, splits.val, stop_after_epochs=1, progress=False)["finished"]
+    checkpoint = (tmp_path / "cut" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds an unfinished float run; pass --resume"):
+        retrain.train_float(model, cfg, splits.train, splits.val, progress=False)
+    changed = cfg.replace(training=cfg.training.replace(lr=0.9), data=cfg.data.replace(seed=5))
+    with pytest.raises(ValueError, match=r"config differs .* at \['data.seed', 'training.lr'\]"):
+        retrain.train_float(model, changed, splits.train, splits.val, resume=True, progress=False)
+    assert (tmp_path / "cut" / "checkpoint.pt").read_bytes() == checkpoint
+    # threads do not change the results: a run may resume with others
+    more_threads = cfg.replace(training=cfg.training.replace(threads=2))
+    assert retrain.train_float(model, more_threads, splits.train, splits.val, resume=True, progress=False)["finished"]
+    # a finished run under a changed config is a new run
+    longer = cfg.replace(training=cfg.training.replace(epochs=4))
+    result = retrain.train_float(model, longer, splits.train, splits.val, resume=True, progress=False)
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("content", ["pickle", "empty", "truncated", "list"])
+def test_resume_reads_a_hostile_checkpoint_as_data_only(tmp_path, content):
+    cfg = _cfg(tmp_path, "hostile")
+    model, splits = _fresh(cfg)
+    path = tmp_path / "hostile" / "checkpoint.pt"
+    path.parent.mkdir()
+    marker = tmp_path / "code_ran"
+    if content == "pickle":
+        torch.save({"model": _RunsCode(marker)}, path)
+    elif content == "list":
+        torch.save([1, 2], path)
+    else:
+        engine.atomic_save({"model": model.state_dict()}, path)
+        path.write_bytes(b"" if content == "empty" else path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=f"checkpoint {path}: not a .*qcnn checkpoint"):
+        retrain.train_float(model, cfg, splits.train, splits.val, resume=True, progress=False)
+    assert not marker.exists()
+
+
 def test_checkpoint_is_atomic(tmp_path):
     engine.atomic_save({"a": torch.ones(3)}, tmp_path / "c.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
