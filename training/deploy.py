@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "training"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -25,6 +26,7 @@ import qcnn  # noqa: E402
 from qcnn import config as qconfig, data, engine, models  # noqa: E402
 from qcnn.export import ExportReport, to_graph  # noqa: E402
 from qcnn.search import fixed_point_search  # noqa: E402
+from train import run_script  # noqa: E402
 
 DEFAULT_INFER = ROOT / "build" / "qcnn-infer"
 
@@ -42,14 +44,23 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
         plan = fixed_point_search.FixedPointPlan.from_dict(plan_doc)
         model = plan.apply(qcnn.fold_batchnorm(models.create(cfg.model.name, **cfg.model.kwargs)))
     else:
-        cfg = qconfig.load(run_dir / "config.yaml")
+        try:
+            cfg = qconfig.load(run_dir / "config.yaml")
+        except qconfig.ConfigError as err:
+            if err.key_path != "search":
+                raise
+            raise ValueError(f"{plan_path}: not a fixed-point plan (format {fixed_point_search.PLAN_FORMAT!r}), "
+                             f"but {run_dir / 'config.yaml'} is a fixed-point search's config") from None
         if cfg.quant is None:
             raise ValueError(f"{run_dir / 'config.yaml'}: the run has no 'quant' section and no fixed-point plan; "
                              "only quantized runs deploy")
         model = models.create(cfg.model.name, **cfg.model.kwargs)
         qcnn.quantize_(model, cfg.quant)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:  # a hostile or truncated file raises anything from the unpickler
+        model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    except Exception as err:
+        raise ValueError(f"{run_dir / 'model.pt'}: not a state dict of the run's quantized {cfg.model.name!r} "
+                         f"({engine.describe_load_error(err)})") from None
     data.set_input_spec(model, data.FASHION_MNIST_INPUT)  # what a run config's data section reads
     return model.eval(), cfg
 
@@ -181,6 +192,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.images is not None and args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
+    if args.threads is not None and not 1 <= args.threads <= 4096:
+        p.error(f"--threads must be in [1, 4096], got {args.threads}")
     for name in ("config.yaml", "model.pt"):
         if not (args.run / name).is_file():
             raise SystemExit(f"deploy.py: {args.run / name} not found; is {args.run} a finished retraining run?")
@@ -188,4 +201,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

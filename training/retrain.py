@@ -7,6 +7,7 @@ histogram.png, model.pt, summary.json}. The test set is evaluated once, at the e
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -42,7 +43,7 @@ def load_baseline(cfg: qconfig.RunConfig, script: str) -> tuple[torch.nn.Module,
         model.load_state_dict(state)
     except Exception as err:
         raise SystemExit(f"{script}: float baseline {source} is not a state dict of model {cfg.model.name!r} "
-                         f"({type(err).__name__}: {str(err)[:300]})") from err
+                         f"({engine.describe_load_error(err)})") from err
     return model, source
 
 
@@ -78,11 +79,9 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     model, source = load_baseline(cfg, "retrain.py")
     model.to(device)
     float_val = engine.evaluate(model, splits.val)
+    float_model = copy.deepcopy(model)
     qcnn.quantize_(model, cfg.quant)
     run_dir = cfg.run_dir
-    if engine.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        qconfig.dump(cfg, run_dir / "config.yaml")
     t0 = time.perf_counter()
     result = retrain.run(model, cfg, splits.train, splits.val, resume=args.resume,
                          stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
@@ -90,9 +89,8 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         return {"finished": False}
     test = engine.evaluate(model, splits.test)
     folded_test = engine.evaluate(qcnn.fold_batchnorm(model), splits.test)
-    baseline_summary = source.parent / "summary.json"
-    baseline = json.loads(baseline_summary.read_text()) if baseline_summary.is_file() else {}
-    float_test, float_test_f1 = baseline.get("test_acc"), baseline.get("test_f1")  # older summaries: no F1
+    float_scores = engine.evaluate(float_model, splits.test)  # the same test images as the quantized model's
+    float_test, float_test_f1 = float_scores["acc"], float_scores["f1"]
     rounds = result["rounds"]
     summary = {
         "name": cfg.name, "kind": "quantized", "model": cfg.model.name, "baseline": str(source),
@@ -112,7 +110,7 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         torch.save(model.state_dict(), run_dir / "model.pt")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_rounds(rounds))
-        print(f"[{cfg.name}] float test acc {float_test if float_test is None else f'{float_test:.2f}'}%, "
+        print(f"[{cfg.name}] float test acc {float_test:.2f}%, "
               f"quantized test acc {test['acc']:.2f}% (F1 {test['f1']:.2f}; BN folded: {folded_test['acc']:.2f}%) "
               f"-> {run_dir}", flush=True)
     return summary

@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     plan.apply(model)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    qconfig.dump(cfg, run_dir / "config.yaml")  # a plain run config (deploy.py reads it); `search` is in plan.json
+    # retrain.run writes config.yaml, a plain run config (deploy.py reads it); `search` is in plan.json
     (run_dir / "plan.json").write_text(json.dumps({**plan.to_dict(), "search": search_cfg.to_dict()}, indent=2))
 
     t0 = time.perf_counter()

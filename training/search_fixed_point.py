@@ -47,6 +47,10 @@ def main(argv=None) -> dict:
     splits = build_loaders(cfg.data)
     model, source = load_baseline(cfg, "search_fixed_point.py")
     folded = qcnn.fold_batchnorm(model)
+    run_dir = cfg.run_dir  # made before the search, so that an unwritable out_dir costs no search time
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "search": search_cfg.to_dict()},
+                                                        sort_keys=False))
 
     t0 = time.perf_counter()
     plan = fixed_point(folded, splits.val, log=None if args.quiet else print, **search_cfg.to_dict())
@@ -84,10 +88,6 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "qcnn": qcnn.__version__,
         "layers": [layer.to_dict() for layer in plan.layers],
     }
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "search": search_cfg.to_dict()},
-                                                        sort_keys=False))
     (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     torch.save(quantized.state_dict(), run_dir / "model.pt")

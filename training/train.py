@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, engine, models  # noqa: E402
-from qcnn.data import build_loaders  # noqa: E402
+from qcnn.data import NUM_CLASSES, build_loaders  # noqa: E402
 from qcnn.retrain import train_float  # noqa: E402
 
 
@@ -35,13 +35,31 @@ def parse_args(argv=None, description: str = __doc__):
 
 
 def run_script(main) -> None:
-    """A training script's command line: a bad config stops it with one line that names the file and the key
+    """A training script's command line: a bad config, file or argument stops it with one line that names it
     (exit status 2), not a traceback."""
     try:
         main()
-    except qconfig.ConfigError as err:
+    except (qconfig.ConfigError, ValueError, OSError) as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_model_fits(model: torch.nn.Module, cfg: qconfig.RunConfig, spec, device) -> None:
+    """The config's model runs on the data's images and gives one logit per class (a config error otherwise,
+    before any training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *spec.shape, device=device))
+    except Exception as err:
+        raise qconfig.ConfigError("model", f"{cfg.model.name!r} with kwargs {cfg.model.kwargs} cannot run on the "
+                                  f"data's {list(spec.shape)} images: {str(err).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, NUM_CLASSES):
+        raise qconfig.ConfigError("model.kwargs.num_classes", f"the model gives outputs of shape "
+                                  f"{list(out.shape[1:])} per image; the data has {NUM_CLASSES} classes")
 
 
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
@@ -53,10 +71,8 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     engine.seed_everything(cfg.training.seed)
     splits = build_loaders(cfg.data, rank, world)
     model = models.create(cfg.model.name, **cfg.model.kwargs).to(device)
+    check_model_fits(model, cfg, splits.train.input_spec, device)
     run_dir = cfg.run_dir
-    if engine.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        qconfig.dump(cfg, run_dir / "config.yaml")
     t0 = time.perf_counter()
     result = train_float(model, cfg, splits.train, splits.val, resume=args.resume,
                          stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)

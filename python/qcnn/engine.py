@@ -295,7 +295,7 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_failure(err: Exception) -> str:
+def describe_load_error(err: Exception) -> str:
     """The informative part of torch.load's error (its weights_only messages are paragraphs of advice)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     found = re.search(r"unsupported GLOBAL [\w.]+|Unsupported (?:global|operand)[^\n.]*|failed finding central directory",
@@ -314,7 +314,7 @@ def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
         with torch.serialization.safe_globals(numpy_array):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or objects beyond tensors and plain containers
-        raise ValueError(f"checkpoint {path}: not a readable qcnn checkpoint ({_load_failure(err)})") from None
+        raise ValueError(f"checkpoint {path}: not a readable qcnn checkpoint ({describe_load_error(err)})") from None
     missing = [key for key in keys if key not in ckpt] if isinstance(ckpt, dict) else list(keys)
     if not isinstance(ckpt, dict) or missing:
         raise ValueError(f"checkpoint {path}: not a qcnn checkpoint (a dict with {list(keys)}; missing {missing})")

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import engine
 from . import quantize as qz
-from .config import RunConfig
+from .config import ConfigError, RunConfig, dump
 from .data import set_input_spec
 
 CHECKPOINT = "checkpoint.pt"
@@ -128,6 +128,14 @@ def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
     return ckpt
 
 
+def _begin(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
+    """_restore, then the run's config.yaml: written only once the checkpoint check let the run go on."""
+    ckpt = _restore(cfg, model, kind, resume)
+    if engine.is_main():
+        dump(cfg, cfg.run_dir / "config.yaml")
+    return ckpt
+
+
 # --------------------------------------------------------------------------------------- float training
 def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: bool = False,
                 stop_after_epochs: int | None = None, progress: bool = True) -> dict:
@@ -138,7 +146,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     run_dir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.training
     state = {"kind": "float", "epoch": 0, "history": []}
-    ckpt = _restore(cfg, model, "float", resume)
+    ckpt = _begin(cfg, model, "float", resume)
     ddp = _wrap_ddp(model)
     optimizer = engine.build_optimizer(ddp, tcfg, tcfg.lr)
     steps = engine.batches_per_epoch(train_loader)
@@ -222,13 +230,17 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
         stop_after_epochs: int | None = None, progress: bool = True) -> dict:
     """The quantize-then-retrain loop on a model already prepared with qcnn.quantize_(model, cfg.quant).
 
-    Writes cfg.run_dir/{checkpoint.pt, rounds.jsonl, accuracy.png, histogram.png} (rank 0 only).
+    Writes cfg.run_dir/{config.yaml, checkpoint.pt, rounds.jsonl, accuracy.png, histogram.png} (rank 0 only).
     Returns {'finished', 'rounds': [per-round records]}. stop_after_epochs returns early as if killed after
     that many epochs of this call; resume=True continues from the last checkpoint and ends in exactly the
     state an uninterrupted run reaches.
     """
     if not qz.quant_layers(model):
         raise ValueError("qcnn.retrain.run: the model has no quantized layers; call qcnn.quantize_(model, cfg.quant) first")
+    layer = cfg.retrain.histogram_layer
+    if layer is not None and layer not in qz.quant_layers(model):
+        raise ConfigError("retrain.histogram_layer", f"{layer!r} is not a quantized layer of the model (layers: "
+                          f"{list(qz.quant_layers(model))})")
     steps = engine.batches_per_epoch(train_loader)
     spec = getattr(train_loader, "input_spec", None)
     if spec is not None:  # what qcnn.export writes into the file
@@ -239,7 +251,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     epochs = rcfg.epochs_per_round
     state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
              "done": False, "best_round": None}
-    ckpt = _restore(cfg, model, "retrain", resume)
+    ckpt = _begin(cfg, model, "retrain", resume)
     best_model = None  # the state after the round with the best validation accuracy so far
     if ckpt is not None:
         state = ckpt["loop"]

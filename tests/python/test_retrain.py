@@ -133,6 +133,16 @@ CODEBOOK_QUANT = {"weight": {"kind": "codebook", "bits": 2, "method": "kmeans", 
 
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
+def test_a_misspelt_histogram_layer_stops_the_loop_before_round_0(tmp_path):
+    cfg = _cfg(tmp_path, "hist", **CODEBOOK_QUANT)
+    cfg = cfg.replace(retrain=cfg.retrain.replace(histogram_layer="features.99"))
+    model, splits = _fresh(cfg)
+    with pytest.raises(qconfig.ConfigError, match=r"retrain.histogram_layer: 'features.99' is not a quantized layer"):
+        retrain.run(model, cfg, splits.train, splits.val, progress=False)
+    assert not (tmp_path / "hist" / "rounds.jsonl").exists()
+
+
+@pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
 @pytest.mark.parametrize("variant", ["iterative", "incremental"])
 def test_retrain_loop_resumes_exactly(tmp_path, variant):
     quant = dict(CODEBOOK_QUANT)
@@ -378,3 +388,40 @@ def test_a_script_stops_on_a_bad_config_with_one_line_naming_file_and_key(tmp_pa
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"search_accumulator.py: {bad}: search.acc_bits: must be in [2, 32], got 99" in done.stderr
+
+
+def _script_stderr(script: str, *args) -> str:
+    import subprocess
+    import sys
+    from training_scripts import TRAINING
+    done = subprocess.run([sys.executable, str(TRAINING / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+SMALL_DATA = "data: {train_subset: 64, val_subset: 32, test_subset: 32, batch_size: 32}\n"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ("{num_classes: 5}", "model.kwargs.num_classes: the model gives outputs of shape [5] per image; the data has 10"),
+    ("{in_channels: 3}", "model: 'vgg_small' with kwargs {'in_channels': 3} cannot run on the data's [1, 28, 28]"),
+])
+def test_train_refuses_a_model_that_does_not_fit_the_data_before_training(tmp_path, kwargs, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: fit\nout_dir: {tmp_path}\n{SMALL_DATA}model: {{name: vgg_small, kwargs: {kwargs}}}\n")
+    assert message in _script_stderr("train.py", "--config", config, "--no-progress")
+    assert not (tmp_path / "fit" / "checkpoint.pt").exists()
+
+
+def test_scripts_check_their_outputs_and_options_before_the_work(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    torch.save(models.create("vgg_small", width=4).state_dict(), tmp_path / "base.pt")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: fxp\nout_dir: {not_a_dir}\nbaseline: {tmp_path / 'base.pt'}\n{SMALL_DATA}"
+                      "model: {name: vgg_small, kwargs: {width: 4}}\n")
+    # the search would take its time first; the run directory is made before it
+    assert f"Not a directory: '{not_a_dir}/fxp'" in _script_stderr("search_fixed_point.py", "--config", config)
+    assert "--threads must be in [1, 4096], got 100000" in _script_stderr("deploy.py", "--run", tmp_path,
+                                                                         "--threads", 100000)
