@@ -29,6 +29,7 @@ from qcnn.search import fixed_point_search  # noqa: E402
 from train import run_script  # noqa: E402
 
 DEFAULT_INFER = ROOT / "build" / "qcnn-infer"
+FORMAT_KEYS = ("frac_bits", "format_bits")  # the fixed-point quantizers' state dict entries (and format_frac_bits)
 
 
 def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
@@ -39,7 +40,8 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
         plan_doc = json.loads(plan_path.read_text()) if plan_path.is_file() else None
     except (OSError, ValueError) as err:
         raise ValueError(f"{plan_path}: cannot read the run's plan ({err})") from err
-    if isinstance(plan_doc, dict) and plan_doc.get("format") == fixed_point_search.PLAN_FORMAT:
+    fixed_point = isinstance(plan_doc, dict) and plan_doc.get("format") == fixed_point_search.PLAN_FORMAT
+    if fixed_point:
         cfg, _ = qconfig.load_with_search(run_dir / "config.yaml", fixed_point_search.FixedPointSearchConfig)
         plan = fixed_point_search.FixedPointPlan.from_dict(plan_doc)
         model = plan.apply(qcnn.fold_batchnorm(models.create(cfg.model.name, **cfg.model.kwargs)))
@@ -56,11 +58,18 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
                              "only quantized runs deploy")
         model = models.create(cfg.model.name, **cfg.model.kwargs)
         qcnn.quantize_(model, cfg.quant)
+    planned = {key: value.clone() for key, value in model.state_dict().items() if key.endswith(FORMAT_KEYS)}
     try:  # a hostile or truncated file raises anything from the unpickler
         model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     except Exception as err:
         raise ValueError(f"{run_dir / 'model.pt'}: not a state dict of the run's quantized {cfg.model.name!r} "
                          f"({engine.describe_load_error(err)})") from None
+    if fixed_point:  # model.pt holds the plan's formats too: a plan.json edited since cannot be deployed
+        loaded = model.state_dict()
+        for key, value in planned.items():
+            if not torch.equal(loaded[key], value):
+                raise ValueError(f"{plan_path} and {run_dir / 'model.pt'} disagree: {key} is {value.item()} in the "
+                                 f"plan, {loaded[key].item()} in model.pt")
     data.set_input_spec(model, data.FASHION_MNIST_INPUT)  # what a run config's data section reads
     return model.eval(), cfg
 

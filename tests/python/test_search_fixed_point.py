@@ -556,6 +556,12 @@ def test_script_reads_the_test_split_only_after_the_search(tmp_path, monkeypatch
     deployed, _ = load_training_script("deploy").load_quantized(run)  # what training/deploy.py exports
     assert isinstance(deployed.features[0], QuantConv2d) and not deployed.training
     assert _accuracy(deployed, splits.val) == summary["val_acc"]
+    edited = plan.to_dict()  # a plan.json changed after the search no longer matches model.pt's formats
+    edited["layers"][1]["a_bits"] = 9 if edited["layers"][1]["a_bits"] != 9 else 8
+    (run / "plan.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"plan.json and .*model.pt disagree: .*act_quant.format_bits"):
+        load_training_script("deploy").load_quantized(run)
+    (run / "plan.json").write_text(json.dumps(plan.to_dict()))
 
     results = load_training_script("results")  # docs/RESULTS.md's table: the schedule beside the budget
     older = {**summary, "search": {k: v for k, v in summary["search"].items() if k != "schedule"}}
