@@ -31,7 +31,10 @@ def parse_args(argv=None, description: str = __doc__):
                    help="auto: this process's GPU when CUDA is available, else the CPU")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="stop (as if killed) after this many epochs; for testing --resume")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        p.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    return args
 
 
 def run_script(main) -> None:
@@ -65,6 +68,10 @@ def check_model_fits(model: torch.nn.Module, cfg: qconfig.RunConfig, spec, devic
 def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
     args = parse_args(argv)
     cfg = cfg or qconfig.load(args.config)
+    if cfg.quant is not None:  # recorded, it would make the float run look quantized to deploy.py
+        print(f"train.py: {args.config}: trains the float model; its 'quant' section is for retrain.py and is "
+              "left out of this run", file=sys.stderr)
+        cfg = cfg.replace(quant=None)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     rank, world, device = engine.setup_distributed(args.device)

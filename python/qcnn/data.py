@@ -19,6 +19,7 @@ DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN = 0.2860
 FASHION_STD = 0.3530
 NUM_CLASSES = 10
+MIN_IMAGE_SIZE = 8  # the nets pool three times
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ def load_fashion_mnist(root: str | Path = DEFAULT_ROOT, split: str = "train") ->
     labels = read_idx(label_path, expected_ndim=1)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"fashion-mnist: {image_path} holds {images.shape[0]} images but {label_path} {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"fashion-mnist: {image_path} holds no images")
+    if min(images.shape[1:]) < MIN_IMAGE_SIZE:
+        raise ValueError(f"fashion-mnist: {image_path} holds {images.shape[1]}x{images.shape[2]} images, smaller than "
+                         f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
     if int(labels.max()) >= NUM_CLASSES:
         raise ValueError(f"fashion-mnist: {label_path} holds label {int(labels.max())}, expected 0..9")
     return images, labels.long()
@@ -251,6 +257,9 @@ def build_loaders(data_cfg, rank: int = 0, world_size: int = 1) -> Splits:
     if data_cfg.val_subset is not None:
         val_idx = val_idx[:data_cfg.val_subset]
     test_images, test_labels = load_fashion_mnist(data_cfg.path, "test")
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(f"fashion-mnist: {data_cfg.path}: the test images are {list(test_images.shape[1:])}, the "
+                         f"training images {list(images.shape[1:])}")
     if data_cfg.test_subset is not None:
         test_images, test_labels = test_images[:data_cfg.test_subset], test_labels[:data_cfg.test_subset]
     train = TensorLoader(images[train_idx], labels[train_idx], data_cfg.batch_size, shuffle=True,

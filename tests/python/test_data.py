@@ -50,6 +50,26 @@ def test_read_idx_errors_name_file_and_offset(tmp_path):
         data.read_idx(tmp_path / "nope.idx")
 
 
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((0, 28, 28), np.uint8), "holds no images"),
+    (np.zeros((3, 1, 1), np.uint8), "holds 1x1 images, smaller than 8x8"),
+])
+def test_a_dataset_the_nets_cannot_use_is_refused_by_file(tmp_path, images, message):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(len(images), np.uint8))
+    with pytest.raises(ValueError, match=f"train-images-idx3-ubyte {message}"):
+        data.load_fashion_mnist(tmp_path, "train")
+
+
+def test_test_images_of_another_size_are_refused(tmp_path):
+    for split, n, size in (("train", 20, 28), ("t10k", 4, 14)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.zeros((n, size, size), np.uint8))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    cfg = DataConfig(path=str(tmp_path), val_size=4)
+    with pytest.raises(ValueError, match=r"the test images are \[14, 14\], the training images \[28, 28\]"):
+        data.build_loaders(cfg)
+
+
 def test_fashion_mnist_real_files():
     images, labels = data.load_fashion_mnist(ROOT, "test")
     assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
