@@ -109,6 +109,8 @@ def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
             raise
         return None  # unreadable and not asked for: the new run replaces it
     if ckpt is None:
+        if resume and engine.is_main():  # a misspelt name would otherwise start over without a word
+            print(f"[{cfg.name}] --resume: no checkpoint in {cfg.run_dir}; starting the run", flush=True)
         return None
     finished = _finished(ckpt, kind, cfg)
     changed = _changed_keys(ckpt["config"], cfg.to_dict()) if isinstance(ckpt.get("config"), dict) else []
