@@ -60,8 +60,9 @@ def _save(cfg: RunConfig, model: nn.Module, optimizer, scheduler, state: dict, l
     }, cfg.run_dir / CHECKPOINT)
 
 
-# What may change between a run and its resumption: neither the results nor the data order depend on them.
-RESUMABLE_CHANGES = ("training.threads", "data.eval_batch_size")
+# What may change between a run and its resumption (a moved run directory, other threads): neither the results
+# nor the data order depend on them.
+RESUMABLE_CHANGES = ("out_dir", "training.threads", "data.eval_batch_size")
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

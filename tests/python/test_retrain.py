@@ -70,11 +70,13 @@ def test_an_unfinished_run_is_neither_overwritten_nor_resumed_under_another_conf
     with pytest.raises(ValueError, match=r"config differs .* at \['data.seed', 'training.lr'\]"):
         retrain.train_float(model, changed, splits.train, splits.val, resume=True, progress=False)
     assert (tmp_path / "cut" / "checkpoint.pt").read_bytes() == checkpoint
-    # threads do not change the results: a run may resume with others
-    more_threads = cfg.replace(training=cfg.training.replace(threads=2))
-    assert retrain.train_float(model, more_threads, splits.train, splits.val, resume=True, progress=False)["finished"]
+    # neither the run directory's place nor the threads change the results: a run may resume with others
+    import shutil
+    shutil.copytree(tmp_path / "cut", tmp_path / "moved" / "cut")
+    moved = cfg.replace(out_dir=str(tmp_path / "moved"), training=cfg.training.replace(threads=2))
+    assert retrain.train_float(model, moved, splits.train, splits.val, resume=True, progress=False)["finished"]
     # a finished run under a changed config is a new run
-    longer = cfg.replace(training=cfg.training.replace(epochs=4))
+    longer = moved.replace(training=cfg.training.replace(epochs=4))
     result = retrain.train_float(model, longer, splits.train, splits.val, resume=True, progress=False)
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
 
