@@ -21,6 +21,17 @@ except ImportError:  # pragma: no cover - tqdm is a declared dependency
 
 
 # ----------------------------------------------------------------------------------------- distributed
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer >= 0 (torchrun sets it)")
+    return number
+
+
 def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """Initializes torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
     device: "auto" (the GPU of this process's LOCAL_RANK when CUDA is available, else the CPU), "cpu" or
@@ -28,13 +39,16 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local, world = (_env_int(name, default) for name, default in (("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if world > 1 and not dist.is_initialized() and not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT",
+                                                                                      "RANK")):
+        raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR, MASTER_PORT or RANK is not set: start the script "
+                           "with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
     if use_cuda:
         count = torch.cuda.device_count()
         if local >= count:
             raise RuntimeError(f"LOCAL_RANK {local} needs CUDA device {local}, but {count} CUDA device(s) are "
                                "visible: start fewer processes per node, or pass --device cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0

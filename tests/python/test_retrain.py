@@ -1,6 +1,7 @@
 """The training loops: exact resumption after an interruption, convergence rule, outputs."""
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -427,3 +428,16 @@ def test_scripts_check_their_outputs_and_options_before_the_work(tmp_path):
     assert f"Not a directory: '{not_a_dir}/fxp'" in _script_stderr("search_fixed_point.py", "--config", config)
     assert "--threads must be in [1, 4096], got 100000" in _script_stderr("deploy.py", "--run", tmp_path,
                                                                          "--threads", 100000)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but MASTER_ADDR, MASTER_PORT or RANK is not set: start the script with torchrun"),
+    ({"LOCAL_RANK": "x"}, "environment variable LOCAL_RANK='x' must be an integer >= 0"),
+])
+def test_a_distributed_environment_without_torchrun_is_named(monkeypatch, env, message):
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        engine.setup_distributed("cpu")
