@@ -334,3 +334,27 @@ def test_trained_model_size(trained):
     report = trained["report"]
     assert report.huffman_index_bytes < report.packed_index_bytes
     assert report.ratio >= 5.0  # tiny model: per-layer metadata weighs more
+
+
+@pytest.mark.parametrize("pruned", ["one channel", "every channel"])
+def test_a_pruned_output_channel_keeps_its_bias_in_the_engine(tmp_path, pruned):
+    """All-zero weights give a channel the weight scale FLT_MIN: its requantization took the largest shift, the
+    bias no longer fitted beside it and the engine output 0 where the model outputs its bias."""
+    from qcnn.quantize import calibrate_activations
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        rows = [3] if pruned == "one channel" else list(range(16))
+        m[2].weight[rows] = 0.0
+        m[2].bias[rows] = 0.5
+    qcnn.quantize_(m, {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    px = torch.randint(0, 256, (64, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = (px.float() / 255 - MEAN) / STD
+    calibrate_activations(m, [x], 1)
+    qcnn.export(m, tmp_path / "p.qcnn", input_shape=(1, 28, 28), mean=[MEAN], std=[STD], verbose=False)
+    with torch.no_grad():
+        ref = m(x)
+    out = qcnn.load(tmp_path / "p.qcnn")(px)
+    assert (out - ref).abs().max() <= 1e-5 * (ref.max() - ref.min())
+    assert torch.equal(out.argmax(1), ref.argmax(1))

@@ -184,10 +184,16 @@ class Lowering:
         (clamped to +-bias_limit)."""
         mults, shifts, biases = [], [], []
         for c in range(scale.numel()):
-            mt, sh = quantize_multiplier(float(scale[c]) / target.scale)
+            real, codes = float(scale[c]) / target.scale, float(bias[c]) / target.scale
+            mt, sh = quantize_multiplier(real)
+            if abs(codes) * 2.0 ** sh > bias_limit:
+                # A negligible scale (a pruned channel's FLT_MIN) took the largest shift, which leaves the bias no
+                # room: shift less, so the bias stays exact and the multiplier keeps what it can (maybe 0).
+                sh = max(0, sh - math.ceil(math.log2(abs(codes) * 2.0 ** sh / bias_limit)))
+                mt = round(real * 2.0 ** sh)
             mults.append(mt)
             shifts.append(sh)
-            biases.append(max(-bias_limit, min(bias_limit, round(float(bias[c]) / target.scale * 2.0 ** sh))))
+            biases.append(max(-bias_limit, min(bias_limit, round(codes * 2.0 ** sh))))
         self.tensors[f"{prefix}.multiplier"] = torch.tensor(mults, dtype=torch.int32)
         self.tensors[f"{prefix}.shift"] = torch.tensor(shifts, dtype=torch.uint8)
         self.tensors[f"{prefix}.bias"] = torch.tensor(biases, dtype=torch.int64)
