@@ -92,7 +92,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     new_bias = bias * scale + shift
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      device=weight.device, dtype=weight.dtype)
+                      padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype)
     plain.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
     plain.bias.copy_(new_bias)
     if isinstance(conv, QuantConv2d):

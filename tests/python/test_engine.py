@@ -199,8 +199,9 @@ def test_bad_pixels_are_value_errors(model_dir):
         model(torch.zeros(2, 1, 16, 15, dtype=torch.uint8))
     with pytest.raises(ValueError, match=re.escape("pixels must have shape [N, 1, 16, 16], got [1, 16, 16]")):
         model(torch.zeros(1, 16, 16, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="threads must be an int >= 0"):
-        qcnn.load(model_dir / "codebook_w2.qcnn", threads=-1)
+    for threads in (-1, 2**31 - 1):  # OpenMP aborts the process on a pool it cannot allocate
+        with pytest.raises(ValueError, match=re.escape("threads must be an int in [0, 4096]")):
+            qcnn.load(model_dir / "codebook_w2.qcnn", threads=threads)
 
 
 def test_bad_files_are_value_errors_naming_the_file(tmp_path, model_dir):

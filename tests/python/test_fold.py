@@ -38,6 +38,18 @@ def test_fold_matches_manual_formula():
     torch.testing.assert_close(folded.bias, bn.bias + (conv.bias - bn.running_mean) * s)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_folding_keeps_the_padding_mode(mode):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode=mode), bn).eval()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(qcnn.fold_batchnorm(model)(x), model(x), atol=1e-5)
+
+
 def test_pairs_skip_conv_with_two_users():
     class TwoUsers(nn.Module):
         def __init__(self):

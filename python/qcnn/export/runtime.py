@@ -88,6 +88,9 @@ class IntegerModel(nn.Module):
         return f"{str(self.path)!r}, input_shape={list(self.input_shape)}, classes={self.num_classes}, isa={self.isa}"
 
 
+MAX_THREADS = 4096  # as qcnn-infer's --threads; OpenMP aborts the process on a pool it cannot allocate
+
+
 def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int | None = None,
          max_activation_bytes_per_image: int | None = None, count_overflows: bool = False) -> IntegerModel:
     """Loads a .qcnn file for integer inference (uint8 pixels -> float logits); a ValueError names the file and
@@ -98,8 +101,8 @@ def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int |
     (None: the defaults of csrc/runtime/model.h, far above real CNNs).
     count_overflows: keep the weights for IntegerModel.count_overflows (2 more bytes per weight)."""
     path = Path(path)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0 (0 = the default), got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in [0, {MAX_THREADS}] (0 = the default), got {threads!r}")
     if not isinstance(count_overflows, bool):
         raise ValueError(f"count_overflows must be a bool, got {count_overflows!r}")
     limits = {"max_macs_per_image": max_macs_per_image, "max_activation_bytes_per_image": max_activation_bytes_per_image,
