@@ -35,14 +35,19 @@ def _opaque_functions() -> tuple:
 
 
 def trace(model: nn.Module, owner: str, purpose: str = "") -> torch.fx.Graph:
-    """The model's torch.fx graph (QuantLeafTracer); an untraceable model is a TypeError naming `owner`, the
-    model's class, what the graph was for and fx's reason."""
+    """The model's torch.fx graph in eval mode (QuantLeafTracer), whatever mode the model is in: `if self.training`
+    branches take their inference side. An untraceable model is a TypeError naming `owner`, the model's class,
+    what the graph was for and fx's reason."""
+    was_training = model.training
+    model.eval()
     try:
         return QuantLeafTracer(autowrap_functions=_opaque_functions()).trace(model)
     except Exception as err:  # fx raises many types for untraceable control flow
         why = f" {purpose}" if purpose else ""
         raise TypeError(f"{owner}: cannot trace {type(model).__name__} with torch.fx{why} "
                         f"({type(err).__name__}: {err})") from err
+    finally:
+        model.train(was_training)
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -283,3 +283,17 @@ def test_warm_refit_keeps_clusters_of_drifted_weights():
     assert changes[True] < changes[False]
     # Methods without a warm start refit from scratch; the flag is ignored for them.
     assert not CodebookWeightQuantizer(w.shape, 4, method="kmeans_optimal", warm_start=True).warm_start
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nonfinite_calibration_batch_is_named_not_a_reset_clip(bad):
+    from torch import nn
+    from qcnn.quantize import calibrate_activations
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    qcnn.quantize_(model, {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    x = torch.randn(4, 1, 8, 8)
+    x[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"calibrate_activations: 0.act_quant: the calibration data reached this quantizer "
+                                         r"with NaN or infinite values in 1 batch"):
+        calibrate_activations(model, [x], 1)

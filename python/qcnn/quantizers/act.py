@@ -61,6 +61,7 @@ class QuantAct(QuantizerModule):
         self.register_buffer("observed_batches", torch.tensor(0))
         self.calibrating = False
         self._saw_negative = False
+        self._nonfinite_batches = 0
 
     @property
     def signed(self) -> bool:
@@ -89,6 +90,7 @@ class QuantAct(QuantizerModule):
     def start_calibration(self) -> None:
         self.calibrating = True
         self._saw_negative = False
+        self._nonfinite_batches = 0
         self.observed.zero_()
         self.observed_batches.zero_()
 
@@ -97,6 +99,9 @@ class QuantAct(QuantizerModule):
         if self.auto_sign and not self._saw_negative:
             self._saw_negative = bool((x.detach() < 0).any())
         mag = x.detach().abs().flatten().float()
+        if not bool(torch.isfinite(mag).all()):  # a NaN would turn the clip into NaN, then silently into 1.0
+            self._nonfinite_batches += 1
+            return
         if self.observer == "max":
             self.observed.copy_(torch.maximum(self.observed, mag.max()))
         else:
@@ -107,6 +112,9 @@ class QuantAct(QuantizerModule):
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
+        if self._nonfinite_batches:
+            raise ValueError(f"the calibration data reached this quantizer with NaN or infinite values in "
+                             f"{self._nonfinite_batches} batch(es)")
         if int(self.observed_batches) == 0:
             raise RuntimeError("QuantAct.finish_calibration: no batch was observed since start_calibration()")
         clip = self.observed if self.observer == "max" else self.observed / self.observed_batches
