@@ -120,3 +120,31 @@ def test_partially_frozen_incremental_layer_is_an_error(tmp_path):
     first.weight_quant.freeze(first.weight, 1.0)
     graph = to_graph(model, **FASHION_INPUT)
     assert torch.equal(graph.nodes[0].weight.dequantize(), first.quantized_weight().detach())
+
+
+class _TrainingBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.training:  # a training-only branch: inference skips it
+            x = torch.tanh(x)
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
+def test_a_model_left_in_training_mode_exports_its_inference_graph(tmp_path):
+    torch.manual_seed(0)
+    model = _TrainingBranch()
+    qcnn.quantize_(model, {"weight": {"kind": "uniform", "bits": 8}, "act": {"bits": 8}})
+    px = torch.randint(0, 256, (16, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = px.float() / 255
+    calibrate_activations(model, [x], 1)
+    model.train()
+    qcnn.export(model, tmp_path / "m.qcnn", input_shape=(1, 8, 8), mean=[0.0], std=[1.0], verbose=False)
+    assert model.training  # the mode is the caller's
+    with torch.no_grad():
+        ref = model.eval()(x)
+    out = qcnn.load(tmp_path / "m.qcnn")(px)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
