@@ -63,8 +63,16 @@ class _FakeQuant:
         return _lib.fake_quant.default(x, scale, zero_point, qmin, qmax, axis)
 
 
+def check_one_device(op: str, *tensors) -> None:
+    """What the real kernels require: every tensor argument on one device. The fake kernels check it too, since
+    a meta tensor among CPU ones dispatches to them and would return uninitialized memory."""
+    devices = sorted({str(t.device) for t in tensors if isinstance(t, torch.Tensor)})
+    torch._check(len(devices) <= 1, lambda: f"qcnn::{op}: the tensor arguments must be on one device, got {devices}")
+
+
 @torch.library.register_fake("qcnn::fake_quant")
 def _fake_quant_fake(x, scale, zero_point, qmin, qmax, axis):
+    check_one_device("fake_quant", x, scale, zero_point)
     torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16),
                  lambda: f"qcnn: x must be float32, float16 or bfloat16, got {x.dtype}")
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -72,6 +80,7 @@ def _fake_quant_fake(x, scale, zero_point, qmin, qmax, axis):
 
 @torch.library.register_fake("qcnn::fake_quant_backward")
 def _fake_quant_backward_fake(grad, x, scale, zero_point, qmin, qmax, axis, grad_factor, need_qparam_grads):
+    check_one_device("fake_quant_backward", grad, x, scale, zero_point)
     qshape = scale.shape if need_qparam_grads else (0,)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             scale.new_empty(qshape), scale.new_empty(qshape))
@@ -95,6 +104,7 @@ def _fake_quant_binary_fake(w, axis):
 
 @torch.library.register_fake("qcnn::fake_quant_binary_backward")
 def _fake_quant_binary_backward_fake(grad, w, axis):
+    check_one_device("fake_quant_binary_backward", grad, w)
     return torch.empty_like(w, memory_format=torch.contiguous_format)
 
 

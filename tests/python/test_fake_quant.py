@@ -190,3 +190,18 @@ def test_torch_compile_module():
 def test_bad_arguments_name_the_argument(call, match):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
         call(torch.randn(4, 5))
+
+
+def test_a_meta_tensor_among_cpu_ones_is_refused_not_uninitialized_memory():
+    """A meta argument dispatches to the fake kernel, which returned empty memory on the CPU."""
+    meta_scale = torch.tensor([0.1], device="meta")
+    with pytest.raises(RuntimeError, match=r"qcnn::fake_quant: the tensor arguments must be on one device, got "
+                                           r"\['cpu', 'meta'\]"):
+        fake_quant(torch.ones(8), meta_scale, torch.tensor([0], dtype=torch.int32), -8, 7)
+    with pytest.raises(RuntimeError, match=r"qcnn::kmeans_1d: the tensor arguments must be on one device"):
+        qcnn.codebook.kmeans_1d(torch.randn(10), 2, sample_weight=torch.ones(10, device="meta"))
+    with pytest.raises(RuntimeError, match=r"qcnn::quantize_to_codebook: the tensor arguments must be on one device"):
+        qcnn.codebook.quantize_to_codebook(torch.randn(10), torch.tensor([-1.0, 1.0], device="meta"))
+    on_meta = fake_quant(torch.ones(8, device="meta"), meta_scale, torch.tensor([0], dtype=torch.int32, device="meta"),
+                         -8, 7)
+    assert on_meta.device.type == "meta" and on_meta.shape == (8,)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import check_one_device
+
 __all__ = [
     "kmeans_1d",
     "kmeans_1d_optimal",
@@ -74,18 +76,21 @@ def _centroid_dtype(x: torch.Tensor) -> torch.dtype:
 
 @torch.library.register_fake("qcnn::kmeans_1d")
 def _kmeans_1d_fake(x, k, sample_weight=None, init="kmeans++", max_iter=300, tol=1e-6, seed=0, init_centroids=None):
+    check_one_device("kmeans_1d", x, sample_weight, init_centroids)
     return (x.new_empty((*x.shape[:-1], k), dtype=_centroid_dtype(x)),
             x.new_empty(x.shape[:-1], dtype=torch.float64))
 
 
 @torch.library.register_fake("qcnn::kmeans_1d_optimal")
 def _kmeans_1d_optimal_fake(x, k, sample_weight=None):
+    check_one_device("kmeans_1d_optimal", x, sample_weight)
     return (x.new_empty((*x.shape[:-1], k), dtype=_centroid_dtype(x)),
             x.new_empty(x.shape[:-1], dtype=torch.float64))
 
 
 @torch.library.register_fake("qcnn::lloyd_max")
 def _lloyd_max_fake(density, grid_start, grid_step, k, init="optimal", max_iter=1000, tol=1e-9):
+    check_one_device("lloyd_max", density, grid_start, grid_step)
     return (density.new_empty((*density.shape[:-1], k), dtype=torch.float64),
             density.new_empty(density.shape[:-1], dtype=torch.float64))
 
@@ -93,6 +98,7 @@ def _lloyd_max_fake(density, grid_start, grid_step, k, init="optimal", max_iter=
 @torch.library.register_fake("qcnn::kde_grid_density")
 def _kde_grid_density_fake(x, sample_weight=None, sample_size=100000, bandwidth="scott", bandwidth_factor=1.0,
                            grid_size=2048, seed=0):
+    check_one_device("kde_grid_density", x, sample_weight)
     lead = x.shape[:-1]
     return (x.new_empty((*lead, grid_size), dtype=torch.float64), x.new_empty(lead, dtype=torch.float64),
             x.new_empty(lead, dtype=torch.float64), x.new_empty(lead, dtype=torch.float64))
@@ -105,5 +111,6 @@ def _distinct_values_fake(x, k):
 
 @torch.library.register_fake("qcnn::quantize_to_codebook")
 def _quantize_to_codebook_fake(w, codebook):
+    check_one_device("quantize_to_codebook", w, codebook)
     index_dtype = torch.uint8 if codebook.shape[-1] <= 256 else torch.int16
     return torch.empty_like(w, dtype=index_dtype), torch.empty_like(w)
