@@ -45,7 +45,10 @@ def fake_quant(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: i
     zero_point = _as_param(zero_point, "zero_point", torch.int32, x.device)
     if not isinstance(grad_factor, (int, float)) or not math.isfinite(grad_factor):
         raise ValueError(f"qcnn.ops.fake_quant: grad_factor must be a finite number, got {grad_factor!r}")
-    return _FakeQuant.apply_op(x, scale, zero_point, int(qmin), int(qmax), axis, float(grad_factor))
+    for name, value in (("qmin", qmin), ("qmax", qmax)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"qcnn.ops.fake_quant: {name} must be an int, got {value!r}")
+    return _FakeQuant.apply_op(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
 
 
 class _FakeQuant:

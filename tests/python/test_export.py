@@ -358,3 +358,12 @@ def test_a_pruned_output_channel_keeps_its_bias_in_the_engine(tmp_path, pruned):
     out = qcnn.load(tmp_path / "p.qcnn")(px)
     assert (out - ref).abs().max() <= 1e-5 * (ref.max() - ref.min())
     assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+def test_export_to_a_path_it_cannot_write_names_the_path(tmp_path):
+    graph = random_cnn_graph("codebook", 4, seed=7)
+    with pytest.raises(FileNotFoundError, match=r"the directory of '.*nodir/x.qcnn' does not exist"):
+        qcnn.export(graph, tmp_path / "nodir" / "x.qcnn", verbose=False)
+    for path in (tmp_path, ""):
+        with pytest.raises(IsADirectoryError, match="is a directory, not a file path"):
+            qcnn.export(graph, path, verbose=False)

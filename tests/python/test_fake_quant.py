@@ -205,3 +205,9 @@ def test_a_meta_tensor_among_cpu_ones_is_refused_not_uninitialized_memory():
     on_meta = fake_quant(torch.ones(8, device="meta"), meta_scale, torch.tensor([0], dtype=torch.int32, device="meta"),
                          -8, 7)
     assert on_meta.device.type == "meta" and on_meta.shape == (8,)
+
+
+@pytest.mark.parametrize("qmin, qmax", [(-8.7, 7), (-8, 7.9), (True, 7)])
+def test_fractional_or_bool_code_bounds_are_refused_not_truncated(qmin, qmax):
+    with pytest.raises(TypeError, match=r"qcnn.ops.fake_quant: qm(in|ax) must be an int"):
+        fake_quant(torch.randn(4), 0.1, 0, qmin, qmax)
