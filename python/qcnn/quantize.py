@@ -106,6 +106,9 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
     input_default = cfg.input_act if cfg.input_act is not None else (
         cfg.act.replace(signed=True, bits=max(cfg.act.bits, 2)) if cfg.act is not None else None)
     replaced: dict[str, QuantLayer] = {}
+    aliases: dict[int, list[str]] = {}  # a module reachable under several names (s.b = s.a) is one layer
+    for alias, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(alias)
     for name, module in layers:
         weight_cfg = cfg.weight
         act_cfg = input_default if name in readers else cfg.act
@@ -122,7 +125,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         new = cls.from_float(module, weight_quant, act_quant)
         new.reads_input = name in readers
-        set_submodule(model, name, new)
+        for alias in aliases[id(module)]:  # the first name's config, for every name of the module
+            set_submodule(model, alias, new)
         replaced[name] = new
     for i, hit in enumerate(used):
         if not hit:

@@ -297,3 +297,20 @@ def test_a_nonfinite_calibration_batch_is_named_not_a_reset_clip(bad):
     with pytest.raises(ValueError, match=r"calibrate_activations: 0.act_quant: the calibration data reached this quantizer "
                                          r"with NaN or infinite values in 1 batch"):
         calibrate_activations(model, [x], 1)
+
+
+def test_quantize_replaces_every_name_of_an_aliased_layer():
+    from torch import nn
+
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 4, 3)
+            self.b = self.a  # the same layer under a second name
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.b(self.a(x)[:, :1]).mean((2, 3)))
+
+    model = qcnn.quantize_(Aliased(), {"weight": {"kind": "uniform", "bits": 4}, "act": {"bits": 8}})
+    assert type(model.a).__name__ == "QuantConv2d" and model.a is model.b
