@@ -25,6 +25,7 @@ import torch  # noqa: E402
 import qcnn  # noqa: E402
 from qcnn import config as qconfig, data, engine, models  # noqa: E402
 from qcnn.export import ExportReport, to_graph  # noqa: E402
+from qcnn.export.runtime import MAX_THREADS  # noqa: E402
 from qcnn.search import fixed_point_search  # noqa: E402
 from train import run_script  # noqa: E402
 
@@ -58,18 +59,19 @@ def load_quantized(run_dir: Path) -> tuple[torch.nn.Module, qconfig.RunConfig]:
                              "only quantized runs deploy")
         model = models.create(cfg.model.name, **cfg.model.kwargs)
         qcnn.quantize_(model, cfg.quant)
-    planned = {key: value.clone() for key, value in model.state_dict().items() if key.endswith(FORMAT_KEYS)}
+    # model.pt holds a fixed-point plan's formats too: a plan.json edited since the search cannot be deployed
+    planned = {key: value.clone() for key, value in model.state_dict().items()
+               if fixed_point and key.endswith(FORMAT_KEYS)}
     try:  # a hostile or truncated file raises anything from the unpickler
         model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     except Exception as err:
         raise ValueError(f"{run_dir / 'model.pt'}: not a state dict of the run's quantized {cfg.model.name!r} "
                          f"({engine.describe_load_error(err)})") from None
-    if fixed_point:  # model.pt holds the plan's formats too: a plan.json edited since cannot be deployed
-        loaded = model.state_dict()
-        for key, value in planned.items():
-            if not torch.equal(loaded[key], value):
-                raise ValueError(f"{plan_path} and {run_dir / 'model.pt'} disagree: {key} is {value.item()} in the "
-                                 f"plan, {loaded[key].item()} in model.pt")
+    loaded = model.state_dict()
+    for key, value in planned.items():
+        if not torch.equal(loaded[key], value):
+            raise ValueError(f"{plan_path} and {run_dir / 'model.pt'} disagree: {key} is {value.item()} in the "
+                             f"plan, {loaded[key].item()} in model.pt")
     data.set_input_spec(model, data.FASHION_MNIST_INPUT)  # what a run config's data section reads
     return model.eval(), cfg
 
@@ -201,8 +203,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.images is not None and args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
-    if args.threads is not None and not 1 <= args.threads <= 4096:
-        p.error(f"--threads must be in [1, 4096], got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        p.error(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     for name in ("config.yaml", "model.pt"):
         if not (args.run / name).is_file():
             raise SystemExit(f"deploy.py: {args.run / name} not found; is {args.run} a finished retraining run?")

@@ -43,7 +43,7 @@ def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     if world > 1 and not dist.is_initialized() and not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT",
                                                                                       "RANK")):
         raise ValueError(f"WORLD_SIZE={world} but MASTER_ADDR, MASTER_PORT or RANK is not set: start the script "
-                           "with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
+                         "with torchrun --nproc_per_node=N, or unset WORLD_SIZE")
     if use_cuda:
         count = torch.cuda.device_count()
         if local >= count:

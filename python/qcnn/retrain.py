@@ -77,8 +77,7 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _read_checkpoint(cfg: RunConfig, kind: str) -> dict | None:
-    path = cfg.run_dir / CHECKPOINT
+def _read_checkpoint(path: Path, kind: str) -> dict | None:
     if not path.is_file():
         return None
     ckpt = engine.load_checkpoint(path, ("model", "optimizer", "scheduler", "rng", "loop"))
@@ -104,7 +103,7 @@ def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
     resume finds it under the same config (then it is done)."""
     path = cfg.run_dir / CHECKPOINT
     try:
-        ckpt = _read_checkpoint(cfg, kind)
+        ckpt = _read_checkpoint(path, kind)
     except ValueError:
         if resume:
             raise
@@ -240,10 +239,10 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     """
     if not qz.quant_layers(model):
         raise ValueError("qcnn.retrain.run: the model has no quantized layers; call qcnn.quantize_(model, cfg.quant) first")
-    layer = cfg.retrain.histogram_layer
-    if layer is not None and layer not in qz.quant_layers(model):
+    layer, layers = cfg.retrain.histogram_layer, qz.quant_layers(model)
+    if layer is not None and layer not in layers:
         raise ConfigError("retrain.histogram_layer", f"{layer!r} is not a quantized layer of the model (layers: "
-                          f"{list(qz.quant_layers(model))})")
+                          f"{list(layers)})")
     steps = engine.batches_per_epoch(train_loader)
     spec = getattr(train_loader, "input_spec", None)
     if spec is not None:  # what qcnn.export writes into the file

@@ -381,19 +381,8 @@ def test_a_baseline_that_is_not_a_state_dict_is_refused_by_name(tmp_path, conten
         script.load_baseline(cfg, "search.py")
 
 
-def test_a_script_stops_on_a_bad_config_with_one_line_naming_file_and_key(tmp_path):
-    import subprocess
-    import sys
-    from training_scripts import TRAINING
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: q\nsearch: {acc_bits: 99}\n")
-    done = subprocess.run([sys.executable, str(TRAINING / "search_accumulator.py"), "--config", str(bad)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert f"search_accumulator.py: {bad}: search.acc_bits: must be in [2, 32], got 99" in done.stderr
-
-
 def _script_stderr(script: str, *args) -> str:
+    """A training script's stderr, after it stopped with exit status 2 and no traceback."""
     import subprocess
     import sys
     from training_scripts import TRAINING
@@ -401,6 +390,13 @@ def _script_stderr(script: str, *args) -> str:
                           timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     return done.stderr
+
+
+def test_a_script_stops_on_a_bad_config_with_one_line_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: q\nsearch: {acc_bits: 99}\n")
+    assert (f"search_accumulator.py: {bad}: search.acc_bits: must be in [2, 32], got 99"
+            in _script_stderr("search_accumulator.py", "--config", bad))
 
 
 SMALL_DATA = "data: {train_subset: 64, val_subset: 32, test_subset: 32, batch_size: 32}\n"

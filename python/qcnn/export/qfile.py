@@ -16,7 +16,7 @@ METADATA_KEY = "qcnn"
 def write_qcnn(path: str | Path, doc: dict, tensors: dict[str, torch.Tensor]) -> int:
     """Writes the file; returns its size in bytes."""
     path = Path(path)
-    if str(path) in ("", ".") or path.is_dir():
+    if path.is_dir():  # Path("") is "." too
         raise IsADirectoryError(f"qcnn.export: {str(path)!r} is a directory, not a file path")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"qcnn.export: the directory of {str(path)!r} does not exist")

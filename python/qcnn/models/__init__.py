@@ -85,8 +85,8 @@ def _builds_a_module(target) -> bool:
 def create(name: str, input_adapter: str | None = None, **kwargs) -> nn.Module:
     """Builds a model: a registered name, 'torchvision.<builder>' (kwargs go to the builder, e.g.
     num_classes=10; no pretrained weights unless asked for) or 'package.module:Class' (an nn.Module subclass,
-    or a function annotated to return one). input_adapter='gray28' fits a net built for 3-channel 224x224 images to 1-channel 28x28
-    ones (adapt_to_gray28). Unknown names and keyword arguments are errors."""
+    or a function annotated to return one). input_adapter='gray28' fits a net built for 3-channel 224x224 images
+    to 1-channel 28x28 ones (adapt_to_gray28). Unknown names and keyword arguments are errors."""
     check_name(name)
     builder = _builder(name)
     try:
