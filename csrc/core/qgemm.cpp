@@ -796,7 +796,8 @@ QCNN_AVX2 void depthwise_tile_avx2(const PackedConv& pc, const RequantBlock* blo
 #endif
 
 template <typename In, typename Out>
-void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads) {
+void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads,
+                      const TileHook* after_tile) {
   const RequantBlock* blocks = pc.requant_blocks.data();
   const int64_t positions = pc.g.positions(), rows = tile_rows(pc);
   const int64_t tiles = (positions + rows - 1) / rows;
@@ -818,7 +819,7 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
     pad_image(x, x_sub, pc.g, padded);
     padded_image = padded.data();
   }
-  auto tile = [&](int64_t t, Workspace& ws) {
+  auto compute_tile = [&](int64_t t, Workspace& ws) {
     if (pc.bits.act_bits)
       bit_conv_tile(pc, blocks, bit_tables, t * rows, std::min(rows, positions - t * rows), out, ws);
 #ifdef QCNN_X86
@@ -835,6 +836,10 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
     else
       conv_tile(pc, blocks, x, x_sub, padded_image, t * rows, std::min(rows, positions - t * rows), out, ws);
   };
+  auto tile = [&](int64_t t, Workspace& ws) {
+    compute_tile(t, ws);
+    if (after_tile) (*after_tile)(t * rows, std::min(rows, positions - t * rows));
+  };
   if (threads == 1 || tiles == 1) {
     thread_local Workspace ws;
     for (int64_t t = 0; t < tiles; ++t) tile(t, ws);
@@ -849,11 +854,11 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
 
 template <typename In>
 void conv_image_in(const PackedConv& pc, const In* x, int32_t x_sub, void* out, Storage out_storage,
-                   int num_threads) {
+                   int num_threads, const TileHook* after_tile) {
   switch (out_storage) {
-    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads);
-    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads);
-    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads);
+    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads, after_tile);
+    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads, after_tile);
+    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads, after_tile);
   }
 }
 
@@ -1075,11 +1080,11 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
 }
 
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
-                int num_threads) {
+                int num_threads, const TileHook* after_tile) {
   if (in == Storage::U8)
-    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads);
+    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads, after_tile);
   else if (in == Storage::I32)
-    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads);
+    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads, after_tile);
   else
     throw std::invalid_argument("conv_image: the input must be integer codes");
 }

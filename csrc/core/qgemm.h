@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <climits>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -129,9 +130,12 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
 
 // One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
 // stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32).
-// num_threads > 1 splits the output positions between threads (the batch-1 path).
+// num_threads > 1 splits the output positions between threads (the batch-1 path). after_tile, when given, is
+// called with each tile's output positions [first, first + count) right after the tile is stored, on the
+// thread that computed it (while the tile is in its cache): the engine runs the fused pointwise nodes there.
+using TileHook = std::function<void(int64_t first, int64_t count)>;
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
-                int num_threads);
+                int num_threads, const TileHook* after_tile = nullptr);
 
 // The checked path of `qcnn-infer --count-overflows`: for one image, the number of output values
 // whose running sum over k, in the engine's (ky, kx, c) order, leaves the range of a signed

@@ -1,6 +1,7 @@
 #include "core/requant.h"
 
 #include "core/avx2.h"
+#include "core/eltwise_kernels.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -45,8 +46,8 @@ inline void put(T* dst, int64_t code, int32_t offset) {
 
 }  // namespace
 
-void requantize_codes(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
-                      int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+void requantize_codes_scalar(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+                             int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; ++i) {
       const int64_t x = int64_t{src[i]} + in.offset;
@@ -56,9 +57,9 @@ void requantize_codes(CodesIn in, int64_t count, int32_t in_zero_point, int32_t 
   });
 }
 
-void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
-               int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
-               CodesOut out) {
+void add_codes_scalar(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
+                      int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+                      CodesOut out) {
   with_codes(a, out, [&](auto sa, auto dst) {
     with_input(b, [&](auto sb) {
       for (int64_t i = 0; i < count; ++i) {
@@ -71,9 +72,9 @@ void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b,
   });
 }
 
-void mul_codes(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
-               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
-               CodesOut out) {
+void mul_codes_scalar(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
+                      int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+                      CodesOut out) {
   with_codes(a, out, [&](auto sa, auto dst) {
     with_input(b, [&](auto sb) {
       for (int64_t i = 0; i < count; ++i) {
@@ -86,7 +87,7 @@ void mul_codes(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point,
   });
 }
 
-void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
+void clamp_codes_scalar(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; ++i)
       put(dst + i, std::clamp<int64_t>(int64_t{src[i]} + in.offset, lo, hi), out.offset);
@@ -124,16 +125,16 @@ void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const
   });
 }
 
-void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
+void lookup_codes_scalar(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
   const int64_t base = int64_t{in.offset} - input_min;
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; ++i) put(dst + i, table[int64_t{src[i]} + base], out.offset);
   });
 }
 
-void affine_codes(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
-                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
-                  CodesOut out) {
+void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
+                         const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
+                         CodesOut out) {
   if (channels < 1 || count % channels) throw std::invalid_argument("affine: count must be a multiple of channels");
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; i += channels)
@@ -143,6 +144,58 @@ void affine_codes(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_p
         put(dst + i + ch, std::clamp<int64_t>(q, lo, hi), out.offset);
       }
   });
+}
+
+namespace {
+// The vector table of `isa`, or nullptr for the scalar path.
+const EltwiseKernels* vector_kernels(Isa isa) {
+  switch (isa) {
+    case Isa::Avx2: return eltwise_kernels_avx2();
+    case Isa::Avx512Vnni: return eltwise_kernels_avx512();
+    default: return nullptr;
+  }
+}
+}  // namespace
+
+void requantize_codes(Isa isa, CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+                      int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->requantize : requantize_codes_scalar)(in, count, in_zero_point, multiplier, shift, out_zero_point, lo, hi,
+                                                 out);
+}
+
+void add_codes(Isa isa, CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
+               int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+               CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->add : add_codes_scalar)(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point,
+                                  lo, hi, count, out);
+}
+
+void mul_codes(Isa isa, CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
+               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
+               CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->mul : mul_codes_scalar)(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo,
+                                  hi, count, out);
+}
+
+void clamp_codes(Isa isa, CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->clamp : clamp_codes_scalar)(in, count, lo, hi, out);
+}
+
+void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->lookup : lookup_codes_scalar)(in, count, table, input_min, out);
+}
+
+void affine_codes(Isa isa, CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point,
+                  const int32_t* multiplier, const uint8_t* shift, const int64_t* bias, int32_t out_zero_point,
+                  int32_t lo, int32_t hi, CodesOut out) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->affine : affine_codes_scalar)(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point,
+                                        lo, hi, out);
 }
 
 PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, bool count_include_pad,

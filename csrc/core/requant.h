@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/isa.h"
 #include "core/qgemm.h"
 
 namespace qcnn {
@@ -35,24 +36,29 @@ struct CodesOut {
   int32_t offset;
 };
 
+// The elementwise kernels below take the engine's Isa first: Isa::Scalar runs the reference loops, Isa::Avx2 and
+// Isa::Avx512Vnni (which the caller has checked with isa_supported) vector paths with bit-identical results. Any
+// call may cover a sub-range of a tensor (pointers advanced by whole elements) and run concurrently with others.
+
 // `count` elements: out = clamp(zo + RS(clamp32(x - zi) * multiplier, shift), lo, hi).
-void requantize_codes(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+void requantize_codes(Isa isa, CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
                       int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out);
 
 // out = clamp(zo + RS(clamp32(a - za) * ma + clamp32(b - zb) * mb, shift), lo, hi), |ma|, |mb| < 2^30.
-void add_codes(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
+void add_codes(Isa isa, CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
                int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
                CodesOut out);
 
 // out = clamp(zo + RS((a - za) * (b - zb) * multiplier, shift), lo, hi) for `count` elements of a; b has
 // `count` elements too, or b_channels (> 0) of them, broadcast over the positions of NHWC a (b[i % b_channels]:
-// a [C, H, W] times a [C, 1, 1] gate). The caller keeps |a - za|, |b - zb| <= 2^15 and |multiplier| < 2^31.
-void mul_codes(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
+// a [C, H, W] times a [C, 1, 1] gate; a sub-range then starts at a multiple of b_channels). The caller keeps
+// |a - za|, |b - zb| <= 2^15 and |multiplier| < 2^31 (the vector paths rely on it).
+void mul_codes(Isa isa, CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
                int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
                CodesOut out);
 
 // out = clamp(x, lo, hi) (ReLU on codes).
-void clamp_codes(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
+void clamp_codes(Isa isa, CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
 
 // Channel concatenation of NHWC images: out[p, offset_i + c] = in_i[p, c] for `pixels` positions, every
 // input's codes already in the output's quantization (only storage and offset may differ).
@@ -66,14 +72,14 @@ void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const
 
 // out = table[x - input_min]: any elementwise function of the codes. The caller proves that every code x
 // lies in [input_min, input_min + table size).
-void lookup_codes(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
+void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
 
 // out = clamp(zo + RS(clamp32(x - zi) * multiplier[ch] + bias[ch], shift[ch]), lo, hi) with ch = i % channels: a
 // per-channel affine map (a BatchNorm that folds into no conv) of NHWC [H, W, C] codes or of flat [C] ones. The
 // caller keeps |bias| <= 2^61, so the sum stays inside int64.
-void affine_codes(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
-                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
-                  CodesOut out);
+void affine_codes(Isa isa, CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point,
+                  const int32_t* multiplier, const uint8_t* shift, const int64_t* bias, int32_t out_zero_point,
+                  int32_t lo, int32_t hi, CodesOut out);
 
 // The windows of one pooling axis: output i reads the input cells [begin[i], end[i]) (never empty) and average
 // pooling divides by the product of both axes' divisor[i].

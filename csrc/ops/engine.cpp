@@ -38,9 +38,11 @@ int as_threads(int64_t num_threads) {
 }
 
 runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image,
-                                  std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows) {
+                                  std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows,
+                                  bool fuse) {
   runtime::LoadOptions options;
   options.count_overflows = count_overflows;
+  options.fuse = fuse;
   if (max_macs_per_image) {
     TORCH_CHECK_VALUE(*max_macs_per_image >= 1, "max_macs_per_image must be >= 1, got ", *max_macs_per_image);
     options.max_macs_per_image = *max_macs_per_image;
@@ -56,10 +58,10 @@ runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image,
 class Engine : public torch::CustomClassHolder {
  public:
   Engine(const std::string& path, std::optional<int64_t> max_macs_per_image,
-         std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows)
+         std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows, bool fuse)
       : model_(value_errors([&] {
-          return runtime::Model::load(path,
-                                      load_options(max_macs_per_image, max_activation_bytes_per_image, count_overflows));
+          return runtime::Model::load(
+              path, load_options(max_macs_per_image, max_activation_bytes_per_image, count_overflows, fuse));
         })) {}
 
   // The checked path: conv/linear outputs whose running sum left the declared accumulator width.
@@ -136,7 +138,7 @@ double int8_peak_gmacs_op(double seconds, int64_t threads) {
 
 TORCH_LIBRARY_FRAGMENT(qcnn, m) {
   m.class_<Engine>("Engine")
-      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>, bool>())
+      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>, bool, bool>())
       .def("run", &Engine::run)
       .def("count_overflows", &Engine::count_overflows)
       .def("profile", &Engine::profile)

@@ -21,11 +21,15 @@ struct LoadOptions {
   int64_t max_activation_bytes_per_image = int64_t{1} << 30;  // 1 GiB of live activations
   // Keep every convolution's weights in plain form too, for count_overflows (2 bytes per weight).
   bool count_overflows = false;
+  // Fuse pointwise nodes (requantize, affine, add, mul, relu, lut) into the node that produces their input, so
+  // they run on its output tile by tile while it is in cache. Bit-exact either way; false runs every node alone.
+  bool fuse = true;
 };
 
 struct LayerProfile {
   std::string name, op;
-  std::string kernel;  // convolutions and linear layers: the kernel chosen at load (conv_kernel_name)
+  std::string kernel;  // convolutions and linear layers: the kernel chosen at load (conv_kernel_name); "fused"
+                       // for a node that runs inside the node before it (its seconds are counted there)
   int64_t macs_per_image = 0;
   double seconds = 0;  // summed over the images of the profiled run
 };

@@ -1,6 +1,6 @@
 // qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]
 //            [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]
-//            [--count-overflows]
+//            [--count-overflows] [--no-fuse]
 // Prints one JSON line: accuracy, throughput, counts, the kernels' ISA and the model's cost. --predictions
 // writes the predicted class of each image, one per line; --logits the float32 logits as a .npy array
 // [images, classes]. Any error: `qcnn-infer: error: <message>` on stderr, exit status 1.
@@ -35,7 +35,7 @@ namespace rt = qcnn::runtime;
 const char* const kUsage =
     "usage: qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]\n"
     "                  [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]\n"
-    "                  [--count-overflows]\n"
+    "                  [--count-overflows] [--no-fuse]\n"
     "  --images IDX               uint8 images [N, C, H, W] (or [N, H, W] when C = 1), raw or gzip\n"
     "  --labels IDX               uint8 labels [N]\n"
     "  --batch N                  images per run (default 256; reduced so that a batch's activations\n"
@@ -47,6 +47,7 @@ const char* const kUsage =
     "  --count-overflows          also run every image through the checked path and print 'overflows': the\n"
     "                             conv/linear outputs whose running sum left the node's declared accumulator\n"
     "                             width (accumulator_bits; 32 when undeclared) at some step\n"
+    "  --no-fuse                  run every node on its own (the same logits: fusion is bit-exact)\n"
     "  --max-macs N               reject models above N multiply-accumulates per image (default 2^35)\n"
     "  --max-activation-bytes N   reject models above N bytes of live activations per image (default 2^30)\n";
 
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
     else if (a == "--predictions") predictions_path = value();
     else if (a == "--logits") logits_path = value();
     else if (a == "--count-overflows") opts.count_overflows = true;
+    else if (a == "--no-fuse") opts.fuse = false;
     else if (a == "--max-macs") opts.max_macs_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "--max-activation-bytes") opts.max_activation_bytes_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "-h" || a == "--help") {

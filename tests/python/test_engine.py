@@ -89,6 +89,15 @@ def test_load_and_qcnn_infer_logits_are_bit_identical(model_dir, tmp_path, name)
 
 
 @needs_infer
+@pytest.mark.parametrize("name", ["residual_add_global_avg", "resnet_small"])
+def test_qcnn_infer_no_fuse_gives_the_same_logits(model_dir, tmp_path, name):
+    pixels = random_pixels(41, qcnn.load(model_dir / f"{name}.qcnn").input_shape, seed=17)
+    fused = run_infer(model_dir / f"{name}.qcnn", pixels, tmp_path, "--threads", "2")
+    assert np.array_equal(run_infer(model_dir / f"{name}.qcnn", pixels, tmp_path, "--no-fuse", "--batch", "1"), fused)
+    assert np.array_equal(qcnn.load(model_dir / f"{name}.qcnn", fuse=False)(pixels).numpy(), fused)
+
+
+@needs_infer
 @pytest.mark.parametrize("name", ["codebook_w4_channel", "uniform_w8", "residual_add_global_avg", "resnet_small"])
 def test_every_kernel_path_gives_the_same_logits(model_dir, tmp_path, name):
     """QCNN_ISA=scalar (the portable reference path) and each vector path this CPU has compute the same integers."""

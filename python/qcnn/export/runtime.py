@@ -92,24 +92,29 @@ MAX_THREADS = 4096  # as qcnn-infer's --threads; OpenMP aborts the process on a 
 
 
 def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int | None = None,
-         max_activation_bytes_per_image: int | None = None, count_overflows: bool = False) -> IntegerModel:
+         max_activation_bytes_per_image: int | None = None, count_overflows: bool = False,
+         fuse: bool = True) -> IntegerModel:
     """Loads a .qcnn file for integer inference (uint8 pixels -> float logits); a ValueError names the file and
     the problem if it is not a valid one.
 
     threads: 0 = OpenMP's default of the calling thread (what torch.set_num_threads sets).
     max_macs_per_image, max_activation_bytes_per_image: bounds on what one image may cost, checked at load
     (None: the defaults of csrc/runtime/model.h, far above real CNNs).
-    count_overflows: keep the weights for IntegerModel.count_overflows (2 more bytes per weight)."""
+    count_overflows: keep the weights for IntegerModel.count_overflows (2 more bytes per weight).
+    fuse: run pointwise nodes (requantize, affine, add, mul, relu, lut) inside the node that produces their input,
+    tile by tile; False runs every node on its own (the same logits, bit for bit)."""
     path = Path(path)
     if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be an int in [0, {MAX_THREADS}] (0 = the default), got {threads!r}")
-    if not isinstance(count_overflows, bool):
-        raise ValueError(f"count_overflows must be a bool, got {count_overflows!r}")
+    for name, flag in (("count_overflows", count_overflows), ("fuse", fuse)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
     limits = {"max_macs_per_image": max_macs_per_image, "max_activation_bytes_per_image": max_activation_bytes_per_image,
-              "count_overflows": count_overflows}
+              "count_overflows": count_overflows, "fuse": fuse}
     return IntegerModel(_engine(path, **limits), path, threads, limits)
 
 
 def _engine(path: Path, max_macs_per_image: int | None, max_activation_bytes_per_image: int | None,
-            count_overflows: bool = False):
-    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image, count_overflows)
+            count_overflows: bool = False, fuse: bool = True):
+    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_activation_bytes_per_image, count_overflows,
+                                     fuse)

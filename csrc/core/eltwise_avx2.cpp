@@ -1,0 +1,312 @@
+// AVX2 paths of the elementwise integer kernels (eltwise_kernels.h): 8 codes per step in int32 lanes, the
+// products and the rounding shift in int64 lanes (vpmuldq on the even and the odd lanes), the last count % 8
+// codes on the scalar loop.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/avx2.h"
+#include "core/eltwise_kernels.h"
+
+namespace qcnn {
+
+#ifdef QCNN_X86
+namespace {
+
+QCNN_AVX2 inline __m256i load8(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+QCNN_AVX2 inline __m256i load8(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// Stores 8 int32 lanes as the scalar cast does: the low byte of each, or all of it.
+QCNN_AVX2 inline void store8(uint8_t* p, __m256i v) {
+  const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                             0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i b = _mm256_shuffle_epi8(v, low_bytes);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p),
+                   _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+}
+QCNN_AVX2 inline void store8(int32_t* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+
+// clamp32(x + c) (SaturatingAdd).
+struct Saturate256 {
+  __m256i lo, hi, add;
+};
+QCNN_AVX2 inline Saturate256 saturate256(const SaturatingAdd& s) {
+  return {_mm256_set1_epi32(s.lo), _mm256_set1_epi32(s.hi), _mm256_set1_epi32(s.add)};
+}
+QCNN_AVX2 inline __m256i saturate(__m256i x, const Saturate256& s) {
+  return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(x, s.lo), s.hi), s.add);
+}
+
+// clamp(RS(v, s) + zo, lo, hi) of 4 int64 lanes for one shift. AVX2 has no 64-bit arithmetic shift: v + 2^63 (mod
+// 2^64) read as unsigned is v + 2^63, whose logical shift is floor(v / 2^s) + 2^(63 - s); half_biased and unbias
+// fold in the 2^63 and the -2^(63 - s), both mod 2^64.
+struct Requant256 {
+  __m128i shift, odd_shift;
+  __m256i half_biased, unbias, lo, hi;
+};
+QCNN_AVX2 inline Requant256 requant256(int shift, int32_t zero_point, int32_t lo, int32_t hi) {
+  const uint64_t sign = uint64_t{1} << 63;
+  return {_mm_cvtsi64_si128(shift),
+          _mm_cvtsi64_si128(rounding_odd_shift(shift)),
+          _mm256_set1_epi64x(static_cast<int64_t>(static_cast<uint64_t>(rounding_half(shift)) + sign)),
+          _mm256_set1_epi64x(static_cast<int64_t>(static_cast<uint64_t>(int64_t{zero_point}) - (sign >> shift))),
+          _mm256_set1_epi64x(lo),
+          _mm256_set1_epi64x(hi)};
+}
+QCNN_AVX2 inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
+  v = _mm256_blendv_epi8(lo, v, _mm256_cmpgt_epi64(v, lo));
+  return _mm256_blendv_epi8(hi, v, _mm256_cmpgt_epi64(hi, v));
+}
+QCNN_AVX2 inline __m256i requant4(__m256i v, const Requant256& q) {
+  const __m256i odd = _mm256_and_si256(_mm256_srl_epi64(v, q.odd_shift), _mm256_set1_epi64x(1));
+  v = _mm256_add_epi64(_mm256_add_epi64(v, q.half_biased), odd);
+  v = _mm256_add_epi64(_mm256_srl_epi64(v, q.shift), q.unbias);
+  return clamp64(v, q.lo, q.hi);
+}
+
+// The codes of the even and the odd int64 lanes (vpmuldq order) as 8 int32 lanes, minus the output offset.
+QCNN_AVX2 inline __m256i join_codes(__m256i even, __m256i odd, __m256i out_offset) {
+  return _mm256_sub_epi32(_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), out_offset);
+}
+
+// requant of x * m for 8 int32 lanes x and a multiplier m in every int32 lane.
+QCNN_AVX2 inline __m256i requant_product8(__m256i x, __m256i m, const Requant256& q, __m256i out_offset) {
+  const __m256i even = _mm256_mul_epi32(x, m);
+  const __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m);
+  return join_codes(requant4(even, q), requant4(odd, q), out_offset);
+}
+
+// The parameters every requantizing kernel shares; valid when the vector form equals the scalar one.
+struct Requant {
+  int shift;
+  int32_t zero_point, lo, hi, out_offset;
+  bool valid() const { return shift >= 0 && shift <= 63 && lo <= hi; }
+};
+
+template <typename In, typename Out>
+QCNN_AVX2 int64_t requantize_run(const In* src, Out* dst, int64_t count, SaturatingAdd sat, int32_t multiplier,
+                                 Requant r) {
+  const Saturate256 s = saturate256(sat);
+  const Requant256 q = requant256(r.shift, r.zero_point, r.lo, r.hi);
+  const __m256i m = _mm256_set1_epi32(multiplier), offset = _mm256_set1_epi32(r.out_offset);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) store8(dst + i, requant_product8(saturate(load8(src + i), s), m, q, offset));
+  return i;
+}
+
+void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+                int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  SaturatingAdd sat;
+  int64_t done = 0;
+  if (r.valid() && saturating_add(int64_t{in.offset} - in_zero_point, &sat))
+    with_vector_codes(in, out, [&](auto src, auto dst) { done = requantize_run(src, dst, count, sat, multiplier, r); });
+  requantize_codes_scalar(codes_from(in, done), count - done, in_zero_point, multiplier, shift, out_zero_point, lo, hi,
+                          codes_from(out, done));
+}
+
+template <typename A, typename B, typename Out>
+QCNN_AVX2 int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, SaturatingAdd sat_a, int32_t a_multiplier,
+                          SaturatingAdd sat_b, int32_t b_multiplier, Requant r) {
+  const Saturate256 sa = saturate256(sat_a), sb = saturate256(sat_b);
+  const Requant256 q = requant256(r.shift, r.zero_point, r.lo, r.hi);
+  const __m256i ma = _mm256_set1_epi32(a_multiplier), mb = _mm256_set1_epi32(b_multiplier),
+                offset = _mm256_set1_epi32(r.out_offset);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256i xa = saturate(load8(a + i), sa), xb = saturate(load8(b + i), sb);
+    const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(xa, ma), _mm256_mul_epi32(xb, mb));
+    const __m256i odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), ma),
+                                         _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mb));
+    store8(dst + i, join_codes(requant4(even, q), requant4(odd, q), offset));
+  }
+  return i;
+}
+
+void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  SaturatingAdd sat_a, sat_b;
+  int64_t done = 0;
+  if (r.valid() && saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) &&
+      saturating_add(int64_t{b.offset} - b_zero_point, &sat_b))
+    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+      done = add_run(sa, sb, dst, count, sat_a, a_multiplier, sat_b, b_multiplier, r);
+    });
+  add_codes_scalar(codes_from(a, done), a_zero_point, a_multiplier, codes_from(b, done), b_zero_point, b_multiplier,
+                   shift, out_zero_point, lo, hi, count - done, codes_from(out, done));
+}
+
+// (a - za) * (b - zb) in wrapping int32 lanes: exact, as the caller keeps both factors within 2^15.
+template <typename A, typename B, typename Out>
+QCNN_AVX2 int64_t mul_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, int32_t b_add,
+                          int32_t multiplier, Requant r) {
+  const Requant256 q = requant256(r.shift, r.zero_point, r.lo, r.hi);
+  const __m256i ca = _mm256_set1_epi32(a_add), cb = _mm256_set1_epi32(b_add), m = _mm256_set1_epi32(multiplier),
+                offset = _mm256_set1_epi32(r.out_offset);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256i product =
+        _mm256_mullo_epi32(_mm256_add_epi32(load8(a + i), ca), _mm256_add_epi32(load8(b + i), cb));
+    store8(dst + i, requant_product8(product, m, q, offset));
+  }
+  return i;
+}
+
+void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels, int32_t multiplier,
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  const int32_t a_add = wrap32(int64_t{a.offset} - a_zero_point), b_add = wrap32(int64_t{b.offset} - b_zero_point);
+  // Runs of b's length: the whole of a, or one position of b_channels codes at a time (b stays in L1).
+  const int64_t run = b_channels > 0 ? b_channels : count;
+  if (!r.valid() || run < 8 || count == 0) {
+    mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
+                     out);
+    return;
+  }
+  for (int64_t p = 0; p < count; p += run) {
+    const int64_t n = std::min(run, count - p);
+    int64_t done = 0;
+    const CodesIn ap = codes_from(a, p);
+    const CodesOut op = codes_from(out, p);
+    if (!with_vector_codes(ap, b, op, [&](auto sa, auto sb, auto dst) {
+          done = mul_run(sa, sb, dst, n, a_add, b_add, multiplier, r);
+        })) {
+      mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
+                       out);
+      return;
+    }
+    if (done < n)
+      mul_codes_scalar(codes_from(ap, done), a_zero_point, codes_from(b, done), b_zero_point, 0, multiplier, shift,
+                       out_zero_point, lo, hi, n - done, codes_from(op, done));
+  }
+}
+
+template <typename In, typename Out>
+QCNN_AVX2 int64_t clamp_run(const In* src, Out* dst, int64_t count, int32_t lo, int32_t hi, int32_t add) {
+  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi), vadd = _mm256_set1_epi32(add);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    store8(dst + i, _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(load8(src + i), vlo), vhi), vadd));
+  return i;
+}
+
+// clamp(x + o, lo, hi) - o_out = clamp(x, lo - o, hi - o) + o - o_out for the int32 stored x: exact with the
+// bounds clamped into int32 unless a bound lies beyond int32 on the wrong side (every code then maps to one).
+void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
+  const int64_t lo_stored = int64_t{lo} - in.offset, hi_stored = int64_t{hi} - in.offset;
+  int64_t done = 0;
+  if (lo <= hi && lo_stored <= INT32_MAX && hi_stored >= INT32_MIN) {
+    const int32_t l = static_cast<int32_t>(std::max<int64_t>(lo_stored, INT32_MIN)),
+                  h = static_cast<int32_t>(std::min<int64_t>(hi_stored, INT32_MAX)),
+                  add = wrap32(int64_t{in.offset} - out.offset);
+    with_vector_codes(in, out, [&](auto src, auto dst) { done = clamp_run(src, dst, count, l, h, add); });
+  }
+  clamp_codes_scalar(codes_from(in, done), count - done, lo, hi, codes_from(out, done));
+}
+
+// table[x + base] by vpgatherdd; x + base wraps in int32 only for codes outside the table, which the caller rules out.
+template <typename In, typename Out>
+QCNN_AVX2 int64_t lookup_run(const In* src, Out* dst, int64_t count, const int32_t* table, int32_t base,
+                             int32_t out_offset) {
+  const __m256i vbase = _mm256_set1_epi32(base), offset = _mm256_set1_epi32(out_offset);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256i index = _mm256_add_epi32(load8(src + i), vbase);
+    store8(dst + i, _mm256_sub_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(table), index, 4), offset));
+  }
+  return i;
+}
+
+void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
+  const int32_t base = wrap32(int64_t{in.offset} - input_min);
+  int64_t done = 0;
+  with_vector_codes(in, out, [&](auto src, auto dst) { done = lookup_run(src, dst, count, table, base, out.offset); });
+  lookup_codes_scalar(codes_from(in, done), count - done, table, input_min, codes_from(out, done));
+}
+
+// Per-channel rounding constants of affine_codes, int64 [4][channels]: the shift, the odd-bit shift, half + 2^63
+// and zo - 2^(63 - s) (Requant256's forms).
+std::vector<int64_t> affine_constants(int64_t channels, const uint8_t* shift, int32_t out_zero_point) {
+  std::vector<int64_t> c(static_cast<size_t>(4 * channels));
+  const uint64_t sign = uint64_t{1} << 63;
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    c[ch] = shift[ch];
+    c[channels + ch] = rounding_odd_shift(shift[ch]);
+    c[2 * channels + ch] = static_cast<int64_t>(static_cast<uint64_t>(rounding_half(shift[ch])) + sign);
+    c[3 * channels + ch] = static_cast<int64_t>(static_cast<uint64_t>(int64_t{out_zero_point}) - (sign >> shift[ch]));
+  }
+  return c;
+}
+
+QCNN_AVX2 inline __m256i at(const int64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// Channels [ch, ch + 4) in natural order, 4 int64 lanes.
+QCNN_AVX2 inline __m256i affine4(__m128i x, const int32_t* multiplier, const int64_t* bias, const int64_t* c,
+                                 int64_t channels, __m256i lo, __m256i hi) {
+  const __m256i m = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(multiplier)));
+  __m256i v = _mm256_add_epi64(_mm256_mul_epi32(_mm256_cvtepi32_epi64(x), m), at(bias));
+  const __m256i odd = _mm256_and_si256(_mm256_srlv_epi64(v, at(c + channels)), _mm256_set1_epi64x(1));
+  v = _mm256_add_epi64(_mm256_add_epi64(v, at(c + 2 * channels)), odd);
+  v = _mm256_add_epi64(_mm256_srlv_epi64(v, at(c)), at(c + 3 * channels));
+  return clamp64(v, lo, hi);
+}
+
+template <typename In, typename Out>
+QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, SaturatingAdd sat,
+                          const int32_t* multiplier, const int64_t* bias, const int64_t* constants, int32_t lo,
+                          int32_t hi, int32_t out_offset) {
+  const Saturate256 s = saturate256(sat);
+  const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi), offset = _mm256_set1_epi32(out_offset);
+  const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const int64_t full = channels / 8 * 8;
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = 0; ch < full; ch += 8) {
+      const __m256i x = saturate(load8(src + p * channels + ch), s);
+      const __m256i r0 = affine4(_mm256_castsi256_si128(x), multiplier + ch, bias + ch, constants + ch, channels, vlo, vhi);
+      const __m256i r1 =
+          affine4(_mm256_extracti128_si256(x, 1), multiplier + ch + 4, bias + ch + 4, constants + ch + 4, channels, vlo, vhi);
+      const __m256i codes = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(r0, low_dwords),
+                                                      _mm256_permutevar8x32_epi32(r1, low_dwords), 0x20);
+      store8(dst + p * channels + ch, _mm256_sub_epi32(codes, offset));
+    }
+}
+
+void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
+            const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+  SaturatingAdd sat;
+  bool vector = channels >= 8 && count % channels == 0 && lo <= hi &&
+                saturating_add(int64_t{in.offset} - in_zero_point, &sat);
+  for (int64_t ch = 0; vector && ch < channels; ++ch) vector = shift[ch] <= 63;
+  if (!vector) {
+    affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
+    return;
+  }
+  const std::vector<int64_t> constants = affine_constants(channels, shift, out_zero_point);
+  const int64_t positions = count / channels, full = channels / 8 * 8;
+  if (!with_vector_codes(in, out, [&](auto src, auto dst) {
+        affine_run(src, dst, positions, channels, sat, multiplier, bias, constants.data(), lo, hi, out.offset);
+      })) {
+    affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
+    return;
+  }
+  if (full < channels)
+    for (int64_t p = 0; p < positions; ++p)
+      affine_codes_scalar(codes_from(in, p * channels + full), channels - full, channels - full, in_zero_point,
+                          multiplier + full, shift + full, bias + full, out_zero_point, lo, hi,
+                          codes_from(out, p * channels + full));
+}
+
+}  // namespace
+
+const EltwiseKernels* eltwise_kernels_avx2() {
+  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine};
+  return &kernels;
+}
+#else
+const EltwiseKernels* eltwise_kernels_avx2() { return nullptr; }
+#endif
+
+}  // namespace qcnn

@@ -1,0 +1,100 @@
+// Pooling of NHWC codes (docs/FORMAT.md section 5): max and average over kernel/stride/padding windows,
+// adaptive and global; the windows are computed once at load.
+#include <algorithm>
+
+#include "runtime/plan.h"
+
+namespace qcnn::runtime {
+
+namespace {
+
+class PoolStep : public Step {
+ public:
+  PoolAxis rows, cols;
+  bool max = false;
+  int64_t pad_code = 0;  // the code of 0, in the divisor's cells beyond the input (average pooling)
+  void run(const Node& n, const Exec& ex, const std::vector<const Node*>& chain) const override {
+    const Value& x = ex.value(n.inputs[0]);
+    pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output));
+    run_chain_after(chain, ex, n.output);
+  }
+};
+
+// The output of pooling x over the windows of `st`; the average's padding cells hold the input's zero point.
+Value pooled(const Value& x, std::unique_ptr<PoolStep> st, Node& node, const std::string& where) {
+  Value out = x;
+  out.shape = {x.shape[0], st->rows.size(), st->cols.size()};
+  bool padded = false;
+  for (int64_t i = 0; i < st->rows.size(); ++i) padded |= st->rows.divisor[i] != st->rows.end[i] - st->rows.begin[i];
+  for (int64_t i = 0; i < st->cols.size(); ++i) padded |= st->cols.divisor[i] != st->cols.end[i] - st->cols.begin[i];
+  if (!st->max && padded && (st->pad_code < x.lo || st->pad_code > x.hi)) {
+    // The mean of codes and zero-point padding lies in the hull of both: widen the range, keeping the storage.
+    out.lo = std::min(x.lo, st->pad_code);
+    out.hi = std::max(x.hi, st->pad_code);
+    if (x.storage == Storage::U8 && (out.lo < x.offset || out.hi > int64_t{x.offset} + 255))
+      fail(where, "the zero point of the padding lies outside the uint8 range of the input's codes");
+  }
+  node.step = std::move(st);
+  return out;
+}
+
+Value parse_pool(Loader& ld, const json& nd, Node& node, const std::string& where) {
+  const Value& x = ld.input(node);
+  if (x.shape.size() != 3) fail(where, "pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  auto kern = get_ints(nd, "kernel", where, 2, 1, kMaxDim);
+  auto stride = get_ints(nd, "stride", where, 2, 1, kMaxDim);
+  auto pad = get_ints(nd, "padding", where, 2, 0, kMaxDim);
+  auto flag = [&](const char* key, bool fallback) {
+    if (!nd.contains(key)) return fallback;
+    if (!nd[key].is_boolean()) fail(where, std::string("'") + key + "' must be true or false");
+    return nd[key].get<bool>();
+  };
+  const bool ceil_mode = flag("ceil_mode", false), count_include_pad = flag("count_include_pad", true);
+  auto st = std::make_unique<PoolStep>();
+  st->max = node.op_name == "max_pool2d";
+  if (!st->max) st->pad_code = ld.out_zero_point(nd, where);
+  try {
+    st->rows = pool_axis(x.shape[1], int(kern[0]), int(stride[0]), int(pad[0]), ceil_mode, count_include_pad, "pool");
+    st->cols = pool_axis(x.shape[2], int(kern[1]), int(stride[1]), int(pad[1]), ceil_mode, count_include_pad, "pool");
+  } catch (const std::invalid_argument& e) {
+    fail(where, e.what());
+  }
+  return pooled(x, std::move(st), node, where);
+}
+
+Value parse_adaptive_pool(Loader& ld, const json& nd, Node& node, const std::string& where) {
+  const Value& x = ld.input(node);
+  if (x.shape.size() != 3) fail(where, "adaptive pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  auto size = get_ints(nd, "output_size", where, 2, 1, kMaxDim);
+  auto st = std::make_unique<PoolStep>();
+  st->max = node.op_name == "adaptive_max_pool2d";
+  try {
+    st->rows = adaptive_pool_axis(x.shape[1], size[0], "adaptive pool");
+    st->cols = adaptive_pool_axis(x.shape[2], size[1], "adaptive pool");
+  } catch (const std::invalid_argument& e) {
+    fail(where, e.what());
+  }
+  return pooled(x, std::move(st), node, where);
+}
+
+Value parse_global_pool(Loader& ld, const json&, Node& node, const std::string& where) {
+  const Value& x = ld.input(node);
+  if (x.shape.size() != 3) fail(where, "global pooling needs a [C, H, W] input, got " + shape_str(x.shape));
+  auto st = std::make_unique<PoolStep>();
+  st->max = node.op_name == "global_max_pool";
+  st->rows = adaptive_pool_axis(x.shape[1], 1, "global pool");
+  st->cols = adaptive_pool_axis(x.shape[2], 1, "global pool");
+  return pooled(x, std::move(st), node, where);
+}
+
+}  // namespace
+
+const std::vector<OpSpec>& pool_ops() {
+  static const std::vector<OpSpec> ops = {
+      {"max_pool2d", 1, 1, parse_pool},          {"avg_pool2d", 1, 1, parse_pool},
+      {"adaptive_max_pool2d", 1, 1, parse_adaptive_pool}, {"adaptive_avg_pool2d", 1, 1, parse_adaptive_pool},
+      {"global_max_pool", 1, 1, parse_global_pool},       {"global_avg_pool", 1, 1, parse_global_pool}};
+  return ops;
+}
+
+}  // namespace qcnn::runtime

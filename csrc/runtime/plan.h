@@ -1,0 +1,164 @@
+// The engine's execution plan and its op table (internal to csrc/runtime).
+//
+// Every op of the file format is one OpSpec: its name, how many inputs it takes, and a parser that checks
+// the node's fields against its inputs, pre-computes what the node needs (packed weights, tables) into a
+// Step, and returns the output value. A Step runs the node. The specs live with their op family, one file
+// each (ops_conv.cpp, ops_eltwise.cpp, ops_pool.cpp, ops_layout.cpp); model.cpp reads the file, plans
+// fusion and memory, and runs. Adding an op: a Step subclass, a parser and one line in its family's list.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/isa.h"
+#include "core/qgemm.h"
+#include "core/requant.h"
+#include "runtime/fields.h"
+#include "runtime/model.h"
+
+namespace qcnn::runtime {
+
+// One value of the program, as the engine stores it for one image.
+struct Value {
+  std::vector<int64_t> shape;      // as declared, without the batch dimension ([C, H, W] or [F])
+  int64_t lo = 0, hi = 0;          // range of its codes
+  Storage storage = Storage::I32;  // F32 only for the logits of the last node
+  int32_t offset = 0;              // code = stored + offset
+  // A [F] value made by flatten of [C, H, W] with H * W > 1 keeps the NHWC element order (h, w, c):
+  // the linear layer reading it permutes its weight columns once at load instead.
+  std::vector<int64_t> hwc_source;
+  int64_t count = 0;  // elements per image
+  int64_t bytes = 0;  // per image
+  int64_t arena_offset = 0;
+
+  bool is_float() const { return storage == Storage::F32; }
+  int element_bytes() const { return storage == Storage::U8 ? 1 : 4; }
+  // Elements per position: the channels of an NHWC [C, H, W] value, all of a [F] one. Pointwise steps run
+  // on whole positions, so per-channel parameters line up with the element index.
+  int64_t period() const { return shape.empty() ? 1 : (shape.size() == 3 ? shape[0] : count); }
+};
+
+// `v` with its codes in [lo, hi]: stored as uint8 when 256 values cover the range, else int32.
+Value with_range(Value v, int64_t lo, int64_t hi);
+
+struct Plan;
+struct Node;
+
+// What running one node of one image needs.
+struct Exec {
+  const Plan& plan;
+  uint8_t* arena;
+  float* logits;
+  int threads;
+
+  const Value& value(int id) const;
+  // The codes of value `id` from element `first` on.
+  CodesIn in(int id, int64_t first = 0) const;
+  CodesOut out(int id, int64_t first = 0) const;
+};
+
+class Step {
+ public:
+  virtual ~Step() = default;
+  // The whole node for one image; `chain` are the pointwise nodes fused after it (run on each tile it produces).
+  virtual void run(const Node& node, const Exec& ex, const std::vector<const Node*>& chain) const = 0;
+  // Pointwise steps: output element i depends on element i of the inputs only (a [C, 1, 1] operand broadcast
+  // over the positions and per-channel parameters aside), so they run on any range of whole positions and
+  // fuse after the node that produces their input.
+  virtual bool pointwise() const { return false; }
+  // Elements [first, first + count) of the output, first and count multiples of the output's period().
+  virtual void run_elements(const Node&, const Exec&, int64_t /*first*/, int64_t /*count*/) const {}
+  // Convolutions: the kernel chosen at load, their per-thread scratch.
+  virtual std::string kernel() const { return {}; }
+  virtual int64_t scratch_bytes() const { return 0; }
+};
+
+// Runs `chain` on elements [first, first + count) (each node reads what the one before wrote).
+void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t first, int64_t count);
+// Calls fn(first, count) over the elements of `v` in blocks of whole positions that stay in L1, the blocks
+// shared by the threads where `v` is large enough to pay for it.
+void for_each_block(const Value& v, int threads, const std::function<void(int64_t, int64_t)>& fn);
+// `chain` over the whole of value `value` (just written by a step that does not tile), block by block.
+void run_chain_after(const std::vector<const Node*>& chain, const Exec& ex, int value);
+
+// A pointwise step's run: itself and its chain in blocks of positions, the blocks shared by the threads
+// where the tensor is large enough.
+class PointwiseStep : public Step {
+ public:
+  void run(const Node& node, const Exec& ex, const std::vector<const Node*>& chain) const override;
+  bool pointwise() const override { return true; }
+};
+
+struct Node {
+  std::string name, op_name;
+  std::vector<int> inputs;
+  int output = 0;
+  int64_t macs = 0;
+  std::unique_ptr<const Step> step;
+  // Fusion (model.cpp plan_fusion): the pointwise nodes that run inside this node's tiles, and for those the
+  // index of the node they run in (-1: runs itself).
+  std::vector<const Node*> chain;
+  int fused_into = -1;
+};
+
+struct Plan {
+  Isa isa = Isa::Scalar;
+  bool checked = false;  // loaded for count_overflows
+  bool fused = true;
+  std::vector<int64_t> input_shape;
+  std::vector<int32_t> lut;   // [C, 256] codes
+  std::vector<Value> values;  // 0 = the input codes
+  std::vector<Node> nodes;
+  int64_t num_classes = 0, macs = 0, arena_bytes = 0;
+  int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
+
+  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
+                 std::vector<double>* node_seconds, int64_t* overflows = nullptr) const;
+};
+
+// Everything the parsers of the nodes share.
+struct Loader {
+  const SafetensorsFile& file;
+  Plan& plan;
+  std::map<std::string, int> value_ids;
+  std::string origin;
+  bool keep_checked_weights = false;
+
+  std::string tensor_where(const std::string& name) const { return origin + ": tensor '" + printable(name) + "'"; }
+  const Value& input(const Node& n, size_t i = 0) const { return plan.values[n.inputs[i]]; }
+  std::pair<int32_t, int32_t> read_clamp(const json& nd, const std::string& where) const;
+  // A code table (the input's pixel table, a lut node's) read from tensor `name` as int32, every entry
+  // inside the [qmin, qmax] of the quantizer `q` it claims to produce.
+  std::vector<int32_t> code_table(const std::string& name, const std::vector<int64_t>& shape, const json& q,
+                                  const std::string& where) const;
+  int32_t out_zero_point(const json& nd, const std::string& where) const;
+};
+
+// One op of the file format (docs/FORMAT.md section 5).
+struct OpSpec {
+  const char* name;
+  size_t min_inputs, max_inputs;
+  // Checks the node against its inputs, sets node.step (and node.macs), returns the output value.
+  Value (*parse)(Loader& ld, const json& nd, Node& node, const std::string& where);
+};
+
+// The op families.
+const std::vector<OpSpec>& conv_ops();      // conv2d, linear
+const std::vector<OpSpec>& eltwise_ops();   // requantize, affine, add, mul, relu, lut
+const std::vector<OpSpec>& pool_ops();      // max / average, adaptive, global pooling
+const std::vector<OpSpec>& layout_ops();    // concat, gather_channels, flatten, dequantize
+
+// Convolutions and linear layers: what the checked path (count_overflows) reads of them.
+struct ConvLayer {
+  const PackedConv* packed;
+  int32_t x_sub;
+  int accumulator_bits;
+  const std::vector<int16_t>* checked_weights;
+};
+// The node's convolution, or nullopt-like {nullptr} for another op.
+ConvLayer conv_layer(const Node& node);
+
+}  // namespace qcnn::runtime
