@@ -58,3 +58,26 @@ def test_bench_engine_quick(tmp_path):
     assert {"qcnn.load", "qcnn-infer"} <= runners
     assert all(r["qcnn_s"] > 0 and r["anchor_s"] > 0 for r in doc["rows"])
     assert doc["goals"] and doc["settings"]["quick"] is True
+
+
+def test_bench_torchvision_quick(tmp_path):
+    pytest.importorskip("torchvision")
+    pytest.importorskip("onnxruntime")
+    doc = run_quick("bench_torchvision.py", tmp_path / "torchvision.json")
+    rows = doc["rows"]
+    anchors = {r["anchor"] for r in rows}
+    assert {"onnxruntime int8", "onnxruntime fp32", "torch fp32"} <= anchors
+    for b in (1, 8):
+        for t in (1, 2):
+            row = next(r for r in rows
+                       if r["case"] == f"mobilenet_v3_large b{b} t{t}" and r["anchor"] == "onnxruntime int8")
+            assert row["qcnn_s"] > 0 and row["anchor_s"] > 0
+            assert row["ratio"] == pytest.approx(row["anchor_s"] / row["qcnn_s"])
+            assert row["rel_err"] < 1.0  # the engine computes the net, not noise
+    own = doc["settings"]["nets"]["mobilenet_v3_large"]["own_isa"]
+    if own == "avx512vnni":
+        assert any(r["forced_isa"] == "avx2" and r["isa"] == "avx2" for r in rows)
+    kinds = {r["node kind"] for r in doc["ops"]}
+    assert {"add", "mul", "lut"} <= {k.split(" (")[0] for k in kinds}  # alone or fused into their producer
+    assert any(k.startswith("conv2d (") and not k.endswith("(fused)") for k in kinds)
+    assert doc["summary"] and doc["settings"]["geomean_vs_onnxruntime_int8"] > 0
