@@ -113,7 +113,7 @@ def main() -> None:
         bops = {name: qcnn.analysis.cost(model, shape).total["bops"] for name, model in models.items()}
 
         own_isa = qcnn.load(files["W8"]).isa
-        paths = [None] + (["avx2"] if own_isa == "avx512vnni" else [])  # None: the engine's own choice
+        paths = [None] + (["avx2"] if own_isa in ("avx512vnni", "amx") else [])  # None: the engine's own choice
         results, isa_of = {}, {}
         for threads in THREADS:
             torch.set_num_threads(threads)

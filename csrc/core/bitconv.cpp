@@ -236,7 +236,7 @@ using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, in
    QCNN_BINARY_ROW(fn, 4, __VA_ARGS__)}
 
 // Slots per call: kSlots, or kSlots512 on AVX-512 (4 x 6 byte accumulators + 4 tables + 1 pattern of 32 zmm).
-int slots_per_call(Isa isa) { return isa == Isa::Avx512Vnni ? kSlots512 : kSlots; }
+int slots_per_call(Isa isa) { return has_avx512(isa) ? kSlots512 : kSlots; }
 
 BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
   static_assert(kSlots == 2 && kSlots512 == 4 && kGroups == 6, "the kernel tables below");
@@ -246,7 +246,7 @@ BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
                                                         QCNN_BINARY_KERNELS(binary_kernel_avx2, , true)};
   static const BinaryKernel avx512[2][kSlots512][kGroups] = {QCNN_BINARY_KERNELS4(binary_kernel_avx512, , false),
                                                              QCNN_BINARY_KERNELS4(binary_kernel_avx512, , true)};
-  if (isa == Isa::Avx512Vnni) return avx512[contiguous][slots - 1][groups - 1];
+  if (has_avx512(isa)) return avx512[contiguous][slots - 1][groups - 1];
   if (has_avx2(isa)) return avx2[contiguous][slots - 1][groups - 1];
 #endif
   (void)isa;
@@ -382,7 +382,7 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x) {
 BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa) {
   BitWeights bw;
   bw.act_bits = act_bits;
-  bw.lanes = isa == Isa::Avx512Vnni ? 4 : 2;
+  bw.lanes = has_avx512(isa) ? 4 : 2;
   bw.quads = (g.c + 3) / 4;
   const int64_t groups = round_up(g.m, 16) / 16, taps = int64_t{g.kh} * g.kw;
   bw.patterns.assign(static_cast<size_t>(groups * taps * bw.quads * kPatternBytes), 0);

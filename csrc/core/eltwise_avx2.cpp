@@ -28,14 +28,14 @@ QCNN_AVX2 inline void store8(uint8_t* p, __m256i v) {
 }
 QCNN_AVX2 inline void store8(int32_t* p, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 
-// clamp32(x + c) (SaturatingAdd).
-struct Saturate256 {
+// min(max(x, lo), hi) + add (ClampAdd).
+struct ClampAdd256 {
   __m256i lo, hi, add;
 };
-QCNN_AVX2 inline Saturate256 saturate256(const SaturatingAdd& s) {
+QCNN_AVX2 inline ClampAdd256 clamp_add256(const ClampAdd& s) {
   return {_mm256_set1_epi32(s.lo), _mm256_set1_epi32(s.hi), _mm256_set1_epi32(s.add)};
 }
-QCNN_AVX2 inline __m256i saturate(__m256i x, const Saturate256& s) {
+QCNN_AVX2 inline __m256i clamp_add(__m256i x, const ClampAdd256& s) {
   return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(x, s.lo), s.hi), s.add);
 }
 
@@ -46,12 +46,17 @@ struct Requant256 {
   __m128i shift, odd_shift;
   __m256i half_biased, unbias, lo, hi;
 };
+inline int64_t half_biased(int shift) {
+  return static_cast<int64_t>(static_cast<uint64_t>(rounding_half(shift)) + (uint64_t{1} << 63));
+}
+inline int64_t unbias(int shift, int32_t zero_point) {
+  return static_cast<int64_t>(static_cast<uint64_t>(int64_t{zero_point}) - ((uint64_t{1} << 63) >> shift));
+}
 QCNN_AVX2 inline Requant256 requant256(int shift, int32_t zero_point, int32_t lo, int32_t hi) {
-  const uint64_t sign = uint64_t{1} << 63;
   return {_mm_cvtsi64_si128(shift),
           _mm_cvtsi64_si128(rounding_odd_shift(shift)),
-          _mm256_set1_epi64x(static_cast<int64_t>(static_cast<uint64_t>(rounding_half(shift)) + sign)),
-          _mm256_set1_epi64x(static_cast<int64_t>(static_cast<uint64_t>(int64_t{zero_point}) - (sign >> shift))),
+          _mm256_set1_epi64x(half_biased(shift)),
+          _mm256_set1_epi64x(unbias(shift, zero_point)),
           _mm256_set1_epi64x(lo),
           _mm256_set1_epi64x(hi)};
 }
@@ -78,28 +83,21 @@ QCNN_AVX2 inline __m256i requant_product8(__m256i x, __m256i m, const Requant256
   return join_codes(requant4(even, q), requant4(odd, q), out_offset);
 }
 
-// The parameters every requantizing kernel shares; valid when the vector form equals the scalar one.
-struct Requant {
-  int shift;
-  int32_t zero_point, lo, hi, out_offset;
-  bool valid() const { return shift >= 0 && shift <= 63 && lo <= hi; }
-};
-
 template <typename In, typename Out>
-QCNN_AVX2 int64_t requantize_run(const In* src, Out* dst, int64_t count, SaturatingAdd sat, int32_t multiplier,
+QCNN_AVX2 int64_t requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int32_t multiplier,
                                  Requant r) {
-  const Saturate256 s = saturate256(sat);
+  const ClampAdd256 s = clamp_add256(sat);
   const Requant256 q = requant256(r.shift, r.zero_point, r.lo, r.hi);
   const __m256i m = _mm256_set1_epi32(multiplier), offset = _mm256_set1_epi32(r.out_offset);
   int64_t i = 0;
-  for (; i + 8 <= count; i += 8) store8(dst + i, requant_product8(saturate(load8(src + i), s), m, q, offset));
+  for (; i + 8 <= count; i += 8) store8(dst + i, requant_product8(clamp_add(load8(src + i), s), m, q, offset));
   return i;
 }
 
 void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
                 int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  SaturatingAdd sat;
+  ClampAdd sat;
   int64_t done = 0;
   if (r.valid() && saturating_add(int64_t{in.offset} - in_zero_point, &sat))
     with_vector_codes(in, out, [&](auto src, auto dst) { done = requantize_run(src, dst, count, sat, multiplier, r); });
@@ -108,15 +106,15 @@ void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multip
 }
 
 template <typename A, typename B, typename Out>
-QCNN_AVX2 int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, SaturatingAdd sat_a, int32_t a_multiplier,
-                          SaturatingAdd sat_b, int32_t b_multiplier, Requant r) {
-  const Saturate256 sa = saturate256(sat_a), sb = saturate256(sat_b);
+QCNN_AVX2 int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, ClampAdd sat_a, int32_t a_multiplier,
+                          ClampAdd sat_b, int32_t b_multiplier, Requant r) {
+  const ClampAdd256 sa = clamp_add256(sat_a), sb = clamp_add256(sat_b);
   const Requant256 q = requant256(r.shift, r.zero_point, r.lo, r.hi);
   const __m256i ma = _mm256_set1_epi32(a_multiplier), mb = _mm256_set1_epi32(b_multiplier),
                 offset = _mm256_set1_epi32(r.out_offset);
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
-    const __m256i xa = saturate(load8(a + i), sa), xb = saturate(load8(b + i), sb);
+    const __m256i xa = clamp_add(load8(a + i), sa), xb = clamp_add(load8(b + i), sb);
     const __m256i even = _mm256_add_epi64(_mm256_mul_epi32(xa, ma), _mm256_mul_epi32(xb, mb));
     const __m256i odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), ma),
                                          _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mb));
@@ -125,13 +123,40 @@ QCNN_AVX2 int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, Satur
   return i;
 }
 
+// The same in int32 lanes where the ranges of a - za and b - zb keep every step within int32 (add_fits_int32):
+// a - za is then the stored value plus (offset - za) in wrapping lanes, and no clamp32 is needed.
+template <typename A, typename B, typename Out>
+QCNN_AVX2 int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, int32_t a_multiplier,
+                            int32_t b_add, int32_t b_multiplier, Requant r) {
+  const __m256i ca = _mm256_set1_epi32(a_add), cb = _mm256_set1_epi32(b_add), ma = _mm256_set1_epi32(a_multiplier),
+                mb = _mm256_set1_epi32(b_multiplier), half = _mm256_set1_epi32(static_cast<int32_t>(rounding_half(r.shift))),
+                one = _mm256_set1_epi32(1), zp = _mm256_set1_epi32(r.zero_point), lo = _mm256_set1_epi32(r.lo),
+                hi = _mm256_set1_epi32(r.hi), offset = _mm256_set1_epi32(r.out_offset);
+  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(r.shift == 0 ? 32 : r.shift);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256i xa = _mm256_add_epi32(load8(a + i), ca), xb = _mm256_add_epi32(load8(b + i), cb);
+    __m256i v = _mm256_add_epi32(_mm256_mullo_epi32(xa, ma), _mm256_mullo_epi32(xb, mb));
+    const __m256i odd = _mm256_and_si256(_mm256_srl_epi32(v, odd_shift), one);
+    v = _mm256_add_epi32(_mm256_sra_epi32(_mm256_add_epi32(_mm256_add_epi32(v, half), odd), shift), zp);
+    store8(dst + i, _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(v, lo), hi), offset));
+  }
+  return i;
+}
+
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
-         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
+         InputRange b_range) {
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  SaturatingAdd sat_a, sat_b;
+  ClampAdd sat_a, sat_b;
   int64_t done = 0;
-  if (r.valid() && saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) &&
-      saturating_add(int64_t{b.offset} - b_zero_point, &sat_b))
+  if (r.valid() && add_fits_int32(a_range, a_multiplier, b_range, b_multiplier, shift, out_zero_point))
+    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+      done = add32_run(sa, sb, dst, count, wrap32(int64_t{a.offset} - a_zero_point), a_multiplier,
+                       wrap32(int64_t{b.offset} - b_zero_point), b_multiplier, r);
+    });
+  else if (r.valid() && saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) &&
+           saturating_add(int64_t{b.offset} - b_zero_point, &sat_b))
     with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
       done = add_run(sa, sb, dst, count, sat_a, a_multiplier, sat_b, b_multiplier, r);
     });
@@ -185,25 +210,18 @@ void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64
 }
 
 template <typename In, typename Out>
-QCNN_AVX2 int64_t clamp_run(const In* src, Out* dst, int64_t count, int32_t lo, int32_t hi, int32_t add) {
-  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi), vadd = _mm256_set1_epi32(add);
+QCNN_AVX2 int64_t clamp_run(const In* src, Out* dst, int64_t count, ClampAdd bounds) {
+  const ClampAdd256 c = clamp_add256(bounds);
   int64_t i = 0;
-  for (; i + 8 <= count; i += 8)
-    store8(dst + i, _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(load8(src + i), vlo), vhi), vadd));
+  for (; i + 8 <= count; i += 8) store8(dst + i, clamp_add(load8(src + i), c));
   return i;
 }
 
-// clamp(x + o, lo, hi) - o_out = clamp(x, lo - o, hi - o) + o - o_out for the int32 stored x: exact with the
-// bounds clamped into int32 unless a bound lies beyond int32 on the wrong side (every code then maps to one).
 void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
-  const int64_t lo_stored = int64_t{lo} - in.offset, hi_stored = int64_t{hi} - in.offset;
+  ClampAdd c;
   int64_t done = 0;
-  if (lo <= hi && lo_stored <= INT32_MAX && hi_stored >= INT32_MIN) {
-    const int32_t l = static_cast<int32_t>(std::max<int64_t>(lo_stored, INT32_MIN)),
-                  h = static_cast<int32_t>(std::min<int64_t>(hi_stored, INT32_MAX)),
-                  add = wrap32(int64_t{in.offset} - out.offset);
-    with_vector_codes(in, out, [&](auto src, auto dst) { done = clamp_run(src, dst, count, l, h, add); });
-  }
+  if (stored_clamp(in.offset, lo, hi, out.offset, &c))
+    with_vector_codes(in, out, [&](auto src, auto dst) { done = clamp_run(src, dst, count, c); });
   clamp_codes_scalar(codes_from(in, done), count - done, lo, hi, codes_from(out, done));
 }
 
@@ -231,12 +249,11 @@ void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, 
 // and zo - 2^(63 - s) (Requant256's forms).
 std::vector<int64_t> affine_constants(int64_t channels, const uint8_t* shift, int32_t out_zero_point) {
   std::vector<int64_t> c(static_cast<size_t>(4 * channels));
-  const uint64_t sign = uint64_t{1} << 63;
   for (int64_t ch = 0; ch < channels; ++ch) {
     c[ch] = shift[ch];
     c[channels + ch] = rounding_odd_shift(shift[ch]);
-    c[2 * channels + ch] = static_cast<int64_t>(static_cast<uint64_t>(rounding_half(shift[ch])) + sign);
-    c[3 * channels + ch] = static_cast<int64_t>(static_cast<uint64_t>(int64_t{out_zero_point}) - (sign >> shift[ch]));
+    c[2 * channels + ch] = half_biased(shift[ch]);
+    c[3 * channels + ch] = unbias(shift[ch], out_zero_point);
   }
   return c;
 }
@@ -255,16 +272,16 @@ QCNN_AVX2 inline __m256i affine4(__m128i x, const int32_t* multiplier, const int
 }
 
 template <typename In, typename Out>
-QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, SaturatingAdd sat,
+QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, ClampAdd sat,
                           const int32_t* multiplier, const int64_t* bias, const int64_t* constants, int32_t lo,
                           int32_t hi, int32_t out_offset) {
-  const Saturate256 s = saturate256(sat);
+  const ClampAdd256 s = clamp_add256(sat);
   const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi), offset = _mm256_set1_epi32(out_offset);
   const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   const int64_t full = channels / 8 * 8;
   for (int64_t p = 0; p < positions; ++p)
     for (int64_t ch = 0; ch < full; ch += 8) {
-      const __m256i x = saturate(load8(src + p * channels + ch), s);
+      const __m256i x = clamp_add(load8(src + p * channels + ch), s);
       const __m256i r0 = affine4(_mm256_castsi256_si128(x), multiplier + ch, bias + ch, constants + ch, channels, vlo, vhi);
       const __m256i r1 =
           affine4(_mm256_extracti128_si256(x, 1), multiplier + ch + 4, bias + ch + 4, constants + ch + 4, channels, vlo, vhi);
@@ -276,11 +293,9 @@ QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t ch
 
 void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
             const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
-  SaturatingAdd sat;
-  bool vector = channels >= 8 && count % channels == 0 && lo <= hi &&
-                saturating_add(int64_t{in.offset} - in_zero_point, &sat);
-  for (int64_t ch = 0; vector && ch < channels; ++ch) vector = shift[ch] <= 63;
-  if (!vector) {
+  ClampAdd sat;
+  if (channels < 8 || !affine_vector_ok(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point,
+                                        lo, hi, &sat)) {
     affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
     return;
   }

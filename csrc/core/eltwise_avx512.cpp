@@ -41,14 +41,14 @@ QCNN_AVX512 inline void store16(uint8_t* p, __mmask16 k, __m512i v) {
 }
 QCNN_AVX512 inline void store16(int32_t* p, __mmask16 k, __m512i v) { _mm512_mask_storeu_epi32(p, k, v); }
 
-// clamp32(x + c) (SaturatingAdd).
-struct Saturate512 {
+// min(max(x, lo), hi) + add (ClampAdd).
+struct ClampAdd512 {
   __m512i lo, hi, add;
 };
-QCNN_AVX512 inline Saturate512 saturate512(const SaturatingAdd& s) {
+QCNN_AVX512 inline ClampAdd512 clamp_add512(const ClampAdd& s) {
   return {_mm512_set1_epi32(s.lo), _mm512_set1_epi32(s.hi), _mm512_set1_epi32(s.add)};
 }
-QCNN_AVX512 inline __m512i saturate(__m512i x, const Saturate512& s) {
+QCNN_AVX512 inline __m512i clamp_add(__m512i x, const ClampAdd512& s) {
   return _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(x, s.lo), s.hi), s.add);
 }
 
@@ -81,22 +81,15 @@ QCNN_AVX512 inline __m512i requant_product16(__m512i x, __m512i m, const Requant
   return join_codes(requant8(even, q), requant8(odd, q), out_offset);
 }
 
-// The parameters every requantizing kernel shares; valid when the vector form equals the scalar one.
-struct Requant {
-  int shift;
-  int32_t zero_point, lo, hi, out_offset;
-  bool valid() const { return shift >= 0 && shift <= 63 && lo <= hi; }
-};
-
 template <typename In, typename Out>
-QCNN_AVX512 void requantize_run(const In* src, Out* dst, int64_t count, SaturatingAdd sat, int32_t multiplier,
+QCNN_AVX512 void requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int32_t multiplier,
                                 Requant r) {
-  const Saturate512 s = saturate512(sat);
+  const ClampAdd512 s = clamp_add512(sat);
   const Requant512 q = requant512(r.shift, r.zero_point, r.lo, r.hi);
   const __m512i m = _mm512_set1_epi32(multiplier), offset = _mm512_set1_epi32(r.out_offset);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
-    store16(dst + i, k, requant_product16(saturate(load16(src + i, k), s), m, q, offset));
+    store16(dst + i, k, requant_product16(clamp_add(load16(src + i, k), s), m, q, offset));
   }
 }
 
@@ -113,22 +106,22 @@ void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multip
     return;
   }
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  SaturatingAdd sat;
+  ClampAdd sat;
   if (!r.valid() || !saturating_add(int64_t{in.offset} - in_zero_point, &sat) ||
       !with_vector_codes(in, out, [&](auto src, auto dst) { requantize_run(src, dst, count, sat, multiplier, r); }))
     requantize_codes_scalar(in, count, in_zero_point, multiplier, shift, out_zero_point, lo, hi, out);
 }
 
 template <typename A, typename B, typename Out>
-QCNN_AVX512 void add_run(const A* a, const B* b, Out* dst, int64_t count, SaturatingAdd sat_a, int32_t a_multiplier,
-                         SaturatingAdd sat_b, int32_t b_multiplier, Requant r) {
-  const Saturate512 sa = saturate512(sat_a), sb = saturate512(sat_b);
+QCNN_AVX512 void add_run(const A* a, const B* b, Out* dst, int64_t count, ClampAdd sat_a, int32_t a_multiplier,
+                         ClampAdd sat_b, int32_t b_multiplier, Requant r) {
+  const ClampAdd512 sa = clamp_add512(sat_a), sb = clamp_add512(sat_b);
   const Requant512 q = requant512(r.shift, r.zero_point, r.lo, r.hi);
   const __m512i ma = _mm512_set1_epi32(a_multiplier), mb = _mm512_set1_epi32(b_multiplier),
                 offset = _mm512_set1_epi32(r.out_offset);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
-    const __m512i xa = saturate(load16(a + i, k), sa), xb = saturate(load16(b + i, k), sb);
+    const __m512i xa = clamp_add(load16(a + i, k), sa), xb = clamp_add(load16(b + i, k), sb);
     const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(xa, ma), _mm512_mul_epi32(xb, mb));
     const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(xa, 32), ma),
                                          _mm512_mul_epi32(_mm512_srli_epi64(xb, 32), mb));
@@ -136,10 +129,37 @@ QCNN_AVX512 void add_run(const A* a, const B* b, Out* dst, int64_t count, Satura
   }
 }
 
+// The same in int32 lanes where the ranges of a - za and b - zb keep every step within int32 (add_fits_int32):
+// a - za is then the stored value plus (offset - za) in wrapping lanes, and no clamp32 is needed.
+template <typename A, typename B, typename Out>
+QCNN_AVX512 void add32_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, int32_t a_multiplier,
+                           int32_t b_add, int32_t b_multiplier, Requant r) {
+  const __m512i ca = _mm512_set1_epi32(a_add), cb = _mm512_set1_epi32(b_add), ma = _mm512_set1_epi32(a_multiplier),
+                mb = _mm512_set1_epi32(b_multiplier), half = _mm512_set1_epi32(static_cast<int32_t>(rounding_half(r.shift))),
+                one = _mm512_set1_epi32(1), zp = _mm512_set1_epi32(r.zero_point), lo = _mm512_set1_epi32(r.lo),
+                hi = _mm512_set1_epi32(r.hi), offset = _mm512_set1_epi32(r.out_offset);
+  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(r.shift == 0 ? 32 : r.shift);
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 k = lanes16(count - i);
+    const __m512i xa = _mm512_add_epi32(load16(a + i, k), ca), xb = _mm512_add_epi32(load16(b + i, k), cb);
+    __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(xa, ma), _mm512_mullo_epi32(xb, mb));
+    const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(v, odd_shift), one);
+    v = _mm512_add_epi32(_mm512_sra_epi32(_mm512_add_epi32(_mm512_add_epi32(v, half), odd), shift), zp);
+    store16(dst + i, k, _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), offset));
+  }
+}
+
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
-         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
+         InputRange b_range) {
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  SaturatingAdd sat_a, sat_b;
+  if (r.valid() && add_fits_int32(a_range, a_multiplier, b_range, b_multiplier, shift, out_zero_point) &&
+      with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+        add32_run(sa, sb, dst, count, wrap32(int64_t{a.offset} - a_zero_point), a_multiplier,
+                  wrap32(int64_t{b.offset} - b_zero_point), b_multiplier, r);
+      }))
+    return;
+  ClampAdd sat_a, sat_b;
   if (!r.valid() || !saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) ||
       !saturating_add(int64_t{b.offset} - b_zero_point, &sat_b) ||
       !with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
@@ -181,24 +201,19 @@ void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64
 }
 
 template <typename In, typename Out>
-QCNN_AVX512 void clamp_run(const In* src, Out* dst, int64_t count, int32_t lo, int32_t hi, int32_t add) {
-  const __m512i vlo = _mm512_set1_epi32(lo), vhi = _mm512_set1_epi32(hi), vadd = _mm512_set1_epi32(add);
+QCNN_AVX512 void clamp_run(const In* src, Out* dst, int64_t count, ClampAdd bounds) {
+  const ClampAdd512 c = clamp_add512(bounds);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
-    store16(dst + i, k, _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(load16(src + i, k), vlo), vhi), vadd));
+    store16(dst + i, k, clamp_add(load16(src + i, k), c));
   }
 }
 
-// As in the AVX2 file: clamp(x + o, lo, hi) - o_out = clamp(x, lo - o, hi - o) + o - o_out.
 void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
-  const int64_t lo_stored = int64_t{lo} - in.offset, hi_stored = int64_t{hi} - in.offset;
-  if (lo <= hi && lo_stored <= INT32_MAX && hi_stored >= INT32_MIN) {
-    const int32_t l = static_cast<int32_t>(std::max<int64_t>(lo_stored, INT32_MIN)),
-                  h = static_cast<int32_t>(std::min<int64_t>(hi_stored, INT32_MAX)),
-                  add = wrap32(int64_t{in.offset} - out.offset);
-    if (with_vector_codes(in, out, [&](auto src, auto dst) { clamp_run(src, dst, count, l, h, add); })) return;
-  }
-  clamp_codes_scalar(in, count, lo, hi, out);
+  ClampAdd c;
+  if (!stored_clamp(in.offset, lo, hi, out.offset, &c) ||
+      !with_vector_codes(in, out, [&](auto src, auto dst) { clamp_run(src, dst, count, c); }))
+    clamp_codes_scalar(in, count, lo, hi, out);
 }
 
 // table[x + base] by vpgatherdd; x + base wraps in int32 only for codes outside the table, which the caller rules out.
@@ -307,7 +322,7 @@ QCNN_AVX512 inline void store8(int32_t* p, __mmask8 k, __m256i v) { _mm256_mask_
 
 // 8 channels per step in natural order, int64 lanes with per-lane shifts.
 template <typename In, typename Out>
-QCNN_AVX512 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, SaturatingAdd sat,
+QCNN_AVX512 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, ClampAdd sat,
                             const int32_t* multiplier, const int64_t* bias, const int64_t* constants,
                             int32_t out_zero_point, int32_t lo, int32_t hi, int32_t out_offset) {
   const __m256i sat_lo = _mm256_set1_epi32(sat.lo), sat_hi = _mm256_set1_epi32(sat.hi),
@@ -335,11 +350,8 @@ QCNN_AVX512 void affine_run(const In* src, Out* dst, int64_t positions, int64_t 
 
 void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
             const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
-  SaturatingAdd sat;
-  bool vector = channels >= 1 && count % channels == 0 && lo <= hi &&
-                saturating_add(int64_t{in.offset} - in_zero_point, &sat);
-  for (int64_t ch = 0; vector && ch < channels; ++ch) vector = shift[ch] <= 63;
-  if (vector) {
+  ClampAdd sat;
+  if (affine_vector_ok(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, &sat)) {
     const std::vector<int64_t> constants = affine_constants(channels, shift);
     if (with_vector_codes(in, out, [&](auto src, auto dst) {
           affine_run(src, dst, count / channels, channels, sat, multiplier, bias, constants.data(), out_zero_point, lo,

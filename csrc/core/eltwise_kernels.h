@@ -2,6 +2,7 @@
 // instruction set (eltwise_avx2.cpp, eltwise_avx512.cpp), and the scalar reference loops they fall back on for
 // the cases and tails they do not cover. requant.cpp dispatches on the engine's Isa.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/requant.h"
@@ -14,7 +15,7 @@ struct EltwiseKernels {
                      int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out);
   void (*add)(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
               int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
-              CodesOut out);
+              CodesOut out, InputRange a_range, InputRange b_range);
   void (*mul)(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
               CodesOut out);
@@ -69,12 +70,17 @@ bool with_vector_codes(const CodesIn& a, const CodesIn& b, const CodesOut& out, 
   return false;
 }
 
-// clamp32(x + c) of an int32 x, computed in wrapping int32 lanes as min(max(x, lo), hi) + add. False when c lies
-// outside int32 (the scalar loop then runs).
-struct SaturatingAdd {
+// The wrapping int32 value that `a - b` (int64) narrows to.
+inline int32_t wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(v))); }
+
+// min(max(x, lo), hi) + add of an int32 x in wrapping int32 lanes: clamp32(x + c) (saturating_add) or a clamp of
+// the codes (stored_clamp).
+struct ClampAdd {
   int32_t lo, hi, add;
 };
-inline bool saturating_add(int64_t c, SaturatingAdd* s) {
+
+// clamp32(x + c). False when c lies outside int32 (the scalar loop then runs).
+inline bool saturating_add(int64_t c, ClampAdd* s) {
   if (c < INT32_MIN || c > INT32_MAX) return false;
   s->add = static_cast<int32_t>(c);
   s->lo = static_cast<int32_t>(c < 0 ? INT32_MIN - c : INT32_MIN);
@@ -82,13 +88,54 @@ inline bool saturating_add(int64_t c, SaturatingAdd* s) {
   return true;
 }
 
+// clamp_codes on the stored x: clamp(x + o, lo, hi) - o_out = clamp(x, lo - o, hi - o) + o - o_out, exact with the
+// bounds clamped into int32 unless a bound lies beyond int32 on the wrong side (every code then maps to one) or
+// lo > hi; false then (the scalar loop runs).
+inline bool stored_clamp(int32_t in_offset, int32_t lo, int32_t hi, int32_t out_offset, ClampAdd* s) {
+  const int64_t lo_stored = int64_t{lo} - in_offset, hi_stored = int64_t{hi} - in_offset;
+  if (lo > hi || lo_stored > INT32_MAX || hi_stored < INT32_MIN) return false;
+  s->lo = static_cast<int32_t>(std::max<int64_t>(lo_stored, INT32_MIN));
+  s->hi = static_cast<int32_t>(std::min<int64_t>(hi_stored, INT32_MAX));
+  s->add = wrap32(int64_t{in_offset} - out_offset);
+  return true;
+}
+
+// The parameters every requantizing kernel shares; valid when the vector form equals the scalar one.
+struct Requant {
+  int shift;
+  int32_t zero_point, lo, hi, out_offset;
+  bool valid() const { return shift >= 0 && shift <= 63 && lo <= hi; }
+};
+
 // rounding_shift(v, s), 0 <= s <= 63, as (v + half + ((v >>> odd_shift) & 1)) >> s: a logical shift by 64 yields
 // 0, so odd_shift = 64 and half = 0 make s = 0 the identity without a branch.
 inline int64_t rounding_half(int s) { return s == 0 ? 0 : (int64_t{1} << (s - 1)) - 1; }
 inline int64_t rounding_odd_shift(int s) { return s == 0 ? 64 : s; }
 
-// The wrapping int32 value that `a - b` (int64) narrows to.
-inline int32_t wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(v))); }
+// Whether the int64 lanes of a vector affine_codes hold every step of one channel for every int32 x (= clamp32(code
+// - zi)): v = x * multiplier + bias, v + rounding_half(shift) + the odd bit, and RS(v, shift) + zo. True for every
+// channel the loader accepts (multiplier > INT32_MIN, shift <= 62, |bias| <= 2^61); false for shift > 63.
+inline bool affine_fits_int64(int32_t multiplier, int shift, int64_t bias, int32_t out_zero_point) {
+  if (shift < 0 || shift > 63) return false;
+  const __int128 reach = (__int128{1} << 31) * (multiplier < 0 ? -int64_t{multiplier} : int64_t{multiplier});
+  const __int128 v_lo = bias - reach, v_hi = bias + reach;  // |x * multiplier| <= reach
+  // For shift >= 1, |RS(v)| <= 2^62 leaves room for zo; for shift 0 (no rounding terms) RS(v) = v.
+  const __int128 top = shift == 0 ? v_hi + std::max(out_zero_point, 0) : v_hi + rounding_half(shift) + 1;
+  const __int128 bottom = shift == 0 ? v_lo + std::min(out_zero_point, 0) : v_lo;
+  return bottom >= INT64_MIN && top <= INT64_MAX;
+}
+
+// Whether a vector affine_codes equals the scalar loop: whole positions (channels >= 1), lo <= hi, in.offset - zi
+// inside int32 (sets *sat for x = clamp32(stored + in.offset - zi)) and every channel inside the int64 lanes.
+inline bool affine_vector_ok(const CodesIn& in, int64_t count, int64_t channels, int32_t in_zero_point,
+                             const int32_t* multiplier, const uint8_t* shift, const int64_t* bias,
+                             int32_t out_zero_point, int32_t lo, int32_t hi, ClampAdd* sat) {
+  if (channels < 1 || count % channels != 0 || lo > hi || !saturating_add(int64_t{in.offset} - in_zero_point, sat))
+    return false;
+  for (int64_t ch = 0; ch < channels; ++ch)
+    if (!affine_fits_int64(multiplier[ch], shift[ch], bias[ch], out_zero_point)) return false;
+  return true;
+}
 
 // The codes from element `i` on.
 inline CodesIn codes_from(CodesIn c, int64_t i) {

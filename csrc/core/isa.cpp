@@ -4,10 +4,39 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace qcnn {
 
 namespace {
-constexpr Isa kAll[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni};
+#if defined(__x86_64__) || defined(_M_X64)
+// AMX needs the CPU's AMX-TILE and AMX-INT8 (CPUID leaf 7: EDX bits 24 and 25), the OS saving the tile state
+// (XCR0 bits 17 and 18) and, on Linux, the process's permission to use the tile data, asked for once.
+bool amx_usable() {
+  static const bool usable = [] {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!(edx & (1u << 24)) || !(edx & (1u << 25))) return false;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return false;  // OSXSAVE
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;
+#ifdef __linux__
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+#endif
+    return true;
+  }();
+  return usable;
+}
+#endif
+
 }
 
 const char* isa_name(Isa isa) {
@@ -15,6 +44,7 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512Vnni: return "avx512vnni";
+    case Isa::Amx: return "amx";
   }
   return "?";
 }
@@ -28,6 +58,8 @@ bool isa_supported(Isa isa) {
     case Isa::Avx512Vnni:
       return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    case Isa::Amx:
+      return isa_supported(Isa::Avx512Vnni) && amx_usable();
 #else
     default:
       return false;
@@ -40,15 +72,15 @@ Isa select_isa() {
   const char* forced = std::getenv("QCNN_ISA");
   if (forced && *forced) {
     const std::string name = forced;
-    for (Isa isa : kAll) {
+    for (Isa isa : kAllIsas) {
       if (name != isa_name(isa)) continue;
       if (!isa_supported(isa)) throw std::invalid_argument("QCNN_ISA=" + name + ": this CPU cannot run that path");
       return isa;
     }
-    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: scalar, avx2, avx512vnni)");
+    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: scalar, avx2, avx512vnni, amx)");
   }
   Isa best = Isa::Scalar;
-  for (Isa isa : kAll)
+  for (Isa isa : kAllIsas)
     if (isa_supported(isa)) best = isa;
   return best;
 }

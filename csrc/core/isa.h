@@ -1,18 +1,22 @@
 // Instruction-set selection for the integer kernels: one build runs on any x86-64 CPU, the
-// kernels pick their path at run time from CPUID, and QCNN_ISA=scalar|avx2|avx512vnni forces one.
+// kernels pick their path at run time from CPUID, and QCNN_ISA=scalar|avx2|avx512vnni|amx forces one.
 #pragma once
 
 namespace qcnn {
 
 // Ordered: each path may use every kernel of the ones before it. avx512vnni adds the u8 x s8 GEMM
-// (vpdpbusd, AVX-512 F/BW/VL + VNNI) and keeps the AVX2 kernels for everything else.
-enum class Isa { Scalar, Avx2, Avx512Vnni };
+// (vpdpbusd, AVX-512 F/BW/VL + VNNI) and keeps the AVX2 kernels for everything else; amx adds the tile GEMM
+// (tdpbusd, AMX-TILE + AMX-INT8, Intel Sapphire Rapids and later) for the layers large enough to fill its tiles.
+enum class Isa { Scalar, Avx2, Avx512Vnni, Amx };
+inline constexpr Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx};
 
 const char* isa_name(Isa isa);
 // True when this CPU (and OS) can run `isa`.
 bool isa_supported(Isa isa);
 // The AVX2 kernels (everything but the scalar path).
 inline bool has_avx2(Isa isa) { return isa != Isa::Scalar; }
+// The AVX-512 F/BW/VL + VNNI kernels (avx512vnni and amx).
+inline bool has_avx512(Isa isa) { return isa >= Isa::Avx512Vnni; }
 // The best supported path, or the one QCNN_ISA names (std::invalid_argument for an unknown name
 // or one this CPU cannot run). Read once per call: a Model keeps what it chose at load.
 Isa select_isa();

@@ -10,6 +10,8 @@
 
 #include "core/avx2.h"
 #include "core/bitconv.h"
+#include "core/depthwise.h"
+#include "core/qgemm_amx.h"
 #include "core/requant.h"
 #include "core/threads.h"
 
@@ -33,14 +35,24 @@ bool reads_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; 
 // Output positions per tile: the GEMM's int16 panel fills kPanelBytes, or where the kernels read the
 // padded image, the int32 accumulator tile fills 2 * kPanelBytes; depthwise has no panel.
 int64_t tile_rows(const PackedConv& pc) {
-  if (pc.depthwise) return 16;
+  if (pc.depthwise) return pc.dw_quads.empty() ? 16 : depthwise_tile_rows(pc);
   if (pc.bits.act_bits) return bit_tile_rows(pc);
+  if (pc.amx) return amx_tile_rows(pc);
   if (pc.vnni) {
     const int64_t rows = 2 * kPanelBytes / (4 * round_up(pc.g.m, 16));
     return std::clamp<int64_t>(rows / kVnniRows * kVnniRows, kVnniRows, 60);
   }
   const int64_t rows = reads_padded_image(pc.g) ? 2 * kPanelBytes / (4 * (pc.g.m + 16)) : kPanelBytes / (2 * pc.kp);
   return std::clamp<int64_t>(rows / kRows * kRows, kRows, 64);
+}
+
+// The AMX GEMM's tiles are large (up to 256 positions): shared by threads, their count is made a multiple of the
+// threads and their sizes even, in whole A tiles.
+int64_t balanced_tile_rows(const PackedConv& pc, int threads) {
+  const int64_t rows = tile_rows(pc);
+  if (!pc.amx || threads == 1) return rows;
+  const int64_t positions = pc.g.positions(), tiles = round_up((positions + rows - 1) / rows, threads);
+  return round_up((positions + tiles - 1) / tiles, kAmxTileRows);
 }
 
 // d[i] = s[i] - sub in the narrow type D (int16, or uint8 for the acc16 path): the true difference
@@ -487,6 +499,35 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
   if (full < m_all)
     for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
 }
+
+// The same requantization in double where pack_requant_f64 proved it exact (PackedConv::requant_scale): the fma
+// acc * (multiplier 2^-s) + bias 2^-s rounds once, to itself, as |acc * multiplier + bias| < 2^51 has at most 53
+// significant bits; adding 1.5 * 2^52 then rounds it to an integer, half to even as rounding_shift does, held in the
+// low 32 bits of the lane (|value| < 2^28). About 15 operations per 16 channels instead of 26 in int64 lanes
+// (1.4x faster measured, the larger part of a 3x3 depthwise layer's time).
+template <typename Out>
+QCNN_AVX512VNNI void epilogue_f64(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t m_all = pc.g.m;
+  const __m512d magic = _mm512_set1_pd(0x1.8p52);
+  const __m512i low_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i zp = _mm512_set1_epi32(e.zero_point - e.store_offset), lo = _mm512_set1_epi32(e.lo - e.store_offset),
+                hi = _mm512_set1_epi32(e.hi - e.store_offset);
+  for (int64_t m = 0; m < m_all; m += 16) {
+    const __mmask16 lanes = m_all - m >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m_all - m)) - 1);
+    const __m512d s0 = _mm512_loadu_pd(&pc.requant_scale[m]), s1 = _mm512_loadu_pd(&pc.requant_scale[m + 8]);
+    const __m512d b0 = _mm512_loadu_pd(&pc.requant_offset[m]), b1 = _mm512_loadu_pd(&pc.requant_offset[m + 8]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m256i a0 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes), acc + r * ldc + m);
+      const __m256i a1 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes >> 8), acc + r * ldc + m + 8);
+      const __m512d y0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a0), s0, b0);
+      const __m512d y1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a1), s1, b1);
+      const __m512i v = _mm512_permutex2var_epi32(_mm512_castpd_si512(_mm512_add_pd(y0, magic)), low_dwords,
+                                                  _mm512_castpd_si512(_mm512_add_pd(y1, magic)));
+      store_codes512(out + r * m_all + m, lanes, _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zp), lo), hi));
+    }
+  }
+}
 #endif
 
 #ifdef QCNN_X86
@@ -539,7 +580,7 @@ QCNN_AVX512VNNI void threshold_epilogue_avx512(const PackedConv& pc, const int32
 
 template <int S, typename Out>
 void threshold_epilogue_s(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
-  if (pc.isa == Isa::Avx512Vnni)
+  if (has_avx512(pc.isa))
     threshold_epilogue_avx512<S>(pc, acc, ldc, rows, out);
   else
     threshold_epilogue_avx2<S>(pc, acc, ldc, rows, out, 0);
@@ -568,7 +609,8 @@ void epilogue_rows(const PackedConv& pc, const RequantBlock* blocks, const int32
 #ifdef QCNN_X86
   if constexpr (!std::is_same_v<Out, float>) {
     if (pc.threshold_levels) return threshold_epilogue(pc, acc, ldc, rows, out);
-    if (pc.isa == Isa::Avx512Vnni) return epilogue_avx512(pc, blocks, acc, ldc, rows, out);
+    if (has_avx512(pc.isa) && !pc.requant_scale.empty()) return epilogue_f64(pc, acc, ldc, rows, out);
+    if (has_avx512(pc.isa)) return epilogue_avx512(pc, blocks, acc, ldc, rows, out);
   }
 #endif
   for (int64_t r = 0; r < rows; ++r) {
@@ -590,6 +632,8 @@ struct Workspace {
   std::vector<int64_t> row_offsets;  // GEMM reading the padded image: each output position's input offset
   std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
   std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
+  std::vector<uint8_t> quads;        // depthwise on AVX-512 VNNI: the quads of a row segment
+  std::vector<uint8_t> panel8;       // the AMX GEMM's row panel
 };
 
 // Rows [p, p + rn) of a tile as the microkernels read them: from the row panel (one segment of kp values
@@ -675,6 +719,16 @@ void acc16_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uin
     }
   }
   epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * g.m);
+}
+
+template <typename Out>
+void amx_conv_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* padded, int64_t p0, int64_t rows,
+                   Out* out, Workspace& ws) {
+  const int64_t ldc = round_up(pc.g.m, 2 * kAmxTileRows);  // whole pairs of C tiles
+  ws.acc.resize(static_cast<size_t>(round_up(rows, kAmxTileRows) * ldc));
+  image_row_offsets(pc.g, p0, rows, ws.row_offsets);
+  amx_accumulate(pc, padded, ws.row_offsets.data(), rows, ws.acc.data(), ldc, ws.panel8);
+  epilogue_rows(pc, blocks, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
 }
 
 template <typename Out>
@@ -793,15 +847,28 @@ QCNN_AVX2 void depthwise_tile_avx2(const PackedConv& pc, const RequantBlock* blo
   }
   epilogue_rows(pc, blocks, acc, ldc, rows, out + p0 * g.m);
 }
+
+// Depthwise on AVX-512 VNNI (core/depthwise.h): uint8 codes, int8 weights.
+template <typename Out>
+void depthwise_vnni_tile(const PackedConv& pc, const RequantBlock* blocks, const uint8_t* x, int32_t x_sub, int64_t p0,
+                         int64_t rows, Out* out, Workspace& ws) {
+  const int64_t ldc = round_up(pc.g.m, 16);
+  ws.acc.resize(static_cast<size_t>(rows * ldc + 16));
+  // 64-byte aligned rows: the kernel stores whole zmm registers (a store across two cache lines costs twice)
+  const auto base = reinterpret_cast<uintptr_t>(ws.acc.data());
+  int32_t* acc = ws.acc.data() + (round_up(static_cast<int64_t>(base), 64) - static_cast<int64_t>(base)) / 4;
+  depthwise_accumulate(pc, x, x_sub, p0, rows, acc, ldc, ws.quads);
+  epilogue_rows(pc, blocks, acc, ldc, rows, out + p0 * pc.g.m);
+}
 #endif
 
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads,
                       const TileHook* after_tile) {
   const RequantBlock* blocks = pc.requant_blocks.data();
-  const int64_t positions = pc.g.positions(), rows = tile_rows(pc);
-  const int64_t tiles = (positions + rows - 1) / rows;
   const int threads = std::max(1, num_threads);
+  const int64_t positions = pc.g.positions(), rows = balanced_tile_rows(pc, threads);
+  const int64_t tiles = (positions + rows - 1) / rows;
   thread_local std::vector<int16_t> padded;
   thread_local std::vector<uint8_t> tables, padded8;
   const int16_t* padded_image = nullptr;  // the threads read the caller's thread_local buffers through these
@@ -825,8 +892,13 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
 #ifdef QCNN_X86
     else if (pc.acc16)
       acc16_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else if (pc.amx)
+      amx_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
     else if (pc.vnni)
       vnni_conv_tile(pc, blocks, padded_image8, t * rows, std::min(rows, positions - t * rows), out, ws);
+    else if (pc.depthwise && std::is_same_v<In, uint8_t> && !pc.dw_quads.empty() && x_sub >= 0 && x_sub <= 255)
+      depthwise_vnni_tile(pc, blocks, reinterpret_cast<const uint8_t*>(x), x_sub, t * rows,
+                          std::min(rows, positions - t * rows), out, ws);
     else if (pc.depthwise && std::is_same_v<In, uint8_t> && !pc.dw_pairs.empty() && x_sub >= 0 && x_sub <= 255)
       depthwise_tile_avx2(pc, blocks, reinterpret_cast<const uint8_t*>(x), x_sub, t * rows,
                           std::min(rows, positions - t * rows), out, ws);
@@ -907,13 +979,18 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
 // The VNNI GEMM's weights and accumulator starts (PackedConv::vnni), where the layer qualifies: an Isa::Avx512Vnni
 // pack, one group, dilation 1 in x, int8 weights, and an input range that, widened to hold 0 (the border), spans
 // at most 256 values. False leaves pc as it was.
+// On Isa::Amx, layers with at least this many k values, output channels and output positions run on the tile GEMM
+// instead: below, the VNNI GEMM was as fast or faster (docs/BENCHMARKS.md), k padded to 64, the tile loads and
+// stores weighing more than the products, or most of a 16-position A tile empty (the classifier). isa_supported
+// asks Linux for the tile state once.
+constexpr int64_t kMinAmxK = 128, kMinAmxChannels = 64, kMinAmxPositions = 16;
+
 bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
   const ConvGeom& g = pc.g;
   const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
-  if (pc.isa != Isa::Avx512Vnni || !reads_padded_image(g) || x_hi - x_lo > 255) return false;
+  if (!has_avx512(pc.isa) || !reads_padded_image(g) || x_hi - x_lo > 255) return false;
   const int64_t k = g.k(), seg_len = g.kw * g.c, seg_quads = (seg_len + 3) / 4, kq = g.kh * seg_quads;
   if (255 * 128 * k > INT32_MAX) return false;  // bounds each |x_lo * sum_k w[m][k]| below
-  std::vector<int8_t> packed(static_cast<size_t>(round_up(g.m, 16) * kq * 4), 0);
   std::vector<int32_t> start(static_cast<size_t>(round_up(g.m, 16)), 0);
   for (int64_t m = 0; m < g.m; ++m) {
     int64_t sum = 0;
@@ -921,18 +998,56 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
       const int16_t v = weight[m * k + kk];
       if (v < -128 || v > 127) return false;
       sum += v;
-      const int64_t quad = kk / seg_len * seg_quads + kk % seg_len / 4;
-      packed[static_cast<size_t>(((m / 16) * kq + quad) * 64 + (m % 16) * 4 + kk % seg_len % 4)] =
-          static_cast<int8_t>(v);
     }
     start[static_cast<size_t>(m)] = static_cast<int32_t>(x_lo * sum);
   }
   pc.vnni = true;
   pc.vnni_x_lo = static_cast<int32_t>(x_lo);
-  pc.seg_quads = seg_quads;
-  pc.weights_quads = std::move(packed);
   pc.vnni_acc_start = std::move(start);
+  if (pc.isa == Isa::Amx && isa_supported(Isa::Amx) && k >= kMinAmxK && g.m >= kMinAmxChannels &&
+      g.positions() >= kMinAmxPositions) {
+    pc.amx = true;
+    pc.amx_k = round_up(k, kAmxStep);
+    pc.weights_quads = pack_amx_weights(g, weight, pc.amx_k);
+    return true;
+  }
+  pc.seg_quads = seg_quads;
+  pc.weights_quads.assign(static_cast<size_t>(round_up(g.m, 16) * kq * 4), 0);
+  for (int64_t m = 0; m < g.m; ++m)
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int64_t quad = kk / seg_len * seg_quads + kk % seg_len / 4;
+      pc.weights_quads[static_cast<size_t>(((m / 16) * kq + quad) * 64 + (m % 16) * 4 + kk % seg_len % 4)] =
+          static_cast<int8_t>(weight[m * k + kk]);
+    }
   return true;
+}
+
+// PackedConv::requant_scale and requant_offset where the input range x proves epilogue_f64 exact: for every channel,
+// |acc| <= max|x| * ||w_m||_1 and |acc * multiplier + bias| below 2^51 and below 2^(shift + 28), so the rounded value
+// plus zero_point - store_offset (below 2^29) stays inside int32. Bounds taken in double, with margin to spare.
+void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t k = pc.g.k(), m_all = pc.g.m;
+  const double x_max = std::max(std::abs(static_cast<double>(x.lo)), std::abs(static_cast<double>(x.hi)));
+  auto fits = [](int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
+  if (!fits(int64_t{e.zero_point} - e.store_offset, -(int64_t{1} << 29), int64_t{1} << 29) ||
+      !fits(int64_t{e.lo} - e.store_offset, INT32_MIN, INT32_MAX) ||
+      !fits(int64_t{e.hi} - e.store_offset, INT32_MIN, INT32_MAX))
+    return;
+  std::vector<double> scale(static_cast<size_t>(round_up(m_all, 16)), 0.0), offset(scale.size(), 0.0);
+  for (int64_t m = 0; m < m_all; ++m) {
+    double l1 = 0;
+    for (int64_t i = 0; i < k; ++i) l1 += std::abs(static_cast<double>(weight[m * k + i]));
+    const int shift = e.shift[static_cast<size_t>(m)];
+    const double bias = static_cast<double>(e.bias[static_cast<size_t>(m)]);
+    const double multiplier = static_cast<double>(e.multiplier[static_cast<size_t>(m)]);
+    const double bound = x_max * l1 * std::abs(multiplier) + std::abs(bias);
+    if (!(bound < 0x1p51) || !(bound < std::ldexp(1.0, shift + 28))) return;
+    scale[static_cast<size_t>(m)] = std::ldexp(multiplier, -shift);
+    offset[static_cast<size_t>(m)] = std::ldexp(bias, -shift);  // |bias| < 2^51: exact
+  }
+  pc.requant_scale = std::move(scale);
+  pc.requant_offset = std::move(offset);
 }
 
 void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
@@ -985,7 +1100,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)
       for (int64_t t = 0; t < taps; ++t) pc.weights[t * g.c + ch] = weight[ch * taps + t];
-    if (has_avx2(isa)) pack_depthwise_pairs(pc, weight);
+    if (has_avx2(isa) && !pack_depthwise_quads(pc, weight)) pack_depthwise_pairs(pc, weight);
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);
   }
@@ -1011,6 +1126,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
+  if (!pc.epi.float_output && has_avx512(isa)) pack_requant_f64(pc, weight, x);
   if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
     int64_t w_max = 0;
@@ -1063,6 +1179,7 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 std::string conv_kernel_name(const PackedConv& pc) {
   if (pc.bits.act_bits) return "binary a" + std::to_string(pc.bits.act_bits);
   if (pc.acc16) return "gemm acc16";
+  if (pc.amx) return "gemm amx";
   if (pc.vnni) return "gemm vnni";
   return pc.depthwise ? "depthwise" : "gemm acc32";
 }
@@ -1071,9 +1188,11 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
   if (pc.bits.act_bits) return bit_scratch_bytes(pc) + rows * (g.m + 16) * 4;
+  if (pc.depthwise && !pc.dw_quads.empty()) return (rows * round_up(g.m, 16) + 16) * 4 + depthwise_scratch_bytes(pc);
   if (pc.depthwise) return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
   const int64_t padded_values = (g.h + 2 * g.ph) * (g.w + 2 * g.pw) * g.c + kImageSlack;
   if (pc.acc16) return rows * ((g.m + 16) * 4 + 8) + padded_values;
+  if (pc.amx) return round_up(rows, kAmxTileRows) * (round_up(g.m, 2 * kAmxTileRows) * 4 + 8 + pc.amx_k) + padded_values;
   if (pc.vnni) return rows * (round_up(g.m, 16) * 4 + 8) + padded_values;
   if (reads_padded_image(g)) return rows * ((g.m + 8) * 4 + 8) + padded_values * 2;
   return rows * (pc.kp * 2 + (g.m + 8) * 4);

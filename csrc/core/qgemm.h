@@ -95,6 +95,9 @@ struct PackedConv {
   // leave int32 (the kernel's partial sums), which keeps such a layer on the scalar loop.
   std::vector<int16_t> dw_pairs;
   std::vector<int32_t> dw_sums;
+  // Depthwise on AVX-512 VNNI (core/depthwise.h; has_avx512(isa), int8 weights, the same bound): the weights as
+  // quads of 4 kernel rows, [ceil(C / 16)][kw][ceil(kh / 4)][16][4] (rows past kh 0), with dw_sums; no dw_pairs then.
+  std::vector<int8_t> dw_quads;
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
@@ -104,6 +107,10 @@ struct PackedConv {
   int threshold_levels = 0;
   std::vector<int32_t> level_thresholds;
   std::vector<int32_t> level_signs;  // [M / 8 * 8]
+  // AVX-512, where the proven input range bounds every |acc * multiplier + bias| below 2^51 and its shifted value
+  // below 2^28: the requantization in double, exact (qgemm.cpp epilogue_f64), with these constants per channel,
+  // multiplier * 2^-shift and bias * 2^-shift, [M rounded up to 16].
+  std::vector<double> requant_scale, requant_offset;
   bool acc16 = false;                         // the int16-accumulator kernel (AVX2)
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
   // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range
@@ -112,8 +119,12 @@ struct PackedConv {
   bool vnni = false;
   int32_t vnni_x_lo = 0;
   int64_t seg_quads = 0;                      // k-quads per kernel row (each row padded to whole quads)
-  std::vector<int8_t> weights_quads;          // [M / 16 blocks][kh * seg_quads][16][4]
+  std::vector<int8_t> weights_quads;          // [M / 16 blocks][kq][16][4]: kq = kh * seg_quads, or amx_k / 4
   std::vector<int32_t> vnni_acc_start;        // [M rounded up to 16]: x_lo * sum_k w[m][k]
+  // The same input and accumulator starts on the AMX tile GEMM (core/qgemm_amx.h; Isa::Amx, layers with k >= 128,
+  // 64 output channels and 16 output positions): k in its natural order, padded to amx_k, a multiple of 64.
+  bool amx = false;
+  int64_t amx_k = 0;
 };
 
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that

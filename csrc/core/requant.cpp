@@ -136,12 +136,18 @@ void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in
                          const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                          CodesOut out) {
   if (channels < 1 || count % channels) throw std::invalid_argument("affine: count must be a multiple of channels");
+  // In __int128, exact for every int32 multiplier, int64 bias and shift: |v| < 2^63 + 2^62, and a shift beyond 126
+  // rounds v to 0 as 126 does. In int64 the rounding sum v + 2^(s-1) passes 2^63 at shift 63, or at 62 with
+  // multiplier INT32_MIN, for x * multiplier near 2^62 and bias near 2^61.
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; i += channels)
       for (int64_t ch = 0; ch < channels; ++ch) {
         const int64_t x = clamp_to_int32(int64_t{src[i + ch]} + in.offset - in_zero_point);
-        const int64_t q = rounding_shift(x * multiplier[ch] + bias[ch], shift[ch]) + out_zero_point;
-        put(dst + i + ch, std::clamp<int64_t>(q, lo, hi), out.offset);
+        const __int128 v = static_cast<__int128>(x) * multiplier[ch] + bias[ch];
+        const int s = std::min<int>(shift[ch], 126);
+        const __int128 rounded = s == 0 ? v : (v + (__int128{1} << (s - 1)) - 1 + ((v >> s) & 1)) >> s;
+        const __int128 q = rounded + out_zero_point;
+        put(dst + i + ch, q < lo ? int64_t{lo} : (q > hi ? int64_t{hi} : static_cast<int64_t>(q)), out.offset);
       }
   });
 }
@@ -151,7 +157,8 @@ namespace {
 const EltwiseKernels* vector_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx2: return eltwise_kernels_avx2();
-    case Isa::Avx512Vnni: return eltwise_kernels_avx512();
+    case Isa::Avx512Vnni:
+    case Isa::Amx: return eltwise_kernels_avx512();
     default: return nullptr;
   }
 }
@@ -166,10 +173,23 @@ void requantize_codes(Isa isa, CodesIn in, int64_t count, int32_t in_zero_point,
 
 void add_codes(Isa isa, CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
                int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
-               CodesOut out) {
-  const EltwiseKernels* k = vector_kernels(isa);
-  (k ? k->add : add_codes_scalar)(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point,
-                                  lo, hi, count, out);
+               CodesOut out, InputRange a_range, InputRange b_range) {
+  if (const EltwiseKernels* k = vector_kernels(isa))
+    return k->add(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count,
+                  out, a_range, b_range);
+  add_codes_scalar(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count,
+                   out);
+}
+
+bool add_fits_int32(InputRange a_range, int32_t a_multiplier, InputRange b_range, int32_t b_multiplier, int shift,
+                    int32_t out_zero_point) {
+  if (shift < 0 || shift > 30) return false;
+  auto reach = [](InputRange r, int32_t m) {
+    return static_cast<__int128>(std::max(std::abs(r.lo), std::abs(r.hi))) * std::abs(int64_t{m});
+  };
+  // |v| + half + 1 bounds every sum before the shift; |RS(v)| <= that / 2^shift + 1.
+  const __int128 v = reach(a_range, a_multiplier) + reach(b_range, b_multiplier) + (int64_t{1} << shift);
+  return v <= INT32_MAX && (v >> shift) + 1 + std::abs(int64_t{out_zero_point}) <= INT32_MAX;
 }
 
 void mul_codes(Isa isa, CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
@@ -259,11 +279,14 @@ void max_into(T* __restrict d, const T* __restrict s, int64_t c) {
 }  // namespace
 
 void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out) {
+               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end) {
   if (in.storage != out.storage || in.offset != out.offset)
     throw std::invalid_argument("pool: input and output must share storage and offset");
+  if (row_begin < 0 || row_end > rows.size() || row_begin > row_end)
+    throw std::invalid_argument("pool: output rows out of range");
   const int64_t ow = cols.size();
-  std::vector<int64_t> sum(static_cast<size_t>(c));
+  thread_local std::vector<int64_t> sum;
+  sum.resize(static_cast<size_t>(c));
   with_input(in, [&](auto src) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
     T* dst = static_cast<T*>(out.data);
@@ -275,7 +298,7 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
       thread_local std::vector<T> column_max;
       column_max.resize(static_cast<size_t>(span));
       T* v = column_max.data();  // v[x * c + ch - first] for the columns the windows cover
-      for (int64_t oy = 0; oy < rows.size(); ++oy) {
+      for (int64_t oy = row_begin; oy < row_end; ++oy) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy];
         std::copy(src + y0 * w * c + first, src + y0 * w * c + first + span, v);
         for (int64_t yy = y0 + 1; yy < y1; ++yy) max_into(v, src + yy * w * c + first, span);
@@ -288,7 +311,7 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
       }
       return;
     }
-    for (int64_t oy = 0; oy < rows.size(); ++oy)
+    for (int64_t oy = row_begin; oy < row_end; ++oy)
       for (int64_t ox = 0; ox < ow; ++ox) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy], x0 = cols.begin[ox], x1 = cols.end[ox];
         T* d = dst + (oy * ow + ox) * c;

@@ -45,9 +45,17 @@ void requantize_codes(Isa isa, CodesIn in, int64_t count, int32_t in_zero_point,
                       int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out);
 
 // out = clamp(zo + RS(clamp32(a - za) * ma + clamp32(b - zb) * mb, shift), lo, hi), |ma|, |mb| < 2^30.
+// a_range / b_range: the values clamp32(a - za) / clamp32(b - zb) lie in (the engine knows them from the
+// producers; InputRange{} when unknown): where they keep every step within int32 (add_fits_int32), the vector
+// paths compute in int32 lanes, twice as many per instruction as the int64 ones.
 void add_codes(Isa isa, CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point,
                int32_t b_multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
-               CodesOut out);
+               CodesOut out, InputRange a_range, InputRange b_range);
+
+// Whether zo + RS(da * ma + db * mb, shift) and each step before it stays within int32 for every da in a_range
+// and db in b_range.
+bool add_fits_int32(InputRange a_range, int32_t a_multiplier, InputRange b_range, int32_t b_multiplier, int shift,
+                    int32_t out_zero_point);
 
 // out = clamp(zo + RS((a - za) * (b - zb) * multiplier, shift), lo, hi) for `count` elements of a; b has
 // `count` elements too, or b_channels (> 0) of them, broadcast over the positions of NHWC a (b[i % b_channels]:
@@ -75,8 +83,9 @@ void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const
 void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
 
 // out = clamp(zo + RS(clamp32(x - zi) * multiplier[ch] + bias[ch], shift[ch]), lo, hi) with ch = i % channels: a
-// per-channel affine map (a BatchNorm that folds into no conv) of NHWC [H, W, C] codes or of flat [C] ones. The
-// caller keeps |bias| <= 2^61, so the sum stays inside int64.
+// per-channel affine map (a BatchNorm that folds into no conv) of NHWC [H, W, C] codes or of flat [C] ones. Exact
+// for every multiplier, shift and bias (the loader keeps multiplier > INT32_MIN, shift <= 62 and |bias| <= 2^61);
+// the vector paths take the scalar loop for a call with a channel whose sum could leave int64.
 void affine_codes(Isa isa, CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point,
                   const int32_t* multiplier, const uint8_t* shift, const int64_t* bias, int32_t out_zero_point,
                   int32_t lo, int32_t hi, CodesOut out);
@@ -98,12 +107,13 @@ PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, 
 // [floor(i * in / out), ceil((i + 1) * in / out)).
 PoolAxis adaptive_pool_axis(int64_t in, int64_t out, const char* what);
 
-// Max or average pooling of one NHWC image [rows.end.back() <= h, w, c] to [rows.size(), cols.size(), c]; in and
-// out share storage and offset (max and the rounded mean commute with the offset). Max skips padded cells; the
-// mean is floor((sum + n / 2) / n) over its n = divisor cells, floor division also for negative sums, where the
-// cells of a divisor beyond the window's input cells (count_include_pad) hold `pad_code`, the code of 0.
+// Max or average pooling of one NHWC image [rows.end.back() <= h, w, c] to [rows.size(), cols.size(), c], output
+// rows [row_begin, row_end) (out points at the whole output); in and out share storage and offset (max and the
+// rounded mean commute with the offset). Max skips padded cells; the mean is floor((sum + n / 2) / n) over its
+// n = divisor cells, floor division also for negative sums, where the cells of a divisor beyond the window's input
+// cells (count_include_pad) hold `pad_code`, the code of 0.
 void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out);
+               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end);
 
 // First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
 void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);

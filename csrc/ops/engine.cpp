@@ -134,6 +134,16 @@ double int8_peak_gmacs_op(double seconds, int64_t threads) {
   return int8_peak_gmacs(seconds, static_cast<int>(threads));
 }
 
+// Every kernel path QCNN_ISA can name, best last, and those this CPU runs.
+std::tuple<std::vector<std::string>, std::vector<std::string>> engine_isas_op() {
+  std::vector<std::string> names, supported;
+  for (Isa isa : kAllIsas) {
+    names.emplace_back(isa_name(isa));
+    if (isa_supported(isa)) supported.emplace_back(isa_name(isa));
+  }
+  return {names, supported};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qcnn, m) {
@@ -150,6 +160,7 @@ TORCH_LIBRARY_FRAGMENT(qcnn, m) {
   // The measured peak integer multiply-accumulate rate of the engine's best kernel instruction on
   // this CPU, in G MACs/s summed over `threads` threads: what a layer's MACs/s is compared with.
   m.def("int8_peak_gmacs(float seconds, int threads) -> float", &int8_peak_gmacs_op);
+  m.def("engine_isas() -> (str[], str[])", &engine_isas_op);
 }
 
 }  // namespace qcnn

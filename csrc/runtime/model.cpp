@@ -79,9 +79,8 @@ void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t fi
 
 namespace {
 // Pointwise nodes run in blocks of about this many elements: a fused chain passes each block from node to
-// node while it is in L1. Below kMinSharedPointwiseBytes of output the threads do not share a node.
+// node while it is in L1.
 constexpr int64_t kPointwiseBlock = 8192;
-constexpr int64_t kMinSharedPointwiseBytes = int64_t{1} << 16;
 }  // namespace
 
 void for_each_block(const Value& v, int threads, const std::function<void(int64_t, int64_t)>& fn) {

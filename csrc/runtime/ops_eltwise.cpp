@@ -21,9 +21,11 @@ class RequantizeStep : public PointwiseStep {
 class AddStep : public PointwiseStep {
  public:
   int32_t a_zero_point, a_multiplier, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi;
+  InputRange a_range, b_range;  // of clamp32(a - za) and clamp32(b - zb)
   void run_elements(const Node& n, const Exec& ex, int64_t first, int64_t count) const override {
     add_codes(ex.plan.isa, ex.in(n.inputs[0], first), a_zero_point, a_multiplier, ex.in(n.inputs[1], first),
-              b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count, ex.out(n.output, first));
+              b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count, ex.out(n.output, first), a_range,
+              b_range);
   }
 };
 
@@ -93,7 +95,25 @@ Value parse_add(Loader& ld, const json& nd, Node& node, const std::string& where
   if (a.shape != b.shape)
     fail(where, "add inputs have different shapes " + shape_str(a.shape) + " and " + shape_str(b.shape));
   if (a.hwc_source != b.hwc_source) fail(where, "add of a flattened and a non-flattened value is not supported");
-  const int64_t lo = st->lo, hi = st->hi;
+  // RS(2^t v, s) = RS(v, s - t): the multipliers' common factors of 2 come off the shift (the same integers, and
+  // the int32 lanes of add_fits_int32 more often).
+  while (st->shift > 0 && st->a_multiplier % 2 == 0 && st->b_multiplier % 2 == 0) {
+    st->a_multiplier /= 2;
+    st->b_multiplier /= 2;
+    --st->shift;
+  }
+  auto centred = [](const Value& v, int32_t zero_point) {
+    return InputRange{clamp_to_int32(v.lo - zero_point), clamp_to_int32(v.hi - zero_point)};
+  };
+  st->a_range = centred(a, st->a_zero_point);
+  st->b_range = centred(b, st->b_zero_point);
+  // The sum is monotone in each term: its codes lie between those of the extreme terms.
+  auto term = [](InputRange r, int64_t m, bool high) { return high ? std::max(r.lo * m, r.hi * m) : std::min(r.lo * m, r.hi * m); };
+  auto code = [&](bool high) {
+    const int64_t v = term(st->a_range, st->a_multiplier, high) + term(st->b_range, st->b_multiplier, high);
+    return std::clamp<int64_t>(st->out_zero_point + rounding_shift(v, st->shift), st->lo, st->hi);
+  };
+  const int64_t lo = code(false), hi = code(true);
   node.step = std::move(st);
   return with_range(a, lo, hi);
 }

@@ -2,6 +2,7 @@
 // adaptive and global; the windows are computed once at load.
 #include <algorithm>
 
+#include "core/threads.h"
 #include "runtime/plan.h"
 
 namespace qcnn::runtime {
@@ -13,10 +14,15 @@ class PoolStep : public Step {
   PoolAxis rows, cols;
   bool max = false;
   int64_t pad_code = 0;  // the code of 0, in the divisor's cells beyond the input (average pooling)
+  // Row by row of the output, the threads sharing the rows of a large one, each row's fused chain right after it.
   void run(const Node& n, const Exec& ex, const std::vector<const Node*>& chain) const override {
-    const Value& x = ex.value(n.inputs[0]);
-    pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output));
-    run_chain_after(chain, ex, n.output);
+    const Value &x = ex.value(n.inputs[0]), &y = ex.value(n.output);
+    const int64_t row_values = cols.size() * x.shape[0];
+    QCNN_PARALLEL_FOR(ex.threads, ex.threads > 1 && rows.size() > 1 && y.bytes >= kMinSharedPointwiseBytes)
+    for (int64_t oy = 0; oy < rows.size(); ++oy) {
+      pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output), oy, oy + 1);
+      run_chain(chain, ex, oy * row_values, row_values);
+    }
   }
 };
 

@@ -81,6 +81,8 @@ void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t fi
 // Calls fn(first, count) over the elements of `v` in blocks of whole positions that stay in L1, the blocks
 // shared by the threads where `v` is large enough to pay for it.
 void for_each_block(const Value& v, int threads, const std::function<void(int64_t, int64_t)>& fn);
+// Below this many bytes of output the threads do not share a node that is not a convolution.
+constexpr int64_t kMinSharedPointwiseBytes = int64_t{1} << 16;
 // `chain` over the whole of value `value` (just written by a step that does not tile), block by block.
 void run_chain_after(const std::vector<const Node*>& chain, const Exec& ex, int value);
 

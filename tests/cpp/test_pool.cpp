@@ -45,12 +45,13 @@ TEST_CASE("max pool equals the direct reference for every channel count", "[pool
     std::vector<uint8_t> x8(static_cast<size_t>(h * w * c));
     for (auto& v : x8) v = static_cast<uint8_t>(pick(0, 255));
     std::vector<uint8_t> out8(static_cast<size_t>(rows.size() * cols.size() * c));
-    pool_nhwc({x8.data(), Storage::U8, 5}, w, c, rows, cols, true, 0, {out8.data(), Storage::U8, 5});
+    pool_nhwc({x8.data(), Storage::U8, 5}, w, c, rows, cols, true, 0, {out8.data(), Storage::U8, 5}, 0, rows.size());
     CHECK(out8 == max_pool_reference(x8, w, c, rows, cols));
     std::vector<int32_t> x32(x8.size());
     for (auto& v : x32) v = pick(-100000, 100000);
     std::vector<int32_t> out32(out8.size());
-    pool_nhwc({x32.data(), Storage::I32, 0}, w, c, rows, cols, true, 0, {out32.data(), Storage::I32, 0});
+    pool_nhwc({x32.data(), Storage::I32, 0}, w, c, rows, cols, true, 0, {out32.data(), Storage::I32, 0}, 0,
+              rows.size());
     CHECK(out32 == max_pool_reference(x32, w, c, rows, cols));
   }
 }

@@ -109,7 +109,7 @@ std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bo
 
 TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qgemm]") {
   std::mt19937 rng(7);
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+  for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) {
       WARN("ISA " << isa_name(isa) << " is not supported by this CPU: not tested here");
       continue;
@@ -177,11 +177,13 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
     INFO("trial " << trial << " c=" << c << " k=" << kh << "x" << kw << " stride " << s << " dilation " << dil
                   << " x_sub " << t.x_sub << " max|w| " << wmax);
     const auto want = reference(t);
-    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+    const bool int8 = std::all_of(t.w.begin(), t.w.end(), [](int16_t v) { return v >= -128 && v <= 127; });
+    for (Isa isa : kAllIsas) {
       if (!isa_supported(isa)) continue;
       const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa);
       CHECK(conv_kernel_name(pc) == "depthwise");
-      CHECK(pc.dw_pairs.empty() == (wide || isa == Isa::Scalar));
+      CHECK(pc.dw_quads.empty() == !(has_avx512(isa) && int8));  // core/depthwise.h
+      CHECK(pc.dw_pairs.empty() == (wide || isa == Isa::Scalar || !pc.dw_quads.empty()));
       CHECK(run<uint8_t>(t, isa, Storage::U8, 1 + trial % 2) == want);
       CHECK(run<int32_t>(t, isa, Storage::I32, 1) == want);
     }
@@ -196,7 +198,7 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
 TEST_CASE("binary kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
   std::mt19937 rng(11);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+  for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) continue;
     for (int trial = 0; trial < 121; ++trial) {
       const bool epoch_case = trial == 120;
@@ -280,65 +282,73 @@ TEST_CASE("binary kernel is chosen only where it is exact", "[qgemm][binary]") {
 // The VNNI GEMM reads x - z_x - x_lo as uint8 and starts each sum at x_lo * sum_k w: ranges that are signed,
 // that leave out 0 (the border) or that are exactly 256 values wide, int8 weights at both ends, wide and
 // narrow kernel rows (kw * c not a multiple of 4), and int32-stored inputs far from uint8.
-TEST_CASE("VNNI GEMM equals the direct reference and is chosen only where it is exact", "[qgemm][vnni]") {
-  if (!isa_supported(Isa::Avx512Vnni)) {
-    WARN("no AVX-512 VNNI: the VNNI GEMM is not tested here");
-    return;
-  }
-  std::mt19937 rng(17);
-  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  int chosen = 0;
-  for (int trial = 0; trial < 200; ++trial) {
-    const bool float_output = trial % 3 == 0;
-    Case t = random_case(rng, float_output);
-    const int64_t c = trial % 9 == 0 ? pick(60, 140) : pick(1, 40), m = trial % 7 == 0 ? pick(65, 140) : pick(1, 40);
-    const int kh = pick(1, 4), kw = pick(1, 4), dh = pick(1, 2);
-    const int64_t h = pick(dh * (kh - 1) + 1, 10), w = pick(kw, 10);
-    t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1), dh,
-                         1);
-    // x - z_x in [lo, lo + span - 1]: span up to 256 values with 0 in it, or from lo in [1, 10] (0 is added
-    // for the border)
-    const bool positive = trial % 4 == 0;
-    const int span = trial % 5 == 0 ? (positive ? 246 : 256) : pick(1, 246);
-    const int lo = positive ? pick(1, 256 - span) : pick(-(span - 1), 0);
-    const bool extreme = trial % 10 == 3;  // every x at one end, every weight at -128 or 127
-    const int32_t base = 1000;             // stored as int32 codes around 1000
-    t.x_sub = base;
-    std::vector<int32_t> wide(static_cast<size_t>(h * w * c));
-    for (auto& v : wide) v = base + lo + (extreme ? span - 1 : pick(0, span - 1));
-    t.w.resize(static_cast<size_t>(m * t.g.k()));
-    for (auto& v : t.w) v = static_cast<int16_t>(extreme ? (pick(0, 3) ? -128 : 127) : pick(-128, 127));
-    t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 10);
-    t.epi.shift.resize(static_cast<size_t>(m), 24);
-    t.epi.bias.resize(static_cast<size_t>(m), 0);
-    t.epi.scale.resize(static_cast<size_t>(m), 1e-3f);
-    t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
-    const InputRange range{lo, lo + span - 1};
-    const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, Isa::Avx512Vnni, range);
-    chosen += pc.vnni;
-    INFO("trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh << "x" << kw
-                  << " range " << range.lo << ".." << range.hi << " vnni " << pc.vnni);
-    // the reference reads uint8 codes: the same values with another zero point where they fit
-    Case ref = t;
-    ref.x.clear();
-    const int32_t shift = std::min(0, lo);
-    for (int32_t v : wide) ref.x.push_back(static_cast<uint8_t>(v - base - shift));
-    ref.x_sub = -shift;
-    const auto want = reference(ref);
-    const int threads = trial % 2 ? 2 : 1;
-    std::vector<float> outf(static_cast<size_t>(t.g.positions() * m));
-    std::vector<uint8_t> outq(outf.size());
-    if (float_output) {
-      conv_image(pc, wide.data(), Storage::I32, base, outf.data(), Storage::F32, threads);
-      CHECK(std::vector<double>(outf.begin(), outf.end()) == want);
-    } else {
-      conv_image(pc, wide.data(), Storage::I32, base, outq.data(), Storage::U8, threads);
-      CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
-      conv_image(pc, ref.x.data(), Storage::U8, ref.x_sub, outq.data(), Storage::U8, threads);
-      CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
+// On Isa::Amx the layers with k >= 128, at least 64 channels and 16 positions run the same on the AMX tile GEMM: images up to
+// 40 x 40 give several tiles of positions and odd counts of 16-position and 16-channel tiles.
+TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only where they are exact",
+          "[qgemm][vnni]") {
+  for (Isa isa : {Isa::Avx512Vnni, Isa::Amx}) {
+    if (!isa_supported(isa)) {
+      WARN("no " << isa_name(isa) << ": its GEMM is not tested here");
+      continue;
     }
+    std::mt19937 rng(17);
+    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    int chosen = 0, amx = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+      const bool float_output = trial % 3 == 0;
+      Case t = random_case(rng, float_output);
+      const int64_t c = trial % 3 == 0 ? pick(60, 140) : pick(1, 40), m = trial % 4 == 0 ? pick(64, 140) : pick(1, 40);
+      const int kh = pick(1, 4), kw = pick(1, 4), dh = pick(1, 2), size = trial % 6 == 0 ? 40 : 10;
+      const int64_t h = pick(dh * (kh - 1) + 1, size), w = pick(kw, size);
+      t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1), dh,
+                           1);
+      // x - z_x in [lo, lo + span - 1]: span up to 256 values with 0 in it, or from lo in [1, 10] (0 is added
+      // for the border)
+      const bool positive = trial % 4 == 0;
+      const int span = trial % 5 == 0 ? (positive ? 246 : 256) : pick(1, 246);
+      const int lo = positive ? pick(1, 256 - span) : pick(-(span - 1), 0);
+      const bool extreme = trial % 10 == 3;  // every x at one end, every weight at -128 or 127
+      const int32_t base = 1000;             // stored as int32 codes around 1000
+      t.x_sub = base;
+      std::vector<int32_t> wide(static_cast<size_t>(h * w * c));
+      for (auto& v : wide) v = base + lo + (extreme ? span - 1 : pick(0, span - 1));
+      t.w.resize(static_cast<size_t>(m * t.g.k()));
+      for (auto& v : t.w) v = static_cast<int16_t>(extreme ? (pick(0, 3) ? -128 : 127) : pick(-128, 127));
+      t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 10);
+      t.epi.shift.resize(static_cast<size_t>(m), 24);
+      t.epi.bias.resize(static_cast<size_t>(m), 0);
+      t.epi.scale.resize(static_cast<size_t>(m), 1e-3f);
+      t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
+      const InputRange range{lo, lo + span - 1};
+      const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
+      chosen += pc.vnni;
+      amx += pc.amx;
+      CHECK(pc.amx == (isa == Isa::Amx && t.g.k() >= 128 && m >= 64 && t.g.positions() >= 16));
+      INFO(isa_name(isa) << " trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh
+                         << "x" << kw << " range " << range.lo << ".." << range.hi << " " << conv_kernel_name(pc));
+      // the reference reads uint8 codes: the same values with another zero point where they fit
+      Case ref = t;
+      ref.x.clear();
+      const int32_t shift = std::min(0, lo);
+      for (int32_t v : wide) ref.x.push_back(static_cast<uint8_t>(v - base - shift));
+      ref.x_sub = -shift;
+      const auto want = reference(ref);
+      const int threads = trial % 2 ? 2 : 1;
+      std::vector<float> outf(static_cast<size_t>(t.g.positions() * m));
+      std::vector<uint8_t> outq(outf.size());
+      if (float_output) {
+        conv_image(pc, wide.data(), Storage::I32, base, outf.data(), Storage::F32, threads);
+        CHECK(std::vector<double>(outf.begin(), outf.end()) == want);
+      } else {
+        conv_image(pc, wide.data(), Storage::I32, base, outq.data(), Storage::U8, threads);
+        CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
+        conv_image(pc, ref.x.data(), Storage::U8, ref.x_sub, outq.data(), Storage::U8, threads);
+        CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
+      }
+    }
+    CHECK(chosen == 200);
+    if (isa == Isa::Amx) CHECK(amx >= 20);
   }
-  CHECK(chosen == 200);
   // not chosen: a weight past int8, a range 257 values wide, unknown range, groups, dilation in x, other ISAs
   const ConvGeom g = make_conv_geom(5, 5, 4, 8, 1, 3, 3, 1, 1, 1, 1, 1, 1);
   std::vector<int16_t> w(static_cast<size_t>(g.m * g.k()), -128);
@@ -375,7 +385,7 @@ TEST_CASE("QCNN_ISA forces a path and rejects unknown names", "[qgemm]") {
   unsetenv("QCNN_ISA");
   CHECK(isa_supported(select_isa()));
   Isa best = Isa::Scalar;  // the best path the CPU has
-  for (Isa isa : {Isa::Avx2, Isa::Avx512Vnni})
+  for (Isa isa : kAllIsas)
     if (isa_supported(isa)) best = isa;
   CHECK(select_isa() == best);
 }

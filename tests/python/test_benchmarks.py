@@ -33,20 +33,22 @@ def test_bench_kernels_quick(tmp_path):
     own_isa = {r["isa"] for r in doc["layers"] if not r["forced_isa"]}
     assert len(own_isa) == 1
     paths = {r["isa"] for r in doc["layers"]}
-    assert paths == ({"avx512vnni", "avx2"} if own_isa == {"avx512vnni"} else own_isa)
+    vnni_paths = {"avx512vnni", "amx"}
+    assert paths == (own_isa | {"avx2"} if own_isa <= vnni_paths else own_isa)
     for isa in paths:
         kernels = {(r["model"], r["layer"]): r["kernel"] for r in doc["layers"] if r["isa"] == isa}
         assert kernels["binary-A2", "features.4"] == "binary a2"
         assert kernels["binary-A1", "features.4"] == "binary a1"
-        # 8-bit activations: the GEMM; on avx512vnni the VNNI one, which also takes the acc16 layers
-        gemm = "gemm vnni" if isa == "avx512vnni" else "gemm acc32"
+        # 8-bit activations: the GEMM; on avx512vnni the VNNI one, which also takes the acc16 layers (and on amx,
+        # whose tile GEMM takes layers of 64 channels or more, this 48-channel one)
+        gemm = "gemm vnni" if isa in vnni_paths else "gemm acc32"
         assert kernels["binary-A8", "features.4"] == gemm
-        assert kernels["acc16", "features.4"] == ("gemm vnni" if isa == "avx512vnni" else "gemm acc16")
+        assert kernels["acc16", "features.4"] == (gemm if isa in vnni_paths else "gemm acc16")
         assert kernels["acc16 stripped", "features.4"] == gemm
-        if isa == "avx2" and own_isa == {"avx512vnni"}:  # each pair on the AVX2 path too, and acc16 against VNNI
+        if isa == "avx2" and own_isa <= vnni_paths:  # each pair on the AVX2 path too, and acc16 against VNNI
             for name in ("binary-A2", "acc16"):
                 assert rows[f"{name} QCNN_ISA=avx2 batch 256 t2"]["isa"] == "avx2"
-            vs = rows["acc16 QCNN_ISA=avx2 vs stripped on avx512vnni batch 256 t1"]
+            vs = rows[f"acc16 QCNN_ISA=avx2 vs stripped on {own_isa.pop()} batch 256 t1"]
             assert vs["acc"] == vs["anchor_acc"]
 
 
@@ -75,7 +77,7 @@ def test_bench_torchvision_quick(tmp_path):
             assert row["ratio"] == pytest.approx(row["anchor_s"] / row["qcnn_s"])
             assert row["rel_err"] < 1.0  # the engine computes the net, not noise
     own = doc["settings"]["nets"]["mobilenet_v3_large"]["own_isa"]
-    if own == "avx512vnni":
+    if own in ("avx512vnni", "amx"):
         assert any(r["forced_isa"] == "avx2" and r["isa"] == "avx2" for r in rows)
     kinds = {r["node kind"] for r in doc["ops"]}
     assert {"add", "mul", "lut"} <= {k.split(" (")[0] for k in kinds}  # alone or fused into their producer

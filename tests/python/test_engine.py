@@ -15,6 +15,7 @@ import torch
 import qcnn
 from qcnn import models
 from qcnn.export import Graph, read_qcnn, reference_forward, write_qcnn
+from qcnn.export.runtime import engine_isas
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT, random_cnn_graph, random_pixels, write_idx
@@ -103,7 +104,7 @@ def test_every_kernel_path_gives_the_same_logits(model_dir, tmp_path, name):
     """QCNN_ISA=scalar (the portable reference path) and each vector path this CPU has compute the same integers."""
     pixels = random_pixels(37, qcnn.load(model_dir / f"{name}.qcnn").input_shape, seed=13)
     logits = {}
-    for isa in ("scalar", "avx2", "avx512vnni"):
+    for isa in engine_isas():
         env = dict(os.environ, QCNN_ISA=isa)
         images, labels = tmp_path / "images.idx", tmp_path / "labels.idx"
         write_idx(images, pixels[:, 0].numpy())
@@ -164,7 +165,7 @@ def test_properties_and_profile(model_dir):
     model = qcnn.load(path)
     doc, _ = read_qcnn(path)
     assert model.input_shape == (1, 16, 16) and model.num_classes == 10
-    assert model.isa in ("avx512vnni", "avxvnni", "avx2", "scalar")
+    assert engine_isas()[model.isa]
     # conv1 8x(1*3*3) at 16x16, conv2 8x(8*3*3) at 8x8, fc 10x8
     assert model.macs_per_image == 8 * 9 * 256 + 8 * 72 * 64 + 10 * 8
     assert 0 < model.peak_activation_bytes(1) <= model.peak_activation_bytes(64)
@@ -185,10 +186,12 @@ def test_properties_and_profile(model_dir):
 def test_binary_layers_with_few_bit_inputs_run_on_the_binary_kernel(model_dir, name, kernels):
     model = qcnn.load(model_dir / f"{name}.qcnn")
     layers = model.profile(random_pixels(4, seed=15))
-    # int8 weights and 8-bit codes: the VNNI GEMM where the CPU has it, else the int32-accumulator GEMM
-    gemm = "gemm vnni" if model.isa == "avx512vnni" else "gemm acc32"
-    kernels = [gemm if k == "gemm" else k for k in kernels]
-    assert [layer.kernel for layer in layers if layer.op in ("conv2d", "linear")] == kernels
+    # int8 weights and 8-bit codes: the VNNI GEMM where the CPU has it (or AMX's tile GEMM for the layers with
+    # k >= 128 and 64 channels), else the int32-accumulator GEMM
+    gemms = {"amx": {"gemm vnni", "gemm amx"}, "avx512vnni": {"gemm vnni"}}.get(model.isa, {"gemm acc32"})
+    got = [layer.kernel for layer in layers if layer.op in ("conv2d", "linear")]
+    assert [k in gemms if want == "gemm" else k == want for k, want in zip(got, kernels)] == [True] * len(kernels)
+    assert len(got) == len(kernels)
     assert all(layer.kernel == "" for layer in layers if layer.op not in ("conv2d", "linear"))
 
 

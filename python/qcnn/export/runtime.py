@@ -20,10 +20,18 @@ def _pixels(pixels) -> torch.Tensor:
     raise TypeError(f"pixels must be a uint8 torch.Tensor or NumPy array [N, C, H, W], got {type(pixels).__name__}")
 
 
+def engine_isas() -> dict[str, bool]:
+    """Every kernel path the engine has, in QCNN_ISA's names from the most portable to the fastest, and whether this
+    CPU runs it (load() takes the last one it runs unless QCNN_ISA names another)."""
+    names, supported = torch.ops.qcnn.engine_isas()
+    return {name: name in supported for name in names}
+
+
 class LayerProfile(NamedTuple):
     name: str
     op: str
-    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm vnni", "gemm acc16", "depthwise", "binary a2")
+    kernel: str  # conv2d / linear: the integer kernel chosen at load ("gemm acc32", "gemm vnni", "gemm amx", "gemm acc16",
+    # "depthwise", "binary a2")
     macs_per_image: int
     seconds: float  # summed over the images of the profiled run
 
@@ -59,7 +67,8 @@ class IntegerModel(nn.Module):
 
     @property
     def isa(self) -> str:
-        """The instruction set the engine chose its kernels for at load ("avx512vnni", "avx2" or "scalar"; QCNN_ISA forces one)."""
+        """The kernel path the engine chose at load (one of engine_isas(): "amx", "avx512vnni", "avx2" or "scalar";
+        QCNN_ISA forces one)."""
         return self.engine.isa()
 
     @property
