@@ -225,24 +225,25 @@ void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
   clamp_codes_scalar(codes_from(in, done), count - done, lo, hi, codes_from(out, done));
 }
 
-// table[x + base] by vpgatherdd; x + base wraps in int32 only for codes outside the table, which the caller rules out.
+// table[clamp(x) + base] by vpgatherdd (table_bounds).
 template <typename In, typename Out>
-QCNN_AVX2 int64_t lookup_run(const In* src, Out* dst, int64_t count, const int32_t* table, int32_t base,
+QCNN_AVX2 int64_t lookup_run(const In* src, Out* dst, int64_t count, const int32_t* table, TableBounds b,
                              int32_t out_offset) {
-  const __m256i vbase = _mm256_set1_epi32(base), offset = _mm256_set1_epi32(out_offset);
+  const __m256i lo = _mm256_set1_epi32(b.lo), hi = _mm256_set1_epi32(b.hi), base = _mm256_set1_epi32(b.base),
+                offset = _mm256_set1_epi32(out_offset);
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
-    const __m256i index = _mm256_add_epi32(load8(src + i), vbase);
+    const __m256i index = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(load8(src + i), lo), hi), base);
     store8(dst + i, _mm256_sub_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(table), index, 4), offset));
   }
   return i;
 }
 
-void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
-  const int32_t base = wrap32(int64_t{in.offset} - input_min);
+void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min, CodesOut out) {
+  const TableBounds b = table_bounds(in.offset, table_size, input_min);
   int64_t done = 0;
-  with_vector_codes(in, out, [&](auto src, auto dst) { done = lookup_run(src, dst, count, table, base, out.offset); });
-  lookup_codes_scalar(codes_from(in, done), count - done, table, input_min, codes_from(out, done));
+  with_vector_codes(in, out, [&](auto src, auto dst) { done = lookup_run(src, dst, count, table, b, out.offset); });
+  lookup_codes_scalar(codes_from(in, done), count - done, table, table_size, input_min, codes_from(out, done));
 }
 
 // Per-channel rounding constants of affine_codes, int64 [4][channels]: the shift, the odd-bit shift, half + 2^63

@@ -216,14 +216,15 @@ void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
     clamp_codes_scalar(in, count, lo, hi, out);
 }
 
-// table[x + base] by vpgatherdd; x + base wraps in int32 only for codes outside the table, which the caller rules out.
+// table[clamp(x) + base] by vpgatherdd (table_bounds).
 template <typename In, typename Out>
-QCNN_AVX512 void lookup_run(const In* src, Out* dst, int64_t count, const int32_t* table, int32_t base,
+QCNN_AVX512 void lookup_run(const In* src, Out* dst, int64_t count, const int32_t* table, TableBounds b,
                             int32_t out_offset) {
-  const __m512i vbase = _mm512_set1_epi32(base), offset = _mm512_set1_epi32(out_offset);
+  const __m512i lo = _mm512_set1_epi32(b.lo), hi = _mm512_set1_epi32(b.hi), base = _mm512_set1_epi32(b.base),
+                offset = _mm512_set1_epi32(out_offset);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
-    const __m512i index = _mm512_add_epi32(load16(src + i, k), vbase);
+    const __m512i index = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(load16(src + i, k), lo), hi), base);
     const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, index, table, 4);
     store16(dst + i, k, _mm512_sub_epi32(v, offset));
   }
@@ -254,7 +255,7 @@ QCNN_AVX512VBMI inline void map_bytes(const uint8_t* src, uint8_t* dst, int64_t 
 // codes). The caller's table covers only the codes that occur, so the bytes' table is filled for the range of
 // stored bytes met so far: each 4 KiB chunk is scanned for its min and max (in L1) before its lookup.
 QCNN_AVX512VBMI void lookup_bytes_vbmi(const uint8_t* src, uint8_t* dst, int64_t count, const int32_t* table,
-                                       int64_t base, int32_t out_offset) {
+                                       int64_t table_size, int64_t base, int32_t out_offset) {
   alignas(64) uint8_t bytes[256] = {};
   int filled_lo = 256, filled_hi = -1;  // bytes[b] = table[b + base] - out_offset for b in [filled_lo, filled_hi]
   __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
@@ -273,7 +274,8 @@ QCNN_AVX512VBMI void lookup_bytes_vbmi(const uint8_t* src, uint8_t* dst, int64_t
     if (b_lo < filled_lo || b_hi > filled_hi) {
       filled_lo = std::min(filled_lo, b_lo);
       filled_hi = std::max(filled_hi, b_hi);
-      for (int b = filled_lo; b <= filled_hi; ++b) bytes[b] = static_cast<uint8_t>(table[b + base] - out_offset);
+      for (int b = filled_lo; b <= filled_hi; ++b)
+        bytes[b] = static_cast<uint8_t>(table[std::clamp<int64_t>(b + base, 0, table_size - 1)] - out_offset);
       t0 = _mm512_load_si512(bytes);
       t1 = _mm512_load_si512(bytes + 64);
       t2 = _mm512_load_si512(bytes + 128);
@@ -289,17 +291,15 @@ QCNN_AVX512VBMI void map_bytes_vbmi(const uint8_t* src, uint8_t* dst, int64_t co
             _mm512_loadu_si512(bytes + 128), _mm512_loadu_si512(bytes + 192));
 }
 
-void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out) {
-  const int64_t base = int64_t{in.offset} - input_min;
+void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min, CodesOut out) {
   if (in.storage == Storage::U8 && out.storage == Storage::U8 && cpu_has_vbmi()) {
-    lookup_bytes_vbmi(static_cast<const uint8_t*>(in.data), static_cast<uint8_t*>(out.data), count, table, base,
-                      out.offset);
+    lookup_bytes_vbmi(static_cast<const uint8_t*>(in.data), static_cast<uint8_t*>(out.data), count, table, table_size,
+                      int64_t{in.offset} - input_min, out.offset);
     return;
   }
-  if (!with_vector_codes(in, out, [&](auto src, auto dst) {
-        lookup_run(src, dst, count, table, wrap32(base), out.offset);
-      }))
-    lookup_codes_scalar(in, count, table, input_min, out);
+  const TableBounds b = table_bounds(in.offset, table_size, input_min);
+  if (!with_vector_codes(in, out, [&](auto src, auto dst) { lookup_run(src, dst, count, table, b, out.offset); }))
+    lookup_codes_scalar(in, count, table, table_size, input_min, out);
 }
 
 // Per-channel rounding constants of affine_codes, int64 [3][channels]: the shift, the odd-bit shift and half.

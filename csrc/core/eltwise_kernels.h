@@ -20,7 +20,7 @@ struct EltwiseKernels {
               int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
               CodesOut out);
   void (*clamp)(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
-  void (*lookup)(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
+  void (*lookup)(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min, CodesOut out);
   void (*affine)(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                  CodesOut out);
@@ -40,7 +40,9 @@ void mul_codes_scalar(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero
                       int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
                       CodesOut out);
 void clamp_codes_scalar(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out);
-void lookup_codes_scalar(CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
+void lookup_codes_scalar(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min,
+                         CodesOut out);
+
 void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
                          const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                          CodesOut out);
@@ -72,6 +74,19 @@ bool with_vector_codes(const CodesIn& a, const CodesIn& b, const CodesOut& out, 
 
 // The wrapping int32 value that `a - b` (int64) narrows to.
 inline int32_t wrap32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(v))); }
+
+// The stored values [lo, hi] (clamped into int32) whose codes fall inside a lookup table of `size` entries from
+// input_min, and the base that makes a stored value clamped there its index into the table, x + base in wrapping
+// int32 lanes (a table wholly beyond int32's stored values: every value clamps to one end and reads that entry).
+struct TableBounds {
+  int32_t lo, hi, base;
+};
+inline TableBounds table_bounds(int32_t offset, int64_t table_size, int64_t input_min) {
+  const int64_t lo = input_min - offset, hi = lo + table_size - 1;
+  const int64_t lo32 = std::clamp<int64_t>(lo, INT32_MIN, INT32_MAX), hi32 = std::clamp<int64_t>(hi, INT32_MIN, INT32_MAX);
+  return {static_cast<int32_t>(lo32), static_cast<int32_t>(hi32),
+          wrap32(std::clamp<int64_t>(lo32 - lo, 0, table_size - 1) - lo32)};
+}
 
 // min(max(x, lo), hi) + add of an int32 x in wrapping int32 lanes: clamp32(x + c) (saturating_add) or a clamp of
 // the codes (stored_clamp).

@@ -82,9 +82,16 @@ struct BitWeights {
   std::vector<int64_t> step_offsets;  // [kh * kw][quads]: bytes from a pixel's tables to those of each tap and quad
 };
 
+// The kernel pack_conv chose for a layer, once: conv_image, conv_kernel_name and conv_scratch_bytes follow it.
+//   Gemm: the int16-pair GEMM with int32 accumulators (scalar or AVX2); Acc16, Vnni, Amx: the GEMMs below;
+//   Depthwise: the per-pixel loop, or the AVX2 kernel on uint8 codes where dw_pairs is set; DepthwiseVnni: dw_quads;
+//   Binary: the table-lookup kernel (bits). The depthwise kernels run the per-pixel loop on inputs they cannot read.
+enum class ConvKernel { Gemm, Acc16, Vnni, Amx, Depthwise, DepthwiseVnni, Binary };
+
 struct PackedConv {
   ConvGeom g;
   Isa isa = Isa::Scalar;
+  ConvKernel kernel = ConvKernel::Gemm;
   int64_t kp = 0;                  // packed k: segments of seg_pairs k-pairs (qgemm.cpp pack_conv)
   int64_t seg_pairs = 0;
   int64_t mg8 = 0;                 // channels per group rounded up to 8
@@ -154,8 +161,8 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
                                     int32_t x_sub, int acc_bits);
 
-// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32", "gemm vnni" or
-// "depthwise".
+// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32", "gemm vnni",
+// "gemm amx" or "depthwise".
 std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).

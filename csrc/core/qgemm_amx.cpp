@@ -107,6 +107,11 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
   }
   _tile_release();
 }
+#else
+void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const int64_t* row_offsets, int64_t rows,
+                    int32_t* acc, int64_t ldc, std::vector<uint8_t>& panel) {
+  (void)pc, (void)padded, (void)row_offsets, (void)rows, (void)acc, (void)ldc, (void)panel;
+}
 #endif
 
 }  // namespace qcnn

@@ -78,9 +78,11 @@ void concat_nhwc(const std::vector<CodesIn>& inputs, const std::vector<int64_t>&
 void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const int32_t* index, int64_t out_channels,
                           CodesOut out);
 
-// out = table[x - input_min]: any elementwise function of the codes. The caller proves that every code x
-// lies in [input_min, input_min + table size).
-void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t input_min, CodesOut out);
+// out = table[clamp(x - input_min, 0, table_size - 1)]: any elementwise function of the codes that is constant
+// below input_min and from input_min + table_size - 1 on (the engine trims a function's constant ends off its
+// table, which keeps the table in L1). 1 <= table_size <= 65536.
+void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min,
+                  CodesOut out);
 
 // out = clamp(zo + RS(clamp32(x - zi) * multiplier[ch] + bias[ch], shift[ch]), lo, hi) with ch = i % channels: a
 // per-channel affine map (a BatchNorm that folds into no conv) of NHWC [H, W, C] codes or of flat [C] ones. Exact

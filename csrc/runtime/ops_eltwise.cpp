@@ -52,7 +52,8 @@ class LutStep : public PointwiseStep {
   int64_t input_min = 0;
   std::vector<int32_t> table;  // output code of input code input_min + i
   void run_elements(const Node& n, const Exec& ex, int64_t first, int64_t count) const override {
-    lookup_codes(ex.plan.isa, ex.in(n.inputs[0], first), count, table.data(), input_min, ex.out(n.output, first));
+    lookup_codes(ex.plan.isa, ex.in(n.inputs[0], first), count, table.data(), static_cast<int64_t>(table.size()),
+                 input_min, ex.out(n.output, first));
   }
 };
 
@@ -140,14 +141,19 @@ Value parse_lut(Loader& ld, const json& nd, Node& node, const std::string& where
     fail(where, "table covers input codes [" + std::to_string(st->input_min) + ", " + std::to_string(last) +
                     "] but the input ranges over [" + std::to_string(x.lo) + ", " + std::to_string(x.hi) + "]");
   st->table = ld.code_table(name, t.shape, field(nd, "qparams", where), where);
-  int64_t lo = INT64_MAX, hi = INT64_MIN;
-  for (size_t i = 0; i < st->table.size(); ++i) {
-    const int64_t code = st->input_min + static_cast<int64_t>(i);
-    if (code >= x.lo && code <= x.hi) {
-      lo = std::min<int64_t>(lo, st->table[i]);
-      hi = std::max<int64_t>(hi, st->table[i]);
-    }
-  }
+  // Only the entries of the codes the input can take, without the function's constant ends (lookup_codes clamps
+  // to the table): a SiLU on 16-bit codes is constant below about -9 and above its output's saturation.
+  auto& table = st->table;
+  table.erase(table.begin() + (x.hi - st->input_min + 1), table.end());
+  table.erase(table.begin(), table.begin() + (x.lo - st->input_min));
+  st->input_min = x.lo;
+  int64_t begin = 0, end = static_cast<int64_t>(table.size()) - 1;
+  while (begin < end && table[begin + 1] == table[begin]) ++begin;
+  while (end > begin && table[end - 1] == table[end]) --end;
+  table.erase(table.begin() + end + 1, table.end());
+  table.erase(table.begin(), table.begin() + begin);
+  st->input_min += begin;
+  const int64_t lo = *std::min_element(table.begin(), table.end()), hi = *std::max_element(table.begin(), table.end());
   node.step = std::move(st);
   return with_range(x, lo, hi);
 }

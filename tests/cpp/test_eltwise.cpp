@@ -384,7 +384,8 @@ TEST_CASE("lookup_codes: vector paths equal the scalar loop", "[eltwise]") {
       const int64_t start = count > 20 ? r.between(0, 17) : 0;
       const Buffer out = output_like(out_storage, random_offset(r), count, r);
       require_isas_agree(out, describe(in, out, count, start) + text(", span ", span), [&](Isa isa, Buffer& o) {
-        lookup_codes(isa, in.in(start), count - start, table.data(), input_min, o.out(start));
+        lookup_codes(isa, in.in(start), count - start, table.data(), static_cast<int64_t>(table.size()), input_min,
+                     o.out(start));
       });
     }
 }
@@ -399,8 +400,36 @@ TEST_CASE("lookup_codes: the uint8 table grows with the bytes met in later chunk
   for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i * i % 1000) - 300;
   const int64_t input_min = 7 + 20;
   require_isas_agree(out, describe(in, out, count, 0), [&](Isa isa, Buffer& o) {
-    lookup_codes(isa, in.in(), count, table.data(), input_min, o.out());
+    lookup_codes(isa, in.in(), count, table.data(), static_cast<int64_t>(table.size()), input_min, o.out());
   });
+}
+
+// Codes outside the table read its first or last entry: any stored value, the int32 extremes and offsets that put
+// the table's ends beyond int32 included, against the clamp written out.
+TEST_CASE("lookup_codes: codes beyond the table read its ends", "[eltwise]") {
+  Random r;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int64_t count = r.between(0, 300);
+    Buffer in(r.storage(), random_offset(r), count);
+    fill_random(in, r);
+    const int64_t size = r.chance(20) ? 1 : r.between(1, 65536);
+    const int64_t input_min = r.chance(20) ? (r.chance(50) ? INT32_MIN : int64_t{INT32_MAX} - size + 1)
+                                           : int64_t{in.offset} + r.between(-300, 300);
+    std::vector<int32_t> table(static_cast<size_t>(size));
+    for (auto& t : table) t = static_cast<int32_t>(r.between(-1000, 1000));
+    const Storage out_storage = r.storage();
+    const Buffer out = output_like(out_storage, out_storage == Storage::U8 ? -1000 : 0, count, r);
+    Buffer want = out;
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t index = std::clamp<int64_t>(in.stored(i) + in.offset - input_min, 0, size - 1);
+      want.set(i, table[static_cast<size_t>(index)] - want.offset);
+    }
+    require_isas_agree(out, describe(in, out, count, 0) + text(", size ", size, ", input_min ", input_min),
+                       [&](Isa isa, Buffer& o) {
+                         lookup_codes(isa, in.in(), count, table.data(), size, input_min, o.out());
+                         CHECK(o.bytes == want.bytes);
+                       });
+  }
 }
 
 TEST_CASE("affine_codes: vector paths equal the scalar loop", "[eltwise]") {

@@ -1,0 +1,147 @@
+// Internal: the vector kernels of the convolutions (qgemm.h), one table of function pointers per instruction set
+// (qgemm_avx2.cpp, qgemm_avx512.cpp), and what those files share with the driver and the scalar reference in
+// qgemm.cpp. qgemm.cpp picks the table once per layer from PackedConv::isa. The AMX GEMM (qgemm_amx.h), the
+// AVX-512 depthwise kernel (depthwise.h) and the binary kernel (bitconv.h) have files of their own.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "core/qgemm.h"
+#include "core/requant.h"
+
+namespace qcnn {
+
+constexpr int kRows = 3;    // output positions per microkernel call
+constexpr int kBlocks = 3;  // 8-channel blocks per microkernel call: 3 x 3 = 9 ymm accumulators, 16 registers in all
+constexpr int kVnniRows = 6;    // VNNI GEMM: output positions per microkernel call
+constexpr int kVnniBlocks = 4;  // and 16-channel blocks: 6 x 4 = 24 zmm accumulators, 32 registers in all
+
+// Where a microkernel reads its rows of A: row r's k-steps (pairs, or quads for the VNNI GEMM) lie in `segs`
+// segments of `seg_steps` steps, segment s at row[r] + s * seg_stride. A row panel is one segment per row;
+// the padded image read in place is one segment per kernel row ky (its kw * c values are contiguous there).
+template <typename A, int N = kRows>
+struct RowSource {
+  const A* row[N];
+  int64_t seg_stride = 0, segs = 1, seg_steps = 0;
+};
+
+struct Workspace {
+  std::vector<int16_t> panel;
+  std::vector<int32_t> acc;
+  std::vector<int64_t> bit_slots;
+  std::vector<int64_t> row_offsets;  // GEMM reading the padded image: each output position's input offset
+  std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
+  std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
+  std::vector<uint8_t> quads;        // depthwise on AVX-512 VNNI: the quads of a row segment
+  std::vector<uint8_t> panel8;       // the AMX GEMM's row panel
+};
+
+// The output code of channel m for accumulator `acc` (docs/FORMAT.md section 4), before store_offset.
+inline int64_t output_code(const ConvEpilogue& e, int64_t m, int64_t acc) {
+  const int64_t v = rounding_shift(acc * e.multiplier[m] + e.bias[m], e.shift[m]);
+  return std::clamp<int64_t>(v + e.zero_point, e.lo, e.hi);
+}
+
+// Scalar epilogue of channels [m0, m1) of one row: the reference, and the vector epilogues' last channels.
+template <typename Out>
+void epilogue_scalar(const PackedConv& pc, const int32_t* acc, int64_t m0, int64_t m1, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  for (int64_t m = m0; m < m1; ++m) {
+    if constexpr (std::is_same_v<Out, float>)
+      out[m] = std::fma(static_cast<float>(acc[m]), e.scale[m], e.float_bias[m]);
+    else
+      out[m] = static_cast<Out>(output_code(e, m, acc[m]) - e.store_offset);
+  }
+}
+
+// f(std::integral_constant<int, S>) for S = pc.threshold_levels - 1 thresholds: the threshold epilogues keep them
+// in registers, so S is a template argument.
+template <typename F>
+void with_threshold_count(const PackedConv& pc, F&& f) {
+  static_assert(kMaxThresholdLevels == 8, "the cases below");
+  switch (pc.threshold_levels - 1) {
+    case 0: return f(std::integral_constant<int, 0>{});
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    default: return f(std::integral_constant<int, 7>{});  // levels <= kMaxThresholdLevels
+  }
+}
+
+template <typename F, int R, int J>
+using KernelGrid = std::array<std::array<F, J>, R>;  // [rows - 1][blocks - 1]
+
+// c[r][j*8 + lane] = sum over the k-pairs of a[r] times w's block j (qgemm.h), R x J of them per call.
+using GemmMicrokernel = void (*)(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c,
+                                 int64_t ldc);
+// The int16-accumulator GEMM (PackedConv::acc16): u8 x s8 pairs, 16-channel blocks.
+using Acc16Microkernel = void (*)(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c,
+                                  int64_t ldc);
+// The VNNI GEMM (PackedConv::vnni): u8 x s8 quads, 16-channel blocks, each accumulator starting at start[channel].
+using VnniMicrokernel = void (*)(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock,
+                                 const int32_t* start, int32_t* c, int64_t ldc);
+
+// A grid of R x J instances of the template `fn`, for a KernelGrid.
+#define QCNN_KERNEL_GRID_3X3(fn) \
+  {{{fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, {fn<3, 1>, fn<3, 2>, fn<3, 3>}}}
+
+// `rows` rows of accumulators ldc apart into rows * M outputs.
+template <typename Out>
+struct ConvEpilogues {
+  void (*requantize)(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc, int64_t rows,
+                     Out* out);
+  // The exact double form where pack_conv set PackedConv::requant_scale; null where the ISA has none.
+  void (*requantize_f64)(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out);
+  // The threshold form where pack_conv set PackedConv::threshold_levels; null where the ISA has none.
+  void (*thresholds)(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out);
+};
+
+// A null kernel is one the ISA lacks: pack_conv never chooses its layer kind for that ISA.
+struct ConvKernels {
+  KernelGrid<GemmMicrokernel, kRows, kBlocks> gemm;
+  KernelGrid<Acc16Microkernel, kRows, kBlocks> acc16;
+  KernelGrid<VnniMicrokernel, kVnniRows, kVnniBlocks> vnni;
+  ConvEpilogues<uint8_t> epilogue_u8;
+  ConvEpilogues<int32_t> epilogue_i32;
+  ConvEpilogues<float> epilogue_f32;
+  // Depthwise on uint8 codes (PackedConv::dw_pairs): the accumulators of output positions [p0, p0 + rows), rows
+  // ldc = C + 8 apart, with C more values after the rows for the kernel's accumulator starts.
+  void (*depthwise_u8)(const PackedConv& pc, const uint8_t* x, int32_t x_sub, int64_t p0, int64_t rows,
+                       int32_t* acc, Workspace& ws);
+  // int8_peak_gmacs: `iterations` rounds of macs_per_iteration independent multiply-accumulates; returns a value
+  // that depends on them.
+  struct {
+    int64_t (*run)(int64_t iterations);
+    int64_t iterations, macs_per_iteration;
+  } peak;
+
+  template <typename Out>
+  const ConvEpilogues<Out>& epilogues() const {
+    if constexpr (std::is_same_v<Out, uint8_t>)
+      return epilogue_u8;
+    else if constexpr (std::is_same_v<Out, int32_t>)
+      return epilogue_i32;
+    else
+      return epilogue_f32;
+  }
+};
+
+// nullptr on builds for other architectures. The AVX-512 table (Isa::Avx512Vnni and Isa::Amx) is the AVX2 one with
+// the kernels AVX-512 does better replaced.
+const ConvKernels* conv_kernels_avx2();
+const ConvKernels* conv_kernels_avx512();
+
+// The AVX2 threshold epilogue of channels [m0, M) (m0 a multiple of 16): the AVX-512 one's last channels.
+template <typename Out>
+void threshold_epilogue_avx2_from(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out,
+                                  int64_t m0);
+
+}  // namespace qcnn
