@@ -4,7 +4,7 @@ PIP     := $(PYTHON) -m pip
 JOBS    ?= 2
 STAMPS  := .stamps
 BUILD   := build/cmake
-APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist
+APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist qemu-user
 PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx onnxruntime
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -122,6 +124,29 @@ def test_every_kernel_path_gives_the_same_logits(model_dir, tmp_path, name):
         pytest.skip("this CPU has no vector path")
     for isa, got in logits.items():
         assert np.array_equal(got, logits["scalar"]), isa
+
+
+QEMU_X86 = shutil.which("qemu-x86_64")
+
+
+@needs_infer
+@pytest.mark.skipif(QEMU_X86 is None or platform.machine() != "x86_64",
+                    reason="needs qemu-x86_64 on x86-64 (Debian's qemu-user; make setup installs it)")
+@pytest.mark.parametrize("name", ["uniform_w8", "resnet_small"])
+def test_qcnn_infer_runs_on_a_cpu_without_avx(model_dir, tmp_path, name):
+    """On a CPU whose CPUID reports no AVX (qemu's Nehalem model) qcnn-infer picks the scalar path by itself and
+    gives the logits of this CPU's own path, bit for bit. (qemu's emulator still decodes AVX instructions, so this
+    checks the choice from CPUID, not that the scalar path is free of them: that is the build's target attributes.)"""
+    model = model_dir / f"{name}.qcnn"
+    pixels = random_pixels(6, qcnn.load(model).input_shape, seed=17)
+    native = run_infer(model, pixels, tmp_path, "--threads", "1")
+    out = tmp_path / "logits_nehalem.npy"
+    res = subprocess.run([QEMU_X86, "-cpu", "Nehalem", str(QCNN_INFER), str(model), "--images",
+                          str(tmp_path / "images.idx"), "--labels", str(tmp_path / "labels.idx"), "--logits", str(out),
+                          "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["isa"] == "scalar"
+    assert np.array_equal(np.load(out), native)
 
 
 def test_unknown_isa_is_an_error(model_dir, monkeypatch):
