@@ -5,20 +5,14 @@
 #include <cstring>
 #include <type_traits>
 
-#include "core/avx2.h"
+#include "core/bitconv_kernels.h"
 
 namespace qcnn {
 
 namespace {
 
-constexpr int kSlots = 2;    // pixel slots (2 or 4 pixels, BitWeights::lanes) per microkernel call
-constexpr int kSlots512 = 4;
-constexpr int kMaxLanes = 4;
-constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
 constexpr int64_t kTileRows = 32;      // output positions per tile, at least: whole rows of slots (bit_tile_rows)
 constexpr int64_t kMaxTileRows = 128;
-constexpr int kTableBytes = 16;
-constexpr int kPatternBytes = 32;  // 16 channels' patterns, once per lane
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int beta(int bits) { return 4 * ((1 << bits) - 1); }
@@ -33,25 +27,6 @@ struct ImageLayout {
   }
   explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits.quads, pc.bits.lanes) {}
 };
-
-// A slot of a tile, `lanes` neighbouring output pixels of a row: the table offset of its lane-0 pixel at tap
-// (0, 0), quad 0, and the tile rows of its outputs (out[l] < 0: lane l is padding, its result dropped).
-struct Slot {
-  int64_t offset, out[kMaxLanes];
-};
-constexpr int64_t kSlotWords = sizeof(Slot) / sizeof(int64_t);
-
-struct KernelArgs {
-  const uint8_t* image;
-  const int64_t* step_offsets;  // [taps * quads] bytes
-  int64_t taps, quads, lane1, group_stride;  // lane1: bytes from one lane's pixel to the next
-  int flush;         // steps (one table per lane) before the byte accumulators could wrap
-  int64_t epoch;     // steps before the 16-bit accumulators could wrap, a multiple of flush
-  int32_t bias;      // beta * taps * quads
-};
-
-// Byte offset, within a 16-channel group, of the patterns of tap t, quad q.
-inline int64_t pattern_index(const KernelArgs& a, int64_t t, int64_t q) { return (t * a.quads + q) * kPatternBytes; }
 
 template <int R, int J>
 void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
@@ -73,189 +48,18 @@ void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t*
     }
 }
 
-#ifdef QCNN_X86
-// Bytes into the 16-bit accumulators: unpacklo/hi give channels 0-7 / 8-15 of both lanes.
-template <int R, int J>
-QCNN_AVX2 inline void widen_bytes(__m256i (&bytes)[R][J], __m256i (&lo16)[R][J], __m256i (&hi16)[R][J]) {
-  const __m256i zero = _mm256_setzero_si256();
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      lo16[r][j] = _mm256_add_epi16(lo16[r][j], _mm256_unpacklo_epi8(bytes[r][j], zero));
-      hi16[r][j] = _mm256_add_epi16(hi16[r][j], _mm256_unpackhi_epi8(bytes[r][j], zero));
-      bytes[r][j] = zero;
-    }
+// The scalar reference's table, or the table of `isa`.
+const BinaryKernels& binary_kernels(Isa isa) {
+  static_assert(kSlots == 2 && kSlots512 == 4 && kGroups == 6, "the kernel grids");
+  static const BinaryKernels scalar{kSlots,
+                                    2,
+                                    {{QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)},
+                                     {QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)}},
+                                    nullptr};
+  const BinaryKernels* vector =
+      has_avx512(isa) ? binary_kernels_avx512() : has_avx2(isa) ? binary_kernels_avx2() : nullptr;
+  return vector ? *vector : scalar;
 }
-
-// wide[r][lane][channel] += the 16-bit sums (unpacklo/hi hold channels 0-7 / 8-15 of both lanes).
-template <int R, int J>
-QCNN_AVX2 inline void widen_words(__m256i (&lo16)[R][J], __m256i (&hi16)[R][J], int32_t (*wide)[2][J * 16]) {
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      for (int lane = 0; lane < 2; ++lane) {
-        const __m128i lo = lane ? _mm256_extracti128_si256(lo16[r][j], 1) : _mm256_castsi256_si128(lo16[r][j]);
-        const __m128i hi = lane ? _mm256_extracti128_si256(hi16[r][j], 1) : _mm256_castsi256_si128(hi16[r][j]);
-        auto* w = reinterpret_cast<__m256i*>(wide[r][lane] + j * 16);
-        _mm256_store_si256(w, _mm256_add_epi32(_mm256_load_si256(w), _mm256_cvtepu16_epi32(lo)));
-        _mm256_store_si256(w + 1, _mm256_add_epi32(_mm256_load_si256(w + 1), _mm256_cvtepu16_epi32(hi)));
-      }
-      lo16[r][j] = hi16[r][j] = _mm256_setzero_si256();
-    }
-}
-
-// Byte accumulators (biased table entries, at most 2 beta per step) widen into 16-bit ones every
-// `flush` steps, those into int32 every `epoch` steps.
-template <int R, int J, bool kContiguous>
-QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc,
-                                  int64_t ldc) {
-  __m256i bytes[R][J], lo16[R][J], hi16[R][J];
-  alignas(32) int32_t wide[R][2][J * 16] = {};
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) bytes[r][j] = lo16[r][j] = hi16[r][j] = _mm256_setzero_si256();
-  const uint8_t* base[R];
-  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
-  int64_t epoch_steps = 0;
-  const int64_t steps = a.taps * a.quads;
-  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
-    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.step_offsets[s];
-      const uint8_t* pt = patterns + s * kPatternBytes;
-      __m256i table[R];
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* p = base[r] + offset;
-        table[r] = kContiguous ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
-                               : _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p + a.lane1),
-                                                     reinterpret_cast<const __m128i*>(p));
-      }
-      for (int j = 0; j < J; ++j) {
-        const __m256i pattern = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pt + j * a.group_stride));
-        for (int r = 0; r < R; ++r) bytes[r][j] = _mm256_add_epi8(bytes[r][j], _mm256_shuffle_epi8(table[r], pattern));
-      }
-    }
-    widen_bytes(bytes, lo16, hi16);
-    if ((epoch_steps += a.flush) == a.epoch) {
-      widen_words(lo16, hi16, wide);
-      epoch_steps = 0;
-    }
-  }
-  widen_words(lo16, hi16, wide);
-  const __m256i bias = _mm256_set1_epi32(a.bias);
-  for (int r = 0; r < R; ++r)
-    for (int lane = 0; lane < 2; ++lane) {
-      const int64_t out = slots[r].out[lane];
-      if (out < 0) continue;
-      for (int j = 0; j < 2 * J; ++j) {
-        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wide[r][lane] + j * 8));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + out * ldc + j * 8), _mm256_sub_epi32(v, bias));
-      }
-    }
-}
-
-// The 16-bit sums of binary_kernel_avx512 (per 128-bit lane: channels 0-7 in lo16, 8-15 in hi16) into the
-// int32 outputs of each slot's lanes: lane l's two halves joined by one qword permute and widened, stored less
-// the bias at the first epoch, added after it.
-template <int R, int J>
-QCNN_AVX512VNNI void widen_words512(__m512i (&lo16)[R][J], __m512i (&hi16)[R][J], const Slot* slots, int32_t* acc,
-                                    int64_t ldc, bool first, int32_t bias) {
-  const __m512i start = _mm512_set1_epi32(-bias);
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      for (int lane = 0; lane < 4; ++lane) {
-        if (slots[r].out[lane] < 0) continue;
-        const __m512i pick = _mm512_setr_epi64(2 * lane, 2 * lane + 1, 8 + 2 * lane, 9 + 2 * lane, 0, 0, 0, 0);
-        const __m512i sums = _mm512_cvtepu16_epi32(
-            _mm512_castsi512_si256(_mm512_permutex2var_epi64(lo16[r][j], pick, hi16[r][j])));
-        int32_t* dst = acc + slots[r].out[lane] * ldc + j * 16;
-        _mm512_storeu_si512(dst, _mm512_add_epi32(first ? start : _mm512_loadu_si512(dst), sums));
-      }
-      lo16[r][j] = hi16[r][j] = _mm512_setzero_si512();
-    }
-}
-
-// The AVX-512 BW form of binary_kernel_avx2: the tables of four output pixels in the four 128-bit lanes of a
-// zmm register, so one vpshufb does 16 channels x 4 pixels x 4 input channels, 256 MACs.
-template <int R, int J, bool kContiguous>
-QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots, const uint8_t* patterns,
-                                          int32_t* acc, int64_t ldc) {
-  const __m512i zero = _mm512_setzero_si512();
-  __m512i bytes[R][J], lo16[R][J], hi16[R][J];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) bytes[r][j] = lo16[r][j] = hi16[r][j] = zero;
-  const uint8_t* base[R];
-  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
-  int64_t epoch_steps = 0;
-  bool first = true;
-  const int64_t steps = a.taps * a.quads;
-  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
-    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.step_offsets[s];
-      const uint8_t* pt = patterns + s * kPatternBytes;
-      __m512i table[R];
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* p = base[r] + offset;
-        if (kContiguous) {
-          table[r] = _mm512_loadu_si512(p);
-        } else {
-          __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-          v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + a.lane1)), 1);
-          v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * a.lane1)), 2);
-          table[r] = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * a.lane1)), 3);
-        }
-      }
-      for (int j = 0; j < J; ++j) {
-        const __m512i pattern =
-            _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pt + j * a.group_stride)));
-        for (int r = 0; r < R; ++r) bytes[r][j] = _mm512_add_epi8(bytes[r][j], _mm512_shuffle_epi8(table[r], pattern));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < J; ++j) {
-        lo16[r][j] = _mm512_add_epi16(lo16[r][j], _mm512_unpacklo_epi8(bytes[r][j], zero));
-        hi16[r][j] = _mm512_add_epi16(hi16[r][j], _mm512_unpackhi_epi8(bytes[r][j], zero));
-        bytes[r][j] = zero;
-      }
-    if ((epoch_steps += a.flush) == a.epoch) {
-      widen_words512(lo16, hi16, slots, acc, ldc, first, a.bias);
-      first = false;
-      epoch_steps = 0;
-    }
-  }
-  if (epoch_steps || first) widen_words512(lo16, hi16, slots, acc, ldc, first, a.bias);
-}
-#endif
-
-using BinaryKernel = void (*)(const KernelArgs&, const Slot*, const uint8_t*, int32_t*, int64_t);
-
-#define QCNN_BINARY_ROW(fn, r, ...) \
-  {fn<r, 1 __VA_ARGS__>, fn<r, 2 __VA_ARGS__>, fn<r, 3 __VA_ARGS__>, fn<r, 4 __VA_ARGS__>, fn<r, 5 __VA_ARGS__>, \
-   fn<r, 6 __VA_ARGS__>}
-#define QCNN_BINARY_KERNELS(fn, ...) {QCNN_BINARY_ROW(fn, 1, __VA_ARGS__), QCNN_BINARY_ROW(fn, 2, __VA_ARGS__)}
-#define QCNN_BINARY_KERNELS4(fn, ...)                                                                       \
-  {QCNN_BINARY_ROW(fn, 1, __VA_ARGS__), QCNN_BINARY_ROW(fn, 2, __VA_ARGS__), QCNN_BINARY_ROW(fn, 3, __VA_ARGS__), \
-   QCNN_BINARY_ROW(fn, 4, __VA_ARGS__)}
-
-// Slots per call: kSlots, or kSlots512 on AVX-512 (4 x 6 byte accumulators + 4 tables + 1 pattern of 32 zmm).
-int slots_per_call(Isa isa) { return has_avx512(isa) ? kSlots512 : kSlots; }
-
-BinaryKernel binary_kernel(Isa isa, bool contiguous, int slots, int groups) {
-  static_assert(kSlots == 2 && kSlots512 == 4 && kGroups == 6, "the kernel tables below");
-  static const BinaryKernel scalar[kSlots][kGroups] = QCNN_BINARY_KERNELS(binary_kernel_scalar);
-#ifdef QCNN_X86
-  static const BinaryKernel avx2[2][kSlots][kGroups] = {QCNN_BINARY_KERNELS(binary_kernel_avx2, , false),
-                                                        QCNN_BINARY_KERNELS(binary_kernel_avx2, , true)};
-  static const BinaryKernel avx512[2][kSlots512][kGroups] = {QCNN_BINARY_KERNELS4(binary_kernel_avx512, , false),
-                                                             QCNN_BINARY_KERNELS4(binary_kernel_avx512, , true)};
-  if (has_avx512(isa)) return avx512[contiguous][slots - 1][groups - 1];
-  if (has_avx2(isa)) return avx2[contiguous][slots - 1][groups - 1];
-#endif
-  (void)isa;
-  (void)contiguous;
-  return scalar[slots - 1][groups - 1];
-}
-#undef QCNN_BINARY_KERNELS4
-#undef QCNN_BINARY_KERNELS
-#undef QCNN_BINARY_ROW
 
 // quad[q] = sum_i v_{4q+i} << (B i) for q < quads, over the n channels at src (n < 4 quads zero-fills
 // the last one), v = (x - x_sub) masked to B bits (the engine proves the range; the mask keeps a table
@@ -270,40 +74,6 @@ void quad_values(const T* src, int64_t n, int32_t x_sub, int bits, int64_t quads
   }
 }
 
-#ifdef QCNN_X86
-// 32 values at a time: (x - x_sub) wraps exactly in 8 bits before the mask, vpmaddubsw joins pairs
-// (v0 + 2^B v1) and vpmaddwd pairs of pairs.
-QCNN_AVX2 void quad_values_avx2(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads,
-                                uint32_t* quad) {
-  const __m256i sub = _mm256_set1_epi8(static_cast<char>(x_sub));
-  const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << bits) - 1));
-  const __m256i pair = _mm256_set1_epi16(static_cast<int16_t>(1 | (1 << (bits + 8))));
-  const __m256i quadw = _mm256_set1_epi32(1 | (1 << (2 * bits + 16)));
-  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-                                        22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int64_t c0 = 0; c0 < n; c0 += 32) {
-    const int64_t len = std::min<int64_t>(32, n - c0);
-    __m256i v;
-    if (len == 32) {
-      v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c0));
-    } else {
-      alignas(32) uint8_t tail[32] = {};
-      std::memcpy(tail, src + c0, static_cast<size_t>(len));
-      v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
-    }
-    v = _mm256_and_si256(_mm256_sub_epi8(v, sub), mask);
-    if (len < 32) v = _mm256_and_si256(v, _mm256_cmpgt_epi8(_mm256_set1_epi8(static_cast<char>(len)), iota));
-    const __m256i packed = _mm256_madd_epi16(_mm256_maddubs_epi16(v, pair), quadw);
-    if (quads - c0 / 4 >= 8) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(quad + c0 / 4), packed);
-    } else {
-      alignas(32) uint32_t out[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out), packed);
-      std::copy(out, out + (quads - c0 / 4), quad + c0 / 4);
-    }
-  }
-}
-#endif
 
 // The quad values of one input row, [w][quads]: with C a multiple of 4 the row's channels are one run
 // of quads.
@@ -313,15 +83,14 @@ void row_quads(const PackedConv& pc, const T* row, int32_t x_sub, uint32_t* quad
   const BitWeights& bw = pc.bits;
   const bool whole_row = g.c % 4 == 0;
   const int64_t runs = whole_row ? 1 : g.w, run = whole_row ? g.w * g.c : g.c, run_quads = whole_row ? g.w * bw.quads : bw.quads;
+  const auto vector_quads = binary_kernels(pc.isa).quad_values_u8;
   for (int64_t i = 0; i < runs; ++i) {
-#ifdef QCNN_X86
     if constexpr (std::is_same_v<T, uint8_t>) {
-      if (has_avx2(pc.isa)) {
-        quad_values_avx2(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
+      if (vector_quads) {
+        vector_quads(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
         continue;
       }
     }
-#endif
     quad_values(row + i * run, run, x_sub, bw.act_bits, run_quads, quad + i * run_quads);
   }
 }
@@ -382,7 +151,7 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x) {
 BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa) {
   BitWeights bw;
   bw.act_bits = act_bits;
-  bw.lanes = has_avx512(isa) ? 4 : 2;
+  bw.lanes = binary_kernels(isa).lanes;
   bw.quads = (g.c + 3) / 4;
   const int64_t groups = round_up(g.m, 16) / 16, taps = int64_t{g.kh} * g.kw;
   bw.patterns.assign(static_cast<size_t>(groups * taps * bw.quads * kPatternBytes), 0);
@@ -452,12 +221,12 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   a.epoch = int64_t{65535 / step_max} / a.flush * a.flush;
   a.bias = static_cast<int32_t>(beta(bw.act_bits) * taps * bw.quads);
   const bool contiguous = g.sw == 1;
+  const BinaryKernels& k = binary_kernels(pc.isa);
   for (int64_t b = 0; b < groups; b += kGroups) {
     const int jn = static_cast<int>(std::min<int64_t>(kGroups, groups - b));
-    for (int64_t s = 0; s < nslots; s += slots_per_call(pc.isa)) {
-      const int sn = static_cast<int>(std::min<int64_t>(slots_per_call(pc.isa), nslots - s));
-      binary_kernel(pc.isa, contiguous, sn, jn)(a, slots + s, bw.patterns.data() + b * a.group_stride,
-                                                acc + b * 16, ldc);
+    for (int64_t s = 0; s < nslots; s += k.slots) {
+      const int sn = static_cast<int>(std::min<int64_t>(k.slots, nslots - s));
+      k.kernel[contiguous][sn - 1][jn - 1](a, slots + s, bw.patterns.data() + b * a.group_stride, acc + b * 16, ldc);
     }
   }
 }
@@ -465,7 +234,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
 // Whole output rows, at least kTileRows positions, and where it fits in kMaxTileRows a slot count that fills
 // every microkernel call (a row's last slot is partial, and a call with fewer slots costs as much per step).
 int64_t bit_tile_rows(const PackedConv& pc) {
-  const int64_t ow = pc.g.ow, per_row = (ow + pc.bits.lanes - 1) / pc.bits.lanes, per_call = slots_per_call(pc.isa);
+  const int64_t ow = pc.g.ow, per_row = (ow + pc.bits.lanes - 1) / pc.bits.lanes, per_call = binary_kernels(pc.isa).slots;
   const int64_t rows = std::max<int64_t>(1, (kTileRows + ow - 1) / ow);
   for (int64_t r = rows; r * ow <= kMaxTileRows; ++r)
     if (r * per_row % per_call == 0) return r * ow;
