@@ -15,7 +15,7 @@
 // input channels: 128 MACs for any B (an AND + nibble popcount over bit planes does 256 / B per lookup,
 // and an AND besides).
 //
-// On AVX-512 BW (Isa::Avx512Vnni) a zmm register holds the tables of four output pixels: 256 MACs per vpshufb.
+// On AVX-512 BW (Isa::Avx512Vnni, Isa::Amx) a zmm register holds the tables of four output pixels: 256 MACs per vpshufb.
 //
 // Table image: [h + 2ph][quads][w + 2pw + (lanes - 1) sw][16] bytes, border and spare columns holding the
 // tables of v = 0 (every entry beta). The spare columns are the padding lanes of a row's last slot.

@@ -26,7 +26,7 @@ struct EltwiseKernels {
                  CodesOut out);
 };
 
-// nullptr on builds for other architectures. The AVX-512 table needs AVX-512 F/BW/VL (Isa::Avx512Vnni).
+// nullptr on builds for other architectures. The AVX-512 table needs AVX-512 F/BW/VL (Isa::Avx512Vnni and Isa::Amx).
 const EltwiseKernels* eltwise_kernels_avx2();
 const EltwiseKernels* eltwise_kernels_avx512();
 

@@ -140,9 +140,10 @@ struct PackedConv {
 // that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
 // 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
 // max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM. With
-// Isa::Avx512Vnni, a layer the VNNI GEMM can run (see PackedConv::vnni) runs there instead of on either
-// int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice acc16's MACs per
-// instruction (docs/BENCHMARKS.md). Binary layers keep the table-lookup kernel.
+// Isa::Avx512Vnni or Isa::Amx, a layer the VNNI GEMM can run (see PackedConv::vnni) runs there instead of on
+// either int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice acc16's MACs per
+// instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile GEMM (PackedConv::amx).
+// Binary layers keep the table-lookup kernel.
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);
 

@@ -36,8 +36,8 @@ struct CodesOut {
   int32_t offset;
 };
 
-// The elementwise kernels below take the engine's Isa first: Isa::Scalar runs the reference loops, Isa::Avx2 and
-// Isa::Avx512Vnni (which the caller has checked with isa_supported) vector paths with bit-identical results. Any
+// The elementwise kernels below take the engine's Isa first: Isa::Scalar runs the reference loops, the others
+// (which the caller has checked with isa_supported) vector paths with bit-identical results. Any
 // call may cover a sub-range of a tensor (pointers advanced by whole elements) and run concurrently with others.
 
 // `count` elements: out = clamp(zo + RS(clamp32(x - zi) * multiplier, shift), lo, hi).
