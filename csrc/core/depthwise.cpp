@@ -307,7 +307,7 @@ QCNN_AVX512VNNI void accumulate_avx512(const PackedConv& pc, const uint8_t* x, i
 bool pack_depthwise_quads(PackedConv& pc, const int16_t* weight) {
 #ifdef QCNN_X86
   const ConvGeom& g = pc.g;
-  if (!pc.depthwise || !has_avx512(pc.isa)) return false;
+  if (!pc.g.depthwise() || !has_avx512(pc.isa)) return false;
   const int j_count = quads_per_column(g);
   const int64_t c = g.c, taps = g.k();
   std::vector<int8_t> packed(static_cast<size_t>(round_up(c, 16) * g.kw * j_count * 4), 0);

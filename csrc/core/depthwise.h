@@ -27,7 +27,7 @@
 
 namespace qcnn {
 
-// Sets pc.dw_quads and pc.dw_sums where this kernel runs the layer: pc.depthwise, has_avx512(pc.isa), every weight
+// Sets pc.dw_quads and pc.dw_sums where this kernel runs the layer: a depthwise geometry, has_avx512(pc.isa), every weight
 // in int8 and 510 * sum_t |w[t][c]| within int32 (the partial sums). weight: [C][kh * kw]. False leaves pc as it was.
 bool pack_depthwise_quads(PackedConv& pc, const int16_t* weight);
 

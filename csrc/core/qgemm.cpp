@@ -499,7 +499,7 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
   return true;
 }
 
-// The VNNI GEMM's weights and accumulator starts (PackedConv::vnni), where the layer qualifies: an Isa::Avx512Vnni
+// The VNNI GEMM's weights and accumulator starts (ConvKernel::Vnni), where the layer qualifies: an Isa::Avx512Vnni
 // pack, one group, dilation 1 in x, int8 weights, and an input range that, widened to hold 0 (the border), spans
 // at most 256 values. False leaves pc as it was.
 // On Isa::Amx, layers with at least this many k values, output channels and output positions run on the tile GEMM
@@ -524,12 +524,12 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
     }
     start[static_cast<size_t>(m)] = static_cast<int32_t>(x_lo * sum);
   }
-  pc.vnni = true;
+  pc.kernel = ConvKernel::Vnni;
   pc.vnni_x_lo = static_cast<int32_t>(x_lo);
   pc.vnni_acc_start = std::move(start);
   if (pc.isa == Isa::Amx && isa_supported(Isa::Amx) && k >= kMinAmxK && g.m >= kMinAmxChannels &&
       g.positions() >= kMinAmxPositions) {
-    pc.amx = true;
+    pc.kernel = ConvKernel::Amx;
     pc.amx_k = round_up(k, kAmxStep);
     pc.weights_quads = pack_amx_weights(g, weight, pc.amx_k);
     return true;
@@ -606,22 +606,19 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.mg8 = round_up(mg, 8);
   const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
   auto packed_k = [&](int64_t kk) { return kk / seg_len * 2 * pc.seg_pairs + kk % seg_len; };
-  pc.depthwise = g.groups > 1 && g.groups == g.c && g.groups == g.m;
   if (const int act_bits = binary_act_bits(g, weight, x)) {
     pc.kernel = ConvKernel::Binary;
     pc.bits = pack_bit_weights(g, weight, act_bits, isa);
-  } else if (pack_vnni(pc, weight, x)) {  // pc.weights_quads and pc.vnni_acc_start are set
-    pc.kernel = pc.amx ? ConvKernel::Amx : ConvKernel::Vnni;
+  } else if (pack_vnni(pc, weight, x)) {  // sets the kernel, pc.weights_quads and pc.vnni_acc_start
   } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
     pc.kernel = ConvKernel::Acc16;
-    pc.acc16 = true;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
     pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
     for (int64_t m = 0; m < g.m; ++m)
       for (int64_t kk = 0; kk < k; ++kk)
         pc.weights8[((m / 16) * pairs + packed_k(kk) / 2) * 32 + (m % 16) * 2 + packed_k(kk) % 2] =
             static_cast<int8_t>(weight[m * k + kk]);
-  } else if (pc.depthwise) {  // [taps][C]
+  } else if (g.depthwise()) {  // [taps][C]
     const int64_t taps = k;
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)

@@ -34,6 +34,7 @@ struct ConvGeom {
   int64_t k() const { return cg() * kh * kw; }
   int64_t positions() const { return oh * ow; }
   int64_t macs() const { return positions() * m * k(); }
+  bool depthwise() const { return groups > 1 && groups == c && groups == m; }  // its own kernels
 };
 
 // Validates the geometry (std::invalid_argument naming the bad field) and computes oh, ow.
@@ -95,7 +96,6 @@ struct PackedConv {
   int64_t kp = 0;                  // packed k: segments of seg_pairs k-pairs (qgemm.cpp pack_conv)
   int64_t seg_pairs = 0;
   int64_t mg8 = 0;                 // channels per group rounded up to 8
-  bool depthwise = false;          // groups = in = out channels: its own kernel
   std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
   // Depthwise on AVX2 (uint8 inputs): the taps in pairs, [ceil(taps / 2)][C][2] (an odd last tap paired
   // with 0), and sum_t w[t][c] for the zero-point correction; empty where 510 * sum_t |w[t][c]| could
@@ -118,19 +118,16 @@ struct PackedConv {
   // below 2^28: the requantization in double, exact (qgemm.cpp epilogue_f64), with these constants per channel,
   // multiplier * 2^-shift and bias * 2^-shift, [M rounded up to 16].
   std::vector<double> requant_scale, requant_offset;
-  bool acc16 = false;                         // the int16-accumulator kernel (AVX2)
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
   // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range
   // at most 256 values wide): it reads u = x - z_x - x_lo in [0, 255] from a padded uint8 image (border
   // -x_lo, where x - z_x = 0) and starts each accumulator at x_lo * sum_k w[m][k], which undoes the shift.
-  bool vnni = false;
   int32_t vnni_x_lo = 0;
   int64_t seg_quads = 0;                      // k-quads per kernel row (each row padded to whole quads)
   std::vector<int8_t> weights_quads;          // [M / 16 blocks][kq][16][4]: kq = kh * seg_quads, or amx_k / 4
   std::vector<int32_t> vnni_acc_start;        // [M rounded up to 16]: x_lo * sum_k w[m][k]
   // The same input and accumulator starts on the AMX tile GEMM (core/qgemm_amx.h; Isa::Amx, layers with k >= 128,
   // 64 output channels and 16 output positions): k in its natural order, padded to amx_k, a multiple of 64.
-  bool amx = false;
   int64_t amx_k = 0;
 };
 
@@ -140,9 +137,9 @@ struct PackedConv {
 // that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
 // 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
 // max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM. With
-// Isa::Avx512Vnni or Isa::Amx, a layer the VNNI GEMM can run (see PackedConv::vnni) runs there instead of on
+// Isa::Avx512Vnni or Isa::Amx, a layer the VNNI GEMM can run (see ConvKernel::Vnni) runs there instead of on
 // either int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice acc16's MACs per
-// instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile GEMM (PackedConv::amx).
+// instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile GEMM (ConvKernel::Amx).
 // Binary layers keep the table-lookup kernel.
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);

@@ -1,7 +1,7 @@
 // Internal (qgemm.cpp): the AMX tile GEMM of the convolutions (Isa::Amx). tdpbusd multiplies a 16 x 64 tile of
 // unsigned activations by a 64 x 16 tile of signed weights into 16 x 16 int32 accumulators, 16,384 MACs per
 // instruction. It reads its A tiles from a row panel of the tile's output positions (the padded uint8 image of
-// the VNNI GEMM, PackedConv::vnni, gathered: kernel row after kernel row, k in its natural (ky, kx, c) order,
+// the VNNI GEMM, ConvKernel::Vnni, gathered: kernel row after kernel row, k in its natural (ky, kx, c) order,
 // padded to whole 64-byte steps), so any stride, padding and kernel size runs on it.
 #pragma once
 #include <cstdint>

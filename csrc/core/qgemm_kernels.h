@@ -82,10 +82,10 @@ using KernelGrid = std::array<std::array<F, J>, R>;  // [rows - 1][blocks - 1]
 // c[r][j*8 + lane] = sum over the k-pairs of a[r] times w's block j (qgemm.h), R x J of them per call.
 using GemmMicrokernel = void (*)(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c,
                                  int64_t ldc);
-// The int16-accumulator GEMM (PackedConv::acc16): u8 x s8 pairs, 16-channel blocks.
+// The int16-accumulator GEMM (ConvKernel::Acc16): u8 x s8 pairs, 16-channel blocks.
 using Acc16Microkernel = void (*)(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c,
                                   int64_t ldc);
-// The VNNI GEMM (PackedConv::vnni): u8 x s8 quads, 16-channel blocks, each accumulator starting at start[channel].
+// The VNNI GEMM (ConvKernel::Vnni): u8 x s8 quads, 16-channel blocks, each accumulator starting at start[channel].
 using VnniMicrokernel = void (*)(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock,
                                  const int32_t* start, int32_t* c, int64_t ldc);
 

@@ -321,9 +321,9 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
       t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
       const InputRange range{lo, lo + span - 1};
       const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
-      chosen += pc.vnni;
-      amx += pc.amx;
-      CHECK(pc.amx == (isa == Isa::Amx && t.g.k() >= 128 && m >= 64 && t.g.positions() >= 16));
+      chosen += pc.kernel == ConvKernel::Vnni || pc.kernel == ConvKernel::Amx;
+      amx += pc.kernel == ConvKernel::Amx;
+      CHECK((pc.kernel == ConvKernel::Amx) == (isa == Isa::Amx && t.g.k() >= 128 && m >= 64 && t.g.positions() >= 16));
       INFO(isa_name(isa) << " trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh
                          << "x" << kw << " range " << range.lo << ".." << range.hi << " " << conv_kernel_name(pc));
       // the reference reads uint8 codes: the same values with another zero point where they fit
@@ -358,15 +358,15 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
   epi.float_bias.assign(8, 0.0f);
   CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-5, 250})) == "gemm vnni");
   CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}, 16)) == "gemm vnni");  // over acc16
-  CHECK_FALSE(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-6, 250}).vnni);
-  CHECK_FALSE(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {}).vnni);
-  CHECK_FALSE(pack_conv(g, w.data(), epi, Isa::Avx2, {0, 255}).vnni);
-  CHECK_FALSE(pack_conv(make_conv_geom(5, 5, 4, 8, 2, 3, 3, 1, 1, 1, 1, 1, 1), w.data(), epi, Isa::Avx512Vnni,
-                        {0, 255}).vnni);
-  CHECK_FALSE(pack_conv(make_conv_geom(5, 5, 4, 8, 1, 3, 3, 1, 1, 2, 2, 1, 2), w.data(), epi, Isa::Avx512Vnni,
-                        {0, 255}).vnni);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-6, 250}).kernel != ConvKernel::Vnni);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {}).kernel != ConvKernel::Vnni);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Avx2, {0, 255}).kernel != ConvKernel::Vnni);
+  CHECK(pack_conv(make_conv_geom(5, 5, 4, 8, 2, 3, 3, 1, 1, 1, 1, 1, 1), w.data(), epi, Isa::Avx512Vnni,
+                  {0, 255}).kernel != ConvKernel::Vnni);
+  CHECK(pack_conv(make_conv_geom(5, 5, 4, 8, 1, 3, 3, 1, 1, 2, 2, 1, 2), w.data(), epi, Isa::Avx512Vnni,
+                  {0, 255}).kernel != ConvKernel::Vnni);
   w[7] = 128;
-  CHECK_FALSE(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}).vnni);
+  CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}).kernel != ConvKernel::Vnni);
 }
 
 TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {
@@ -444,10 +444,10 @@ TEST_CASE("acc16 kernel equals the direct reference where the L1 bound holds", "
     }
     const bool exact = worst <= 32767;
     PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, Isa::Avx2, {0, vmax}, 16);
-    CHECK(pc.acc16 == exact);
-    CHECK_FALSE(pack_conv(t.g, t.w.data(), t.epi, Isa::Avx2, {0, vmax}, 17).acc16);  // declared too wide
-    CHECK_FALSE(pack_conv(t.g, t.w.data(), t.epi, Isa::Scalar, {0, vmax}, 16).acc16);
-    chosen += pc.acc16;
+    CHECK((pc.kernel == ConvKernel::Acc16) == exact);
+    CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::Avx2, {0, vmax}, 17).kernel != ConvKernel::Acc16);  // too wide
+    CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::Scalar, {0, vmax}, 16).kernel != ConvKernel::Acc16);
+    chosen += pc.kernel == ConvKernel::Acc16;
     INFO("trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh << "x" << kw
                   << " worst " << worst);
     const auto want = reference(t);
