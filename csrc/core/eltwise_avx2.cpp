@@ -132,7 +132,7 @@ QCNN_AVX2 int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int
                 mb = _mm256_set1_epi32(b_multiplier), half = _mm256_set1_epi32(static_cast<int32_t>(rounding_half(r.shift))),
                 one = _mm256_set1_epi32(1), zp = _mm256_set1_epi32(r.zero_point), lo = _mm256_set1_epi32(r.lo),
                 hi = _mm256_set1_epi32(r.hi), offset = _mm256_set1_epi32(r.out_offset);
-  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(r.shift == 0 ? 32 : r.shift);
+  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(rounding_odd_shift32(r.shift));
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
     const __m256i xa = _mm256_add_epi32(load8(a + i), ca), xb = _mm256_add_epi32(load8(b + i), cb);

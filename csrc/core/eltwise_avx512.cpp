@@ -138,7 +138,7 @@ QCNN_AVX512 void add32_run(const A* a, const B* b, Out* dst, int64_t count, int3
                 mb = _mm512_set1_epi32(b_multiplier), half = _mm512_set1_epi32(static_cast<int32_t>(rounding_half(r.shift))),
                 one = _mm512_set1_epi32(1), zp = _mm512_set1_epi32(r.zero_point), lo = _mm512_set1_epi32(r.lo),
                 hi = _mm512_set1_epi32(r.hi), offset = _mm512_set1_epi32(r.out_offset);
-  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(r.shift == 0 ? 32 : r.shift);
+  const __m128i shift = _mm_cvtsi64_si128(r.shift), odd_shift = _mm_cvtsi64_si128(rounding_odd_shift32(r.shift));
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
     const __m512i xa = _mm512_add_epi32(load16(a + i, k), ca), xb = _mm512_add_epi32(load16(b + i, k), cb);

@@ -126,6 +126,8 @@ struct Requant {
 // 0, so odd_shift = 64 and half = 0 make s = 0 the identity without a branch.
 inline int64_t rounding_half(int s) { return s == 0 ? 0 : (int64_t{1} << (s - 1)) - 1; }
 inline int64_t rounding_odd_shift(int s) { return s == 0 ? 64 : s; }
+// The same in int32 lanes (add_fits_int32's sums, 0 <= s <= 30).
+inline int rounding_odd_shift32(int s) { return s == 0 ? 32 : s; }
 
 // Whether the int64 lanes of a vector affine_codes hold every step of one channel for every int32 x (= clamp32(code
 // - zi)): v = x * multiplier + bias, v + rounding_half(shift) + the odd bit, and RS(v, shift) + zo. True for every

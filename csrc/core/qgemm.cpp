@@ -700,6 +700,24 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
   throw std::invalid_argument("count_accumulator_overflows: the input must be integer codes");
 }
 
+std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int16_t* weight, int64_t k,
+                                              InputRange x) {
+  const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t m = 0; m < static_cast<int64_t>(epi.multiplier.size()); ++m) {
+    int64_t acc_lo = 0, acc_hi = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t w = weight[m * k + i];
+      acc_lo += std::min(w * x_lo, w * x_hi);
+      acc_hi += std::max(w * x_lo, w * x_hi);
+    }
+    const int64_t a = output_code(epi, m, acc_lo), b = output_code(epi, m, acc_hi);  // b < a where multiplier < 0
+    lo = std::min({lo, a, b});
+    hi = std::max({hi, a, b});
+  }
+  return {lo, hi};
+}
+
 std::string conv_kernel_name(const PackedConv& pc) {
   switch (pc.kernel) {
     case ConvKernel::Binary: return "binary a" + std::to_string(pc.bits.act_bits);

@@ -17,6 +17,7 @@
 #include <climits>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/isa.h"
@@ -158,6 +159,12 @@ void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, 
 // `acc_bits`-bit accumulator at some step. weight as for pack_conv; x and x_sub as for conv_image.
 int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, const void* x, Storage in,
                                     int32_t x_sub, int acc_bits);
+
+// The codes a quantized epilogue can write for inputs x - z_x in `x`: per channel the accumulator lies in
+// [sum_k min(w x.lo, w x.hi), sum_k max(...)] with the range widened to hold 0 (the zero padding), and the
+// requantization is monotone in it. Tighter than the clamp [epi.lo, epi.hi]. weight as for pack_conv, k per group.
+std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int16_t* weight, int64_t k,
+                                              InputRange x);
 
 // The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32", "gemm vnni",
 // "gemm amx" or "depthwise".

@@ -128,7 +128,6 @@ void gather_channels_nhwc(CodesIn in, int64_t pixels, int64_t in_channels, const
 
 void lookup_codes_scalar(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min,
                          CodesOut out) {
-  if (table_size < 1 || table_size > 65536) throw std::invalid_argument("lookup: table size must be in [1, 65536]");
   const int64_t base = int64_t{in.offset} - input_min;
   with_codes(in, out, [&](auto src, auto dst) {
     for (int64_t i = 0; i < count; ++i)
@@ -148,9 +147,7 @@ void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in
       for (int64_t ch = 0; ch < channels; ++ch) {
         const int64_t x = clamp_to_int32(int64_t{src[i + ch]} + in.offset - in_zero_point);
         const __int128 v = static_cast<__int128>(x) * multiplier[ch] + bias[ch];
-        const int s = std::min<int>(shift[ch], 126);
-        const __int128 rounded = s == 0 ? v : (v + (__int128{1} << (s - 1)) - 1 + ((v >> s) & 1)) >> s;
-        const __int128 q = rounded + out_zero_point;
+        const __int128 q = rounding_shift(v, std::min<int>(shift[ch], 126)) + out_zero_point;
         put(dst + i + ch, q < lo ? int64_t{lo} : (q > hi ? int64_t{hi} : static_cast<int64_t>(q)), out.offset);
       }
   });
@@ -211,9 +208,9 @@ void clamp_codes(Isa isa, CodesIn in, int64_t count, int32_t lo, int32_t hi, Cod
 
 void lookup_codes(Isa isa, CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min,
                   CodesOut out) {
+  if (table_size < 1 || table_size > 65536) throw std::invalid_argument("lookup: table size must be in [1, 65536]");
   const EltwiseKernels* k = vector_kernels(isa);
-  (k && table_size >= 1 && table_size <= 65536 ? k->lookup : lookup_codes_scalar)(in, count, table, table_size,
-                                                                                   input_min, out);
+  (k ? k->lookup : lookup_codes_scalar)(in, count, table, table_size, input_min, out);
 }
 
 void affine_codes(Isa isa, CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point,
@@ -321,30 +318,24 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
       for (int64_t ox = 0; ox < ow; ++ox) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy], x0 = cols.begin[ox], x1 = cols.end[ox];
         T* d = dst + (oy * ow + ox) * c;
+        // Bytes are summed in int32 lanes (twice the lanes of int64) and moved to the int64 sums before 2^23 cells.
+        constexpr bool kBytes = std::is_same_v<T, uint8_t>;
+        using Part = std::conditional_t<kBytes, int32_t, int64_t>;
+        constexpr int64_t kCells = kBytes ? int64_t{1} << 23 : INT64_MAX;
+        thread_local std::vector<Part> part;
+        part.assign(static_cast<size_t>(c), 0);
+        int64_t cells = 0;
         std::fill(sum.begin(), sum.end(), 0);
-        if constexpr (std::is_same_v<T, uint8_t>) {
-          // Bytes summed in int32 lanes (twice the lanes of int64), moved to the int64 sums before 2^23 cells.
-          constexpr int64_t kCells = int64_t{1} << 23;
-          thread_local std::vector<int32_t> part;
-          part.assign(static_cast<size_t>(c), 0);
-          int64_t cells = 0;
-          for (int64_t yy = y0; yy < y1; ++yy)
-            for (int64_t xx = x0; xx < x1; ++xx) {
-              const T* s = src + (yy * w + xx) * c;
-              for (int64_t ch = 0; ch < c; ++ch) part[ch] += s[ch];
-              if (++cells == kCells) {
-                for (int64_t ch = 0; ch < c; ++ch) sum[ch] += std::exchange(part[ch], 0);
-                cells = 0;
-              }
+        for (int64_t yy = y0; yy < y1; ++yy)
+          for (int64_t xx = x0; xx < x1; ++xx) {
+            const T* s = src + (yy * w + xx) * c;
+            for (int64_t ch = 0; ch < c; ++ch) part[ch] += s[ch];
+            if (++cells == kCells) {
+              for (int64_t ch = 0; ch < c; ++ch) sum[ch] += std::exchange(part[ch], 0);
+              cells = 0;
             }
-          for (int64_t ch = 0; ch < c; ++ch) sum[ch] += part[ch];
-        } else {
-          for (int64_t yy = y0; yy < y1; ++yy)
-            for (int64_t xx = x0; xx < x1; ++xx) {
-              const T* s = src + (yy * w + xx) * c;
-              for (int64_t ch = 0; ch < c; ++ch) sum[ch] += s[ch];
-            }
-        }
+          }
+        for (int64_t ch = 0; ch < c; ++ch) sum[ch] += part[ch];
         const int64_t n = rows.divisor[oy] * cols.divisor[ox];
         const int64_t padding = (n - (y1 - y0) * (x1 - x0)) * (pad_code - in.offset);
         for (int64_t ch = 0; ch < c; ++ch) {

@@ -15,11 +15,14 @@
 
 namespace qcnn {
 
-inline int64_t rounding_shift(int64_t v, int shift) {
+// For int64_t, and for __int128 where a sum can leave int64.
+template <typename T>
+inline T rounding_shift(T v, int shift) {
+  static_assert(sizeof(T) >= 8, "an int64 or wider sum: a narrower one would wrap");
   // floor((v + 2^(s-1) - 1 + bit_s(v)) / 2^s): below the tie the -1 changes nothing, at the tie it rounds down
   // unless floor(v / 2^s) is odd. Arithmetic right shift of a signed value is floor division (guaranteed since
   // C++20, and what every supported compiler does in C++17).
-  return shift == 0 ? v : (v + (int64_t{1} << (shift - 1)) - 1 + ((v >> shift) & 1)) >> shift;
+  return shift == 0 ? v : (v + (T{1} << (shift - 1)) - 1 + ((v >> shift) & 1)) >> shift;
 }
 
 inline int64_t clamp_to_int32(int64_t v) { return v < INT32_MIN ? INT32_MIN : (v > INT32_MAX ? INT32_MAX : v); }

@@ -87,31 +87,6 @@ std::vector<uint16_t> weight_indices(const Loader& ld, const json& w, const std:
   return indices;
 }
 
-// The codes the requantized output can take: per channel m the accumulator lies in [sum_k min(w x_lo, w x_hi),
-// sum_k max(...)] for inputs x - z_x in [x_lo, x_hi] widened to hold 0 (the zero padding), and the requantization
-// is monotone in it. Tighter than the clamp, which lets the residual adds after a wide output run in int32 lanes.
-std::pair<int64_t, int64_t> output_code_range(const ConvEpilogue& epi, const std::vector<int16_t>& weight, int64_t k,
-                                              int64_t x_lo, int64_t x_hi) {
-  x_lo = std::min<int64_t>(x_lo, 0);
-  x_hi = std::max<int64_t>(x_hi, 0);
-  const int64_t channels = static_cast<int64_t>(epi.multiplier.size());
-  int64_t lo = INT64_MAX, hi = INT64_MIN;
-  for (int64_t m = 0; m < channels; ++m) {
-    int64_t acc_lo = 0, acc_hi = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t w = weight[static_cast<size_t>(m * k + i)];
-      acc_lo += std::min(w * x_lo, w * x_hi);
-      acc_hi += std::max(w * x_lo, w * x_hi);
-    }
-    for (int64_t acc : {acc_lo, acc_hi}) {
-      const int64_t v = rounding_shift(acc * epi.multiplier[m] + epi.bias[m], epi.shift[m]) + epi.zero_point;
-      lo = std::min(lo, std::clamp<int64_t>(v, epi.lo, epi.hi));
-      hi = std::max(hi, std::clamp<int64_t>(v, epi.lo, epi.hi));
-    }
-  }
-  return {lo, hi};
-}
-
 Value parse_conv(Loader& ld, const json& nd, Node& node, const std::string& where) {
   const bool conv = node.op_name == "conv2d";
   const Value& x = ld.input(node);
@@ -221,7 +196,7 @@ Value parse_conv(Loader& ld, const json& nd, Node& node, const std::string& wher
         fail(ld.tensor_where(node.name + ".requant.bias"),
              "entry " + std::to_string(i) + ": accumulator * multiplier + bias can overflow int64");
     }
-    const auto [lo, hi] = output_code_range(epi, dense, k, x.lo - z_x, x.hi - z_x);
+    const auto [lo, hi] = conv_output_range(epi, dense.data(), k, InputRange{x.lo - z_x, x.hi - z_x});
     out = with_range(std::move(out), lo, hi);
     epi.store_offset = out.offset;
   }

@@ -144,14 +144,10 @@ Value parse_lut(Loader& ld, const json& nd, Node& node, const std::string& where
   // Only the entries of the codes the input can take, without the function's constant ends (lookup_codes clamps
   // to the table): a SiLU on 16-bit codes is constant below about -9 and above its output's saturation.
   auto& table = st->table;
-  table.erase(table.begin() + (x.hi - st->input_min + 1), table.end());
-  table.erase(table.begin(), table.begin() + (x.lo - st->input_min));
-  st->input_min = x.lo;
-  int64_t begin = 0, end = static_cast<int64_t>(table.size()) - 1;
+  int64_t begin = x.lo - st->input_min, end = x.hi - st->input_min;  // the entries kept, [begin, end]
   while (begin < end && table[begin + 1] == table[begin]) ++begin;
   while (end > begin && table[end - 1] == table[end]) --end;
-  table.erase(table.begin() + end + 1, table.end());
-  table.erase(table.begin(), table.begin() + begin);
+  table = std::vector<int32_t>(table.begin() + begin, table.begin() + end + 1);
   st->input_min += begin;
   const int64_t lo = *std::min_element(table.begin(), table.end()), hi = *std::max_element(table.begin(), table.end());
   node.step = std::move(st);
