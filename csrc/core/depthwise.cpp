@@ -59,9 +59,29 @@ struct Block {
   uint8_t* quads;
 };
 
-// The quads of padded column `col` of a segment: each input row's 64 channels permuted by `transpose`, then the
-// bytes of four rows interleaved by unpacklo/hi_epi8 and _epi16 within 128-bit lanes (lane L of group k: channels
-// 16k + 4L to 16k + 4L + 3). Rows and columns outside the image read `border` (x_sub).
+// One input row's 64 channels of the block at `offset`, permuted by `transpose` (a 4 x 4 transpose of 4-channel
+// dwords) for quad_groups; `border` (x_sub) for a row outside the image.
+QCNN_AVX512VNNI inline __m512i load_row(const Block& bk, const uint8_t* row, int64_t offset, __m512i transpose,
+                                        __m512i border) {
+  return row ? _mm512_permutexvar_epi32(transpose, _mm512_maskz_loadu_epi8(bk.mask, row + offset)) : border;
+}
+
+// The quads of four loaded rows (a, b, c, d) for the block's `nb` 16-channel groups at dst, 64 bytes apart: the
+// bytes interleaved by unpacklo/hi_epi8 and _epi16 within 128-bit lanes (lane L of group k: channels 16k + 4L to
+// 16k + 4L + 3).
+QCNN_AVX512VNNI inline void store_quads(uint8_t* dst, int nb, __m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m512i ab = _mm512_unpacklo_epi8(a, b), cd = _mm512_unpacklo_epi8(c, d);
+  _mm512_store_si512(dst, _mm512_unpacklo_epi16(ab, cd));
+  if (nb > 1) _mm512_store_si512(dst + 64, _mm512_unpackhi_epi16(ab, cd));
+  if (nb > 2) {
+    const __m512i ab2 = _mm512_unpackhi_epi8(a, b), cd2 = _mm512_unpackhi_epi8(c, d);
+    _mm512_store_si512(dst + 128, _mm512_unpacklo_epi16(ab2, cd2));
+    if (nb > 3) _mm512_store_si512(dst + 192, _mm512_unpackhi_epi16(ab2, cd2));
+  }
+}
+
+// The quads of padded column `col` of a segment, quad j from kernel rows 4j to 4j + 3. Rows and columns outside the
+// image read `border`.
 QCNN_AVX512VNNI inline void build_column(const Block& bk, const Segment& sg, int64_t col, __m512i transpose,
                                          __m512i border) {
   uint8_t* dst = bk.quads + col * bk.j_count * 256;
@@ -70,21 +90,9 @@ QCNN_AVX512VNNI inline void build_column(const Block& bk, const Segment& sg, int
     return;
   }
   const int64_t offset = sg.offset + col * bk.c + bk.c0;
-  for (int j = 0; j < bk.j_count; ++j, dst += 256) {
-    __m512i r[4];
-    for (int i = 0; i < 4; ++i) {
-      const uint8_t* row = sg.rows[4 * j + i];
-      r[i] = row ? _mm512_permutexvar_epi32(transpose, _mm512_maskz_loadu_epi8(bk.mask, row + offset)) : border;
-    }
-    const __m512i ab = _mm512_unpacklo_epi8(r[0], r[1]), cd = _mm512_unpacklo_epi8(r[2], r[3]);
-    _mm512_store_si512(dst, _mm512_unpacklo_epi16(ab, cd));
-    if (bk.nb > 1) _mm512_store_si512(dst + 64, _mm512_unpackhi_epi16(ab, cd));
-    if (bk.nb > 2) {
-      const __m512i ab2 = _mm512_unpackhi_epi8(r[0], r[1]), cd2 = _mm512_unpackhi_epi8(r[2], r[3]);
-      _mm512_store_si512(dst + 128, _mm512_unpacklo_epi16(ab2, cd2));
-      if (bk.nb > 3) _mm512_store_si512(dst + 192, _mm512_unpackhi_epi16(ab2, cd2));
-    }
-  }
+  auto row = [&](int t) QCNN_AVX512VNNI { return load_row(bk, sg.rows[t], offset, transpose, border); };
+  for (int j = 0; j < bk.j_count; ++j, dst += 256)
+    store_quads(dst, bk.nb, row(4 * j), row(4 * j + 1), row(4 * j + 2), row(4 * j + 3));
 }
 
 // Any other kernel, stride and dilation, one 16-channel group k of the block over one segment:
@@ -128,9 +136,6 @@ QCNN_AVX512VNNI __attribute__((noinline)) void segment_3x3(const Block& block, c
   const __m512i border = _mm512_set1_epi8(static_cast<char>(bk.border));
   __m512i wr[NB * 3];
   for (int t = 0; t < NB * 3; ++t) wr[t] = _mm512_loadu_si512(w + t * 64);
-  auto load_row = [&](const uint8_t* row, int64_t offset) QCNN_AVX512VNNI {
-    return row ? _mm512_permutexvar_epi32(transpose, _mm512_maskz_loadu_epi8(bk.mask, row + offset)) : border;
-  };
   auto build = [&](int64_t col) QCNN_AVX512VNNI {
     uint8_t* dst = bk.quads + col * 256;
     if (col < sg.first || col >= sg.last) {
@@ -138,15 +143,8 @@ QCNN_AVX512VNNI __attribute__((noinline)) void segment_3x3(const Block& block, c
       return;
     }
     const int64_t offset = sg.offset + col * bk.c + bk.c0;
-    const __m512i r0 = load_row(row0, offset), r1 = load_row(row1, offset), r2 = load_row(row2, offset);
-    const __m512i ab = _mm512_unpacklo_epi8(r0, r1), cd = _mm512_unpacklo_epi8(r2, border);
-    _mm512_store_si512(dst, _mm512_unpacklo_epi16(ab, cd));
-    if (NB > 1) _mm512_store_si512(dst + 64, _mm512_unpackhi_epi16(ab, cd));
-    if (NB > 2) {
-      const __m512i ab2 = _mm512_unpackhi_epi8(r0, r1), cd2 = _mm512_unpackhi_epi8(r2, border);
-      _mm512_store_si512(dst + 128, _mm512_unpacklo_epi16(ab2, cd2));
-      if (NB > 3) _mm512_store_si512(dst + 192, _mm512_unpackhi_epi16(ab2, cd2));
-    }
+    store_quads(dst, NB, load_row(bk, row0, offset, transpose, border), load_row(bk, row1, offset, transpose, border),
+                load_row(bk, row2, offset, transpose, border), border);
   };
   for (int64_t col = 0; col < 3 - SW; ++col) build(col);
   const uint8_t* v = bk.quads;
@@ -184,20 +182,6 @@ QCNN_AVX512VNNI __attribute__((noinline)) void segment_5x5(const Block& block, c
   const uint8_t *row0 = sg.rows[0], *row1 = sg.rows[1], *row2 = sg.rows[2], *row3 = sg.rows[3], *row4 = sg.rows[4];
   const __m512i transpose = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i border = _mm512_set1_epi8(static_cast<char>(bk.border));
-  auto load_row = [&](const uint8_t* row, int64_t offset) QCNN_AVX512VNNI {
-    return row ? _mm512_permutexvar_epi32(transpose, _mm512_maskz_loadu_epi8(bk.mask, row + offset)) : border;
-  };
-  // the NB group registers of quads (a, b, c, d) at dst, 64 bytes apart; cd_border: c and d are the border
-  auto store_quads = [&](uint8_t* dst, __m512i a, __m512i b, __m512i c, __m512i d, bool cd_border) QCNN_AVX512VNNI {
-    const __m512i ab = _mm512_unpacklo_epi8(a, b), cd = cd_border ? border : _mm512_unpacklo_epi8(c, d);
-    _mm512_store_si512(dst, _mm512_unpacklo_epi16(ab, cd));
-    if (NB > 1) _mm512_store_si512(dst + 64, _mm512_unpackhi_epi16(ab, cd));
-    if (NB > 2) {
-      const __m512i ab2 = _mm512_unpackhi_epi8(a, b), cd2 = cd_border ? border : _mm512_unpackhi_epi8(c, d);
-      _mm512_store_si512(dst + 128, _mm512_unpacklo_epi16(ab2, cd2));
-      if (NB > 3) _mm512_store_si512(dst + 192, _mm512_unpackhi_epi16(ab2, cd2));
-    }
-  };
   auto build = [&](int64_t col) QCNN_AVX512VNNI {
     uint8_t* dst = bk.quads + col * 512;
     if (col < sg.first || col >= sg.last) {
@@ -205,9 +189,9 @@ QCNN_AVX512VNNI __attribute__((noinline)) void segment_5x5(const Block& block, c
       return;
     }
     const int64_t offset = sg.offset + col * bk.c + bk.c0;
-    store_quads(dst, load_row(row0, offset), load_row(row1, offset), load_row(row2, offset), load_row(row3, offset),
-                false);
-    store_quads(dst + 256, load_row(row4, offset), border, border, border, true);
+    auto row = [&](const uint8_t* r) QCNN_AVX512VNNI { return load_row(bk, r, offset, transpose, border); };
+    store_quads(dst, NB, row(row0), row(row1), row(row2), row(row3));
+    store_quads(dst + 256, NB, row(row4), border, border, border);
   };
   for (int k0 = 0; k0 < NB; k0 += 2) {
     constexpr int kPair = NB > 1 ? 2 : 1;
