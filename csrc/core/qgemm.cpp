@@ -266,7 +266,7 @@ void conv_tile(const PackedConv& pc, const ConvKernels& kernels, const In* x, in
       }
     }
   }
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 template <typename Out>
@@ -285,7 +285,7 @@ void acc16_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uin
                                     pc.weights8.data() + b * wblock, wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
   }
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 template <typename Out>
@@ -295,7 +295,7 @@ void amx_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8
   ws.acc.resize(static_cast<size_t>(round_up(rows, kAmxTileRows) * ldc));
   image_row_offsets(pc.g, p0, rows, ws.row_offsets);
   amx_accumulate(pc, padded, ws.row_offsets.data(), rows, ws.acc.data(), ldc, ws.panel8);
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 template <typename Out>
@@ -315,7 +315,7 @@ void vnni_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint
           ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
   }
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 template <typename Out>
@@ -324,7 +324,7 @@ void bit_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8
   const int64_t ldc = pc.g.m + 16;  // the last 16-channel group writes up to 15 padding lanes
   ws.acc.resize(static_cast<size_t>(rows * ldc));
   bit_accumulate(pc, image, p0, rows, ws.acc.data(), ldc, ws.bit_slots);
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 // Depthwise (groups = in = out channels): per output pixel, a vector over the channels of each tap.
@@ -349,7 +349,7 @@ void depthwise_tile(const PackedConv& pc, const ConvKernels& kernels, const In* 
         for (int64_t ch = 0; ch < c; ++ch) acc[ch] += (static_cast<int32_t>(src[ch]) - x_sub) * int32_t{wt[ch]};
       }
     }
-    epilogue_rows(kernels, pc, acc, c + 8, 1, out + p * g.m);
+    epilogue_rows(kernels, pc, acc, c + 8, 1, out + (p - p0) * g.m);
   }
 }
 
@@ -360,7 +360,7 @@ void depthwise_u8_tile(const PackedConv& pc, const ConvKernels& kernels, const u
   const int64_t ldc = pc.g.c + 8;
   ws.acc.resize(static_cast<size_t>(rows * ldc + pc.g.c));
   kernels.depthwise_u8(pc, x, x_sub, p0, rows, ws.acc.data(), ws);
-  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out + p0 * pc.g.m);
+  epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
 // Depthwise on AVX-512 VNNI (core/depthwise.h): uint8 codes, int8 weights.
@@ -373,12 +373,12 @@ void depthwise_vnni_tile(const PackedConv& pc, const ConvKernels& kernels, const
   const auto base = reinterpret_cast<uintptr_t>(ws.acc.data());
   int32_t* acc = ws.acc.data() + (round_up(static_cast<int64_t>(base), 64) - static_cast<int64_t>(base)) / 4;
   depthwise_accumulate(pc, x, x_sub, p0, rows, acc, ldc, ws.quads);
-  epilogue_rows(kernels, pc, acc, ldc, rows, out + p0 * pc.g.m);
+  epilogue_rows(kernels, pc, acc, ldc, rows, out);
 }
 
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads,
-                      const TileHook* after_tile) {
+                      TileSink* sink) {
   const ConvKernels& kernels = conv_kernels(pc.isa);
   const int threads = std::max(1, num_threads);
   const int64_t positions = pc.g.positions(), rows = balanced_tile_rows(pc, threads);
@@ -413,27 +413,28 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   // The depthwise vector kernels read uint8 codes minus an x_sub inside their range.
   const bool u8_codes = std::is_same_v<In, uint8_t> && x_sub >= 0 && x_sub <= 255;
   const auto* x8 = reinterpret_cast<const uint8_t*>(x);
-  auto compute_tile = [&](int64_t t, Workspace& ws) {
-    const int64_t p0 = t * rows, n = std::min(rows, positions - p0);
+  auto compute_tile = [&](int64_t p0, int64_t n, Out* tile_out, Workspace& ws) {
     switch (pc.kernel) {
-      case ConvKernel::Gemm: return conv_tile(pc, kernels, x, x_sub, padded_image, p0, n, out, ws);
-      case ConvKernel::Binary: return bit_conv_tile(pc, kernels, bit_tables, p0, n, out, ws);
-      case ConvKernel::Acc16: return acc16_conv_tile(pc, kernels, padded_image8, p0, n, out, ws);
-      case ConvKernel::Amx: return amx_conv_tile(pc, kernels, padded_image8, p0, n, out, ws);
-      case ConvKernel::Vnni: return vnni_conv_tile(pc, kernels, padded_image8, p0, n, out, ws);
+      case ConvKernel::Gemm: return conv_tile(pc, kernels, x, x_sub, padded_image, p0, n, tile_out, ws);
+      case ConvKernel::Binary: return bit_conv_tile(pc, kernels, bit_tables, p0, n, tile_out, ws);
+      case ConvKernel::Acc16: return acc16_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
+      case ConvKernel::Amx: return amx_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
+      case ConvKernel::Vnni: return vnni_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
       case ConvKernel::DepthwiseVnni:
-        if (u8_codes) return depthwise_vnni_tile(pc, kernels, x8, x_sub, p0, n, out, ws);
+        if (u8_codes) return depthwise_vnni_tile(pc, kernels, x8, x_sub, p0, n, tile_out, ws);
         break;
       case ConvKernel::Depthwise:
         if (u8_codes && !pc.dw_pairs.empty() && kernels.depthwise_u8)
-          return depthwise_u8_tile(pc, kernels, x8, x_sub, p0, n, out, ws);
+          return depthwise_u8_tile(pc, kernels, x8, x_sub, p0, n, tile_out, ws);
         break;
     }
-    depthwise_tile(pc, kernels, x, x_sub, p0, n, out, ws);
+    depthwise_tile(pc, kernels, x, x_sub, p0, n, tile_out, ws);
   };
   auto tile = [&](int64_t t, Workspace& ws) {
-    compute_tile(t, ws);
-    if (after_tile) (*after_tile)(t * rows, std::min(rows, positions - t * rows));
+    const int64_t p0 = t * rows, n = std::min(rows, positions - p0);
+    void* own = sink ? sink->buffer(p0, n) : nullptr;
+    compute_tile(p0, n, own ? static_cast<Out*>(own) : out + p0 * pc.g.m, ws);
+    if (sink) sink->done(p0, n);
   };
   if (threads == 1 || tiles == 1) {
     thread_local Workspace ws;
@@ -449,11 +450,11 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
 
 template <typename In>
 void conv_image_in(const PackedConv& pc, const In* x, int32_t x_sub, void* out, Storage out_storage,
-                   int num_threads, const TileHook* after_tile) {
+                   int num_threads, TileSink* sink) {
   switch (out_storage) {
-    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads, after_tile);
-    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads, after_tile);
-    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads, after_tile);
+    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads, sink);
+    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads, sink);
+    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads, sink);
   }
 }
 
@@ -731,6 +732,11 @@ std::string conv_kernel_name(const PackedConv& pc) {
   return "gemm acc32";
 }
 
+int64_t conv_max_tile_positions(const PackedConv& pc) {
+  const int64_t rows = pc.kernel == ConvKernel::Amx ? round_up(tile_rows(pc), kAmxTileRows) : tile_rows(pc);
+  return std::min(rows, pc.g.positions());  // balanced_tile_rows rounds to whole A tiles
+}
+
 int64_t conv_scratch_bytes(const PackedConv& pc) {
   const ConvGeom& g = pc.g;
   const int64_t rows = tile_rows(pc);
@@ -750,11 +756,11 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
 }
 
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
-                int num_threads, const TileHook* after_tile) {
+                int num_threads, TileSink* tiles) {
   if (in == Storage::U8)
-    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads, after_tile);
+    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads, tiles);
   else if (in == Storage::I32)
-    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads, after_tile);
+    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads, tiles);
   else
     throw std::invalid_argument("conv_image: the input must be integer codes");
 }

@@ -15,7 +15,6 @@
 #pragma once
 #include <cstdint>
 #include <climits>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -145,14 +144,26 @@ struct PackedConv {
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);
 
+// Tiles of output positions handed to the caller as they are computed (the engine runs its fused pointwise nodes
+// on each while it is in cache). Both calls come on the thread that computes the tile: buffer right before, done
+// right after its codes are stored.
+class TileSink {
+ public:
+  virtual ~TileSink() = default;
+  // Where the codes of positions [first, first + count) go (count * m values of the output storage, position
+  // by position), or null: into `out` at position `first`. At most conv_max_tile_positions positions.
+  virtual void* buffer(int64_t /*first*/, int64_t /*count*/) { return nullptr; }
+  virtual void done(int64_t first, int64_t count) = 0;
+};
+
 // One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
-// stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32).
-// num_threads > 1 splits the output positions between threads (the batch-1 path). after_tile, when given, is
-// called with each tile's output positions [first, first + count) right after the tile is stored, on the
-// thread that computed it (while the tile is in its cache): the engine runs the fused pointwise nodes there.
-using TileHook = std::function<void(int64_t first, int64_t count)>;
+// stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32), null where the
+// sink gives a buffer for every tile. num_threads > 1 splits the output positions between threads (the batch-1 path).
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
-                int num_threads, const TileHook* after_tile = nullptr);
+                int num_threads, TileSink* tiles = nullptr);
+
+// The most output positions one tile of conv_image holds, at any thread count.
+int64_t conv_max_tile_positions(const PackedConv& pc);
 
 // The checked path of `qcnn-infer --count-overflows`: for one image, the number of output values
 // whose running sum over k, in the engine's (ky, kx, c) order, leaves the range of a signed

@@ -63,18 +63,40 @@ int32_t Loader::out_zero_point(const json& nd, const std::string& where) const {
 // ------------------------------------------------------------------------------------ running a node
 const Value& Exec::value(int id) const { return plan.values[static_cast<size_t>(id)]; }
 
+namespace {
+uint8_t* value_data(const Exec& ex, const Value& v, int64_t first) {
+  if (v.tile_offset < 0) return ex.arena + v.arena_offset + first * v.element_bytes();
+  return ex.tile + v.tile_offset + (first - ex.tile_first) * v.element_bytes();
+}
+
+// The running thread's tile scratch, grown to the largest plan it has served.
+uint8_t* thread_tile_scratch(int64_t bytes) {
+  thread_local std::vector<uint8_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < bytes) scratch.resize(static_cast<size_t>(bytes));
+  return scratch.data();
+}
+}  // namespace
+
 CodesIn Exec::in(int id, int64_t first) const {
   const Value& v = value(id);
-  return {arena + v.arena_offset + first * v.element_bytes(), v.storage, v.offset};
+  return {value_data(*this, v, first), v.storage, v.offset};
 }
 
 CodesOut Exec::out(int id, int64_t first) const {
   const Value& v = value(id);
-  return {arena + v.arena_offset + first * v.element_bytes(), v.storage, v.offset};
+  return {value_data(*this, v, first), v.storage, v.offset};
+}
+
+Exec Exec::at_tile(int64_t first) const {
+  Exec tiled = *this;
+  tiled.tile = thread_tile_scratch(plan.tile_scratch_bytes);
+  tiled.tile_first = first;
+  return tiled;
 }
 
 void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t first, int64_t count) {
-  for (const Node* n : chain) n->step->run_elements(*n, ex, first, count);
+  const Exec tiled = ex.at_tile(first);
+  for (const Node* n : chain) n->step->run_elements(*n, tiled, first, count);
 }
 
 namespace {
@@ -83,9 +105,16 @@ namespace {
 constexpr int64_t kPointwiseBlock = 8192;
 }  // namespace
 
+int64_t block_elements(const Value& v) {
+  const int64_t period = v.period();
+  return std::max<int64_t>(1, kPointwiseBlock / period) * period;
+}
+
+int64_t Step::max_tile_elements(const Value& out) const { return std::min(block_elements(out), out.count); }
+
 void for_each_block(const Value& v, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t period = v.period(), positions = v.count / period;
-  const int64_t block = std::max<int64_t>(1, kPointwiseBlock / period), blocks = (positions + block - 1) / block;
+  const int64_t block = block_elements(v) / period, blocks = (positions + block - 1) / block;
   QCNN_PARALLEL_FOR(threads, threads > 1 && blocks > 1 && v.bytes >= kMinSharedPointwiseBytes)
   for (int64_t b = 0; b < blocks; ++b) fn(b * block * period, std::min(block, positions - b * block) * period);
 }
@@ -97,7 +126,7 @@ void run_chain_after(const std::vector<const Node*>& chain, const Exec& ex, int 
 
 void PointwiseStep::run(const Node& node, const Exec& ex, const std::vector<const Node*>& chain) const {
   for_each_block(ex.value(node.output), ex.threads, [&](int64_t first, int64_t count) {
-    run_elements(node, ex, first, count);
+    run_elements(node, ex.at_tile(first), first, count);
     run_chain(chain, ex, first, count);
   });
 }
@@ -117,7 +146,8 @@ const std::map<std::string, const OpSpec*>& op_table() {
 // Fusion: a node's step also runs the pointwise nodes that read what the step writes (its output, or what a
 // node fused before wrote), when they produce a value of the same shape and their other inputs exist before
 // the step: they then run on each tile or block the step writes, while it is in cache. Every value is still
-// written where it would be, by the same kernels in the same order, so the fused plan is bit-exact.
+// computed by the same kernels in the same order, so the fused plan is bit-exact (those that live only inside the
+// step are written to the tile scratch instead of the arena: plan_tile_values).
 void plan_fusion(Plan& plan) {
   const size_t n = plan.nodes.size();
   std::vector<int> producer(plan.values.size(), -1);
@@ -153,6 +183,34 @@ void plan_fusion(Plan& plan) {
   }
 }
 
+// Values that only the nodes of their own step read (and that the step writes tile by tile) live in tiles: each gets
+// its place in the thread's tile scratch, sized by the step's largest tile (Plan::tile_scratch_bytes).
+void plan_tile_values(Plan& plan) {
+  std::vector<std::vector<int>> readers(plan.values.size());
+  for (size_t i = 0; i < plan.nodes.size(); ++i)
+    for (int id : plan.nodes[i].inputs) readers[static_cast<size_t>(id)].push_back(static_cast<int>(i));
+  for (size_t head = 0; head < plan.nodes.size(); ++head) {
+    const Node& h = plan.nodes[head];
+    if (h.chain.empty()) continue;
+    const int64_t elements = h.step->max_tile_elements(plan.values[static_cast<size_t>(h.output)]);
+    std::vector<int> step_values;
+    if (h.step->writes_tiles()) step_values.push_back(h.output);
+    for (const Node* n : h.chain) step_values.push_back(n->output);
+    int64_t bytes = 0;
+    for (int id : step_values) {
+      const auto& r = readers[static_cast<size_t>(id)];
+      const bool inside = std::all_of(r.begin(), r.end(), [&](int reader) {
+        return plan.nodes[static_cast<size_t>(reader)].fused_into == static_cast<int>(head);
+      });
+      Value& v = plan.values[static_cast<size_t>(id)];
+      if (!inside || r.empty() || v.is_float()) continue;
+      v.tile_offset = bytes;
+      bytes += (elements * v.element_bytes() + kAlign - 1) / kAlign * kAlign;
+    }
+    plan.tile_scratch_bytes = std::max(plan.tile_scratch_bytes, bytes);
+  }
+}
+
 // Offsets of every value in a per-image arena. A value lives from the step that writes it to the step of
 // its last reader (a step: a node with the chain fused into it); first fit over the free gaps (64-byte aligned).
 int64_t assign_arena(Plan& plan) {
@@ -174,7 +232,7 @@ int64_t assign_arena(Plan& plan) {
   int64_t peak = 0;
   auto place = [&](size_t id) {
     Value& v = values[id];
-    if (v.is_float()) return;
+    if (v.is_float() || v.tile_offset >= 0) return;
     const int64_t size = (v.bytes + kAlign - 1) / kAlign * kAlign;
     int64_t at = 0;
     size_t pos = 0;
@@ -303,9 +361,13 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   if (!logits.is_float()) fail(mwhere, "the last node must produce float logits (qparams null)");
   plan.num_classes = checked_numel(logits.shape, mwhere);
   plan.fused = options.fuse;
-  if (plan.fused) plan_fusion(plan);
+  if (plan.fused) {
+    plan_fusion(plan);
+    plan_tile_values(plan);
+  }
   plan.arena_bytes = assign_arena(plan);
   for (const Node& node : plan.nodes) plan.scratch_bytes = std::max(plan.scratch_bytes, node.step->scratch_bytes());
+  plan.scratch_bytes += plan.tile_scratch_bytes;
   if (plan.arena_bytes + plan.scratch_bytes > options.max_activation_bytes_per_image)
     fail(origin, "live activations and scratch of " + std::to_string(plan.arena_bytes + plan.scratch_bytes) +
                      " bytes per image exceed the limit of " + std::to_string(options.max_activation_bytes_per_image));

@@ -21,6 +21,25 @@ class ConvStep : public Step {
   void run(const Node& node, const Exec& ex, const std::vector<const Node*>& chain) const override;
   std::string kernel() const override { return conv_kernel_name(packed); }
   int64_t scratch_bytes() const override { return conv_scratch_bytes(packed); }
+  int64_t max_tile_elements(const Value&) const override { return conv_max_tile_positions(packed) * packed.g.m; }
+  bool writes_tiles() const override { return true; }
+};
+
+// The fused chain on each tile of output positions, the tile itself in the tile scratch where the output lives in tiles.
+class ChainSink : public TileSink {
+ public:
+  ChainSink(const Exec& ex, const std::vector<const Node*>& chain, int output, int64_t m)
+      : ex_(ex), chain_(chain), output_(output), m_(m) {}
+  void* buffer(int64_t first, int64_t) override {
+    return ex_.value(output_).tile_offset < 0 ? nullptr : ex_.at_tile(first * m_).out(output_, first * m_).data;
+  }
+  void done(int64_t first, int64_t count) override { run_chain(chain_, ex_, first * m_, count * m_); }
+
+ private:
+  const Exec& ex_;
+  const std::vector<const Node*>& chain_;
+  int output_;
+  int64_t m_;
 };
 
 // Few images: the threads share a layer only where it is large enough to pay for the split (measured at batch 1
@@ -33,10 +52,9 @@ void ConvStep::run(const Node& node, const Exec& ex, const std::vector<const Nod
   const int threads = packed.g.macs() < kMinSharedLayerMacs ? 1 : ex.threads;
   const uint8_t* src = ex.arena + x.arena_offset;
   if (!out.is_float()) {
-    const int64_t m = packed.g.m;
-    const TileHook hook = [&](int64_t first, int64_t count) { run_chain(chain, ex, first * m, count * m); };
-    conv_image(packed, src, x.storage, x_sub, ex.arena + out.arena_offset, out.storage, threads,
-               chain.empty() ? nullptr : &hook);
+    ChainSink sink(ex, chain, node.output, packed.g.m);
+    conv_image(packed, src, x.storage, x_sub, out.tile_offset < 0 ? ex.arena + out.arena_offset : nullptr,
+               out.storage, threads, chain.empty() ? nullptr : &sink);
     return;
   }
   const int64_t positions = packed.g.positions();

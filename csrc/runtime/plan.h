@@ -33,6 +33,9 @@ struct Value {
   int64_t count = 0;  // elements per image
   int64_t bytes = 0;  // per image
   int64_t arena_offset = 0;
+  // A value that only the nodes fused into the step that writes it read lives in tiles, never whole: at this
+  // offset of the running thread's tile scratch (Exec::at_tile); -1 for a value in the arena.
+  int64_t tile_offset = -1;
 
   bool is_float() const { return storage == Storage::F32; }
   int element_bytes() const { return storage == Storage::U8 ? 1 : 4; }
@@ -53,11 +56,16 @@ struct Exec {
   uint8_t* arena;
   float* logits;
   int threads;
+  // Inside a step's tile (at_tile): the running thread's tile scratch and the tile's first element.
+  uint8_t* tile = nullptr;
+  int64_t tile_first = 0;
 
   const Value& value(int id) const;
-  // The codes of value `id` from element `first` on.
+  // The codes of value `id` from element `first` on (a tile value: `first` inside the current tile).
   CodesIn in(int id, int64_t first = 0) const;
   CodesOut out(int id, int64_t first = 0) const;
+  // This Exec inside the tile that starts at element `first`.
+  Exec at_tile(int64_t first) const;
 };
 
 class Step {
@@ -74,13 +82,20 @@ class Step {
   // Convolutions: the kernel chosen at load, their per-thread scratch.
   virtual std::string kernel() const { return {}; }
   virtual int64_t scratch_bytes() const { return 0; }
+  // The most elements of `out`, the step's output, one tile of its fused chain covers; whether the step writes its
+  // output tile by tile into a buffer it is given (so that it can live in tiles). Pointwise steps and convolutions
+  // do; the others write their output whole and run the chain after it in blocks.
+  virtual int64_t max_tile_elements(const Value& out) const;
+  virtual bool writes_tiles() const { return pointwise(); }
 };
 
-// Runs `chain` on elements [first, first + count) (each node reads what the one before wrote).
+// Runs `chain` on elements [first, first + count), one tile of its step (each node reads what the one before wrote).
 void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t first, int64_t count);
 // Calls fn(first, count) over the elements of `v` in blocks of whole positions that stay in L1, the blocks
 // shared by the threads where `v` is large enough to pay for it.
 void for_each_block(const Value& v, int threads, const std::function<void(int64_t, int64_t)>& fn);
+// The elements of one such block at most.
+int64_t block_elements(const Value& v);
 // Below this many bytes of output the threads do not share a node that is not a convolution.
 constexpr int64_t kMinSharedPointwiseBytes = int64_t{1} << 16;
 // `chain` over the whole of value `value` (just written by a step that does not tile), block by block.
@@ -116,6 +131,7 @@ struct Plan {
   std::vector<Node> nodes;
   int64_t num_classes = 0, macs = 0, arena_bytes = 0;
   int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
+  int64_t tile_scratch_bytes = 0;  // per thread: the tile values of the largest step (Value::tile_offset)
 
   void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
                  std::vector<double>* node_seconds, int64_t* overflows = nullptr) const;

@@ -11,6 +11,7 @@
 #include "core/depthwise.h"
 #include "core/isa.h"
 #include "core/qgemm.h"
+#include "tile_sinks.h"
 
 using namespace qcnn;
 
@@ -209,9 +210,9 @@ TEST_CASE("depthwise VNNI kernel is chosen only where it runs", "[qgemm][depthwi
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-128, 127}).requant_scale.empty());
 }
 
-// The engine's after_tile hook: tiles of output positions in order on each thread, covering every position once, each
+// The engine's TileSink: tiles of output positions in order on each thread, covering every position once, each
 // called after its outputs are final.
-TEST_CASE("depthwise VNNI tiles keep the after_tile contract", "[qgemm][depthwise]") {
+TEST_CASE("depthwise VNNI tiles keep the TileSink contract", "[qgemm][depthwise]") {
   std::mt19937 rng(31);
   for (Isa isa : avx512_isas())
     for (int trial = 0; trial < 20; ++trial) {
@@ -222,17 +223,21 @@ TEST_CASE("depthwise VNNI tiles keep the after_tile contract", "[qgemm][depthwis
       // per position (tiles are disjoint): how often a hook covered it, and whether its outputs were final then
       std::vector<int> seen(static_cast<size_t>(t.g.positions()), 0), final_at_hook(seen.size(), 0);
       const int64_t m = t.g.m;
-      const TileHook hook = [&](int64_t first, int64_t count) {
+      auto check = done_sink([&](int64_t first, int64_t count) {
         for (int64_t p = first; p < first + count; ++p) {
           ++seen[static_cast<size_t>(p)];
           final_at_hook[static_cast<size_t>(p)] = std::equal(out.begin() + p * m, out.begin() + (p + 1) * m,
                                                              want.begin() + p * m);
         }
-      };
-      conv_image(pc, t.x.data(), Storage::U8, t.x_sub, out.data(), Storage::U8, 1 + trial % 2, &hook);
+      });
+      conv_image(pc, t.x.data(), Storage::U8, t.x_sub, out.data(), Storage::U8, 1 + trial % 2, &check);
       INFO("trial " << trial << " positions " << t.g.positions() << " tile " << depthwise_tile_rows(pc));
       CHECK(std::all_of(final_at_hook.begin(), final_at_hook.end(), [](int ok) { return ok == 1; }));
       CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+      CHECK(out == want);
+      std::fill(out.begin(), out.end(), uint8_t{0});
+      CopySink sink(out.data(), t.g.m, conv_max_tile_positions(pc));  // every tile into a buffer of its own
+      conv_image(pc, t.x.data(), Storage::U8, t.x_sub, nullptr, Storage::U8, 1 + trial % 2, &sink);
       CHECK(out == want);
     }
 }

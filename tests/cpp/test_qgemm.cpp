@@ -9,6 +9,7 @@
 #include "core/isa.h"
 #include "core/qgemm.h"
 #include "core/requant.h"
+#include "tile_sinks.h"
 
 using namespace qcnn;
 
@@ -88,19 +89,23 @@ std::vector<double> reference(const Case& t) {
   return out;
 }
 
-// int32_input: the same codes stored as int32 with an offset of -1000 (the engine's wide values).
+// int32_input: the same codes stored as int32 with an offset of -1000 (the engine's wide values). tile_buffers:
+// every tile into a buffer of its own (CopySink), as the engine runs a conv whose output lives only in its tiles.
 template <typename Out>
 std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bool int32_input = false,
-                        InputRange range = {}, int expect_act_bits = 0) {
+                        InputRange range = {}, int expect_act_bits = 0, bool tile_buffers = false) {
   PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
   REQUIRE(pc.bits.act_bits == expect_act_bits);
   std::vector<Out> out(static_cast<size_t>(t.g.positions() * t.g.m));
+  CopySink sink(out.data(), t.g.m * static_cast<int64_t>(sizeof(Out)), conv_max_tile_positions(pc));
+  void* dst = tile_buffers ? nullptr : out.data();
+  TileSink* tiles = tile_buffers ? &sink : nullptr;
   if (int32_input) {
     std::vector<int32_t> wide(t.x.begin(), t.x.end());
     for (auto& v : wide) v += 1000;
-    conv_image(pc, wide.data(), Storage::I32, t.x_sub + 1000, out.data(), storage, threads);
+    conv_image(pc, wide.data(), Storage::I32, t.x_sub + 1000, dst, storage, threads, tiles);
   } else {
-    conv_image(pc, t.x.data(), Storage::U8, t.x_sub, out.data(), storage, threads);
+    conv_image(pc, t.x.data(), Storage::U8, t.x_sub, dst, storage, threads, tiles);
   }
   return std::vector<double>(out.begin(), out.end());
 }
@@ -143,6 +148,7 @@ TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qg
         CHECK(run<uint8_t>(t, isa, Storage::U8, threads, false, range) == want);
         CHECK(run<int32_t>(t, isa, Storage::I32, threads, false, range) == want);
         CHECK(run<uint8_t>(t, isa, Storage::U8, threads, true, range) == want);
+        CHECK(run<int32_t>(t, isa, Storage::I32, threads, false, range, 0, true) == want);
       }
     }
   }
@@ -343,6 +349,10 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
         conv_image(pc, wide.data(), Storage::I32, base, outq.data(), Storage::U8, threads);
         CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
         conv_image(pc, ref.x.data(), Storage::U8, ref.x_sub, outq.data(), Storage::U8, threads);
+        CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
+        std::fill(outq.begin(), outq.end(), uint8_t{0});
+        CopySink sink(outq.data(), m, conv_max_tile_positions(pc));  // every tile into a buffer of its own
+        conv_image(pc, ref.x.data(), Storage::U8, ref.x_sub, nullptr, Storage::U8, threads, &sink);
         CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
       }
     }

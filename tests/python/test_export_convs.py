@@ -13,6 +13,7 @@ import qcnn
 from qcnn.data import FASHION_MEAN, FASHION_STD
 from qcnn.export import reference_forward, to_graph
 from qcnn.export.graph import Node
+from qcnn.export.qfile import read_qcnn, write_qcnn
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT
@@ -323,6 +324,12 @@ def test_elementwise_functions_run_as_lookup_tables(tmp_path, name):
     model, pixels, x, reference = _calibrated(Activations(LUT_FUNCTIONS[name]), seed=5)
     graph = _assert_deployed(model, pixels, x, reference, tmp_path)
     assert sum(n.op == "lut" for n in graph.nodes) == 2
+    # conv1's output only feeds its function: the conv writes the table's 16-bit input grid itself (one rounding,
+    # no requantize node); conv2's feeds the function too, whose output meets the residual add
+    nodes = {n["name"]: n for n in read_qcnn(tmp_path / "m.qcnn")[0]["nodes"]}
+    luts = [n for n in nodes.values() if n["op"] == "lut"]
+    assert [nodes[n["inputs"][0]]["op"] for n in luts] == ["conv2d", "conv2d"]
+    assert all(nodes[n["inputs"][0]]["qparams"]["qmax"] == 32767 for n in luts)
 
 
 class InceptionLike(nn.Module):
@@ -371,7 +378,6 @@ def test_cat_along_other_dims_is_refused_naming_the_node():
 
 def _load_error(tmp_path, doc: dict, tensors: dict, change) -> str:
     """The message qcnn.load raises for a copy of the file (doc, tensors) that `change(doc, tensors)` broke."""
-    from qcnn.export.qfile import write_qcnn
 
     bad_doc, bad_tensors = json.loads(json.dumps(doc)), dict(tensors)
     change(bad_doc, bad_tensors)
@@ -384,7 +390,6 @@ def _load_error(tmp_path, doc: dict, tensors: dict, change) -> str:
 def test_malformed_lut_and_concat_nodes_are_refused_naming_them(tmp_path):
     """A file that lies about a table's coverage, its entries or a concat's inputs gets an error, not a read out
     of bounds."""
-    from qcnn.export.qfile import read_qcnn
 
     torch.manual_seed(0)
     model = qcnn.quantize_(InceptionLike().eval(), U8)
@@ -578,7 +583,6 @@ def test_a_conv_classifier_before_pooling_exports_with_a_dequantized_output(tmp_
     torch.manual_seed(0)
     model, pixels, x, reference = _calibrated(ConvClassifier(), seed=11)
     _assert_deployed(model, pixels, x, reference, tmp_path)
-    from qcnn.export.qfile import read_qcnn
     doc, _ = read_qcnn(tmp_path / "m.qcnn")
     assert doc["nodes"][-1]["op"] == "dequantize" and doc["output"] == doc["nodes"][-1]["name"]
     out = qcnn.load(tmp_path / "m.qcnn")(pixels)
@@ -618,7 +622,6 @@ def test_chunk_split_and_channel_shuffle_export(tmp_path):
 
 
 def test_malformed_affine_pool_and_dequantize_nodes_are_refused_naming_them(tmp_path):
-    from qcnn.export.qfile import read_qcnn
 
     torch.manual_seed(0)
     module = BatchNormAnywhere()

@@ -170,11 +170,16 @@ class Lowering:
         return self.requantizations[name]
 
     def output_target(self, name: str, bound: float) -> tuple[QParams, float]:
-        """The quantizer a node's output is written in (narrow_target, else a wide grid over its proven bound)
-        and the bound on |real value| that then holds."""
+        """The quantizer a node's output is written in and the bound on |real value| that then holds:
+        narrow_target; else, where every consumer reads 16-bit codes (lut, mul: narrow16), the 16-bit grid over
+        the proven bound that they would requantize a wide tensor onto (one rounding instead of two, and no
+        requantize node); else a wide grid over the bound."""
         target = self.narrow_target(name)
         if target is None:
-            return wide_qparams(bound), bound
+            users = self.consumers[name]
+            if not users or any(user.op not in ("lut", "mul") for user in users):
+                return wide_qparams(bound), bound
+            target = _grid16(bound)
         return target, min(bound, _bound(target))
 
     def channel_requantization(self, prefix: str, scale: torch.Tensor, bias: torch.Tensor, target: QParams,
