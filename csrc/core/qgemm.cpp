@@ -376,6 +376,12 @@ void depthwise_vnni_tile(const PackedConv& pc, const ConvKernels& kernels, const
   epilogue_rows(kernels, pc, acc, ldc, rows, out);
 }
 
+// Whether the VNNI and AMX GEMMs can read a uint8 image as it is instead of a padded copy: no padding, stored codes
+// that are already x - z_x - x_lo, and kernel rows of whole quads (the VNNI kernel reads no byte past the image).
+bool reads_codes_in_place(const PackedConv& pc, int32_t x_sub) {
+  return pc.g.ph == 0 && pc.g.pw == 0 && int64_t{x_sub} + pc.vnni_x_lo == 0 && pc.g.kw * pc.g.c % 4 == 0;
+}
+
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads,
                       TileSink* sink) {
@@ -398,6 +404,10 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
       break;
     case ConvKernel::Vnni:
     case ConvKernel::Amx:
+      if (std::is_same_v<In, uint8_t> && reads_codes_in_place(pc, x_sub)) {
+        padded_image8 = reinterpret_cast<const uint8_t*>(x);
+        break;
+      }
       pad_image(x, x_sub + pc.vnni_x_lo, pc.g, padded8, static_cast<uint8_t>(-pc.vnni_x_lo));
       padded_image8 = padded8.data();
       break;
