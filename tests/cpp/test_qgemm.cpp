@@ -107,6 +107,7 @@ std::vector<double> run(const Case& t, Isa isa, Storage storage, int threads, bo
   } else {
     conv_image(pc, t.x.data(), Storage::U8, t.x_sub, dst, storage, threads, tiles);
   }
+  CHECK(!sink.broke);
   return std::vector<double>(out.begin(), out.end());
 }
 
@@ -354,6 +355,7 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
         CopySink sink(outq.data(), m, conv_max_tile_positions(pc));  // every tile into a buffer of its own
         conv_image(pc, ref.x.data(), Storage::U8, ref.x_sub, nullptr, Storage::U8, threads, &sink);
         CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
+        CHECK(!sink.broke);
       }
     }
     CHECK(chosen == 200);
