@@ -93,6 +93,35 @@ QCNN_AVX512 void requantize_run(const In* src, Out* dst, int64_t count, ClampAdd
   }
 }
 
+// Requantization without ties (TieFreeRequant) of 16 inputs already clamped into [x_lo, x_hi]: the rounding needs
+// no parity term and the clamp and offsets run in int32 lanes.
+struct TieFree512 {
+  __m512i m, half, out_add, out_lo, out_hi;
+  __m128i shift;
+};
+QCNN_AVX512 inline TieFree512 tie_free512(const TieFreeRequant& t, int32_t multiplier, int shift) {
+  return {_mm512_set1_epi32(multiplier), _mm512_set1_epi64(t.half),   _mm512_set1_epi32(t.out_add),
+          _mm512_set1_epi32(t.out_lo),   _mm512_set1_epi32(t.out_hi), _mm_cvtsi64_si128(shift)};
+}
+QCNN_AVX512 inline __m512i requant_tie_free16(__m512i x, const TieFree512& q) {
+  const __m512i even = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, q.m), q.half), q.shift);
+  const __m512i odd = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), q.m), q.half), q.shift);
+  const __m512i r = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, q.out_add), q.out_lo), q.out_hi);
+}
+
+// The input is clamp(stored, stored_lo, stored_hi) + x_add (stored_range).
+template <typename In, typename Out>
+QCNN_AVX512 void requantize_tie_free_run(const In* src, Out* dst, int64_t count, int32_t stored_lo, int32_t stored_hi,
+                                         int32_t x_add, const TieFree512& q) {
+  const __m512i lo = _mm512_set1_epi32(stored_lo), hi = _mm512_set1_epi32(stored_hi), add = _mm512_set1_epi32(x_add);
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 k = lanes16(count - i);
+    const __m512i x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(load16(src + i, k), lo), hi), add);
+    store16(dst + i, k, requant_tie_free16(x, q));
+  }
+}
+
 void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
                 int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
   if (in.storage == Storage::U8 && out.storage == Storage::U8 && count >= 4096 && cpu_has_vbmi()) {
@@ -105,6 +134,16 @@ void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multip
     map_bytes_vbmi(static_cast<const uint8_t*>(in.data), static_cast<uint8_t*>(out.data), count, image);
     return;
   }
+  // x = clamp32(stored + c); clamped into [x_lo, x_hi] it is clamp(stored, x_lo - c, x_hi - c) + c, exact in int32.
+  const int64_t c = int64_t{in.offset} - in_zero_point;
+  const InputRange x = in.storage == Storage::U8 ? InputRange{clamp_to_int32(c), clamp_to_int32(c + 255)} : InputRange{};
+  TieFreeRequant t;
+  int32_t stored_lo, stored_hi;
+  if (tie_free_requant(x, multiplier, shift, out_zero_point, lo, hi, out.offset, &t) &&
+      stored_range(t, c, &stored_lo, &stored_hi) && with_vector_codes(in, out, [&](auto src, auto dst) {
+        requantize_tie_free_run(src, dst, count, stored_lo, stored_hi, wrap32(c), tie_free512(t, multiplier, shift));
+      }))
+    return;
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
   ClampAdd sat;
   if (!r.valid() || !saturating_add(int64_t{in.offset} - in_zero_point, &sat) ||
@@ -188,11 +227,36 @@ QCNN_AVX512 void mul_run(const A* a, const B* b, Out* dst, int64_t count, int64_
   }
 }
 
+// mul_run without ties: the product clamped into [t.x_lo, t.x_hi] first.
+template <typename A, typename B, typename Out>
+QCNN_AVX512 void mul_tie_free_run(const A* a, const B* b, Out* dst, int64_t count, int64_t run, int32_t a_add,
+                                  int32_t b_add, const TieFreeRequant& t, const TieFree512& q) {
+  const __m512i ca = _mm512_set1_epi32(a_add), cb = _mm512_set1_epi32(b_add), lo = _mm512_set1_epi32(t.x_lo),
+                hi = _mm512_set1_epi32(t.x_hi);
+  for (int64_t p = 0; p < count; p += run) {
+    const int64_t n = std::min(run, count - p);
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 k = lanes16(n - i);
+      const __m512i product =
+          _mm512_mullo_epi32(_mm512_add_epi32(load16(a + p + i, k), ca), _mm512_add_epi32(load16(b + i, k), cb));
+      store16(dst + p + i, k, requant_tie_free16(_mm512_min_epi32(_mm512_max_epi32(product, lo), hi), q));
+    }
+  }
+}
+
 void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels, int32_t multiplier,
          int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
   const Requant r{shift, out_zero_point, lo, hi, out.offset};
   const int32_t a_add = wrap32(int64_t{a.offset} - a_zero_point), b_add = wrap32(int64_t{b.offset} - b_zero_point);
   const int64_t run = b_channels > 0 ? b_channels : std::max<int64_t>(count, 1);
+  // The caller keeps both factors within 2^15: every product lies in [-2^30, 2^30].
+  TieFreeRequant t;
+  if (tie_free_requant(InputRange{-(int64_t{1} << 30), int64_t{1} << 30}, multiplier, shift, out_zero_point, lo, hi,
+                       out.offset, &t) &&
+      with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+        mul_tie_free_run(sa, sb, dst, count, run, a_add, b_add, t, tie_free512(t, multiplier, shift));
+      }))
+    return;
   if (!r.valid() || !with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
         mul_run(sa, sb, dst, count, run, a_add, b_add, multiplier, r);
       }))

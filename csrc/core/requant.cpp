@@ -193,6 +193,45 @@ bool add_fits_int32(InputRange a_range, int32_t a_multiplier, InputRange b_range
   return v <= INT32_MAX && (v >> shift) + 1 + std::abs(int64_t{out_zero_point}) <= INT32_MAX;
 }
 
+namespace {
+__int128 floor_div(__int128 a, int64_t b) {
+  const __int128 q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+bool in_int32(__int128 v) { return v >= INT32_MIN && v <= INT32_MAX; }
+}  // namespace
+
+bool tie_free_requant(InputRange x, int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi,
+                      int32_t out_offset, TieFreeRequant* t) {
+  if (multiplier == 0 || shift < 0 || shift > 62 || lo > hi || x.lo > x.hi || !in_int32(x.lo) || !in_int32(x.hi))
+    return false;
+  const int64_t m = multiplier;
+  // x * m >= up gives RS >= hi - zo + 1, x * m <= down gives RS <= lo - zo - 1: saturated either way.
+  const __int128 up = (static_cast<__int128>(int64_t{hi} - out_zero_point) + 1) << shift;
+  const __int128 down = (static_cast<__int128>(int64_t{lo} - out_zero_point) - 1) << shift;
+  const __int128 x_lo = std::max<__int128>(x.lo, floor_div(m > 0 ? down : up, m));
+  const __int128 x_hi = std::min<__int128>(x.hi, -floor_div(-(m > 0 ? up : down), m));
+  if (x_lo > x_hi) return false;
+  // x * m is an odd multiple of 2^(s-1) exactly when x is an odd multiple of 2^p, p = s - 1 - (m's factors of 2).
+  const int twos = __builtin_ctzll(static_cast<uint64_t>(m < 0 ? -m : m));
+  const int p = shift - 1 - twos;
+  if (shift > 0 && p >= 0 && p < 32) {
+    const int64_t j_lo = -static_cast<int64_t>(floor_div(-x_lo, int64_t{1} << p));
+    const int64_t j_hi = static_cast<int64_t>(floor_div(x_hi, int64_t{1} << p));
+    if (j_lo < j_hi || (j_lo == j_hi && (j_lo & 1))) return false;
+  }
+  const int64_t half = shift == 0 ? 0 : int64_t{1} << (shift - 1);
+  // |x * m| < 2^62 and half <= 2^61: the sum stays in int64.
+  const int64_t r_a = (static_cast<int64_t>(x_lo) * m + half) >> shift, r_b = (static_cast<int64_t>(x_hi) * m + half) >> shift;
+  const __int128 out_add = int64_t{out_zero_point} - out_offset;
+  if (!in_int32(r_a) || !in_int32(r_b) || !in_int32(std::min(r_a, r_b) + out_add) ||
+      !in_int32(std::max(r_a, r_b) + out_add) || !in_int32(int64_t{lo} - out_offset) || !in_int32(int64_t{hi} - out_offset))
+    return false;
+  *t = {static_cast<int32_t>(x_lo), static_cast<int32_t>(x_hi), half, static_cast<int32_t>(out_add),
+        static_cast<int32_t>(int64_t{lo} - out_offset), static_cast<int32_t>(int64_t{hi} - out_offset)};
+  return true;
+}
+
 void mul_codes(Isa isa, CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels,
                int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count,
                CodesOut out) {

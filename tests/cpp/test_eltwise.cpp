@@ -220,6 +220,65 @@ TEST_CASE("requantize_codes: uint8 to uint8 at the sizes of the byte-table path"
   }
 }
 
+// tie_free_requant against brute force over small input ranges: where it claims no ties, clamping x into
+// [x_lo, x_hi] leaves every output as it was and the plain rounding (x * m + half) >> shift equals RS there.
+TEST_CASE("tie_free_requant: its clamp and its rounding are exact on every input of the range", "[eltwise]") {
+  Random r;
+  int claimed = 0, refused = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int32_t multiplier = r.multiplier(int64_t{1} << 31);
+    const int shift = static_cast<int>(r.between(0, 62));
+    const int32_t zo = static_cast<int32_t>(r.between(-300, 300));
+    const int32_t out_offset = static_cast<int32_t>(r.between(-300, 300));
+    const int32_t lo = static_cast<int32_t>(r.between(-300, 100)), hi = static_cast<int32_t>(lo + r.between(0, 300));
+    const int64_t x_lo = r.chance(20) ? INT32_MIN : r.between(INT32_MIN, INT32_MAX - 3000);
+    const InputRange x{x_lo, x_lo + r.between(0, 3000)};
+    TieFreeRequant t;
+    if (!tie_free_requant(x, multiplier, shift, zo, lo, hi, out_offset, &t)) {
+      ++refused;
+      continue;
+    }
+    ++claimed;
+    INFO("multiplier " << multiplier << ", shift " << shift << ", x [" << x.lo << ", " << x.hi << "]");
+    REQUIRE(t.x_lo >= x.lo);
+    REQUIRE(t.x_hi <= x.hi);
+    REQUIRE(t.x_lo <= t.x_hi);
+    auto code = [&](int64_t v) { return std::clamp<int64_t>(zo + rounding_shift(v * multiplier, shift), lo, hi); };
+    for (int64_t v = x.lo; v <= x.hi; ++v) {
+      const int64_t c = std::clamp<int64_t>(v, t.x_lo, t.x_hi);
+      const int64_t plain = (c * multiplier + t.half) >> shift;
+      REQUIRE(plain == rounding_shift(c * multiplier, shift));
+      REQUIRE(std::clamp<int64_t>(plain + t.out_add, t.out_lo, t.out_hi) == code(v) - out_offset);
+    }
+  }
+  REQUIRE(claimed > 100);
+  REQUIRE(refused > 300);
+}
+
+// The wide-to-uint8 requantization of a residual sum (int32 codes, shifts in the 40s): the vector paths take the
+// tie-free kernel there (checked above), and must still equal the scalar loop on every storage and offset.
+TEST_CASE("requantize_codes: wide inputs to uint8 at large shifts", "[eltwise]") {
+  Random r;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t count = r.between(1, 5000);
+    Buffer in(Storage::I32, r.chance(70) ? 0 : random_offset(r), count);
+    const int shift = static_cast<int>(r.between(32, 62));
+    const int32_t multiplier = static_cast<int32_t>(r.between(int64_t{1} << 29, (int64_t{1} << 31) - 1));
+    // Inputs around the band that maps onto [0, 255] (x * m / 2^s up to ~300), and some anywhere.
+    const int64_t band = std::min<int64_t>(INT32_MAX, (int64_t{300} << std::min(shift, 62)) / multiplier + 1);
+    fill_random(in, r, -band, band);
+    for (int64_t i = 0; i < count; i += 7) in.set(i, r.between(INT32_MIN, INT32_MAX));
+    const int32_t zi = r.chance(70) ? 0 : static_cast<int32_t>(r.between(-1000, 1000));
+    const int32_t out_offset = r.chance(70) ? 0 : static_cast<int32_t>(r.between(-128, 0));
+    const Buffer out = output_like(Storage::U8, out_offset, count, r);
+    require_isas_agree(out, text("count ", count, ", multiplier ", multiplier, ", shift ", shift, ", zi ", zi),
+                       [&](Isa isa, Buffer& o) {
+                         requantize_codes(isa, in.in(), count, zi, multiplier, shift, 0, out_offset,
+                                          out_offset + 255, o.out());
+                       });
+  }
+}
+
 TEST_CASE("add_codes: vector paths equal the scalar loop", "[eltwise]") {
   Random r;
   for (int64_t count : counts())
