@@ -332,6 +332,36 @@ def test_elementwise_functions_run_as_lookup_tables(tmp_path, name):
     assert all(nodes[n["inputs"][0]]["qparams"]["qmax"] == 32767 for n in luts)
 
 
+class BottleneckStem(nn.Module):
+    """A ResNet-50 stem: conv, ReLU, max pool, whose output feeds a block's first conv and its downsampling conv
+    (both quantize their common input with the same parameters), joined by a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.downsample = nn.Conv2d(8, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        return self.fc(torch.relu(self.conv(x) + self.downsample(x)).mean((2, 3)))
+
+
+def test_a_value_whose_consumers_share_one_quantizer_is_written_in_its_codes(tmp_path):
+    torch.manual_seed(0)
+    model, pixels, x, reference = _calibrated(BottleneckStem(), seed=8)
+    assert model.conv.act_quant.observed == model.downsample.act_quant.observed
+    _assert_deployed(model, pixels, x, reference, tmp_path)
+    nodes = {n["name"]: n for n in read_qcnn(tmp_path / "m.qcnn")[0]["nodes"]}
+    # the stem writes the convs' uint8 codes (max pooling commutes with the monotone quantization): no wide stem
+    # output and no requantize node after it
+    assert nodes["stem"]["qparams"]["qmax"] == 255
+    assert not any(n["op"] == "requantize" and n["inputs"] in (["stem"], ["pool"]) for n in nodes.values())
+    assert nodes["conv"]["inputs"] == nodes["downsample"]["inputs"] == ["pool"]
+
+
 class InceptionLike(nn.Module):
     """Branches concatenated on the channels (Inception, SqueezeNet's fire module), one branch a max pool of the
     block input, another ending in a ReLU6."""

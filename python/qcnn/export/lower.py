@@ -134,15 +134,17 @@ class Lowering:
 
     # Where the codes of a value should go -------------------------------------------------------
     def narrow_target(self, value: str) -> QParams | None:
-        """The quantizer that the value meets next, if its only path goes through ops that commute
-        with monotone quantization (ReLU, max pooling, flatten); None if it needs a wide tensor."""
+        """The quantizer that the value meets next, if every path from it goes through ops that commute with
+        monotone quantization (ReLU, max pooling, flatten) to quantizers with the same parameters (a ResNet stem's
+        max pool feeds a block's first conv and its downsampling conv); None if it needs a wide tensor."""
         users = self.consumers[value]
-        if len(users) != 1:
+        targets = [self.user_target(user) for user in users]
+        if not targets or any(t is None or t != targets[0] for t in targets):
             return None
-        user = users[0]
-        if user.op in ("conv2d", "linear"):
-            return user.act
-        if user.op == "quant":
+        return targets[0]
+
+    def user_target(self, user: Node) -> QParams | None:
+        if user.op in ("conv2d", "linear", "quant"):
             return user.act
         if user.op in ("relu", "max_pool2d", "adaptive_max_pool2d", "global_max_pool", "flatten", "concat",
                        "gather_channels"):
