@@ -100,7 +100,7 @@ struct TieFree512 {
   __m128i shift;
 };
 QCNN_AVX512 inline TieFree512 tie_free512(const TieFreeRequant& t, int32_t multiplier, int shift) {
-  return {_mm512_set1_epi32(multiplier), _mm512_set1_epi64(t.half),   _mm512_set1_epi32(t.out_add),
+  return {_mm512_set1_epi32(multiplier), _mm512_set1_epi64(t.bias_half),   _mm512_set1_epi32(t.out_add),
           _mm512_set1_epi32(t.out_lo),   _mm512_set1_epi32(t.out_hi), _mm_cvtsi64_si128(shift)};
 }
 QCNN_AVX512 inline __m512i requant_tie_free16(__m512i x, const TieFree512& q) {
@@ -139,7 +139,7 @@ void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multip
   const InputRange x = in.storage == Storage::U8 ? InputRange{clamp_to_int32(c), clamp_to_int32(c + 255)} : InputRange{};
   TieFreeRequant t;
   int32_t stored_lo, stored_hi;
-  if (tie_free_requant(x, multiplier, shift, out_zero_point, lo, hi, out.offset, &t) &&
+  if (tie_free_requant(x, multiplier, 0, shift, out_zero_point, lo, hi, out.offset, &t) &&
       stored_range(t, c, &stored_lo, &stored_hi) && with_vector_codes(in, out, [&](auto src, auto dst) {
         requantize_tie_free_run(src, dst, count, stored_lo, stored_hi, wrap32(c), tie_free512(t, multiplier, shift));
       }))
@@ -251,8 +251,8 @@ void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64
   const int64_t run = b_channels > 0 ? b_channels : std::max<int64_t>(count, 1);
   // The caller keeps both factors within 2^15: every product lies in [-2^30, 2^30].
   TieFreeRequant t;
-  if (tie_free_requant(InputRange{-(int64_t{1} << 30), int64_t{1} << 30}, multiplier, shift, out_zero_point, lo, hi,
-                       out.offset, &t) &&
+  if (tie_free_requant(InputRange{-(int64_t{1} << 30), int64_t{1} << 30}, multiplier, 0, shift, out_zero_point, lo,
+                       hi, out.offset, &t) &&
       with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
         mul_tie_free_run(sa, sb, dst, count, run, a_add, b_add, t, tie_free512(t, multiplier, shift));
       }))

@@ -129,21 +129,6 @@ inline int64_t rounding_odd_shift(int s) { return s == 0 ? 64 : s; }
 // The same in int32 lanes (add_fits_int32's sums, 0 <= s <= 30).
 inline int rounding_odd_shift32(int s) { return s == 0 ? 32 : s; }
 
-// A requantization out = clamp(zo + RS(x * multiplier, shift), lo, hi) of inputs x in [x.lo, x.hi] (int32) that
-// no input rounds at a tie: x beyond [x_lo, x_hi] saturates the output (so x may be clamped there first), no x in
-// between makes x * multiplier an odd multiple of 2^(shift-1), so RS is (x * multiplier + half) >> shift with
-// half = 2^(shift-1) (0 for shift 0), and that r fits int32 with r + out_add, out_lo and out_hi: the stored
-// output is clamp(r + out_add, out_lo, out_hi). The vector paths then skip the parity term of ties-to-even and
-// compute the clamp and the offsets in int32 lanes.
-struct TieFreeRequant {
-  int32_t x_lo, x_hi;
-  int64_t half;
-  int32_t out_add, out_lo, out_hi;
-};
-// False where the requantization has ties in the range, or a bound leaves int32.
-bool tie_free_requant(InputRange x, int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi,
-                      int32_t out_offset, TieFreeRequant* t);
-
 // The stored values whose input x = clamp32(stored + c) lies in [t.x_lo, t.x_hi], as [*lo, *hi] clamped into int32:
 // clamp(stored, *lo, *hi) + c is then x clamped into [t.x_lo, t.x_hi], exact in wrapping int32 lanes. False where
 // every stored value lies beyond one end.

@@ -23,6 +23,25 @@ constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays i
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The accumulators of one output channel (its k weights) for inputs x - z_x in x, and 0 (the zero padding),
+// clamped into int64 (an unknown input range can take the sums past it).
+template <typename Sum>
+std::pair<Sum, Sum> accumulator_sums(const int16_t* weight, int64_t k, Sum x_lo, Sum x_hi) {
+  Sum lo = 0, hi = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const Sum w = weight[i];
+    lo += std::min(w * x_lo, w * x_hi);
+    hi += std::max(w * x_lo, w * x_hi);
+  }
+  return {lo, hi};
+}
+std::pair<int64_t, int64_t> accumulator_range(const int16_t* weight, int64_t k, InputRange x) {
+  const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
+  if (static_cast<__int128>(x_hi - x_lo) * 32768 * k < (__int128{1} << 62)) return accumulator_sums(weight, k, x_lo, x_hi);
+  const auto [lo, hi] = accumulator_sums<__int128>(weight, k, x_lo, x_hi);
+  return {static_cast<int64_t>(std::max<__int128>(lo, INT64_MIN)), static_cast<int64_t>(std::min<__int128>(hi, INT64_MAX))};
+}
+
 // One group, dilation 1 in x: each kernel row's kw * c input values are contiguous in a zero-bordered copy
 // of the image, which the GEMM kernels then read in place instead of gathering a row panel.
 bool reads_padded_image(const ConvGeom& g) { return g.groups == 1 && g.dw == 1; }
@@ -149,9 +168,9 @@ const ConvKernels& conv_kernels(Isa isa) {
   static const ConvKernels scalar{QCNN_KERNEL_GRID_3X3(microkernel_scalar),
                                   {},
                                   {},
-                                  {requantize_rows_scalar<uint8_t>, nullptr, nullptr},
-                                  {requantize_rows_scalar<int32_t>, nullptr, nullptr},
-                                  {requantize_rows_scalar<float>, nullptr, nullptr},
+                                  {requantize_rows_scalar<uint8_t>, nullptr, nullptr, nullptr},
+                                  {requantize_rows_scalar<int32_t>, nullptr, nullptr, nullptr},
+                                  {requantize_rows_scalar<float>, nullptr, nullptr, nullptr},
                                   nullptr,
                                   {peak_loop_scalar, 64, kRows * 8 * kBlocks * 2 * kPeakPairs}};
   const ConvKernels* vector = has_avx512(isa) ? conv_kernels_avx512() : has_avx2(isa) ? conv_kernels_avx2() : nullptr;
@@ -201,6 +220,7 @@ void epilogue_rows(const ConvKernels& kernels, const PackedConv& pc, const int32
   const ConvEpilogues<Out>& e = kernels.epilogues<Out>();
   if (pc.threshold_levels && e.thresholds) return e.thresholds(pc, acc, ldc, rows, out);
   if (!pc.requant_scale.empty() && e.requantize_f64) return e.requantize_f64(pc, acc, ldc, rows, out);
+  if (!pc.tie_free_blocks.empty() && e.requantize_tie_free) return e.requantize_tie_free(pc, acc, ldc, rows, out);
   e.requantize(pc, pc.requant_blocks.data(), acc, ldc, rows, out);
 }
 
@@ -584,6 +604,32 @@ void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
   pc.requant_offset = std::move(offset);
 }
 
+// PackedConv::tie_free_blocks where every channel's requantization is tie-free over its proven accumulators.
+void pack_tie_free(PackedConv& pc, const int16_t* weight, InputRange x) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t k = pc.g.k(), m_all = pc.g.m;
+  std::vector<TieFreeBlock> blocks(static_cast<size_t>(round_up(m_all, 16) / 16), TieFreeBlock{});
+  TieFreeRequant t{};
+  for (int64_t m = 0; m < m_all; ++m) {
+    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
+    if (!tie_free_requant(InputRange{acc_lo, acc_hi}, e.multiplier[m], e.bias[m], e.shift[m], e.zero_point, e.lo,
+                          e.hi, e.store_offset, &t))
+      return;
+    TieFreeBlock& b = blocks[static_cast<size_t>(m / 16)];
+    const int64_t lane = m % 16, half = lane / 2;
+    b.acc_lo[lane] = t.x_lo;
+    b.acc_hi[lane] = t.x_hi;
+    b.multiplier[lane] = e.multiplier[m];
+    (lane % 2 ? b.bias_half_odd : b.bias_half_even)[half] = t.bias_half;
+    (lane % 2 ? b.shift_odd : b.shift_even)[half] = e.shift[m];
+  }
+  // out_add, out_lo and out_hi depend on the layer's zero point, clamp and store offset only.
+  pc.tie_free_blocks = std::move(blocks);
+  pc.tie_free_out_add = t.out_add;
+  pc.tie_free_out_lo = t.out_lo;
+  pc.tie_free_out_hi = t.out_hi;
+}
+
 void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
   const int64_t c = pc.g.c, taps = pc.g.k(), pairs = (taps + 1) / 2;
   std::vector<int16_t> packed(static_cast<size_t>(pairs * c * 2), 0);
@@ -661,7 +707,10 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
-  if (!pc.epi.float_output && has_avx512(isa)) pack_requant_f64(pc, weight, x);
+  if (!pc.epi.float_output && has_avx512(isa)) {
+    pack_requant_f64(pc, weight, x);
+    if (pc.requant_scale.empty()) pack_tie_free(pc, weight, x);
+  }
   if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
     int64_t w_max = 0;
@@ -713,15 +762,9 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 
 std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int16_t* weight, int64_t k,
                                               InputRange x) {
-  const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
   int64_t lo = INT64_MAX, hi = INT64_MIN;
   for (int64_t m = 0; m < static_cast<int64_t>(epi.multiplier.size()); ++m) {
-    int64_t acc_lo = 0, acc_hi = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t w = weight[m * k + i];
-      acc_lo += std::min(w * x_lo, w * x_hi);
-      acc_hi += std::max(w * x_lo, w * x_hi);
-    }
+    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
     const int64_t a = output_code(epi, m, acc_lo), b = output_code(epi, m, acc_hi);  // b < a where multiplier < 0
     lo = std::min({lo, a, b});
     hi = std::max({hi, a, b});

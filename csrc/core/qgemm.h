@@ -62,6 +62,14 @@ struct alignas(32) RequantBlock {
   int64_t bias_even[4], bias_odd[4], shift_even[4], shift_odd[4], half_even[4], half_odd[4], tie_even[4], tie_odd[4];
 };
 
+// 16 channels of a tie-free requantization as the AVX-512 epilogue reads them: each accumulator clamped into its
+// channel's [acc_lo, acc_hi], then r = (acc * multiplier + bias_half) >> shift in int64 lanes split into even and
+// odd channels (vpmuldq order).
+struct alignas(64) TieFreeBlock {
+  int32_t acc_lo[16], acc_hi[16], multiplier[16];
+  int64_t bias_half_even[8], bias_half_odd[8], shift_even[8], shift_odd[8];
+};
+
 // The range of x - z_x a convolution will see (the engine knows it from the producer's clamp). The
 // default, unknown, rules out kernels that depend on it.
 struct InputRange {
@@ -118,6 +126,11 @@ struct PackedConv {
   // below 2^28: the requantization in double, exact (qgemm.cpp epilogue_f64), with these constants per channel,
   // multiplier * 2^-shift and bias * 2^-shift, [M rounded up to 16].
   std::vector<double> requant_scale, requant_offset;
+  // AVX-512, where no channel rounds at a tie for an accumulator of its proven range (tie_free_requant in
+  // core/requant.h): the requantization without the parity term of ties-to-even, [M rounded up to 16 / 16] blocks,
+  // and the int32 lanes' output constants (stored code = clamp(r + out_add, out_lo, out_hi)).
+  std::vector<TieFreeBlock> tie_free_blocks;
+  int32_t tie_free_out_add = 0, tie_free_out_lo = 0, tie_free_out_hi = 0;
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
   // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range
   // at most 256 values wide): it reads u = x - z_x - x_lo in [0, 255] from a padded uint8 image (border

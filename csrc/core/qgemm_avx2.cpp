@@ -326,9 +326,9 @@ const ConvKernels* conv_kernels_avx2() {
   static const ConvKernels kernels{QCNN_KERNEL_GRID_3X3(microkernel_avx2),
                                    QCNN_KERNEL_GRID_3X3(acc16_microkernel),
                                    {},
-                                   {requantize_rows<uint8_t>, nullptr, thresholds<uint8_t>},
-                                   {requantize_rows<int32_t>, nullptr, thresholds<int32_t>},
-                                   {requantize_rows<float>, nullptr, nullptr},
+                                   {requantize_rows<uint8_t>, nullptr, thresholds<uint8_t>, nullptr},
+                                   {requantize_rows<int32_t>, nullptr, thresholds<int32_t>, nullptr},
+                                   {requantize_rows<float>, nullptr, nullptr, nullptr},
                                    depthwise_u8_avx2,
                                    {peak_loop_avx2, 1 << 16, 8 * 16}};  // 8 vpmaddwd of 16 MACs per iteration
   return &kernels;

@@ -141,6 +141,34 @@ QCNN_AVX512VNNI void epilogue_f64(const PackedConv& pc, const int32_t* acc, int6
   }
 }
 
+// The requantization where pack_conv proved it tie-free (PackedConv::tie_free_blocks): each accumulator clamped into
+// its channel's unsaturated range, (acc * multiplier + bias_half) >> shift in int64 lanes without the parity term of
+// ties-to-even, then the zero point, the clamp and the store offset in int32 lanes: 16 operations per 16 channels
+// instead of 26.
+template <typename Out>
+QCNN_AVX512VNNI void epilogue_tie_free(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  const int64_t m_all = pc.g.m;
+  const __m512i out_add = _mm512_set1_epi32(pc.tie_free_out_add), lo = _mm512_set1_epi32(pc.tie_free_out_lo),
+                hi = _mm512_set1_epi32(pc.tie_free_out_hi);
+  for (int64_t m = 0; m < m_all; m += 16) {
+    const __mmask16 lanes = m_all - m >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m_all - m)) - 1);
+    const TieFreeBlock& b = pc.tie_free_blocks[static_cast<size_t>(m / 16)];
+    const __m512i acc_lo = _mm512_load_si512(b.acc_lo), acc_hi = _mm512_load_si512(b.acc_hi),
+                  mult = _mm512_load_si512(b.multiplier), mult_odd = _mm512_srli_epi64(mult, 32),
+                  bias_even = _mm512_load_si512(b.bias_half_even), bias_odd = _mm512_load_si512(b.bias_half_odd),
+                  shift_even = _mm512_load_si512(b.shift_even), shift_odd = _mm512_load_si512(b.shift_odd);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i a =
+          _mm512_min_epi32(_mm512_max_epi32(_mm512_maskz_loadu_epi32(lanes, acc + r * ldc + m), acc_lo), acc_hi);
+      const __m512i even = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, mult), bias_even), shift_even);
+      const __m512i odd =
+          _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), mult_odd), bias_odd), shift_odd);
+      const __m512i v = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+      store_codes512(out + r * m_all + m, lanes, _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, out_add), lo), hi));
+    }
+  }
+}
+
 // The same on 16-channel zmm blocks: the sign applied as (acc ^ s) - s with s = sign >> 31, a masked
 // increment per threshold, the codes narrowed by vpmovdb; the channels past the last 16 on the AVX2 form.
 template <int S, typename Out>
@@ -202,8 +230,8 @@ const ConvKernels* conv_kernels_avx512() {
                {vnni_microkernel<4, 1>, vnni_microkernel<4, 2>, vnni_microkernel<4, 3>, vnni_microkernel<4, 4>},
                {vnni_microkernel<5, 1>, vnni_microkernel<5, 2>, vnni_microkernel<5, 3>, vnni_microkernel<5, 4>},
                {vnni_microkernel<6, 1>, vnni_microkernel<6, 2>, vnni_microkernel<6, 3>, vnni_microkernel<6, 4>}}};
-    k.epilogue_u8 = {epilogue_avx512<uint8_t>, epilogue_f64<uint8_t>, thresholds<uint8_t>};
-    k.epilogue_i32 = {epilogue_avx512<int32_t>, epilogue_f64<int32_t>, thresholds<int32_t>};
+    k.epilogue_u8 = {epilogue_avx512<uint8_t>, epilogue_f64<uint8_t>, thresholds<uint8_t>, epilogue_tie_free<uint8_t>};
+    k.epilogue_i32 = {epilogue_avx512<int32_t>, epilogue_f64<int32_t>, thresholds<int32_t>, epilogue_tie_free<int32_t>};
     k.peak = {peak_loop_vnni, 1 << 16, 8 * 64};  // 8 vpdpbusd of 64 MACs per iteration
     return k;
   }();

@@ -102,6 +102,8 @@ struct ConvEpilogues {
   void (*requantize_f64)(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out);
   // The threshold form where pack_conv set PackedConv::threshold_levels; null where the ISA has none.
   void (*thresholds)(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out);
+  // The tie-free form where pack_conv set PackedConv::tie_free_blocks; null where the ISA has none.
+  void (*requantize_tie_free)(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out);
 };
 
 // A null kernel is one the ISA lacks: pack_conv never chooses its layer kind for that ISA.

@@ -201,33 +201,48 @@ __int128 floor_div(__int128 a, int64_t b) {
 bool in_int32(__int128 v) { return v >= INT32_MIN && v <= INT32_MAX; }
 }  // namespace
 
-bool tie_free_requant(InputRange x, int32_t multiplier, int shift, int32_t out_zero_point, int32_t lo, int32_t hi,
-                      int32_t out_offset, TieFreeRequant* t) {
+bool tie_free_requant(InputRange x, int32_t multiplier, int64_t bias, int shift, int32_t out_zero_point, int32_t lo,
+                      int32_t hi, int32_t out_offset, TieFreeRequant* t) {
   if (multiplier == 0 || shift < 0 || shift > 62 || lo > hi || x.lo > x.hi || !in_int32(x.lo) || !in_int32(x.hi))
     return false;
   const int64_t m = multiplier;
-  // x * m >= up gives RS >= hi - zo + 1, x * m <= down gives RS <= lo - zo - 1: saturated either way.
-  const __int128 up = (static_cast<__int128>(int64_t{hi} - out_zero_point) + 1) << shift;
-  const __int128 down = (static_cast<__int128>(int64_t{lo} - out_zero_point) - 1) << shift;
+  // x * m + bias >= up gives RS >= hi - zo + 1, x * m + bias <= down gives RS <= lo - zo - 1: saturated either way.
+  const __int128 up = ((static_cast<__int128>(int64_t{hi} - out_zero_point) + 1) << shift) - bias;
+  const __int128 down = ((static_cast<__int128>(int64_t{lo} - out_zero_point) - 1) << shift) - bias;
   const __int128 x_lo = std::max<__int128>(x.lo, floor_div(m > 0 ? down : up, m));
   const __int128 x_hi = std::min<__int128>(x.hi, -floor_div(-(m > 0 ? up : down), m));
   if (x_lo > x_hi) return false;
-  // x * m is an odd multiple of 2^(s-1) exactly when x is an odd multiple of 2^p, p = s - 1 - (m's factors of 2).
-  const int twos = __builtin_ctzll(static_cast<uint64_t>(m < 0 ? -m : m));
-  const int p = shift - 1 - twos;
-  if (shift > 0 && p >= 0 && p < 32) {
-    const int64_t j_lo = -static_cast<int64_t>(floor_div(-x_lo, int64_t{1} << p));
-    const int64_t j_hi = static_cast<int64_t>(floor_div(x_hi, int64_t{1} << p));
-    if (j_lo < j_hi || (j_lo == j_hi && (j_lo & 1))) return false;
-  }
   const int64_t half = shift == 0 ? 0 : int64_t{1} << (shift - 1);
-  // |x * m| < 2^62 and half <= 2^61: the sum stays in int64.
-  const int64_t r_a = (static_cast<int64_t>(x_lo) * m + half) >> shift, r_b = (static_cast<int64_t>(x_hi) * m + half) >> shift;
+  if (shift > 0) {
+    // A tie is x * m + bias = 2^(s-1) mod 2^s. With m = 2^t o (o odd): none unless 2^t divides c = 2^(s-1) - bias
+    // (mod 2^s), and then exactly the x = (c / 2^t) o^-1 mod 2^(s-t) (for t >= s: none unless c = 0, then all).
+    const int t_twos = __builtin_ctzll(static_cast<uint64_t>(m < 0 ? -m : m));
+    const uint64_t mod_mask = (uint64_t{1} << shift) - 1;
+    const uint64_t c = (static_cast<uint64_t>(half) - static_cast<uint64_t>(bias)) & mod_mask;
+    if (t_twos >= shift) {
+      if (c == 0) return false;
+    } else if ((c & ((uint64_t{1} << t_twos) - 1)) == 0) {
+      const uint64_t odd = static_cast<uint64_t>(m) >> t_twos;  // o mod 2^64 (m < 0: the two's complement)
+      uint64_t inverse = odd;                                   // Newton: each step doubles the correct low bits
+      for (int i = 0; i < 6; ++i) inverse *= 2 - odd * inverse;
+      const int period_bits = shift - t_twos;
+      const uint64_t period_mask = (uint64_t{1} << period_bits) - 1;
+      const int64_t residue = static_cast<int64_t>(((c >> t_twos) * inverse) & period_mask);
+      // the first x >= x_lo in the residue class
+      const __int128 first = x_lo + ((residue - static_cast<__int128>(x_lo)) % (__int128{1} << period_bits) +
+                                     (__int128{1} << period_bits)) % (__int128{1} << period_bits);
+      if (first <= x_hi) return false;
+    }
+  }
+  // Every step of (x * m + bias + half) >> shift in int64, the result and the int32 lanes' values in int32.
+  const __int128 v_a = x_lo * m + bias + half, v_b = x_hi * m + bias + half;
+  if (v_a < INT64_MIN || v_a > INT64_MAX || v_b < INT64_MIN || v_b > INT64_MAX) return false;
+  const int64_t r_a = static_cast<int64_t>(v_a) >> shift, r_b = static_cast<int64_t>(v_b) >> shift;
   const __int128 out_add = int64_t{out_zero_point} - out_offset;
   if (!in_int32(r_a) || !in_int32(r_b) || !in_int32(std::min(r_a, r_b) + out_add) ||
       !in_int32(std::max(r_a, r_b) + out_add) || !in_int32(int64_t{lo} - out_offset) || !in_int32(int64_t{hi} - out_offset))
     return false;
-  *t = {static_cast<int32_t>(x_lo), static_cast<int32_t>(x_hi), half, static_cast<int32_t>(out_add),
+  *t = {static_cast<int32_t>(x_lo), static_cast<int32_t>(x_hi), bias + half, static_cast<int32_t>(out_add),
         static_cast<int32_t>(int64_t{lo} - out_offset), static_cast<int32_t>(int64_t{hi} - out_offset)};
   return true;
 }

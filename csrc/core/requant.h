@@ -60,6 +60,21 @@ void add_codes(Isa isa, CodesIn a, int32_t a_zero_point, int32_t a_multiplier, C
 bool add_fits_int32(InputRange a_range, int32_t a_multiplier, InputRange b_range, int32_t b_multiplier, int shift,
                     int32_t out_zero_point);
 
+// A requantization out = clamp(zo + RS(x * multiplier + bias, shift), lo, hi) of inputs x in [x.lo, x.hi] (int32)
+// that no input rounds at a tie: x beyond [x_lo, x_hi] saturates the output (so x may be clamped there first), no x
+// in between makes x * multiplier + bias = 2^(shift-1) mod 2^shift, so RS is (x * multiplier + bias_half) >> shift
+// with bias_half = bias + 2^(shift-1) (bias for shift 0), and that r fits int32 with r + out_add, out_lo and out_hi:
+// the stored output is clamp(r + out_add, out_lo, out_hi). The vector paths then skip the parity term of
+// ties-to-even and compute the clamp and the offsets in int32 lanes.
+struct TieFreeRequant {
+  int32_t x_lo, x_hi;
+  int64_t bias_half;
+  int32_t out_add, out_lo, out_hi;
+};
+// False where the requantization has ties in the range, or a bound leaves int32 (or a step int64).
+bool tie_free_requant(InputRange x, int32_t multiplier, int64_t bias, int shift, int32_t out_zero_point, int32_t lo,
+                      int32_t hi, int32_t out_offset, TieFreeRequant* t);
+
 // out = clamp(zo + RS((a - za) * (b - zb) * multiplier, shift), lo, hi) for `count` elements of a; b has
 // `count` elements too, or b_channels (> 0) of them, broadcast over the positions of NHWC a (b[i % b_channels]:
 // a [C, H, W] times a [C, 1, 1] gate; a sub-range then starts at a multiple of b_channels). The caller keeps

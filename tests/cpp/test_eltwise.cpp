@@ -232,23 +232,31 @@ TEST_CASE("tie_free_requant: its clamp and its rounding are exact on every input
     const int32_t out_offset = static_cast<int32_t>(r.between(-300, 300));
     const int32_t lo = static_cast<int32_t>(r.between(-300, 100)), hi = static_cast<int32_t>(lo + r.between(0, 300));
     const int64_t x_lo = r.chance(20) ? INT32_MIN : r.between(INT32_MIN, INT32_MAX - 3000);
+    const int64_t bias = r.chance(30) ? 0 : r.chance(50) ? r.between(-1000, 1000) : r.between(-(int64_t{1} << 61), int64_t{1} << 61);
     const InputRange x{x_lo, x_lo + r.between(0, 3000)};
     TieFreeRequant t;
-    if (!tie_free_requant(x, multiplier, shift, zo, lo, hi, out_offset, &t)) {
+    if (!tie_free_requant(x, multiplier, bias, shift, zo, lo, hi, out_offset, &t)) {
       ++refused;
       continue;
     }
     ++claimed;
-    INFO("multiplier " << multiplier << ", shift " << shift << ", x [" << x.lo << ", " << x.hi << "]");
+    INFO("multiplier " << multiplier << ", bias " << bias << ", shift " << shift << ", x [" << x.lo << ", " << x.hi
+                       << "]");
     REQUIRE(t.x_lo >= x.lo);
     REQUIRE(t.x_hi <= x.hi);
     REQUIRE(t.x_lo <= t.x_hi);
-    auto code = [&](int64_t v) { return std::clamp<int64_t>(zo + rounding_shift(v * multiplier, shift), lo, hi); };
+    auto code = [&](int64_t v) {
+      const __int128 sum = static_cast<__int128>(v) * multiplier + bias;
+      return static_cast<int64_t>(std::clamp<__int128>(zo + rounding_shift(sum, shift), lo, hi));
+    };
     for (int64_t v = x.lo; v <= x.hi; ++v) {
       const int64_t c = std::clamp<int64_t>(v, t.x_lo, t.x_hi);
-      const int64_t plain = (c * multiplier + t.half) >> shift;
-      REQUIRE(plain == rounding_shift(c * multiplier, shift));
-      REQUIRE(std::clamp<int64_t>(plain + t.out_add, t.out_lo, t.out_hi) == code(v) - out_offset);
+      const __int128 product = static_cast<__int128>(c) * multiplier;
+      const __int128 plain = (product + t.bias_half) >> shift;  // the vector paths' int64 steps, checked to fit
+      REQUIRE(product + t.bias_half >= INT64_MIN);
+      REQUIRE(product + t.bias_half <= INT64_MAX);
+      REQUIRE(plain == rounding_shift(product + bias, shift));
+      REQUIRE(std::clamp<__int128>(plain + t.out_add, t.out_lo, t.out_hi) == code(v) - out_offset);
     }
   }
   REQUIRE(claimed > 100);

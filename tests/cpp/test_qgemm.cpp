@@ -381,6 +381,63 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}).kernel != ConvKernel::Vnni);
 }
 
+// Wide requantizations (the products past the double epilogue's 2^51) with a proven input range: the AVX-512 paths
+// take the tie-free epilogue where no channel can round at a tie, and both it and the int64 epilogue of a layer
+// with a tie in range equal the reference, into uint8 and int32 codes, on every GEMM and the depthwise kernels.
+TEST_CASE("tie-free epilogue equals the direct reference and is chosen only without ties", "[qgemm]") {
+  std::mt19937 rng(23);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (Isa isa : kAllIsas) {
+    if (!isa_supported(isa)) continue;
+    int tie_free = 0, tie_free_wide = 0, with_ties = 0;
+    for (int trial = 0; trial < 160; ++trial) {
+      Case t = random_case(rng, false);
+      const InputRange range{-t.x_sub, 255 - t.x_sub};
+      const bool wide = trial % 2 == 0;  // int32 codes (a residual stream): one shift for the layer
+      const int wide_shift = static_cast<int>(pick(14, 34));
+      for (size_t i = 0; i < t.epi.shift.size(); ++i) {
+        t.epi.multiplier[i] = static_cast<int32_t>(pick(int64_t{1} << 29, (int64_t{1} << 31) - 1) * (pick(0, 3) ? 1 : -1));
+        t.epi.shift[i] = static_cast<int32_t>(wide ? wide_shift : pick(36, 46));
+        t.epi.bias[i] = pick(-(int64_t{1} << 40), int64_t{1} << 40);
+      }
+      if (wide) {
+        t.epi.zero_point = 0;
+        t.epi.lo = INT32_MIN;
+        t.epi.hi = INT32_MAX;
+        t.epi.store_offset = 0;
+      }
+      // Every fourth layer gets a tie on an accumulator of its range: channel 0's bias set so that acc = 0 (the
+      // padding's, always in range) sits exactly half way, between two codes inside the clamp.
+      const bool tie = trial % 4 == 1;
+      if (tie) {
+        t.epi.bias[0] = int64_t{1} << (t.epi.shift[0] - 1);
+        t.epi.zero_point = wide ? 0 : t.epi.lo + 100;
+      }
+      const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, range);
+      INFO(isa_name(isa) << " trial " << trial << " m=" << t.g.m << " k=" << t.g.k() << " groups " << t.g.groups
+                         << " wide " << wide << " tie " << tie << " tie-free " << !pc.tie_free_blocks.empty()
+                         << " shift0 " << t.epi.shift[0] << " mult0 " << t.epi.multiplier[0] << " " << conv_kernel_name(pc));
+      if (has_avx512(isa) && pc.requant_scale.empty()) {
+        if (tie) CHECK(pc.tie_free_blocks.empty());
+        tie_free += !pc.tie_free_blocks.empty();
+        tie_free_wide += wide && !pc.tie_free_blocks.empty();
+        with_ties += pc.tie_free_blocks.empty();
+      }
+      const auto want = reference(t);
+      const int threads = trial % 3 == 0 ? 2 : 1;
+      if (wide)
+        CHECK(run<int32_t>(t, isa, Storage::I32, threads, trial % 5 == 0, range) == want);
+      else
+        CHECK(run<uint8_t>(t, isa, Storage::U8, threads, trial % 5 == 0, range) == want);
+    }
+    if (has_avx512(isa)) {
+      CHECK(tie_free >= 20);
+      CHECK(tie_free_wide >= 5);
+      CHECK(with_ties >= 30);
+    }
+  }
+}
+
 TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {
   CHECK_THROWS_WITH(make_conv_geom(4, 4, 6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1), Catch::Contains("groups = 4"));
   CHECK_THROWS_WITH(make_conv_geom(2, 2, 1, 1, 1, 5, 5, 1, 1, 0, 0, 1, 1), Catch::Contains("larger than the padded"));
