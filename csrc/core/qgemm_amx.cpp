@@ -73,15 +73,23 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
   const ConvGeom& g = pc.g;
   const int64_t k = g.k(), amx_k = pc.amx_k, seg = g.kw * g.c, seg_stride = int64_t{g.dh} * (g.w + 2 * g.pw) * g.c;
   const int64_t rows16 = round_up(rows, kAmxTileRows);
-  panel.resize(static_cast<size_t>(rows16 * amx_k));
-  for (int64_t r = 0; r < rows16; ++r) {
-    uint8_t* dst = panel.data() + r * amx_k;
-    if (r >= rows) {
-      std::memset(dst, 0, static_cast<size_t>(amx_k));
-      continue;
+  // A 1x1 stride-1 layer without padding whose k fills its quads exactly reads its A tiles straight from the image
+  // (rows k apart), where the tile's whole 16-row groups lie inside it (the rows past `rows` are computed and unused).
+  const bool in_place = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && k == amx_k &&
+                        row_offsets[0] + rows16 * k <= g.positions() * k;
+  const uint8_t* a_rows = padded + row_offsets[0];
+  if (!in_place) {
+    panel.resize(static_cast<size_t>(rows16 * amx_k));
+    for (int64_t r = 0; r < rows16; ++r) {
+      uint8_t* dst = panel.data() + r * amx_k;
+      if (r >= rows) {
+        std::memset(dst, 0, static_cast<size_t>(amx_k));
+        continue;
+      }
+      for (int ky = 0; ky < g.kh; ++ky) std::memcpy(dst + ky * seg, padded + row_offsets[r] + ky * seg_stride, seg);
+      std::memset(dst + k, 0, static_cast<size_t>(amx_k - k));
     }
-    for (int ky = 0; ky < g.kh; ++ky) std::memcpy(dst + ky * seg, padded + row_offsets[r] + ky * seg_stride, seg);
-    std::memset(dst + k, 0, static_cast<size_t>(amx_k - k));
+    a_rows = panel.data();
   }
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
@@ -96,7 +104,7 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
   for (int64_t b = 0; b < blocks; b += 2) {
     const bool two_n = b + 1 < blocks;
     for (int64_t t = 0; t < tiles; t += 2) {
-      const uint8_t* a = panel.data() + t * kAmxTileRows * amx_k;
+      const uint8_t* a = a_rows + t * kAmxTileRows * amx_k;
       int32_t* c = acc + t * kAmxTileRows * ldc + b * 16;
       const int8_t* wb = w + b * w_stride;
       if (t + 1 < tiles)

@@ -381,6 +381,39 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}).kernel != ConvKernel::Vnni);
 }
 
+// The AMX GEMM reads the A tiles of 1x1 stride-1 layers whose k is whole 64-byte steps straight from the image
+// (its last tile from the panel where the positions end inside a 16-row group): equal to the reference at
+// positions that are and are not multiples of 16, one and two threads, from uint8 codes in place and from a copy.
+TEST_CASE("AMX GEMM on 1x1 layers read in place equals the direct reference", "[qgemm][vnni]") {
+  if (!isa_supported(Isa::Amx)) {
+    WARN("no AMX: its in-place path is not tested here");
+    return;
+  }
+  std::mt19937 rng(29);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 24; ++trial) {
+    Case t = random_case(rng, false);
+    const int64_t c = 64 * pick(2, 4), m = pick(64, 100), h = pick(2, 9), w = pick(8, 11);
+    t.g = make_conv_geom(h, w, c, m, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+    t.x.resize(static_cast<size_t>(h * w * c));
+    for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
+    t.x_sub = trial % 2 ? 0 : pick(1, 255);  // 0: the codes are what the kernel reads (no copy of the image)
+    t.w.resize(static_cast<size_t>(m * c));
+    for (auto& v : t.w) v = static_cast<int16_t>(pick(-128, 127));
+    t.epi.multiplier.assign(static_cast<size_t>(m), 1 << 20);
+    t.epi.shift.assign(static_cast<size_t>(m), 30);
+    t.epi.bias.assign(static_cast<size_t>(m), 0);
+    const InputRange range{-t.x_sub, 255 - t.x_sub};
+    REQUIRE(pack_conv(t.g, t.w.data(), t.epi, Isa::Amx, range).kernel == ConvKernel::Amx);
+    INFO("trial " << trial << " " << h << "x" << w << "x" << c << " -> " << m << " x_sub " << t.x_sub);
+    const auto want = reference(t);
+    for (int threads : {1, 2}) {
+      CHECK(run<uint8_t>(t, Isa::Amx, Storage::U8, threads, false, range) == want);
+      CHECK(run<int32_t>(t, Isa::Amx, Storage::I32, threads, false, range, 0, true) == want);
+    }
+  }
+}
+
 // Wide requantizations (the products past the double epilogue's 2^51) with a proven input range: the AVX-512 paths
 // take the tie-free epilogue where no channel can round at a tie, and both it and the int64 epilogue of a layer
 // with a tie in range equal the reference, into uint8 and int32 codes, on every GEMM and the depthwise kernels.
