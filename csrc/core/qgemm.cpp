@@ -119,9 +119,9 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
 // past it (their weights are 0). Each input value is converted once instead of once per kernel tap.
 constexpr int64_t kImageSlack = 3;
 template <typename T, typename D>
-void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded, D border = 0) {
+void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded, D border = 0, int64_t slack = 0) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
-  padded.assign(static_cast<size_t>(hp * wp * g.c + kImageSlack), border);
+  padded.assign(static_cast<size_t>(hp * wp * g.c + kImageSlack + slack), border);
   for (int64_t iy = 0; iy < g.h; ++iy)
     convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
 }
@@ -312,9 +312,9 @@ template <typename Out>
 void amx_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8_t* padded, int64_t p0, int64_t rows,
                    Out* out, Workspace& ws) {
   const int64_t ldc = round_up(pc.g.m, 2 * kAmxTileRows);  // whole pairs of C tiles
-  ws.acc.resize(static_cast<size_t>(round_up(rows, kAmxTileRows) * ldc));
+  ws.acc.resize(static_cast<size_t>((round_up(rows, kAmxTileRows) + kAmxTileRows) * ldc));
   image_row_offsets(pc.g, p0, rows, ws.row_offsets);
-  amx_accumulate(pc, padded, ws.row_offsets.data(), rows, ws.acc.data(), ldc, ws.panel8);
+  amx_accumulate(pc, padded, ws.row_offsets.data(), p0, rows, ws.acc.data(), ldc, ws.panel8);
   epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
@@ -423,14 +423,16 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
       padded_image8 = padded8.data();
       break;
     case ConvKernel::Vnni:
-    case ConvKernel::Amx:
-      if (std::is_same_v<In, uint8_t> && reads_codes_in_place(pc, x_sub)) {
+    case ConvKernel::Amx: {
+      const int64_t slack = pc.kernel == ConvKernel::Amx ? amx_image_slack(pc.g) : 0;
+      if (std::is_same_v<In, uint8_t> && reads_codes_in_place(pc, x_sub) && slack == 0) {
         padded_image8 = reinterpret_cast<const uint8_t*>(x);
         break;
       }
-      pad_image(x, x_sub + pc.vnni_x_lo, pc.g, padded8, static_cast<uint8_t>(-pc.vnni_x_lo));
+      pad_image(x, x_sub + pc.vnni_x_lo, pc.g, padded8, static_cast<uint8_t>(-pc.vnni_x_lo), slack);
       padded_image8 = padded8.data();
       break;
+    }
     case ConvKernel::Gemm:
       if (reads_padded_image(pc.g)) {
         pad_image(x, x_sub, pc.g, padded);
@@ -800,7 +802,8 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
     case ConvKernel::Depthwise: return (rows * (g.m + 8) + g.c) * 4 + g.c + (g.k() + 1) * 8;
     case ConvKernel::Acc16: return rows * ((g.m + 16) * 4 + 8) + padded_values;
     case ConvKernel::Amx:
-      return round_up(rows, kAmxTileRows) * (round_up(g.m, 2 * kAmxTileRows) * 4 + 8 + pc.amx_k) + padded_values;
+      return (round_up(rows, kAmxTileRows) + kAmxTileRows) * round_up(g.m, 2 * kAmxTileRows) * 4 +
+             round_up(rows, kAmxTileRows) * (8 + pc.amx_k) + padded_values + amx_image_slack(g);
     case ConvKernel::Vnni: return rows * (round_up(g.m, 16) * 4 + 8) + padded_values;
     case ConvKernel::Gemm: break;
   }

@@ -8,6 +8,7 @@
 
 #include "core/isa.h"
 #include "core/qgemm.h"
+#include "core/qgemm_amx.h"
 #include "core/requant.h"
 #include "tile_sinks.h"
 
@@ -382,36 +383,50 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
 }
 
 // The AMX GEMM reads the A tiles of 1x1 stride-1 layers whose k is whole 64-byte steps straight from the image
-// (its last tile from the panel where the positions end inside a 16-row group): equal to the reference at
-// positions that are and are not multiples of 16, one and two threads, from uint8 codes in place and from a copy.
-TEST_CASE("AMX GEMM on 1x1 layers read in place equals the direct reference", "[qgemm][vnni]") {
+// (its last tile from the panel where the positions end inside a 16-row group), and those of layers with whole
+// 64-channel steps and output rows of 16 or more straight from the padded image, a tile per output-row piece: equal
+// to the reference for kernels 1 to 3 wide, strides, padding and dilation in y, positions that are and are not multiples
+// of 16, one and two threads, from uint8 codes and from int32 ones, into the output and into tile buffers.
+TEST_CASE("AMX GEMM reading the image in place equals the direct reference", "[qgemm][vnni]") {
   if (!isa_supported(Isa::Amx)) {
-    WARN("no AMX: its in-place path is not tested here");
+    WARN("no AMX: its in-place paths are not tested here");
     return;
   }
   std::mt19937 rng(29);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  for (int trial = 0; trial < 24; ++trial) {
+  int direct = 0;
+  for (int trial = 0; trial < 48; ++trial) {
     Case t = random_case(rng, false);
-    const int64_t c = 64 * pick(2, 4), m = pick(64, 100), h = pick(2, 9), w = pick(8, 11);
-    t.g = make_conv_geom(h, w, c, m, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+    const bool pointwise = trial % 3 == 0;  // 1x1 stride 1: contiguous positions
+    const int kh = pointwise ? 1 : pick(1, 3), kw = pointwise ? 1 : pick(1, 3);
+    const int s = pointwise ? 1 : pick(1, 2), dil = pointwise || pick(0, 3) ? 1 : 2;
+    const int pad = pointwise ? 0 : pick(0, 1);
+    const int64_t c = 64 * pick(pointwise ? 2 : 1, 3), m = pick(64, 100), h = pick(dil * (kh - 1) + 1, 7);
+    const int64_t w = pointwise ? pick(8, 40) : s * pick(16, 40) + (kw - 1) - 2 * pad;
+    t.g = make_conv_geom(h, w, c, m, 1, kh, kw, s, s, pad, pad, dil, 1);  // (dilation in x: the VNNI GEMM's panel)
     t.x.resize(static_cast<size_t>(h * w * c));
     for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
-    t.x_sub = trial % 2 ? 0 : pick(1, 255);  // 0: the codes are what the kernel reads (no copy of the image)
-    t.w.resize(static_cast<size_t>(m * c));
+    t.x_sub = trial % 2 ? 0 : pick(1, 255);  // 0: the codes are what the kernel reads
+    t.w.resize(static_cast<size_t>(m * t.g.k()));
     for (auto& v : t.w) v = static_cast<int16_t>(pick(-128, 127));
     t.epi.multiplier.assign(static_cast<size_t>(m), 1 << 20);
-    t.epi.shift.assign(static_cast<size_t>(m), 30);
+    t.epi.shift.assign(static_cast<size_t>(m), 32);
     t.epi.bias.assign(static_cast<size_t>(m), 0);
     const InputRange range{-t.x_sub, 255 - t.x_sub};
-    REQUIRE(pack_conv(t.g, t.w.data(), t.epi, Isa::Amx, range).kernel == ConvKernel::Amx);
-    INFO("trial " << trial << " " << h << "x" << w << "x" << c << " -> " << m << " x_sub " << t.x_sub);
+    const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, Isa::Amx, range);
+    INFO("trial " << trial << " " << h << "x" << w << "x" << c << " -> " << m << " kernel " << kh << "x" << kw
+                  << " stride " << s << " pad " << pad << " dilation " << dil << " out " << t.g.oh << "x" << t.g.ow);
+    if (t.g.k() < 128) continue;  // the VNNI GEMM's
+    REQUIRE(pc.kernel == ConvKernel::Amx);
+    CHECK(amx_reads_image(t.g) == !pointwise);
+    direct += amx_reads_image(t.g);
     const auto want = reference(t);
     for (int threads : {1, 2}) {
       CHECK(run<uint8_t>(t, Isa::Amx, Storage::U8, threads, false, range) == want);
-      CHECK(run<int32_t>(t, Isa::Amx, Storage::I32, threads, false, range, 0, true) == want);
+      CHECK(run<int32_t>(t, Isa::Amx, Storage::I32, threads, true, range, 0, true) == want);
     }
   }
+  CHECK(direct >= 20);
 }
 
 // Wide requantizations (the products past the double epilogue's 2^51) with a proven input range: the AVX-512 paths
