@@ -711,7 +711,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.epi = std::move(epi);
   if (!pc.epi.float_output && has_avx512(isa)) {
     pack_requant_f64(pc, weight, x);
-    if (pc.requant_scale.empty()) pack_tie_free(pc, weight, x);
+    pack_tie_free(pc, weight, x);  // its own epilogue where the double one is not exact; else what that one folds
   }
   if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.

@@ -128,7 +128,8 @@ struct PackedConv {
   std::vector<double> requant_scale, requant_offset;
   // AVX-512, where no channel rounds at a tie for an accumulator of its proven range (tie_free_requant in
   // core/requant.h): the requantization without the parity term of ties-to-even, [M rounded up to 16 / 16] blocks,
-  // and the int32 lanes' output constants (stored code = clamp(r + out_add, out_lo, out_hi)).
+  // and the int32 lanes' output constants (stored code = clamp(r + out_add, out_lo, out_hi)). Where the double
+  // epilogue is exact too, it runs instead, with the zero point in its rounding constant.
   std::vector<TieFreeBlock> tie_free_blocks;
   int32_t tie_free_out_add = 0, tie_free_out_lo = 0, tie_free_out_hi = 0;
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]

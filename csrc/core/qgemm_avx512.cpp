@@ -117,11 +117,15 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
 // significant bits; adding 1.5 * 2^52 then rounds it to an integer, half to even as rounding_shift does, held in the
 // low 32 bits of the lane (|value| < 2^28). About 15 operations per 16 channels instead of 26 in int64 lanes
 // (1.4x faster measured, the larger part of a 3x3 depthwise layer's time).
-template <typename Out>
-QCNN_AVX512VNNI void epilogue_f64(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+//
+// Where the layer is also tie-free (PackedConv::tie_free_blocks), zero_point - store_offset joins the rounding
+// constant (rounding y + zp at an integer zp is rounding y, then adding zp, wherever y is no tie); where the stored
+// codes are uint8 clamped to [0, 255], vpmovusdb's saturation is the upper clamp.
+template <typename Out, bool kFoldZeroPoint, bool kSaturate>
+QCNN_AVX512VNNI void epilogue_f64_run(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
   const ConvEpilogue& e = pc.epi;
   const int64_t m_all = pc.g.m;
-  const __m512d magic = _mm512_set1_pd(0x1.8p52);
+  const __m512d magic = _mm512_set1_pd(0x1.8p52 + (kFoldZeroPoint ? e.zero_point - e.store_offset : 0));
   const __m512i low_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i zp = _mm512_set1_epi32(e.zero_point - e.store_offset), lo = _mm512_set1_epi32(e.lo - e.store_offset),
                 hi = _mm512_set1_epi32(e.hi - e.store_offset);
@@ -134,11 +138,35 @@ QCNN_AVX512VNNI void epilogue_f64(const PackedConv& pc, const int32_t* acc, int6
       const __m256i a1 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes >> 8), acc + r * ldc + m + 8);
       const __m512d y0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a0), s0, b0);
       const __m512d y1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a1), s1, b1);
-      const __m512i v = _mm512_permutex2var_epi32(_mm512_castpd_si512(_mm512_add_pd(y0, magic)), low_dwords,
-                                                  _mm512_castpd_si512(_mm512_add_pd(y1, magic)));
-      store_codes512(out + r * m_all + m, lanes, _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zp), lo), hi));
+      __m512i v = _mm512_permutex2var_epi32(_mm512_castpd_si512(_mm512_add_pd(y0, magic)), low_dwords,
+                                            _mm512_castpd_si512(_mm512_add_pd(y1, magic)));
+      if (!kFoldZeroPoint) v = _mm512_add_epi32(v, zp);
+      v = _mm512_max_epi32(v, lo);
+      if constexpr (kSaturate) {
+        Out* dst = out + r * m_all + m;
+        const __m128i codes = _mm512_cvtusepi32_epi8(v);
+        if (lanes == 0xFFFF)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), codes);
+        else
+          _mm_mask_storeu_epi8(dst, lanes, codes);
+      } else {
+        store_codes512(out + r * m_all + m, lanes, _mm512_min_epi32(v, hi));
+      }
     }
   }
+}
+
+template <typename Out>
+QCNN_AVX512VNNI void epilogue_f64(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const bool fold = !pc.tie_free_blocks.empty();
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    if (int64_t{e.lo} - e.store_offset == 0 && int64_t{e.hi} - e.store_offset == 255)
+      return fold ? epilogue_f64_run<Out, true, true>(pc, acc, ldc, rows, out)
+                  : epilogue_f64_run<Out, false, true>(pc, acc, ldc, rows, out);
+  }
+  fold ? epilogue_f64_run<Out, true, false>(pc, acc, ldc, rows, out)
+       : epilogue_f64_run<Out, false, false>(pc, acc, ldc, rows, out);
 }
 
 // The requantization where pack_conv proved it tie-free (PackedConv::tie_free_blocks): each accumulator clamped into

@@ -429,15 +429,16 @@ TEST_CASE("AMX GEMM reading the image in place equals the direct reference", "[q
   CHECK(direct >= 20);
 }
 
-// Wide requantizations (the products past the double epilogue's 2^51) with a proven input range: the AVX-512 paths
-// take the tie-free epilogue where no channel can round at a tie, and both it and the int64 epilogue of a layer
-// with a tie in range equal the reference, into uint8 and int32 codes, on every GEMM and the depthwise kernels.
+// Requantizations with a proven input range, many past the double epilogue's 2^51: the AVX-512 paths take the
+// tie-free epilogue where no channel can round at a tie (the double one, its zero point folded into its rounding
+// constant, where that is exact), and all of them and the int64 epilogue of a layer with a tie in range equal the
+// reference, into uint8 and int32 codes, on every GEMM and the depthwise kernels.
 TEST_CASE("tie-free epilogue equals the direct reference and is chosen only without ties", "[qgemm]") {
   std::mt19937 rng(23);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) continue;
-    int tie_free = 0, tie_free_wide = 0, with_ties = 0;
+    int tie_free = 0, tie_free_wide = 0, with_ties = 0, folded = 0;
     for (int trial = 0; trial < 160; ++trial) {
       Case t = random_case(rng, false);
       const InputRange range{-t.x_sub, 255 - t.x_sub};
@@ -465,6 +466,7 @@ TEST_CASE("tie-free epilogue equals the direct reference and is chosen only with
       INFO(isa_name(isa) << " trial " << trial << " m=" << t.g.m << " k=" << t.g.k() << " groups " << t.g.groups
                          << " wide " << wide << " tie " << tie << " tie-free " << !pc.tie_free_blocks.empty()
                          << " shift0 " << t.epi.shift[0] << " mult0 " << t.epi.multiplier[0] << " " << conv_kernel_name(pc));
+      folded += !pc.requant_scale.empty() && !pc.tie_free_blocks.empty();  // the double epilogue, zero point folded
       if (has_avx512(isa) && pc.requant_scale.empty()) {
         if (tie) CHECK(pc.tie_free_blocks.empty());
         tie_free += !pc.tie_free_blocks.empty();
@@ -482,6 +484,7 @@ TEST_CASE("tie-free epilogue equals the direct reference and is chosen only with
       CHECK(tie_free >= 20);
       CHECK(tie_free_wide >= 5);
       CHECK(with_ties >= 30);
+      CHECK(folded >= 10);
     }
   }
 }
