@@ -120,7 +120,31 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
 //
 // Where the layer is also tie-free (PackedConv::tie_free_blocks), zero_point - store_offset joins the rounding
 // constant (rounding y + zp at an integer zp is rounding y, then adding zp, wherever y is no tie); where the stored
-// codes are uint8 clamped to [0, 255], vpmovusdb's saturation is the upper clamp.
+// codes are uint8 clamped to [0, 255], saturating packs are the clamp (store_saturated64).
+// 64 channels' codes of one row, four vectors of 16 in int32 lanes, stored as uint8 saturated to [0, 255]: a signed
+// and an unsigned saturating pack and a dword permute (the packs interleave the four by 128-bit lane), instead of
+// four vpmovusdb of two port-5 operations each and their clamps.
+QCNN_AVX512VNNI inline void store_saturated64(uint8_t* out, __m512i c0, __m512i c1, __m512i c2, __m512i c3) {
+  // 128-bit lane L: the codes 4L..4L+3 of c0, c1, c2 and c3, as int16, then as bytes
+  const __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
+  _mm512_storeu_si512(out, _mm512_permutexvar_epi32(
+                               _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), bytes));
+}
+
+// The constants of 16 channels of the double epilogue, and its rounded values of one row's accumulators.
+struct F64Channels {
+  __m512d scale0, scale1, offset0, offset1, magic;
+  __m512i low_dwords;
+};
+QCNN_AVX512VNNI inline __m512i f64_codes(const int32_t* acc, __mmask16 lanes, const F64Channels& q) {
+  const __m256i a0 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes), acc);
+  const __m256i a1 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes >> 8), acc + 8);
+  const __m512d y0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a0), q.scale0, q.offset0);
+  const __m512d y1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a1), q.scale1, q.offset1);
+  return _mm512_permutex2var_epi32(_mm512_castpd_si512(_mm512_add_pd(y0, q.magic)), q.low_dwords,
+                                   _mm512_castpd_si512(_mm512_add_pd(y1, q.magic)));
+}
+
 template <typename Out, bool kFoldZeroPoint, bool kSaturate>
 QCNN_AVX512VNNI void epilogue_f64_run(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
   const ConvEpilogue& e = pc.epi;
@@ -129,30 +153,31 @@ QCNN_AVX512VNNI void epilogue_f64_run(const PackedConv& pc, const int32_t* acc, 
   const __m512i low_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i zp = _mm512_set1_epi32(e.zero_point - e.store_offset), lo = _mm512_set1_epi32(e.lo - e.store_offset),
                 hi = _mm512_set1_epi32(e.hi - e.store_offset);
-  for (int64_t m = 0; m < m_all; m += 16) {
-    const __mmask16 lanes = m_all - m >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m_all - m)) - 1);
-    const __m512d s0 = _mm512_loadu_pd(&pc.requant_scale[m]), s1 = _mm512_loadu_pd(&pc.requant_scale[m + 8]);
-    const __m512d b0 = _mm512_loadu_pd(&pc.requant_offset[m]), b1 = _mm512_loadu_pd(&pc.requant_offset[m + 8]);
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m256i a0 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes), acc + r * ldc + m);
-      const __m256i a1 = _mm256_maskz_loadu_epi32(static_cast<__mmask8>(lanes >> 8), acc + r * ldc + m + 8);
-      const __m512d y0 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a0), s0, b0);
-      const __m512d y1 = _mm512_fmadd_pd(_mm512_cvtepi32_pd(a1), s1, b1);
-      __m512i v = _mm512_permutex2var_epi32(_mm512_castpd_si512(_mm512_add_pd(y0, magic)), low_dwords,
-                                            _mm512_castpd_si512(_mm512_add_pd(y1, magic)));
-      if (!kFoldZeroPoint) v = _mm512_add_epi32(v, zp);
-      v = _mm512_max_epi32(v, lo);
-      if constexpr (kSaturate) {
-        Out* dst = out + r * m_all + m;
-        const __m128i codes = _mm512_cvtusepi32_epi8(v);
-        if (lanes == 0xFFFF)
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), codes);
-        else
-          _mm_mask_storeu_epi8(dst, lanes, codes);
-      } else {
-        store_codes512(out + r * m_all + m, lanes, _mm512_min_epi32(v, hi));
+  auto channels = [&](int64_t m) QCNN_AVX512VNNI {
+    return F64Channels{_mm512_loadu_pd(&pc.requant_scale[m]), _mm512_loadu_pd(&pc.requant_scale[m + 8]),
+                       _mm512_loadu_pd(&pc.requant_offset[m]), _mm512_loadu_pd(&pc.requant_offset[m + 8]), magic,
+                       low_dwords};
+  };
+  auto codes = [&](const int32_t* a, __mmask16 lanes, const F64Channels& q) QCNN_AVX512VNNI {
+    const __m512i v = f64_codes(a, lanes, q);
+    return kFoldZeroPoint ? v : _mm512_add_epi32(v, zp);
+  };
+  int64_t m = 0;
+  if constexpr (kSaturate)
+    for (; m + 64 <= m_all; m += 64) {
+      const F64Channels q0 = channels(m), q1 = channels(m + 16), q2 = channels(m + 32), q3 = channels(m + 48);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int32_t* a = acc + r * ldc + m;
+        store_saturated64(out + r * m_all + m, codes(a, 0xFFFF, q0), codes(a + 16, 0xFFFF, q1),
+                          codes(a + 32, 0xFFFF, q2), codes(a + 48, 0xFFFF, q3));
       }
     }
+  for (; m < m_all; m += 16) {
+    const __mmask16 lanes = m_all - m >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m_all - m)) - 1);
+    const F64Channels q = channels(m);
+    for (int64_t r = 0; r < rows; ++r)
+      store_codes512(out + r * m_all + m, lanes,
+                     _mm512_min_epi32(_mm512_max_epi32(codes(acc + r * ldc + m, lanes, q), lo), hi));
   }
 }
 
