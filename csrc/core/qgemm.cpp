@@ -560,6 +560,7 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
   pc.kernel = ConvKernel::Vnni;
   pc.vnni_x_lo = static_cast<int32_t>(x_lo);
   pc.vnni_acc_start = std::move(start);
+  pc.vnni_start_zero = std::all_of(pc.vnni_acc_start.begin(), pc.vnni_acc_start.end(), [](int32_t v) { return v == 0; });
   if (pc.isa == Isa::Amx && isa_supported(Isa::Amx) && k >= kMinAmxK && g.m >= kMinAmxChannels &&
       g.positions() >= kMinAmxPositions) {
     pc.kernel = ConvKernel::Amx;

@@ -140,6 +140,7 @@ struct PackedConv {
   int64_t seg_quads = 0;                      // k-quads per kernel row (each row padded to whole quads)
   std::vector<int8_t> weights_quads;          // [M / 16 blocks][kq][16][4]: kq = kh * seg_quads, or amx_k / 4
   std::vector<int32_t> vnni_acc_start;        // [M rounded up to 16]: x_lo * sum_k w[m][k]
+  bool vnni_start_zero = false;               // every start 0 (x_lo = 0): the AMX GEMM zeroes its tiles instead
   // The same input and accumulator starts on the AMX tile GEMM (core/qgemm_amx.h; Isa::Amx, layers with k >= 128,
   // 64 output channels and 16 output positions): k in its natural order, padded to amx_k, a multiple of 64.
   int64_t amx_k = 0;

@@ -56,14 +56,21 @@ QCNN_AMX inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
 // A TM x TN block of 16 x 16 C tiles: TM A tiles of 16 positions (rows a_stride apart, from a0 and a1, the k-step s
 // at a_steps[s] from them) against TN B tiles of 16 channels (w, w_stride apart), over `steps` k-steps, into the C
 // rows at c0 and c1 (stored in that order: c1's rows may overwrite c0's unused ones). The C tiles start from the
-// 16 accumulator starts of their channels, read with a row stride of 0.
+// 16 accumulator starts of their channels, read with a row stride of 0, or from 0 where start is null.
 template <int TM, int TN>
 QCNN_AMX void amx_block(const uint8_t* a0, const uint8_t* a1, int64_t a_stride, const int64_t* a_steps, const int8_t* w,
                         int64_t w_stride, int64_t steps, const int32_t* start, int32_t* c0, int32_t* c1, int64_t ldc) {
-  _tile_loadd(0, start, 0);
-  if (TN == 2) _tile_loadd(1, start + 16, 0);
-  if (TM == 2) _tile_loadd(2, start, 0);
-  if (TM == 2 && TN == 2) _tile_loadd(3, start + 16, 0);
+  if (start) {
+    _tile_loadd(0, start, 0);
+    if (TN == 2) _tile_loadd(1, start + 16, 0);
+    if (TM == 2) _tile_loadd(2, start, 0);
+    if (TM == 2 && TN == 2) _tile_loadd(3, start + 16, 0);
+  } else {  // every start 0 (inputs from 0 up): zeroed tiles, no loads
+    _tile_zero(0);
+    if (TN == 2) _tile_zero(1);
+    if (TM == 2) _tile_zero(2);
+    if (TM == 2 && TN == 2) _tile_zero(3);
+  }
   for (int64_t s = 0; s < steps; ++s) {
     _tile_loadd(4, a0 + a_steps[s], a_stride);
     _tile_loadd(6, w + s * kAmxStep * 16, 64);
@@ -144,7 +151,7 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
   const int64_t blocks = round_up(g.m, 16) / 16, count = static_cast<int64_t>(groups.size());
   const int64_t w_stride = amx_k * 16;
   const int8_t* w = pc.weights_quads.data();
-  const int32_t* start = pc.vnni_acc_start.data();
+  const int32_t* start = pc.vnni_start_zero ? nullptr : pc.vnni_acc_start.data();
   for (int64_t b = 0; b < blocks; b += 2) {
     const bool two_n = b + 1 < blocks;
     const int8_t* wb = w + b * w_stride;
@@ -155,10 +162,10 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
         const uint8_t* a1 = a_rows + group_offsets[static_cast<size_t>(i + 1)];
         int32_t* c1 = acc + groups[static_cast<size_t>(i + 1)] * ldc + b * 16;
         (two_n ? amx_block<2, 2> : amx_block<2, 1>)(a0, a1, a_stride, a_steps.data(), wb, w_stride, steps,
-                                                    start + b * 16, c0, c1, ldc);
+                                                    start ? start + b * 16 : nullptr, c0, c1, ldc);
       } else {
         (two_n ? amx_block<1, 2> : amx_block<1, 1>)(a0, a0, a_stride, a_steps.data(), wb, w_stride, steps,
-                                                    start + b * 16, c0, c0, ldc);
+                                                    start ? start + b * 16 : nullptr, c0, c0, ldc);
       }
     }
   }
