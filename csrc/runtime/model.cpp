@@ -244,12 +244,36 @@ int64_t assign_arena(Plan& plan) {
     live.insert(live.begin() + static_cast<std::ptrdiff_t>(pos), {at, at + size, id});
     peak = std::max(peak, at + size);
   };
+  // A pointwise node fused into a step writes its output over an input of the same layout that dies in that step
+  // and that no other node of the step reads (a residual add over the stream it adds to): element i of its output
+  // depends on element i of its inputs alone, read before it is written, and the write finds its lines in cache.
+  std::vector<int> readers_in_last_step(values.size(), 0);
+  for (size_t j = 0; j < plan.nodes.size(); ++j)
+    for (int id : plan.nodes[j].inputs)
+      readers_in_last_step[static_cast<size_t>(id)] += step_of(j) == last_step[static_cast<size_t>(id)];
+  auto write_over_input = [&](const Node& fused, size_t step) {
+    Value& out = values[static_cast<size_t>(fused.output)];
+    if (out.is_float() || out.tile_offset >= 0) return false;
+    for (int id : fused.inputs) {
+      const Value& in = values[static_cast<size_t>(id)];
+      if (id == 0 || in.is_float() || in.tile_offset >= 0 || last_step[static_cast<size_t>(id)] != step ||
+          readers_in_last_step[static_cast<size_t>(id)] != 1 || in.count != out.count ||
+          in.element_bytes() != out.element_bytes())
+        continue;
+      out.arena_offset = in.arena_offset;
+      for (Block& b : live)
+        if (b.value == static_cast<size_t>(id)) b.value = static_cast<size_t>(fused.output);
+      return true;
+    }
+    return false;
+  };
   place(0);
   for (size_t i = 0; i < plan.nodes.size(); ++i) {
     const Node& node = plan.nodes[i];
     if (node.fused_into >= 0) continue;
     place(static_cast<size_t>(node.output));
-    for (const Node* fused : node.chain) place(static_cast<size_t>(fused->output));
+    for (const Node* fused : node.chain)
+      if (!write_over_input(*fused, i)) place(static_cast<size_t>(fused->output));
     live.erase(std::remove_if(live.begin(), live.end(), [&](const Block& b) { return last_step[b.value] == i; }),
                live.end());
   }
