@@ -120,10 +120,18 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
 constexpr int64_t kImageSlack = 3;
 template <typename T, typename D>
 void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded, D border = 0, int64_t slack = 0) {
-  const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph;
-  padded.assign(static_cast<size_t>(hp * wp * g.c + kImageSlack + slack), border);
-  for (int64_t iy = 0; iy < g.h; ++iy)
-    convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, padded.data() + ((iy + g.ph) * wp + g.pw) * g.c);
+  const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph, row = wp * g.c, side = g.pw * g.c;
+  padded.resize(static_cast<size_t>(hp * row + kImageSlack + slack));
+  D* p = padded.data();
+  // Only the border is filled: the top rows, each row's left and right pad, the bottom rows and the slack.
+  std::fill(p, p + g.ph * row, border);
+  for (int64_t iy = 0; iy < g.h; ++iy) {
+    D* dst = p + (iy + g.ph) * row;
+    std::fill(dst, dst + side, border);
+    convert_run(x + iy * g.w * g.c, g.w * g.c, x_sub, dst + side);
+    std::fill(dst + side + g.w * g.c, dst + row, border);
+  }
+  std::fill(p + (g.h + g.ph) * row, p + static_cast<int64_t>(padded.size()), border);
 }
 
 // c[r][j*8 + lane] = sum_q a[r][2q] * w[j][q][lane][0] + a[r][2q+1] * w[j][q][lane][1]

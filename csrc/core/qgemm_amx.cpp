@@ -1,7 +1,6 @@
 #include "core/qgemm_amx.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/avx2.h"
 
@@ -44,13 +43,18 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// memcpy for the kernel rows of a row panel, without a call per row: a stem's are 21 bytes (7 taps of 3 channels).
+// memcpy and memset(0) for the pieces of a row panel, without a call per piece: a stem's kernel rows are 21 bytes
+// (7 taps of 3 channels), its k tail 45.
 QCNN_AMX inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
   for (; n >= 64; n -= 64, src += 64, dst += 64) _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
   if (n > 0) {
     const __mmask64 lanes = (~uint64_t{0}) >> (64 - n);
     _mm512_mask_storeu_epi8(dst, lanes, _mm512_maskz_loadu_epi8(lanes, src));
   }
+}
+QCNN_AMX inline void zero_bytes(uint8_t* dst, int64_t n) {
+  for (; n >= 64; n -= 64, dst += 64) _mm512_storeu_si512(dst, _mm512_setzero_si512());
+  if (n > 0) _mm512_mask_storeu_epi8(dst, (~uint64_t{0}) >> (64 - n), _mm512_setzero_si512());
 }
 
 // A TM x TN block of 16 x 16 C tiles: TM A tiles of 16 positions (rows a_stride apart, from a0 and a1, the k-step s
@@ -129,11 +133,11 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
       for (int64_t r = 0; r < rows16; ++r) {
         uint8_t* dst = panel.data() + r * amx_k;
         if (r >= rows) {
-          std::memset(dst, 0, static_cast<size_t>(amx_k));
+          zero_bytes(dst, amx_k);
           continue;
         }
         for (int ky = 0; ky < g.kh; ++ky) copy_bytes(dst + ky * seg, padded + row_offsets[r] + ky * seg_stride, seg);
-        std::memset(dst + k, 0, static_cast<size_t>(amx_k - k));
+        zero_bytes(dst + k, amx_k - k);
       }
       a_rows = panel.data();
     }
