@@ -25,20 +25,15 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // The accumulators of one output channel (its k weights) for inputs x - z_x in x, and 0 (the zero padding),
 // clamped into int64 (an unknown input range can take the sums past it).
-template <typename Sum>
-std::pair<Sum, Sum> accumulator_sums(const int16_t* weight, int64_t k, Sum x_lo, Sum x_hi) {
-  Sum lo = 0, hi = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    const Sum w = weight[i];
-    lo += std::min(w * x_lo, w * x_hi);
-    hi += std::max(w * x_lo, w * x_hi);
-  }
-  return {lo, hi};
-}
 std::pair<int64_t, int64_t> accumulator_range(const int16_t* weight, int64_t k, InputRange x) {
-  const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
-  if (static_cast<__int128>(x_hi - x_lo) * 32768 * k < (__int128{1} << 62)) return accumulator_sums(weight, k, x_lo, x_hi);
-  const auto [lo, hi] = accumulator_sums<__int128>(weight, k, x_lo, x_hi);
+  // With x_lo <= 0 <= x_hi each term's extremes are x_lo w and x_hi w, which end is which by the sign of w.
+  int64_t positive = 0, negative = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    positive += std::max<int64_t>(weight[i], 0);
+    negative += std::min<int64_t>(weight[i], 0);
+  }
+  const __int128 x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
+  const __int128 lo = x_lo * positive + x_hi * negative, hi = x_hi * positive + x_lo * negative;
   return {static_cast<int64_t>(std::max<__int128>(lo, INT64_MIN)), static_cast<int64_t>(std::min<__int128>(hi, INT64_MAX))};
 }
 
