@@ -610,6 +610,21 @@ void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
   pc.requant_offset = std::move(offset);
 }
 
+// Whether every channel's codes over its proven accumulators lie inside the clamp (and their stored values in int32).
+bool requant_unclamped(const PackedConv& pc, const int16_t* weight, InputRange x) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t k = pc.g.k();
+  for (int64_t m = 0; m < pc.g.m; ++m) {
+    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
+    for (const int64_t acc : {acc_lo, acc_hi}) {  // the code is monotone in acc
+      const __int128 code =
+          rounding_shift(static_cast<__int128>(acc) * e.multiplier[m] + e.bias[m], e.shift[m]) + e.zero_point;
+      if (code < e.lo || code > e.hi) return false;
+    }
+  }
+  return true;
+}
+
 // PackedConv::tie_free_blocks where every channel's requantization is tie-free over its proven accumulators.
 void pack_tie_free(PackedConv& pc, const int16_t* weight, InputRange x) {
   const ConvEpilogue& e = pc.epi;
@@ -716,6 +731,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   if (!pc.epi.float_output && has_avx512(isa)) {
     pack_requant_f64(pc, weight, x);
     pack_tie_free(pc, weight, x);  // its own epilogue where the double one is not exact; else what that one folds
+    pc.requant_unclamped = requant_unclamped(pc, weight, x);
   }
   if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.

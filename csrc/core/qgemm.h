@@ -131,6 +131,8 @@ struct PackedConv {
   // and the int32 lanes' output constants (stored code = clamp(r + out_add, out_lo, out_hi)). Where the double
   // epilogue is exact too, it runs instead, with the zero point in its rounding constant.
   std::vector<TieFreeBlock> tie_free_blocks;
+  // Every accumulator of the proven range gives a code inside [lo, hi] (a wide residual stream): the clamp is a no-op.
+  bool requant_unclamped = false;
   int32_t tie_free_out_add = 0, tie_free_out_lo = 0, tie_free_out_hi = 0;
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
   // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range

@@ -73,43 +73,62 @@ QCNN_AVX512VNNI inline void store_codes512(Out* out, __mmask16 lanes, __m512i v)
 struct Requant512 {
   __m512i bias, shift, half, tie;
 };
-QCNN_AVX512VNNI inline __m512i requant512(__m512i v, const Requant512& q, __m512i zp, __m512i lo, __m512i hi) {
+// RS(v + bias, shift) alone (the caller adds zp where no clamp is needed).
+QCNN_AVX512VNNI inline __m512i rounding_shift512(__m512i v, const Requant512& q) {
   v = _mm512_add_epi64(v, q.bias);
   v = _mm512_add_epi64(_mm512_add_epi64(v, q.half), _mm512_and_si512(_mm512_srlv_epi64(v, q.shift), q.tie));
-  v = _mm512_add_epi64(_mm512_srav_epi64(v, q.shift), zp);
-  return _mm512_min_epi64(_mm512_max_epi64(v, lo), hi);
+  return _mm512_srav_epi64(v, q.shift);
+}
+QCNN_AVX512VNNI inline __m512i requant512(__m512i v, const Requant512& q, __m512i zp, __m512i lo, __m512i hi) {
+  return _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(rounding_shift512(v, q), zp), lo), hi);
 }
 
 // The requantization of `rows` rows, 16 channels at a time with each block's constants in registers over the
 // rows; a last block of 8 to 15 channels under a lane mask (its second half's constants repeat the first's,
-// masked off past 8), and the last m % 8 channels on the scalar form.
-template <typename Out>
-QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc,
-                                     int64_t rows, Out* out) {
+// masked off past 8), and the last m % 8 channels on the scalar form. Where no accumulator of the proven range
+// reaches the clamp (PackedConv::requant_unclamped: a wide residual stream), the zero point and the store offset
+// are one int32 add after the join and the int64 clamp goes.
+template <typename Out, bool kClamp>
+QCNN_AVX512VNNI void epilogue_avx512_run(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc,
+                                         int64_t ldc, int64_t rows, Out* out) {
   const ConvEpilogue& e = pc.epi;
   const int64_t m_all = pc.g.m, full = m_all / 8 * 8;
   const __m512i zp = _mm512_set1_epi64(e.zero_point), lo = _mm512_set1_epi64(e.lo), hi = _mm512_set1_epi64(e.hi),
-                offset = _mm512_set1_epi32(e.store_offset);
+                offset = _mm512_set1_epi32(e.store_offset),
+                unclamped_add = _mm512_set1_epi32(static_cast<int32_t>(int64_t{e.zero_point} - e.store_offset));
   for (int64_t m = 0; m < full; m += 16) {
     const bool half = m + 8 == full;
     const __mmask16 lanes = half ? 0x00FF : 0xFFFF;
     const RequantBlock &b0 = blocks[m / 8], &b1 = blocks[half ? m / 8 : m / 8 + 1];
     const __m512i mult = join_blocks(b0.multiplier, b1.multiplier);
     const __m512i mult_odd = _mm512_srli_epi64(mult, 32);
-    const Requant512 even{join_blocks(b0.bias_even, b1.bias_even), join_blocks(b0.shift_even, b1.shift_even),
-                          join_blocks(b0.half_even, b1.half_even), join_blocks(b0.tie_even, b1.tie_even)};
-    const Requant512 odd{join_blocks(b0.bias_odd, b1.bias_odd), join_blocks(b0.shift_odd, b1.shift_odd),
-                         join_blocks(b0.half_odd, b1.half_odd), join_blocks(b0.tie_odd, b1.tie_odd)};
+    const Requant512 even_q{join_blocks(b0.bias_even, b1.bias_even), join_blocks(b0.shift_even, b1.shift_even),
+                            join_blocks(b0.half_even, b1.half_even), join_blocks(b0.tie_even, b1.tie_even)};
+    const Requant512 odd_q{join_blocks(b0.bias_odd, b1.bias_odd), join_blocks(b0.shift_odd, b1.shift_odd),
+                           join_blocks(b0.half_odd, b1.half_odd), join_blocks(b0.tie_odd, b1.tie_odd)};
     for (int64_t r = 0; r < rows; ++r) {
       const __m512i a = _mm512_maskz_loadu_epi32(lanes, acc + r * ldc + m);
-      const __m512i ve = requant512(_mm512_mul_epi32(a, mult), even, zp, lo, hi);
-      const __m512i vo = requant512(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), mult_odd), odd, zp, lo, hi);
-      store_codes512(out + r * m_all + m, lanes,
-                     _mm512_sub_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), offset));
+      const __m512i even = _mm512_mul_epi32(a, mult), odd = _mm512_mul_epi32(_mm512_srli_epi64(a, 32), mult_odd);
+      if constexpr (kClamp) {
+        const __m512i ve = requant512(even, even_q, zp, lo, hi), vo = requant512(odd, odd_q, zp, lo, hi);
+        store_codes512(out + r * m_all + m, lanes,
+                       _mm512_sub_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), offset));
+      } else {
+        const __m512i ve = rounding_shift512(even, even_q), vo = rounding_shift512(odd, odd_q);
+        store_codes512(out + r * m_all + m, lanes,
+                       _mm512_add_epi32(_mm512_mask_blend_epi32(0xAAAA, ve, _mm512_slli_epi64(vo, 32)), unclamped_add));
+      }
     }
   }
   if (full < m_all)
     for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
+}
+
+template <typename Out>
+QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* blocks, const int32_t* acc, int64_t ldc,
+                                     int64_t rows, Out* out) {
+  pc.requant_unclamped ? epilogue_avx512_run<Out, false>(pc, blocks, acc, ldc, rows, out)
+                       : epilogue_avx512_run<Out, true>(pc, blocks, acc, ldc, rows, out);
 }
 
 // The same requantization in double where pack_requant_f64 proved it exact (PackedConv::requant_scale): the fma

@@ -431,14 +431,15 @@ TEST_CASE("AMX GEMM reading the image in place equals the direct reference", "[q
 
 // Requantizations with a proven input range, many past the double epilogue's 2^51: the AVX-512 paths take the
 // tie-free epilogue where no channel can round at a tie (the double one, its zero point folded into its rounding
-// constant, where that is exact), and all of them and the int64 epilogue of a layer with a tie in range equal the
-// reference, into uint8 and int32 codes, on every GEMM and the depthwise kernels.
+// constant, where that is exact), and all of them and the int64 epilogue of a layer with a tie in range (without its
+// clamp where no code reaches it) equal the reference, into uint8 and int32 codes, on every GEMM and the depthwise
+// kernels.
 TEST_CASE("tie-free epilogue equals the direct reference and is chosen only without ties", "[qgemm]") {
   std::mt19937 rng(23);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) continue;
-    int tie_free = 0, tie_free_wide = 0, with_ties = 0, folded = 0;
+    int tie_free = 0, tie_free_wide = 0, with_ties = 0, folded = 0, unclamped = 0;
     for (int trial = 0; trial < 160; ++trial) {
       Case t = random_case(rng, false);
       const InputRange range{-t.x_sub, 255 - t.x_sub};
@@ -472,6 +473,7 @@ TEST_CASE("tie-free epilogue equals the direct reference and is chosen only with
         tie_free += !pc.tie_free_blocks.empty();
         tie_free_wide += wide && !pc.tie_free_blocks.empty();
         with_ties += pc.tie_free_blocks.empty();
+        unclamped += pc.tie_free_blocks.empty() && pc.requant_unclamped;  // the int64 epilogue without its clamp
       }
       const auto want = reference(t);
       const int threads = trial % 3 == 0 ? 2 : 1;
@@ -485,6 +487,7 @@ TEST_CASE("tie-free epilogue equals the direct reference and is chosen only with
       CHECK(tie_free_wide >= 5);
       CHECK(with_ties >= 30);
       CHECK(folded >= 10);
+      CHECK(unclamped >= 10);
     }
   }
 }
