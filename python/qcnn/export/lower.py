@@ -131,17 +131,23 @@ class Lowering:
                 self.consumers[name].append(node)
         self.index_bytes = {"packed": 0, "huffman": 0, "stored": 0}
         self.requantizations: dict[str, Tensor] = {}  # requantize nodes emitted, by name
+        self.narrow_targets: dict[str, QParams | None] = {}
 
     # Where the codes of a value should go -------------------------------------------------------
     def narrow_target(self, value: str) -> QParams | None:
         """The quantizer that the value meets next, if every path from it goes through ops that commute with
         monotone quantization (ReLU, max pooling, flatten) to quantizers with the same parameters (a ResNet stem's
         max pool feeds a block's first conv and its downsampling conv); None if it needs a wide tensor."""
-        users = self.consumers[value]
-        targets = [self.user_target(user) for user in users]
-        if not targets or any(t is None or t != targets[0] for t in targets):
-            return None
-        return targets[0]
+        if value not in self.narrow_targets:  # memoized: branches that meet again are walked once
+            target = None
+            for i, user in enumerate(self.consumers[value]):
+                t = self.user_target(user)
+                if t is None or (i > 0 and t != target):
+                    target = None
+                    break
+                target = t
+            self.narrow_targets[value] = target
+        return self.narrow_targets[value]
 
     def user_target(self, user: Node) -> QParams | None:
         if user.op in ("conv2d", "linear", "quant"):
