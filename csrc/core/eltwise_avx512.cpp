@@ -81,18 +81,6 @@ QCNN_AVX512 inline __m512i requant_product16(__m512i x, __m512i m, const Requant
   return join_codes(requant8(even, q), requant8(odd, q), out_offset);
 }
 
-template <typename In, typename Out>
-QCNN_AVX512 void requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int32_t multiplier,
-                                Requant r) {
-  const ClampAdd512 s = clamp_add512(sat);
-  const Requant512 q = requant512(r.shift, r.zero_point, r.lo, r.hi);
-  const __m512i m = _mm512_set1_epi32(multiplier), offset = _mm512_set1_epi32(r.out_offset);
-  for (int64_t i = 0; i < count; i += 16) {
-    const __mmask16 k = lanes16(count - i);
-    store16(dst + i, k, requant_product16(clamp_add(load16(src + i, k), s), m, q, offset));
-  }
-}
-
 // Requantization without ties (TieFreeRequant) of 16 inputs already clamped into [x_lo, x_hi]: the rounding needs
 // no parity term and the clamp and offsets run in int32 lanes.
 struct TieFree512 {
@@ -110,15 +98,35 @@ QCNN_AVX512 inline __m512i requant_tie_free16(__m512i x, const TieFree512& q) {
   return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, q.out_add), q.out_lo), q.out_hi);
 }
 
-// The input is clamp(stored, stored_lo, stored_hi) + x_add (stored_range).
-template <typename In, typename Out>
-QCNN_AVX512 void requantize_tie_free_run(const In* src, Out* dst, int64_t count, int32_t stored_lo, int32_t stored_hi,
-                                         int32_t x_add, const TieFree512& q) {
-  const __m512i lo = _mm512_set1_epi32(stored_lo), hi = _mm512_set1_epi32(stored_hi), add = _mm512_set1_epi32(x_add);
+// The codes of 16 inputs x times one multiplier, in the int64 form (requant_product16) or, kTieFree, in the tie-free
+// one (the caller has clamped x into [t.x_lo, t.x_hi]).
+struct Products512 {
+  Requant512 q;
+  __m512i m, offset;
+  TieFree512 tie_free;
+};
+QCNN_AVX512 inline Products512 products512(int32_t multiplier, const Requant& r, const TieFreeRequant& t) {
+  return {requant512(r.shift, r.zero_point, r.lo, r.hi), _mm512_set1_epi32(multiplier),
+          _mm512_set1_epi32(r.out_offset), tie_free512(t, multiplier, r.shift)};
+}
+template <bool kTieFree>
+QCNN_AVX512 inline __m512i requant_products16(__m512i x, const Products512& p) {
+  if constexpr (kTieFree)
+    return requant_tie_free16(x, p.tie_free);
+  else
+    return requant_product16(x, p.m, p.q, p.offset);
+}
+
+// The input is clamp_add(stored, sat): clamp32(stored + in.offset - zi), or (kTieFree) the stored value clamped into
+// stored_range's bounds plus that offset.
+template <bool kTieFree, typename In, typename Out>
+QCNN_AVX512 void requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int32_t multiplier, Requant r,
+                                const TieFreeRequant& t) {
+  const ClampAdd512 s = clamp_add512(sat);
+  const Products512 p = products512(multiplier, r, t);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 k = lanes16(count - i);
-    const __m512i x = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(load16(src + i, k), lo), hi), add);
-    store16(dst + i, k, requant_tie_free16(x, q));
+    store16(dst + i, k, requant_products16<kTieFree>(clamp_add(load16(src + i, k), s), p));
   }
 }
 
@@ -134,20 +142,20 @@ void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multip
     map_bytes_vbmi(static_cast<const uint8_t*>(in.data), static_cast<uint8_t*>(out.data), count, image);
     return;
   }
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
   // x = clamp32(stored + c); clamped into [x_lo, x_hi] it is clamp(stored, x_lo - c, x_hi - c) + c, exact in int32.
   const int64_t c = int64_t{in.offset} - in_zero_point;
   const InputRange x = in.storage == Storage::U8 ? InputRange{clamp_to_int32(c), clamp_to_int32(c + 255)} : InputRange{};
-  TieFreeRequant t;
-  int32_t stored_lo, stored_hi;
-  if (tie_free_requant(x, multiplier, 0, shift, out_zero_point, lo, hi, out.offset, &t) &&
-      stored_range(t, c, &stored_lo, &stored_hi) && with_vector_codes(in, out, [&](auto src, auto dst) {
-        requantize_tie_free_run(src, dst, count, stored_lo, stored_hi, wrap32(c), tie_free512(t, multiplier, shift));
+  TieFreeRequant t{};
+  ClampAdd sat;
+  if (tie_free_requant(x, multiplier, 0, shift, out_zero_point, lo, hi, out.offset, &t) && stored_range(t, c, &sat) &&
+      with_vector_codes(in, out, [&](auto src, auto dst) {
+        requantize_run<true>(src, dst, count, sat, multiplier, r, t);
       }))
     return;
-  const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  ClampAdd sat;
-  if (!r.valid() || !saturating_add(int64_t{in.offset} - in_zero_point, &sat) ||
-      !with_vector_codes(in, out, [&](auto src, auto dst) { requantize_run(src, dst, count, sat, multiplier, r); }))
+  if (!r.valid() || !saturating_add(c, &sat) || !with_vector_codes(in, out, [&](auto src, auto dst) {
+        requantize_run<false>(src, dst, count, sat, multiplier, r, t);
+      }))
     requantize_codes_scalar(in, count, in_zero_point, multiplier, shift, out_zero_point, lo, hi, out);
 }
 
@@ -209,37 +217,22 @@ void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32
 }
 
 // (a - za) * (b - zb) in wrapping int32 lanes: exact, as the caller keeps both factors within 2^15. b has `run`
-// codes, repeated over the `count` codes of a (one position of an NHWC tensor at a time, b staying in L1).
-template <typename A, typename B, typename Out>
+// codes, repeated over the `count` codes of a (one position of an NHWC tensor at a time, b staying in L1). kTieFree:
+// the product clamped into [t.x_lo, t.x_hi] first.
+template <bool kTieFree, typename A, typename B, typename Out>
 QCNN_AVX512 void mul_run(const A* a, const B* b, Out* dst, int64_t count, int64_t run, int32_t a_add, int32_t b_add,
-                         int32_t multiplier, Requant r) {
-  const Requant512 q = requant512(r.shift, r.zero_point, r.lo, r.hi);
-  const __m512i ca = _mm512_set1_epi32(a_add), cb = _mm512_set1_epi32(b_add), m = _mm512_set1_epi32(multiplier),
-                offset = _mm512_set1_epi32(r.out_offset);
-  for (int64_t p = 0; p < count; p += run) {
-    const int64_t n = std::min(run, count - p);
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 k = lanes16(n - i);
-      const __m512i product =
-          _mm512_mullo_epi32(_mm512_add_epi32(load16(a + p + i, k), ca), _mm512_add_epi32(load16(b + i, k), cb));
-      store16(dst + p + i, k, requant_product16(product, m, q, offset));
-    }
-  }
-}
-
-// mul_run without ties: the product clamped into [t.x_lo, t.x_hi] first.
-template <typename A, typename B, typename Out>
-QCNN_AVX512 void mul_tie_free_run(const A* a, const B* b, Out* dst, int64_t count, int64_t run, int32_t a_add,
-                                  int32_t b_add, const TieFreeRequant& t, const TieFree512& q) {
+                         int32_t multiplier, Requant r, const TieFreeRequant& t) {
+  const Products512 p = products512(multiplier, r, t);
   const __m512i ca = _mm512_set1_epi32(a_add), cb = _mm512_set1_epi32(b_add), lo = _mm512_set1_epi32(t.x_lo),
                 hi = _mm512_set1_epi32(t.x_hi);
-  for (int64_t p = 0; p < count; p += run) {
-    const int64_t n = std::min(run, count - p);
+  for (int64_t q = 0; q < count; q += run) {
+    const int64_t n = std::min(run, count - q);
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 k = lanes16(n - i);
-      const __m512i product =
-          _mm512_mullo_epi32(_mm512_add_epi32(load16(a + p + i, k), ca), _mm512_add_epi32(load16(b + i, k), cb));
-      store16(dst + p + i, k, requant_tie_free16(_mm512_min_epi32(_mm512_max_epi32(product, lo), hi), q));
+      __m512i product =
+          _mm512_mullo_epi32(_mm512_add_epi32(load16(a + q + i, k), ca), _mm512_add_epi32(load16(b + i, k), cb));
+      if constexpr (kTieFree) product = _mm512_min_epi32(_mm512_max_epi32(product, lo), hi);
+      store16(dst + q + i, k, requant_products16<kTieFree>(product, p));
     }
   }
 }
@@ -250,15 +243,15 @@ void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64
   const int32_t a_add = wrap32(int64_t{a.offset} - a_zero_point), b_add = wrap32(int64_t{b.offset} - b_zero_point);
   const int64_t run = b_channels > 0 ? b_channels : std::max<int64_t>(count, 1);
   // The caller keeps both factors within 2^15: every product lies in [-2^30, 2^30].
-  TieFreeRequant t;
+  TieFreeRequant t{};
   if (tie_free_requant(InputRange{-(int64_t{1} << 30), int64_t{1} << 30}, multiplier, 0, shift, out_zero_point, lo,
                        hi, out.offset, &t) &&
       with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
-        mul_tie_free_run(sa, sb, dst, count, run, a_add, b_add, t, tie_free512(t, multiplier, shift));
+        mul_run<true>(sa, sb, dst, count, run, a_add, b_add, multiplier, r, t);
       }))
     return;
   if (!r.valid() || !with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
-        mul_run(sa, sb, dst, count, run, a_add, b_add, multiplier, r);
+        mul_run<false>(sa, sb, dst, count, run, a_add, b_add, multiplier, r, t);
       }))
     mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
                      out);

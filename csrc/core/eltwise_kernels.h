@@ -129,14 +129,14 @@ inline int64_t rounding_odd_shift(int s) { return s == 0 ? 64 : s; }
 // The same in int32 lanes (add_fits_int32's sums, 0 <= s <= 30).
 inline int rounding_odd_shift32(int s) { return s == 0 ? 32 : s; }
 
-// The stored values whose input x = clamp32(stored + c) lies in [t.x_lo, t.x_hi], as [*lo, *hi] clamped into int32:
-// clamp(stored, *lo, *hi) + c is then x clamped into [t.x_lo, t.x_hi], exact in wrapping int32 lanes. False where
+// The stored values whose input x = clamp32(stored + c) lies in [t.x_lo, t.x_hi], as bounds clamped into int32 with
+// add = c: clamp_add(stored) is then x clamped into [t.x_lo, t.x_hi], exact in wrapping int32 lanes. False where
 // every stored value lies beyond one end.
-inline bool stored_range(const TieFreeRequant& t, int64_t c, int32_t* lo, int32_t* hi) {
+inline bool stored_range(const TieFreeRequant& t, int64_t c, ClampAdd* s) {
   const int64_t l = t.x_lo - c, h = t.x_hi - c;
   if (l > INT32_MAX || h < INT32_MIN) return false;
-  *lo = static_cast<int32_t>(std::max<int64_t>(l, INT32_MIN));
-  *hi = static_cast<int32_t>(std::min<int64_t>(h, INT32_MAX));
+  *s = {static_cast<int32_t>(std::max<int64_t>(l, INT32_MIN)), static_cast<int32_t>(std::min<int64_t>(h, INT32_MAX)),
+        wrap32(c)};
   return true;
 }
 
