@@ -23,17 +23,27 @@ constexpr int64_t kPanelBytes = 16 << 10;  // int16 row panel of a tile: stays i
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The accumulators of one output channel (its k weights) for inputs x - z_x in x, and 0 (the zero padding),
-// clamped into int64 (an unknown input range can take the sums past it).
-std::pair<int64_t, int64_t> accumulator_range(const int16_t* weight, int64_t k, InputRange x) {
-  // With x_lo <= 0 <= x_hi each term's extremes are x_lo w and x_hi w, which end is which by the sign of w.
+// One output channel's weights summed by sign: the bounds of its accumulators for any input range
+// (accumulator_range) and its L1 norm (positive - negative), from one pass over the weights.
+struct WeightSums {
   int64_t positive = 0, negative = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    positive += std::max<int64_t>(weight[i], 0);
-    negative += std::min<int64_t>(weight[i], 0);
-  }
+};
+std::vector<WeightSums> channel_weight_sums(const int16_t* weight, int64_t channels, int64_t k) {
+  std::vector<WeightSums> sums(static_cast<size_t>(channels));
+  for (int64_t m = 0; m < channels; ++m)
+    for (int64_t i = 0; i < k; ++i) {
+      sums[static_cast<size_t>(m)].positive += std::max<int64_t>(weight[m * k + i], 0);
+      sums[static_cast<size_t>(m)].negative += std::min<int64_t>(weight[m * k + i], 0);
+    }
+  return sums;
+}
+
+// The accumulators of a channel for inputs x - z_x in x, and 0 (the zero padding), clamped into int64 (an unknown
+// input range can take them past it): with x_lo <= 0 <= x_hi each term's extremes are x_lo w and x_hi w, which end
+// is which by the sign of w.
+std::pair<int64_t, int64_t> accumulator_range(const WeightSums& w, InputRange x) {
   const __int128 x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
-  const __int128 lo = x_lo * positive + x_hi * negative, hi = x_hi * positive + x_lo * negative;
+  const __int128 lo = x_lo * w.positive + x_hi * w.negative, hi = x_hi * w.positive + x_lo * w.negative;
   return {static_cast<int64_t>(std::max<__int128>(lo, INT64_MIN)), static_cast<int64_t>(std::min<__int128>(hi, INT64_MAX))};
 }
 
@@ -585,9 +595,9 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
 // PackedConv::requant_scale and requant_offset where the input range x proves epilogue_f64 exact: for every channel,
 // |acc| <= max|x| * ||w_m||_1 and |acc * multiplier + bias| below 2^51 and below 2^(shift + 28), so the rounded value
 // plus zero_point - store_offset (below 2^29) stays inside int32. Bounds taken in double, with margin to spare.
-void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
+void pack_requant_f64(PackedConv& pc, const std::vector<WeightSums>& sums, InputRange x) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t k = pc.g.k(), m_all = pc.g.m;
+  const int64_t m_all = pc.g.m;
   const double x_max = std::max(std::abs(static_cast<double>(x.lo)), std::abs(static_cast<double>(x.hi)));
   auto fits = [](int64_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
   if (!fits(int64_t{e.zero_point} - e.store_offset, -(int64_t{1} << 29), int64_t{1} << 29) ||
@@ -596,8 +606,7 @@ void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
     return;
   std::vector<double> scale(static_cast<size_t>(round_up(m_all, 16)), 0.0), offset(scale.size(), 0.0);
   for (int64_t m = 0; m < m_all; ++m) {
-    double l1 = 0;
-    for (int64_t i = 0; i < k; ++i) l1 += std::abs(static_cast<double>(weight[m * k + i]));
+    const double l1 = static_cast<double>(sums[static_cast<size_t>(m)].positive - sums[static_cast<size_t>(m)].negative);
     const int shift = e.shift[static_cast<size_t>(m)];
     const double bias = static_cast<double>(e.bias[static_cast<size_t>(m)]);
     const double multiplier = static_cast<double>(e.multiplier[static_cast<size_t>(m)]);
@@ -611,11 +620,10 @@ void pack_requant_f64(PackedConv& pc, const int16_t* weight, InputRange x) {
 }
 
 // Whether every channel's codes over its proven accumulators lie inside the clamp (and their stored values in int32).
-bool requant_unclamped(const PackedConv& pc, const int16_t* weight, InputRange x) {
+bool requant_unclamped(const PackedConv& pc, const std::vector<WeightSums>& sums, InputRange x) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t k = pc.g.k();
   for (int64_t m = 0; m < pc.g.m; ++m) {
-    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
+    const auto [acc_lo, acc_hi] = accumulator_range(sums[static_cast<size_t>(m)], x);
     for (const int64_t acc : {acc_lo, acc_hi}) {  // the code is monotone in acc
       const __int128 code =
           rounding_shift(static_cast<__int128>(acc) * e.multiplier[m] + e.bias[m], e.shift[m]) + e.zero_point;
@@ -626,13 +634,13 @@ bool requant_unclamped(const PackedConv& pc, const int16_t* weight, InputRange x
 }
 
 // PackedConv::tie_free_blocks where every channel's requantization is tie-free over its proven accumulators.
-void pack_tie_free(PackedConv& pc, const int16_t* weight, InputRange x) {
+void pack_tie_free(PackedConv& pc, const std::vector<WeightSums>& sums, InputRange x) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t k = pc.g.k(), m_all = pc.g.m;
+  const int64_t m_all = pc.g.m;
   std::vector<TieFreeBlock> blocks(static_cast<size_t>(round_up(m_all, 16) / 16), TieFreeBlock{});
   TieFreeRequant t{};
   for (int64_t m = 0; m < m_all; ++m) {
-    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
+    const auto [acc_lo, acc_hi] = accumulator_range(sums[static_cast<size_t>(m)], x);
     if (!tie_free_requant(InputRange{acc_lo, acc_hi}, e.multiplier[m], e.bias[m], e.shift[m], e.zero_point, e.lo,
                           e.hi, e.store_offset, &t))
       return;
@@ -729,9 +737,10 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   }
   pc.epi = std::move(epi);
   if (!pc.epi.float_output && has_avx512(isa)) {
-    pack_requant_f64(pc, weight, x);
-    pack_tie_free(pc, weight, x);  // its own epilogue where the double one is not exact; else what that one folds
-    pc.requant_unclamped = requant_unclamped(pc, weight, x);
+    const std::vector<WeightSums> sums = channel_weight_sums(weight, g.m, k);
+    pack_requant_f64(pc, sums, x);
+    pack_tie_free(pc, sums, x);  // its own epilogue where the double one is not exact; else what that one folds
+    pc.requant_unclamped = requant_unclamped(pc, sums, x);
   }
   if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
@@ -785,8 +794,10 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int16_t* weight, int64_t k,
                                               InputRange x) {
   int64_t lo = INT64_MAX, hi = INT64_MIN;
-  for (int64_t m = 0; m < static_cast<int64_t>(epi.multiplier.size()); ++m) {
-    const auto [acc_lo, acc_hi] = accumulator_range(weight + m * k, k, x);
+  const int64_t channels = static_cast<int64_t>(epi.multiplier.size());
+  const std::vector<WeightSums> sums = channel_weight_sums(weight, channels, k);
+  for (int64_t m = 0; m < channels; ++m) {
+    const auto [acc_lo, acc_hi] = accumulator_range(sums[static_cast<size_t>(m)], x);
     const int64_t a = output_code(epi, m, acc_lo), b = output_code(epi, m, acc_hi);  // b < a where multiplier < 0
     lo = std::min({lo, a, b});
     hi = std::max({hi, a, b});
