@@ -131,15 +131,6 @@ QCNN_AVX512VNNI void epilogue_avx512(const PackedConv& pc, const RequantBlock* b
                        : epilogue_avx512_run<Out, true>(pc, blocks, acc, ldc, rows, out);
 }
 
-// The same requantization in double where pack_requant_f64 proved it exact (PackedConv::requant_scale): the fma
-// acc * (multiplier 2^-s) + bias 2^-s rounds once, to itself, as |acc * multiplier + bias| < 2^51 has at most 53
-// significant bits; adding 1.5 * 2^52 then rounds it to an integer, half to even as rounding_shift does, held in the
-// low 32 bits of the lane (|value| < 2^28). About 15 operations per 16 channels instead of 26 in int64 lanes
-// (1.4x faster measured, the larger part of a 3x3 depthwise layer's time).
-//
-// Where the layer is also tie-free (PackedConv::tie_free_blocks), zero_point - store_offset joins the rounding
-// constant (rounding y + zp at an integer zp is rounding y, then adding zp, wherever y is no tie); where the stored
-// codes are uint8 clamped to [0, 255], saturating packs are the clamp (store_saturated64).
 // 64 channels' codes of one row, four vectors of 16 in int32 lanes, stored as uint8 saturated to [0, 255]: a signed
 // and an unsigned saturating pack and a dword permute (the packs interleave the four by 128-bit lane), instead of
 // four vpmovusdb of two port-5 operations each and their clamps.
@@ -164,6 +155,15 @@ QCNN_AVX512VNNI inline __m512i f64_codes(const int32_t* acc, __mmask16 lanes, co
                                    _mm512_castpd_si512(_mm512_add_pd(y1, q.magic)));
 }
 
+// The same requantization in double where pack_requant_f64 proved it exact (PackedConv::requant_scale): the fma
+// acc * (multiplier 2^-s) + bias 2^-s rounds once, to itself, as |acc * multiplier + bias| < 2^51 has at most 53
+// significant bits; adding 1.5 * 2^52 then rounds it to an integer, half to even as rounding_shift does, held in the
+// low 32 bits of the lane (|value| < 2^28). About 15 operations per 16 channels instead of 26 in int64 lanes
+// (1.4x faster measured, the larger part of a 3x3 depthwise layer's time).
+//
+// Where the layer is also tie-free (PackedConv::tie_free_blocks), zero_point - store_offset joins the rounding
+// constant (rounding y + zp at an integer zp is rounding y, then adding zp, wherever y is no tie); where the stored
+// codes are uint8 clamped to [0, 255], saturating packs are the clamp (store_saturated64).
 template <typename Out, bool kFoldZeroPoint, bool kSaturate>
 QCNN_AVX512VNNI void epilogue_f64_run(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
   const ConvEpilogue& e = pc.epi;
