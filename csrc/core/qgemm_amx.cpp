@@ -9,11 +9,14 @@ namespace qcnn {
 namespace {
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 constexpr int64_t kPanelBytes = 96 << 10;  // the tile's A panel: stays in L2 while every weight block reads it
+// A 1x1 stride-1 layer without padding: its output positions read consecutive input positions.
+bool contiguous_1x1(const ConvGeom& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
 }  // namespace
 
 bool amx_reads_image(const ConvGeom& g) {
-  const bool contiguous_1x1 = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  return g.groups == 1 && g.c % kAmxStep == 0 && g.ow >= kAmxTileRows && !contiguous_1x1;
+  return g.groups == 1 && g.c % kAmxStep == 0 && g.ow >= kAmxTileRows && !contiguous_1x1(g);
 }
 
 int64_t amx_image_slack(const ConvGeom& g) { return amx_reads_image(g) ? kAmxTileRows * g.sw * g.c : 0; }
@@ -100,12 +103,14 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
   const ConvGeom& g = pc.g;
   const int64_t k = g.k(), amx_k = pc.amx_k, seg = g.kw * g.c, wp = g.w + 2 * g.pw, seg_stride = int64_t{g.dh} * wp * g.c;
   const int64_t rows16 = round_up(rows, kAmxTileRows), steps = amx_k / kAmxStep;
-  // Where each group of up to 16 positions (one A tile) starts among the rows, how far apart its rows are, and where
-  // its k-step s lies from its first row.
-  std::vector<int64_t> groups, a_steps(static_cast<size_t>(steps));
+  // Where each group of up to 16 positions (one A tile) starts among the rows and in a_rows, how far apart its rows
+  // are, and where its k-step s lies from its first row (reused per thread: no allocation per tile).
+  thread_local std::vector<int64_t> groups, group_offsets, a_steps;
+  groups.clear();
+  group_offsets.clear();
+  a_steps.resize(static_cast<size_t>(steps));
   const uint8_t* a_rows = padded;
   int64_t a_stride = amx_k;
-  std::vector<int64_t> group_offsets;
   if (amx_reads_image(g)) {
     // Direct: each group within one output row, its rows sw * c apart in the image, step s of tap (ky, kx) and
     // channel quad-block cs at that tap's offset. A group's rows past the output row read on into the image's slack.
@@ -124,8 +129,7 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
     for (int64_t s = 0; s < steps; ++s) a_steps[static_cast<size_t>(s)] = s * kAmxStep;
     // A 1x1 stride-1 layer without padding whose k fills its steps exactly reads its rows straight from the image
     // (k apart), where the tile's whole 16-row groups lie inside it (the rows past `rows` are computed and unused).
-    const bool in_place = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && k == amx_k &&
-                          row_offsets[0] + rows16 * k <= g.positions() * k;
+    const bool in_place = contiguous_1x1(g) && k == amx_k && row_offsets[0] + rows16 * k <= g.positions() * k;
     if (in_place) {
       a_rows = padded + row_offsets[0];
     } else {
