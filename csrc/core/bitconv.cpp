@@ -103,13 +103,13 @@ inline void zero_tables(uint8_t* dst, int64_t count, uint8_t zero_table) {
 }
 
 template <typename T>
-void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vector<uint8_t>& image) {
+void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vector<uint8_t>& image,
+                     std::vector<uint32_t>& quad) {
   const ConvGeom& g = pc.g;
   const BitWeights& bw = pc.bits;
   const ImageLayout layout(pc);
   const auto zero_table = static_cast<uint8_t>(beta(bw.act_bits));  // the table of v = 0
   image.resize(static_cast<size_t>(layout.total));
-  thread_local std::vector<uint32_t> quad;
   quad.resize(static_cast<size_t>(g.w * bw.quads));
   const int64_t left = g.pw, right = layout.wq - g.pw - g.w;  // border and spare tables of a row
   for (int64_t py = 0; py < g.h + 2 * g.ph; ++py) {
@@ -184,11 +184,12 @@ BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bi
   return bw;
 }
 
-void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image) {
+void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image,
+               std::vector<uint32_t>& quads) {
   if (in == Storage::U8)
-    bit_image_typed(pc, static_cast<const uint8_t*>(x), x_sub, image);
+    bit_image_typed(pc, static_cast<const uint8_t*>(x), x_sub, image, quads);
   else
-    bit_image_typed(pc, static_cast<const int32_t*>(x), x_sub, image);
+    bit_image_typed(pc, static_cast<const int32_t*>(x), x_sub, image, quads);
 }
 
 void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int64_t rows, int32_t* acc, int64_t ldc,

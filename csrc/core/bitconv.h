@@ -34,8 +34,9 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x);
 // isa: the kernel's pixels per register (BitWeights::lanes) set the table image's spare columns.
 BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa);
 
-// One image's table image (layout above).
-void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image);
+// One image's table image (layout above); `quads` is scratch for a row's quads.
+void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image,
+               std::vector<uint32_t>& quads);
 
 // acc[r * ldc + m] = sum_k w[m, k] * (x - z_x) for the output positions p0 .. p0 + rows - 1 (and
 // arbitrary values in the channel padding up to a multiple of 16: ldc >= m + 16); scratch holds the

@@ -327,7 +327,7 @@ void amx_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8
   const int64_t ldc = round_up(pc.g.m, 2 * kAmxTileRows);  // whole pairs of C tiles
   ws.acc.resize(static_cast<size_t>((round_up(rows, kAmxTileRows) + kAmxTileRows) * ldc));
   image_row_offsets(pc.g, p0, rows, ws.row_offsets);
-  amx_accumulate(pc, padded, ws.row_offsets.data(), p0, rows, ws.acc.data(), ldc, ws.panel8);
+  amx_accumulate(pc, padded, ws.row_offsets.data(), p0, rows, ws.acc.data(), ldc, ws);
   epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
@@ -417,23 +417,22 @@ bool reads_codes_in_place(const PackedConv& pc, int32_t x_sub) {
 
 template <typename In, typename Out>
 void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out, int num_threads,
-                      TileSink* sink) {
+                      const ScratchTeam& scratch, TileSink* sink) {
   const ConvKernels& kernels = conv_kernels(pc.isa);
   const int threads = std::max(1, num_threads);
   const int64_t positions = pc.g.positions(), rows = balanced_tile_rows(pc, threads);
   const int64_t tiles = (positions + rows - 1) / rows;
-  thread_local std::vector<int16_t> padded;
-  thread_local std::vector<uint8_t> tables, padded8;
-  const int16_t* padded_image = nullptr;  // the threads read the caller's thread_local buffers through these
+  ThreadScratch& own = scratch[0];
+  const int16_t* padded_image = nullptr;  // the threads read the caller's buffers through these
   const uint8_t* bit_tables = nullptr, *padded_image8 = nullptr;
   switch (pc.kernel) {
     case ConvKernel::Binary:
-      bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, tables);
-      bit_tables = tables.data();
+      bit_image(pc, x, std::is_same_v<In, uint8_t> ? Storage::U8 : Storage::I32, x_sub, own.bit_tables, own.bit_quads);
+      bit_tables = own.bit_tables.data();
       break;
     case ConvKernel::Acc16:
-      pad_image(x, x_sub, pc.g, padded8);
-      padded_image8 = padded8.data();
+      pad_image(x, x_sub, pc.g, own.padded8);
+      padded_image8 = own.padded8.data();
       break;
     case ConvKernel::Vnni:
     case ConvKernel::Amx: {
@@ -442,14 +441,14 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
         padded_image8 = reinterpret_cast<const uint8_t*>(x);
         break;
       }
-      pad_image(x, x_sub + pc.vnni_x_lo, pc.g, padded8, static_cast<uint8_t>(-pc.vnni_x_lo), slack);
-      padded_image8 = padded8.data();
+      pad_image(x, x_sub + pc.vnni_x_lo, pc.g, own.padded8, static_cast<uint8_t>(-pc.vnni_x_lo), slack);
+      padded_image8 = own.padded8.data();
       break;
     }
     case ConvKernel::Gemm:
       if (reads_padded_image(pc.g)) {
-        pad_image(x, x_sub, pc.g, padded);
-        padded_image = padded.data();
+        pad_image(x, x_sub, pc.g, own.padded);
+        padded_image = own.padded.data();
       }
       break;
     case ConvKernel::Depthwise:
@@ -482,24 +481,20 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
     if (sink) sink->done(p0, n);
   };
   if (threads == 1 || tiles == 1) {
-    thread_local Workspace ws;
-    for (int64_t t = 0; t < tiles; ++t) tile(t, ws);
+    for (int64_t t = 0; t < tiles; ++t) tile(t, own.tile);
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t t = 0; t < tiles; ++t) {
-    thread_local Workspace ws;
-    tile(t, ws);
-  }
+  for (int64_t t = 0; t < tiles; ++t) tile(t, scratch[thread_num()].tile);
 }
 
 template <typename In>
 void conv_image_in(const PackedConv& pc, const In* x, int32_t x_sub, void* out, Storage out_storage,
-                   int num_threads, TileSink* sink) {
+                   int num_threads, const ScratchTeam& scratch, TileSink* sink) {
   switch (out_storage) {
-    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads, sink);
-    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads, sink);
-    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads, sink);
+    case Storage::U8: return conv_image_typed(pc, x, x_sub, static_cast<uint8_t*>(out), num_threads, scratch, sink);
+    case Storage::I32: return conv_image_typed(pc, x, x_sub, static_cast<int32_t*>(out), num_threads, scratch, sink);
+    case Storage::F32: return conv_image_typed(pc, x, x_sub, static_cast<float*>(out), num_threads, scratch, sink);
   }
 }
 
@@ -843,13 +838,22 @@ int64_t conv_scratch_bytes(const PackedConv& pc) {
 }
 
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
-                int num_threads, TileSink* tiles) {
+                int num_threads, const ScratchTeam& scratch, TileSink* tiles) {
+  if (std::max(1, num_threads) > scratch.size)
+    throw std::invalid_argument("conv_image: scratch for " + std::to_string(scratch.size) + " threads, " +
+                                std::to_string(num_threads) + " asked for");
   if (in == Storage::U8)
-    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads, tiles);
+    conv_image_in(pc, static_cast<const uint8_t*>(x), x_sub, out, out_storage, num_threads, scratch, tiles);
   else if (in == Storage::I32)
-    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads, tiles);
+    conv_image_in(pc, static_cast<const int32_t*>(x), x_sub, out, out_storage, num_threads, scratch, tiles);
   else
     throw std::invalid_argument("conv_image: the input must be integer codes");
+}
+
+void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
+                int num_threads, TileSink* tiles) {
+  std::vector<ThreadScratch> scratch(static_cast<size_t>(std::max(1, num_threads)));
+  conv_image(pc, x, in, x_sub, out, out_storage, num_threads, {scratch.data(), static_cast<int>(scratch.size())}, tiles);
 }
 
 double int8_peak_gmacs(double seconds, int threads) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/isa.h"
+#include "core/scratch.h"
 
 namespace qcnn {
 
@@ -175,7 +176,11 @@ class TileSink {
 
 // One image. x: NHWC [h, w, c] in `in` storage (U8 or I32), x_sub = z_x in stored units (the
 // stored value minus x_sub is x - z_x); out: NHWC [oh, ow, m] in `out` storage (U8, I32 or F32), null where the
-// sink gives a buffer for every tile. num_threads > 1 splits the output positions between threads (the batch-1 path).
+// sink gives a buffer for every tile. num_threads > 1 splits the output positions between threads (the batch-1 path);
+// `scratch` has a slot for each of them (std::invalid_argument otherwise).
+void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
+                int num_threads, const ScratchTeam& scratch, TileSink* tiles = nullptr);
+// The same with scratch of its own for this call.
 void conv_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, void* out, Storage out_storage,
                 int num_threads, TileSink* tiles = nullptr);
 

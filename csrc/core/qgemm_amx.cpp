@@ -99,13 +99,14 @@ QCNN_AMX void amx_block(const uint8_t* a0, const uint8_t* a1, int64_t a_stride, 
 }  // namespace
 
 QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const int64_t* row_offsets, int64_t p0,
-                             int64_t rows, int32_t* acc, int64_t ldc, std::vector<uint8_t>& panel) {
+                             int64_t rows, int32_t* acc, int64_t ldc, Workspace& ws) {
   const ConvGeom& g = pc.g;
   const int64_t k = g.k(), amx_k = pc.amx_k, seg = g.kw * g.c, wp = g.w + 2 * g.pw, seg_stride = int64_t{g.dh} * wp * g.c;
   const int64_t rows16 = round_up(rows, kAmxTileRows), steps = amx_k / kAmxStep;
   // Where each group of up to 16 positions (one A tile) starts among the rows and in a_rows, how far apart its rows
   // are, and where its k-step s lies from its first row (reused per thread: no allocation per tile).
-  thread_local std::vector<int64_t> groups, group_offsets, a_steps;
+  std::vector<int64_t>&groups = ws.amx_groups, &group_offsets = ws.amx_group_offsets, &a_steps = ws.amx_steps;
+  std::vector<uint8_t>& panel = ws.panel8;
   groups.clear();
   group_offsets.clear();
   a_steps.resize(static_cast<size_t>(steps));
@@ -181,8 +182,8 @@ QCNN_AMX void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const 
 }
 #else
 void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const int64_t* row_offsets, int64_t p0, int64_t rows,
-                    int32_t* acc, int64_t ldc, std::vector<uint8_t>& panel) {
-  (void)pc, (void)padded, (void)row_offsets, (void)p0, (void)rows, (void)acc, (void)ldc, (void)panel;
+                    int32_t* acc, int64_t ldc, Workspace& ws) {
+  (void)pc, (void)padded, (void)row_offsets, (void)p0, (void)rows, (void)acc, (void)ldc, (void)ws;
 }
 #endif
 

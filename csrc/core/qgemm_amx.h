@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/qgemm.h"
+#include "core/scratch.h"
 
 namespace qcnn {
 
@@ -32,6 +33,6 @@ int64_t amx_tile_rows(const PackedConv& pc);
 // input values lie at padded + row_offsets[r]; acc holds round_up(rows, 16) + 16 rows of ldc >= round_up(M, 16)
 // values (those past `rows` are overwritten).
 void amx_accumulate(const PackedConv& pc, const uint8_t* padded, const int64_t* row_offsets, int64_t p0, int64_t rows,
-                    int32_t* acc, int64_t ldc, std::vector<uint8_t>& panel);
+                    int32_t* acc, int64_t ldc, Workspace& ws);
 
 }  // namespace qcnn

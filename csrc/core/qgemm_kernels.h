@@ -30,17 +30,6 @@ struct RowSource {
   int64_t seg_stride = 0, segs = 1, seg_steps = 0;
 };
 
-struct Workspace {
-  std::vector<int16_t> panel;
-  std::vector<int32_t> acc;
-  std::vector<int64_t> bit_slots;
-  std::vector<int64_t> row_offsets;  // GEMM reading the padded image: each output position's input offset
-  std::vector<uint8_t> border;       // depthwise: a row of x_sub for the taps outside the image
-  std::vector<const uint8_t*> taps;  // depthwise: each tap's input pixel
-  std::vector<uint8_t> quads;        // depthwise on AVX-512 VNNI: the quads of a row segment
-  std::vector<uint8_t> panel8;       // the AMX GEMM's row panel
-};
-
 // The output code of channel m for accumulator `acc` (docs/FORMAT.md section 4), before store_offset.
 inline int64_t output_code(const ConvEpilogue& e, int64_t m, int64_t acc) {
   const int64_t v = rounding_shift(acc * e.multiplier[m] + e.bias[m], e.shift[m]);

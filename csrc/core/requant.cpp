@@ -336,13 +336,13 @@ void max_into(T* __restrict d, const T* __restrict s, int64_t c) {
 }  // namespace
 
 void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end) {
+               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch) {
   if (in.storage != out.storage || in.offset != out.offset)
     throw std::invalid_argument("pool: input and output must share storage and offset");
   if (row_begin < 0 || row_end > rows.size() || row_begin > row_end)
     throw std::invalid_argument("pool: output rows out of range");
   const int64_t ow = cols.size();
-  thread_local std::vector<int64_t> sum;
+  std::vector<int64_t>& sum = scratch.pool_sums;
   sum.resize(static_cast<size_t>(c));
   with_input(in, [&](auto src) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
@@ -352,9 +352,9 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
       // Separable: the max over a window's rows first, along whole rows (long vector runs), then over its
       // columns; each cell is read once per window row instead of once per window.
       const int64_t first = cols.begin[0] * c, span = (cols.end[ow - 1] - cols.begin[0]) * c;
-      thread_local std::vector<T> column_max;
-      column_max.resize(static_cast<size_t>(span));
-      T* v = column_max.data();  // v[x * c + ch - first] for the columns the windows cover
+      // int64 units: room for `span` values of any code type
+      scratch.pool_columns.resize(static_cast<size_t>((span * int64_t{sizeof(T)} + 7) / 8));
+      T* v = reinterpret_cast<T*>(scratch.pool_columns.data());  // v[x * c + ch - first] for the columns the windows cover
       for (int64_t oy = row_begin; oy < row_end; ++oy) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy];
         std::copy(src + y0 * w * c + first, src + y0 * w * c + first + span, v);
@@ -376,8 +376,9 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
         constexpr bool kBytes = std::is_same_v<T, uint8_t>;
         using Part = std::conditional_t<kBytes, int32_t, int64_t>;
         constexpr int64_t kCells = kBytes ? int64_t{1} << 23 : INT64_MAX;
-        thread_local std::vector<Part> part;
-        part.assign(static_cast<size_t>(c), 0);
+        scratch.pool_parts.resize(static_cast<size_t>(c));  // int64 units: room for c of either Part
+        auto* part = reinterpret_cast<Part*>(scratch.pool_parts.data());
+        std::fill(part, part + c, Part{0});
         int64_t cells = 0;
         std::fill(sum.begin(), sum.end(), 0);
         for (int64_t yy = y0; yy < y1; ++yy)

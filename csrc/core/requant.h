@@ -131,9 +131,9 @@ PoolAxis adaptive_pool_axis(int64_t in, int64_t out, const char* what);
 // rows [row_begin, row_end) (out points at the whole output); in and out share storage and offset (max and the
 // rounded mean commute with the offset). Max skips padded cells; the mean is floor((sum + n / 2) / n) over its
 // n = divisor cells, floor division also for negative sums, where the cells of a divisor beyond the window's input
-// cells (count_include_pad) hold `pad_code`, the code of 0.
+// cells (count_include_pad) hold `pad_code`, the code of 0. Its buffers are the running thread's `scratch`.
 void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end);
+               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch);
 
 // First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
 void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);

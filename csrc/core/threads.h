@@ -15,6 +15,28 @@ inline int resolve_threads(int num_threads) {
 #endif
 }
 
+// The running thread's number in the innermost parallel region (0 outside one).
+inline int thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// How many parallel regions, active or not, enclose the running thread.
+inline int parallel_level() {
+#ifdef _OPENMP
+  return omp_get_level();
+#else
+  return 0;
+#endif
+}
+
+// The running thread's slot in a ScratchTeam whose owner ran at parallel_level() == base_level: its number in a
+// region opened below the owner, 0 at the owner's own level.
+inline int team_slot(int base_level) { return parallel_level() > base_level ? thread_num() : 0; }
+
 }  // namespace qcnn
 
 #define QCNN_PRAGMA(x) _Pragma(#x)

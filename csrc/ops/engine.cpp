@@ -32,36 +32,35 @@ auto value_errors(Fn fn) {
 }
 
 int as_threads(int64_t num_threads) {
-  TORCH_CHECK_VALUE(num_threads >= 0 && num_threads <= INT_MAX, "num_threads must be >= 0 (0 = the default), got ",
-                    num_threads);
+  TORCH_CHECK_VALUE(num_threads >= 0 && num_threads <= runtime::kMaxThreads, "threads must be in [0, ",
+                    runtime::kMaxThreads, "] (0 = the default), got ", num_threads);
   return static_cast<int>(num_threads);
 }
 
-runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image,
+runtime::LoadOptions load_options(std::optional<int64_t> max_macs_per_image, std::optional<int64_t> max_ops_per_image,
                                   std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows,
                                   bool fuse) {
   runtime::LoadOptions options;
   options.count_overflows = count_overflows;
   options.fuse = fuse;
-  if (max_macs_per_image) {
-    TORCH_CHECK_VALUE(*max_macs_per_image >= 1, "max_macs_per_image must be >= 1, got ", *max_macs_per_image);
-    options.max_macs_per_image = *max_macs_per_image;
-  }
-  if (max_activation_bytes_per_image) {
-    TORCH_CHECK_VALUE(*max_activation_bytes_per_image >= 1, "max_activation_bytes_per_image must be >= 1, got ",
-                      *max_activation_bytes_per_image);
-    options.max_activation_bytes_per_image = *max_activation_bytes_per_image;
-  }
+  auto set = [](int64_t& option, std::optional<int64_t> value, const char* name) {
+    if (!value) return;
+    TORCH_CHECK_VALUE(*value >= 1, name, " must be >= 1, got ", *value);
+    option = *value;
+  };
+  set(options.max_macs_per_image, max_macs_per_image, "max_macs_per_image");
+  set(options.max_ops_per_image, max_ops_per_image, "max_ops_per_image");
+  set(options.max_activation_bytes_per_image, max_activation_bytes_per_image, "max_activation_bytes_per_image");
   return options;
 }
 
 class Engine : public torch::CustomClassHolder {
  public:
-  Engine(const std::string& path, std::optional<int64_t> max_macs_per_image,
+  Engine(const std::string& path, std::optional<int64_t> max_macs_per_image, std::optional<int64_t> max_ops_per_image,
          std::optional<int64_t> max_activation_bytes_per_image, bool count_overflows, bool fuse)
       : model_(value_errors([&] {
-          return runtime::Model::load(
-              path, load_options(max_macs_per_image, max_activation_bytes_per_image, count_overflows, fuse));
+          return runtime::Model::load(path, load_options(max_macs_per_image, max_ops_per_image,
+                                                         max_activation_bytes_per_image, count_overflows, fuse));
         })) {}
 
   // The checked path: conv/linear outputs whose running sum left the declared accumulator width.
@@ -106,9 +105,11 @@ class Engine : public torch::CustomClassHolder {
   std::vector<int64_t> input_shape() const { return model_.input_shape(); }
   int64_t num_classes() const { return model_.num_classes(); }
   int64_t macs_per_image() const { return model_.macs_per_image(); }
-  int64_t peak_activation_bytes(int64_t batch) const {
+  int64_t ops_per_image() const { return model_.ops_per_image(); }
+  int64_t peak_activation_bytes(int64_t batch, int64_t num_threads) const {
     TORCH_CHECK_VALUE(batch >= 0, "batch must be >= 0, got ", batch);
-    return value_errors([&] { return model_.peak_activation_bytes(batch); });
+    const int threads = as_threads(num_threads);
+    return value_errors([&] { return model_.peak_activation_bytes(batch, threads); });
   }
   std::string isa() const { return model_.isa(); }
 
@@ -148,13 +149,15 @@ std::tuple<std::vector<std::string>, std::vector<std::string>> engine_isas_op() 
 
 TORCH_LIBRARY_FRAGMENT(qcnn, m) {
   m.class_<Engine>("Engine")
-      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>, bool, bool>())
+      .def(torch::init<std::string, std::optional<int64_t>, std::optional<int64_t>, std::optional<int64_t>, bool,
+                       bool>())
       .def("run", &Engine::run)
       .def("count_overflows", &Engine::count_overflows)
       .def("profile", &Engine::profile)
       .def("input_shape", &Engine::input_shape)
       .def("num_classes", &Engine::num_classes)
       .def("macs_per_image", &Engine::macs_per_image)
+      .def("ops_per_image", &Engine::ops_per_image)
       .def("peak_activation_bytes", &Engine::peak_activation_bytes)
       .def("isa", &Engine::isa);
   // The measured peak integer multiply-accumulate rate of the engine's best kernel instruction on

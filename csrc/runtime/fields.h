@@ -20,6 +20,16 @@ constexpr int64_t kMaxDim = int64_t{1} << 24;
   throw FormatError(where + ": " + what);
 }
 
+// a * b and a + b for non-negative a and b, INT64_MAX where they overflow (a count that can only pass a limit).
+inline int64_t saturating_mul(int64_t a, int64_t b) {
+  int64_t r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+inline int64_t saturating_add(int64_t a, int64_t b) {
+  int64_t r = 0;
+  return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
 // Product of positive dimensions, each <= kMaxDim; FormatError past `limit`.
 inline int64_t checked_numel(const std::vector<int64_t>& s, const std::string& where, int64_t limit = int64_t{1} << 40) {
   int64_t n = 1;

@@ -69,11 +69,10 @@ uint8_t* value_data(const Exec& ex, const Value& v, int64_t first) {
   return ex.tile + v.tile_offset + (first - ex.tile_first) * v.element_bytes();
 }
 
-// The running thread's tile scratch, grown to the largest plan it has served.
-uint8_t* thread_tile_scratch(int64_t bytes) {
-  thread_local std::vector<uint8_t> scratch;
-  if (static_cast<int64_t>(scratch.size()) < bytes) scratch.resize(static_cast<size_t>(bytes));
-  return scratch.data();
+// `buffer` grown to hold `bytes`.
+uint8_t* grown(std::vector<uint8_t>& buffer, int64_t bytes) {
+  if (static_cast<int64_t>(buffer.size()) < bytes) buffer.resize(static_cast<size_t>(bytes));
+  return buffer.data();
 }
 }  // namespace
 
@@ -89,7 +88,7 @@ CodesOut Exec::out(int id, int64_t first) const {
 
 Exec Exec::at_tile(int64_t first) const {
   Exec tiled = *this;
-  tiled.tile = thread_tile_scratch(plan.tile_scratch_bytes);
+  tiled.tile = grown(tile_buffers[team_slot(base_level)], plan.tile_scratch_bytes);
   tiled.tile_first = first;
   return tiled;
 }
@@ -373,6 +372,13 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     if (__builtin_add_overflow(plan.macs, node.macs, &plan.macs) || plan.macs > options.max_macs_per_image)
       fail(where, "the model exceeds the limit of " + std::to_string(options.max_macs_per_image) +
                       " multiply-accumulates per image (raise it with max_macs_per_image / --max-macs)");
+    node.ops = saturating_add(node.ops, out.count);
+    for (int id : node.inputs) node.ops = saturating_add(node.ops, plan.values[static_cast<size_t>(id)].count);
+    plan.ops = saturating_add(plan.ops, node.ops);
+    if (plan.ops > options.max_ops_per_image)
+      fail(where, "the model exceeds the limit of " + std::to_string(options.max_ops_per_image) +
+                      " element operations per image (elements each node reads and writes, pooling window cells, "
+                      "padded images; raise it with max_ops_per_image / --max-ops)");
     node.output = static_cast<int>(plan.values.size());
     ld.value_ids[node.name] = node.output;
     plan.values.push_back(std::move(out));
@@ -385,6 +391,7 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   if (!logits.is_float()) fail(mwhere, "the last node must produce float logits (qparams null)");
   plan.num_classes = checked_numel(logits.shape, mwhere);
   plan.fused = options.fuse;
+  plan.memory_budget = options.max_activation_bytes_per_image;
   if (plan.fused) {
     plan_fusion(plan);
     plan_tile_values(plan);
@@ -399,9 +406,9 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
 }
 
 // ------------------------------------------------------------------------------------ running
-void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
-                     std::vector<double>* node_seconds, int64_t* overflows) const {
-  const Exec ex{*this, arena, logits, threads};
+void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads, const ScratchTeam& scratch,
+                     std::vector<uint8_t>* tile_buffers, std::vector<double>* node_seconds, int64_t* overflows) const {
+  const Exec ex{*this, arena, logits, threads, scratch, tile_buffers, parallel_level()};
   lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), ex.out(0));
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = nodes[i];
@@ -424,12 +431,59 @@ void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int t
   }
 }
 
+Plan::RunShape Plan::run_shape(int64_t n, int requested) const {
+  if (requested > kMaxThreads)
+    throw std::invalid_argument("threads = " + std::to_string(requested) + " is above the limit of " +
+                                std::to_string(kMaxThreads));
+  const int threads = std::min(resolve_threads(requested), kMaxThreads);
+  const int64_t per_thread = arena_bytes + scratch_bytes;  // at most memory_budget (checked at load)
+  if (n >= threads && threads > 1 && per_thread * threads <= memory_budget) return {threads, true};
+  const int64_t fit = scratch_bytes > 0 ? (memory_budget - arena_bytes) / scratch_bytes : threads;
+  return {static_cast<int>(std::clamp<int64_t>(fit, 1, threads)), false};
+}
+
 namespace {
-// A per-thread arena that grows to the largest plan it has served.
-uint8_t* thread_arena(int64_t bytes) {
-  thread_local std::vector<uint8_t> arena;
-  if (static_cast<int64_t>(arena.size()) < bytes) arena.resize(static_cast<size_t>(bytes));
-  return arena.data();
+// A run's workspace, taken from the plan's spare ones (or new) and given back to them when the run ends.
+class SpaceLease {
+ public:
+  SpaceLease(const Plan& plan, int threads) : plan_(plan) {
+    {
+      const std::lock_guard<std::mutex> lock(plan.spare_mutex);
+      if (!plan.spare_spaces.empty()) {
+        space_ = std::move(plan.spare_spaces.back());
+        plan.spare_spaces.pop_back();
+      }
+    }
+    if (!space_) space_ = std::make_unique<RunSpace>();
+    const auto slots = static_cast<size_t>(threads);
+    if (space_->scratch.size() < slots) {
+      space_->arenas.resize(slots);
+      space_->tile_buffers.resize(slots);
+      space_->scratch.resize(slots);
+    }
+  }
+  ~SpaceLease() {
+    const std::lock_guard<std::mutex> lock(plan_.spare_mutex);
+    plan_.spare_spaces.push_back(std::move(space_));
+  }
+  SpaceLease(const SpaceLease&) = delete;
+  SpaceLease& operator=(const SpaceLease&) = delete;
+
+  // Thread `slot`'s arena, and the scratch of a team of `threads` threads from that slot on.
+  uint8_t* arena(int slot) const { return grown(space_->arenas[static_cast<size_t>(slot)], plan_.arena_bytes); }
+  ScratchTeam team(int slot, int threads) const { return {space_->scratch.data() + slot, threads}; }
+  std::vector<uint8_t>* tile_buffers(int slot) const { return space_->tile_buffers.data() + slot; }
+
+ private:
+  const Plan& plan_;
+  std::unique_ptr<RunSpace> space_;
+};
+
+// Image i of n through plan p on `threads` threads sharing it, with thread `slot`'s workspace.
+void run_one(const Plan& p, const SpaceLease& space, int slot, int threads, const uint8_t* pixels, int64_t i,
+             float* logits, std::vector<double>* node_seconds = nullptr, int64_t* overflows = nullptr) {
+  p.run_image(pixels + i * p.values[0].count, space.arena(slot), logits, threads, space.team(slot, threads),
+              space.tile_buffers(slot), node_seconds, overflows);
 }
 }  // namespace
 
@@ -437,16 +491,15 @@ void Model::run(const uint8_t* pixels, int64_t n, float* logits, int num_threads
   if (n < 0) throw std::invalid_argument("Model::run: negative batch size");
   if (n == 0) return;
   const Plan& p = *plan_;
-  const int threads = resolve_threads(num_threads);
-  const int64_t image = p.values[0].count;  // pixels per image
-  if (n >= threads && threads > 1) {
+  const Plan::RunShape shape = p.run_shape(n, num_threads);
+  const SpaceLease space(p, shape.threads);
+  if (shape.image_per_thread) {
     // Whole images per thread: each image's activations stay in its core's cache.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i)
-      p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits + i * p.num_classes, 1, nullptr);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(shape.threads)
+    for (int64_t i = 0; i < n; ++i) run_one(p, space, thread_num(), 1, pixels, i, logits + i * p.num_classes);
   } else {
     for (int64_t i = 0; i < n; ++i)  // few images: the threads share each convolution
-      p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits + i * p.num_classes, threads, nullptr);
+      run_one(p, space, 0, shape.threads, pixels, i, logits + i * p.num_classes);
   }
 }
 
@@ -461,20 +514,20 @@ int64_t Model::count_overflows(const uint8_t* pixels, int64_t n) const {
   if (!p.checked) throw std::invalid_argument("count_overflows: load the model with count_overflows set");
   if (n < 0) throw std::invalid_argument("count_overflows: negative batch size");
   std::vector<float> logits(static_cast<size_t>(p.num_classes));
+  const SpaceLease space(p, 1);
   int64_t overflows = 0;
-  for (int64_t i = 0; i < n; ++i)
-    p.run_image(pixels + i * p.values[0].count, thread_arena(p.arena_bytes), logits.data(), 1, nullptr, &overflows);
+  for (int64_t i = 0; i < n; ++i) run_one(p, space, 0, 1, pixels, i, logits.data(), nullptr, &overflows);
   return overflows;
 }
 
 std::vector<LayerProfile> Model::profile(const uint8_t* pixels, int64_t n, int num_threads) const {
   const Plan& p = *plan_;
+  if (n < 0) throw std::invalid_argument("profile: negative batch size");
   std::vector<double> seconds(p.nodes.size(), 0.0);
-  std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(n, 0) * p.num_classes));
-  const int64_t image = p.values[0].count;
-  const int threads = resolve_threads(num_threads);
-  for (int64_t i = 0; i < n; ++i)
-    p.run_image(pixels + i * image, thread_arena(p.arena_bytes), logits.data() + i * p.num_classes, threads, &seconds);
+  std::vector<float> logits(static_cast<size_t>(n * p.num_classes));
+  const int threads = p.run_shape(1, num_threads).threads;
+  const SpaceLease space(p, threads);
+  for (int64_t i = 0; i < n; ++i) run_one(p, space, 0, threads, pixels, i, logits.data() + i * p.num_classes, &seconds);
   std::vector<LayerProfile> out;
   for (size_t i = 0; i < p.nodes.size(); ++i) {
     const Node& node = p.nodes[i];
@@ -489,11 +542,13 @@ const std::vector<int64_t>& Model::input_shape() const { return plan_->input_sha
 int64_t Model::num_classes() const { return plan_->num_classes; }
 size_t Model::num_nodes() const { return plan_->nodes.size(); }
 int64_t Model::macs_per_image() const { return plan_->macs; }
-int64_t Model::peak_activation_bytes(int64_t batch) const {
-  // Each thread holds one image's arena and its scratch (at batch < threads, one image shares them).
-  const int64_t threads = resolve_threads(0);
-  if (batch >= threads) return (plan_->arena_bytes + plan_->scratch_bytes) * threads;
-  return plan_->arena_bytes + plan_->scratch_bytes * threads;
+int64_t Model::ops_per_image() const { return plan_->ops; }
+int64_t Model::peak_activation_bytes(int64_t batch, int num_threads) const {
+  // Each thread holds one image's arena and its scratch (image after image, the threads share one arena).
+  const Plan& p = *plan_;
+  const Plan::RunShape shape = p.run_shape(batch, num_threads);
+  if (shape.image_per_thread) return (p.arena_bytes + p.scratch_bytes) * shape.threads;
+  return p.arena_bytes + p.scratch_bytes * shape.threads;
 }
 const char* Model::isa() const { return isa_name(plan_->isa); }
 

@@ -54,17 +54,17 @@ void ConvStep::run(const Node& node, const Exec& ex, const std::vector<const Nod
   if (!out.is_float()) {
     ChainSink sink(ex, chain, node.output, packed.g.m);
     conv_image(packed, src, x.storage, x_sub, out.tile_offset < 0 ? ex.arena + out.arena_offset : nullptr,
-               out.storage, threads, chain.empty() ? nullptr : &sink);
+               out.storage, threads, ex.scratch, chain.empty() ? nullptr : &sink);
     return;
   }
   const int64_t positions = packed.g.positions();
   if (positions == 1) {
-    conv_image(packed, src, x.storage, x_sub, ex.logits, Storage::F32, threads);
+    conv_image(packed, src, x.storage, x_sub, ex.logits, Storage::F32, threads, ex.scratch);
     return;
   }
   // float [M, oh, ow] logits of a conv: computed NHWC, returned CHW like torch.flatten
   std::vector<float> hwc(static_cast<size_t>(out.count));
-  conv_image(packed, src, x.storage, x_sub, hwc.data(), Storage::F32, threads);
+  conv_image(packed, src, x.storage, x_sub, hwc.data(), Storage::F32, threads, ex.scratch);
   const int64_t m = packed.g.m;
   for (int64_t p = 0; p < positions; ++p)
     for (int64_t c = 0; c < m; ++c) ex.logits[c * positions + p] = hwc[p * m + c];
@@ -140,6 +140,8 @@ Value parse_conv(Loader& ld, const json& nd, Node& node, const std::string& wher
   if (__builtin_mul_overflow(m, k, &count) || __builtin_mul_overflow(g.positions(), count, &macs))
     fail(where, "weight count overflows");
   node.macs = macs;
+  // the image the kernels read, zero-bordered
+  node.ops = saturating_mul(saturating_mul(g.h + 2 * g.ph, g.w + 2 * g.pw), g.c);
 
   // Weights: integer levels per index (docs/FORMAT.md section 3).
   const std::string wwhere = where + " weight";

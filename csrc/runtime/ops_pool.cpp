@@ -20,7 +20,8 @@ class PoolStep : public Step {
     const int64_t row_values = cols.size() * x.shape[0];
     QCNN_PARALLEL_FOR(ex.threads, ex.threads > 1 && rows.size() > 1 && y.bytes >= kMinSharedPointwiseBytes)
     for (int64_t oy = 0; oy < rows.size(); ++oy) {
-      pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output), oy, oy + 1);
+      pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output), oy, oy + 1,
+                ex.thread_scratch());
       run_chain(chain, ex, oy * row_values, row_values);
     }
   }
@@ -40,6 +41,13 @@ Value pooled(const Value& x, std::unique_ptr<PoolStep> st, Node& node, const std
     if (x.storage == Storage::U8 && (out.lo < x.offset || out.hi > int64_t{x.offset} + 255))
       fail(where, "the zero point of the padding lies outside the uint8 range of the input's codes");
   }
+  // Every window's cells: the sum of the row windows' heights times that of the column windows' widths, per channel.
+  auto cells = [](const PoolAxis& a) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < a.size(); ++i) n = saturating_add(n, a.end[i] - a.begin[i]);
+    return n;
+  };
+  node.ops = saturating_mul(saturating_mul(cells(st->rows), cells(st->cols)), x.shape[0]);
   node.step = std::move(st);
   return out;
 }

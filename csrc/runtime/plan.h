@@ -10,12 +10,14 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "core/isa.h"
 #include "core/qgemm.h"
 #include "core/requant.h"
+#include "core/threads.h"
 #include "runtime/fields.h"
 #include "runtime/model.h"
 
@@ -56,10 +58,17 @@ struct Exec {
   uint8_t* arena;
   float* logits;
   int threads;
+  // The kernels' scratch and the fused chains' tile buffers of the threads sharing the image, a slot each (slot 0 the
+  // thread that runs the image, at parallel_level() == base_level).
+  ScratchTeam scratch;
+  std::vector<uint8_t>* tile_buffers;
+  int base_level;
   // Inside a step's tile (at_tile): the running thread's tile scratch and the tile's first element.
   uint8_t* tile = nullptr;
   int64_t tile_first = 0;
 
+  // The running thread's kernel scratch.
+  ThreadScratch& thread_scratch() const { return scratch[team_slot(base_level)]; }
   const Value& value(int id) const;
   // The codes of value `id` from element `first` on (a tile value: `first` inside the current tile).
   CodesIn in(int id, int64_t first = 0) const;
@@ -114,11 +123,21 @@ struct Node {
   std::vector<int> inputs;
   int output = 0;
   int64_t macs = 0;
+  // Element operations per image beyond reading the inputs and writing the output, set by the parser: the cells of
+  // pooling windows, a convolution's padded image (the loader adds the inputs' and the output's elements).
+  int64_t ops = 0;
   std::unique_ptr<const Step> step;
   // Fusion (model.cpp plan_fusion): the pointwise nodes that run inside this node's tiles, and for those the
   // index of the node they run in (-1: runs itself).
   std::vector<const Node*> chain;
   int fused_into = -1;
+};
+
+// The workspace of one run: per thread an arena (one image's activations), the kernels' scratch and the fused
+// chains' tile buffers.
+struct RunSpace {
+  std::vector<std::vector<uint8_t>> arenas, tile_buffers;
+  std::vector<ThreadScratch> scratch;
 };
 
 struct Plan {
@@ -129,12 +148,28 @@ struct Plan {
   std::vector<int32_t> lut;   // [C, 256] codes
   std::vector<Value> values;  // 0 = the input codes
   std::vector<Node> nodes;
-  int64_t num_classes = 0, macs = 0, arena_bytes = 0;
+  int64_t num_classes = 0, macs = 0, ops = 0, arena_bytes = 0;
   int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
   int64_t tile_scratch_bytes = 0;  // per thread: the tile values of the largest step (Value::tile_offset)
 
-  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads,
-                 std::vector<double>* node_seconds, int64_t* overflows = nullptr) const;
+  int64_t memory_budget = 0;  // bytes of workspace a run may hold (LoadOptions::max_activation_bytes_per_image)
+
+  // How a run of n images on `requested` threads (<= 0: the OpenMP default) goes: a whole image per thread where n
+  // fills the threads and their workspaces fit the memory budget, else image after image, shared by as many
+  // threads as the budget holds scratch for.
+  struct RunShape {
+    int threads;
+    bool image_per_thread;
+  };
+  RunShape run_shape(int64_t n, int requested) const;
+  // One image with the workspace of `threads` threads (arena: one image's activations).
+  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads, const ScratchTeam& scratch,
+                 std::vector<uint8_t>* tile_buffers, std::vector<double>* node_seconds,
+                 int64_t* overflows = nullptr) const;
+
+  // The workspaces of finished runs, kept for the next ones and freed with the plan (RunSpace, model.cpp).
+  mutable std::mutex spare_mutex;
+  mutable std::vector<std::unique_ptr<RunSpace>> spare_spaces;
 };
 
 // Everything the parsers of the nodes share.

@@ -1,15 +1,18 @@
 // qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]
-//            [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]
+//            [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-ops N] [--max-activation-bytes N]
 //            [--count-overflows] [--no-fuse]
 // Prints one JSON line: accuracy, throughput, counts, the kernels' ISA and the model's cost. --predictions
 // writes the predicted class of each image, one per line; --logits the float32 logits as a .npy array
 // [images, classes]. Any error: `qcnn-infer: error: <message>` on stderr, exit status 1.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -34,7 +37,7 @@ namespace rt = qcnn::runtime;
 
 const char* const kUsage =
     "usage: qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]\n"
-    "                  [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-activation-bytes N]\n"
+    "                  [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-ops N] [--max-activation-bytes N]\n"
     "                  [--count-overflows] [--no-fuse]\n"
     "  --images IDX               uint8 images [N, C, H, W] (or [N, H, W] when C = 1), raw or gzip\n"
     "  --labels IDX               uint8 labels [N]\n"
@@ -49,6 +52,8 @@ const char* const kUsage =
     "                             width (accumulator_bits; 32 when undeclared) at some step\n"
     "  --no-fuse                  run every node on its own (the same logits: fusion is bit-exact)\n"
     "  --max-macs N               reject models above N multiply-accumulates per image (default 2^35)\n"
+    "  --max-ops N                reject models above N other operations per image: elements read and written,\n"
+    "                             pooling window cells, padded conv inputs (default 2^32)\n"
     "  --max-activation-bytes N   reject models above N bytes of live activations per image (default 2^30)\n";
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -68,34 +73,105 @@ int64_t parse_positive(const std::string& flag, const char* value, int64_t hi) {
   return x;
 }
 
-// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so that
-// readers see either the old file or the complete new one.
-void write_atomically(const std::string& path, const std::string& flag, const std::string& bytes) {
-  std::string tmp = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(tmp.data());
-  if (fd < 0) throw std::runtime_error("cannot write " + flag + " file " + path + ": " + std::strerror(errno));
+[[noreturn]] void write_error(const std::string& flag, const std::string& path, int err) {
+  throw std::runtime_error("cannot write " + flag + " file " + path + ": " + std::strerror(err));
+}
+
+// All of `bytes` to fd; the errno of a failed write, or 0.
+int write_all(int fd, const std::string& bytes) {
   const char* p = bytes.data();
   size_t left = bytes.size();
-  bool ok = true;
   while (left > 0) {
     const ssize_t n = ::write(fd, p, left);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ok = false;
-      break;
-    }
+    if (n < 0) return errno;
+    if (n == 0) return EIO;
     p += n;
     left -= static_cast<size_t>(n);
   }
-  int err = ok ? 0 : errno;
-  const mode_t mask = ::umask(0);  // mkstemp creates 0600: give the file the mode open() would
+  return 0;
+}
+
+// Where writing `path` lands: the end of its chain of symbolic links (relative targets taken from the link's
+// directory), or "" where a link leads into /proc (/dev/stdout, /dev/fd/N: an open descriptor, written in place).
+std::string link_target(std::string path, const std::string& flag) {
+  for (int hops = 0;; ++hops) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    if (hops == 40) write_error(flag, path, ELOOP);
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = ::readlink(path.c_str(), target.data(), target.size());
+    if (n < 0) write_error(flag, path, errno);
+    target.resize(static_cast<size_t>(n));
+    if (target.rfind("/proc/", 0) == 0) return "";
+    if (target[0] != '/') {
+      const size_t slash = path.rfind('/');
+      target = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + target;
+    }
+    path = target;
+  }
+}
+
+// The temporary a writer with process id `pid` writes file `name` through, as qcnn's Python writers name theirs
+// (python/qcnn/atomic.py): a writer killed outright leaves it behind, and the next one removes it.
+std::string temp_name(const std::string& name, long pid) { return "." + name + ".tmp" + std::to_string(pid); }
+
+// Removes the temporaries of file `name` in `dir` whose writer is no longer running.
+void remove_stale_temps(const std::string& dir, const std::string& name) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const std::string prefix = "." + name + ".tmp";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    if (entry.size() <= prefix.size() || entry.size() > prefix.size() + 10 || entry.compare(0, prefix.size(), prefix))
+      continue;
+    const std::string digits = entry.substr(prefix.size());
+    if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const long pid = std::stol(digits);
+    if (pid <= 0 || pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    struct stat st;
+    const std::string full = dir + (dir.back() == '/' ? "" : "/") + entry;
+    if (::lstat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode)) ::unlink(full.c_str());
+  }
+  ::closedir(d);
+}
+
+// Writes `bytes` to the output file `path` of `flag`. A regular file (or none yet) is replaced through a temporary
+// file beside it and a rename, so that readers see the old file or the complete new one; through a symbolic link
+// the link's target is replaced, the link kept. Anything else there (a FIFO, /dev/stdout, a device) is written in
+// place. A failed write is an error naming the file.
+void write_output(const std::string& path, const std::string& flag, const std::string& bytes) {
+  const std::string target = link_target(path, flag);
+  struct stat st;
+  const bool exists = !target.empty() && ::stat(target.c_str(), &st) == 0;
+  if (target.empty() || (exists && !S_ISREG(st.st_mode))) {
+    if (exists && S_ISDIR(st.st_mode)) write_error(flag, path, EISDIR);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) write_error(flag, path, errno);
+    int err = write_all(fd, bytes);
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err) write_error(flag, path, err);
+    return;
+  }
+  const size_t slash = target.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : target.substr(0, slash + 1);
+  const std::string name = slash == std::string::npos ? target : target.substr(slash + 1);
+  remove_stale_temps(dir, name);
+  const std::string tmp = (slash == std::string::npos ? "" : dir) + temp_name(name, ::getpid());
+  ::unlink(tmp.c_str());  // ours: a pid is not reused while we run
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) write_error(flag, path, errno);
+  int err = write_all(fd, bytes);
+  // mkstemp creates 0600: keep the mode of the file replaced, or give the one open() would
+  const mode_t mask = ::umask(0);
   ::umask(mask);
-  if (ok && ::fchmod(fd, 0666 & ~mask) != 0) ok = false, err = errno;
-  if (::close(fd) != 0 && ok) ok = false, err = errno;
-  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) ok = false, err = errno;
-  if (!ok) {
+  if (!err && ::fchmod(fd, exists ? st.st_mode & 07777 : 0666 & ~mask) != 0) err = errno;
+  if (!err && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && !err) err = errno;
+  if (!err && ::rename(tmp.c_str(), target.c_str()) != 0) err = errno;
+  if (err) {
     ::unlink(tmp.c_str());
-    throw std::runtime_error("cannot write " + flag + " file " + path + ": " + std::strerror(err));
+    write_error(flag, path, err);
   }
 }
 
@@ -144,13 +220,14 @@ int main(int argc, char** argv) {
     if (a == "--images") images_path = value();
     else if (a == "--labels") labels_path = value();
     else if (a == "--batch") batch = parse_positive(a, value(), int64_t{1} << 31);
-    else if (a == "--threads") threads = parse_positive(a, value(), 4096);
+    else if (a == "--threads") threads = parse_positive(a, value(), rt::kMaxThreads);
     else if (a == "--limit") limit = parse_positive(a, value(), kMaxInt64);
     else if (a == "--predictions") predictions_path = value();
     else if (a == "--logits") logits_path = value();
     else if (a == "--count-overflows") opts.count_overflows = true;
     else if (a == "--no-fuse") opts.fuse = false;
     else if (a == "--max-macs") opts.max_macs_per_image = parse_positive(a, value(), kMaxInt64);
+    else if (a == "--max-ops") opts.max_ops_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "--max-activation-bytes") opts.max_activation_bytes_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "-h" || a == "--help") {
       std::cout << kUsage;
@@ -192,13 +269,9 @@ int main(int argc, char** argv) {
 #ifdef _OPENMP
     if (nthreads > 0) omp_set_num_threads(nthreads);
 #endif
-    // --max-activation-bytes also bounds the workspace of a whole batch: the batch shrinks to fit
-    // (one image always runs: the model was checked against the bound at load).
-    const int64_t per_image_bytes = std::max<int64_t>(1, model.peak_activation_bytes(1));
-    const int64_t budget = std::max(opts.max_activation_bytes_per_image, per_image_bytes);
-    int64_t b_used = std::max<int64_t>(1, std::min({batch, n, budget / per_image_bytes}));
-    while (b_used > 1 && model.peak_activation_bytes(b_used) > budget) b_used = std::max<int64_t>(1, b_used / 2);
-    const int64_t peak_bytes = model.peak_activation_bytes(b_used);
+    // The engine keeps a batch's workspace within --max-activation-bytes (fewer threads where it must).
+    const int64_t b_used = std::max<int64_t>(1, std::min(batch, n));
+    const int64_t peak_bytes = model.peak_activation_bytes(b_used, nthreads);
 
     std::vector<float> all_logits;
     if (!logits_path.empty()) all_logits.resize(static_cast<size_t>(checked_mul(n, classes, "logits size")));
@@ -222,9 +295,9 @@ int main(int argc, char** argv) {
     if (!predictions_path.empty()) {
       std::string text;
       for (const int64_t pred : predictions) text += std::to_string(pred) + '\n';
-      write_atomically(predictions_path, "--predictions", text);
+      write_output(predictions_path, "--predictions", text);
     }
-    if (!logits_path.empty()) write_atomically(logits_path, "--logits", npy_float32(all_logits, n, classes));
+    if (!logits_path.empty()) write_output(logits_path, "--logits", npy_float32(all_logits, n, classes));
     nlohmann::json out = {{"model", model_path},
                                 {"images", n},
                                 {"correct", correct},
@@ -236,10 +309,12 @@ int main(int argc, char** argv) {
                                 {"threads", nthreads},
                                 {"isa", model.isa()},
                                 {"macs_per_image", model.macs_per_image()},
+                                {"ops_per_image", model.ops_per_image()},
                                 {"peak_activation_bytes", peak_bytes}};
     if (opts.count_overflows) out["overflows"] = overflows;
     // A path need not be UTF-8: replace what JSON cannot carry rather than fail after the run.
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+    if (!std::cout) throw std::runtime_error(std::string("cannot write the result to standard output: ") + std::strerror(errno));
   } catch (const std::exception& e) {
     std::cerr << "qcnn-infer: error: " << e.what() << std::endl;
     return 1;

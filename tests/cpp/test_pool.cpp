@@ -30,6 +30,7 @@ std::vector<T> max_pool_reference(const std::vector<T>& x, int64_t w, int64_t c,
 }  // namespace
 
 TEST_CASE("max pool equals the direct reference for every channel count", "[pool]") {
+  ThreadScratch scratch;  // reused by every call, as a thread of the engine reuses its own
   std::mt19937 rng(3);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   for (int64_t c = 1; c <= 70; ++c) {
@@ -45,13 +46,14 @@ TEST_CASE("max pool equals the direct reference for every channel count", "[pool
     std::vector<uint8_t> x8(static_cast<size_t>(h * w * c));
     for (auto& v : x8) v = static_cast<uint8_t>(pick(0, 255));
     std::vector<uint8_t> out8(static_cast<size_t>(rows.size() * cols.size() * c));
-    pool_nhwc({x8.data(), Storage::U8, 5}, w, c, rows, cols, true, 0, {out8.data(), Storage::U8, 5}, 0, rows.size());
+    pool_nhwc({x8.data(), Storage::U8, 5}, w, c, rows, cols, true, 0, {out8.data(), Storage::U8, 5}, 0, rows.size(),
+              scratch);
     CHECK(out8 == max_pool_reference(x8, w, c, rows, cols));
     std::vector<int32_t> x32(x8.size());
     for (auto& v : x32) v = pick(-100000, 100000);
     std::vector<int32_t> out32(out8.size());
     pool_nhwc({x32.data(), Storage::I32, 0}, w, c, rows, cols, true, 0, {out32.data(), Storage::I32, 0}, 0,
-              rows.size());
+              rows.size(), scratch);
     CHECK(out32 == max_pool_reference(x32, w, c, rows, cols));
   }
 }
@@ -60,6 +62,7 @@ TEST_CASE("max pool equals the direct reference for every channel count", "[pool
 // out, uint8 and int32 storage, padded windows with and without count_include_pad, adaptive and global windows,
 // and one output row range at a time as the engine's threads take them.
 TEST_CASE("average pool equals the direct reference, row by row", "[pool]") {
+  ThreadScratch scratch;
   std::mt19937 rng(5);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   for (int trial = 0; trial < 300; ++trial) {
@@ -93,7 +96,7 @@ TEST_CASE("average pool equals the direct reference, row by row", "[pool]") {
     for (int64_t v : codes) (u8 ? x8.push_back(static_cast<uint8_t>(v - offset)) : x32.push_back(static_cast<int32_t>(v)));
     const CodesIn in = u8 ? CodesIn{x8.data(), Storage::U8, offset} : CodesIn{x32.data(), Storage::I32, 0};
     const CodesOut out = u8 ? CodesOut{out8.data(), Storage::U8, offset} : CodesOut{out32.data(), Storage::I32, 0};
-    for (int64_t row = 0; row < rows.size(); ++row) pool_nhwc(in, w, c, rows, cols, false, pad_code, out, row, row + 1);
+    for (int64_t row = 0; row < rows.size(); ++row) pool_nhwc(in, w, c, rows, cols, false, pad_code, out, row, row + 1, scratch);
     std::vector<int64_t> got;
     for (size_t i = 0; i < want.size(); ++i) got.push_back(u8 ? int64_t{out8[i]} + offset : int64_t{out32[i]});
     INFO("trial " << trial << " c=" << c << " " << h << "x" << w << " mode " << mode << " kernel " << kernel

@@ -14,6 +14,8 @@
 
 using nlohmann::json;
 using qcnn::runtime::FormatError;
+using qcnn::runtime::kMaxThreads;
+using qcnn::runtime::LoadOptions;
 using qcnn::runtime::Model;
 using qcnn::runtime::SafetensorsFile;
 
@@ -118,6 +120,43 @@ TEST_CASE("runtime runs a hand-built model exactly", "[runtime]") {
         for (int k = 0; k < 4; ++k) acc += int64_t{px[n * 4 + k]} * tm.levels[tm.indices[c * 4 + k]];
         CHECK(logits[n * 3 + c] == std::fma(static_cast<float>(acc), tm.scale[c], tm.bias[c]));
       }
+  }
+}
+
+// Work other than MACs is bounded at load; threads past kMaxThreads are refused; a batch's workspace stays within
+// max_activation_bytes_per_image at any thread count, fewer threads running where more would not fit.
+TEST_CASE("runtime bounds element operations, threads and a batch's workspace", "[runtime]") {
+  TinyModel tm;
+  const auto file = SafetensorsFile::parse(tm.bytes(), "tiny");
+  // flatten reads 4 and writes 4; linear reads 4, writes 3 and pads an image of 4
+  REQUIRE(Model::from_file(file).ops_per_image() == 19);
+  LoadOptions options;
+  options.max_ops_per_image = 19;
+  CHECK_NOTHROW(Model::from_file(file, options));
+  options.max_ops_per_image = 18;
+  try {
+    Model::from_file(file, options);
+    FAIL("expected the ops limit to refuse the model");
+  } catch (const FormatError& e) {
+    CHECK(std::string(e.what()).find("18 element operations per image") != std::string::npos);
+  }
+
+  const Model free = Model::from_file(file);
+  std::vector<uint8_t> px(4 * 64);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(i * 37);
+  CHECK_THROWS_AS(free.run(px.data(), 2, kMaxThreads + 1), std::invalid_argument);
+  CHECK_THROWS_AS(free.peak_activation_bytes(2, kMaxThreads + 1), std::invalid_argument);
+  const auto want = free.run(px.data(), 64, 1);
+
+  options = LoadOptions{};
+  options.max_activation_bytes_per_image = free.peak_activation_bytes(1, 1);
+  const Model bounded = Model::from_file(file, options);
+  for (int threads : {2, 3, 8}) {
+    INFO("threads " << threads);
+    CHECK(free.peak_activation_bytes(64, threads) == free.peak_activation_bytes(1, 1) * threads);
+    CHECK(bounded.peak_activation_bytes(64, threads) <= options.max_activation_bytes_per_image);
+    CHECK(bounded.run(px.data(), 64, threads) == want);
+    CHECK(free.run(px.data(), 64, threads) == want);
   }
 }
 

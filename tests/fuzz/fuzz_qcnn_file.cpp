@@ -14,6 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const rt::SafetensorsFile file = rt::SafetensorsFile::parse(std::vector<uint8_t>(data, data + size), "fuzz.qcnn");
     rt::LoadOptions options;
     options.max_macs_per_image = int64_t{1} << 22;
+    options.max_ops_per_image = int64_t{1} << 22;
     options.max_activation_bytes_per_image = int64_t{1} << 20;
     const rt::Model model = rt::Model::from_file(file, options);
     const auto& in = model.input_shape();

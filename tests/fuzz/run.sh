@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan + UBSan) and runs each for SECONDS.
-#   tests/fuzz/run.sh [SECONDS=60] [TARGET...]      TARGET: fuzz_qcnn_file, fuzz_idx (default both)
+#   tests/fuzz/run.sh [SECONDS=60] [TARGET...]      TARGET: fuzz_qcnn_file, fuzz_kernel_paths, fuzz_idx (default all)
 # Environment: FUZZ_DIR (default build/fuzz), JOBS (parallel compiles, default 2), CLANGXX.
 # Prints executions, corpus size and findings per target; exits 1 if any target found something.
 # Findings (crash-*, oom-*, timeout-*, leak-*) are kept in $FUZZ_DIR/artifacts; reproduce one with
@@ -10,9 +10,11 @@ set -euo pipefail
 SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(fuzz_qcnn_file fuzz_idx)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(fuzz_qcnn_file fuzz_kernel_paths fuzz_idx)
 for t in "${TARGETS[@]}"; do
-  case $t in fuzz_qcnn_file | fuzz_idx) ;; *) echo "run.sh: unknown target $t (fuzz_qcnn_file, fuzz_idx)" >&2; exit 2 ;; esac
+  case $t in fuzz_qcnn_file | fuzz_kernel_paths | fuzz_idx) ;;
+    *) echo "run.sh: unknown target $t (fuzz_qcnn_file, fuzz_kernel_paths, fuzz_idx)" >&2; exit 2 ;;
+  esac
 done
 case $SECONDS_PER_TARGET in '' | *[!0-9]*) echo "run.sh: SECONDS must be a positive integer" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -78,8 +80,8 @@ done
 # Seeds: small valid files (re-made each run, cheap); the corpus grows across runs in $OUT/corpus.
 python3 "$ROOT/tests/fuzz/make_seeds.py" "$OUT/seeds"
 
-declare -A SEEDS=([fuzz_qcnn_file]=qcnn [fuzz_idx]=idx)
-declare -A DICTS=([fuzz_qcnn_file]=qcnn.dict [fuzz_idx]=idx.dict)
+declare -A SEEDS=([fuzz_qcnn_file]=qcnn [fuzz_kernel_paths]=qcnn [fuzz_idx]=idx)
+declare -A DICTS=([fuzz_qcnn_file]=qcnn.dict [fuzz_kernel_paths]=qcnn.dict [fuzz_idx]=idx.dict)
 status=0
 summary=()
 for t in "${TARGETS[@]}"; do

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -265,3 +266,104 @@ def test_logits_file(files, tmp_path):
     assert limited.returncode == 0 and np.load(out).shape == (1, 3)
     expect_error(files["tiny"], "--images", files["images"], "--labels", files["labels"],
                  "--logits", tmp_path / "no" / "such" / "dir.npy", needles=("cannot write --logits file",))
+
+
+def _pool_bomb() -> bytes:
+    """2 KB, 2 MACs: a 1x1 input pooled up to 2048x2048, then a 1024x1024 average window at stride 1 (10^12 window
+    cells, hours per image before the work of every node was counted)."""
+    b = make_seeds.Builder([1, 1, 1])
+    b.add("up", "adaptive_avg_pool2d", ["input"], [1, 2048, 2048], output_size=[2048, 2048])
+    b.add("pool", "avg_pool2d", ["up"], [1, 1025, 1025], kernel=[1024, 1024], stride=[1, 1], padding=[0, 0])
+    b.add("g", "global_avg_pool", ["pool"], [1, 1, 1])
+    b.add("flat", "flatten", ["g"], [1])
+    b.weighted("fc", "linear", ["flat"], [2], 1, 2, (1, 1), (1, 1), (0, 0), [-1, 1], float_out=True)
+    return b.bytes()
+
+
+def test_work_besides_macs_is_bounded(files, tmp_path):
+    bomb = tmp_path / "pool_bomb.qcnn"
+    bomb.write_bytes(_pool_bomb())
+    (tmp_path / "img").write_bytes(idx([1, 1, 1, 1], b"\x07"))
+    (tmp_path / "lab").write_bytes(idx([1], b"\x00"))
+    res = expect_error(bomb, "--images", tmp_path / "img", "--labels", tmp_path / "lab",
+                       needles=("node 1 'pool'", "element operations per image", "--max-ops"))
+    assert res.seconds < 5
+    common = (files["tiny"], "--images", files["images"], "--labels", files["labels"])
+    report = json.loads(run_infer(*common).stdout)
+    assert report["ops_per_image"] == 19  # flatten reads and writes 4; linear reads 4, writes 3, pads 4
+    assert run_infer(*common, "--max-ops", "19").returncode == 0
+    expect_error(*common, "--max-ops", "18", needles=("18 element operations",))
+
+
+@pytest.fixture
+def infer_to(files):
+    """Runs the tiny model writing its predictions to a path; returns (result, the predictions it should write)."""
+    def run(path, *extra):
+        return run_infer(files["tiny"], "--images", files["images"], "--labels", files["labels"], "--predictions",
+                         path, *extra)
+    first = run(os.devnull)  # a device: written in place, never replaced (as root a rename would replace it)
+    assert first.returncode == 0, first.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    return run
+
+
+def test_predictions_through_a_symlink_replace_its_target(infer_to, tmp_path):
+    target = tmp_path / "sub" / "preds.txt"
+    target.parent.mkdir()
+    target.write_text("stale\n" * 10)
+    target.chmod(0o640)
+    link = tmp_path / "link.txt"
+    link.symlink_to("sub/preds.txt")
+    assert infer_to(link).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == "sub/preds.txt"
+    lines = target.read_text().split()
+    assert len(lines) == 3 and all(v.isdigit() for v in lines)
+    assert target.stat().st_mode & 0o777 == 0o640  # the replaced file's mode is kept
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to("made_by_the_run.txt")
+    assert infer_to(dangling).returncode == 0
+    assert dangling.is_symlink() and (tmp_path / "made_by_the_run.txt").read_text().split() == lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link.txt", "made_by_the_run.txt", "sub"]
+
+
+def test_predictions_into_a_fifo_and_standard_output(infer_to, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    res = infer_to(fifo)
+    reader.join(timeout=MAX_SECONDS)
+    assert res.returncode == 0, res.stderr
+    assert len(got[0].split()) == 3 and fifo.exists() and not fifo.is_file()
+    res = infer_to("/dev/stdout")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:3] == got[0].splitlines() and json.loads(lines[3])["images"] == 3
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_write_errors_are_errors(infer_to, files, tmp_path):
+    res = infer_to("/dev/full")
+    assert res.returncode == 1 and "cannot write --predictions file /dev/full: No space left on device" in res.stderr
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+    res = infer_to(tmp_path)
+    assert res.returncode == 1 and "Is a directory" in res.stderr
+    # the JSON result itself: standard output on a full device
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([str(QCNN_INFER), str(files["tiny"]), "--images", str(files["images"]), "--labels",
+                               str(files["labels"])], stdout=full, stderr=subprocess.PIPE, timeout=MAX_SECONDS)
+    assert proc.returncode == 1 and b"cannot write the result to standard output" in proc.stderr
+
+
+def test_temporaries_of_dead_writers_are_removed(infer_to, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".preds.txt.tmp{dead.pid}"  # left by a writer killed mid-write
+    live = tmp_path / f".preds.txt.tmp{os.getpid()}"  # a running writer's: kept
+    other = tmp_path / f".other.txt.tmp{dead.pid}"  # another file's: not this run's business
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    assert infer_to(tmp_path / "preds.txt").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "preds.txt"])

@@ -210,6 +210,10 @@ std::tuple<at::Tensor, at::Tensor> distinct_values_cpu(const at::Tensor& x, int6
   check_k(op, k);
   const auto dtype = working_dtype(x);
   const at::Tensor rows = as_rows(x, dtype);
+  const at::Tensor finite = at::isfinite(rows).all(1);
+  if (!finite.all().item<bool>())
+    TORCH_CHECK_VALUE(false, op, ": x contains NaN or infinite values (group ",
+                      (~finite).nonzero()[0][0].item<int64_t>(), ")");
   const int64_t groups = rows.size(0), n = rows.size(1);
   at::Tensor values = at::empty({groups, k}, rows.options().dtype(at::kDouble));
   at::Tensor count = at::empty({groups}, rows.options().dtype(at::kLong));
