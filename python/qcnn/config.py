@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+
+from . import atomic
 
 
 class ConfigError(ValueError):
@@ -208,6 +211,14 @@ class WeightQuantConfig(_Section):
             raise ConfigError(_join(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
         if not self.track_weights and self.kind != "codebook":
             raise ConfigError(_join(path, "track_weights"), f"only applies to kind 'codebook', not {self.kind!r}")
+        if self.fit_options and self.kind != "codebook":
+            raise ConfigError(_join(path, "fit_options"), f"only applies to kind 'codebook', not {self.kind!r}")
+        from . import codebook
+        for key, value in self.fit_options.items():
+            try:  # one option at a time, so that the error names its key
+                codebook.check_options(self.method, **{key: value})
+            except (TypeError, ValueError) as err:
+                raise ConfigError(_join(_join(path, "fit_options"), key), str(err)) from None
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -337,6 +348,61 @@ class ModelConfig(_Section):
         if adapter is not None and adapter not in models.INPUT_ADAPTERS:
             raise ConfigError(_join(path, "kwargs.input_adapter"), f"must be one of {sorted(models.INPUT_ADAPTERS)}, "
                               f"got {adapter!r}")
+        try:
+            builder = models._builder(self.name)
+        except (ImportError, ValueError, TypeError) as err:
+            raise ConfigError(_join(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
+        _check_builder_kwargs(self.name, builder, {k: v for k, v in self.kwargs.items() if k != "input_adapter"},
+                              _join(path, "kwargs"))
+
+
+def _signature(fn) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except NameError:  # an annotation that does not resolve: names and defaults still check
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to check against
+        return None
+
+
+def _check_builder_kwargs(name: str, builder, kwargs: dict, path: str) -> None:
+    """ConfigError naming path.<key> for a keyword argument `builder` does not take, a required one missing, or
+    a value whose type its annotation (or, without one, its default) rules out."""
+    sig = _signature(builder)
+    if sig is None:
+        return
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = {n: p for n, p in sig.parameters.items() if p.kind in by_keyword}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    missing = [n for n, p in sig.parameters.items() if p.default is p.empty and n not in kwargs
+               and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if missing:
+        raise ConfigError(_join(path, missing[0]), f"required by {name}, missing")
+    if open_ended and name.startswith("torchvision."):
+        # torchvision's builders pass **kwargs on to the model class they return (their documented interface)
+        try:
+            returned = typing.get_type_hints(builder).get("return")
+        except Exception:  # an annotation that does not resolve
+            returned = None
+        model_sig = _signature(returned) if isinstance(returned, type) else None
+        if model_sig is not None:
+            params = {**{n: p for n, p in model_sig.parameters.items() if p.kind in by_keyword}, **params}
+            open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in model_sig.parameters.values())
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None:
+            if open_ended:
+                continue
+            raise ConfigError(_join(path, key), f"unknown keyword argument of {name} (allowed: {sorted(params)})")
+        annotation = param.annotation
+        if annotation is param.empty or isinstance(annotation, str):
+            annotation = type(param.default) if type(param.default) in (bool, int, float, str) else None
+        if annotation is None or value is None and param.default is None:
+            continue
+        try:
+            _convert(value, annotation, _join(path, key))
+        except (TypeError, AttributeError):  # an annotation no config value is checked against (a class, a callable)
+            pass
 
 
 @dataclass
@@ -542,4 +608,4 @@ def from_dict(data: dict) -> RunConfig:
 
 def dump(cfg: RunConfig, path: str | Path) -> None:
     """Writes the fully resolved config as YAML (loads back to an equal config)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_file(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -163,8 +163,8 @@ def test_range_checks(patch, key_path):
 
 def test_exponent_floats_without_a_dot(tmp_path):
     _, load = _load_text(tmp_path, "training: {lr: 1e-3, weight_decay: 5E-4, gamma: 1.0e-1, epochs: 3}\n"
-                                   "model: {name: lenet5, kwargs: {s: '1e-3'}}\n")
+                                   "data: {path: '1e-3'}\n")
     cfg = load()
     assert cfg.training.lr == 0.001 and cfg.training.weight_decay == 5e-4 and cfg.training.gamma == 0.1
-    assert cfg.training.epochs == 3 and cfg.model.kwargs["s"] == "1e-3"
+    assert cfg.training.epochs == 3 and cfg.data.path == "1e-3"
     assert yaml.safe_load("x: 1e-3")["x"] == "1e-3"  # the plain SafeLoader is left as it is

@@ -39,6 +39,7 @@ __all__ = [
     "CodebookFit",
     "METHODS",
     "fit",
+    "check_options",
     "cluster_change_fraction",
     "kmeans_1d",
     "kmeans_1d_optimal",
@@ -111,6 +112,17 @@ def _groups(w: torch.Tensor, granularity) -> int:
     raise ValueError(f"granularity must be 'tensor', 'channel' or ('group', G), got {granularity!r}")
 
 
+def _check_method(method) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def check_options(method: str, **opts) -> None:
+    """Raises the TypeError / ValueError fit(method=method, **opts) would raise for a bad method or option."""
+    _check_method(method)
+    _resolve_opts(method, opts, 1)
+
+
 def _resolve_opts(method: str, opts: dict, group_size: int) -> dict:
     defaults = _DEFAULTS[method]
     unknown = sorted(set(opts) - set(defaults))
@@ -176,8 +188,7 @@ def fit(w: torch.Tensor, bits: int, method: str = "kmeans", granularity="tensor"
     if w.numel() == 0:
         raise ValueError(f"w is empty (shape {tuple(w.shape)})")
     bits = _check_int("bits", bits, 1, 15)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_method(method)
     seed = _check_int("seed", seed, 0)
     groups = _groups(w, granularity)
     device = w.device

@@ -59,7 +59,7 @@ def kde_grid_density(x: torch.Tensor, sample_weight: torch.Tensor | None = None,
 
 def distinct_values(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (the distinct values if at most k, padded with the largest [..., k] float64,
-    min(number of distinct values, k + 1) [...] int64)."""
+    min(number of distinct values, k + 1) [...] int64). x must be finite, as for the fitting ops."""
     return torch.ops.qcnn.distinct_values.default(x, k)
 
 

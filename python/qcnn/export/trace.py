@@ -562,7 +562,6 @@ def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] | None 
     loader's); with neither, a missing one is a ValueError: there is no silent default."""
     from ..data import InputSpec
 
-    model = getattr(model, "module", model)  # DistributedDataParallel
     recorded = getattr(model, "qcnn_input_spec", None)
     given = {"input_shape": input_shape, "mean": mean, "std": std}
     missing = [key for key, value in given.items() if value is None]
