@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 import yaml  # noqa: E402
 
-from qcnn import config as qconfig  # noqa: E402
+from qcnn import atomic, config as qconfig  # noqa: E402
 import deploy as deploy_script  # noqa: E402
 import retrain as retrain_script  # noqa: E402
 import train as train_script  # noqa: E402
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     print()
     summary["deploy"] = deploy_script.deploy(demo_cfg.run_dir, args.infer, verbose=False)
     summary["demo_seconds"] = time.perf_counter() - t0
-    (demo_cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_file(demo_cfg.run_dir / "summary.json", json.dumps(summary, indent=2))
     print()
     print(retrain_script.format_rounds(summary["round_table"]))
     print(f"\nfloat test accuracy     {summary['float_test_acc']:.2f}%")
@@ -91,4 +91,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    train_script.run_script(main)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, data, engine, models  # noqa: E402
+from qcnn import atomic, config as qconfig, data, engine, models  # noqa: E402
 from qcnn.export import ExportReport, to_graph  # noqa: E402
 from qcnn.export.runtime import MAX_THREADS  # noqa: E402
 from qcnn.search import fixed_point_search  # noqa: E402
@@ -106,6 +106,7 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
 def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | None = None,
            verbose: bool = True, images_limit: int | None = None) -> dict:
     """images_limit: the first N test images only (default: the config's test_subset, else all)."""
+    atomic.remove_stale_temps(run_dir)
     model, cfg = load_quantized(run_dir)
     images, labels = data.load_fashion_mnist(cfg.data.path, "test")
     limit = images_limit if images_limit is not None else cfg.data.test_subset
@@ -149,7 +150,7 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
                       infer_agreement_with_load=agreement(infer_pred, load_pred),
                       logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
     result.update(onnx_agreement(model, run_dir / "model.onnx", graph, pixels, fake_pred, labels))
-    (run_dir / "deploy.json").write_text(json.dumps(result, indent=2))
+    atomic.write_file(run_dir / "deploy.json", json.dumps(result, indent=2))
     if verbose:
         print(format_deploy(result))
     return result

@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from qcnn import engine, quantize as qz  # noqa: E402
+from qcnn import atomic, engine, quantize as qz  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deploy import load_quantized  # noqa: E402
+from train import run_script  # noqa: E402
 
 
 def probe(run_dir: Path, bn_batches: int = 16, progress: bool = True) -> dict:
@@ -58,7 +59,7 @@ def probe(run_dir: Path, bn_batches: int = 16, progress: bool = True) -> dict:
     kept = copy.deepcopy(model)
     result = {"run": run_dir.name, "bn_batches": bn_batches, "kept_val_acc": val(model),
               "kept_val_acc_bn": after_bn(kept), "rows": rows, "drift": drift}
-    (run_dir / "refit_probe.json").write_text(json.dumps(result, indent=1))
+    atomic.write_file(run_dir / "refit_probe.json", json.dumps(result, indent=1))
     return result
 
 
@@ -80,4 +81,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

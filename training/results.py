@@ -9,6 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "training"))
+
+from qcnn import atomic  # noqa: E402
+from train import run_script  # noqa: E402
 
 FASHION_MNIST_IMAGE = (28, 28)
 KERNEL_BENCH = ROOT / "docs" / "bench" / "kernels_cpu.json"  # benchmarks/bench_kernels.py --json
@@ -467,10 +471,10 @@ def main(argv=None) -> str:
         text = replace_methods(args.out.read_text() if args.out.is_file() else "# Results\n",
                                methods_section(summaries, args.runs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    atomic.write_file(args.out, text)
     print(text)
     return text
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

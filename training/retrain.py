@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 import torch  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
+from qcnn import atomic, config as qconfig, engine, models, retrain  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,8 +107,8 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         "retrain_seconds": time.perf_counter() - t0, "world_size": world, "torch": torch.__version__,
     }
     if engine.is_main():
-        torch.save(model.state_dict(), run_dir / "model.pt")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        engine.atomic_save(model.state_dict(), run_dir / "model.pt")
+        atomic.write_file(run_dir / "summary.json", json.dumps(summary, indent=2))
         print(format_rounds(rounds))
         print(f"[{cfg.name}] float test acc {float_test:.2f}%, "
               f"quantized test acc {test['acc']:.2f}% (F1 {test['f1']:.2f}; BN folded: {folded_test['acc']:.2f}%) "

@@ -1,4 +1,4 @@
-"""Accumulator-constrained quantization (de Bruin et al. 2020; A2Q): python training/search_accumulator.py --config configs/acc16_demo.yaml
+"""Accumulator-constrained quantization (de Bruin et al. 2020; A2Q): python training/search_accumulator.py --config configs/acc16_demo.yaml [--resume]
 
 Loads the float baseline (the config's `baseline`, default runs/baseline/model.pt), solves per-layer input and
 weight bit widths for a P-bit accumulator with qcnn.search.accumulator (the `search:` section,
@@ -11,7 +11,9 @@ accumulator_bits; the exporter re-proves the bound) and runs it with the integer
 
 Writes runs/<name>/{config.yaml (the resolved run config, its quant section the plan's), plan.json (with the
 `search:` section), summary.json, model.pt, model.qcnn, rounds.jsonl, accuracy.png, histogram.png} and prints the
-table. training/deploy.py --run runs/<name> rebuilds the model from config.yaml and model.pt.
+table. training/deploy.py --run runs/<name> rebuilds the model from config.yaml and model.pt. The fine-tuning
+writes runs/<name>/checkpoint.pt after each epoch; --resume continues an interrupted one (the search, deterministic,
+is solved again).
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, engine, models, retrain  # noqa: E402
+from qcnn import atomic, config as qconfig, engine, models, retrain  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator,  # noqa: E402
                                            accumulator_report, base_quant_config)
 
 from retrain import load_baseline  # noqa: E402
-from train import run_script  # noqa: E402
+from train import add_resume_options, check_resume_options, run_script  # noqa: E402
 
 OVERFLOW_CHECK_IMAGES = 200
 
@@ -60,7 +62,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="YAML config: a run config plus a `search:` section")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_resume_options(p)
     args = p.parse_args(argv)
+    check_resume_options(p, args)
     cfg, search_cfg = qconfig.load_with_search(args.config, AccumulatorSearchConfig, check=check_base_quant)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
@@ -78,11 +82,14 @@ def main(argv=None) -> dict:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # retrain.run writes config.yaml, a plain run config (deploy.py reads it); `search` is in plan.json
-    (run_dir / "plan.json").write_text(json.dumps({**plan.to_dict(), "search": search_cfg.to_dict()}, indent=2))
+    atomic.write_file(run_dir / "plan.json", json.dumps({**plan.to_dict(), "search": search_cfg.to_dict()}, indent=2))
 
     t0 = time.perf_counter()
-    result = retrain.run(model, cfg, splits.train, splits.val, progress=not args.no_progress)
+    result = retrain.run(model, cfg, splits.train, splits.val, resume=args.resume,
+                         stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
     retrain_seconds = time.perf_counter() - t0
+    if not result["finished"]:
+        return {"finished": False}
     model.eval()
     bound_check = accumulator_report(model)
     if not all(row["holds"] for row in bound_check):
@@ -93,7 +100,7 @@ def main(argv=None) -> dict:
     # The test split, once, after every choice is made.
     float_test, test = engine.evaluate(float_model, splits.test), engine.evaluate(model, splits.test)
 
-    torch.save(model.state_dict(), run_dir / "model.pt")
+    engine.atomic_save(model.state_dict(), run_dir / "model.pt")
     report = qcnn.export(model, run_dir / "model.qcnn", verbose=False)
     deployed = engine_check(run_dir / "model.qcnn", splits.test)
     summary = {
@@ -110,7 +117,7 @@ def main(argv=None) -> dict:
         "retrain_seconds": retrain_seconds, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "qcnn": qcnn.__version__,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_file(run_dir / "summary.json", json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"[{cfg.name}] -> {run_dir}", flush=True)
     return summary

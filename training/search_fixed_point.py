@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, engine  # noqa: E402
+from qcnn import atomic, config as qconfig, engine  # noqa: E402
 from qcnn.data import build_loaders  # noqa: E402
 from qcnn.search.fixed_point_search import FixedPointPlan, FixedPointSearchConfig, fixed_point  # noqa: E402
 
@@ -49,8 +49,9 @@ def main(argv=None) -> dict:
     folded = qcnn.fold_batchnorm(model)
     run_dir = cfg.run_dir  # made before the search, so that an unwritable out_dir costs no search time
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "search": search_cfg.to_dict()},
-                                                        sort_keys=False))
+    atomic.remove_stale_temps(run_dir)
+    atomic.write_file(run_dir / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "search": search_cfg.to_dict()},
+                                                              sort_keys=False))
 
     t0 = time.perf_counter()
     plan = fixed_point(folded, splits.val, log=None if args.quiet else print, **search_cfg.to_dict())
@@ -88,9 +89,9 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "qcnn": qcnn.__version__,
         "layers": [layer.to_dict() for layer in plan.layers],
     }
-    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    torch.save(quantized.state_dict(), run_dir / "model.pt")
+    atomic.write_file(run_dir / "plan.json", json.dumps(plan.to_dict(), indent=2))
+    atomic.write_file(run_dir / "summary.json", json.dumps(summary, indent=2))
+    engine.atomic_save(quantized.state_dict(), run_dir / "model.pt")
     print(plan.table())
     print(format_summary(summary))
     print(f"[{cfg.name}] -> {run_dir}", flush=True)

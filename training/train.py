@@ -16,30 +16,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 import torch  # noqa: E402
 
 import qcnn  # noqa: E402
-from qcnn import config as qconfig, engine, models  # noqa: E402
+from qcnn import atomic, config as qconfig, engine, models  # noqa: E402
 from qcnn.data import NUM_CLASSES, build_loaders  # noqa: E402
 from qcnn.retrain import train_float  # noqa: E402
+
+
+def add_resume_options(p: argparse.ArgumentParser) -> None:
+    """--resume and --stop-after-epochs: every script that trains through qcnn.retrain (and so can leave an
+    unfinished checkpoint) takes them; check_resume_options checks them."""
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop (as if killed) after this many epochs; for testing --resume")
+
+
+def check_resume_options(p: argparse.ArgumentParser, args) -> None:
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        p.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
 
 
 def parse_args(argv=None, description: str = __doc__):
     """The command line of train.py and retrain.py."""
     p = argparse.ArgumentParser(description=description.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="YAML run config")
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    add_resume_options(p)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: this process's GPU when CUDA is available, else the CPU")
-    p.add_argument("--stop-after-epochs", type=int, default=None,
-                   help="stop (as if killed) after this many epochs; for testing --resume")
     args = p.parse_args(argv)
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        p.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    check_resume_options(p, args)
     return args
 
 
 def run_script(main) -> None:
-    """A training script's command line: a bad config, file or argument stops it with one line that names it
-    (exit status 2), not a traceback."""
+    """A training script's command line: a bad config, file or argument, or a file it cannot write (a full disk:
+    qcnn.atomic.WriteError), stops it with one line that names it (exit status 2), not a traceback."""
     try:
         main()
     except (qconfig.ConfigError, ValueError, OSError) as err:
@@ -96,8 +106,8 @@ def main(argv=None, cfg: qconfig.RunConfig | None = None) -> dict:
         "torch": torch.__version__, "qcnn": qcnn.__version__,
     }
     if engine.is_main():
-        torch.save(model.state_dict(), run_dir / "model.pt")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        engine.atomic_save(model.state_dict(), run_dir / "model.pt")
+        atomic.write_file(run_dir / "summary.json", json.dumps(summary, indent=2))
         print(f"[{cfg.name}] float model: val acc {val['acc']:.2f}% (F1 {val['f1']:.2f}), test acc {test['acc']:.2f}% "
               f"(F1 {test['f1']:.2f}) -> {run_dir}", flush=True)
     return summary

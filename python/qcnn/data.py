@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import atomic
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 # Mean and standard deviation of the Fashion-MNIST training pixels (in [0, 1]).
 FASHION_MEAN = 0.2860
@@ -118,9 +120,8 @@ def write_idx(path: str | Path, array) -> Path:
     path = Path(path)
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, _IDX_TYPE_UINT8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
+    content = header + array.tobytes()
+    atomic.write_file(path, gzip.compress(content) if path.suffix == ".gz" else content)
     return path
 
 

@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import atomic
+
 try:
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover - tqdm is a declared dependency
@@ -300,13 +302,241 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same directory, then os.replace: a crash never leaves a
-    half-written file under `path`."""
+    """torch.save through qcnn.atomic: a crash never leaves a half-written file under `path`, a failed write
+    raises atomic.WriteError naming it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda f: torch.save(obj, f))
+
+
+def _short(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {list(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__} ({text[:60]}...)"
+
+
+def _plain(value):
+    """Tuples as lists, recursively: a loaded state compares equal to a fresh one whichever sequence type it has."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _key_path(field: str, key) -> str:
+    if not isinstance(key, str):
+        return f"{field}[{key!r}]"
+    return f"{field}.{key}" if field else key
+
+
+class CheckpointFields:
+    """Checks of the fields of the checkpoint read from `path`, before anything is restored from it: a failure
+    is a ValueError of one line naming the file and the field, e.g. "checkpoint runs/x/checkpoint.pt:
+    loop.epoch = -5 is outside [0, 3]"."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, field: str, problem: str):
+        raise ValueError(f"checkpoint {self.path}: {field} {problem}")
+
+    def mapping(self, value, field: str, required=(), optional=None) -> dict:
+        """A dict holding every `required` key and, when `optional` is given, no key beyond those two lists."""
+        if not isinstance(value, dict):
+            self.fail(field, f"must be a mapping, got {_short(value)}")
+        for key in required:
+            if key not in value:
+                self.fail(_key_path(field, key), "is missing")
+        if optional is not None:
+            for key in value:
+                if key not in required and key not in optional:
+                    self.fail(_key_path(field, key), "is not a field of a qcnn checkpoint")
+        return value
+
+    def sequence(self, value, field: str, length: int | None = None, kind=list, why: str = "") -> list:
+        if not isinstance(value, kind):
+            self.fail(field, f"must be a {kind.__name__}, got {_short(value)}")
+        if length is not None and len(value) != length:
+            self.fail(field, f"has {len(value)} entries, expected {length}{why}")
+        return value
+
+    def integer(self, value, field: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(field, f"must be an integer, got {_short(value)}")
+        if not lo <= value <= hi:
+            self.fail(field, f"= {value} is outside [{lo}, {hi}]")
+        return value
+
+    def number(self, value, field: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(field, f"must be a number, got {_short(value)}")
+        if not math.isfinite(value) or not lo <= value <= hi:
+            self.fail(field, f"= {value} is outside [{lo}, {hi}]" if math.isfinite(value)
+                      else f"= {value} is not a finite number")
+        return float(value)
+
+    def optional_number(self, value, field: str, lo: float = -math.inf, hi: float = math.inf) -> float | None:
+        return None if value is None else self.number(value, field, lo, hi)
+
+    def flag(self, value, field: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(field, f"must be true or false, got {_short(value)}")
+        return value
+
+    def equal(self, value, expected, field: str, why: str = "") -> None:
+        if type(value) is not type(expected) and not (isinstance(value, (list, tuple))
+                                                      and isinstance(expected, (list, tuple))) \
+                or _plain(value) != _plain(expected):
+            self.fail(field, f"= {_short(value)}, expected {_short(expected)}{why}")
+
+    def tensor(self, value, field: str, shape=None, dtype=None) -> torch.Tensor:
+        """A tensor of that shape and dtype (when given), with finite values if it is floating-point."""
+        if not isinstance(value, torch.Tensor):
+            self.fail(field, f"must be a tensor, got {_short(value)}")
+        if shape is not None and tuple(value.shape) != tuple(shape):
+            self.fail(field, f"has shape {list(value.shape)}, expected {list(shape)}")
+        if dtype is not None and value.dtype != dtype:
+            self.fail(field, f"has dtype {value.dtype}, expected {dtype}")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            self.fail(field, "holds NaN or infinite values")
+        return value
+
+    def plain_data(self, value, field: str):
+        """JSON data (what the loop writes to its .jsonl files): mappings with string keys, lists, strings,
+        numbers, booleans, None."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    self.fail(field, f"has the key {_short(key)}; keys are strings")
+                self.plain_data(item, _key_path(field, key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                self.plain_data(item, f"{field}[{i}]")
+        elif value is not None and not isinstance(value, (str, int, float)):
+            self.fail(field, f"must be plain data (numbers, strings, lists, mappings), got {_short(value)}")
+        return value
+
+    def state_dict(self, value, field: str) -> dict:
+        """A module state dict: tensors under string keys, all finite (the module's load_state_dict checks the
+        names and shapes)."""
+        self.mapping(value, field)
+        for key, tensor in value.items():
+            if not isinstance(key, str):
+                self.fail(field, f"has the key {_short(key)}; parameter names are strings")
+            self.tensor(tensor, f"{field}[{key!r}]")
+        return value
+
+
+_MT19937_WORDS = 624  # numpy's and Python's Mersenne Twister state
+
+
+def check_rng_state(state, fields: CheckpointFields, field: str = "rng") -> None:
+    """`state` (an rng_state()) restores without error and leaves every generator usable: the types and shapes
+    rng_state() writes, and a trial restore of each generator (the current states are put back)."""
+    fields.mapping(state, field, ("torch", "numpy", "python"), ("cuda",))
+    fields.tensor(state["torch"], f"{field}.torch", torch.get_rng_state().shape, torch.uint8)
+    numpy_state = fields.sequence(state["numpy"], f"{field}.numpy", 5, tuple)
+    fields.equal(numpy_state[0], "MT19937", f"{field}.numpy[0]")
+    key = numpy_state[1]
+    if not isinstance(key, np.ndarray) or key.dtype != np.uint32 or key.shape != (_MT19937_WORDS,):
+        fields.fail(f"{field}.numpy[1]", f"must be a uint32 array of shape [{_MT19937_WORDS}], got {_short(key)}")
+    # numpy takes any position and reads past its key with it
+    fields.integer(numpy_state[2], f"{field}.numpy[2]", 0, _MT19937_WORDS)
+    fields.integer(numpy_state[3], f"{field}.numpy[3]", 0, 1)
+    fields.number(numpy_state[4], f"{field}.numpy[4]")
+    python_state = fields.sequence(state["python"], f"{field}.python", 3, tuple)
+    fields.equal(python_state[0], random.getstate()[0], f"{field}.python[0]")
+    words = fields.sequence(python_state[1], f"{field}.python[1]", _MT19937_WORDS + 1, tuple)
+    for i, word in enumerate(words):
+        fields.integer(word, f"{field}.python[1][{i}]", 0, 2 ** 32 - 1)
+    fields.optional_number(python_state[2], f"{field}.python[2]")  # random.gauss's next value
+    generators = [("torch", torch.get_rng_state, torch.set_rng_state),
+                  ("numpy", np.random.get_state, np.random.set_state),
+                  ("python", random.getstate, random.setstate)]
+    if "cuda" in state:
+        for i, tensor in enumerate(fields.sequence(state["cuda"], f"{field}.cuda")):
+            fields.tensor(tensor, f"{field}.cuda[{i}]", dtype=torch.uint8)
+        if torch.cuda.is_available():
+            generators.append(("cuda", torch.cuda.get_rng_state_all, torch.cuda.set_rng_state_all))
+    for name, get, put in generators:
+        current = get()
+        try:
+            put(state[name])
+        except Exception as err:  # the generators' own checks (torch's mt19937 validity, device counts)
+            fields.fail(f"{field}.{name}", f"cannot be restored ({type(err).__name__}: "
+                                           f"{str(err).splitlines()[0] if str(err) else ''})")
+        finally:
+            put(current)
+
+
+def check_training_state(optimizer_state, scheduler_state, optimizer: torch.optim.Optimizer, scheduler,
+                         steps_done: int, fields: CheckpointFields) -> None:
+    """A saved optimizer and LambdaLR state that continue the run: `optimizer` and `scheduler` are the ones the
+    loop builds for it (fresh, not stepped), `steps_done` the optimizer steps the loop state says were taken.
+    Same groups of the same parameters, the configured hyperparameters, the learning rate the schedule gives
+    after steps_done steps, and per-parameter state of the kind and shape one step of `optimizer` makes."""
+    fresh_opt, fresh_sched = optimizer.state_dict(), scheduler.state_dict()
+    fields.mapping(optimizer_state, "optimizer", ("state", "param_groups"), ())
+    groups = fields.sequence(optimizer_state["param_groups"], "optimizer.param_groups", len(fresh_opt["param_groups"]))
+    fields.mapping(scheduler_state, "scheduler", tuple(fresh_sched), ())
+    fields.equal(scheduler_state["last_epoch"], steps_done, "scheduler.last_epoch",
+                 " (the optimizer steps of the epochs the loop state says are done)")
+    fields.equal(scheduler_state["_step_count"], steps_done + 1, "scheduler._step_count", " (last_epoch + 1)")
+    fields.equal(scheduler_state["base_lrs"], fresh_sched["base_lrs"], "scheduler.base_lrs", " (the configured lr)")
+    fields.equal(scheduler_state["lr_lambdas"], fresh_sched["lr_lambdas"], "scheduler.lr_lambdas")
+    for key in ("_is_initial", "_get_lr_called_within_step"):
+        if key in fresh_sched:
+            fields.flag(scheduler_state[key], f"scheduler.{key}")
+    last_lrs = fields.sequence(scheduler_state["_last_lr"], "scheduler._last_lr", len(groups))
+    params_of = {}
+    for g, (group, fresh) in enumerate(zip(groups, fresh_opt["param_groups"])):
+        where = f"optimizer.param_groups[{g}]"
+        fields.mapping(group, where, tuple(fresh), ())
+        fields.equal(group["params"], fresh["params"], f"{where}.params", " (this model's parameters)")
+        for key, value in fresh.items():
+            if key not in ("params", "lr"):
+                fields.equal(group[key], value, f"{where}.{key}", " (from the config)")
+        lr = fresh["initial_lr"] * scheduler.lr_lambdas[g](steps_done)
+        fields.number(group["lr"], f"{where}.lr", 0.0, fresh["initial_lr"])
+        if not math.isclose(group["lr"], lr, rel_tol=1e-9, abs_tol=1e-15):
+            fields.fail(f"{where}.lr", f"= {group['lr']}, expected {lr} (the schedule after {steps_done} steps)")
+        fields.number(last_lrs[g], f"scheduler._last_lr[{g}]", group["lr"], group["lr"])
+        params_of.update(zip(fresh["params"], optimizer.param_groups[g]["params"]))
+    per_param = fields.mapping(optimizer_state["state"], "optimizer.state")
+    expected = _one_step_state(optimizer) if per_param else {}
+    for index, entry in per_param.items():
+        if index not in params_of:
+            fields.fail("optimizer.state", f"has an entry for parameter {_short(index)}; the model's are 0 to "
+                                           f"{len(params_of) - 1}")
+        param = params_of[index]
+        where = f"optimizer.state[{index}]"
+        fields.mapping(entry, where, tuple(expected), ())
+        for key, (like_param, shape, dtype) in expected.items():
+            value = entry[key]
+            if value is None and like_param is None:
+                continue
+            fields.tensor(value, f"{where}.{key}", param.shape if like_param else shape,
+                          param.dtype if like_param else dtype)
+            if key == "step":
+                fields.number(float(value), f"{where}.step", 1, steps_done)
+
+
+def _one_step_state(optimizer: torch.optim.Optimizer) -> dict:
+    """{state key: (whether it has the parameter's shape, else its shape, its dtype)} of one step of an optimizer
+    of the same class and hyperparameters as `optimizer`, over a throwaway parameter. (like_param None: the
+    optimizer stores None there.)"""
+    param = torch.zeros(2, 3, requires_grad=True)
+    param.grad = torch.ones(2, 3)
+    probe = type(optimizer)([param], lr=0.0)
+    probe.param_groups[0].update({k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
+    probe.step()
+    return {key: (None, None, None) if value is None else
+            (tuple(value.shape) == (2, 3) and value.dim() == 2, tuple(value.shape), value.dtype)
+            for key, value in probe.state[param].items()}
 
 
 def describe_load_error(err: Exception) -> str:

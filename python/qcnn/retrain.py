@@ -10,15 +10,15 @@ incremental_fractions[r] of each layer's weights at their quantized values, larg
 from __future__ import annotations
 
 import copy
-
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import engine
+from . import atomic, engine
 from . import quantize as qz
 from .config import ConfigError, RunConfig, dump
 from .data import set_input_spec
@@ -40,9 +40,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    atomic.write_file(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _save(cfg: RunConfig, model: nn.Module, optimizer, scheduler, state: dict, loader, best_model=None) -> None:
@@ -67,7 +65,7 @@ RESUMABLE_CHANGES = ("out_dir", "training.threads", "data.eval_batch_size")
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=str):
         path = f"{prefix}{key}"
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -77,10 +75,17 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "loop")
+OPTIONAL_CHECKPOINT_KEYS = ("best_model", "data_order")
+
+
 def _read_checkpoint(path: Path, kind: str) -> dict | None:
     if not path.is_file():
         return None
-    ckpt = engine.load_checkpoint(path, ("model", "optimizer", "scheduler", "rng", "loop"))
+    ckpt = engine.load_checkpoint(path, CHECKPOINT_KEYS)
+    fields = engine.CheckpointFields(path)
+    fields.mapping(ckpt, "", CHECKPOINT_KEYS, OPTIONAL_CHECKPOINT_KEYS)
+    fields.mapping(ckpt["config"], "config")
     loop = ckpt["loop"]
     if not isinstance(loop, dict) or loop.get("kind") != kind:
         found = loop.get("kind") if isinstance(loop, dict) else type(loop).__name__
@@ -88,19 +93,144 @@ def _read_checkpoint(path: Path, kind: str) -> dict | None:
     return ckpt
 
 
-def _finished(ckpt: dict, kind: str, cfg: RunConfig) -> bool:
+def _finished(ckpt: dict, kind: str) -> bool:
+    """Whether the checkpoint's run ended (read leniently: an unchecked checkpoint may hold anything)."""
     loop = ckpt["loop"]
     if kind == "retrain":
-        return bool(loop.get("done"))
-    saved = ckpt.get("config")
-    epochs = saved["training"]["epochs"] if isinstance(saved, dict) else cfg.training.epochs
-    return loop.get("epoch", 0) >= epochs
+        return loop.get("done") is True
+    training = ckpt["config"].get("training")
+    epochs = training.get("epochs") if isinstance(training, dict) else None
+    epoch = loop.get("epoch")
+    return isinstance(epoch, int) and isinstance(epochs, int) and epoch >= epochs
 
 
-def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
+def _optimizer_and_schedule(model: nn.Module, cfg: RunConfig, kind: str, round_index: int, steps: int):
+    """The optimizer and per-batch LambdaLR schedule of the float run (kind 'float') or of retraining round
+    `round_index` (kind 'retrain': cosine over retrain.epochs_per_round from retrain.round_lr)."""
+    tcfg = cfg.training
+    if kind == "float":
+        optimizer = engine.build_optimizer(model, tcfg, tcfg.lr)
+        return optimizer, engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, steps)
+    optimizer = engine.build_optimizer(model, tcfg, cfg.retrain.round_lr(round_index))
+    return optimizer, engine.build_scheduler(optimizer, tcfg, "cosine", cfg.retrain.epochs_per_round, steps)
+
+
+# The records of the loop state (also the lines of epochs.jsonl and rounds.jsonl): field -> kind of value.
+PERCENT, LOSS, SECONDS, FRACTION = (0.0, 100.0), (0.0, math.inf), (0.0, math.inf), (0.0, 1.0)
+EPOCH_RECORD = {"epoch": "int", "train_loss": LOSS, "train_acc": PERCENT, "val_loss": LOSS, "val_acc": PERCENT,
+                "val_f1": PERCENT, "seconds": SECONDS}
+ROUND_INFO = {"change_fraction": "fraction or None", "layer_change": "fractions", "val_acc_before": PERCENT,
+              "val_f1_before": PERCENT, "val_loss_before": LOSS, "fit_seconds": SECONDS}
+ROUND_RECORD = {"round": "int", "val_acc": PERCENT, "val_f1": PERCENT, "val_loss": LOSS, "train_loss": LOSS,
+                "train_acc": PERCENT, **ROUND_INFO, "quantizers": "data"}
+TRAIN_STATS = {"loss": LOSS, "acc": PERCENT}
+
+
+def _check_record(record, field: str, schema: dict, fields: engine.CheckpointFields, incremental: bool = False) -> dict:
+    extra = ("frozen_fraction",) if incremental and "change_fraction" in schema else ()
+    fields.mapping(record, field, tuple(schema) + extra, ())
+    for key, kind in {**schema, **dict.fromkeys(extra, FRACTION)}.items():
+        value, where = record[key], f"{field}.{key}"
+        if kind == "int":
+            fields.integer(value, where, 0, 10 ** 9)
+        elif kind == "fraction or None":
+            fields.optional_number(value, where, *FRACTION)
+        elif kind == "fractions":
+            for name, fraction in fields.mapping(value, where).items():
+                fields.optional_number(fraction, f"{where}.{name}", *FRACTION)
+        elif kind == "data":
+            fields.plain_data(value, where)
+        else:
+            fields.number(value, where, *kind)
+    return record
+
+
+def _check_float_loop(loop: dict, cfg: RunConfig, fields: engine.CheckpointFields) -> int:
+    """Returns the optimizer steps the state says were taken, in epochs."""
+    fields.mapping(loop, "loop", ("kind", "epoch", "history"), ())
+    epoch = fields.integer(loop["epoch"], "loop.epoch", 0, cfg.training.epochs)
+    history = fields.sequence(loop["history"], "loop.history", epoch, why=" (one record per epoch of loop.epoch)")
+    for i, record in enumerate(history):
+        _check_record(record, f"loop.history[{i}]", EPOCH_RECORD, fields)
+        fields.equal(record["epoch"], i + 1, f"loop.history[{i}].epoch")
+    return epoch
+
+
+def _check_retrain_loop(loop: dict, cfg: RunConfig, fields: engine.CheckpointFields) -> int:
+    """Returns the epochs of the current round the state says were taken."""
+    rcfg = cfg.retrain
+    epochs = rcfg.epochs_per_round
+    fields.mapping(loop, "loop", ("kind", "round", "epoch", "global_epoch", "round_info", "rounds", "done",
+                                  "best_round"), ("train_stats",))
+    done = fields.flag(loop["done"], "loop.done")
+    limit = len(rcfg.incremental_fractions) if rcfg.incremental else rcfg.max_rounds
+    # a checkpoint is written after an epoch; the last one of a round starts the next round (epoch 0)
+    round_index = fields.integer(loop["round"], "loop.round", 0, limit if done else limit - 1)
+    epoch = fields.integer(loop["epoch"], "loop.epoch", 0, 0 if done else epochs - 1)
+    fields.integer(loop["global_epoch"], "loop.global_epoch", 0, limit * epochs)
+    fields.equal(loop["global_epoch"], round_index * epochs + epoch, "loop.global_epoch",
+                 " (loop.round * retrain.epochs_per_round + loop.epoch)")
+    rounds = fields.sequence(loop["rounds"], "loop.rounds", round_index, why=" (one record per round before "
+                                                                              "loop.round)")
+    for i, record in enumerate(rounds):
+        _check_record(record, f"loop.rounds[{i}]", ROUND_RECORD, fields, rcfg.incremental)
+        fields.equal(record["round"], i, f"loop.rounds[{i}].round")
+    if epoch == 0:
+        fields.equal(loop["round_info"], None, "loop.round_info", " (no epoch of loop.round is done)")
+    else:
+        _check_record(loop["round_info"], "loop.round_info", ROUND_INFO, fields, rcfg.incremental)
+    fields.equal(done, _converged(cfg, rounds), "loop.done", " (the convergence rule on loop.rounds)")
+    accuracies = [record["val_acc"] for record in rounds]
+    fields.equal(loop["best_round"], accuracies.index(max(accuracies)) if rounds else None, "loop.best_round",
+                 " (the first round of the best val_acc)")
+    for i, stats in enumerate(fields.sequence(loop.get("train_stats", []), "loop.train_stats", epoch,
+                                              why=" (one per epoch of loop.epoch)")):
+        _check_record(stats, f"loop.train_stats[{i}]", TRAIN_STATS, fields)
+    return epoch
+
+
+def _load_problem(err: Exception) -> str:
+    """The first problem load_state_dict names (its first line is a header ending in ':')."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _check_checkpoint(ckpt: dict, cfg: RunConfig, model: nn.Module, kind: str, steps: int,
+                      fields: engine.CheckpointFields) -> None:
+    """Every field of a checkpoint of this run's config, before anything is restored from it."""
+    loop = ckpt["loop"]
+    epochs_done = (_check_float_loop if kind == "float" else _check_retrain_loop)(loop, cfg, fields)
+    global_epoch = loop["epoch"] if kind == "float" else loop["global_epoch"]
+    if "data_order" in ckpt:
+        order = fields.mapping(ckpt["data_order"], "data_order", ("seed", "epoch"), ())
+        if order["seed"] is not None:
+            fields.integer(order["seed"], "data_order.seed", 0, 2 ** 64 - 1)
+        fields.equal(order["epoch"], global_epoch, "data_order.epoch", " (the loop's epoch)")
+    engine.check_rng_state(ckpt["rng"], fields)
+    fields.state_dict(ckpt["model"], "model")
+    best = ckpt.get("best_model")
+    if kind == "float" or loop["best_round"] is None:
+        fields.equal(best, None, "best_model", " (no round has been kept)")
+    else:
+        fields.state_dict(best, "best_model")
+        try:  # what the loop's end loads into the model
+            copy.deepcopy(engine.unwrap(model)).load_state_dict(best)
+        except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+            fields.fail("best_model", f"does not fit this model: {_load_problem(err)}")
+    if kind == "float" or loop["round_info"] is not None:
+        optimizer, scheduler = _optimizer_and_schedule(engine.unwrap(model), cfg, kind, loop.get("round", 0), steps)
+        engine.check_training_state(ckpt["optimizer"], ckpt["scheduler"], optimizer, scheduler,
+                                    epochs_done * steps, fields)
+    else:  # the next round starts with a new optimizer
+        for key in ("optimizer", "scheduler"):
+            if ckpt[key] is not None:
+                fields.mapping(ckpt[key], key)
+
+
+def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool, steps: int):
     """The checkpoint to continue from, or None to start the run. An unfinished run continues with resume, of the
     same config only; without resume it is refused rather than overwritten. A finished run is started over unless
-    resume finds it under the same config (then it is done)."""
+    resume finds it under the same config (then it is done). `steps`: optimizer steps per epoch."""
     path = cfg.run_dir / CHECKPOINT
     try:
         ckpt = _read_checkpoint(path, kind)
@@ -112,27 +242,31 @@ def _restore(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
         if resume and engine.is_main():  # a misspelt name would otherwise start over without a word
             print(f"[{cfg.name}] --resume: no checkpoint in {cfg.run_dir}; starting the run", flush=True)
         return None
-    finished = _finished(ckpt, kind, cfg)
-    changed = _changed_keys(ckpt["config"], cfg.to_dict()) if isinstance(ckpt.get("config"), dict) else []
+    finished = _finished(ckpt, kind)
+    changed = _changed_keys(ckpt["config"], cfg.to_dict())
     if not resume or (finished and changed):
         if not finished:
-            raise ValueError(f"{path} holds an unfinished {kind} run; pass --resume to continue it, or delete "
-                             "the checkpoint to start over")
+            raise ValueError(f"{path} holds an unfinished {kind} run; pass --resume (resume=True) to continue "
+                             "it, or delete the checkpoint to start over")
         return None
     if changed:
         raise ValueError(f"--resume: the config differs from the unfinished run in {path} at {changed}; resume "
                          "with the run's own config (its config.yaml), or start a new run under another name")
+    _check_checkpoint(ckpt, cfg, model, kind, steps, engine.CheckpointFields(path))
     try:
         engine.unwrap(model).load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(f"--resume: {path} does not fit this model: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"--resume: {path} does not fit this model: {_load_problem(err)}") from None
     engine.set_rng_state(ckpt["rng"])
     return ckpt
 
 
-def _begin(cfg: RunConfig, model: nn.Module, kind: str, resume: bool):
-    """_restore, then the run's config.yaml: written only once the checkpoint check let the run go on."""
-    ckpt = _restore(cfg, model, kind, resume)
+def _begin(cfg: RunConfig, model: nn.Module, kind: str, resume: bool, steps: int):
+    """Removes the temporaries a killed writer left in the run directory, then _restore, then the run's
+    config.yaml: written only once the checkpoint check let the run go on."""
+    if engine.is_main():
+        atomic.remove_stale_temps(cfg.run_dir)
+    ckpt = _restore(cfg, model, kind, resume, steps)
     if engine.is_main():
         dump(cfg, cfg.run_dir / "config.yaml")
     return ckpt
@@ -148,11 +282,10 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     run_dir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.training
     state = {"kind": "float", "epoch": 0, "history": []}
-    ckpt = _begin(cfg, model, "float", resume)
-    ddp = _wrap_ddp(model)
-    optimizer = engine.build_optimizer(ddp, tcfg, tcfg.lr)
     steps = engine.batches_per_epoch(train_loader)
-    scheduler = engine.build_scheduler(optimizer, tcfg, tcfg.schedule, tcfg.epochs, steps)
+    ckpt = _begin(cfg, model, "float", resume, steps)
+    ddp = _wrap_ddp(model)
+    optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "float", 0, steps)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -253,7 +386,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     epochs = rcfg.epochs_per_round
     state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
              "done": False, "best_round": None}
-    ckpt = _begin(cfg, model, "retrain", resume)
+    ckpt = _begin(cfg, model, "retrain", resume, steps)
     best_model = None  # the state after the round with the best validation accuracy so far
     if ckpt is not None:
         state = ckpt["loop"]
@@ -261,8 +394,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     ddp = _wrap_ddp(model)
     optimizer = scheduler = None
     if ckpt is not None and state["round_info"] is not None:
-        optimizer = engine.build_optimizer(ddp, tcfg, rcfg.round_lr(state["round"]))
-        scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
+        optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "retrain", state["round"], steps)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
     done_now = 0
@@ -276,8 +408,7 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
             info.update(val_acc_before=before["acc"], val_f1_before=before["f1"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
             state["round_info"] = info
-            optimizer = engine.build_optimizer(ddp, tcfg, rcfg.round_lr(r))
-            scheduler = engine.build_scheduler(optimizer, tcfg, "cosine", epochs, steps)
+            optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "retrain", r, steps)
             if engine.is_main():
                 change = info["change_fraction"]
                 print(f"[{cfg.name}] round {r}: refit, cluster change "
@@ -360,7 +491,7 @@ def plot_rounds(rounds: list[dict], path: Path, title: str = "") -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -380,5 +511,5 @@ def plot_weight_histogram(model: nn.Module, layer_name: str, path: Path) -> None
     ax.set_title(f"{layer_name}{' channel 0' if per_channel else ''}: latent weights, {len(levels)} levels")
     ax.set_xlabel("weight")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from .. import atomic
 
 FORMAT_NAME = "qcnn"
 FORMAT_VERSION = 1
@@ -14,14 +16,17 @@ METADATA_KEY = "qcnn"
 
 
 def write_qcnn(path: str | Path, doc: dict, tensors: dict[str, torch.Tensor]) -> int:
-    """Writes the file; returns its size in bytes."""
+    """Writes the file atomically (qcnn.atomic: a failure raises WriteError and leaves no partial file); returns
+    its size in bytes."""
     path = Path(path)
     if path.is_dir():  # Path("") is "." too
         raise IsADirectoryError(f"qcnn.export: {str(path)!r} is a directory, not a file path")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"qcnn.export: the directory of {str(path)!r} does not exist")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={METADATA_KEY: json.dumps(doc, separators=(",", ":"))})
-    return path.stat().st_size
+    content = save({k: v.contiguous() for k, v in tensors.items()},
+                   metadata={METADATA_KEY: json.dumps(doc, separators=(",", ":"))})
+    atomic.write_file(path, content)
+    return len(content)
 
 
 def read_qcnn(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
