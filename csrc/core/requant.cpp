@@ -207,8 +207,9 @@ bool tie_free_requant(InputRange x, int32_t multiplier, int64_t bias, int shift,
     return false;
   const int64_t m = multiplier;
   // x * m + bias >= up gives RS >= hi - zo + 1, x * m + bias <= down gives RS <= lo - zo - 1: saturated either way.
-  const __int128 up = ((static_cast<__int128>(int64_t{hi} - out_zero_point) + 1) << shift) - bias;
-  const __int128 down = ((static_cast<__int128>(int64_t{lo} - out_zero_point) - 1) << shift) - bias;
+  const __int128 scale = static_cast<__int128>(1) << shift;  // times, not <<: the bounds may be negative
+  const __int128 up = (static_cast<__int128>(int64_t{hi} - out_zero_point) + 1) * scale - bias;
+  const __int128 down = (static_cast<__int128>(int64_t{lo} - out_zero_point) - 1) * scale - bias;
   const __int128 x_lo = std::max<__int128>(x.lo, floor_div(m > 0 ? down : up, m));
   const __int128 x_hi = std::min<__int128>(x.hi, -floor_div(-(m > 0 ? up : down), m));
   if (x_lo > x_hi) return false;

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import atomic
+from .engine import unwrap
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 # Mean and standard deviation of the Fashion-MNIST training pixels (in [0, 1]).
@@ -55,7 +56,7 @@ def set_input_spec(model: torch.nn.Module, spec: InputSpec) -> torch.nn.Module:
     """Records on `model` the input it reads, for qcnn.export; qcnn.retrain.run does it from its loader."""
     if not isinstance(spec, InputSpec):
         raise TypeError(f"set_input_spec: spec must be a qcnn.data.InputSpec, got {type(spec).__name__}")
-    getattr(model, "module", model).qcnn_input_spec = spec
+    unwrap(model).qcnn_input_spec = spec
     return model
 
 _IDX_TYPE_UINT8 = 0x08

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,17 @@ def broadcast_object(obj):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The module a torch.compile, nn.DataParallel or DistributedDataParallel wrapper (or a stack of them) runs;
+    any other module itself."""
+    while True:
+        # OptimizedModule exists only once torch._dynamo is imported, which costs ~1 s: never import it here.
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+        if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 # ------------------------------------------------------------------------------------ optimization

@@ -12,6 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from . import engine
 from .nn.layers import QuantConv2d, QuantLayer
 from .quantizers.act import QuantAct
 
@@ -107,8 +108,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of `model` in eval mode with every conv -> BatchNorm2d pair folded into the conv (the BN becomes
-    nn.Identity). The copy computes what `model.eval()` computes; `model` is left unchanged."""
-    folded = copy.deepcopy(model).eval()
+    nn.Identity). The copy computes what `model.eval()` computes; `model` is left unchanged. Of a torch.compile
+    or data-parallel wrapper, the module it wraps is folded (and returned, unwrapped)."""
+    folded = copy.deepcopy(engine.unwrap(model)).eval()
     for conv_name, bn_name in conv_bn_pairs(folded):
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
         set_submodule(folded, conv_name, fold_conv_bn(conv, bn))

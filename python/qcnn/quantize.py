@@ -82,7 +82,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
     regex on the module name, applied in order) change fields or set null for float. A pattern that matches
     no layer is a ConfigError naming quant.overrides[i].pattern. Layers left with neither quantizer stay float
     modules. Parameters are shared, so an existing optimizer keeps working. quant_report(model) lists what
-    each layer got.
+    each layer got. A torch.compile or data-parallel wrapper is quantized through the module it wraps (names
+    are that module's); the wrapper is returned.
     """
     if isinstance(cfg, dict):
         cfg = QuantConfig.from_dict(cfg, _path="quant")
@@ -90,6 +91,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
         raise TypeError(f"quantize_: cfg must be a qcnn.config.QuantConfig or dict, got {type(cfg).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_: model must be a torch.nn.Module, got {type(model).__name__}")
+    wrapper, model = model, engine.unwrap(model)
     layers = [(name, m) for name, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantLayer)]
     if not layers:
@@ -133,16 +135,15 @@ def quantize_(model: nn.Module, cfg: QuantConfig | dict) -> nn.Module:
             names = [n for n, _ in layers]
             raise ConfigError(f"quant.overrides[{i}].pattern",
                               f"{cfg.overrides[i].pattern!r} matches no Conv2d/Linear layer (layers: {names})")
-    return model
+    return wrapper
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
-    model = getattr(model, "module", model)
-    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
+    return {name: m for name, m in engine.unwrap(model).named_modules() if isinstance(m, QuantLayer)}
 
 
 def act_quantizers(model: nn.Module) -> list[QuantAct]:
-    return [m for m in getattr(model, "module", model).modules() if isinstance(m, QuantAct)]
+    return [m for m in engine.unwrap(model).modules() if isinstance(m, QuantAct)]
 
 
 def _forward_batches(model: nn.Module, loader, batches: int, what: str) -> int:
@@ -170,7 +171,7 @@ def calibrate_activations(model: nn.Module, loader, batches: int) -> int:
     for act in acts:
         act.start_calibration()
     seen = _forward_batches(model, loader, batches, "calibration loader")
-    names = {id(m): name for name, m in getattr(model, "module", model).named_modules()}
+    names = {id(m): name for name, m in engine.unwrap(model).named_modules()}
     for act in acts:
         try:
             act.finish_calibration()

@@ -296,3 +296,18 @@ def test_a_child_named_module_is_not_taken_for_a_wrapper(tmp_path):
     with torch.no_grad():
         ref = model((px.float() / 255 - MEAN) / STD)
     assert math.isclose(float((loaded(px) - ref).abs().max()), 0.0, abs_tol=0.05 * float(ref.abs().max()))
+
+
+def test_quantize_and_fold_a_compiled_model():
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    plain[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 1, 8, 8)
+    compiled = torch.compile(plain)
+    folded = qcnn.fold_batchnorm(compiled)
+    assert isinstance(folded[1], torch.nn.Identity) and torch.allclose(folded(x), plain.eval()(x), atol=1e-5)
+    cfg = {"weight": {"kind": "uniform", "bits": 4}, "act": None}
+    assert qcnn.quantize_(compiled, cfg) is compiled
+    assert sorted(qcnn.quantize.quant_layers(compiled)) == ["0", "4"]  # the wrapped module's names
+    assert isinstance(plain[0], qcnn.nn.QuantConv2d)

@@ -1,12 +1,12 @@
 """Export of quantized models to the .qcnn format, ONNX export, and qcnn.load (the C++ integer engine)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..engine import unwrap
 from .graph import Graph, Node, QParams, QuantWeight, reference_forward
 from .lower import lower_graph, quantize_multiplier
 from .qfile import read_qcnn, write_qcnn
@@ -66,20 +66,6 @@ def _model_float_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module a torch.compile, nn.DataParallel or DistributedDataParallel wrapper (or a stack of them)
-    runs; any other module itself."""
-    while True:
-        # OptimizedModule exists only once torch._dynamo is imported, which costs ~1 s: never import it here.
-        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-        if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
-            model = model._orig_mod
-        elif isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
-
-
 def to_graph(model, **trace_options) -> Graph:
     """The float-level export graph of a qcnn model (or the graph itself; a compiled or data-parallel model is
     exported as the module it wraps). trace_options go to trace.graph_from_model: input_shape (C, H, W), mean
@@ -92,7 +78,7 @@ def to_graph(model, **trace_options) -> Graph:
                         f"got {type(model).__name__}")
     from .trace import graph_from_model
 
-    return graph_from_model(_unwrap(model), **trace_options)
+    return graph_from_model(unwrap(model), **trace_options)
 
 
 def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool = True,
@@ -105,7 +91,7 @@ def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool 
     doc, tensors, index_bytes = lower_graph(graph, entropy_coding)
     size = write_qcnn(path, doc, tensors)
     if isinstance(model, torch.nn.Module):
-        float_bytes = _model_float_bytes(_unwrap(model))
+        float_bytes = _model_float_bytes(unwrap(model))
     else:
         float_bytes = _graph_float_bytes(graph)
     report = ExportReport(Path(path), size, float_bytes, index_bytes["packed"], index_bytes["huffman"],

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..config import (ActQuantConfig, ConfigError, QuantConfig, WeightQuantConfig, _check_range, _join,
                       _Section)
+from ..engine import unwrap
 from ..nn.layers import QuantLayer
 from ..quantize import input_readers, quantize_
 from ..quantizers.act import QuantAct
@@ -330,7 +331,7 @@ def accumulator_report(model: nn.Module) -> list[dict]:
     and the largest ||w_int,c||_1 of the weights as the forward quantizes them now, and whether the bound
     max|x - z_x| * max_c ||w_int,c||_1 <= 2^(P-1) - 1 holds (it does by construction)."""
     out = []
-    for name, layer in getattr(model, "module", model).named_modules():
+    for name, layer in unwrap(model).named_modules():
         wq = getattr(layer, "weight_quant", None)
         if not isinstance(layer, QuantLayer) or getattr(wq, "accumulator_bits", None) is None:
             continue
