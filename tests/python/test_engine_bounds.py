@@ -93,3 +93,10 @@ def test_workspace_is_freed_with_the_model(tmp_path):
     first, second, left = map(float, out.stdout.split())
     assert first > 200 and second > 200  # the runs did hold four arenas
     assert left < 32, f"{left:.0f} MiB still held after the models were deleted"
+
+
+@pytest.mark.parametrize("batch", [1.5, True, -1, "8"])
+def test_peak_activation_bytes_names_a_bad_batch(tmp_path, batch):
+    net = qcnn.load(wide_model(tmp_path / "wide.qcnn", 4, 8, 8))
+    with pytest.raises(ValueError, match=f"peak_activation_bytes: batch must be an int .* got {batch!r}"):
+        net.peak_activation_bytes(batch)

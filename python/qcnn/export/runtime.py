@@ -93,6 +93,7 @@ class IntegerModel(nn.Module):
     def peak_activation_bytes(self, batch: int) -> int:
         """Bytes of activation workspace a run of `batch` images on this model's threads holds at its peak (the engine
         runs on fewer threads where their workspace would pass max_activation_bytes_per_image)."""
+        _check_int("IntegerModel.peak_activation_bytes", "batch", batch, 0, MAX_LIMIT)
         return self.engine.peak_activation_bytes(batch, self.threads)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
