@@ -122,12 +122,17 @@ def float_net(name: str, bn_passes: int) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ engines
-def export_qcnn(model: nn.Module, calib: torch.Tensor, path: Path) -> Path:
+def quantize_w8a8(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """A copy of the float net quantized W8A8, its activations calibrated on the pixels `calib`, in eval mode."""
     q = copy.deepcopy(model)
     qcnn.quantize_(q, W8A8)
     calibrate_activations(q, [normalize(calib)], 1)
-    qcnn.export(q.eval(), path, input_shape=INPUT_SHAPE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                verbose=False)
+    return q.eval()
+
+
+def export_qcnn(model: nn.Module, calib: torch.Tensor, path: Path) -> Path:
+    qcnn.export(quantize_w8a8(model, calib), path, input_shape=INPUT_SHAPE, mean=list(IMAGENET_MEAN),
+                std=list(IMAGENET_STD), verbose=False)
     return path
 
 

@@ -8,6 +8,7 @@ import torch
 
 from ..engine import unwrap
 from .graph import Graph, Node, QParams, QuantWeight, reference_forward
+from . import onnx_export
 from .lower import lower_graph, quantize_multiplier
 from .qfile import read_qcnn, write_qcnn
 from .runtime import IntegerModel, LayerProfile, load
@@ -101,9 +102,10 @@ def export(model, path: str | Path, entropy_coding: bool = False, verbose: bool 
     return report
 
 
-def export_onnx(model, path: str | Path, **trace_options) -> Path:
-    """ONNX export: QuantizeLinear/DequantizeLinear for the activation quantizers, integer weights behind a
-    DequantizeLinear (onnx_export.py)."""
-    from .onnx_export import export_onnx as _export_onnx
-
-    return _export_onnx(to_graph(model, **trace_options), path)
+def export_onnx(model, path: str | Path, calibration=None, **trace_options) -> Path:
+    """ONNX export in the QDQ form of onnxruntime's own quantizer, so that its default session runs the layers on
+    its integer kernels (onnx_export.py). Values the engine keeps wider than 8 bits (residual sums, lookup-table
+    inputs) stay float and exact unless `calibration` (uint8 images [N, C, H, W]) is given: then each gets an 8-bit
+    grid from its range on those images and every conv runs on integer kernels, at the cost of one more rounding
+    than the engine makes there."""
+    return onnx_export.export_onnx(to_graph(model, **trace_options), path, calibration)
