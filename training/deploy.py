@@ -149,26 +149,36 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
                       infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
                       infer_agreement_with_load=agreement(infer_pred, load_pred),
                       logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
-    result.update(onnx_agreement(model, run_dir / "model.onnx", graph, pixels, fake_pred, labels))
+    calibration = data.load_fashion_mnist(cfg.data.path, "train")[0][:ONNX_CALIBRATION_IMAGES].unsqueeze(1)
+    result.update(onnx_agreement(model, run_dir, graph, pixels, fake_pred, load_pred, labels, calibration))
     atomic.write_file(run_dir / "deploy.json", json.dumps(result, indent=2))
     if verbose:
         print(format_deploy(result))
     return result
 
 
-def onnx_agreement(model: torch.nn.Module, path: Path, graph, pixels: torch.Tensor, fake_pred: torch.Tensor,
-                   labels: torch.Tensor) -> dict:
-    """The model's ONNX export in onnxruntime's default session: test accuracy and agreement with the fake-quant
-    model ({} without onnxruntime)."""
+# Training images the calibrated ONNX export takes its 8-bit grids of wide values from (never test images).
+ONNX_CALIBRATION_IMAGES = 256
+
+
+def onnx_agreement(model: torch.nn.Module, run_dir: Path, graph, pixels: torch.Tensor, fake_pred: torch.Tensor,
+                   load_pred: torch.Tensor, labels: torch.Tensor, calibration: torch.Tensor) -> dict:
+    """The model's two ONNX exports in onnxruntime's default session: model.onnx (exact: values past 8 bits stay
+    float) and model.calibrated.onnx (every layer on integer kernels, grids from `calibration` training images);
+    test accuracy, agreement with the fake-quant model and with the engine (qcnn.load). {} without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
         return {}
-    qcnn.export_onnx(model, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    pred = torch.cat([torch.from_numpy(session.run(None, {"input": graph.normalize(chunk).numpy()})[0]).argmax(1)
-                      for chunk in pixels.split(1000)])
-    return {"onnx_test_acc": accuracy(pred, labels), "onnx_agreement": agreement(pred, fake_pred)}
+    result = {}
+    for key, name, images in (("onnx", "model.onnx", None), ("onnx_calibrated", "model.calibrated.onnx", calibration)):
+        path = qcnn.export_onnx(model, run_dir / name, calibration=images)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        pred = torch.cat([torch.from_numpy(session.run(None, {"input": graph.normalize(chunk).numpy()})[0]).argmax(1)
+                          for chunk in pixels.split(1000)])
+        result.update({f"{key}_test_acc": accuracy(pred, labels), f"{key}_agreement": agreement(pred, fake_pred),
+                       f"{key}_agreement_with_load": agreement(pred, load_pred)})
+    return result
 
 
 def _f1_note(r: dict, runtime: str) -> str:
@@ -188,8 +198,11 @@ def format_deploy(r: dict) -> str:
         lines.append(f"qcnn-infer (integer engine) test acc {r['infer_test_acc']:.2f}%{_f1_note(r, 'infer')}, "
                      f"agreement {r['infer_agreement']:.2f}%, {r['infer_images_per_second']:.0f} images/s")
         lines.append(f"logits of qcnn.load and qcnn-infer bit-identical: {str(r['logits_identical']).lower()}")
-    if "onnx_test_acc" in r:
-        lines.append(f"ONNX in onnxruntime          test acc {r['onnx_test_acc']:.2f}%, agreement {r['onnx_agreement']:.2f}%")
+    for key, label in (("onnx", "ONNX in onnxruntime (exact)"), ("onnx_calibrated", "ONNX, calibrated (integer)")):
+        if f"{key}_test_acc" in r:
+            with_load = r.get(f"{key}_agreement_with_load")  # absent in an older deploy.json
+            lines.append(f"{label:28s} test acc {r[f'{key}_test_acc']:.2f}%, agreement {r[f'{key}_agreement']:.2f}%"
+                         + ("" if with_load is None else f", with qcnn.load {with_load:.2f}%"))
     return "\n".join(lines)
 
 
