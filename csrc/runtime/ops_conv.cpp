@@ -43,13 +43,20 @@ class ChainSink : public TileSink {
 };
 
 // Few images: the threads share a layer only where it is large enough to pay for the split (measured at batch 1
-// on 2 threads, 224x224 MobileNetV2 / EfficientNet-B0: 2^20 MACs beat 2^24 and 2^18).
+// on 2 threads, 224x224 MobileNetV2 / EfficientNet-B0: 2^20 MACs beat 2^24 and 2^18). A depthwise MAC costs
+// about kDepthwiseMacCost GEMM MACs (no reuse of its inputs across channels).
 constexpr int64_t kMinSharedLayerMacs = int64_t{1} << 20;
+constexpr int64_t kDepthwiseMacCost = 8;
+
+bool depthwise(const PackedConv& pc) {
+  return pc.kernel == ConvKernel::Depthwise || pc.kernel == ConvKernel::DepthwiseVnni;
+}
 
 void ConvStep::run(const Node& node, const Exec& ex, const std::vector<const Node*>& chain) const {
   const Value& x = ex.value(node.inputs[0]);
   const Value& out = ex.value(node.output);
-  const int threads = packed.g.macs() < kMinSharedLayerMacs ? 1 : ex.threads;
+  const int64_t cost = packed.g.macs() * (depthwise(packed) ? kDepthwiseMacCost : 1);
+  const int threads = cost < kMinSharedLayerMacs ? 1 : ex.threads;
   const uint8_t* src = ex.arena + x.arena_offset;
   if (!out.is_float()) {
     ChainSink sink(ex, chain, node.output, packed.g.m);
