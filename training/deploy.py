@@ -149,8 +149,7 @@ def deploy(run_dir: Path, infer: Path | None = DEFAULT_INFER, threads: int | Non
                       infer_images_per_second=report["images_per_second"], infer_threads=report["threads"],
                       infer_agreement_with_load=agreement(infer_pred, load_pred),
                       logits_identical=bool(np.array_equal(infer_logits.numpy(), load_logits.numpy())))
-    calibration = data.load_fashion_mnist(cfg.data.path, "train")[0][:ONNX_CALIBRATION_IMAGES].unsqueeze(1)
-    result.update(onnx_agreement(model, run_dir, graph, pixels, fake_pred, load_pred, labels, calibration))
+    result.update(onnx_agreement(model, run_dir, graph, pixels, fake_pred, load_pred, labels, cfg.data.path))
     atomic.write_file(run_dir / "deploy.json", json.dumps(result, indent=2))
     if verbose:
         print(format_deploy(result))
@@ -162,14 +161,16 @@ ONNX_CALIBRATION_IMAGES = 256
 
 
 def onnx_agreement(model: torch.nn.Module, run_dir: Path, graph, pixels: torch.Tensor, fake_pred: torch.Tensor,
-                   load_pred: torch.Tensor, labels: torch.Tensor, calibration: torch.Tensor) -> dict:
+                   load_pred: torch.Tensor, labels: torch.Tensor, data_path: str) -> dict:
     """The model's two ONNX exports in onnxruntime's default session: model.onnx (exact: values past 8 bits stay
-    float) and model.calibrated.onnx (every layer on integer kernels, grids from `calibration` training images);
-    test accuracy, agreement with the fake-quant model and with the engine (qcnn.load). {} without onnxruntime."""
+    float) and model.calibrated.onnx (every layer on integer kernels, grids from the first ONNX_CALIBRATION_IMAGES
+    training images under data_path); test accuracy, agreement with the fake-quant model and with the engine
+    (qcnn.load). {} without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
         return {}
+    calibration = data.load_fashion_mnist(data_path, "train")[0][:ONNX_CALIBRATION_IMAGES].unsqueeze(1)
     result = {}
     for key, name, images in (("onnx", "model.onnx", None), ("onnx_calibrated", "model.calibrated.onnx", calibration)):
         path = qcnn.export_onnx(model, run_dir / name, calibration=images)

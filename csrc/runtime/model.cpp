@@ -406,9 +406,9 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
 }
 
 // ------------------------------------------------------------------------------------ running
-void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads, const ScratchTeam& scratch,
+void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, const ScratchTeam& scratch,
                      std::vector<uint8_t>* tile_buffers, std::vector<double>* node_seconds, int64_t* overflows) const {
-  const Exec ex{*this, arena, logits, threads, scratch, tile_buffers, parallel_level()};
+  const Exec ex{*this, arena, logits, scratch.size, scratch, tile_buffers, parallel_level()};
   lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), ex.out(0));
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = nodes[i];
@@ -482,7 +482,7 @@ class SpaceLease {
 // Image i of n through plan p on `threads` threads sharing it, with thread `slot`'s workspace.
 void run_one(const Plan& p, const SpaceLease& space, int slot, int threads, const uint8_t* pixels, int64_t i,
              float* logits, std::vector<double>* node_seconds = nullptr, int64_t* overflows = nullptr) {
-  p.run_image(pixels + i * p.values[0].count, space.arena(slot), logits, threads, space.team(slot, threads),
+  p.run_image(pixels + i * p.values[0].count, space.arena(slot), logits, space.team(slot, threads),
               space.tile_buffers(slot), node_seconds, overflows);
 }
 }  // namespace

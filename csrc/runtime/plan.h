@@ -162,8 +162,8 @@ struct Plan {
     bool image_per_thread;
   };
   RunShape run_shape(int64_t n, int requested) const;
-  // One image with the workspace of `threads` threads (arena: one image's activations).
-  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, int threads, const ScratchTeam& scratch,
+  // One image (arena: its activations) shared by the threads of `scratch`, a slot each (tile_buffers: as many).
+  void run_image(const uint8_t* pixels, uint8_t* arena, float* logits, const ScratchTeam& scratch,
                  std::vector<uint8_t>* tile_buffers, std::vector<double>* node_seconds,
                  int64_t* overflows = nullptr) const;
 

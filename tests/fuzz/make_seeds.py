@@ -103,6 +103,18 @@ class Builder:
         return container(self.doc, self.tensors)
 
 
+def pool_bomb() -> bytes:
+    """About 2 KB and 2 MACs: a 1x1 input pooled up to 2048x2048, then a 1024x1024 average window at stride 1 (10^12
+    window cells, hours per image unless the load-time work limit counts them). Not a seed: the engine refuses it."""
+    b = Builder([1, 1, 1])
+    b.add("up", "adaptive_avg_pool2d", ["input"], [1, 2048, 2048], output_size=[2048, 2048])
+    b.add("pool", "avg_pool2d", ["up"], [1, 1025, 1025], kernel=[1024, 1024], stride=[1, 1], padding=[0, 0])
+    b.add("g", "global_avg_pool", ["pool"], [1, 1, 1])
+    b.add("flat", "flatten", ["g"], [1])
+    b.weighted("fc", "linear", ["flat"], [2], 1, 2, (1, 1), (1, 1), (0, 0), [-1, 1], float_out=True)
+    return b.bytes()
+
+
 def hand_built() -> dict[str, bytes]:
     seeds = {}
     b = Builder([1, 2, 2])  # tests/cpp/test_runtime.cpp's TinyModel

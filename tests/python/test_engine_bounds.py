@@ -29,14 +29,8 @@ def wide_model(path: Path, c: int, h: int, w: int) -> Path:
 
 
 def test_pooling_windows_count_against_the_ops_limit(tmp_path):
-    b = make_seeds.Builder([1, 1, 1])
-    b.add("up", "adaptive_avg_pool2d", ["input"], [1, 2048, 2048], output_size=[2048, 2048])
-    b.add("pool", "avg_pool2d", ["up"], [1, 1025, 1025], kernel=[1024, 1024], stride=[1, 1], padding=[0, 0])
-    b.add("g", "global_avg_pool", ["pool"], [1, 1, 1])
-    b.add("flat", "flatten", ["g"], [1])
-    b.weighted("fc", "linear", ["flat"], [2], 1, 2, (1, 1), (1, 1), (0, 0), [-1, 1], float_out=True)
     bomb = tmp_path / "bomb.qcnn"
-    bomb.write_bytes(b.bytes())
+    bomb.write_bytes(make_seeds.pool_bomb())
     assert len(bomb.read_bytes()) < 4096
     with pytest.raises(ValueError, match=r"node 1 'pool'.*limit of 4294967296 element operations per image"):
         qcnn.load(bomb)

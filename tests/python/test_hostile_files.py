@@ -268,21 +268,9 @@ def test_logits_file(files, tmp_path):
                  "--logits", tmp_path / "no" / "such" / "dir.npy", needles=("cannot write --logits file",))
 
 
-def _pool_bomb() -> bytes:
-    """2 KB, 2 MACs: a 1x1 input pooled up to 2048x2048, then a 1024x1024 average window at stride 1 (10^12 window
-    cells, hours per image before the work of every node was counted)."""
-    b = make_seeds.Builder([1, 1, 1])
-    b.add("up", "adaptive_avg_pool2d", ["input"], [1, 2048, 2048], output_size=[2048, 2048])
-    b.add("pool", "avg_pool2d", ["up"], [1, 1025, 1025], kernel=[1024, 1024], stride=[1, 1], padding=[0, 0])
-    b.add("g", "global_avg_pool", ["pool"], [1, 1, 1])
-    b.add("flat", "flatten", ["g"], [1])
-    b.weighted("fc", "linear", ["flat"], [2], 1, 2, (1, 1), (1, 1), (0, 0), [-1, 1], float_out=True)
-    return b.bytes()
-
-
 def test_work_besides_macs_is_bounded(files, tmp_path):
     bomb = tmp_path / "pool_bomb.qcnn"
-    bomb.write_bytes(_pool_bomb())
+    bomb.write_bytes(make_seeds.pool_bomb())
     (tmp_path / "img").write_bytes(idx([1, 1, 1, 1], b"\x07"))
     (tmp_path / "lab").write_bytes(idx([1], b"\x00"))
     res = expect_error(bomb, "--images", tmp_path / "img", "--labels", tmp_path / "lab",

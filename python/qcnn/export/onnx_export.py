@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import atomic
 from .graph import Graph, QParams, reference_forward
 from .lower import adaptive_windows, lower_graph, pool_windows
 
@@ -503,8 +504,6 @@ def save_model(model, path: str | Path) -> Path:
     """Writes the model's bytes to `path` atomically (qcnn.atomic: a failure raises WriteError naming the file
     and leaves no partial file)."""
     import onnx
-
-    from .. import atomic
 
     path = Path(path)
     atomic.write_file(path, lambda f: onnx.save(model, f))
