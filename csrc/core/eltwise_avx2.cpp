@@ -3,6 +3,7 @@
 // codes on the scalar loop.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/avx2.h"
@@ -315,10 +316,130 @@ void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, 
                           codes_from(out, p * channels + full));
 }
 
+// The reductions over positions run down the positions four vectors of channels at a time, one accumulator per
+// vector; the channels past the last whole vector on the scalar loop. Sums in int32 lanes, moved to the int64 sums
+// every `run` positions (whose sum cannot leave int32), or for int32 codes of too wide a range in int64 lanes.
+// Maxima: uint8 in byte lanes, int32 in int32 lanes.
+template <int kAcc, typename T>
+QCNN_AVX2 void sum_strip32(const T* src, int64_t positions, int64_t channels, int64_t ch, int64_t run,
+                           int64_t* sums) {
+  for (int64_t p0 = 0; p0 < positions; p0 += run) {
+    const int64_t p1 = std::min(positions, p0 + run);
+    __m256i a[kAcc];
+    for (int j = 0; j < kAcc; ++j) a[j] = _mm256_setzero_si256();
+    const T* s = src + p0 * channels + ch;
+    for (int64_t p = p0; p < p1; ++p, s += channels)
+      for (int j = 0; j < kAcc; ++j) a[j] = _mm256_add_epi32(a[j], load8(s + 8 * j));
+    for (int j = 0; j < kAcc; ++j) {
+      auto* d = reinterpret_cast<__m256i*>(sums + ch + 8 * j);
+      _mm256_storeu_si256(d, _mm256_add_epi64(_mm256_loadu_si256(d), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(a[j]))));
+      _mm256_storeu_si256(d + 1, _mm256_add_epi64(_mm256_loadu_si256(d + 1),
+                                                  _mm256_cvtepi32_epi64(_mm256_extracti128_si256(a[j], 1))));
+    }
+  }
+}
+
+template <int kAcc>
+QCNN_AVX2 void sum_strip64(const int32_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                           int64_t* sums) {
+  __m256i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) a[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + ch + 4 * j));
+  const int32_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j)
+      a[j] = _mm256_add_epi64(a[j], _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 4 * j))));
+  for (int j = 0; j < kAcc; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + ch + 4 * j), a[j]);
+}
+
+template <int kAcc>
+QCNN_AVX2 void max_strip(const uint8_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                         int32_t* maxima) {
+  __m256i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) a[j] = _mm256_setzero_si256();
+  const uint8_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j)
+      a[j] = _mm256_max_epu8(a[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32 * j)));
+  for (int j = 0; j < kAcc; ++j)
+    for (int q = 0; q < 4; ++q) {
+      auto* d = reinterpret_cast<__m256i*>(maxima + ch + 32 * j + 8 * q);
+      const __m128i half = q < 2 ? _mm256_castsi256_si128(a[j]) : _mm256_extracti128_si256(a[j], 1);
+      const __m256i wide = _mm256_cvtepu8_epi32(q % 2 == 0 ? half : _mm_srli_si128(half, 8));
+      _mm256_storeu_si256(d, _mm256_max_epi32(_mm256_loadu_si256(d), wide));
+    }
+}
+
+template <int kAcc>
+QCNN_AVX2 void max_strip(const int32_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                         int32_t* maxima) {
+  __m256i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) a[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(maxima + ch + 8 * j));
+  const int32_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j)
+      a[j] = _mm256_max_epi32(a[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 8 * j)));
+  for (int j = 0; j < kAcc; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(maxima + ch + 8 * j), a[j]);
+}
+
+// A strip of kAcc vectors of channels: strips[kAcc - 1](src, positions, channels, first channel, run, partials).
+template <typename T, typename Acc>
+using Strip = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, Acc*);
+
+// The channels in strips of four vectors of `width` channels, the last strip as narrow as the whole vectors left,
+// the channels past them on the scalar loop (`reduce`).
+template <typename T, typename Acc, typename F>
+void by_strips(const T* src, int64_t positions, int64_t channels, int64_t width, int64_t run,
+               const Strip<T, Acc> (&strips)[4], Acc* acc, F&& reduce) {
+  int64_t ch = 0;
+  for (; ch + 4 * width <= channels; ch += 4 * width) strips[3](src, positions, channels, ch, run, acc);
+  const int64_t vectors = (channels - ch) / width;
+  if (vectors > 0) strips[vectors - 1](src, positions, channels, ch, run, acc);
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t c = ch + vectors * width; c < channels; ++c) acc[c] = reduce(acc[c], src[p * channels + c]);
+}
+
+template <typename T>
+void sum_typed(const T* src, int64_t positions, int64_t channels, int64_t run, int64_t* sums) {
+  const auto add = [](int64_t a, int64_t b) { return a + b; };
+  static constexpr Strip<T, int64_t> narrow[4] = {sum_strip32<1, T>, sum_strip32<2, T>, sum_strip32<3, T>,
+                                                  sum_strip32<4, T>};
+  if constexpr (std::is_same_v<T, int32_t>) {
+    static constexpr Strip<T, int64_t> wide[4] = {sum_strip64<1>, sum_strip64<2>, sum_strip64<3>, sum_strip64<4>};
+    if (run < kMinSumRun) return by_strips(src, positions, channels, 4, run, wide, sums, add);
+  }
+  by_strips(src, positions, channels, 8, run, narrow, sums, add);
+}
+
+template <typename T>
+void max_typed(const T* src, int64_t positions, int64_t channels, int32_t* maxima) {
+  static constexpr Strip<T, int32_t> strips[4] = {max_strip<1>, max_strip<2>, max_strip<3>, max_strip<4>};
+  by_strips(src, positions, channels, sizeof(T) == 1 ? 32 : 8, 0, strips, maxima,
+            [](int32_t a, int32_t b) { return std::max(a, b); });
+}
+
+void sum_positions(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  if (in.storage == Storage::U8)
+    sum_typed(static_cast<const uint8_t*>(in.data), positions, channels, sum_run(InputRange{0, 255}), sums);
+  else if (in.storage == Storage::I32)
+    sum_typed(static_cast<const int32_t*>(in.data), positions, channels, sum_run(stored), sums);
+  else
+    sum_positions_scalar(in, positions, channels, stored, sums);
+}
+
+void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
+  if (positions < 1) return;  // the uint8 strips start from 0
+  if (in.storage == Storage::U8)
+    max_typed(static_cast<const uint8_t*>(in.data), positions, channels, maxima);
+  else if (in.storage == Storage::I32)
+    max_typed(static_cast<const int32_t*>(in.data), positions, channels, maxima);
+  else
+    max_positions_scalar(in, positions, channels, maxima);
+}
+
 }  // namespace
 
 const EltwiseKernels* eltwise_kernels_avx2() {
-  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine};
+  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine, sum_positions, max_positions};
   return &kernels;
 }
 #else

@@ -4,6 +4,7 @@
 // VBMI kernel (vpermi2b over a 256-byte table), chosen when the CPU has VBMI.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "core/avx2.h"
@@ -419,10 +420,146 @@ void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, 
   affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
 }
 
+// The reductions over positions run down the positions kAcc vectors of channels at a time (a strip), one
+// accumulator per vector. Sums in int32 lanes, moved to the int64 sums every `run` positions (whose sum cannot
+// leave int32), or for int32 codes of too wide a range in int64 lanes. Maxima: uint8 in byte lanes from 0, int32
+// in int32 lanes from the maxima so far.
+template <int kAcc, typename T>
+QCNN_AVX512 void sum_strip32(const T* src, int64_t positions, int64_t channels, int64_t ch, int64_t run,
+                             int64_t* sums) {
+  __mmask16 k[kAcc];
+  for (int j = 0; j < kAcc; ++j) k[j] = lanes16(channels - ch - 16 * j);
+  for (int64_t p0 = 0; p0 < positions; p0 += run) {
+    const int64_t p1 = std::min(positions, p0 + run);
+    __m512i a[kAcc];
+    for (int j = 0; j < kAcc; ++j) a[j] = _mm512_setzero_si512();
+    const T* s = src + p0 * channels + ch;
+    for (int64_t p = p0; p < p1; ++p, s += channels)
+      for (int j = 0; j < kAcc; ++j) a[j] = _mm512_add_epi32(a[j], load16(s + 16 * j, k[j]));
+    for (int j = 0; j < kAcc; ++j) {
+      int64_t* d = sums + ch + 16 * j;
+      const __mmask8 lo = __mmask8(k[j]), hi = __mmask8(k[j] >> 8);
+      const __m512i low = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a[j]));
+      const __m512i high = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a[j], 1));
+      _mm512_mask_storeu_epi64(d, lo, _mm512_add_epi64(_mm512_maskz_loadu_epi64(lo, d), low));
+      _mm512_mask_storeu_epi64(d + 8, hi, _mm512_add_epi64(_mm512_maskz_loadu_epi64(hi, d + 8), high));
+    }
+  }
+}
+
+template <int kAcc>
+QCNN_AVX512 void sum_strip64(const int32_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                             int64_t* sums) {
+  __mmask8 k[kAcc];
+  __m512i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) {
+    k[j] = lanes8(channels - ch - 8 * j);
+    a[j] = _mm512_maskz_loadu_epi64(k[j], sums + ch + 8 * j);
+  }
+  const int32_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j)
+      a[j] = _mm512_add_epi64(a[j], _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k[j], s + 8 * j)));
+  for (int j = 0; j < kAcc; ++j) _mm512_mask_storeu_epi64(sums + ch + 8 * j, k[j], a[j]);
+}
+
+template <int kAcc>
+QCNN_AVX512 void max_strip(const uint8_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                           int32_t* maxima) {
+  __mmask64 k[kAcc];
+  __m512i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) {
+    const int64_t n = channels - ch - 64 * j;
+    k[j] = n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1;
+    a[j] = _mm512_setzero_si512();
+  }
+  const uint8_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j) a[j] = _mm512_max_epu8(a[j], _mm512_maskz_loadu_epi8(k[j], s + 64 * j));
+  for (int j = 0; j < kAcc; ++j)
+    for (int q = 0; q < 4; ++q) {
+      int32_t* d = maxima + ch + 64 * j + 16 * q;
+      const __mmask16 kq = __mmask16(k[j] >> (16 * q));
+      __m128i quarter;  // the 16 byte lanes of channels ch + 64 j + 16 q on
+      switch (q) {
+        case 0: quarter = _mm512_extracti32x4_epi32(a[j], 0); break;
+        case 1: quarter = _mm512_extracti32x4_epi32(a[j], 1); break;
+        case 2: quarter = _mm512_extracti32x4_epi32(a[j], 2); break;
+        default: quarter = _mm512_extracti32x4_epi32(a[j], 3); break;
+      }
+      _mm512_mask_storeu_epi32(d, kq, _mm512_max_epi32(_mm512_maskz_loadu_epi32(kq, d), _mm512_cvtepu8_epi32(quarter)));
+    }
+}
+
+template <int kAcc>
+QCNN_AVX512 void max_strip(const int32_t* src, int64_t positions, int64_t channels, int64_t ch, int64_t /*run*/,
+                           int32_t* maxima) {
+  __mmask16 k[kAcc];
+  __m512i a[kAcc];
+  for (int j = 0; j < kAcc; ++j) {
+    k[j] = lanes16(channels - ch - 16 * j);
+    a[j] = _mm512_maskz_loadu_epi32(k[j], maxima + ch + 16 * j);
+  }
+  const int32_t* s = src + ch;
+  for (int64_t p = 0; p < positions; ++p, s += channels)
+    for (int j = 0; j < kAcc; ++j) a[j] = _mm512_mask_max_epi32(a[j], k[j], a[j], _mm512_maskz_loadu_epi32(k[j], s + 16 * j));
+  for (int j = 0; j < kAcc; ++j) _mm512_mask_storeu_epi32(maxima + ch + 16 * j, k[j], a[j]);
+}
+
+// A strip of kAcc vectors of channels: strips[kAcc - 1](src, positions, channels, first channel, run, partials).
+template <typename T, typename Acc>
+using Strip = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, Acc*);
+
+// The channels in strips of four vectors of `width` channels, the last strip as narrow as the channels left need
+// (its last vector under a lane mask).
+template <typename T, typename Acc>
+void by_strips(const T* src, int64_t positions, int64_t channels, int64_t width, int64_t run,
+               const Strip<T, Acc> (&strips)[4], Acc* acc) {
+  int64_t ch = 0;
+  for (; ch + 4 * width <= channels; ch += 4 * width) strips[3](src, positions, channels, ch, run, acc);
+  if (ch < channels) strips[(channels - ch + width - 1) / width - 1](src, positions, channels, ch, run, acc);
+}
+
+template <typename T>
+void sum_typed(const T* src, int64_t positions, int64_t channels, int64_t run, int64_t* sums) {
+  static constexpr Strip<T, int64_t> narrow[4] = {sum_strip32<1, T>, sum_strip32<2, T>, sum_strip32<3, T>,
+                                                  sum_strip32<4, T>};
+  if constexpr (std::is_same_v<T, int32_t>) {
+    static constexpr Strip<T, int64_t> wide[4] = {sum_strip64<1>, sum_strip64<2>, sum_strip64<3>, sum_strip64<4>};
+    if (run < kMinSumRun) return by_strips(src, positions, channels, 8, run, wide, sums);
+  }
+  by_strips(src, positions, channels, 16, run, narrow, sums);
+}
+
+template <typename T>
+void max_typed(const T* src, int64_t positions, int64_t channels, int32_t* maxima) {
+  static constexpr Strip<T, int32_t> strips[4] = {max_strip<1>, max_strip<2>, max_strip<3>, max_strip<4>};
+  by_strips(src, positions, channels, sizeof(T) == 1 ? 64 : 16, 0, strips, maxima);
+}
+
+void sum_positions(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  if (in.storage == Storage::U8)
+    sum_typed(static_cast<const uint8_t*>(in.data), positions, channels, sum_run(InputRange{0, 255}), sums);
+  else if (in.storage == Storage::I32)
+    sum_typed(static_cast<const int32_t*>(in.data), positions, channels, sum_run(stored), sums);
+  else
+    sum_positions_scalar(in, positions, channels, stored, sums);
+}
+
+void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
+  if (positions < 1) return;  // the uint8 strips start from 0
+  if (in.storage == Storage::U8)
+    max_typed(static_cast<const uint8_t*>(in.data), positions, channels, maxima);
+  else if (in.storage == Storage::I32)
+    max_typed(static_cast<const int32_t*>(in.data), positions, channels, maxima);
+  else
+    max_positions_scalar(in, positions, channels, maxima);
+}
+
 }  // namespace
 
 const EltwiseKernels* eltwise_kernels_avx512() {
-  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine};
+  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine, sum_positions, max_positions};
   return &kernels;
 }
 #else

@@ -24,6 +24,8 @@ struct EltwiseKernels {
   void (*affine)(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
                  const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                  CodesOut out);
+  void (*sum_positions)(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums);
+  void (*max_positions)(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima);
 };
 
 // nullptr on builds for other architectures. The AVX-512 table needs AVX-512 F/BW/VL (Isa::Avx512Vnni and Isa::Amx).
@@ -47,7 +49,18 @@ void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in
                          const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                          CodesOut out);
 
+void sum_positions_scalar(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums);
+void max_positions_scalar(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima);
+
 // Helpers for the vector files.
+
+// How many positions of stored values in `stored` the vector sums may add in int32 lanes before moving them to the
+// int64 sums (|sum| <= run * max |stored| < 2^31); below kMinSumRun they add in int64 lanes instead.
+inline int64_t sum_run(InputRange stored) {
+  const int64_t largest = std::max<int64_t>({1, stored.lo < 0 ? -stored.lo : stored.lo, stored.hi < 0 ? -stored.hi : stored.hi});
+  return INT32_MAX / largest;
+}
+constexpr int64_t kMinSumRun = 64;
 
 // Calls f(typed input pointer, typed output pointer) for U8 / I32 codes; false for any other storage (the scalar
 // loop then reports it).

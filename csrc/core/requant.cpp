@@ -153,6 +153,20 @@ void affine_codes_scalar(CodesIn in, int64_t count, int64_t channels, int32_t in
   });
 }
 
+void sum_positions_scalar(CodesIn in, int64_t positions, int64_t channels, InputRange /*stored*/, int64_t* sums) {
+  with_input(in, [&](auto src) {
+    for (int64_t p = 0; p < positions; ++p)
+      for (int64_t ch = 0; ch < channels; ++ch) sums[ch] += src[p * channels + ch];
+  });
+}
+
+void max_positions_scalar(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
+  with_input(in, [&](auto src) {
+    for (int64_t p = 0; p < positions; ++p)
+      for (int64_t ch = 0; ch < channels; ++ch) maxima[ch] = std::max<int32_t>(maxima[ch], src[p * channels + ch]);
+  });
+}
+
 namespace {
 // The vector table of `isa`, or nullptr for the scalar path.
 const EltwiseKernels* vector_kernels(Isa isa) {
@@ -276,6 +290,16 @@ void affine_codes(Isa isa, CodesIn in, int64_t count, int64_t channels, int32_t 
                                         lo, hi, out);
 }
 
+void sum_positions(Isa isa, CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->sum_positions : sum_positions_scalar)(in, positions, channels, stored, sums);
+}
+
+void max_positions(Isa isa, CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
+  const EltwiseKernels* k = vector_kernels(isa);
+  (k ? k->max_positions : max_positions_scalar)(in, positions, channels, maxima);
+}
+
 PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, bool count_include_pad,
                    const char* what) {
   if (kernel < 1 || stride < 1 || pad < 0)
@@ -336,15 +360,13 @@ void max_into(T* __restrict d, const T* __restrict s, int64_t c) {
 }
 }  // namespace
 
-void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch) {
+void pool_nhwc(Isa isa, CodesIn in, InputRange stored, int64_t w, int64_t c, const PoolAxis& rows,
+               const PoolAxis& cols, bool max, int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch) {
   if (in.storage != out.storage || in.offset != out.offset)
     throw std::invalid_argument("pool: input and output must share storage and offset");
   if (row_begin < 0 || row_end > rows.size() || row_begin > row_end)
     throw std::invalid_argument("pool: output rows out of range");
   const int64_t ow = cols.size();
-  std::vector<int64_t>& sum = scratch.pool_sums;
-  sum.resize(static_cast<size_t>(c));
   with_input(in, [&](auto src) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
     T* dst = static_cast<T*>(out.data);
@@ -369,37 +391,18 @@ void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const Poo
       }
       return;
     }
+    std::vector<int64_t>& sum = scratch.pool_sums;
+    sum.resize(static_cast<size_t>(c));
     for (int64_t oy = row_begin; oy < row_end; ++oy)
       for (int64_t ox = 0; ox < ow; ++ox) {
         const int64_t y0 = rows.begin[oy], y1 = rows.end[oy], x0 = cols.begin[ox], x1 = cols.end[ox];
-        T* d = dst + (oy * ow + ox) * c;
-        // Bytes are summed in int32 lanes (twice the lanes of int64) and moved to the int64 sums before 2^23 cells.
-        constexpr bool kBytes = std::is_same_v<T, uint8_t>;
-        using Part = std::conditional_t<kBytes, int32_t, int64_t>;
-        constexpr int64_t kCells = kBytes ? int64_t{1} << 23 : INT64_MAX;
-        scratch.pool_parts.resize(static_cast<size_t>(c));  // int64 units: room for c of either Part
-        auto* part = reinterpret_cast<Part*>(scratch.pool_parts.data());
-        std::fill(part, part + c, Part{0});
-        int64_t cells = 0;
         std::fill(sum.begin(), sum.end(), 0);
         for (int64_t yy = y0; yy < y1; ++yy)
-          for (int64_t xx = x0; xx < x1; ++xx) {
-            const T* s = src + (yy * w + xx) * c;
-            for (int64_t ch = 0; ch < c; ++ch) part[ch] += s[ch];
-            if (++cells == kCells) {
-              for (int64_t ch = 0; ch < c; ++ch) sum[ch] += std::exchange(part[ch], 0);
-              cells = 0;
-            }
-          }
-        for (int64_t ch = 0; ch < c; ++ch) sum[ch] += part[ch];
+          sum_positions(isa, {src + (yy * w + x0) * c, in.storage, in.offset}, x1 - x0, c, stored, sum.data());
         const int64_t n = rows.divisor[oy] * cols.divisor[ox];
         const int64_t padding = (n - (y1 - y0) * (x1 - x0)) * (pad_code - in.offset);
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const int64_t num = sum[ch] + padding + n / 2;
-          int64_t q = num / n;
-          if (num % n != 0 && num < 0) --q;
-          d[ch] = static_cast<T>(q);
-        }
+        T* d = dst + (oy * ow + ox) * c;
+        for (int64_t ch = 0; ch < c; ++ch) d[ch] = static_cast<T>(rounded_mean(sum[ch] + padding, n));
       }
   });
 }

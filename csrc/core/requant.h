@@ -127,13 +127,31 @@ PoolAxis pool_axis(int64_t in, int kernel, int stride, int pad, bool ceil_mode, 
 // [floor(i * in / out), ceil((i + 1) * in / out)).
 PoolAxis adaptive_pool_axis(int64_t in, int64_t out, const char* what);
 
+// Per-channel reductions over the positions of NHWC codes [positions, channels], on the stored values (codes minus
+// the offset: a mean or max of stored values plus the offset is that of the codes). sum_positions adds each channel's
+// sum into sums[ch]; `stored` bounds the stored values (InputRange{} when unknown; a wrong bound gives wrong sums):
+// the vector paths add int32 codes in int32 lanes as long as their sums cannot leave int32. The caller keeps every
+// partial sum within int64 (positions * max |stored| < 2^63). max_positions sets maxima[ch] = max(maxima[ch], each
+// channel's largest stored value).
+void sum_positions(Isa isa, CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums);
+void max_positions(Isa isa, CodesIn in, int64_t positions, int64_t channels, int32_t* maxima);
+
+// The mean of n >= 1 values of sum `sum` rounded half up: floor((sum + n / 2) / n), floor division also for negative
+// sums (what average pooling writes). |sum| < 2^62 and n < 2^62.
+inline int64_t rounded_mean(int64_t sum, int64_t n) {
+  const int64_t num = sum + n / 2;
+  const int64_t q = num / n;
+  return (num % n != 0 && num < 0) ? q - 1 : q;
+}
+
 // Max or average pooling of one NHWC image [rows.end.back() <= h, w, c] to [rows.size(), cols.size(), c], output
 // rows [row_begin, row_end) (out points at the whole output); in and out share storage and offset (max and the
 // rounded mean commute with the offset). Max skips padded cells; the mean is floor((sum + n / 2) / n) over its
 // n = divisor cells, floor division also for negative sums, where the cells of a divisor beyond the window's input
-// cells (count_include_pad) hold `pad_code`, the code of 0. Its buffers are the running thread's `scratch`.
-void pool_nhwc(CodesIn in, int64_t w, int64_t c, const PoolAxis& rows, const PoolAxis& cols, bool max,
-               int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch);
+// cells (count_include_pad) hold `pad_code`, the code of 0. `stored` bounds the stored input values (as for
+// sum_positions). Its buffers are the running thread's `scratch`.
+void pool_nhwc(Isa isa, CodesIn in, InputRange stored, int64_t w, int64_t c, const PoolAxis& rows,
+               const PoolAxis& cols, bool max, int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch);
 
 // First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
 void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);

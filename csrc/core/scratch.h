@@ -28,8 +28,10 @@ struct ThreadScratch {
   std::vector<int16_t> padded;
   std::vector<uint8_t> padded8, bit_tables;
   std::vector<uint32_t> bit_quads;
-  // pooling: per-channel sums and partial sums, and a window's column maxima (int64 units, any code type fits)
-  std::vector<int64_t> pool_sums, pool_parts, pool_columns;
+  // pooling: a window's per-channel sums and column maxima (int64 units, any code type fits)
+  std::vector<int64_t> pool_sums, pool_columns;
+  // global pooling: this thread's per-channel partial sums or maxima over the positions it has reduced
+  std::vector<int64_t> reduce_partials;
 };
 
 // The scratch of the threads of one run: slot 0 is the calling thread's, slot t is OpenMP thread t's in a parallel

@@ -95,7 +95,12 @@ Exec Exec::at_tile(int64_t first) const {
 
 void run_chain(const std::vector<const Node*>& chain, const Exec& ex, int64_t first, int64_t count) {
   const Exec tiled = ex.at_tile(first);
-  for (const Node* n : chain) n->step->run_elements(*n, tiled, first, count);
+  for (const Node* n : chain) {
+    if (n->step->reduces())
+      n->step->reduce_add(*n, tiled, first, count);
+    else
+      n->step->run_elements(*n, tiled, first, count);
+  }
 }
 
 namespace {
@@ -163,11 +168,21 @@ void plan_fusion(Plan& plan) {
     std::set<int> candidates(readers[static_cast<size_t>(h.output)].begin(), readers[static_cast<size_t>(h.output)].end());
     std::vector<int> step_values{h.output};
     in_step[static_cast<size_t>(h.output)] = 1;
+    int64_t partials = 0;  // of the reductions fused so far
     while (!candidates.empty()) {  // in file order, so a fused node runs after those whose output it reads
       Node& next = plan.nodes[static_cast<size_t>(*candidates.begin())];
       candidates.erase(candidates.begin());
       const Value& out = plan.values[static_cast<size_t>(next.output)];
-      if (next.fused_into >= 0 || !next.step->pointwise() || out.is_float() || out.shape != shape.shape) continue;
+      if (next.fused_into >= 0 || out.is_float()) continue;
+      if (next.step->reduces()) {  // reads one value of the step, tile by tile; its output is not the step's shape
+        if (!in_step[static_cast<size_t>(next.inputs[0])]) continue;
+        next.fused_into = static_cast<int>(head);
+        next.partials_offset = partials;
+        partials += plan.values[static_cast<size_t>(next.inputs[0])].shape[0];
+        h.chain.push_back(&next);
+        continue;
+      }
+      if (!next.step->pointwise() || out.shape != shape.shape) continue;
       const bool ready = std::all_of(next.inputs.begin(), next.inputs.end(), [&](int id) {
         return in_step[static_cast<size_t>(id)] || producer[static_cast<size_t>(id)] < static_cast<int>(head);
       });
@@ -252,7 +267,7 @@ int64_t assign_arena(Plan& plan) {
       readers_in_last_step[static_cast<size_t>(id)] += step_of(j) == last_step[static_cast<size_t>(id)];
   auto write_over_input = [&](const Node& fused, size_t step) {
     Value& out = values[static_cast<size_t>(fused.output)];
-    if (out.is_float() || out.tile_offset >= 0) return false;
+    if (out.is_float() || out.tile_offset >= 0 || fused.step->reduces()) return false;
     for (int id : fused.inputs) {
       const Value& in = values[static_cast<size_t>(id)];
       if (id == 0 || in.is_float() || in.tile_offset >= 0 || last_step[static_cast<size_t>(id)] != step ||
@@ -397,7 +412,12 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
     plan_tile_values(plan);
   }
   plan.arena_bytes = assign_arena(plan);
-  for (const Node& node : plan.nodes) plan.scratch_bytes = std::max(plan.scratch_bytes, node.step->scratch_bytes());
+  for (const Node& node : plan.nodes) {
+    plan.scratch_bytes = std::max(plan.scratch_bytes, node.step->scratch_bytes());
+    if (node.step->reduces())  // its partials (Node::partials_offset), in their own buffer
+      plan.partials_bytes = std::max(plan.partials_bytes, (node.partials_offset + plan.values[static_cast<size_t>(node.inputs[0])].shape[0]) * 8);
+  }
+  plan.scratch_bytes += plan.partials_bytes;
   plan.scratch_bytes += plan.tile_scratch_bytes;
   if (plan.arena_bytes + plan.scratch_bytes > options.max_activation_bytes_per_image)
     fail(origin, "live activations and scratch of " + std::to_string(plan.arena_bytes + plan.scratch_bytes) +
@@ -421,13 +441,14 @@ void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, const
                                                   arena + x.arena_offset, x.storage, conv.x_sub, conv.accumulator_bits);
       }
     }
-    if (!node_seconds) {
-      node.step->run(node, ex, node.chain);
-      continue;
-    }
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = node_seconds ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    for (const Node* fused : node.chain)
+      if (fused->step->reduces()) fused->step->reduce_begin(*fused, ex);
     node.step->run(node, ex, node.chain);
-    (*node_seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (const Node* fused : node.chain)
+      if (fused->step->reduces()) fused->step->reduce_end(*fused, ex);
+    if (node_seconds)
+      (*node_seconds)[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 }
 

@@ -1,6 +1,7 @@
 // Pooling of NHWC codes (docs/FORMAT.md section 5): max and average over kernel/stride/padding windows,
 // adaptive and global; the windows are computed once at load.
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/threads.h"
 #include "runtime/plan.h"
@@ -9,20 +10,78 @@ namespace qcnn::runtime {
 
 namespace {
 
+// The stored values of `v`: its codes' range less the offset.
+InputRange stored_range(const Value& v) { return {v.lo - v.offset, v.hi - v.offset}; }
+
 class PoolStep : public Step {
  public:
   PoolAxis rows, cols;
   bool max = false;
+  bool global = false;   // one window, the whole input, no padding: a reduction over the positions
   int64_t pad_code = 0;  // the code of 0, in the divisor's cells beyond the input (average pooling)
-  // Row by row of the output, the threads sharing the rows of a large one, each row's fused chain right after it.
+  // Row by row of the output, the threads sharing the rows of a large one, each row's fused chain right after it;
+  // a global pool as a reduction over blocks of positions that the threads share.
   void run(const Node& n, const Exec& ex, const std::vector<const Node*>& chain) const override {
     const Value &x = ex.value(n.inputs[0]), &y = ex.value(n.output);
+    if (global) {
+      reduce_begin(n, ex);
+      for_each_block(x, ex.threads, [&](int64_t first, int64_t count) { reduce_add(n, ex, first, count); });
+      reduce_end(n, ex);
+      run_chain(chain, ex, 0, y.count);
+      return;
+    }
     const int64_t row_values = cols.size() * x.shape[0];
     QCNN_PARALLEL_FOR(ex.threads, ex.threads > 1 && rows.size() > 1 && y.bytes >= kMinSharedPointwiseBytes)
     for (int64_t oy = 0; oy < rows.size(); ++oy) {
-      pool_nhwc(ex.in(n.inputs[0]), x.shape[2], x.shape[0], rows, cols, max, pad_code, ex.out(n.output), oy, oy + 1,
-                ex.thread_scratch());
+      pool_nhwc(ex.plan.isa, ex.in(n.inputs[0]), stored_range(x), x.shape[2], x.shape[0], rows, cols, max, pad_code,
+                ex.out(n.output), oy, oy + 1, ex.thread_scratch());
       run_chain(chain, ex, oy * row_values, row_values);
+    }
+  }
+
+  bool reduces() const override { return global; }
+  // Partials: int64 sums, or int32 maxima of the stored values in the first half of the int64 units.
+  void reduce_begin(const Node& n, const Exec& ex) const override {
+    const int64_t c = ex.value(n.inputs[0]).shape[0];
+    for (int slot = 0; slot < ex.scratch.size; ++slot) {
+      std::vector<int64_t>& partials = ex.scratch[slot].reduce_partials;
+      if (static_cast<int64_t>(partials.size()) < n.partials_offset + c)
+        partials.resize(static_cast<size_t>(n.partials_offset + c));
+      int64_t* p = partials.data() + n.partials_offset;
+      if (max)
+        std::fill_n(reinterpret_cast<int32_t*>(p), c, INT32_MIN);
+      else
+        std::fill_n(p, c, 0);
+    }
+  }
+  void reduce_add(const Node& n, const Exec& ex, int64_t first, int64_t count) const override {
+    const int64_t c = ex.value(n.inputs[0]).shape[0];
+    int64_t* p = ex.thread_scratch().reduce_partials.data() + n.partials_offset;
+    if (max)
+      max_positions(ex.plan.isa, ex.in(n.inputs[0], first), count / c, c, reinterpret_cast<int32_t*>(p));
+    else
+      sum_positions(ex.plan.isa, ex.in(n.inputs[0], first), count / c, c, stored_range(ex.value(n.inputs[0])), p);
+  }
+  void reduce_end(const Node& n, const Exec& ex) const override {
+    const Value& x = ex.value(n.inputs[0]);
+    const int64_t c = x.shape[0], cells = x.shape[1] * x.shape[2];
+    int64_t* total = ex.scratch[0].reduce_partials.data() + n.partials_offset;
+    auto* total_max = reinterpret_cast<int32_t*>(total);
+    for (int slot = 1; slot < ex.scratch.size; ++slot) {
+      const int64_t* p = ex.scratch[slot].reduce_partials.data() + n.partials_offset;
+      for (int64_t ch = 0; ch < c; ++ch)
+        if (max)
+          total_max[ch] = std::max(total_max[ch], reinterpret_cast<const int32_t*>(p)[ch]);
+        else
+          total[ch] += p[ch];
+    }
+    const CodesOut out = ex.out(n.output);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t stored = max ? total_max[ch] : rounded_mean(total[ch], cells);
+      if (out.storage == Storage::U8)
+        static_cast<uint8_t*>(out.data)[ch] = static_cast<uint8_t>(stored);
+      else
+        static_cast<int32_t*>(out.data)[ch] = static_cast<int32_t>(stored);
     }
   }
 };
@@ -41,6 +100,11 @@ Value pooled(const Value& x, std::unique_ptr<PoolStep> st, Node& node, const std
     if (x.storage == Storage::U8 && (out.lo < x.offset || out.hi > int64_t{x.offset} + 255))
       fail(where, "the zero point of the padding lies outside the uint8 range of the input's codes");
   }
+  auto max_cells = [](const PoolAxis& a) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < a.size(); ++i) n = std::max({n, a.end[i] - a.begin[i], a.divisor[i]});
+    return n;
+  };
   // Every window's cells: the sum of the row windows' heights times that of the column windows' widths, per channel.
   auto cells = [](const PoolAxis& a) {
     int64_t n = 0;
@@ -48,6 +112,16 @@ Value pooled(const Value& x, std::unique_ptr<PoolStep> st, Node& node, const std
     return n;
   };
   node.ops = saturating_mul(saturating_mul(cells(st->rows), cells(st->cols)), x.shape[0]);
+  // A window's sum of stored values stays within int64 (and the rounded mean's, within 2^62).
+  const int64_t largest_window = saturating_mul(max_cells(st->rows), max_cells(st->cols));
+  const int64_t largest_stored =
+      std::max({std::abs(x.lo - x.offset), std::abs(x.hi - x.offset), std::abs(st->pad_code - x.offset)}) + 1;
+  if (!st->max && saturating_mul(saturating_mul(largest_window, largest_stored), 4) >= (int64_t{1} << 62))
+    fail(where, "the sum of a pooling window's codes could overflow int64");
+  auto whole = [](const PoolAxis& a, int64_t in) {
+    return a.size() == 1 && a.begin[0] == 0 && a.end[0] == in && a.divisor[0] == in;
+  };
+  st->global = whole(st->rows, x.shape[1]) && whole(st->cols, x.shape[2]);
   node.step = std::move(st);
   return out;
 }

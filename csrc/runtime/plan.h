@@ -88,6 +88,14 @@ class Step {
   virtual bool pointwise() const { return false; }
   // Elements [first, first + count) of the output, first and count multiples of the output's period().
   virtual void run_elements(const Node&, const Exec&, int64_t /*first*/, int64_t /*count*/) const {}
+  // Reductions over the positions (global pooling): they fuse after the step that writes their input, reading each
+  // of its tiles while it is in cache. reduce_begin() before that step runs, reduce_add() on each tile (input
+  // elements [first, first + count), whole positions, on whichever thread wrote the tile) into the running thread's
+  // partials (ThreadScratch::reduce_partials from Node::partials_offset), reduce_end() after it: the output.
+  virtual bool reduces() const { return false; }
+  virtual void reduce_begin(const Node&, const Exec&) const {}
+  virtual void reduce_add(const Node&, const Exec&, int64_t /*first*/, int64_t /*count*/) const {}
+  virtual void reduce_end(const Node&, const Exec&) const {}
   // Convolutions: the kernel chosen at load, their per-thread scratch.
   virtual std::string kernel() const { return {}; }
   virtual int64_t scratch_bytes() const { return 0; }
@@ -131,6 +139,9 @@ struct Node {
   // index of the node they run in (-1: runs itself).
   std::vector<const Node*> chain;
   int fused_into = -1;
+  // A reduction: where its partials start in each thread's ThreadScratch::reduce_partials (int64 units; several
+  // reductions fused into one step sit side by side).
+  int64_t partials_offset = 0;
 };
 
 // The workspace of one run: per thread an arena (one image's activations), the kernels' scratch and the fused
@@ -151,6 +162,7 @@ struct Plan {
   int64_t num_classes = 0, macs = 0, ops = 0, arena_bytes = 0;
   int64_t scratch_bytes = 0;  // per thread: the largest convolution's panel, accumulators and padded image
   int64_t tile_scratch_bytes = 0;  // per thread: the tile values of the largest step (Value::tile_offset)
+  int64_t partials_bytes = 0;      // per thread: the partials of the reductions of the largest step
 
   int64_t memory_budget = 0;  // bytes of workspace a run may hold (LoadOptions::max_activation_bytes_per_image)
 

@@ -65,7 +65,7 @@ def test_torchvision_nets_fused_equal_unfused(tmp_path, name, kwargs):
 class RandomBlocks(nn.Module):
     """A random stack of the blocks deployed nets are made of: conv + BN + an activation (ReLU, ReLU6, SiLU,
     Hardswish, none), depthwise, residual adds, squeeze-excitation gates (global pool, two 1x1 convs, sigmoid, mul),
-    max pooling; then global pooling and a linear classifier."""
+    max pooling; then global average or (odd seeds) max pooling and a linear classifier."""
 
     KINDS = ("conv", "depthwise", "residual", "se", "pool")
 
@@ -93,6 +93,7 @@ class RandomBlocks(nn.Module):
                 block = nn.MaxPool2d(2) if pick(2) else nn.Identity()
             self.blocks.append(block)
         self.fc = nn.Linear(channels, 10)
+        self.global_pool = F.adaptive_max_pool2d if seed % 2 else F.adaptive_avg_pool2d
 
     def forward(self, x):
         x = self.stem(x)
@@ -103,7 +104,7 @@ class RandomBlocks(nn.Module):
                 x = x * block(x)
             else:
                 x = block(x)
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return self.fc(self.global_pool(x, 1).flatten(1))
 
 
 def _bn_statistics(model: nn.Module, seed: int) -> nn.Module:
