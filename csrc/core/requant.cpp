@@ -407,12 +407,14 @@ void pool_nhwc(Isa isa, CodesIn in, InputRange stored, int64_t w, int64_t c, con
   });
 }
 
-void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out) {
+void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out, int64_t begin,
+                        int64_t end) {
+  if (begin < 0 || end > hw || begin > end) throw std::invalid_argument("lookup_pixels: positions out of range");
   with_output(out, [&](auto dst) {
     for (int64_t ch = 0; ch < c; ++ch) {
       const int32_t* table = lut + ch * 256;
       const uint8_t* plane = pixels + ch * hw;
-      for (int64_t i = 0; i < hw; ++i) put(dst + i * c + ch, table[plane[i]], out.offset);
+      for (int64_t i = begin; i < end; ++i) put(dst + i * c + ch, table[plane[i]], out.offset);
     }
   });
 }

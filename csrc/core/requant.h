@@ -151,9 +151,12 @@ inline int64_t rounded_mean(int64_t sum, int64_t n) {
 // cells (count_include_pad) hold `pad_code`, the code of 0. `stored` bounds the stored input values (as for
 // sum_positions). Its buffers are the running thread's `scratch`.
 void pool_nhwc(Isa isa, CodesIn in, InputRange stored, int64_t w, int64_t c, const PoolAxis& rows,
-               const PoolAxis& cols, bool max, int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end, ThreadScratch& scratch);
+               const PoolAxis& cols, bool max, int64_t pad_code, CodesOut out, int64_t row_begin, int64_t row_end,
+               ThreadScratch& scratch);
 
-// First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC.
-void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out);
+// First codes of one image: pixels [c, hw] (NCHW, uint8) through lut[ch * 256 + p], stored NHWC (out points at the
+// whole image), positions [begin, end).
+void lookup_pixels_nhwc(const uint8_t* pixels, int64_t c, int64_t hw, const int32_t* lut, CodesOut out, int64_t begin,
+                        int64_t end);
 
 }  // namespace qcnn

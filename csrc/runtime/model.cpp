@@ -429,7 +429,11 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
 void Plan::run_image(const uint8_t* pixels, uint8_t* arena, float* logits, const ScratchTeam& scratch,
                      std::vector<uint8_t>* tile_buffers, std::vector<double>* node_seconds, int64_t* overflows) const {
   const Exec ex{*this, arena, logits, scratch.size, scratch, tile_buffers, parallel_level()};
-  lookup_pixels_nhwc(pixels, input_shape[0], input_shape[1] * input_shape[2], lut.data(), ex.out(0));
+  const int64_t positions = input_shape[1] * input_shape[2];
+  for_each_block(values[0], ex.threads, [&](int64_t first, int64_t count) {
+    lookup_pixels_nhwc(pixels, input_shape[0], positions, lut.data(), ex.out(0), first / input_shape[0],
+                       (first + count) / input_shape[0]);
+  });
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = nodes[i];
     if (node.fused_into >= 0) continue;  // ran inside its step's node
