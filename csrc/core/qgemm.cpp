@@ -274,9 +274,19 @@ RowSource<D, N> image_rows(const PackedConv& pc, const D* padded, const int64_t*
 }
 
 // padded: the image from pad_image when reads_padded_image(g), else null.
+// Calls columns(b, jn) for the column steps b = 0, step, 2 step, ... below nblocks (jn = the blocks of the step):
+// on the calling thread, or for a tile that is a layer's only one (a linear layer at batch 1), with its steps shared
+// by `threads` (each writes its own accumulator columns, from inputs all of them only read).
+template <typename F>
+void for_column_steps(int64_t nblocks, int64_t step, int threads, F&& columns) {
+  const int64_t steps = (nblocks + step - 1) / step;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, threads)) if (threads > 1 && steps > 1)
+  for (int64_t i = 0; i < steps; ++i) columns(i * step, static_cast<int>(std::min<int64_t>(step, nblocks - i * step)));
+}
+
 template <typename In, typename Out>
 void conv_tile(const PackedConv& pc, const ConvKernels& kernels, const In* x, int32_t x_sub, const int16_t* padded,
-               int64_t p0, int64_t rows, Out* out, Workspace& ws) {
+               int64_t p0, int64_t rows, Out* out, Workspace& ws, int threads) {
   const ConvGeom& g = pc.g;
   const int64_t kp = pc.kp, wblock = kp / 2 * 16, nblocks = pc.mg8 / 8;
   const int64_t ldc = g.m + 8;  // a group's last block writes up to 7 padding lanes past its channels
@@ -289,15 +299,14 @@ void conv_tile(const PackedConv& pc, const ConvKernels& kernels, const In* x, in
     if (!padded) gather_panel(x, x_sub, g, group, p0, rows, kp, ws.panel.data());
     const int16_t* wg = pc.weights.data() + group * nblocks * wblock;
     int32_t* cg = ws.acc.data() + group * g.mg();
-    for (int64_t b = 0; b < nblocks; b += kBlocks) {
-      const int jn = static_cast<int>(std::min<int64_t>(kBlocks, nblocks - b));
+    for_column_steps(nblocks, kBlocks, threads, [&](int64_t b, int jn) {
       for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
         const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
         const RowSource<int16_t> a = padded ? image_rows(pc, padded, ws.row_offsets.data() + r0, rn, pc.seg_pairs)
                                             : panel_rows(pc, ws.panel.data() + r0 * kp, rn);
         kernels.gemm[rn - 1][jn - 1](a, wg + b * wblock, wblock, cg + r0 * ldc + b * 8, ldc);
       }
-    }
+    });
   }
   epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
@@ -333,13 +342,12 @@ void amx_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8
 
 template <typename Out>
 void vnni_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8_t* padded, int64_t p0, int64_t rows,
-                    Out* out, Workspace& ws) {
+                    Out* out, Workspace& ws, int threads) {
   const ConvGeom& g = pc.g;
   const int64_t wblock = g.kh * pc.seg_quads * 64, nblocks = round_up(g.m, 16) / 16, ldc = nblocks * 16;
   ws.acc.resize(static_cast<size_t>(rows * ldc));
   image_row_offsets(g, p0, rows, ws.row_offsets);
-  for (int64_t b = 0; b < nblocks; b += kVnniBlocks) {
-    const int jn = static_cast<int>(std::min<int64_t>(kVnniBlocks, nblocks - b));
+  for_column_steps(nblocks, kVnniBlocks, threads, [&](int64_t b, int jn) {
     for (int64_t r0 = 0; r0 < rows; r0 += kVnniRows) {
       const int rn = static_cast<int>(std::min<int64_t>(kVnniRows, rows - r0));
       kernels.vnni[rn - 1][jn - 1](
@@ -347,7 +355,7 @@ void vnni_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint
           pc.weights_quads.data() + b * wblock, wblock, pc.vnni_acc_start.data() + b * 16,
           ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
-  }
+  });
   epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
 }
 
@@ -457,13 +465,14 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
   // The depthwise vector kernels read uint8 codes minus an x_sub inside their range.
   const bool u8_codes = std::is_same_v<In, uint8_t> && x_sub >= 0 && x_sub <= 255;
   const auto* x8 = reinterpret_cast<const uint8_t*>(x);
-  auto compute_tile = [&](int64_t p0, int64_t n, Out* tile_out, Workspace& ws) {
+  // `split`: the threads sharing the column steps of the layer's only tile (GEMMs; 1 elsewhere).
+  auto compute_tile = [&](int64_t p0, int64_t n, Out* tile_out, Workspace& ws, int split) {
     switch (pc.kernel) {
-      case ConvKernel::Gemm: return conv_tile(pc, kernels, x, x_sub, padded_image, p0, n, tile_out, ws);
+      case ConvKernel::Gemm: return conv_tile(pc, kernels, x, x_sub, padded_image, p0, n, tile_out, ws, split);
       case ConvKernel::Binary: return bit_conv_tile(pc, kernels, bit_tables, p0, n, tile_out, ws);
       case ConvKernel::Acc16: return acc16_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
       case ConvKernel::Amx: return amx_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
-      case ConvKernel::Vnni: return vnni_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws);
+      case ConvKernel::Vnni: return vnni_conv_tile(pc, kernels, padded_image8, p0, n, tile_out, ws, split);
       case ConvKernel::DepthwiseVnni:
         if (u8_codes) return depthwise_vnni_tile(pc, kernels, x8, x_sub, p0, n, tile_out, ws);
         break;
@@ -474,18 +483,18 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
     }
     depthwise_tile(pc, kernels, x, x_sub, p0, n, tile_out, ws);
   };
-  auto tile = [&](int64_t t, Workspace& ws) {
+  auto tile = [&](int64_t t, Workspace& ws, int split) {
     const int64_t p0 = t * rows, n = std::min(rows, positions - p0);
     void* own = sink ? sink->buffer(p0, n) : nullptr;
-    compute_tile(p0, n, own ? static_cast<Out*>(own) : out + p0 * pc.g.m, ws);
+    compute_tile(p0, n, own ? static_cast<Out*>(own) : out + p0 * pc.g.m, ws, split);
     if (sink) sink->done(p0, n);
   };
   if (threads == 1 || tiles == 1) {
-    for (int64_t t = 0; t < tiles; ++t) tile(t, own.tile);
+    for (int64_t t = 0; t < tiles; ++t) tile(t, own.tile, threads);
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t t = 0; t < tiles; ++t) tile(t, scratch[thread_num()].tile);
+  for (int64_t t = 0; t < tiles; ++t) tile(t, scratch[thread_num()].tile, 1);
 }
 
 template <typename In>

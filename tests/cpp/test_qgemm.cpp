@@ -156,6 +156,41 @@ TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qg
   }
 }
 
+// A layer with one tile (a linear layer at batch 1): the threads share its column steps. Wide layers of few positions
+// against the reference on every path, at 1 to 3 threads, uint8, int32 and float outputs.
+TEST_CASE("one-tile layers share their output channels between threads", "[qgemm]") {
+  std::mt19937 rng(21);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx}) {
+    if (!isa_supported(isa)) continue;
+    for (int trial = 0; trial < 24; ++trial) {
+      Case t = random_case(rng, trial % 3 == 0);
+      const int64_t side = pick(1, 2), c = pick(1, 300), m = pick(65, 400);
+      t.g = make_conv_geom(side, side, c, m, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+      t.x.resize(static_cast<size_t>(side * side * c));
+      for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
+      t.w.resize(static_cast<size_t>(m * c));
+      for (auto& v : t.w) v = static_cast<int16_t>(pick(-127, 127));
+      t.epi.multiplier.resize(static_cast<size_t>(m), t.epi.multiplier.empty() ? 0 : t.epi.multiplier[0]);
+      t.epi.shift.resize(static_cast<size_t>(m), t.epi.shift.empty() ? 30 : t.epi.shift[0]);
+      t.epi.bias.resize(static_cast<size_t>(m), 0);
+      t.epi.scale.resize(t.epi.float_output ? static_cast<size_t>(m) : 0, 1e-4f);
+      t.epi.float_bias.resize(t.epi.float_output ? static_cast<size_t>(m) : 0, 0.5f);
+      const InputRange range{-t.x_sub, 255 - t.x_sub};
+      const auto want = reference(t);
+      for (int threads = 1; threads <= 3; ++threads) {
+        INFO("isa " << isa_name(isa) << " trial " << trial << " c=" << c << " m=" << m << " threads " << threads);
+        if (t.epi.float_output) {
+          CHECK(run<float>(t, isa, Storage::F32, threads, false, range) == want);
+        } else {
+          CHECK(run<uint8_t>(t, isa, Storage::U8, threads, false, range) == want);
+          CHECK(run<int32_t>(t, isa, Storage::I32, threads, false, range, 0, true) == want);
+        }
+      }
+    }
+  }
+}
+
 // Depthwise with the channel counts of real nets (16- and 8-channel steps and a tail), every tap pattern at
 // the borders, and weights large enough that the AVX2 kernel's int32 bound sends a layer to the scalar loop.
 TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm][depthwise]") {
