@@ -141,6 +141,20 @@ QCNN_AVX512VNNI inline void store_saturated64(uint8_t* out, __m512i c0, __m512i 
                                _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), bytes));
 }
 
+// The same for 32 and 16 codes (the channels of a layer past its last 64: 96 = 64 + 32, 144 = 128 + 16).
+QCNN_AVX512VNNI inline void store_saturated32(uint8_t* out, __m512i c0, __m512i c1) {
+  const __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(c0, c1), _mm512_setzero_si512());
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm512_castsi512_si256(_mm512_permutexvar_epi32(
+                          _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 3, 6, 7, 10, 11, 14, 15), bytes)));
+}
+QCNN_AVX512VNNI inline void store_saturated16(uint8_t* out, __m512i c0) {
+  const __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(c0, _mm512_setzero_si512()), _mm512_setzero_si512());
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm512_castsi512_si128(_mm512_permutexvar_epi32(
+                       _mm512_setr_epi32(0, 4, 8, 12, 1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15), bytes)));
+}
+
 // The constants of 16 channels of the double epilogue, and its rounded values of one row's accumulators.
 struct F64Channels {
   __m512d scale0, scale1, offset0, offset1, magic;
@@ -191,6 +205,21 @@ QCNN_AVX512VNNI void epilogue_f64_run(const PackedConv& pc, const int32_t* acc, 
                           codes(a + 32, 0xFFFF, q2), codes(a + 48, 0xFFFF, q3));
       }
     }
+  if constexpr (kSaturate) {
+    if (m + 32 <= m_all) {
+      const F64Channels q0 = channels(m), q1 = channels(m + 16);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int32_t* a = acc + r * ldc + m;
+        store_saturated32(out + r * m_all + m, codes(a, 0xFFFF, q0), codes(a + 16, 0xFFFF, q1));
+      }
+      m += 32;
+    }
+    if (m + 16 <= m_all) {
+      const F64Channels q0 = channels(m);
+      for (int64_t r = 0; r < rows; ++r) store_saturated16(out + r * m_all + m, codes(acc + r * ldc + m, 0xFFFF, q0));
+      m += 16;
+    }
+  }
   for (; m < m_all; m += 16) {
     const __mmask16 lanes = m_all - m >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (m_all - m)) - 1);
     const F64Channels q = channels(m);
