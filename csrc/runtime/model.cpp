@@ -168,7 +168,9 @@ void plan_fusion(Plan& plan) {
     std::set<int> candidates(readers[static_cast<size_t>(h.output)].begin(), readers[static_cast<size_t>(h.output)].end());
     std::vector<int> step_values{h.output};
     in_step[static_cast<size_t>(h.output)] = 1;
-    int64_t partials = 0;  // of the reductions fused so far
+    // Partials of the reductions fused so far, after the head's own where it is one (a global pool whose output
+    // another global pool reads).
+    int64_t partials = h.step->reduces() ? plan.values[static_cast<size_t>(h.inputs[0])].shape[0] : 0;
     while (!candidates.empty()) {  // in file order, so a fused node runs after those whose output it reads
       Node& next = plan.nodes[static_cast<size_t>(*candidates.begin())];
       candidates.erase(candidates.begin());

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +151,22 @@ def test_every_kernel_path_fuses_bit_exactly(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         seen.add(run.stdout.strip())
     assert "scalar" in seen
+
+
+def test_hand_built_files_fused_equal_unfused(tmp_path):
+    """The fuzzer's hand-built seeds (tests/fuzz/make_seeds.py): pools of pools, a global max pool read by a global
+    average pool, residual adds over requantized copies. Fused and not, 1 and 2 threads, batch 3."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
+    import make_seeds
+    for name, data in make_seeds.hand_built().items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        net = qcnn.load(path, fuse=False, threads=1)
+        pixels = torch.randint(0, 256, (3, *net.input_shape), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(len(name)))
+        reference = net(pixels)
+        for threads in (1, 2):
+            assert torch.equal(qcnn.load(path, threads=threads)(pixels), reference), f"{name}, threads={threads}"
 
 
 def test_fuse_must_be_a_bool(tmp_path):
