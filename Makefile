@@ -4,16 +4,20 @@ PIP     := $(PYTHON) -m pip
 JOBS    ?= 2
 STAMPS  := .stamps
 BUILD   := build/cmake
-APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist qemu-user
+APT_PKGS := catch2 nlohmann-json3-dev ninja-build zlib1g-dev dataset-fashion-mnist qemu-user g++-aarch64-linux-gnu
+ARM_BUILD := build/aarch64
+ARM_TOOLCHAIN := csrc/toolchains/aarch64-linux-gnu.cmake
+# qemu's CPU models for the aarch64 tests: ARMv8.0 NEON only, the dot product (ARMv8.2), and every extension (i8mm).
+ARM_CPUS := cortex-a53 cortex-a76 max
 PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx onnxruntime
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops csrc/runtime -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' 2>/dev/null)
 
-.PHONY: setup demo test test-cpp test-python cuda-check bench clean
+.PHONY: setup demo test test-cpp test-arm test-python cuda-check bench clean arm
 
-setup: $(STAMPS)/apt $(STAMPS)/python $(STAMPS)/ext $(STAMPS)/cmake
+setup: $(STAMPS)/apt $(STAMPS)/python $(STAMPS)/ext $(STAMPS)/cmake $(STAMPS)/arm
 
 $(STAMPS)/apt:
 	@mkdir -p $(STAMPS)
@@ -45,13 +49,34 @@ $(STAMPS)/cmake: $(STAMPS)/apt $(CORE_SOURCES)
 	cmake --build $(BUILD) -j $(JOBS)
 	@touch $@
 
-test: setup test-cpp cuda-check test-python
+# The arm64 zlib that the cross-built engine links (Debian's multiarch: the arm64 architecture added once).
+$(STAMPS)/apt-arm64: $(STAMPS)/apt
+	@if dpkg -s zlib1g-dev:arm64 >/dev/null 2>&1; then echo "setup: arm64 zlib present"; \
+	else $(SUDO) dpkg --add-architecture arm64 && $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq zlib1g-dev:arm64; fi
+	@touch $@
+
+# The engine, qcnn-infer and the Catch2 tests cross-built for aarch64 Linux (static executables, run under
+# qemu-aarch64 by test-arm).
+arm: $(STAMPS)/arm
+$(STAMPS)/arm: $(STAMPS)/apt-arm64 $(CORE_SOURCES) $(ARM_TOOLCHAIN)
+	cmake -S . -B $(ARM_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_TOOLCHAIN_FILE=$(ARM_TOOLCHAIN) >/dev/null
+	cmake --build $(ARM_BUILD) -j $(JOBS)
+	@touch $@
+
+test: setup test-cpp test-arm cuda-check test-python
 
 test-cpp: $(STAMPS)/cmake
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The aarch64 Catch2 tests under each of qemu's CPU models; the aarch64 qcnn-infer against the x86 one runs in
+# test-python (tests/python/test_arm.py, which QCNN_REQUIRE_ARM turns from skipped into failed without the build).
+test-arm: $(STAMPS)/arm
+	@for cpu in $(ARM_CPUS); do echo "test-arm: Catch2 tests on qemu-aarch64 -cpu $$cpu"; \
+	  QEMU_CPU=$$cpu qemu-aarch64 $(ARM_BUILD)/qcnn_core_tests || exit 1; done
+
 test-python: $(STAMPS)/ext
-	$(PYTHON) -m pytest -q tests/python
+	QCNN_REQUIRE_ARM=$$([ -f $(STAMPS)/arm ] && echo 1) $(PYTHON) -m pytest -q tests/python
 
 # No GPU on CI. With a CUDA build of torch (the pinned 2.14.1 is one) the whole extension is built a second
 # time with its CUDA kernels (QCNN_FORCE_CUDA, into build/cuda-ext) and loaded, without qcnn, by a check that

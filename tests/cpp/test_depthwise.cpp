@@ -204,7 +204,7 @@ TEST_CASE("depthwise VNNI kernel is chosen only where it runs", "[qgemm][depthwi
   CHECK(pack_conv(dense, dense_w.data(), epi, Isa::Avx512Vnni).dw_quads.empty());  // not depthwise
   // The double-precision requantization needs the proven range and its bound.
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni).requant_scale.empty());
-  CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-128, 127}).requant_scale.empty() == !kX86);
+  if (kX86) CHECK(!pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-128, 127}).requant_scale.empty());
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx2, {-128, 127}).requant_scale.empty());
   epi.bias[3] = int64_t{1} << 52;
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-128, 127}).requant_scale.empty());

@@ -15,57 +15,19 @@ import pytest
 import torch
 
 import qcnn
-from qcnn import models
-from qcnn.export import Graph, read_qcnn, reference_forward, write_qcnn
+from qcnn.export import read_qcnn, reference_forward, write_qcnn
 from qcnn.export.runtime import engine_isas
-from qcnn.quantize import calibrate_activations
 
-from export_helpers import FASHION_INPUT, random_cnn_graph, random_pixels, write_idx
+from export_helpers import MODELS, export_model_set, random_cnn_graph, random_pixels, write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
 QCNN_INFER = ROOT / "build" / "qcnn-infer"
 needs_infer = pytest.mark.skipif(not QCNN_INFER.is_file(),
                                  reason=f"{QCNN_INFER} not built (make setup builds it with CMake)")
 
-# name -> (random_cnn_graph arguments, entropy coding)
-MODELS = {
-    "codebook_w4_channel": (dict(kind="codebook", bits=4, per_channel=True, seed=1), False),
-    "codebook_w4_tensor": (dict(kind="codebook", bits=4, seed=2), False),
-    "codebook_w4_huffman": (dict(kind="codebook", bits=4, seed=3), True),
-    "codebook_w2": (dict(kind="codebook", bits=2, act_bits=4, seed=4), False),
-    "binary_a2": (dict(kind="binary", bits=1, act_bits=2, seed=5), False),
-    "binary_a1": (dict(kind="binary", bits=1, act_bits=1, seed=10), False),
-    "uniform_w8": (dict(kind="uniform", bits=8, seed=6), False),
-    "fixed_w6": (dict(kind="fixed", bits=6, seed=7), False),
-    "residual_add_global_avg": (dict(kind="codebook", bits=4, residual=True, avg=True, seed=8), False),
-    "avg_pool": (dict(kind="uniform", bits=4, avg_pool=True, seed=9), False),
-}
-
-
-def export_resnet(path: Path) -> None:
-    """qcnn's resnet_small (28x28, stride-2 convs, residual adds), 4-bit per-channel k-means weights, 2-bit PACT
-    activations and a signed 8-bit input quantizer, calibrated on random images."""
-    gen = torch.Generator().manual_seed(0)
-    model = models.create("resnet_small", width=8)
-    qcnn.quantize_(model, {"weight": {"kind": "codebook", "bits": 4, "method": "kmeans", "granularity": "channel"},
-                           "act": {"bits": 2, "method": "pact"}, "input_act": {"bits": 8, "signed": True}})
-    x = Graph((1, 28, 28), [0.286], [0.353]).normalize(
-        torch.randint(0, 256, (64, 1, 28, 28), generator=gen, dtype=torch.uint8))
-    calibrate_activations(model, [(x, None)], 1)
-    model.eval()
-    with torch.no_grad():
-        model(x)  # fits the weight quantizers
-    qcnn.export(model, path, verbose=False, **FASHION_INPUT)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("engine")
-    for name, (graph_args, entropy_coding) in MODELS.items():
-        qcnn.export(random_cnn_graph(**graph_args), directory / f"{name}.qcnn", entropy_coding=entropy_coding,
-                    verbose=False)
-    export_resnet(directory / "resnet_small.qcnn")
-    return directory
+    return export_model_set(tmp_path_factory.mktemp("engine"))
 
 
 def run_infer(model: Path, pixels: torch.Tensor, directory: Path, *extra: str) -> np.ndarray:
