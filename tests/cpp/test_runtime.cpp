@@ -1,7 +1,9 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -10,6 +12,7 @@
 
 #include "core/bitpack.h"
 #include "runtime/model.h"
+#include "runtime/qcnn.h"
 #include "runtime/safetensors.h"
 
 using nlohmann::json;
@@ -43,11 +46,11 @@ std::vector<uint8_t> build_raw(const std::string& metadata, const std::map<std::
     data.insert(data.end(), t.bytes.begin(), t.bytes.end());
   }
   const std::string h = header.dump();
-  std::vector<uint8_t> out(8);
+  std::vector<uint8_t> out(8 + h.size() + data.size());
   uint64_t len = h.size();
   for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(len >> (8 * i));
-  out.insert(out.end(), h.begin(), h.end());
-  out.insert(out.end(), data.begin(), data.end());
+  std::memcpy(out.data() + 8, h.data(), h.size());
+  if (!data.empty()) std::memcpy(out.data() + 8 + h.size(), data.data(), data.size());
   return out;
 }
 
@@ -320,4 +323,105 @@ TEST_CASE("reader survives random corruption", "[runtime]") {
   }
   CHECK(loaded + rejected == 3000);
   CHECK(rejected > 0);
+}
+
+// ------------------------------------------------------------------------------------ the C interface (qcnn.h)
+
+TEST_CASE("C API: a model from memory and from a file runs as the C++ one", "[runtime][c_api]") {
+  const TinyModel tm;
+  const std::vector<uint8_t> bytes = tm.bytes();
+  const std::vector<uint8_t> px{3, 200, 17, 255, 0, 0, 0, 1};
+  const std::vector<float> want = load_bytes(bytes).run(px.data(), 2, 1);
+
+  qcnn_model* model = nullptr;
+  REQUIRE(qcnn_load_buffer(bytes.data(), bytes.size(), nullptr, &model) == QCNN_OK);
+  int64_t shape[3] = {0, 0, 0}, classes = 0, peak = 0;
+  REQUIRE(qcnn_input_shape(model, shape) == QCNN_OK);
+  CHECK((shape[0] == 1 && shape[1] == 2 && shape[2] == 2));
+  REQUIRE(qcnn_num_classes(model, &classes) == QCNN_OK);
+  CHECK(classes == 3);
+  REQUIRE(qcnn_peak_activation_bytes(model, 2, 1, &peak) == QCNN_OK);
+  CHECK(peak > 0);
+  CHECK(std::string(qcnn_isa(model)).size() > 0);
+  std::vector<float> logits(6, -1.0f);
+  REQUIRE(qcnn_run(model, px.data(), 2, logits.data(), 2) == QCNN_OK);
+  CHECK(logits == want);
+  CHECK(qcnn_run(model, nullptr, 0, nullptr, 1) == QCNN_OK);  // no images: nothing read or written
+  qcnn_free(model);
+  qcnn_free(nullptr);
+
+  const std::string path = "c_api_model.qcnn";
+  {
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  qcnn_options options;
+  qcnn_default_options(&options);
+  options.fuse = 0;
+  REQUIRE(qcnn_load_file(path.c_str(), &options, &model) == QCNN_OK);
+  std::fill(logits.begin(), logits.end(), -1.0f);
+  REQUIRE(qcnn_run(model, px.data(), 2, logits.data(), 1) == QCNN_OK);
+  CHECK(logits == want);
+  qcnn_free(model);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("C API: every failure is a status and a message naming the problem", "[runtime][c_api]") {
+  const std::vector<uint8_t> bytes = TinyModel().bytes();
+  qcnn_model* model = reinterpret_cast<qcnn_model*>(&model);  // set to NULL by a failed load
+  auto message = [] { return std::string(qcnn_last_error()); };
+
+  CHECK(qcnn_load_file("no/such/model.qcnn", nullptr, &model) == QCNN_ERROR_IO);
+  CHECK(model == nullptr);
+  CHECK_THAT(message(), Catch::Contains("no/such/model.qcnn: cannot open model"));
+  CHECK(qcnn_load_file(".", nullptr, &model) == QCNN_ERROR_IO);
+  CHECK(qcnn_load_file(nullptr, nullptr, &model) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_load_buffer(bytes.data(), bytes.size(), nullptr, nullptr) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_load_buffer(nullptr, 10, nullptr, &model) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_load_buffer(nullptr, 0, nullptr, &model) == QCNN_ERROR_FORMAT);  // an empty buffer
+  qcnn_options options;
+  qcnn_default_options(&options);
+  options.max_ops_per_image = 0;
+  CHECK(qcnn_load_buffer(bytes.data(), bytes.size(), &options, &model) == QCNN_ERROR_ARGUMENT);
+  CHECK_THAT(message(), Catch::Contains("max_ops_per_image must be positive"));
+  qcnn_default_options(&options);
+  options.max_macs_per_image = 5;  // the tiny model has 12
+  CHECK(qcnn_load_buffer(bytes.data(), bytes.size(), &options, &model) == QCNN_ERROR_FORMAT);
+  CHECK_THAT(message(), Catch::Contains("limit of 5 multiply-accumulates"));
+
+  // A buffer is as hostile as a file: cut at every byte, then with bytes flipped.
+  for (size_t len = 0; len < bytes.size(); ++len) {
+    CHECK(qcnn_load_buffer(bytes.data(), len, nullptr, &model) == QCNN_ERROR_FORMAT);
+    CHECK(model == nullptr);
+    CHECK_THAT(message(), Catch::StartsWith("buffer"));
+  }
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 500; ++trial) {
+    std::vector<uint8_t> bad = bytes;
+    for (int k = 0; k < 3; ++k) bad[rng() % bad.size()] = static_cast<uint8_t>(rng());
+    const qcnn_status s = qcnn_load_buffer(bad.data(), bad.size(), nullptr, &model);
+    CHECK((s == QCNN_OK || s == QCNN_ERROR_FORMAT));
+    if (s == QCNN_OK) {
+      std::vector<float> logits(3);
+      const std::vector<uint8_t> px{1, 2, 3, 4};
+      CHECK(qcnn_run(model, px.data(), 1, logits.data(), 1) == QCNN_OK);
+      qcnn_free(model);
+    }
+  }
+
+  REQUIRE(qcnn_load_buffer(bytes.data(), bytes.size(), nullptr, &model) == QCNN_OK);
+  std::vector<float> logits(3);
+  const std::vector<uint8_t> px{1, 2, 3, 4};
+  CHECK(qcnn_run(model, px.data(), -1, logits.data(), 1) == QCNN_ERROR_ARGUMENT);
+  CHECK_THAT(message(), Catch::Contains("images = -1"));
+  CHECK(qcnn_run(model, nullptr, 1, logits.data(), 1) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_run(model, px.data(), 1, logits.data(), kMaxThreads + 1) == QCNN_ERROR_ARGUMENT);
+  CHECK_THAT(message(), Catch::Contains("threads = 4097"));
+  CHECK(qcnn_run(nullptr, px.data(), 1, logits.data(), 1) == QCNN_ERROR_ARGUMENT);
+  int64_t value = 0;
+  CHECK(qcnn_peak_activation_bytes(model, -1, 1, &value) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_input_shape(model, nullptr) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_num_classes(nullptr, &value) == QCNN_ERROR_ARGUMENT);
+  CHECK(qcnn_isa(nullptr) == nullptr);
+  qcnn_free(model);
 }

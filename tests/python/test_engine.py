@@ -88,6 +88,34 @@ def test_every_kernel_path_gives_the_same_logits(model_dir, tmp_path, name):
         assert np.array_equal(got, logits["scalar"]), isa
 
 
+C_LIBS = [ROOT / "build" / "cmake" / "libqcnn_runtime.a", ROOT / "build" / "cmake" / "libqcnn_core.a"]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in C_LIBS) or shutil.which("cc") is None,
+                    reason="needs the CMake build's libraries (make setup) and a C compiler")
+def test_c_interface_from_c(model_dir, tmp_path):
+    """tests/c_api/run_model.c, compiled as C against csrc/runtime/qcnn.h and linked with the engine's libraries,
+    loads a model from memory and gives qcnn.load's logits bit for bit."""
+    obj, exe = tmp_path / "run_model.o", tmp_path / "run_model"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-c", str(ROOT / "tests" / "c_api" / "run_model.c"),
+                    "-I", str(ROOT / "csrc"), "-o", str(obj)], check=True)
+    subprocess.run(["c++", str(obj), *map(str, C_LIBS), "-fopenmp", "-lz", "-o", str(exe)], check=True)
+    model = model_dir / "residual_add_global_avg.qcnn"
+    pixels = random_pixels(9, qcnn.load(model).input_shape, seed=23)
+    (tmp_path / "images.raw").write_bytes(pixels.numpy().tobytes())
+    res = subprocess.run([str(exe), str(model), str(tmp_path / "images.raw"), str(tmp_path / "logits.raw"), "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("9 images, 10 classes")
+    logits = np.fromfile(tmp_path / "logits.raw", dtype=np.float32).reshape(9, 10)
+    assert np.array_equal(logits, qcnn.load(model)(pixels).numpy())
+    bad = tmp_path / "bad.qcnn"
+    bad.write_bytes(model.read_bytes()[:100])
+    res = subprocess.run([str(exe), str(bad), str(tmp_path / "images.raw"), str(tmp_path / "logits.raw"), "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.startswith("buffer: ")
+
+
 QEMU_X86 = shutil.which("qemu-x86_64")
 
 
