@@ -13,10 +13,11 @@ inline constexpr Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa:
 const char* isa_name(Isa isa);
 // True when this CPU (and OS) can run `isa`.
 bool isa_supported(Isa isa);
-// The AVX2 kernels (everything but the scalar path).
-inline bool has_avx2(Isa isa) { return isa != Isa::Scalar; }
-// The AVX-512 F/BW/VL + VNNI kernels (avx512vnni and amx).
-inline bool has_avx512(Isa isa) { return isa >= Isa::Avx512Vnni; }
+// Which x86 kernel families a path runs, named path by path (not by the enum's order, so that paths for other
+// architectures can join the enum without inheriting x86 kernels): the AVX2 kernels on avx2, avx512vnni and amx;
+// the AVX-512 F/BW/VL + VNNI ones on avx512vnni and amx.
+inline bool has_avx2(Isa isa) { return isa == Isa::Avx2 || isa == Isa::Avx512Vnni || isa == Isa::Amx; }
+inline bool has_avx512(Isa isa) { return isa == Isa::Avx512Vnni || isa == Isa::Amx; }
 // The best supported path, or the one QCNN_ISA names (std::invalid_argument for an unknown name
 // or one this CPU cannot run). Read once per call: a Model keeps what it chose at load.
 Isa select_isa();
