@@ -416,8 +416,10 @@ Model Model::from_file(const SafetensorsFile& file, const LoadOptions& options) 
   plan.arena_bytes = assign_arena(plan);
   for (const Node& node : plan.nodes) {
     plan.scratch_bytes = std::max(plan.scratch_bytes, node.step->scratch_bytes());
-    if (node.step->reduces())  // its partials (Node::partials_offset), in their own buffer
-      plan.partials_bytes = std::max(plan.partials_bytes, (node.partials_offset + plan.values[static_cast<size_t>(node.inputs[0])].shape[0]) * 8);
+    if (node.step->reduces()) {  // its partials (Node::partials_offset), in their own buffer
+      const int64_t channels = plan.values[static_cast<size_t>(node.inputs[0])].shape[0];
+      plan.partials_bytes = std::max(plan.partials_bytes, (node.partials_offset + channels) * 8);
+    }
   }
   plan.scratch_bytes += plan.partials_bytes;
   plan.scratch_bytes += plan.tile_scratch_bytes;
