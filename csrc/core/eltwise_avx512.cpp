@@ -521,7 +521,8 @@ void by_strips(const T* src, int64_t positions, int64_t channels, int64_t width,
 }
 
 template <typename T>
-void sum_typed(const T* src, int64_t positions, int64_t channels, int64_t run, int64_t* sums) {
+void sum_typed(const T* src, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  const int64_t run = sum_run<T>(stored);
   static constexpr Strip<T, int64_t> narrow[4] = {sum_strip32<1, T>, sum_strip32<2, T>, sum_strip32<3, T>,
                                                   sum_strip32<4, T>};
   if constexpr (std::is_same_v<T, int32_t>) {
@@ -538,21 +539,13 @@ void max_typed(const T* src, int64_t positions, int64_t channels, int32_t* maxim
 }
 
 void sum_positions(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
-  if (in.storage == Storage::U8)
-    sum_typed(static_cast<const uint8_t*>(in.data), positions, channels, sum_run(InputRange{0, 255}), sums);
-  else if (in.storage == Storage::I32)
-    sum_typed(static_cast<const int32_t*>(in.data), positions, channels, sum_run(stored), sums);
-  else
+  if (!with_vector_input(in, [&](auto src) { sum_typed(src, positions, channels, stored, sums); }))
     sum_positions_scalar(in, positions, channels, stored, sums);
 }
 
 void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
   if (positions < 1) return;  // the uint8 strips start from 0
-  if (in.storage == Storage::U8)
-    max_typed(static_cast<const uint8_t*>(in.data), positions, channels, maxima);
-  else if (in.storage == Storage::I32)
-    max_typed(static_cast<const int32_t*>(in.data), positions, channels, maxima);
-  else
+  if (!with_vector_input(in, [&](auto src) { max_typed(src, positions, channels, maxima); }))
     max_positions_scalar(in, positions, channels, maxima);
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/requant.h"
 
@@ -54,13 +55,29 @@ void max_positions_scalar(CodesIn in, int64_t positions, int64_t channels, int32
 
 // Helpers for the vector files.
 
-// How many positions of stored values in `stored` the vector sums may add in int32 lanes before moving them to the
-// int64 sums (|sum| <= run * max |stored| < 2^31); below kMinSumRun they add in int64 lanes instead.
+// How many positions of stored values of type T in `stored` (uint8 codes: [0, 255] whatever it says) the vector
+// sums may add in int32 lanes before moving them to the int64 sums (|sum| <= run * max |stored| < 2^31); below
+// kMinSumRun they add in int64 lanes instead.
+template <typename T>
 inline int64_t sum_run(InputRange stored) {
-  const int64_t largest = std::max<int64_t>({1, stored.lo < 0 ? -stored.lo : stored.lo, stored.hi < 0 ? -stored.hi : stored.hi});
+  if constexpr (std::is_same_v<T, uint8_t>) stored = InputRange{0, 255};
+  const int64_t largest =
+      std::max<int64_t>({1, stored.lo < 0 ? -stored.lo : stored.lo, stored.hi < 0 ? -stored.hi : stored.hi});
   return INT32_MAX / largest;
 }
 constexpr int64_t kMinSumRun = 64;
+
+// Calls f(typed input pointer) for U8 / I32 codes; false for any other storage (the scalar loop then reports it).
+template <typename F>
+bool with_vector_input(const CodesIn& in, F&& f) {
+  if (in.storage == Storage::U8)
+    f(static_cast<const uint8_t*>(in.data));
+  else if (in.storage == Storage::I32)
+    f(static_cast<const int32_t*>(in.data));
+  else
+    return false;
+  return true;
+}
 
 // Calls f(typed input pointer, typed output pointer) for U8 / I32 codes; false for any other storage (the scalar
 // loop then reports it).
