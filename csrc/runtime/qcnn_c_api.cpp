@@ -2,10 +2,6 @@
 // and this thread's last error message.
 #include "runtime/qcnn.h"
 
-#include <sys/stat.h>
-
-#include <cerrno>
-#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -32,6 +28,8 @@ qcnn_status guarded(const char* call, F&& f) {
   try {
     f();
     return QCNN_OK;
+  } catch (const qcnn::runtime::FileError& e) {
+    return fail(QCNN_ERROR_IO, e.what());
   } catch (const qcnn::runtime::FormatError& e) {
     return fail(QCNN_ERROR_FORMAT, e.what());
   } catch (const std::invalid_argument& e) {
@@ -70,13 +68,13 @@ qcnn_status check_options(const char* call, const qcnn_options* options) {
   return QCNN_OK;
 }
 
-qcnn_status load(const char* call, const qcnn_options* options, qcnn_model** model,
-                 qcnn::runtime::SafetensorsFile (*read)(const void*, size_t), const void* source, size_t size) {
+// read() gives the model's file (SafetensorsFile::read or ::parse); *model the model, or null on any failure.
+template <typename Read>
+qcnn_status load(const char* call, const qcnn_options* options, qcnn_model** model, Read&& read) {
   if (!model) return fail(QCNN_ERROR_ARGUMENT, std::string(call) + ": model is NULL");
+  *model = nullptr;
   if (const qcnn_status s = check_options(call, options); s != QCNN_OK) return s;
-  return guarded(call, [&] {
-    *model = new qcnn_model{qcnn::runtime::Model::from_file(read(source, size), load_options(options))};
-  });
+  return guarded(call, [&] { *model = new qcnn_model{qcnn::runtime::Model::from_file(read(), load_options(options))}; });
 }
 
 }  // namespace
@@ -93,26 +91,22 @@ void qcnn_default_options(qcnn_options* options) {
 }
 
 qcnn_status qcnn_load_file(const char* path, const qcnn_options* options, qcnn_model** model) {
-  if (model) *model = nullptr;
-  if (!path) return fail(QCNN_ERROR_ARGUMENT, "qcnn_load_file: path is NULL");
-  struct stat st;
-  if (::stat(path, &st) != 0)
-    return fail(QCNN_ERROR_IO, std::string(path) + ": cannot open model: " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) return fail(QCNN_ERROR_IO, std::string(path) + ": not a regular file");
-  return load("qcnn_load_file", options, model,
-              [](const void* p, size_t) { return qcnn::runtime::SafetensorsFile::read(static_cast<const char*>(p)); },
-              path, 0);
+  if (!path) {
+    if (model) *model = nullptr;
+    return fail(QCNN_ERROR_ARGUMENT, "qcnn_load_file: path is NULL");
+  }
+  return load("qcnn_load_file", options, model, [&] { return qcnn::runtime::SafetensorsFile::read(path); });
 }
 
 qcnn_status qcnn_load_buffer(const void* data, size_t size, const qcnn_options* options, qcnn_model** model) {
-  if (model) *model = nullptr;
-  if (!data && size > 0) return fail(QCNN_ERROR_ARGUMENT, "qcnn_load_buffer: data is NULL");
-  return load("qcnn_load_buffer", options, model,
-              [](const void* p, size_t n) {
-                const auto* bytes = static_cast<const uint8_t*>(p);
-                return qcnn::runtime::SafetensorsFile::parse(std::vector<uint8_t>(bytes, bytes + n), "buffer");
-              },
-              data, size);
+  if (!data && size > 0) {
+    if (model) *model = nullptr;
+    return fail(QCNN_ERROR_ARGUMENT, "qcnn_load_buffer: data is NULL");
+  }
+  return load("qcnn_load_buffer", options, model, [&] {
+    const auto* bytes = static_cast<const uint8_t*>(data);
+    return qcnn::runtime::SafetensorsFile::parse(std::vector<uint8_t>(bytes, bytes + size), "buffer");
+  });
 }
 
 void qcnn_free(qcnn_model* model) { delete model; }

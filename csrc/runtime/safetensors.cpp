@@ -108,16 +108,16 @@ nlohmann::json parse_untrusted_json(const std::string& text, const std::string& 
 
 std::vector<uint8_t> read_regular_file(const std::string& path, const char* what, uint64_t max_bytes) {
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) throw FormatError(path + ": cannot open " + what + ": " + std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) throw FormatError(path + ": is a directory, not a " + what);
-  if (!S_ISREG(st.st_mode)) throw FormatError(path + ": is not a regular file (a " + what + " must be one)");
+  if (::stat(path.c_str(), &st) != 0) throw FileError(path + ": cannot open " + what + ": " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw FileError(path + ": is a directory, not a " + what);
+  if (!S_ISREG(st.st_mode)) throw FileError(path + ": is not a regular file (a " + what + " must be one)");
   // O_NONBLOCK: should the path have become a FIFO since the stat, open must not wait for a writer.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw FormatError(path + ": cannot open " + what + ": " + std::strerror(errno));
+  if (fd < 0) throw FileError(path + ": cannot open " + what + ": " + std::strerror(errno));
   std::vector<uint8_t> bytes;
   try {
-    if (::fstat(fd, &st) != 0) throw FormatError(path + ": cannot stat " + what + ": " + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) throw FormatError(path + ": is not a regular file (a " + what + " must be one)");
+    if (::fstat(fd, &st) != 0) throw FileError(path + ": cannot stat " + what + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) throw FileError(path + ": is not a regular file (a " + what + " must be one)");
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     if (size > max_bytes || size > std::numeric_limits<size_t>::max() / 2)
       throw FormatError(path + ": " + what + " of " + std::to_string(size) + " bytes exceeds the limit of " +
@@ -127,9 +127,9 @@ std::vector<uint8_t> read_regular_file(const std::string& path, const char* what
     while (done < size) {
       const ssize_t got = ::read(fd, bytes.data() + done, static_cast<size_t>(std::min<uint64_t>(size - done, 1u << 30)));
       if (got < 0 && errno == EINTR) continue;
-      if (got < 0) throw FormatError(path + ": read failed at byte " + std::to_string(done) + ": " + std::strerror(errno));
+      if (got < 0) throw FileError(path + ": read failed at byte " + std::to_string(done) + ": " + std::strerror(errno));
       if (got == 0)
-        throw FormatError(path + ": file shrank while reading: " + std::to_string(done) + " of " + std::to_string(size) +
+        throw FileError(path + ": file shrank while reading: " + std::to_string(done) + " of " + std::to_string(size) +
                           " bytes");
       done += static_cast<uint64_t>(got);
     }

@@ -16,6 +16,13 @@ class FormatError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The file itself could not be read (missing, a directory, not a regular file, a failed read): a FormatError to
+// every caller that does not ask (the C interface reports it as QCNN_ERROR_IO).
+class FileError : public FormatError {
+ public:
+  using FormatError::FormatError;
+};
+
 // Parses JSON from an untrusted file. Nesting deeper than `max_depth` is rejected by a linear
 // pre-scan before any parse, so that neither the parse nor anything later that recurses over the
 // document (dump, copy, comparison) can exhaust the stack. Errors are FormatErrors that start with
