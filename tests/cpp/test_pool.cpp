@@ -17,7 +17,7 @@ namespace {
 // The paths this CPU runs, the scalar reference first.
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> isas;
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
+  for (Isa isa : kAllIsas)
     if (isa_supported(isa)) isas.push_back(isa);
   return isas;
 }

@@ -161,7 +161,7 @@ TEST_CASE("implicit-GEMM conv: every ISA path equals the direct reference", "[qg
 TEST_CASE("one-tile layers share their output channels between threads", "[qgemm]") {
   std::mt19937 rng(21);
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx}) {
+  for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) continue;
     for (int trial = 0; trial < 24; ++trial) {
       Case t = random_case(rng, trial % 3 == 0);

@@ -3,6 +3,8 @@ quantized post-training (independent of qcnn.nn, so the export path is tested on
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from qcnn.export import Graph, Node, QParams, QuantWeight, _ops
 from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+QCNN_INFER = Path(__file__).resolve().parents[2] / "build" / "qcnn-infer"
 MEAN, STD = 0.2860, 0.3530
 # What qcnn.export needs to know of a module trained on Fashion-MNIST (the model records nothing by itself).
 FASHION_INPUT = {"input_shape": (1, 28, 28), "mean": [MEAN], "std": [STD]}
@@ -180,3 +183,16 @@ def export_model_set(directory: Path) -> Path:
                     verbose=False)
     export_resnet(directory / "resnet_small.qcnn")
     return directory
+
+
+def run_infer(model: Path, pixels: torch.Tensor, directory: Path, *extra: str, command=(QCNN_INFER,)) -> np.ndarray:
+    """The logits of qcnn-infer (`command`: the program and what runs it, e.g. qemu) on single-channel `pixels`,
+    through IDX files in `directory`."""
+    images, labels, logits = directory / "images.idx", directory / "labels.idx", directory / "logits.npy"
+    write_idx(images, pixels[:, 0].numpy())  # [N, H, W], magic 0x00000803
+    write_idx(labels, np.zeros(len(pixels), np.uint8))  # [N], magic 0x00000801
+    res = subprocess.run([*map(str, command), str(model), "--images", str(images), "--labels", str(labels),
+                          "--logits", str(logits), *extra], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["images"] == len(pixels)
+    return np.load(logits)

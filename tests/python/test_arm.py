@@ -7,10 +7,8 @@ Skipped without the aarch64 build or qemu-aarch64, unless QCNN_REQUIRE_ARM=1 (ma
 them): then their absence fails."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,40 +19,25 @@ import torch
 import qcnn
 from qcnn.quantize import calibrate_activations
 
-from export_helpers import FASHION_INPUT, MODELS, export_model_set, random_pixels, write_idx
+from export_helpers import FASHION_INPUT, MODELS, QCNN_INFER, export_model_set, random_pixels, run_infer
 
 ROOT = Path(__file__).resolve().parents[2]
-X86_INFER = ROOT / "build" / "qcnn-infer"
 ARM_INFER = ROOT / "build" / "aarch64" / "qcnn-infer"
 QEMU = shutil.which("qemu-aarch64")
 CPUS = ("cortex-a53", "cortex-a76", "max")
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("QCNN_REQUIRE_ARM") != "1" and not (ARM_INFER.is_file() and X86_INFER.is_file() and QEMU),
+    os.environ.get("QCNN_REQUIRE_ARM") != "1" and not (ARM_INFER.is_file() and QCNN_INFER.is_file() and QEMU),
     reason="needs build/aarch64/qcnn-infer (make arm), build/qcnn-infer and qemu-aarch64 (make setup)")
 
 
-def infer(command: list[str], model: Path, images: Path, labels: Path, logits: Path, threads: int) -> dict:
-    res = subprocess.run([*command, str(model), "--images", str(images), "--labels", str(labels), "--logits",
-                          str(logits), "--threads", str(threads)], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def assert_arm_equals_x86(model: Path, pixels: torch.Tensor, directory: Path, threads=(1, 2)) -> None:
-    assert ARM_INFER.is_file() and X86_INFER.is_file() and QEMU, "the aarch64 build, the x86 one and qemu-aarch64"
-    images, labels = directory / f"{model.stem}.images.idx", directory / f"{model.stem}.labels.idx"
-    write_idx(images, pixels[:, 0].numpy())
-    write_idx(labels, np.zeros(len(pixels), np.uint8))
-    reference = directory / f"{model.stem}.x86.npy"
-    infer([str(X86_INFER)], model, images, labels, reference, 1)
-    want = np.load(reference)
+    assert ARM_INFER.is_file() and QCNN_INFER.is_file() and QEMU, "the aarch64 build, the x86 one and qemu-aarch64"
+    want = run_infer(model, pixels, directory, "--threads", "1")
     for cpu in CPUS:
         for t in threads:
-            out = directory / f"{model.stem}.{cpu}.{t}.npy"
-            report = infer([QEMU, "-cpu", cpu, str(ARM_INFER)], model, images, labels, out, t)
-            assert report["images"] == len(pixels)
-            assert np.array_equal(np.load(out), want), f"{model.name} on {cpu}, {t} threads ({report['isa']})"
+            got = run_infer(model, pixels, directory, "--threads", str(t), command=(QEMU, "-cpu", cpu, ARM_INFER))
+            assert np.array_equal(got, want), f"{model.name} on {cpu}, {t} threads"
 
 
 @pytest.fixture(scope="module")

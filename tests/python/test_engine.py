@@ -18,27 +18,17 @@ import qcnn
 from qcnn.export import read_qcnn, reference_forward, write_qcnn
 from qcnn.export.runtime import engine_isas
 
-from export_helpers import MODELS, export_model_set, random_cnn_graph, random_pixels, write_idx
+from export_helpers import (MODELS, QCNN_INFER, export_model_set, random_cnn_graph, random_pixels, run_infer,
+                            write_idx)
 
 ROOT = Path(__file__).resolve().parents[2]
-QCNN_INFER = ROOT / "build" / "qcnn-infer"
 needs_infer = pytest.mark.skipif(not QCNN_INFER.is_file(),
                                  reason=f"{QCNN_INFER} not built (make setup builds it with CMake)")
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return export_model_set(tmp_path_factory.mktemp("engine"))
-
-
-def run_infer(model: Path, pixels: torch.Tensor, directory: Path, *extra: str) -> np.ndarray:
-    images, labels, logits = directory / "images.idx", directory / "labels.idx", directory / "logits.npy"
-    write_idx(images, pixels[:, 0].numpy())  # [N, H, W], magic 0x00000803
-    write_idx(labels, np.zeros(len(pixels), np.uint8))  # [N], magic 0x00000801
-    res = subprocess.run([str(QCNN_INFER), str(model), "--images", str(images), "--labels", str(labels),
-                          "--logits", str(logits), *extra], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1])["images"] == len(pixels)
-    return np.load(logits)
 
 
 @needs_infer
