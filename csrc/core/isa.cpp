@@ -11,6 +11,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace qcnn {
 
@@ -37,7 +40,21 @@ bool amx_usable() {
 }
 #endif
 
+#if defined(__aarch64__)
+// The kernel's hardware capabilities (Linux's arch/arm64 hwcap bits): AT_HWCAP's ASIMD (bit 1) and ASIMDDP (bit 20),
+// AT_HWCAP2's I8MM (bit 13). Elsewhere only the baseline, Advanced SIMD, which every aarch64 CPU has.
+bool arm_feature(Isa isa) {
+#ifdef __linux__
+  const unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  const bool neon = hwcap & (1ul << 1), dot = neon && (hwcap & (1ul << 20)), i8mm = dot && (hwcap2 & (1ul << 13));
+  return isa == Isa::Neon ? neon : isa == Isa::NeonDot ? dot : i8mm;
+#else
+  return isa == Isa::Neon;
+#endif
 }
+#endif
+
+}  // namespace
 
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -45,6 +62,9 @@ const char* isa_name(Isa isa) {
     case Isa::Avx2: return "avx2";
     case Isa::Avx512Vnni: return "avx512vnni";
     case Isa::Amx: return "amx";
+    case Isa::Neon: return "neon";
+    case Isa::NeonDot: return "neondot";
+    case Isa::I8mm: return "i8mm";
   }
   return "?";
 }
@@ -60,10 +80,14 @@ bool isa_supported(Isa isa) {
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     case Isa::Amx:
       return isa_supported(Isa::Avx512Vnni) && amx_usable();
-#else
+#elif defined(__aarch64__)
+    case Isa::Neon:
+    case Isa::NeonDot:
+    case Isa::I8mm:
+      return arm_feature(isa);
+#endif
     default:
       return false;
-#endif
   }
   return false;
 }
@@ -77,7 +101,9 @@ Isa select_isa() {
       if (!isa_supported(isa)) throw std::invalid_argument("QCNN_ISA=" + name + ": this CPU cannot run that path");
       return isa;
     }
-    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: scalar, avx2, avx512vnni, amx)");
+    std::string known;
+    for (Isa isa : kAllIsas) known += std::string(known.empty() ? "" : ", ") + isa_name(isa);
+    throw std::invalid_argument("QCNN_ISA=" + name + ": unknown path (known: " + known + ")");
   }
   Isa best = Isa::Scalar;
   for (Isa isa : kAllIsas)

@@ -120,9 +120,10 @@ void gather_panel(const T* x, int32_t x_sub, const ConvGeom& g, int64_t group, i
 }
 
 // The image minus x_sub once in a copy [h + 2ph][w + 2pw][c] with a border of `border` (reads_padded_image(g)),
-// and kImageSlack elements more: a kernel row is read in pairs or quads, the last one reaching up to 3 values
-// past it (their weights are 0). Each input value is converted once instead of once per kernel tap.
-constexpr int64_t kImageSlack = 3;
+// and kImageSlack elements more: a kernel row is read in pairs, quads or octets (quad_gemm_octets), the last one
+// reaching up to 7 values past it (their weights are 0). Each input value is converted once instead of once per
+// kernel tap.
+constexpr int64_t kImageSlack = 7;
 template <typename T, typename D>
 void pad_image(const T* x, int32_t x_sub, const ConvGeom& g, std::vector<D>& padded, D border = 0, int64_t slack = 0) {
   const int64_t wp = g.w + 2 * g.pw, hp = g.h + 2 * g.ph, row = wp * g.c, side = g.pw * g.c;
@@ -176,8 +177,9 @@ int64_t peak_loop_scalar(int64_t calls) {
   return c[0];
 }
 
-// The table of `isa`: its own where this build has one, else the scalar reference.
-const ConvKernels& conv_kernels(Isa isa) {
+}  // namespace
+
+const ConvKernels& conv_kernels_scalar() {
   static const ConvKernels scalar{QCNN_KERNEL_GRID_3X3(microkernel_scalar),
                                   {},
                                   {},
@@ -186,8 +188,24 @@ const ConvKernels& conv_kernels(Isa isa) {
                                   {requantize_rows_scalar<float>, nullptr, nullptr, nullptr},
                                   nullptr,
                                   {peak_loop_scalar, 64, kRows * 8 * kBlocks * 2 * kPeakPairs}};
-  const ConvKernels* vector = has_avx512(isa) ? conv_kernels_avx512() : has_avx2(isa) ? conv_kernels_avx2() : nullptr;
-  return vector ? *vector : scalar;
+  return scalar;
+}
+
+namespace {
+
+// The table of `isa`: its own where this build has one, else the scalar reference.
+const ConvKernels& conv_kernels(Isa isa) {
+  const ConvKernels* vector = nullptr;
+  switch (isa) {
+    case Isa::Scalar: break;
+    case Isa::Avx2: vector = conv_kernels_avx2(); break;
+    case Isa::Avx512Vnni:
+    case Isa::Amx: vector = conv_kernels_avx512(); break;
+    case Isa::Neon: vector = conv_kernels_neon(); break;
+    case Isa::NeonDot: vector = conv_kernels_neondot(); break;
+    case Isa::I8mm: vector = conv_kernels_i8mm(); break;
+  }
+  return vector ? *vector : conv_kernels_scalar();
 }
 
 // Thresholds of the requantization for accumulators within +-acc_bound (layers with few output codes):
@@ -418,9 +436,12 @@ void depthwise_vnni_tile(const PackedConv& pc, const ConvKernels& kernels, const
 }
 
 // Whether the VNNI and AMX GEMMs can read a uint8 image as it is instead of a padded copy: no padding, stored codes
-// that are already x - z_x - x_lo, and kernel rows of whole quads (the VNNI kernel reads no byte past the image).
+// that are already x - z_x - x_lo, and kernel rows of whole quads (octets for quad_gemm_octets): the quad GEMMs then
+// read no byte past the image.
 bool reads_codes_in_place(const PackedConv& pc, int32_t x_sub) {
-  return pc.g.ph == 0 && pc.g.pw == 0 && int64_t{x_sub} + pc.vnni_x_lo == 0 && pc.g.kw * pc.g.c % 4 == 0;
+  const int64_t row = pc.g.kw * pc.g.c;
+  const bool whole_steps = pc.kernel == ConvKernel::Amx ? row % 4 == 0 : pc.seg_quads * 4 == row;
+  return pc.g.ph == 0 && pc.g.pw == 0 && int64_t{x_sub} + pc.vnni_x_lo == 0 && whole_steps;
 }
 
 template <typename In, typename Out>
@@ -549,9 +570,9 @@ bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int acc
   return true;
 }
 
-// The VNNI GEMM's weights and accumulator starts (ConvKernel::Vnni), where the layer qualifies: an Isa::Avx512Vnni
-// pack, one group, dilation 1 in x, int8 weights, and an input range that, widened to hold 0 (the border), spans
-// at most 256 values. False leaves pc as it was.
+// The quad GEMM's weights and accumulator starts (ConvKernel::Vnni), where the layer qualifies: a pack for a path
+// with the GEMM (has_quad_gemm), one group, dilation 1 in x, int8 weights, and an input range that, widened to hold 0
+// (the border), spans at most 256 values. False leaves pc as it was.
 // On Isa::Amx, layers with at least this many k values, output channels and output positions run on the tile GEMM
 // instead: below, the VNNI GEMM was as fast or faster (docs/BENCHMARKS.md), k padded to 64, the tile loads and
 // stores weighing more than the products, or most of a 16-position A tile empty (the classifier). isa_supported
@@ -561,8 +582,10 @@ constexpr int64_t kMinAmxK = 128, kMinAmxChannels = 64, kMinAmxPositions = 16;
 bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
   const ConvGeom& g = pc.g;
   const int64_t x_lo = std::min<int64_t>(x.lo, 0), x_hi = std::max<int64_t>(x.hi, 0);
-  if (!has_avx512(pc.isa) || !reads_padded_image(g) || x_hi - x_lo > 255) return false;
-  const int64_t k = g.k(), seg_len = g.kw * g.c, seg_quads = (seg_len + 3) / 4, kq = g.kh * seg_quads;
+  if (!has_quad_gemm(pc.isa) || !reads_padded_image(g) || x_hi - x_lo > 255) return false;
+  const bool octets = quad_gemm_octets(pc.isa);
+  const int64_t k = g.k(), seg_len = g.kw * g.c, seg_quads = round_up((seg_len + 3) / 4, octets ? 2 : 1);
+  const int64_t kq = g.kh * seg_quads, flip = quad_gemm_flips_input(pc.isa) ? 128 : 0;
   if (255 * 128 * k > INT32_MAX) return false;  // bounds each |x_lo * sum_k w[m][k]| below
   std::vector<int32_t> start(static_cast<size_t>(round_up(g.m, 16)), 0);
   for (int64_t m = 0; m < g.m; ++m) {
@@ -572,7 +595,7 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
       if (v < -128 || v > 127) return false;
       sum += v;
     }
-    start[static_cast<size_t>(m)] = static_cast<int32_t>(x_lo * sum);
+    start[static_cast<size_t>(m)] = static_cast<int32_t>((x_lo + flip) * sum);  // |x_lo + flip| <= 255
   }
   pc.kernel = ConvKernel::Vnni;
   pc.vnni_x_lo = static_cast<int32_t>(x_lo);
@@ -589,9 +612,11 @@ bool pack_vnni(PackedConv& pc, const int16_t* weight, InputRange x) {
   pc.weights_quads.assign(static_cast<size_t>(round_up(g.m, 16) * kq * 4), 0);
   for (int64_t m = 0; m < g.m; ++m)
     for (int64_t kk = 0; kk < k; ++kk) {
-      const int64_t quad = kk / seg_len * seg_quads + kk % seg_len / 4;
-      pc.weights_quads[static_cast<size_t>(((m / 16) * kq + quad) * 64 + (m % 16) * 4 + kk % seg_len % 4)] =
-          static_cast<int8_t>(weight[m * k + kk]);
+      const int64_t quad = kk / seg_len * seg_quads + kk % seg_len / 4, byte = kk % seg_len % 4;
+      // quads: [block][quad][16 channels][4]; octets: [block][quad / 2][16 channels][quad % 2][4]
+      const int64_t at = octets ? ((m / 16) * kq + quad / 2 * 2) * 64 + (m % 16) * 8 + quad % 2 * 4 + byte
+                                : ((m / 16) * kq + quad) * 64 + (m % 16) * 4 + byte;
+      pc.weights_quads[static_cast<size_t>(at)] = static_cast<int8_t>(weight[m * k + kk]);
     }
   return true;
 }
@@ -814,7 +839,9 @@ std::string conv_kernel_name(const PackedConv& pc) {
     case ConvKernel::Binary: return "binary a" + std::to_string(pc.bits.act_bits);
     case ConvKernel::Acc16: return "gemm acc16";
     case ConvKernel::Amx: return "gemm amx";
-    case ConvKernel::Vnni: return "gemm vnni";
+    case ConvKernel::Vnni:
+      return pc.isa == Isa::Neon ? "gemm neon" : pc.isa == Isa::NeonDot ? "gemm sdot" : pc.isa == Isa::I8mm ? "gemm i8mm"
+                                                                                                       : "gemm vnni";
     case ConvKernel::Depthwise:
     case ConvKernel::DepthwiseVnni: return "depthwise";
     case ConvKernel::Gemm: break;

@@ -325,12 +325,7 @@ void thresholds(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t r
 const ConvKernels* conv_kernels_avx512() {
   static const ConvKernels kernels = [] {
     ConvKernels k = *conv_kernels_avx2();
-    k.vnni = {{{vnni_microkernel<1, 1>, vnni_microkernel<1, 2>, vnni_microkernel<1, 3>, vnni_microkernel<1, 4>},
-               {vnni_microkernel<2, 1>, vnni_microkernel<2, 2>, vnni_microkernel<2, 3>, vnni_microkernel<2, 4>},
-               {vnni_microkernel<3, 1>, vnni_microkernel<3, 2>, vnni_microkernel<3, 3>, vnni_microkernel<3, 4>},
-               {vnni_microkernel<4, 1>, vnni_microkernel<4, 2>, vnni_microkernel<4, 3>, vnni_microkernel<4, 4>},
-               {vnni_microkernel<5, 1>, vnni_microkernel<5, 2>, vnni_microkernel<5, 3>, vnni_microkernel<5, 4>},
-               {vnni_microkernel<6, 1>, vnni_microkernel<6, 2>, vnni_microkernel<6, 3>, vnni_microkernel<6, 4>}}};
+    k.vnni = QCNN_KERNEL_GRID_6X4(vnni_microkernel);
     k.epilogue_u8 = {epilogue_avx512<uint8_t>, epilogue_f64<uint8_t>, thresholds<uint8_t>, epilogue_tie_free<uint8_t>};
     k.epilogue_i32 = {epilogue_avx512<int32_t>, epilogue_f64<int32_t>, thresholds<int32_t>, epilogue_tie_free<int32_t>};
     k.peak = {peak_loop_vnni, 1 << 16, 8 * 64};  // 8 vpdpbusd of 64 MACs per iteration

@@ -81,6 +81,33 @@ using VnniMicrokernel = void (*)(const RowSource<uint8_t, kVnniRows>& a, const i
 // A grid of R x J instances of the template `fn`, for a KernelGrid.
 #define QCNN_KERNEL_GRID_3X3(fn) \
   {{{fn<1, 1>, fn<1, 2>, fn<1, 3>}, {fn<2, 1>, fn<2, 2>, fn<2, 3>}, {fn<3, 1>, fn<3, 2>, fn<3, 3>}}}
+#define QCNN_KERNEL_ROW_4(fn, r) {fn<r, 1>, fn<r, 2>, fn<r, 3>, fn<r, 4>}
+#define QCNN_KERNEL_GRID_6X4(fn)                                                                               \
+  {{QCNN_KERNEL_ROW_4(fn, 1), QCNN_KERNEL_ROW_4(fn, 2), QCNN_KERNEL_ROW_4(fn, 3), QCNN_KERNEL_ROW_4(fn, 4), \
+    QCNN_KERNEL_ROW_4(fn, 5), QCNN_KERNEL_ROW_4(fn, 6)}}
+
+// The quad GEMM's kernels that multiply signed bytes by signed bytes (NEON's SMULL and SDOT; vpdpbusd and USMMLA take
+// the activations unsigned): they read u ^ 0x80 = u - 128 and pack_conv adds 128 * sum_k w[m][k] to the starts.
+inline bool quad_gemm_flips_input(Isa isa) { return isa == Isa::Neon || isa == Isa::NeonDot; }
+// The i8mm kernel multiplies 2 rows x 8 k by 2 channels x 8 k (USMMLA): its weights lie in k-octets,
+// [M / 16 blocks][kq / 2][8 channel pairs][2][8], with every kernel row padded to an even number of quads.
+inline bool quad_gemm_octets(Isa isa) { return isa == Isa::I8mm; }
+
+// A quad-GEMM microkernel (VnniMicrokernel) from a kernel of at most RB rows x 16 channels, Pass<rows>::run(a, r0,
+// w, start, c, ldc) over rows [r0, r0 + rows): the J channel blocks one after another, the R rows in passes of RB.
+template <template <int> class Pass, int RB, int R, int J>
+void quad_microkernel_in_passes(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock,
+                                const int32_t* start, int32_t* c, int64_t ldc) {
+  static_assert(R <= 2 * RB, "two passes at most");
+  for (int j = 0; j < J; ++j) {
+    if constexpr (R <= RB) {
+      Pass<R>::run(a, 0, w + j * wblock, start + j * 16, c + j * 16, ldc);
+    } else {
+      Pass<RB>::run(a, 0, w + j * wblock, start + j * 16, c + j * 16, ldc);
+      Pass<R - RB>::run(a, RB, w + j * wblock, start + j * 16, c + RB * ldc + j * 16, ldc);
+    }
+  }
+}
 
 // `rows` rows of accumulators ldc apart into rows * M outputs.
 template <typename Out>
@@ -126,9 +153,14 @@ struct ConvKernels {
 };
 
 // nullptr on builds for other architectures. The AVX-512 table (Isa::Avx512Vnni and Isa::Amx) is the AVX2 one with
-// the kernels AVX-512 does better replaced.
+// the kernels AVX-512 does better replaced; the aarch64 tables are the scalar one with their quad GEMM in place.
 const ConvKernels* conv_kernels_avx2();
 const ConvKernels* conv_kernels_avx512();
+const ConvKernels* conv_kernels_neon();
+const ConvKernels* conv_kernels_neondot();
+const ConvKernels* conv_kernels_i8mm();
+// The scalar reference table (qgemm.cpp).
+const ConvKernels& conv_kernels_scalar();
 
 // The AVX2 threshold epilogue of channels [m0, M) (m0 a multiple of 16): the AVX-512 one's last channels.
 template <typename Out>

@@ -226,7 +226,7 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
       const PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa);
       CHECK(conv_kernel_name(pc) == "depthwise");
       CHECK(pc.dw_quads.empty() == !(has_avx512(isa) && int8));  // core/depthwise.h
-      CHECK(pc.dw_pairs.empty() == (wide || isa == Isa::Scalar || !pc.dw_quads.empty()));
+      CHECK(pc.dw_pairs.empty() == (wide || !has_avx2(isa) || !pc.dw_quads.empty()));
       CHECK(run<uint8_t>(t, isa, Storage::U8, 1 + trial % 2) == want);
       CHECK(run<int32_t>(t, isa, Storage::I32, 1) == want);
     }
@@ -327,9 +327,11 @@ TEST_CASE("binary kernel is chosen only where it is exact", "[qgemm][binary]") {
 // narrow kernel rows (kw * c not a multiple of 4), and int32-stored inputs far from uint8.
 // On Isa::Amx the layers with k >= 128, at least 64 channels and 16 positions run the same on the AMX tile GEMM: images up to
 // 40 x 40 give several tiles of positions and odd counts of 16-position and 16-channel tiles.
-TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only where they are exact",
+// The quad GEMMs: VNNI and AMX on x86; NEON (widening multiplies), SDOT and USMMLA (k-octets) on aarch64.
+TEST_CASE("quad GEMMs (VNNI, AMX, NEON, SDOT, I8MM) equal the direct reference and are chosen only where exact",
           "[qgemm][vnni]") {
-  for (Isa isa : {Isa::Avx512Vnni, Isa::Amx}) {
+  for (Isa isa : kAllIsas) {
+    if (!has_quad_gemm(isa)) continue;
     if (!isa_supported(isa)) {
       WARN("no " << isa_name(isa) << ": its GEMM is not tested here");
       continue;
@@ -405,6 +407,9 @@ TEST_CASE("VNNI and AMX GEMMs equal the direct reference and are chosen only whe
   epi.scale.assign(8, 1.0f);
   epi.float_bias.assign(8, 0.0f);
   CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-5, 250})) == "gemm vnni");
+  CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::Neon, {-5, 250})) == "gemm neon");
+  CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::NeonDot, {-5, 250})) == "gemm sdot");
+  CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::I8mm, {-5, 250})) == "gemm i8mm");
   CHECK(conv_kernel_name(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {0, 255}, 16)) == "gemm vnni");  // over acc16
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {-6, 250}).kernel != ConvKernel::Vnni);
   CHECK(pack_conv(g, w.data(), epi, Isa::Avx512Vnni, {}).kernel != ConvKernel::Vnni);
