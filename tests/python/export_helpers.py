@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -188,11 +189,20 @@ def export_model_set(directory: Path) -> Path:
 def run_infer(model: Path, pixels: torch.Tensor, directory: Path, *extra: str, command=(QCNN_INFER,)) -> np.ndarray:
     """The logits of qcnn-infer (`command`: the program and what runs it, e.g. qemu) on single-channel `pixels`,
     through IDX files in `directory`."""
+    return run_infer_report(model, pixels, directory, *extra, command=command)[0]
+
+
+def run_infer_report(model: Path, pixels: torch.Tensor, directory: Path, *extra: str, command=(QCNN_INFER,),
+                     env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+    """run_infer's logits and qcnn-infer's closing JSON line (its "isa", "images", ...), with `env` added to the
+    environment."""
     images, labels, logits = directory / "images.idx", directory / "labels.idx", directory / "logits.npy"
     write_idx(images, pixels[:, 0].numpy())  # [N, H, W], magic 0x00000803
     write_idx(labels, np.zeros(len(pixels), np.uint8))  # [N], magic 0x00000801
     res = subprocess.run([*map(str, command), str(model), "--images", str(images), "--labels", str(labels),
-                          "--logits", str(logits), *extra], capture_output=True, text=True, timeout=600)
+                          "--logits", str(logits), *extra], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **(env or {})})
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1])["images"] == len(pixels)
-    return np.load(logits)
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["images"] == len(pixels)
+    return np.load(logits), report

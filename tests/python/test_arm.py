@@ -1,7 +1,8 @@
 """The engine cross-built for aarch64 (`make arm`: static executables in build/aarch64) runs under qemu-aarch64 on
-three CPU models (cortex-a53: ARMv8.0 NEON only; cortex-a76: the dot product; max: every extension, i8mm) and gives
-the x86 engine's logits bit for bit: every weight format and kernel family of test_engine.py's models, the fuzzer's
-hand-built files, torchvision nets with squeeze-excitation, lookup tables and global pooling, at 1 and 2 threads.
+three CPU models (cortex-a53: ARMv8.0 NEON only; cortex-a76: the dot product; max: every extension, i8mm), picks
+each one's best kernel path (neon, neondot, i8mm) and gives the x86 engine's logits bit for bit: every weight format
+and kernel family of test_engine.py's models, the fuzzer's hand-built files, torchvision nets with
+squeeze-excitation, lookup tables and global pooling, at 1 and 2 threads; every path forced with QCNN_ISA on `max`.
 
 Skipped without the aarch64 build or qemu-aarch64, unless QCNN_REQUIRE_ARM=1 (make test sets it once it has built
 them): then their absence fails."""
@@ -19,25 +20,33 @@ import torch
 import qcnn
 from qcnn.quantize import calibrate_activations
 
-from export_helpers import FASHION_INPUT, MODELS, QCNN_INFER, export_model_set, random_pixels, run_infer
+from export_helpers import (FASHION_INPUT, MODELS, QCNN_INFER, export_model_set, random_pixels, run_infer,
+                            run_infer_report)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM_INFER = ROOT / "build" / "aarch64" / "qcnn-infer"
 QEMU = shutil.which("qemu-aarch64")
-CPUS = ("cortex-a53", "cortex-a76", "max")
+# Each CPU model and the path the engine picks there from the kernel's hardware capabilities.
+BEST_PATH = {"cortex-a53": "neon", "cortex-a76": "neondot", "max": "i8mm"}
+ARM_PATHS = ("scalar", "neon", "neondot", "i8mm")
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("QCNN_REQUIRE_ARM") != "1" and not (ARM_INFER.is_file() and QCNN_INFER.is_file() and QEMU),
     reason="needs build/aarch64/qcnn-infer (make arm), build/qcnn-infer and qemu-aarch64 (make setup)")
 
 
+def qemu(cpu: str) -> tuple:
+    return (QEMU, "-cpu", cpu, ARM_INFER)
+
+
 def assert_arm_equals_x86(model: Path, pixels: torch.Tensor, directory: Path, threads=(1, 2)) -> None:
     assert ARM_INFER.is_file() and QCNN_INFER.is_file() and QEMU, "the aarch64 build, the x86 one and qemu-aarch64"
     want = run_infer(model, pixels, directory, "--threads", "1")
-    for cpu in CPUS:
+    for cpu, path in BEST_PATH.items():
         for t in threads:
-            got = run_infer(model, pixels, directory, "--threads", str(t), command=(QEMU, "-cpu", cpu, ARM_INFER))
-            assert np.array_equal(got, want), f"{model.name} on {cpu}, {t} threads"
+            got, report = run_infer_report(model, pixels, directory, "--threads", str(t), command=qemu(cpu))
+            assert report["isa"] == path, f"{cpu} picked {report['isa']}"
+            assert np.array_equal(got, want), f"{model.name} on {cpu} ({path}), {t} threads"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +58,27 @@ def model_dir(tmp_path_factory) -> Path:
 def test_exported_models(model_dir, tmp_path, name):
     model = model_dir / f"{name}.qcnn"
     assert_arm_equals_x86(model, random_pixels(5, qcnn.load(model).input_shape, seed=21), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["uniform_w8", "resnet_small"])
+def test_every_path_forced(model_dir, tmp_path, name):
+    model = model_dir / f"{name}.qcnn"
+    pixels = random_pixels(3, qcnn.load(model).input_shape, seed=5)
+    want = run_infer(model, pixels, tmp_path, "--threads", "1")
+    for path in ARM_PATHS:
+        got, report = run_infer_report(model, pixels, tmp_path, "--threads", "2", command=qemu("max"),
+                                       env={"QCNN_ISA": path})
+        assert report["isa"] == path
+        assert np.array_equal(got, want), f"{name} on QCNN_ISA={path}"
+
+
+@pytest.mark.parametrize("cpu, path", [("cortex-a53", "neondot"), ("cortex-a53", "i8mm"), ("cortex-a76", "i8mm"),
+                                       ("max", "avx2")])
+def test_a_path_the_cpu_lacks_is_refused(model_dir, tmp_path, cpu, path):
+    model = model_dir / "uniform_w8.qcnn"
+    with pytest.raises(AssertionError, match=f"QCNN_ISA={path}: this CPU cannot run that path"):
+        run_infer_report(model, random_pixels(1, qcnn.load(model).input_shape), tmp_path, command=qemu(cpu),
+                         env={"QCNN_ISA": path})
 
 
 def test_hand_built_files(tmp_path):
