@@ -1,6 +1,6 @@
 // qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]
 //            [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-ops N] [--max-activation-bytes N]
-//            [--count-overflows] [--no-fuse]
+//            [--count-overflows] [--no-fuse] [--profile]
 // Prints one JSON line: accuracy, throughput, counts, the kernels' ISA and the model's cost. --predictions
 // writes the predicted class of each image, one per line; --logits the float32 logits as a .npy array
 // [images, classes]. Any error: `qcnn-infer: error: <message>` on stderr, exit status 1.
@@ -38,7 +38,7 @@ namespace rt = qcnn::runtime;
 const char* const kUsage =
     "usage: qcnn-infer MODEL.qcnn --images IDX --labels IDX [--batch N] [--threads N] [--limit N]\n"
     "                  [--predictions FILE] [--logits FILE.npy] [--max-macs N] [--max-ops N] [--max-activation-bytes N]\n"
-    "                  [--count-overflows] [--no-fuse]\n"
+    "                  [--count-overflows] [--no-fuse] [--profile]\n"
     "  --images IDX               uint8 images [N, C, H, W] (or [N, H, W] when C = 1), raw or gzip\n"
     "  --labels IDX               uint8 labels [N]\n"
     "  --batch N                  images per run (default 256; reduced so that a batch's activations\n"
@@ -51,6 +51,8 @@ const char* const kUsage =
     "                             conv/linear outputs whose running sum left the node's declared accumulator\n"
     "                             width (accumulator_bits; 32 when undeclared) at some step\n"
     "  --no-fuse                  run every node on its own (the same logits: fusion is bit-exact)\n"
+    "  --profile                  also run the images once more timing every node, and print 'layers': per node\n"
+    "                             its name, op, kernel, MACs per image and microseconds per image\n"
     "  --max-macs N               reject models above N multiply-accumulates per image (default 2^35)\n"
     "  --max-ops N                reject models above N other operations per image: elements read and written,\n"
     "                             pooling window cells, padded conv inputs (default 2^32)\n"
@@ -209,6 +211,7 @@ int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
 int main(int argc, char** argv) {
   std::string model_path, images_path, labels_path, predictions_path, logits_path;
   int64_t batch = 256, threads = 0, limit = -1;
+  bool profile = false;
   rt::LoadOptions opts;
   constexpr int64_t kMaxInt64 = std::numeric_limits<int64_t>::max();
   for (int i = 1; i < argc; ++i) {
@@ -226,6 +229,7 @@ int main(int argc, char** argv) {
     else if (a == "--logits") logits_path = value();
     else if (a == "--count-overflows") opts.count_overflows = true;
     else if (a == "--no-fuse") opts.fuse = false;
+    else if (a == "--profile") profile = true;
     else if (a == "--max-macs") opts.max_macs_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "--max-ops") opts.max_ops_per_image = parse_positive(a, value(), kMaxInt64);
     else if (a == "--max-activation-bytes") opts.max_activation_bytes_per_image = parse_positive(a, value(), kMaxInt64);
@@ -312,6 +316,23 @@ int main(int argc, char** argv) {
                                 {"ops_per_image", model.ops_per_image()},
                                 {"peak_activation_bytes", peak_bytes}};
     if (opts.count_overflows) out["overflows"] = overflows;
+    if (profile) {
+      std::vector<rt::LayerProfile> layers(model.num_nodes());
+      for (int64_t start = 0; start < n; start += b_used) {
+        const auto part = model.profile(images.data.data() + start * per_image, std::min(b_used, n - start), nthreads);
+        for (size_t i = 0; i < layers.size(); ++i) {
+          if (start == 0)
+            layers[i] = part[i];
+          else
+            layers[i].seconds += part[i].seconds;
+        }
+      }
+      nlohmann::json rows = nlohmann::json::array();
+      for (const rt::LayerProfile& l : layers)
+        rows.push_back({{"name", l.name}, {"op", l.op}, {"kernel", l.kernel}, {"macs_per_image", l.macs_per_image},
+                        {"us_per_image", n ? 1e6 * l.seconds / n : 0.0}});
+      out["layers"] = rows;
+    }
     // A path need not be UTF-8: replace what JSON cannot carry rather than fail after the run.
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     if (!std::cout) throw std::runtime_error(std::string("cannot write the result to standard output: ") + std::strerror(errno));
