@@ -1,6 +1,7 @@
-// aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernel of the convolutions (qgemm_kernels.h): the quad GEMM with
-// widening multiplies. Its table is the scalar one with this GEMM in place.
+// aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernels of the convolutions (qgemm_kernels.h): the quad GEMM with
+// widening multiplies and the requantizing epilogue. Its table is the scalar one with these in place.
 #include <cstring>
+#include <type_traits>
 
 #include "core/neon.h"
 #include "core/qgemm_kernels.h"
@@ -47,6 +48,67 @@ struct WideningPass {
   }
 };
 
+// The requantizing epilogue (output_code) on 4 channels at a time in int64 lanes, exactly the scalar form:
+// v = acc * multiplier + bias, RS(v, s) = (v + half + ((v >>> odd) & 1)) >> s with half = (2^s - 1) >> 1 and the
+// logical shift by odd = 64 for s = 0 (USHL by -64 yields 0), then zero_point, the clamp after a saturating narrowing
+// (the clamp bounds are int32) and store_offset. The float logits: FMLA is the fused fma of the scalar form.
+struct Requant4 {
+  int64x2_t bias[2], half[2], right[2], odd_right[2];
+  int32x4_t multiplier;
+  Requant4(const ConvEpilogue& e, int64_t m) {
+    multiplier = vld1q_s32(e.multiplier.data() + m);
+    const int32x4_t shift = vld1q_s32(e.shift.data() + m);
+    for (int h = 0; h < 2; ++h) {
+      const int64x2_t s = vmovl_s32(h ? vget_high_s32(shift) : vget_low_s32(shift));
+      bias[h] = vld1q_s64(e.bias.data() + m + 2 * h);
+      half[h] = vshrq_n_s64(vsubq_s64(vshlq_s64(vdupq_n_s64(1), s), vdupq_n_s64(1)), 1);
+      right[h] = vnegq_s64(s);
+      odd_right[h] = vbslq_s64(vceqzq_s64(s), vdupq_n_s64(-64), right[h]);
+    }
+  }
+  int64x2_t rounded(int64x2_t v, int h) const {
+    v = vaddq_s64(v, bias[h]);
+    const int64x2_t odd = vreinterpretq_s64_u64(vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right[h]),
+                                                          vdupq_n_u64(1)));
+    return vshlq_s64(vaddq_s64(vaddq_s64(v, half[h]), odd), right[h]);
+  }
+};
+
+template <typename Out>
+void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32_t* acc, int64_t ldc, int64_t rows,
+                          Out* out) {
+  const ConvEpilogue& e = pc.epi;
+  const int64_t m_all = pc.g.m, m4 = m_all / 4 * 4;
+  if constexpr (std::is_same_v<Out, float>) {
+    for (int64_t m = 0; m < m4; m += 4) {
+      const float32x4_t scale = vld1q_f32(e.scale.data() + m), bias = vld1q_f32(e.float_bias.data() + m);
+      for (int64_t r = 0; r < rows; ++r)
+        vst1q_f32(out + r * m_all + m, vfmaq_f32(bias, vcvtq_f32_s32(vld1q_s32(acc + r * ldc + m)), scale));
+    }
+  } else {
+    const int64x2_t zero_point = vdupq_n_s64(e.zero_point);
+    const int32x4_t lo = vdupq_n_s32(e.lo), hi = vdupq_n_s32(e.hi), offset = vdupq_n_s32(e.store_offset);
+    for (int64_t m = 0; m < m4; m += 4) {
+      const Requant4 q(e, m);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int32x4_t a = vld1q_s32(acc + r * ldc + m);
+        const int64x2_t v0 = vaddq_s64(q.rounded(vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier)), 0), zero_point);
+        const int64x2_t v1 = vaddq_s64(q.rounded(vmull_high_s32(a, q.multiplier), 1), zero_point);
+        const int32x4_t code = vsubq_s32(vminq_s32(vmaxq_s32(vqmovn_high_s64(vqmovn_s64(v0), v1), lo), hi), offset);
+        Out* dst = out + r * m_all + m;
+        if constexpr (std::is_same_v<Out, uint8_t>) {  // the stored codes of a uint8 output lie in [0, 255]
+          const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(code)), vdup_n_u16(0)));
+          vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
+        } else {
+          vst1q_s32(dst, code);
+        }
+      }
+    }
+  }
+  if (m4 < m_all)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, m4, m_all, out + r * m_all);
+}
+
 // 3 rows: 24 accumulators, 4 weight registers and the quad of the 32.
 template <int R, int J>
 void quad_microkernel(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock, const int32_t* start,
@@ -60,6 +122,9 @@ const ConvKernels* conv_kernels_neon() {
   static const ConvKernels kernels = [] {
     ConvKernels k = conv_kernels_scalar();
     k.vnni = QCNN_KERNEL_GRID_6X4(quad_microkernel);
+    k.epilogue_u8.requantize = requantize_rows_neon<uint8_t>;
+    k.epilogue_i32.requantize = requantize_rows_neon<int32_t>;
+    k.epilogue_f32.requantize = requantize_rows_neon<float>;
     return k;
   }();
   return &kernels;

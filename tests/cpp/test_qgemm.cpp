@@ -532,6 +532,46 @@ TEST_CASE("tie-free epilogue equals the direct reference and is chosen only with
   }
 }
 
+// The requantizing epilogue on every path at every shift, 0 (no rounding) to 62, with multipliers that make ties
+// (an odd and an even quotient at half) common, into uint8 and into int32 codes with clamps that do and do not bind.
+TEST_CASE("requantizing epilogue equals the reference at every shift, ties included", "[qgemm][epilogue]") {
+  std::mt19937 rng(29);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (int trial = 0; trial < 120; ++trial) {
+    Case t;
+    const int64_t c = pick(1, 9), m = pick(1, 37), side = pick(1, 4);
+    t.g = make_conv_geom(side, side, c, m, 1, 1, 1, 1, 1, 0, 0, 1, 1);
+    t.x.resize(static_cast<size_t>(side * side * c));
+    for (auto& v : t.x) v = static_cast<uint8_t>(pick(0, 255));
+    t.x_sub = static_cast<int32_t>(pick(0, 255));
+    t.w.resize(static_cast<size_t>(m * c));
+    for (auto& v : t.w) v = static_cast<int16_t>(pick(-127, 127));
+    for (int64_t i = 0; i < m; ++i) {
+      const int shift = static_cast<int>(trial < 63 ? (trial + i) % 63 : pick(0, 62));
+      t.epi.shift.push_back(shift);
+      t.epi.multiplier.push_back(static_cast<int32_t>(pick(0, 3) == 0 ? pick(-3, 3) : pick(INT32_MIN + 1, INT32_MAX)));
+      t.epi.bias.push_back(pick(0, 2) == 0 ? 0 : pick(-(int64_t{1} << 40), int64_t{1} << 40));
+    }
+    const bool wide = trial % 2 == 0;  // int32 codes
+    t.epi.zero_point = static_cast<int32_t>(pick(-1000, 1000));
+    t.epi.lo = static_cast<int32_t>(wide ? pick(INT32_MIN, -1) : pick(-128, 0));
+    t.epi.hi = wide ? static_cast<int32_t>(pick(0, INT32_MAX)) : t.epi.lo + 255;
+    t.epi.store_offset = wide ? 0 : t.epi.lo;
+    INFO("trial " << trial << " c=" << c << " m=" << m);
+    const auto want = reference(t);
+    for (Isa isa : kAllIsas) {
+      if (!isa_supported(isa)) continue;
+      INFO("isa " << isa_name(isa));
+      for (const InputRange range : {InputRange{}, InputRange{-t.x_sub, 255 - t.x_sub}}) {
+        if (wide)
+          CHECK(run<int32_t>(t, isa, Storage::I32, 1, false, range) == want);
+        else
+          CHECK(run<uint8_t>(t, isa, Storage::U8, 1, false, range) == want);
+      }
+    }
+  }
+}
+
 TEST_CASE("conv geometry errors name the bad field", "[qgemm]") {
   CHECK_THROWS_WITH(make_conv_geom(4, 4, 6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1), Catch::Contains("groups = 4"));
   CHECK_THROWS_WITH(make_conv_geom(2, 2, 1, 1, 1, 5, 5, 1, 1, 0, 0, 1, 1), Catch::Contains("larger than the padded"));
