@@ -47,7 +47,7 @@ PATHS = ("scalar", "neon", "neondot", "i8mm")
 QUAD_GEMM_KERNELS = ("gemm neon", "gemm sdot", "gemm i8mm")
 # Kernel families by the demangled names of their functions, first match wins.
 FAMILIES = (
-    ("quad GEMM", r"WideningPass|DotPass|MatmulPass"),
+    ("quad GEMM", r"WideningPass|DotPass|MatmulPass|quad_microkernel"),
     ("acc16 GEMM", r"Acc16|acc16"),
     ("int16-pair GEMM", r"microkernel_scalar"),
     ("conv epilogue", r"requantize_rows|epilogue|output_code"),

@@ -556,7 +556,7 @@ ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t grou
 
 namespace {
 bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int accumulator_bits, Isa isa) {
-  if (!has_avx2(isa) || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
+  if (!(has_avx2(isa) || has_neon(isa)) || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
   const int64_t k = g.k();
   for (int64_t m = 0; m < g.m; ++m) {
     int64_t l1 = 0;
@@ -721,11 +721,14 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   pc.mg8 = round_up(mg, 8);
   const int64_t nblocks = pc.mg8 / 8, pairs = pc.kp / 2;
   auto packed_k = [&](int64_t kk) { return kk / seg_len * 2 * pc.seg_pairs + kk % seg_len; };
+  // The int16-accumulator GEMM where it is exact; on ARMv8.0 NEON also before the quad GEMM, whose widening
+  // multiplies give 4 MACs per 4 instructions to acc16's 8 per MLA.
+  const bool acc16 = acc16_exact(g, weight, x, accumulator_bits, isa);
   if (const int act_bits = binary_act_bits(g, weight, x)) {
     pc.kernel = ConvKernel::Binary;
     pc.bits = pack_bit_weights(g, weight, act_bits, isa);
-  } else if (pack_vnni(pc, weight, x)) {  // sets the kernel, pc.weights_quads and pc.vnni_acc_start
-  } else if (acc16_exact(g, weight, x, accumulator_bits, isa)) {
+  } else if (!(isa == Isa::Neon && acc16) && pack_vnni(pc, weight, x)) {  // sets the kernel, weights_quads, starts
+  } else if (acc16) {
     pc.kernel = ConvKernel::Acc16;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
     pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);

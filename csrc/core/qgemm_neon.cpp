@@ -1,5 +1,6 @@
 // aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernels of the convolutions (qgemm_kernels.h): the quad GEMM with
-// widening multiplies and the requantizing epilogue. Its table is the scalar one with these in place.
+// widening multiplies, the int16-accumulator GEMM and the requantizing epilogue. Its table is the scalar one with
+// these in place.
 #include <cstring>
 #include <type_traits>
 
@@ -47,6 +48,67 @@ struct WideningPass {
                   vaddq_s32(vld1q_s32(start + 4 * i), vpaddq_s32(acc[r][2 * i], acc[r][2 * i + 1])));
   }
 };
+
+// The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x JB 16-channel blocks, c = sum over
+// the k-pairs of a (uint8) times w (int8, weights8's [block][pair][16 channels][2]), 8 int16 lanes per MLA, twice the
+// lanes of the int32 path. VLD2 splits a pair's weights into its two k, widened to int16; the activations are the
+// row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv proved every partial sum of every channel inside
+// int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap; they are widened to int32 at the end.
+template <int R, int JB>
+struct Acc16Pass {
+  static void run(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
+    int16x8_t acc[R][2 * JB];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < 2 * JB; ++i) acc[r][i] = vdupq_n_s16(0);
+    const int8_t* wp = w;
+    for (int64_t s = 0; s < a.segs; ++s) {
+      const uint8_t* ar[R];
+      for (int r = 0; r < R; ++r) ar[r] = a.row[r] + s * a.seg_stride;
+      int64_t q = 0;
+      int16x8_t av[R];
+      for (; q + 4 <= a.seg_steps; q += 4, wp += 4 * 32) {
+        for (int r = 0; r < R; ++r) av[r] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(ar[r] + 2 * q)));
+        pair_step<0>(acc, av, wp, wblock);
+        pair_step<1>(acc, av, wp + 32, wblock);
+        pair_step<2>(acc, av, wp + 64, wblock);
+        pair_step<3>(acc, av, wp + 96, wblock);
+      }
+      for (; q < a.seg_steps; ++q, wp += 32) {
+        for (int r = 0; r < R; ++r) av[r] = vsetq_lane_s16(ar[r][2 * q + 1], vdupq_n_s16(ar[r][2 * q]), 1);
+        pair_step<0>(acc, av, wp, wblock);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < 2 * JB; ++i) {
+        vst1q_s32(c + r * ldc + 8 * i, vmovl_s16(vget_low_s16(acc[r][i])));
+        vst1q_s32(c + r * ldc + 8 * i + 4, vmovl_high_s16(acc[r][i]));
+      }
+  }
+  // The pair in lanes 2P and 2P + 1 of av against the pair's weights at wp (block j at wp + j * wblock).
+  template <int P>
+  static void pair_step(int16x8_t (&acc)[R][2 * JB], const int16x8_t (&av)[R], const int8_t* wp, int64_t wblock) {
+    for (int j = 0; j < JB; ++j) {
+      const int8x16x2_t wv = vld2q_s8(wp + j * wblock);  // val[0]: the pair's first k of 16 channels, val[1]: second
+      const int16x8_t w0[2] = {vmovl_s8(vget_low_s8(wv.val[0])), vmovl_high_s8(wv.val[0])};
+      const int16x8_t w1[2] = {vmovl_s8(vget_low_s8(wv.val[1])), vmovl_high_s8(wv.val[1])};
+      for (int r = 0; r < R; ++r)
+        for (int h = 0; h < 2; ++h)
+          acc[r][2 * j + h] = vmlaq_laneq_s16(vmlaq_laneq_s16(acc[r][2 * j + h], w0[h], av[r], 2 * P), w1[h], av[r],
+                                              2 * P + 1);
+    }
+  }
+};
+
+// The grid's R x J (J <= 3 blocks) in passes of at most 2 blocks: 3 rows x 32 channels, 12 accumulators.
+template <int R, int J>
+void acc16_microkernel(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
+  if constexpr (J <= 2) {
+    Acc16Pass<R, J>::run(a, w, wblock, c, ldc);
+  } else {
+    Acc16Pass<R, 2>::run(a, w, wblock, c, ldc);
+    Acc16Pass<R, J - 2>::run(a, w + 2 * wblock, wblock, c + 32, ldc);
+  }
+}
 
 // The requantizing epilogue (output_code) on 4 channels at a time in int64 lanes, exactly the scalar form:
 // v = acc * multiplier + bias, RS(v, s) = (v + half + ((v >>> odd) & 1)) >> s with half = (2^s - 1) >> 1 and the
@@ -122,6 +184,7 @@ const ConvKernels* conv_kernels_neon() {
   static const ConvKernels kernels = [] {
     ConvKernels k = conv_kernels_scalar();
     k.vnni = QCNN_KERNEL_GRID_6X4(quad_microkernel);
+    k.acc16 = QCNN_KERNEL_GRID_3X3(acc16_microkernel);
     k.epilogue_u8.requantize = requantize_rows_neon<uint8_t>;
     k.epilogue_i32.requantize = requantize_rows_neon<int32_t>;
     k.epilogue_f32.requantize = requantize_rows_neon<float>;

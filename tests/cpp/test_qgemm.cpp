@@ -602,70 +602,75 @@ TEST_CASE("int8 peak measurement is positive and physically possible", "[qgemm]"
 // Layers declaring a 16-bit accumulator whose integers prove it exact run on the int16-accumulator
 // kernel; the bound is met with equality in some trials (weights scaled up to it), where a wrong
 // lane or a saturating pair would show.
+// On AVX2 (vpmaddubsw pairs) and on ARMv8.0 NEON (MLA on int16 lanes), where it comes before the quad GEMM.
 TEST_CASE("acc16 kernel equals the direct reference where the L1 bound holds", "[qgemm][acc16]") {
-  if (!isa_supported(Isa::Avx2)) {
-    WARN("no AVX2: the acc16 kernel is not tested here");
-    return;
-  }
-  std::mt19937 rng(13);
-  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  int chosen = 0;
-  for (int trial = 0; trial < 150; ++trial) {
-    const bool float_output = trial % 3 == 0;
-    Case t = random_case(rng, float_output);
-    const int64_t c = pick(1, 40), m = pick(1, 40);
-    const int kh = pick(1, 3), kw = pick(1, 3), dh = pick(1, 2);
-    const int64_t h = pick(dh * (kh - 1) + 1, 9), w = pick(kw, 9);
-    t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1), dh,
-                         1);
-    const int32_t vmax = pick(1, 255);
-    t.x_sub = pick(0, 255 - vmax);
-    t.x.resize(static_cast<size_t>(h * w * c));
-    const bool extreme = trial % 10 == 5;  // every x at its maximum, every weight positive: |acc| at the bound
-    for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + (pick(0, 3) && !extreme ? pick(0, vmax) : vmax));
-    const int64_t k = t.g.k();
-    const int64_t l1_cap = 32767 / vmax;  // the largest ||w_m||_1 the bound allows
-    t.w.assign(static_cast<size_t>(m * k), 0);
-    for (int64_t o = 0; o < m; ++o) {
-      int64_t budget = trial % 4 == 0 ? l1_cap + 1 : l1_cap;  // every 4th trial breaks the bound by one
-      for (int64_t i = 0; i < k && budget > 0; ++i) {
-        const int v = std::min<int64_t>({pick(0, 127), budget, 127});
-        t.w[o * k + i] = static_cast<int16_t>(pick(0, 1) || extreme ? v : -v);
-        budget -= v;
+  for (Isa isa : {Isa::Avx2, Isa::Neon}) {
+    if (!isa_supported(isa)) {
+      WARN("no " << isa_name(isa) << ": its acc16 kernel is not tested here");
+      continue;
+    }
+    std::mt19937 rng(13);
+    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    int chosen = 0;
+    for (int trial = 0; trial < 150; ++trial) {
+      const bool float_output = trial % 3 == 0;
+      Case t = random_case(rng, float_output);
+      const int64_t c = pick(1, 40), m = pick(1, 40);
+      const int kh = pick(1, 3), kw = pick(1, 3), dh = pick(1, 2);
+      const int64_t h = pick(dh * (kh - 1) + 1, 9), w = pick(kw, 9);
+      t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1), dh,
+                           1);
+      const int32_t vmax = pick(1, 255);
+      t.x_sub = pick(0, 255 - vmax);
+      t.x.resize(static_cast<size_t>(h * w * c));
+      const bool extreme = trial % 10 == 5;  // every x at its maximum, every weight positive: |acc| at the bound
+      for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + (pick(0, 3) && !extreme ? pick(0, vmax) : vmax));
+      const int64_t k = t.g.k();
+      const int64_t l1_cap = 32767 / vmax;  // the largest ||w_m||_1 the bound allows
+      t.w.assign(static_cast<size_t>(m * k), 0);
+      for (int64_t o = 0; o < m; ++o) {
+        int64_t budget = trial % 4 == 0 ? l1_cap + 1 : l1_cap;  // every 4th trial breaks the bound by one
+        for (int64_t i = 0; i < k && budget > 0; ++i) {
+          const int v = std::min<int64_t>({pick(0, 127), budget, 127});
+          t.w[o * k + i] = static_cast<int16_t>(pick(0, 1) || extreme ? v : -v);
+          budget -= v;
+        }
+      }
+      t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 20);
+      t.epi.shift.resize(static_cast<size_t>(m), 30);
+      t.epi.bias.resize(static_cast<size_t>(m), 0);
+      t.epi.scale.resize(static_cast<size_t>(m), 1e-3f);
+      t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
+      int64_t worst = 0;
+      for (int64_t o = 0; o < m; ++o) {
+        int64_t l1 = 0;
+        for (int64_t i = 0; i < k; ++i) l1 += std::abs(t.w[o * k + i]);
+        worst = std::max(worst, l1 * vmax);
+      }
+      const bool exact = worst <= 32767;
+      PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, isa, {0, vmax}, 16);
+      CHECK((pc.kernel == ConvKernel::Acc16) == exact);
+      CHECK(pack_conv(t.g, t.w.data(), t.epi, isa, {0, vmax}, 17).kernel != ConvKernel::Acc16);  // too wide
+      // SDOT runs the quad GEMM at twice acc16's MACs per instruction
+      CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::NeonDot, {0, vmax}, 16).kernel != ConvKernel::Acc16);
+      CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::Scalar, {0, vmax}, 16).kernel != ConvKernel::Acc16);
+      chosen += pc.kernel == ConvKernel::Acc16;
+      INFO(isa_name(isa) << " trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh
+                         << "x" << kw << " worst " << worst);
+      const auto want = reference(t);
+      const int threads = trial % 2 ? 2 : 1;
+      std::vector<float> outf(static_cast<size_t>(t.g.positions() * m));
+      std::vector<uint8_t> outq(outf.size());
+      if (float_output) {
+        conv_image(pc, t.x.data(), Storage::U8, t.x_sub, outf.data(), Storage::F32, threads);
+        CHECK(std::vector<double>(outf.begin(), outf.end()) == want);
+      } else {
+        conv_image(pc, t.x.data(), Storage::U8, t.x_sub, outq.data(), Storage::U8, threads);
+        CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
       }
     }
-    t.epi.multiplier.resize(static_cast<size_t>(m), 1 << 20);
-    t.epi.shift.resize(static_cast<size_t>(m), 30);
-    t.epi.bias.resize(static_cast<size_t>(m), 0);
-    t.epi.scale.resize(static_cast<size_t>(m), 1e-3f);
-    t.epi.float_bias.resize(static_cast<size_t>(m), 0.25f);
-    int64_t worst = 0;
-    for (int64_t o = 0; o < m; ++o) {
-      int64_t l1 = 0;
-      for (int64_t i = 0; i < k; ++i) l1 += std::abs(t.w[o * k + i]);
-      worst = std::max(worst, l1 * vmax);
-    }
-    const bool exact = worst <= 32767;
-    PackedConv pc = pack_conv(t.g, t.w.data(), t.epi, Isa::Avx2, {0, vmax}, 16);
-    CHECK((pc.kernel == ConvKernel::Acc16) == exact);
-    CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::Avx2, {0, vmax}, 17).kernel != ConvKernel::Acc16);  // too wide
-    CHECK(pack_conv(t.g, t.w.data(), t.epi, Isa::Scalar, {0, vmax}, 16).kernel != ConvKernel::Acc16);
-    chosen += pc.kernel == ConvKernel::Acc16;
-    INFO("trial " << trial << " h=" << h << " w=" << w << " c=" << c << " m=" << m << " k=" << kh << "x" << kw
-                  << " worst " << worst);
-    const auto want = reference(t);
-    const int threads = trial % 2 ? 2 : 1;
-    std::vector<float> outf(static_cast<size_t>(t.g.positions() * m));
-    std::vector<uint8_t> outq(outf.size());
-    if (float_output) {
-      conv_image(pc, t.x.data(), Storage::U8, t.x_sub, outf.data(), Storage::F32, threads);
-      CHECK(std::vector<double>(outf.begin(), outf.end()) == want);
-    } else {
-      conv_image(pc, t.x.data(), Storage::U8, t.x_sub, outq.data(), Storage::U8, threads);
-      CHECK(std::vector<double>(outq.begin(), outq.end()) == want);
-    }
+    CHECK(chosen > 80);
   }
-  CHECK(chosen > 80);
 }
 
 // The no-overflow bound |acc| <= max|x - z| * ||w_m||_1 is reached by x = max where w > 0 and 0 where
