@@ -333,7 +333,9 @@ template <typename Out>
 void acc16_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8_t* padded, int64_t p0, int64_t rows,
                      Out* out, Workspace& ws) {
   const ConvGeom& g = pc.g;
-  const int64_t wblock = pc.kp / 2 * 32, nblocks = round_up(g.m, 16) / 16;
+  const bool wide = !pc.weights16.empty();
+  const auto* weights = wide ? reinterpret_cast<const int8_t*>(pc.weights16.data()) : pc.weights8.data();
+  const int64_t wblock = pc.kp * 16 * (wide ? 2 : 1), nblocks = round_up(g.m, 16) / 16;
   const int64_t ldc = g.m + 16;  // the last block writes up to 15 padding lanes past the channels
   ws.acc.resize(static_cast<size_t>(rows * ldc));
   image_row_offsets(g, p0, rows, ws.row_offsets);
@@ -342,7 +344,7 @@ void acc16_conv_tile(const PackedConv& pc, const ConvKernels& kernels, const uin
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int rn = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
       kernels.acc16[rn - 1][jn - 1](image_rows(pc, padded, ws.row_offsets.data() + r0, rn, pc.seg_pairs),
-                                    pc.weights8.data() + b * wblock, wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
+                                    weights + b * wblock, wblock, ws.acc.data() + r0 * ldc + b * 16, ldc);
     }
   }
   epilogue_rows(kernels, pc, ws.acc.data(), ldc, rows, out);
@@ -731,11 +733,18 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
   } else if (acc16) {
     pc.kernel = ConvKernel::Acc16;
     const int64_t blocks16 = round_up(g.m, 16) / 16;
-    pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
+    if (has_neon(isa))
+      pc.weights16.assign(static_cast<size_t>(blocks16 * pc.kp * 16), 0);
+    else
+      pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
     for (int64_t m = 0; m < g.m; ++m)
-      for (int64_t kk = 0; kk < k; ++kk)
-        pc.weights8[((m / 16) * pairs + packed_k(kk) / 2) * 32 + (m % 16) * 2 + packed_k(kk) % 2] =
-            static_cast<int8_t>(weight[m * k + kk]);
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const int64_t at = ((m / 16) * pairs + packed_k(kk) / 2) * 32, lane = m % 16, half = packed_k(kk) % 2;
+        if (has_neon(isa))
+          pc.weights16[at + half * 16 + lane] = weight[m * k + kk];
+        else
+          pc.weights8[at + lane * 2 + half] = static_cast<int8_t>(weight[m * k + kk]);
+      }
   } else if (g.depthwise()) {  // [taps][C]
     const int64_t taps = k;
     pc.weights.resize(static_cast<size_t>(taps * g.c));

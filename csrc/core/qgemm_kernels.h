@@ -71,7 +71,8 @@ using KernelGrid = std::array<std::array<F, J>, R>;  // [rows - 1][blocks - 1]
 // c[r][j*8 + lane] = sum over the k-pairs of a[r] times w's block j (qgemm.h), R x J of them per call.
 using GemmMicrokernel = void (*)(const RowSource<int16_t>& a, const int16_t* w, int64_t wblock, int32_t* c,
                                  int64_t ldc);
-// The int16-accumulator GEMM (ConvKernel::Acc16): u8 x s8 pairs, 16-channel blocks.
+// The int16-accumulator GEMM (ConvKernel::Acc16): u8 x s8 pairs, 16-channel blocks of PackedConv::weights8 (or of
+// weights16 on NEON), w and wblock in bytes.
 using Acc16Microkernel = void (*)(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c,
                                   int64_t ldc);
 // The VNNI GEMM (ConvKernel::Vnni): u8 x s8 quads, 16-channel blocks, each accumulator starting at start[channel].

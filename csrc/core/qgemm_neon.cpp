@@ -50,32 +50,38 @@ struct WideningPass {
 };
 
 // The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x JB 16-channel blocks, c = sum over
-// the k-pairs of a (uint8) times w (int8, weights8's [block][pair][16 channels][2]), 8 int16 lanes per MLA, twice the
-// lanes of the int32 path. VLD2 splits a pair's weights into its two k, widened to int16; the activations are the
-// row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv proved every partial sum of every channel inside
-// int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap; they are widened to int32 at the end.
+// k of a (uint8) times w (weights16's [block][k][16 channels]), 8 int16 lanes per MLA by element, twice the lanes of
+// the int32 path. The activations are the row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv proved
+// every partial sum of every channel inside int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap; they are
+// widened to int32 at the end.
 template <int R, int JB>
 struct Acc16Pass {
-  static void run(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
+  static void run(const RowSource<uint8_t>& a, const int16_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
     int16x8_t acc[R][2 * JB];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < 2 * JB; ++i) acc[r][i] = vdupq_n_s16(0);
-    const int8_t* wp = w;
+    const int16_t* wk[JB];  // each block's weights of the next k
+    for (int j = 0; j < JB; ++j) wk[j] = w + j * wblock;
     for (int64_t s = 0; s < a.segs; ++s) {
       const uint8_t* ar[R];
       for (int r = 0; r < R; ++r) ar[r] = a.row[r] + s * a.seg_stride;
       int64_t q = 0;
       int16x8_t av[R];
-      for (; q + 4 <= a.seg_steps; q += 4, wp += 4 * 32) {
+      for (; q + 4 <= a.seg_steps; q += 4) {
         for (int r = 0; r < R; ++r) av[r] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(ar[r] + 2 * q)));
-        pair_step<0>(acc, av, wp, wblock);
-        pair_step<1>(acc, av, wp + 32, wblock);
-        pair_step<2>(acc, av, wp + 64, wblock);
-        pair_step<3>(acc, av, wp + 96, wblock);
+        k_step<0>(acc, av, wk);
+        k_step<1>(acc, av, wk);
+        k_step<2>(acc, av, wk);
+        k_step<3>(acc, av, wk);
+        k_step<4>(acc, av, wk);
+        k_step<5>(acc, av, wk);
+        k_step<6>(acc, av, wk);
+        k_step<7>(acc, av, wk);
       }
-      for (; q < a.seg_steps; ++q, wp += 32) {
+      for (; q < a.seg_steps; ++q) {
         for (int r = 0; r < R; ++r) av[r] = vsetq_lane_s16(ar[r][2 * q + 1], vdupq_n_s16(ar[r][2 * q]), 1);
-        pair_step<0>(acc, av, wp, wblock);
+        k_step<0>(acc, av, wk);
+        k_step<1>(acc, av, wk);
       }
     }
     for (int r = 0; r < R; ++r)
@@ -84,29 +90,33 @@ struct Acc16Pass {
         vst1q_s32(c + r * ldc + 8 * i + 4, vmovl_high_s16(acc[r][i]));
       }
   }
-  // The pair in lanes 2P and 2P + 1 of av against the pair's weights at wp (block j at wp + j * wblock).
-  template <int P>
-  static void pair_step(int16x8_t (&acc)[R][2 * JB], const int16x8_t (&av)[R], const int8_t* wp, int64_t wblock) {
+  // The k in lane L of av against its 16 channels' weights in each block, wk[j], which move on to the next k through
+  // an empty asm that depends on this step's sums (GCC would otherwise hoist every step's weight loads to the top and
+  // spill the accumulators).
+  template <int L>
+  static void k_step(int16x8_t (&acc)[R][2 * JB], const int16x8_t (&av)[R], const int16_t* (&wk)[JB]) {
     for (int j = 0; j < JB; ++j) {
-      const int8x16x2_t wv = vld2q_s8(wp + j * wblock);  // val[0]: the pair's first k of 16 channels, val[1]: second
-      const int16x8_t w0[2] = {vmovl_s8(vget_low_s8(wv.val[0])), vmovl_high_s8(wv.val[0])};
-      const int16x8_t w1[2] = {vmovl_s8(vget_low_s8(wv.val[1])), vmovl_high_s8(wv.val[1])};
-      for (int r = 0; r < R; ++r)
-        for (int h = 0; h < 2; ++h)
-          acc[r][2 * j + h] = vmlaq_laneq_s16(vmlaq_laneq_s16(acc[r][2 * j + h], w0[h], av[r], 2 * P), w1[h], av[r],
-                                              2 * P + 1);
+      const int16x8_t w0 = vld1q_s16(wk[j]), w1 = vld1q_s16(wk[j] + 8);
+      for (int r = 0; r < R; ++r) {
+        acc[r][2 * j] = vmlaq_laneq_s16(acc[r][2 * j], w0, av[r], L);
+        acc[r][2 * j + 1] = vmlaq_laneq_s16(acc[r][2 * j + 1], w1, av[r], L);
+      }
+      wk[j] += 16;
+      __asm__("" : "+r"(wk[j]) : "w"(acc[R - 1][2 * j + 1]));
     }
   }
 };
 
-// The grid's R x J (J <= 3 blocks) in passes of at most 2 blocks: 3 rows x 32 channels, 12 accumulators.
+// The grid's R x J (J <= 3 blocks) in passes of at most 2 blocks: 3 rows x 32 channels, 12 accumulators (3 x 48 in one
+// pass spills them).
 template <int R, int J>
 void acc16_microkernel(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
+  const auto* w16 = reinterpret_cast<const int16_t*>(w);  // weights16, wblock bytes per block
   if constexpr (J <= 2) {
-    Acc16Pass<R, J>::run(a, w, wblock, c, ldc);
+    Acc16Pass<R, J>::run(a, w16, wblock / 2, c, ldc);
   } else {
-    Acc16Pass<R, 2>::run(a, w, wblock, c, ldc);
-    Acc16Pass<R, J - 2>::run(a, w + 2 * wblock, wblock, c + 32, ldc);
+    Acc16Pass<R, 2>::run(a, w16, wblock / 2, c, ldc);
+    Acc16Pass<R, J - 2>::run(a, w16 + wblock, wblock / 2, c + 32, ldc);
   }
 }
 
