@@ -56,8 +56,10 @@ const BinaryKernels& binary_kernels(Isa isa) {
                                     {{QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)},
                                      {QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)}},
                                     nullptr};
-  const BinaryKernels* vector =
-      has_avx512(isa) ? binary_kernels_avx512() : has_avx2(isa) ? binary_kernels_avx2() : nullptr;
+  const BinaryKernels* vector = has_avx512(isa) ? binary_kernels_avx512()
+                               : has_avx2(isa)   ? binary_kernels_avx2()
+                               : has_neon(isa)   ? binary_kernels_neon()
+                                                 : nullptr;
   return vector ? *vector : scalar;
 }
 

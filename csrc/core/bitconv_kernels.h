@@ -8,7 +8,7 @@
 
 namespace qcnn {
 
-constexpr int kSlots = 2;    // pixel slots (2 or 4 pixels, BitWeights::lanes) per microkernel call
+constexpr int kSlots = 2;    // pixel slots (1, 2 or 4 pixels, BitWeights::lanes) per microkernel call
 constexpr int kSlots512 = 4;
 constexpr int kMaxLanes = 4;
 constexpr int kGroups = 6;   // 16-channel groups per call: 2 x 6 byte accumulators + 2 tables + 1 pattern register
@@ -46,9 +46,11 @@ struct BinaryKernels {
   void (*quad_values_u8)(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads, uint32_t* quad);
 };
 
-// nullptr on builds for other architectures. The AVX-512 table needs AVX-512 BW (Isa::Avx512Vnni and Isa::Amx).
+// nullptr on builds for other architectures. The AVX-512 table needs AVX-512 BW (Isa::Avx512Vnni and Isa::Amx); the
+// NEON one serves every aarch64 path.
 const BinaryKernels* binary_kernels_avx2();
 const BinaryKernels* binary_kernels_avx512();
+const BinaryKernels* binary_kernels_neon();
 
 #define QCNN_BINARY_ROW(fn, r, ...) \
   {fn<r, 1 __VA_ARGS__>, fn<r, 2 __VA_ARGS__>, fn<r, 3 __VA_ARGS__>, fn<r, 4 __VA_ARGS__>, fn<r, 5 __VA_ARGS__>, \

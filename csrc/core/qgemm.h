@@ -85,7 +85,7 @@ constexpr int kMaxThresholdLevels = 8;  // above, the 64-bit requantization is a
 // Weights of the binary kernel (core/bitconv.h).
 struct BitWeights {
   int act_bits = 0;     // B; 0: the layer runs on a GEMM
-  int lanes = 2;        // output pixels per register: 2 (AVX2, scalar) or 4 (AVX-512)
+  int lanes = 2;        // output pixels per register: 2 (AVX2, scalar), 4 (AVX-512) or 1 (NEON)
   int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
   std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
   std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T

@@ -1,0 +1,91 @@
+// The binary kernel on aarch64 NEON (core/bitconv_kernels.h): TBL looks up 16 channels' sums in one output pixel's
+// table (BitWeights::lanes = 1), 64 MACs per lookup.
+#include <algorithm>
+
+#include "core/bitconv_kernels.h"
+#include "core/neon.h"
+
+namespace qcnn {
+
+#ifdef QCNN_ARM
+namespace {
+
+// The 16-bit sums of R slots x J groups (channels 0-7, 8-15) into the int32 outputs, stored less the bias at the
+// first epoch, added after it; then zeroed.
+template <int R, int J>
+void widen_words(uint16x8_t (&words)[R][J][2], const Slot* slots, int32_t* acc, int64_t ldc, bool first, int32_t bias) {
+  const int32x4_t start = vdupq_n_s32(-bias);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      if (slots[r].out[0] >= 0) {
+        int32_t* dst = acc + slots[r].out[0] * ldc + j * 16;
+        for (int i = 0; i < 4; ++i) {
+          const uint16x8_t h = words[r][j][i / 2];
+          const int32x4_t sums = vreinterpretq_s32_u32(i % 2 ? vmovl_high_u16(h) : vmovl_u16(vget_low_u16(h)));
+          vst1q_s32(dst + 4 * i, vaddq_s32(first ? start : vld1q_s32(dst + 4 * i), sums));
+        }
+      }
+      words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
+    }
+}
+
+// R slots x J groups (a group's patterns group_stride bytes apart): byte accumulators of biased table entries (at most
+// 2 beta per step) in registers, added into 16-bit ones (UADDW) every `flush` steps, those widened into the int32
+// outputs every `epoch` steps. 2 x 6: 12 byte accumulators, 2 tables and a pattern in registers.
+template <int R, int J, bool kContiguous>
+void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
+  uint8x16_t bytes[R][J];
+  uint16x8_t words[R][J][2];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      bytes[r][j] = vdupq_n_u8(0);
+      words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
+    }
+  const uint8_t* base[R];
+  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
+  int64_t epoch_steps = 0;
+  bool first = true;
+  const int64_t steps = a.taps * a.quads;
+  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
+    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t offset = a.step_offsets[s];
+      const uint8_t* pt = patterns + s * kPatternBytes;
+      uint8x16_t table[R];
+      for (int r = 0; r < R; ++r) table[r] = vld1q_u8(base[r] + offset);
+      for (int j = 0; j < J; ++j) {
+        const uint8x16_t pattern = vld1q_u8(pt + j * a.group_stride);
+        for (int r = 0; r < R; ++r) bytes[r][j] = vaddq_u8(bytes[r][j], vqtbl1q_u8(table[r], pattern));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) {
+        words[r][j][0] = vaddw_u8(words[r][j][0], vget_low_u8(bytes[r][j]));
+        words[r][j][1] = vaddw_high_u8(words[r][j][1], bytes[r][j]);
+        bytes[r][j] = vdupq_n_u8(0);
+      }
+    if ((epoch_steps += a.flush) == a.epoch) {
+      widen_words(words, slots, acc, ldc, first, a.bias);
+      first = false;
+      epoch_steps = 0;
+    }
+  }
+  widen_words(words, slots, acc, ldc, first, a.bias);
+}
+
+}  // namespace
+
+const BinaryKernels* binary_kernels_neon() {
+  static const BinaryKernels kernels{
+      kSlots,
+      1,  // one pixel per slot: kContiguous (the second lane's place) does not matter
+      {{QCNN_BINARY_ROW(binary_kernel_neon, 1, , false), QCNN_BINARY_ROW(binary_kernel_neon, 2, , false)},
+       {QCNN_BINARY_ROW(binary_kernel_neon, 1, , true), QCNN_BINARY_ROW(binary_kernel_neon, 2, , true)}},
+      nullptr};
+  return &kernels;
+}
+#else
+const BinaryKernels* binary_kernels_neon() { return nullptr; }
+#endif
+
+}  // namespace qcnn
