@@ -1,6 +1,8 @@
-/* The C interface from C (tests/python/test_engine.py builds and runs it): loads a .qcnn model from memory, runs the
- * raw uint8 images of a file (N x C x H x W bytes) and writes their logits as raw float32.
- *   run_model MODEL.qcnn IMAGES.raw LOGITS.raw THREADS */
+/* The embedding example: the C interface (csrc/runtime/qcnn.h) from C99. It loads a .qcnn model from memory (as a
+ * model compiled into a firmware image or received over a network would be), runs the raw uint8 images of a file
+ * (N x C x H x W bytes) and writes their logits as raw float32. CMake builds it as build/cmake/qcnn-embed-example and,
+ * cross-compiled, build/aarch64/qcnn-embed-example (tests/python/test_engine.py and test_arm.py run both).
+ *   qcnn-embed-example MODEL.qcnn IMAGES.raw LOGITS.raw THREADS */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,7 +25,7 @@ static unsigned char* read_all(const char* path, long* size) {
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    fprintf(stderr, "usage: run_model MODEL.qcnn IMAGES.raw LOGITS.raw THREADS\n");
+    fprintf(stderr, "usage: qcnn-embed-example MODEL.qcnn IMAGES.raw LOGITS.raw THREADS\n");
     return 2;
   }
   long model_size = 0, images_size = 0;

@@ -206,3 +206,15 @@ def run_infer_report(model: Path, pixels: torch.Tensor, directory: Path, *extra:
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["images"] == len(pixels)
     return np.load(logits), report
+
+
+def run_embed_example(command: tuple, model: Path, pixels: torch.Tensor, directory: Path, threads: int) -> np.ndarray:
+    """The logits of the embedding example (tests/c_api/run_model.c: the C interface from C99, the model loaded from
+    memory) run by `command` (the program and what runs it, e.g. qemu), through raw files in `directory`."""
+    (directory / "images.raw").write_bytes(pixels.numpy().tobytes())
+    res = subprocess.run([*map(str, command), str(model), str(directory / "images.raw"), str(directory / "logits.raw"),
+                          str(threads)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    n = pixels.shape[0]
+    assert res.stdout.startswith(f"{n} images, ")
+    return np.fromfile(directory / "logits.raw", dtype=np.float32).reshape(n, -1)

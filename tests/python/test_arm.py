@@ -20,8 +20,8 @@ import torch
 import qcnn
 from qcnn.quantize import calibrate_activations
 
-from export_helpers import (FASHION_INPUT, MODELS, QCNN_INFER, export_model_set, random_pixels, run_infer,
-                            run_infer_report)
+from export_helpers import (FASHION_INPUT, MODELS, QCNN_INFER, export_model_set, random_pixels, run_embed_example,
+                            run_infer, run_infer_report)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM_INFER = ROOT / "build" / "aarch64" / "qcnn-infer"
@@ -79,6 +79,20 @@ def test_a_path_the_cpu_lacks_is_refused(model_dir, tmp_path, cpu, path):
     with pytest.raises(AssertionError, match=f"QCNN_ISA={path}: this CPU cannot run that path"):
         run_infer_report(model, random_pixels(1, qcnn.load(model).input_shape), tmp_path, command=qemu(cpu),
                          env={"QCNN_ISA": path})
+
+
+ARM_EMBED_EXAMPLE = ROOT / "build" / "aarch64" / "qcnn-embed-example"
+
+
+def test_embedding_example(model_dir, tmp_path):
+    """The embedding example (tests/c_api/run_model.c on the C interface, the model loaded from memory), cross-built,
+    gives qcnn.load's logits on every CPU model."""
+    model = model_dir / "residual_add_global_avg.qcnn"
+    pixels = random_pixels(4, qcnn.load(model).input_shape, seed=8)
+    want = qcnn.load(model)(pixels).numpy()
+    for cpu in BEST_PATH:
+        got = run_embed_example((QEMU, "-cpu", cpu, ARM_EMBED_EXAMPLE), model, pixels, tmp_path, 2)
+        assert np.array_equal(got, want), cpu
 
 
 def test_hand_built_files(tmp_path):
