@@ -13,7 +13,7 @@ PY_DEPS  := numpy pyyaml tqdm matplotlib packaging pytest scipy safetensors onnx
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops csrc/runtime -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
-CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' 2>/dev/null)
+CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp tests/c_api benchmarks/arm -name '*.cpp' -o -name '*.h' -o -name '*.c' 2>/dev/null)
 
 .PHONY: setup demo test test-cpp test-arm test-python cuda-check bench clean arm
 

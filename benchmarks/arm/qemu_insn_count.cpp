@@ -1,6 +1,8 @@
 // A qemu TCG plugin (API version 1, qemu 7.x user mode) that counts the guest instructions a program executes, one
 // counter per instruction address, for the aarch64 instruction-count tables (benchmarks/bench_arm_insns.py). At exit
-// it writes one line per executed instruction, "address count disassembly", to the file named by its `out` argument:
+// it writes one line per executed instruction, "address count word disassembly" (the hexadecimal 32-bit instruction
+// word: qemu 7.2's disassembler prints the dot-product and matrix instructions as bytes), to the file named by its
+// `out` argument:
 //   qemu-aarch64 -plugin build/qemu_insn_count.so,out=counts.txt PROGRAM ...
 // The counters are plain adds: run the program on one thread. Declared here are the few entry points of qemu's plugin
 // interface it uses (qemu resolves them in its own executable when it loads the plugin).
@@ -26,6 +28,8 @@ size_t qemu_plugin_tb_n_insns(const qemu_plugin_tb* tb);
 qemu_plugin_insn* qemu_plugin_tb_get_insn(const qemu_plugin_tb* tb, size_t index);
 uint64_t qemu_plugin_insn_vaddr(const qemu_plugin_insn* insn);
 char* qemu_plugin_insn_disas(const qemu_plugin_insn* insn);
+const void* qemu_plugin_insn_data(const qemu_plugin_insn* insn);
+size_t qemu_plugin_insn_size(const qemu_plugin_insn* insn);
 void qemu_plugin_register_vcpu_insn_exec_inline(qemu_plugin_insn* insn, qemu_plugin_op op, void* ptr, uint64_t imm);
 
 __attribute__((visibility("default"))) extern const int qemu_plugin_version;
@@ -39,6 +43,7 @@ namespace {
 
 struct Insn {
   uint64_t count = 0;  // qemu adds 1 here each time the instruction runs
+  uint32_t word = 0;
   std::string disassembly;
 };
 
@@ -55,6 +60,8 @@ void on_translate(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     std::unique_ptr<Insn>& record = records[qemu_plugin_insn_vaddr(insn)];
     if (!record) {
       record = std::make_unique<Insn>();
+      if (qemu_plugin_insn_size(insn) == sizeof record->word)
+        std::memcpy(&record->word, qemu_plugin_insn_data(insn), sizeof record->word);
       if (char* text = qemu_plugin_insn_disas(insn)) {
         record->disassembly = text;
         std::free(text);
@@ -72,8 +79,9 @@ void on_exit(qemu_plugin_id_t, void*) {
     return;
   }
   for (const auto& [address, record] : records)
-    if (record->count) std::fprintf(f, "%llx %llu %s\n", static_cast<unsigned long long>(address),
-                                    static_cast<unsigned long long>(record->count), record->disassembly.c_str());
+    if (record->count)
+      std::fprintf(f, "%llx %llu %08x %s\n", static_cast<unsigned long long>(address),
+                   static_cast<unsigned long long>(record->count), record->word, record->disassembly.c_str());
   std::fclose(f);
 }
 

@@ -82,6 +82,46 @@ def test_a_path_the_cpu_lacks_is_refused(model_dir, tmp_path, cpu, path):
 
 
 ARM_EMBED_EXAMPLE = ROOT / "build" / "aarch64" / "qcnn-embed-example"
+INSN_PLUGIN = ROOT / "build" / "qemu_insn_count.so"
+
+
+# aarch64 encodings (mask, value) of the instructions the quad GEMMs are built on: SDOT by element (any Q, any lane)
+# and USMMLA.
+ENCODINGS = {"sdot": (0xBFC0F400, 0x0F80E000), "usmmla": (0xFFE0FC00, 0x4E80AC00)}
+
+
+def executed(model: Path, pixels: torch.Tensor, directory: Path, path: str) -> tuple[int, dict[str, int]]:
+    """Instructions executed by qcnn-infer on `path` under the counting plugin: all, and those of ENCODINGS."""
+    out = directory / f"counts_{path}.txt"
+    run_infer_report(model, pixels, directory, "--threads", "1", "--batch", "1",
+                     command=(QEMU, "-cpu", "max", "-plugin", f"{INSN_PLUGIN},out={out}", ARM_INFER),
+                     env={"QCNN_ISA": path})
+    total, named = 0, dict.fromkeys(ENCODINGS, 0)
+    for line in out.read_text().splitlines():
+        _, count, word = line.split(" ", 3)[:3]
+        total += int(count)
+        for name, (mask, value) in ENCODINGS.items():
+            named[name] += int(count) if int(word, 16) & mask == value else 0
+    return total, named
+
+
+def test_instruction_counts(model_dir, tmp_path):
+    """The counting plugin of benchmarks/bench_arm_insns.py: the quad GEMM's dot-product and matrix instructions cover
+    its layers' MACs (16 per SDOT, 32 per USMMLA, padding only adds), the scalar path runs none, and every NEON path
+    runs fewer instructions than the scalar one (load included: this small model's load weighs as much as its run)."""
+    assert INSN_PLUGIN.is_file(), "build/qemu_insn_count.so (make setup)"
+    model = model_dir / "uniform_w8.qcnn"
+    pixels = random_pixels(1, qcnn.load(model).input_shape, seed=3)
+    report = run_infer_report(model, pixels, tmp_path, "--profile", command=qemu("max"), env={"QCNN_ISA": "neondot"})[1]
+    quad_macs = sum(layer["macs_per_image"] for layer in report["layers"] if layer["kernel"] == "gemm sdot")
+    assert quad_macs > 0
+    totals, counts = {}, {}
+    for path in ARM_PATHS:
+        totals[path], counts[path] = executed(model, pixels, tmp_path, path)
+    assert totals["scalar"] > max(totals["neon"], totals["neondot"], totals["i8mm"]), totals
+    assert counts["scalar"] == {"sdot": 0, "usmmla": 0} and counts["neondot"]["usmmla"] == 0
+    assert quad_macs <= 16 * counts["neondot"]["sdot"] <= 4 * quad_macs
+    assert quad_macs <= 32 * counts["i8mm"]["usmmla"] <= 4 * quad_macs
 
 
 def test_embedding_example(model_dir, tmp_path):
