@@ -414,7 +414,7 @@ void depthwise_tile(const PackedConv& pc, const ConvKernels& kernels, const In* 
   }
 }
 
-// Depthwise on uint8 codes with the ISA's kernel (PackedConv::dw_pairs).
+// Depthwise on uint8 codes with the ISA's kernel (PackedConv::dw_sums).
 template <typename Out>
 void depthwise_u8_tile(const PackedConv& pc, const ConvKernels& kernels, const uint8_t* x, int32_t x_sub, int64_t p0,
                        int64_t rows, Out* out, Workspace& ws) {
@@ -500,7 +500,7 @@ void conv_image_typed(const PackedConv& pc, const In* x, int32_t x_sub, Out* out
         if (u8_codes) return depthwise_vnni_tile(pc, kernels, x8, x_sub, p0, n, tile_out, ws);
         break;
       case ConvKernel::Depthwise:
-        if (u8_codes && !pc.dw_pairs.empty() && kernels.depthwise_u8)
+        if (u8_codes && !pc.dw_sums.empty() && kernels.depthwise_u8)
           return depthwise_u8_tile(pc, kernels, x8, x_sub, p0, n, tile_out, ws);
         break;
     }
@@ -690,7 +690,8 @@ void pack_tie_free(PackedConv& pc, const std::vector<WeightSums>& sums, InputRan
   pc.tie_free_out_hi = t.out_hi;
 }
 
-void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
+// PackedConv::dw_sums for the vector depthwise kernels on uint8 codes, and on AVX2 dw_pairs, where the bound holds.
+void pack_depthwise_u8(PackedConv& pc, const int16_t* weight) {
   const int64_t c = pc.g.c, taps = pc.g.k(), pairs = (taps + 1) / 2;
   std::vector<int16_t> packed(static_cast<size_t>(pairs * c * 2), 0);
   std::vector<int32_t> sums(static_cast<size_t>(c), 0);
@@ -704,7 +705,7 @@ void pack_depthwise_pairs(PackedConv& pc, const int16_t* weight) {
     }
     if (510 * abs_sum > INT32_MAX) return;
   }
-  pc.dw_pairs = std::move(packed);
+  if (has_avx2(pc.isa)) pc.dw_pairs = std::move(packed);
   pc.dw_sums = std::move(sums);
 }
 }  // namespace
@@ -750,7 +751,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pc.weights.resize(static_cast<size_t>(taps * g.c));
     for (int64_t ch = 0; ch < g.c; ++ch)
       for (int64_t t = 0; t < taps; ++t) pc.weights[t * g.c + ch] = weight[ch * taps + t];
-    if (has_avx2(isa) && !pack_depthwise_quads(pc, weight)) pack_depthwise_pairs(pc, weight);
+    if ((has_avx2(isa) || has_neon(isa)) && !pack_depthwise_quads(pc, weight)) pack_depthwise_u8(pc, weight);
     pc.kernel = pc.dw_quads.empty() ? ConvKernel::Depthwise : ConvKernel::DepthwiseVnni;
   } else {
     pc.weights.assign(static_cast<size_t>(g.groups * pc.mg8 * pc.kp), 0);

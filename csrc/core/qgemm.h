@@ -94,7 +94,7 @@ struct BitWeights {
 
 // The kernel pack_conv chose for a layer, once: conv_image, conv_kernel_name and conv_scratch_bytes follow it.
 //   Gemm: the int16-pair GEMM with int32 accumulators (scalar or AVX2); Acc16, Vnni, Amx: the GEMMs below;
-//   Depthwise: the per-pixel loop, or the AVX2 kernel on uint8 codes where dw_pairs is set; DepthwiseVnni: dw_quads;
+//   Depthwise: the per-pixel loop, or the AVX2 / NEON kernel on uint8 codes where dw_sums is set; DepthwiseVnni: dw_quads;
 //   Binary: the table-lookup kernel (bits). The depthwise kernels run the per-pixel loop on inputs they cannot read.
 enum class ConvKernel { Gemm, Acc16, Vnni, Amx, Depthwise, DepthwiseVnni, Binary };
 
@@ -106,9 +106,9 @@ struct PackedConv {
   int64_t seg_pairs = 0;
   int64_t mg8 = 0;                 // channels per group rounded up to 8
   std::vector<int16_t> weights;    // [groups][mg8 / 8][kp / 2][8][2]; depthwise: [kh * kw][C]
-  // Depthwise on AVX2 (uint8 inputs): the taps in pairs, [ceil(taps / 2)][C][2] (an odd last tap paired
-  // with 0), and sum_t w[t][c] for the zero-point correction; empty where 510 * sum_t |w[t][c]| could
-  // leave int32 (the kernel's partial sums), which keeps such a layer on the scalar loop.
+  // Depthwise on AVX2 and NEON (uint8 inputs): sum_t w[t][c] for the zero-point correction, and on AVX2 the taps in
+  // pairs, [ceil(taps / 2)][C][2] (an odd last tap paired with 0); empty where 510 * sum_t |w[t][c]| could leave int32
+  // (the kernels' partial sums), which keeps such a layer on the scalar loop.
   std::vector<int16_t> dw_pairs;
   std::vector<int32_t> dw_sums;
   // Depthwise on AVX-512 VNNI (core/depthwise.h; has_avx512(isa), int8 weights, the same bound): the weights as

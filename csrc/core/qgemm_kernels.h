@@ -131,7 +131,7 @@ struct ConvKernels {
   ConvEpilogues<uint8_t> epilogue_u8;
   ConvEpilogues<int32_t> epilogue_i32;
   ConvEpilogues<float> epilogue_f32;
-  // Depthwise on uint8 codes (PackedConv::dw_pairs): the accumulators of output positions [p0, p0 + rows), rows
+  // Depthwise on uint8 codes (PackedConv::dw_sums; AVX2 reads dw_pairs, NEON the [taps][C] weights): the accumulators of output positions [p0, p0 + rows), rows
   // ldc = C + 8 apart, with C more values after the rows for the kernel's accumulator starts.
   void (*depthwise_u8)(const PackedConv& pc, const uint8_t* x, int32_t x_sub, int64_t p0, int64_t rows,
                        int32_t* acc, Workspace& ws);

@@ -1,6 +1,6 @@
 // aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernels of the convolutions (qgemm_kernels.h): the quad GEMM with
-// widening multiplies, the int16-accumulator GEMM and the requantizing epilogue. Its table is the scalar one with
-// these in place.
+// widening multiplies, the int16-accumulator GEMM, depthwise on uint8 codes and the requantizing epilogue. Its table
+// is the scalar one with these in place.
 #include <cstring>
 #include <type_traits>
 
@@ -120,6 +120,62 @@ void acc16_microkernel(const RowSource<uint8_t>& a, const int8_t* w, int64_t wbl
   }
 }
 
+// Depthwise on uint8 codes (ConvKernels::depthwise_u8): per output position and 16 channels, each tap's codes widened
+// to int16 and multiplied by the [taps][C] weights into int32 (SMLAL), from the start -x_sub * sum_t w[t][c]; taps in
+// the padding read a row of x_sub (x - x_sub = 0). The int32 adds wrap: exact wherever the final value fits int32.
+void depthwise_u8_neon(const PackedConv& pc, const uint8_t* x, int32_t x_sub, int64_t p0, int64_t rows, int32_t* acc,
+                       Workspace& ws) {
+  const ConvGeom& g = pc.g;
+  const int64_t c = g.c, ldc = c + 8, taps = g.k();
+  ws.border.assign(static_cast<size_t>(c), static_cast<uint8_t>(x_sub));
+  ws.taps.resize(static_cast<size_t>(taps));
+  int32_t* start = acc + rows * ldc;
+  for (int64_t ch = 0; ch < c; ++ch) start[ch] = -x_sub * pc.dw_sums[ch];
+  const uint8_t** src = ws.taps.data();
+  const int16_t* w = pc.weights.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
+    for (int ky = 0, t = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx, ++t) {
+        const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh, ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
+        src[t] = iy < 0 || iy >= g.h || ix < 0 || ix >= g.w ? ws.border.data() : x + (iy * g.w + ix) * c;
+      }
+    int32_t* row = acc + r * ldc;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= c; c0 += 16) {
+      int32x4_t s[4];
+      for (int i = 0; i < 4; ++i) s[i] = vld1q_s32(start + c0 + 4 * i);
+      for (int64_t t = 0; t < taps; ++t) {
+        const uint8x16_t xv = vld1q_u8(src[t] + c0);
+        const int16x8_t lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(xv)));
+        const int16x8_t hi = vreinterpretq_s16_u16(vmovl_high_u8(xv));
+        const int16x8_t w0 = vld1q_s16(w + t * c + c0), w1 = vld1q_s16(w + t * c + c0 + 8);
+        s[0] = vmlal_s16(s[0], vget_low_s16(lo), vget_low_s16(w0));
+        s[1] = vmlal_high_s16(s[1], lo, w0);
+        s[2] = vmlal_s16(s[2], vget_low_s16(hi), vget_low_s16(w1));
+        s[3] = vmlal_high_s16(s[3], hi, w1);
+      }
+      for (int i = 0; i < 4; ++i) vst1q_s32(row + c0 + 4 * i, s[i]);
+    }
+    for (; c0 + 8 <= c; c0 += 8) {
+      int32x4_t s0 = vld1q_s32(start + c0), s1 = vld1q_s32(start + c0 + 4);
+      for (int64_t t = 0; t < taps; ++t) {
+        const int16x8_t xv = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(src[t] + c0)));
+        const int16x8_t wv = vld1q_s16(w + t * c + c0);
+        s0 = vmlal_s16(s0, vget_low_s16(xv), vget_low_s16(wv));
+        s1 = vmlal_high_s16(s1, xv, wv);
+      }
+      vst1q_s32(row + c0, s0);
+      vst1q_s32(row + c0 + 4, s1);
+    }
+    for (; c0 < c; ++c0) {  // the last c % 8 channels
+      int32_t sum = start[c0];
+      for (int64_t t = 0; t < taps; ++t) sum += int32_t{src[t][c0]} * w[t * c + c0];
+      row[c0] = sum;
+    }
+  }
+}
+
 // The requantizing epilogue (output_code) on 4 channels at a time in int64 lanes, exactly the scalar form:
 // v = acc * multiplier + bias, RS(v, s) = (v + half + ((v >>> odd) & 1)) >> s with half = (2^s - 1) >> 1 and the
 // logical shift by odd = 64 for s = 0 (USHL by -64 yields 0), then zero_point, the clamp after a saturating narrowing
@@ -195,6 +251,7 @@ const ConvKernels* conv_kernels_neon() {
     ConvKernels k = conv_kernels_scalar();
     k.vnni = QCNN_KERNEL_GRID_6X4(quad_microkernel);
     k.acc16 = QCNN_KERNEL_GRID_3X3(acc16_microkernel);
+    k.depthwise_u8 = depthwise_u8_neon;
     k.epilogue_u8.requantize = requantize_rows_neon<uint8_t>;
     k.epilogue_i32.requantize = requantize_rows_neon<int32_t>;
     k.epilogue_f32.requantize = requantize_rows_neon<float>;

@@ -227,6 +227,7 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
       CHECK(conv_kernel_name(pc) == "depthwise");
       CHECK(pc.dw_quads.empty() == !(has_avx512(isa) && int8));  // core/depthwise.h
       CHECK(pc.dw_pairs.empty() == (wide || !has_avx2(isa) || !pc.dw_quads.empty()));
+      if (has_neon(isa)) CHECK(pc.dw_sums.empty() == wide);  // the NEON kernel on uint8 codes
       CHECK(run<uint8_t>(t, isa, Storage::U8, 1 + trial % 2) == want);
       CHECK(run<int32_t>(t, isa, Storage::I32, 1) == want);
     }
