@@ -1,6 +1,6 @@
 // Internal: the vector paths of the elementwise integer kernels of requant.h, one table of function pointers per
-// instruction set (eltwise_avx2.cpp, eltwise_avx512.cpp), and the scalar reference loops they fall back on for
-// the cases and tails they do not cover. requant.cpp dispatches on the engine's Isa.
+// instruction set (eltwise_avx2.cpp, eltwise_avx512.cpp, eltwise_neon.cpp), and the scalar reference loops they fall
+// back on for the cases and tails they do not cover. requant.cpp dispatches on the engine's Isa.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -32,6 +32,7 @@ struct EltwiseKernels {
 // nullptr on builds for other architectures. The AVX-512 table needs AVX-512 F/BW/VL (Isa::Avx512Vnni and Isa::Amx).
 const EltwiseKernels* eltwise_kernels_avx2();
 const EltwiseKernels* eltwise_kernels_avx512();
+const EltwiseKernels* eltwise_kernels_neon();  // every aarch64 path
 
 // The scalar reference loops (requant.cpp), what Isa::Scalar runs.
 void requantize_codes_scalar(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,

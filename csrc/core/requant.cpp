@@ -174,6 +174,9 @@ const EltwiseKernels* vector_kernels(Isa isa) {
     case Isa::Avx2: return eltwise_kernels_avx2();
     case Isa::Avx512Vnni:
     case Isa::Amx: return eltwise_kernels_avx512();
+    case Isa::Neon:
+    case Isa::NeonDot:
+    case Isa::I8mm: return eltwise_kernels_neon();
     default: return nullptr;
   }
 }

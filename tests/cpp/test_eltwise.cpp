@@ -25,7 +25,7 @@ using namespace qcnn;
 
 namespace {
 
-constexpr Isa kVectorIsas[] = {Isa::Avx2, Isa::Avx512Vnni};
+constexpr Isa kVectorIsas[] = {Isa::Avx2, Isa::Avx512Vnni, Isa::Neon};  // the NEON table serves every aarch64 path
 constexpr int64_t kGuard = 19;  // elements after the last code, which no kernel may touch
 
 // A code buffer of `size` elements plus guards.

@@ -1,0 +1,406 @@
+// aarch64 NEON paths of the elementwise integer kernels (eltwise_kernels.h): 8 codes per step in two int32x4 vectors,
+// the products and the rounding shift in int64 lanes (SMULL, and SSHL / USHL by negative counts for the arithmetic
+// and the logical right shifts), the last count % 8 codes on the scalar loop. NEON has no gather: lookup_codes is the
+// scalar loop.
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "core/eltwise_kernels.h"
+#include "core/neon.h"
+
+namespace qcnn {
+
+#ifdef QCNN_ARM
+namespace {
+
+struct Lanes8 {
+  int32x4_t lo, hi;
+};
+
+inline Lanes8 load8(const uint8_t* p) {
+  const uint16x8_t w = vmovl_u8(vld1_u8(p));
+  return {vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(w))), vreinterpretq_s32_u32(vmovl_high_u16(w))};
+}
+inline Lanes8 load8(const int32_t* p) { return {vld1q_s32(p), vld1q_s32(p + 4)}; }
+
+// Stores 8 int32 lanes as the scalar cast does: the low byte of each, or all of it.
+inline void store8(uint8_t* p, Lanes8 v) {
+  const uint16x8_t w = vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(v.lo)), vmovn_u32(vreinterpretq_u32_s32(v.hi)));
+  vst1_u8(p, vmovn_u16(w));
+}
+inline void store8(int32_t* p, Lanes8 v) {
+  vst1q_s32(p, v.lo);
+  vst1q_s32(p + 4, v.hi);
+}
+
+// min(max(x, lo), hi) + add (ClampAdd).
+struct ClampAdd128 {
+  int32x4_t lo, hi, add;
+  explicit ClampAdd128(const ClampAdd& s) : lo(vdupq_n_s32(s.lo)), hi(vdupq_n_s32(s.hi)), add(vdupq_n_s32(s.add)) {}
+  int32x4_t operator()(int32x4_t x) const { return vaddq_s32(vminq_s32(vmaxq_s32(x, lo), hi), add); }
+  Lanes8 operator()(Lanes8 x) const { return {(*this)(x.lo), (*this)(x.hi)}; }
+};
+
+inline int64x2_t clamp64(int64x2_t v, int64x2_t lo, int64x2_t hi) {
+  v = vbslq_s64(vcgtq_s64(lo, v), lo, v);
+  return vbslq_s64(vcgtq_s64(v, hi), hi, v);
+}
+
+// clamp(RS(v, s) + zo, lo, hi) of 2 int64 lanes, RS(v, s) = (v + half + ((v >>> odd) & 1)) >> s with the logical
+// shift by odd = 64 for s = 0 (USHL by -64 yields 0): the shifts as negative counts (right, odd_right).
+inline int64x2_t round_clamp(int64x2_t v, int64x2_t right, int64x2_t odd_right, int64x2_t half, int64x2_t zero_point,
+                             int64x2_t lo, int64x2_t hi) {
+  const int64x2_t odd = vreinterpretq_s64_u64(vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right), vdupq_n_u64(1)));
+  v = vaddq_s64(vshlq_s64(vaddq_s64(vaddq_s64(v, half), odd), right), zero_point);
+  return clamp64(v, lo, hi);
+}
+
+// The counts and the rounding constant of round_clamp for shift s.
+inline int64_t right_count(int s) { return -s; }
+inline int64_t odd_right_count(int s) { return -rounding_odd_shift(s); }
+
+// round_clamp with one shift for every lane.
+struct Requant2 {
+  int64x2_t right, odd_right, half, zero_point, lo, hi;
+  explicit Requant2(const Requant& r)
+      : right(vdupq_n_s64(right_count(r.shift))),
+        odd_right(vdupq_n_s64(odd_right_count(r.shift))),
+        half(vdupq_n_s64(rounding_half(r.shift))),
+        zero_point(vdupq_n_s64(r.zero_point)),
+        lo(vdupq_n_s64(r.lo)),
+        hi(vdupq_n_s64(r.hi)) {}
+  int64x2_t operator()(int64x2_t v) const { return round_clamp(v, right, odd_right, half, zero_point, lo, hi); }
+};
+
+// The requantized codes of 4 lanes from their int64 values (low and high pairs), less the output offset.
+inline int32x4_t codes4(int64x2_t v_lo, int64x2_t v_hi, const Requant2& q, int32x4_t out_offset) {
+  return vsubq_s32(vcombine_s32(vmovn_s64(q(v_lo)), vmovn_s64(q(v_hi))), out_offset);
+}
+
+// requant of x * m for 4 int32 lanes x and a multiplier m in every lane.
+inline int32x4_t requant_product4(int32x4_t x, int32x4_t m, const Requant2& q, int32x4_t out_offset) {
+  return codes4(vmull_s32(vget_low_s32(x), vget_low_s32(m)), vmull_high_s32(x, m), q, out_offset);
+}
+
+template <typename In, typename Out>
+int64_t requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int32_t multiplier, Requant r) {
+  const ClampAdd128 s(sat);
+  const Requant2 q(r);
+  const int32x4_t m = vdupq_n_s32(multiplier), offset = vdupq_n_s32(r.out_offset);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 x = s(load8(src + i));
+    store8(dst + i, {requant_product4(x.lo, m, q, offset), requant_product4(x.hi, m, q, offset)});
+  }
+  return i;
+}
+
+void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
+                int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  ClampAdd sat;
+  int64_t done = 0;
+  if (r.valid() && saturating_add(int64_t{in.offset} - in_zero_point, &sat))
+    with_vector_codes(in, out, [&](auto src, auto dst) { done = requantize_run(src, dst, count, sat, multiplier, r); });
+  requantize_codes_scalar(codes_from(in, done), count - done, in_zero_point, multiplier, shift, out_zero_point, lo, hi,
+                          codes_from(out, done));
+}
+
+template <typename A, typename B, typename Out>
+int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, ClampAdd sat_a, int32_t a_multiplier, ClampAdd sat_b,
+                int32_t b_multiplier, Requant r) {
+  const ClampAdd128 sa(sat_a), sb(sat_b);
+  const Requant2 q(r);
+  const int32x4_t ma = vdupq_n_s32(a_multiplier), mb = vdupq_n_s32(b_multiplier), offset = vdupq_n_s32(r.out_offset);
+  auto sum4 = [&](int32x4_t xa, int32x4_t xb) {
+    return codes4(vmlal_s32(vmull_s32(vget_low_s32(xa), vget_low_s32(ma)), vget_low_s32(xb), vget_low_s32(mb)),
+                  vmlal_high_s32(vmull_high_s32(xa, ma), xb, mb), q, offset);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 xa = sa(load8(a + i)), xb = sb(load8(b + i));
+    store8(dst + i, {sum4(xa.lo, xb.lo), sum4(xa.hi, xb.hi)});
+  }
+  return i;
+}
+
+// The same in int32 lanes where the ranges of a - za and b - zb keep every step within int32 (add_fits_int32):
+// a - za is then the stored value plus (offset - za) in wrapping lanes, and no clamp32 is needed. USHL by -32 yields
+// 0 for s = 0.
+template <typename A, typename B, typename Out>
+int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, int32_t a_multiplier, int32_t b_add,
+                  int32_t b_multiplier, Requant r) {
+  const int32x4_t ca = vdupq_n_s32(a_add), cb = vdupq_n_s32(b_add), ma = vdupq_n_s32(a_multiplier),
+                  mb = vdupq_n_s32(b_multiplier), half = vdupq_n_s32(static_cast<int32_t>(rounding_half(r.shift))),
+                  zp = vdupq_n_s32(r.zero_point), lo = vdupq_n_s32(r.lo), hi = vdupq_n_s32(r.hi),
+                  offset = vdupq_n_s32(r.out_offset), right = vdupq_n_s32(-r.shift),
+                  odd_right = vdupq_n_s32(-rounding_odd_shift32(r.shift));
+  auto code4 = [&](int32x4_t xa, int32x4_t xb) {
+    const int32x4_t v = vmlaq_s32(vmulq_s32(vaddq_s32(xa, ca), ma), vaddq_s32(xb, cb), mb);
+    const int32x4_t odd =
+        vreinterpretq_s32_u32(vandq_u32(vshlq_u32(vreinterpretq_u32_s32(v), odd_right), vdupq_n_u32(1)));
+    const int32x4_t y = vaddq_s32(vshlq_s32(vaddq_s32(vaddq_s32(v, half), odd), right), zp);
+    return vsubq_s32(vminq_s32(vmaxq_s32(y, lo), hi), offset);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 xa = load8(a + i), xb = load8(b + i);
+    store8(dst + i, {code4(xa.lo, xb.lo), code4(xa.hi, xb.hi)});
+  }
+  return i;
+}
+
+void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
+         InputRange b_range) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  ClampAdd sat_a, sat_b;
+  int64_t done = 0;
+  if (r.valid() && add_fits_int32(a_range, a_multiplier, b_range, b_multiplier, shift, out_zero_point))
+    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+      done = add32_run(sa, sb, dst, count, wrap32(int64_t{a.offset} - a_zero_point), a_multiplier,
+                       wrap32(int64_t{b.offset} - b_zero_point), b_multiplier, r);
+    });
+  else if (r.valid() && saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) &&
+           saturating_add(int64_t{b.offset} - b_zero_point, &sat_b))
+    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
+      done = add_run(sa, sb, dst, count, sat_a, a_multiplier, sat_b, b_multiplier, r);
+    });
+  add_codes_scalar(codes_from(a, done), a_zero_point, a_multiplier, codes_from(b, done), b_zero_point, b_multiplier,
+                   shift, out_zero_point, lo, hi, count - done, codes_from(out, done));
+}
+
+// (a - za) * (b - zb) in wrapping int32 lanes: exact, as the caller keeps both factors within 2^15.
+template <typename A, typename B, typename Out>
+int64_t mul_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, int32_t b_add, int32_t multiplier,
+                Requant r) {
+  const Requant2 q(r);
+  const int32x4_t ca = vdupq_n_s32(a_add), cb = vdupq_n_s32(b_add), m = vdupq_n_s32(multiplier),
+                  offset = vdupq_n_s32(r.out_offset);
+  auto code4 = [&](int32x4_t xa, int32x4_t xb) {
+    return requant_product4(vmulq_s32(vaddq_s32(xa, ca), vaddq_s32(xb, cb)), m, q, offset);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 xa = load8(a + i), xb = load8(b + i);
+    store8(dst + i, {code4(xa.lo, xb.lo), code4(xa.hi, xb.hi)});
+  }
+  return i;
+}
+
+void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels, int32_t multiplier,
+         int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
+  const Requant r{shift, out_zero_point, lo, hi, out.offset};
+  const int32_t a_add = wrap32(int64_t{a.offset} - a_zero_point), b_add = wrap32(int64_t{b.offset} - b_zero_point);
+  // Runs of b's length: the whole of a, or one position of b_channels codes at a time (b stays in L1).
+  const int64_t run = b_channels > 0 ? b_channels : count;
+  if (!r.valid() || run < 8 || count == 0) {
+    mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
+                     out);
+    return;
+  }
+  for (int64_t p = 0; p < count; p += run) {
+    const int64_t n = std::min(run, count - p);
+    int64_t done = 0;
+    const CodesIn ap = codes_from(a, p);
+    const CodesOut op = codes_from(out, p);
+    if (!with_vector_codes(ap, b, op, [&](auto sa, auto sb, auto dst) {
+          done = mul_run(sa, sb, dst, n, a_add, b_add, multiplier, r);
+        })) {
+      mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
+                       out);
+      return;
+    }
+    if (done < n)
+      mul_codes_scalar(codes_from(ap, done), a_zero_point, codes_from(b, done), b_zero_point, 0, multiplier, shift,
+                       out_zero_point, lo, hi, n - done, codes_from(op, done));
+  }
+}
+
+template <typename In, typename Out>
+int64_t clamp_run(const In* src, Out* dst, int64_t count, ClampAdd bounds) {
+  const ClampAdd128 c(bounds);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) store8(dst + i, c(load8(src + i)));
+  return i;
+}
+
+void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
+  ClampAdd c;
+  int64_t done = 0;
+  if (stored_clamp(in.offset, lo, hi, out.offset, &c))
+    with_vector_codes(in, out, [&](auto src, auto dst) { done = clamp_run(src, dst, count, c); });
+  clamp_codes_scalar(codes_from(in, done), count - done, lo, hi, codes_from(out, done));
+}
+
+// Per-channel constants of affine_codes, int64 [3][channels]: round_clamp's right and odd_right counts and half.
+std::vector<int64_t> affine_constants(int64_t channels, const uint8_t* shift) {
+  std::vector<int64_t> c(static_cast<size_t>(3 * channels));
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    c[ch] = right_count(shift[ch]);
+    c[channels + ch] = odd_right_count(shift[ch]);
+    c[2 * channels + ch] = rounding_half(shift[ch]);
+  }
+  return c;
+}
+
+template <typename In, typename Out>
+void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, ClampAdd sat, const int32_t* multiplier,
+                const int64_t* bias, const int64_t* constants, int32_t out_zero_point, int32_t lo, int32_t hi,
+                int32_t out_offset) {
+  const ClampAdd128 s(sat);
+  const int32x4_t offset = vdupq_n_s32(out_offset);
+  const int64x2_t zp = vdupq_n_s64(out_zero_point), vlo = vdupq_n_s64(lo), vhi = vdupq_n_s64(hi);
+  const int64_t full = channels / 8 * 8;
+  // channels [c, c + 2): x * multiplier + bias, rounded and clamped with the channels' constants
+  auto pair = [&](int64x2_t product, int64_t c) {
+    return vmovn_s64(round_clamp(vaddq_s64(product, vld1q_s64(bias + c)), vld1q_s64(constants + c),
+                                 vld1q_s64(constants + channels + c), vld1q_s64(constants + 2 * channels + c), zp, vlo,
+                                 vhi));
+  };
+  auto four = [&](int32x4_t x, int64_t c) {
+    const int32x4_t m = vld1q_s32(multiplier + c);
+    return vsubq_s32(vcombine_s32(pair(vmull_s32(vget_low_s32(x), vget_low_s32(m)), c), pair(vmull_high_s32(x, m), c + 2)),
+                     offset);
+  };
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = 0; ch < full; ch += 8) {
+      const Lanes8 x = s(load8(src + p * channels + ch));
+      store8(dst + p * channels + ch, {four(x.lo, ch), four(x.hi, ch + 4)});
+    }
+}
+
+void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
+            const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
+  ClampAdd sat;
+  if (channels < 8 || !affine_vector_ok(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point,
+                                        lo, hi, &sat) ||
+      !with_vector_codes(in, out, [&](auto src, auto dst) {
+        affine_run(src, dst, count / channels, channels, sat, multiplier, bias,
+                   affine_constants(channels, shift).data(), out_zero_point, lo, hi, out.offset);
+      })) {
+    affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
+    return;
+  }
+  const int64_t full = channels / 8 * 8;
+  if (full < channels)
+    for (int64_t p = 0; p < count / channels; ++p)
+      affine_codes_scalar(codes_from(in, p * channels + full), channels - full, channels - full, in_zero_point,
+                          multiplier + full, shift + full, bias + full, out_zero_point, lo, hi,
+                          codes_from(out, p * channels + full));
+}
+
+// The reductions over positions run down the positions one vector of channels at a time (16 uint8 or 4 int32
+// channels), the channels past the last whole vector on the scalar loop. uint8 sums in uint16 lanes for 257
+// positions at a time (257 * 255 < 2^16), int32 sums in int32 lanes for `run` positions (sum_run) or, for codes of
+// too wide a range, in int64 lanes; each run then added to the int64 sums. Maxima in byte or int32 lanes.
+void add_to_sums(int64_t* sums, int32x4_t v) {
+  vst1q_s64(sums, vaddw_s32(vld1q_s64(sums), vget_low_s32(v)));
+  vst1q_s64(sums + 2, vaddw_high_s32(vld1q_s64(sums + 2), v));
+}
+
+void sum_u8(const uint8_t* src, int64_t positions, int64_t channels, int64_t* sums) {
+  constexpr int64_t kRun = 257;
+  const int64_t full = channels / 16 * 16;
+  for (int64_t ch = 0; ch < full; ch += 16)
+    for (int64_t p0 = 0; p0 < positions; p0 += kRun) {
+      uint16x8_t lo = vdupq_n_u16(0), hi = lo;
+      for (int64_t p = p0; p < std::min(positions, p0 + kRun); ++p) {
+        const uint8x16_t v = vld1q_u8(src + p * channels + ch);
+        lo = vaddw_u8(lo, vget_low_u8(v));
+        hi = vaddw_high_u8(hi, v);
+      }
+      const uint16x8_t halves[2] = {lo, hi};
+      for (int i = 0; i < 4; ++i) {
+        const uint16x8_t h = halves[i / 2];
+        add_to_sums(sums + ch + 4 * i,
+                    vreinterpretq_s32_u32(i % 2 ? vmovl_high_u16(h) : vmovl_u16(vget_low_u16(h))));
+      }
+    }
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = full; ch < channels; ++ch) sums[ch] += src[p * channels + ch];
+}
+
+void sum_i32(const int32_t* src, int64_t positions, int64_t channels, int64_t run, int64_t* sums) {
+  const int64_t full = channels / 4 * 4;
+  for (int64_t ch = 0; ch < full; ch += 4) {
+    if (run < kMinSumRun) {
+      int64x2_t lo = vld1q_s64(sums + ch), hi = vld1q_s64(sums + ch + 2);
+      for (int64_t p = 0; p < positions; ++p) {
+        const int32x4_t v = vld1q_s32(src + p * channels + ch);
+        lo = vaddw_s32(lo, vget_low_s32(v));
+        hi = vaddw_high_s32(hi, v);
+      }
+      vst1q_s64(sums + ch, lo);
+      vst1q_s64(sums + ch + 2, hi);
+      continue;
+    }
+    for (int64_t p0 = 0; p0 < positions; p0 += run) {
+      int32x4_t acc = vdupq_n_s32(0);
+      for (int64_t p = p0; p < std::min(positions, p0 + run); ++p) acc = vaddq_s32(acc, vld1q_s32(src + p * channels + ch));
+      add_to_sums(sums + ch, acc);
+    }
+  }
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = full; ch < channels; ++ch) sums[ch] += src[p * channels + ch];
+}
+
+void sum_positions(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  if (in.storage == Storage::U8)
+    sum_u8(static_cast<const uint8_t*>(in.data), positions, channels, sums);
+  else if (in.storage == Storage::I32)
+    sum_i32(static_cast<const int32_t*>(in.data), positions, channels, sum_run<int32_t>(stored), sums);
+  else
+    sum_positions_scalar(in, positions, channels, stored, sums);
+}
+
+void max_u8(const uint8_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
+  const int64_t full = channels / 16 * 16;
+  for (int64_t ch = 0; ch < full; ch += 16) {
+    uint8x16_t m = vdupq_n_u8(0);
+    for (int64_t p = 0; p < positions; ++p) m = vmaxq_u8(m, vld1q_u8(src + p * channels + ch));
+    const uint16x8_t w[2] = {vmovl_u8(vget_low_u8(m)), vmovl_high_u8(m)};
+    for (int i = 0; i < 4; ++i) {
+      const int32x4_t v = vreinterpretq_s32_u32(i % 2 ? vmovl_high_u16(w[i / 2]) : vmovl_u16(vget_low_u16(w[i / 2])));
+      vst1q_s32(maxima + ch + 4 * i, vmaxq_s32(vld1q_s32(maxima + ch + 4 * i), v));
+    }
+  }
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = full; ch < channels; ++ch) maxima[ch] = std::max<int32_t>(maxima[ch], src[p * channels + ch]);
+}
+
+void max_i32(const int32_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
+  const int64_t full = channels / 4 * 4;
+  for (int64_t ch = 0; ch < full; ch += 4) {
+    int32x4_t m = vld1q_s32(maxima + ch);
+    for (int64_t p = 0; p < positions; ++p) m = vmaxq_s32(m, vld1q_s32(src + p * channels + ch));
+    vst1q_s32(maxima + ch, m);
+  }
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t ch = full; ch < channels; ++ch) maxima[ch] = std::max(maxima[ch], src[p * channels + ch]);
+}
+
+void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
+  if (positions < 1) return;  // the uint8 vectors start from 0
+  if (in.storage == Storage::U8)
+    max_u8(static_cast<const uint8_t*>(in.data), positions, channels, maxima);
+  else if (in.storage == Storage::I32)
+    max_i32(static_cast<const int32_t*>(in.data), positions, channels, maxima);
+  else
+    max_positions_scalar(in, positions, channels, maxima);
+}
+
+}  // namespace
+
+const EltwiseKernels* eltwise_kernels_neon() {
+  static constexpr EltwiseKernels kernels{requantize,         add,    mul,           clamp, lookup_codes_scalar,
+                                          affine,             sum_positions, max_positions};
+  return &kernels;
+}
+#else
+const EltwiseKernels* eltwise_kernels_neon() { return nullptr; }
+#endif
+
+}  // namespace qcnn
