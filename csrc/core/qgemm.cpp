@@ -558,7 +558,9 @@ ConvGeom make_conv_geom(int64_t h, int64_t w, int64_t c, int64_t m, int64_t grou
 
 namespace {
 bool acc16_exact(const ConvGeom& g, const int16_t* weight, InputRange x, int accumulator_bits, Isa isa) {
-  if (!(has_avx2(isa) || has_neon(isa)) || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 || x.hi > 255) return false;
+  if (!(has_avx2(isa) || has_neon(isa)) || accumulator_bits > 16 || g.groups != 1 || g.dw != 1 || x.lo < 0 ||
+      x.hi > 255)
+    return false;
   const int64_t k = g.k();
   for (int64_t m = 0; m < g.m; ++m) {
     int64_t l1 = 0;
@@ -784,7 +786,8 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
     pack_tie_free(pc, sums, x);  // its own epilogue where the double one is not exact; else what that one folds
     pc.requant_unclamped = requant_unclamped(pc, sums, x);
   }
-  if (!pc.epi.float_output && has_avx2(isa) && int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels) {
+  const bool few_codes = int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels;
+  if (!pc.epi.float_output && (has_avx2(isa) || has_neon(isa)) && few_codes) {
     // The thresholds need a bound on |acc|: K * max|x - z_x| * max|w| from the proven input range.
     int64_t w_max = 0;
     for (int64_t i = 0; i < g.m * k; ++i) w_max = std::max<int64_t>(w_max, std::abs(int64_t{weight[i]}));

@@ -1,6 +1,6 @@
 // aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernels of the convolutions (qgemm_kernels.h): the quad GEMM with
-// widening multiplies, the int16-accumulator GEMM, depthwise on uint8 codes and the requantizing epilogue. Its table
-// is the scalar one with these in place.
+// widening multiplies, the int16-accumulator GEMM, depthwise on uint8 codes and the requantizing and threshold
+// epilogues. Its table is the scalar one with these in place.
 #include <cstring>
 #include <type_traits>
 
@@ -237,6 +237,39 @@ void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32
     for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, m4, m_all, out + r * m_all);
 }
 
+// The threshold epilogue (PackedConv::threshold_levels, S = levels - 1 thresholds): per 4 channels
+// out = lo + #{L : sign_m * acc > t_L[m]}, each compare's all-ones lanes subtracted.
+template <int S, typename Out>
+void threshold_epilogue_neon(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  const int64_t m_all = pc.g.m, full = m_all / 8 * 8;
+  const int32x4_t base = vdupq_n_s32(pc.epi.lo - pc.epi.store_offset);
+  for (int64_t m = 0; m < full; m += 4) {
+    const int32x4_t sign = vld1q_s32(&pc.level_signs[m]);
+    const int32_t* t = pc.level_thresholds.data() + (m / 16) * S * 16 + m % 16;
+    int32x4_t thr[S + 1];  // S = 0: a layer with one output code
+    for (int l = 0; l < S; ++l) thr[l] = vld1q_s32(t + l * 16);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32x4_t g = vmulq_s32(vld1q_s32(acc + r * ldc + m), sign);
+      int32x4_t v = base;
+      for (int l = 0; l < S; ++l) v = vsubq_s32(v, vreinterpretq_s32_u32(vcgtq_s32(g, thr[l])));
+      Out* dst = out + r * m_all + m;
+      if constexpr (std::is_same_v<Out, uint8_t>) {
+        const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(v)), vdup_n_u16(0)));
+        vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
+      } else {
+        vst1q_s32(dst, v);
+      }
+    }
+  }
+  if (full < m_all)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
+}
+
+template <typename Out>
+void thresholds_neon(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
+  with_threshold_count(pc, [&](auto s) { threshold_epilogue_neon<decltype(s)::value>(pc, acc, ldc, rows, out); });
+}
+
 // 3 rows: 24 accumulators, 4 weight registers and the quad of the 32.
 template <int R, int J>
 void quad_microkernel(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock, const int32_t* start,
@@ -254,6 +287,8 @@ const ConvKernels* conv_kernels_neon() {
     k.depthwise_u8 = depthwise_u8_neon;
     k.epilogue_u8.requantize = requantize_rows_neon<uint8_t>;
     k.epilogue_i32.requantize = requantize_rows_neon<int32_t>;
+    k.epilogue_u8.thresholds = thresholds_neon<uint8_t>;
+    k.epilogue_i32.thresholds = thresholds_neon<int32_t>;
     k.epilogue_f32.requantize = requantize_rows_neon<float>;
     return k;
   }();

@@ -313,6 +313,7 @@ TEST_CASE("binary kernel is chosen only where it is exact", "[qgemm][binary]") {
     q.bias.assign(2, 0);
     q.hi = 3;
     CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 4);
+    CHECK(pack_conv(g, w.data(), q, Isa::Neon, {0, 3}).threshold_levels == 4);
     q.hi = 255;
     CHECK(pack_conv(g, w.data(), q, Isa::Avx2, {0, 3}).threshold_levels == 0);
     q.lo = INT32_MIN;  // wide int32 codes: their span overflows int32
