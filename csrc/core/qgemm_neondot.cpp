@@ -64,11 +64,12 @@ struct DotPass {
   }
 };
 
-// 4 rows: 16 accumulators, 4 activation registers and the weights, with room to spare in the 32.
+// At most 4 rows per pass (16 accumulators, 4 activation registers and the weights, with room to spare in the 32),
+// 5 and 6 rows as 3 + 2 and 3 + 3: a 2-row pass loads as many weights per SDOT as it runs.
 template <int R, int J>
 void quad_microkernel(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock, const int32_t* start,
                       int32_t* c, int64_t ldc) {
-  quad_microkernel_in_passes<DotPass, 4, R, J>(a, w, wblock, start, c, ldc);
+  quad_microkernel_in_passes<DotPass, R <= 4 ? 4 : (R + 1) / 2, R, J>(a, w, wblock, start, c, ldc);
 }
 
 }  // namespace
