@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/avx2.h"
-#include "core/eltwise_kernels.h"
+#include "core/eltwise_drivers.h"
 
 namespace qcnn {
 
@@ -97,13 +97,8 @@ QCNN_AVX2 int64_t requantize_run(const In* src, Out* dst, int64_t count, ClampAd
 
 void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
                 int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
-  const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  ClampAdd sat;
-  int64_t done = 0;
-  if (r.valid() && saturating_add(int64_t{in.offset} - in_zero_point, &sat))
-    with_vector_codes(in, out, [&](auto src, auto dst) { done = requantize_run(src, dst, count, sat, multiplier, r); });
-  requantize_codes_scalar(codes_from(in, done), count - done, in_zero_point, multiplier, shift, out_zero_point, lo, hi,
-                          codes_from(out, done));
+  requantize_by_vectors(in, count, in_zero_point, multiplier, shift, out_zero_point, lo, hi, out,
+                        [](auto... args) { return requantize_run(args...); });
 }
 
 template <typename A, typename B, typename Out>
@@ -148,21 +143,9 @@ QCNN_AVX2 int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
          int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
          InputRange b_range) {
-  const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  ClampAdd sat_a, sat_b;
-  int64_t done = 0;
-  if (r.valid() && add_fits_int32(a_range, a_multiplier, b_range, b_multiplier, shift, out_zero_point))
-    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
-      done = add32_run(sa, sb, dst, count, wrap32(int64_t{a.offset} - a_zero_point), a_multiplier,
-                       wrap32(int64_t{b.offset} - b_zero_point), b_multiplier, r);
-    });
-  else if (r.valid() && saturating_add(int64_t{a.offset} - a_zero_point, &sat_a) &&
-           saturating_add(int64_t{b.offset} - b_zero_point, &sat_b))
-    with_vector_codes(a, b, out, [&](auto sa, auto sb, auto dst) {
-      done = add_run(sa, sb, dst, count, sat_a, a_multiplier, sat_b, b_multiplier, r);
-    });
-  add_codes_scalar(codes_from(a, done), a_zero_point, a_multiplier, codes_from(b, done), b_zero_point, b_multiplier,
-                   shift, out_zero_point, lo, hi, count - done, codes_from(out, done));
+  add_by_vectors(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count, out,
+                 a_range, b_range, [](auto... args) { return add_run(args...); },
+                 [](auto... args) { return add32_run(args...); });
 }
 
 // (a - za) * (b - zb) in wrapping int32 lanes: exact, as the caller keeps both factors within 2^15.
@@ -183,31 +166,8 @@ QCNN_AVX2 int64_t mul_run(const A* a, const B* b, Out* dst, int64_t count, int32
 
 void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels, int32_t multiplier,
          int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out) {
-  const Requant r{shift, out_zero_point, lo, hi, out.offset};
-  const int32_t a_add = wrap32(int64_t{a.offset} - a_zero_point), b_add = wrap32(int64_t{b.offset} - b_zero_point);
-  // Runs of b's length: the whole of a, or one position of b_channels codes at a time (b stays in L1).
-  const int64_t run = b_channels > 0 ? b_channels : count;
-  if (!r.valid() || run < 8 || count == 0) {
-    mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
-                     out);
-    return;
-  }
-  for (int64_t p = 0; p < count; p += run) {
-    const int64_t n = std::min(run, count - p);
-    int64_t done = 0;
-    const CodesIn ap = codes_from(a, p);
-    const CodesOut op = codes_from(out, p);
-    if (!with_vector_codes(ap, b, op, [&](auto sa, auto sb, auto dst) {
-          done = mul_run(sa, sb, dst, n, a_add, b_add, multiplier, r);
-        })) {
-      mul_codes_scalar(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count,
-                       out);
-      return;
-    }
-    if (done < n)
-      mul_codes_scalar(codes_from(ap, done), a_zero_point, codes_from(b, done), b_zero_point, 0, multiplier, shift,
-                       out_zero_point, lo, hi, n - done, codes_from(op, done));
-  }
+  mul_by_vectors(a, a_zero_point, b, b_zero_point, b_channels, multiplier, shift, out_zero_point, lo, hi, count, out, 8,
+                 [](auto... args) { return mul_run(args...); });
 }
 
 template <typename In, typename Out>
@@ -219,11 +179,7 @@ QCNN_AVX2 int64_t clamp_run(const In* src, Out* dst, int64_t count, ClampAdd bou
 }
 
 void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
-  ClampAdd c;
-  int64_t done = 0;
-  if (stored_clamp(in.offset, lo, hi, out.offset, &c))
-    with_vector_codes(in, out, [&](auto src, auto dst) { done = clamp_run(src, dst, count, c); });
-  clamp_codes_scalar(codes_from(in, done), count - done, lo, hi, codes_from(out, done));
+  clamp_by_vectors(in, count, lo, hi, out, [](auto... args) { return clamp_run(args...); });
 }
 
 // table[clamp(x) + base] by vpgatherdd (table_bounds).
@@ -275,8 +231,10 @@ QCNN_AVX2 inline __m256i affine4(__m128i x, const int32_t* multiplier, const int
 
 template <typename In, typename Out>
 QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, ClampAdd sat,
-                          const int32_t* multiplier, const int64_t* bias, const int64_t* constants, int32_t lo,
-                          int32_t hi, int32_t out_offset) {
+                          const int32_t* multiplier, const uint8_t* shift, const int64_t* bias, int32_t out_zero_point,
+                          int32_t lo, int32_t hi, int32_t out_offset) {
+  const std::vector<int64_t> per_channel = affine_constants(channels, shift, out_zero_point);
+  const int64_t* constants = per_channel.data();
   const ClampAdd256 s = clamp_add256(sat);
   const __m256i vlo = _mm256_set1_epi64x(lo), vhi = _mm256_set1_epi64x(hi), offset = _mm256_set1_epi32(out_offset);
   const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
@@ -295,25 +253,8 @@ QCNN_AVX2 void affine_run(const In* src, Out* dst, int64_t positions, int64_t ch
 
 void affine(CodesIn in, int64_t count, int64_t channels, int32_t in_zero_point, const int32_t* multiplier,
             const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi, CodesOut out) {
-  ClampAdd sat;
-  if (channels < 8 || !affine_vector_ok(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point,
-                                        lo, hi, &sat)) {
-    affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
-    return;
-  }
-  const std::vector<int64_t> constants = affine_constants(channels, shift, out_zero_point);
-  const int64_t positions = count / channels, full = channels / 8 * 8;
-  if (!with_vector_codes(in, out, [&](auto src, auto dst) {
-        affine_run(src, dst, positions, channels, sat, multiplier, bias, constants.data(), lo, hi, out.offset);
-      })) {
-    affine_codes_scalar(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out);
-    return;
-  }
-  if (full < channels)
-    for (int64_t p = 0; p < positions; ++p)
-      affine_codes_scalar(codes_from(in, p * channels + full), channels - full, channels - full, in_zero_point,
-                          multiplier + full, shift + full, bias + full, out_zero_point, lo, hi,
-                          codes_from(out, p * channels + full));
+  affine_by_vectors(in, count, channels, in_zero_point, multiplier, shift, bias, out_zero_point, lo, hi, out, 8,
+                    [](auto... args) { affine_run(args...); });
 }
 
 // The reductions over positions run down the positions four vectors of channels at a time, one accumulator per
