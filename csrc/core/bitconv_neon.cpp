@@ -1,6 +1,7 @@
 // The binary kernel on aarch64 NEON (core/bitconv_kernels.h): TBL looks up 16 channels' sums in one output pixel's
 // table (BitWeights::lanes = 1), 64 MACs per lookup.
 #include <algorithm>
+#include <cstring>
 
 #include "core/bitconv_kernels.h"
 #include "core/neon.h"
@@ -73,6 +74,43 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
   widen_words(words, slots, acc, ldc, first, a.bias);
 }
 
+// quad[q] = sum_i v_{4q+i} << (B i) over n uint8 codes, 16 codes (4 quads) per step: v = (x - x_sub) & mask wraps
+// exactly in bytes, a uint16 lane b0 + 256 b1 becomes b0 + (b1 << B), a uint32 lane of two of those
+// p0 + 65536 p1 becomes p0 + (p1 << 2B). A last partial step reads a zero-filled copy (channels past n count as 0).
+void quad_values_neon(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads, uint32_t* quad) {
+  const uint8x16_t sub = vdupq_n_u8(static_cast<uint8_t>(x_sub)), mask = vdupq_n_u8(static_cast<uint8_t>((1 << bits) - 1));
+  const int16x8_t pair_shift = vdupq_n_s16(static_cast<int16_t>(bits));
+  const int32x4_t quad_shift = vdupq_n_s32(2 * bits);
+  for (int64_t c0 = 0; c0 < n; c0 += 16) {
+    const int64_t len = std::min<int64_t>(16, n - c0);
+    uint8x16_t v;
+    if (len == 16) {
+      v = vld1q_u8(src + c0);
+    } else {
+      uint8_t tail[16] = {};
+      std::memcpy(tail, src + c0, static_cast<size_t>(len));
+      v = vld1q_u8(tail);
+    }
+    v = vandq_u8(vsubq_u8(v, sub), mask);
+    if (len < 16) {  // the copy's zeros minus x_sub are not zero: keep the first len lanes only
+      static constexpr uint8_t kIota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+      v = vandq_u8(v, vcltq_u8(vld1q_u8(kIota), vdupq_n_u8(static_cast<uint8_t>(len))));
+    }
+    const uint16x8_t w = vreinterpretq_u16_u8(v);
+    const uint16x8_t pairs = vorrq_u16(vandq_u16(w, vdupq_n_u16(0xFF)), vshlq_u16(vshrq_n_u16(w, 8), pair_shift));
+    const uint32x4_t d = vreinterpretq_u32_u16(pairs);
+    const uint32x4_t packed = vorrq_u32(vandq_u32(d, vdupq_n_u32(0xFFFF)), vshlq_u32(vshrq_n_u32(d, 16), quad_shift));
+    const int64_t out = std::min<int64_t>(4, quads - c0 / 4);
+    if (out == 4) {
+      vst1q_u32(quad + c0 / 4, packed);
+    } else {
+      uint32_t lanes[4];
+      vst1q_u32(lanes, packed);
+      std::memcpy(quad + c0 / 4, lanes, static_cast<size_t>(out) * sizeof(uint32_t));
+    }
+  }
+}
+
 }  // namespace
 
 const BinaryKernels* binary_kernels_neon() {
@@ -81,7 +119,7 @@ const BinaryKernels* binary_kernels_neon() {
       1,  // one pixel per slot: kContiguous (the second lane's place) does not matter
       {{QCNN_BINARY_ROW(binary_kernel_neon, 1, , false), QCNN_BINARY_ROW(binary_kernel_neon, 2, , false)},
        {QCNN_BINARY_ROW(binary_kernel_neon, 1, , true), QCNN_BINARY_ROW(binary_kernel_neon, 2, , true)}},
-      nullptr};
+      quad_values_neon};
   return &kernels;
 }
 #else
