@@ -28,9 +28,14 @@ struct MatmulPass {
       for (int64_t o = 0; o < a.seg_steps / 2; ++o, wo += 128) {
         uint8x16_t av[kPairs];
         for (int p = 0; p < kPairs; ++p) av[p] = vcombine_u8(vld1_u8(ar[2 * p] + 8 * o), vld1_u8(ar[2 * p + 1] + 8 * o));
+        const int8_t* wi = wo;
         for (int i = 0; i < 8; ++i) {
-          const int8x16_t wv = vld1q_s8(wo + 16 * i);
+          const int8x16_t wv = vld1q_s8(wi);
           for (int p = 0; p < kPairs; ++p) acc[p][i] = vusmmlaq_s32(acc[p][i], av[p], wv);
+          // 3 row pairs: the next channel pair's weights through an empty asm that depends on these sums (GCC would
+          // otherwise load all 8 first, and with the 24 accumulators they do not fit the 32 registers)
+          wi += 16;
+          if constexpr (kPairs == 3) __asm__("" : "+r"(wi) : "w"(acc[kPairs - 1][i]));
         }
       }
     }
@@ -44,11 +49,11 @@ struct MatmulPass {
   }
 };
 
-// 4 rows (2 pairs): 16 accumulators, 2 activation registers and 8 weight registers of the 32.
+// 6 rows (3 pairs): 24 accumulators, 3 activation registers and the weights of one channel pair at a time.
 template <int R, int J>
 void quad_microkernel(const RowSource<uint8_t, kVnniRows>& a, const int8_t* w, int64_t wblock, const int32_t* start,
                       int32_t* c, int64_t ldc) {
-  quad_microkernel_in_passes<MatmulPass, 4, R, J>(a, w, wblock, start, c, ldc);
+  quad_microkernel_in_passes<MatmulPass, 6, R, J>(a, w, wblock, start, c, ldc);
 }
 
 }  // namespace
