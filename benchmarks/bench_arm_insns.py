@@ -50,7 +50,7 @@ FAMILIES = (
     ("quad GEMM", r"WideningPass|DotPass|MatmulPass|quad_microkernel"),
     ("acc16 GEMM", r"Acc16|acc16"),
     ("int16-pair GEMM", r"microkernel_scalar"),
-    ("conv epilogue", r"requantize_rows|epilogue|output_code|thresholds"),
+    ("conv epilogue", r"requantize_rows|requantize_f64|epilogue|output_code|thresholds"),
     ("binary", r"bit_|[Bb]inary|quad_values|widen_words"),
     ("depthwise", r"depthwise"),
     ("elementwise and pooling", r"_codes|positions|pool|lookup|rounded_mean"),

@@ -780,6 +780,7 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
+  if (!pc.epi.float_output && has_neon(isa)) pack_requant_f64(pc, channel_weight_sums(weight, g.m, k), x);
   if (!pc.epi.float_output && has_avx512(isa)) {
     const std::vector<WeightSums> sums = channel_weight_sums(weight, g.m, k);
     pack_requant_f64(pc, sums, x);
