@@ -119,9 +119,9 @@ def build_models(quick: bool, tmp: Path) -> dict[str, Path]:
     float_model, cfg = load_float(baseline_dir(quick, tmp))
     calib = calibration_set(cfg)
     files = {}
+    binary_a2 = qconfig.load(ROOT / "configs" / "binary_study_a2.yaml").quant
     built = {"W8": quantize_post_training(float_model, SCHEMES["W8"](), calib),
-             "binary-A2": quantize_post_training(float_model, qconfig.load(ROOT / "configs" / "binary_study_a2.yaml").quant,
-                                                 calib)}
+             "binary-A2": quantize_post_training(float_model, binary_a2, calib)}
     if not ACC16_RUN.is_file():
         built["acc16"] = acc16_model(float_model, calib)
     for name, model in built.items():

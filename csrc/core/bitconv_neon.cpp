@@ -78,7 +78,8 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
 // exactly in bytes, a uint16 lane b0 + 256 b1 becomes b0 + (b1 << B), a uint32 lane of two of those
 // p0 + 65536 p1 becomes p0 + (p1 << 2B). A last partial step reads a zero-filled copy (channels past n count as 0).
 void quad_values_neon(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads, uint32_t* quad) {
-  const uint8x16_t sub = vdupq_n_u8(static_cast<uint8_t>(x_sub)), mask = vdupq_n_u8(static_cast<uint8_t>((1 << bits) - 1));
+  const uint8x16_t sub = vdupq_n_u8(static_cast<uint8_t>(x_sub));
+  const uint8x16_t mask = vdupq_n_u8(static_cast<uint8_t>((1 << bits) - 1));
   const int16x8_t pair_shift = vdupq_n_s16(static_cast<int16_t>(bits));
   const int32x4_t quad_shift = vdupq_n_s32(2 * bits);
   for (int64_t c0 = 0; c0 < n; c0 += 16) {

@@ -143,8 +143,8 @@ QCNN_AVX2 int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
          int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
          InputRange b_range) {
-  add_by_vectors(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count, out,
-                 a_range, b_range, [](auto... args) { return add_run(args...); },
+  add_by_vectors(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count,
+                 out, a_range, b_range, [](auto... args) { return add_run(args...); },
                  [](auto... args) { return add32_run(args...); });
 }
 

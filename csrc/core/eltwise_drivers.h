@@ -8,8 +8,8 @@
 //               where add_fits_int32
 //   mul:        run(a, b, dst, count, a_add, b_add, multiplier, Requant), on runs of b's length
 //   clamp:      run(src, dst, count, ClampAdd)
-//   affine:     run(src, dst, positions, channels, ClampAdd sat, multiplier, shift, bias, zo, lo, hi, out_offset) on the
-//               first channels / width * width channels of every position (returns nothing)
+//   affine:     run(src, dst, positions, channels, ClampAdd sat, multiplier, shift, bias, zo, lo, hi, out_offset) on
+//               the first channels / width * width channels of every position (returns nothing)
 #pragma once
 #include <algorithm>
 #include <cstdint>

@@ -52,7 +52,8 @@ inline int64x2_t clamp64(int64x2_t v, int64x2_t lo, int64x2_t hi) {
 // shift by odd = 64 for s = 0 (USHL by -64 yields 0): the shifts as negative counts (right, odd_right).
 inline int64x2_t round_clamp(int64x2_t v, int64x2_t right, int64x2_t odd_right, int64x2_t half, int64x2_t zero_point,
                              int64x2_t lo, int64x2_t hi) {
-  const int64x2_t odd = vreinterpretq_s64_u64(vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right), vdupq_n_u64(1)));
+  const uint64x2_t bit = vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right), vdupq_n_u64(1));
+  const int64x2_t odd = vreinterpretq_s64_u64(bit);
   v = vaddq_s64(vshlq_s64(vaddq_s64(vaddq_s64(v, half), odd), right), zero_point);
   return clamp64(v, lo, hi);
 }
@@ -150,8 +151,8 @@ int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
          int shift, int32_t out_zero_point, int32_t lo, int32_t hi, int64_t count, CodesOut out, InputRange a_range,
          InputRange b_range) {
-  add_by_vectors(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count, out,
-                 a_range, b_range, [](auto... args) { return add_run(args...); },
+  add_by_vectors(a, a_zero_point, a_multiplier, b, b_zero_point, b_multiplier, shift, out_zero_point, lo, hi, count,
+                 out, a_range, b_range, [](auto... args) { return add_run(args...); },
                  [](auto... args) { return add32_run(args...); });
 }
 
@@ -220,8 +221,8 @@ void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, Cl
   };
   auto four = [&](int32x4_t x, int64_t c) {
     const int32x4_t m = vld1q_s32(multiplier + c);
-    return vsubq_s32(vcombine_s32(pair(vmull_s32(vget_low_s32(x), vget_low_s32(m)), c), pair(vmull_high_s32(x, m), c + 2)),
-                     offset);
+    const int32x2_t low = pair(vmull_s32(vget_low_s32(x), vget_low_s32(m)), c);
+    return vsubq_s32(vcombine_s32(low, pair(vmull_high_s32(x, m), c + 2)), offset);
   };
   for (int64_t p = 0; p < positions; ++p)
     for (int64_t ch = 0; ch < full; ch += 8) {
@@ -283,7 +284,8 @@ void sum_i32(const int32_t* src, int64_t positions, int64_t channels, int64_t ru
     }
     for (int64_t p0 = 0; p0 < positions; p0 += run) {
       int32x4_t acc = vdupq_n_s32(0);
-      for (int64_t p = p0; p < std::min(positions, p0 + run); ++p) acc = vaddq_s32(acc, vld1q_s32(src + p * channels + ch));
+      for (int64_t p = p0; p < std::min(positions, p0 + run); ++p)
+        acc = vaddq_s32(acc, vld1q_s32(src + p * channels + ch));
       add_to_sums(sums + ch, acc);
     }
   }

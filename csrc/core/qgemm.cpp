@@ -780,12 +780,13 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       }
   }
   pc.epi = std::move(epi);
-  if (!pc.epi.float_output && has_neon(isa)) pack_requant_f64(pc, channel_weight_sums(weight, g.m, k), x);
-  if (!pc.epi.float_output && has_avx512(isa)) {
+  if (!pc.epi.float_output && (has_avx512(isa) || has_neon(isa))) {  // the paths with a double epilogue
     const std::vector<WeightSums> sums = channel_weight_sums(weight, g.m, k);
     pack_requant_f64(pc, sums, x);
-    pack_tie_free(pc, sums, x);  // its own epilogue where the double one is not exact; else what that one folds
-    pc.requant_unclamped = requant_unclamped(pc, sums, x);
+    if (has_avx512(isa)) {
+      pack_tie_free(pc, sums, x);  // its own epilogue where the double one is not exact; else what that one folds
+      pc.requant_unclamped = requant_unclamped(pc, sums, x);
+    }
   }
   const bool few_codes = int64_t{pc.epi.hi} - pc.epi.lo < kMaxThresholdLevels;
   if (!pc.epi.float_output && (has_avx2(isa) || has_neon(isa)) && few_codes) {
@@ -857,8 +858,10 @@ std::string conv_kernel_name(const PackedConv& pc) {
     case ConvKernel::Acc16: return "gemm acc16";
     case ConvKernel::Amx: return "gemm amx";
     case ConvKernel::Vnni:
-      return pc.isa == Isa::Neon ? "gemm neon" : pc.isa == Isa::NeonDot ? "gemm sdot" : pc.isa == Isa::I8mm ? "gemm i8mm"
-                                                                                                       : "gemm vnni";
+      return pc.isa == Isa::Neon      ? "gemm neon"
+             : pc.isa == Isa::NeonDot ? "gemm sdot"
+             : pc.isa == Isa::I8mm    ? "gemm i8mm"
+                                      : "gemm vnni";
     case ConvKernel::Depthwise:
     case ConvKernel::DepthwiseVnni: return "depthwise";
     case ConvKernel::Gemm: break;

@@ -94,7 +94,8 @@ struct BitWeights {
 
 // The kernel pack_conv chose for a layer, once: conv_image, conv_kernel_name and conv_scratch_bytes follow it.
 //   Gemm: the int16-pair GEMM with int32 accumulators (scalar or AVX2); Acc16, Vnni, Amx: the GEMMs below;
-//   Depthwise: the per-pixel loop, or the AVX2 / NEON kernel on uint8 codes where dw_sums is set; DepthwiseVnni: dw_quads;
+//   Depthwise: the per-pixel loop, or the AVX2 / NEON kernel on uint8 codes where dw_sums is set; DepthwiseVnni:
+//   dw_quads;
 //   Binary: the table-lookup kernel (bits). The depthwise kernels run the per-pixel loop on inputs they cannot read.
 enum class ConvKernel { Gemm, Acc16, Vnni, Amx, Depthwise, DepthwiseVnni, Binary };
 
@@ -117,14 +118,14 @@ struct PackedConv {
   ConvEpilogue epi;
   std::vector<RequantBlock> requant_blocks;  // [M / 8]
   BitWeights bits;                            // binary weights with few-bit inputs: the table-lookup kernel
-  // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2): the requantization
+  // Layers with at most kMaxThresholdLevels output codes and a proven input range (AVX2, NEON): the requantization
   // as thresholds on the accumulator, out = lo + #{L : sign_m * acc > level_thresholds[L][m]},
   // [M / 16][levels - 1][16], sign_m = +-1 as the multiplier's sign (exact: the requantization is monotone in acc).
   int threshold_levels = 0;
   std::vector<int32_t> level_thresholds;
   std::vector<int32_t> level_signs;  // [M / 8 * 8]
-  // AVX-512, where the proven input range bounds every |acc * multiplier + bias| below 2^51 and its shifted value
-  // below 2^28: the requantization in double, exact (qgemm.cpp epilogue_f64), with these constants per channel,
+  // AVX-512 and NEON, where the proven input range bounds every |acc * multiplier + bias| below 2^51 and its shifted
+  // value below 2^28: the requantization in double, exact (qgemm.cpp epilogue_f64), with these constants per channel,
   // multiplier * 2^-shift and bias * 2^-shift, [M rounded up to 16].
   std::vector<double> requant_scale, requant_offset;
   // AVX-512, where no channel rounds at a tie for an accumulator of its proven range (tie_free_requant in
@@ -153,12 +154,13 @@ struct PackedConv {
 // weight: [M][K] int16 in (ky, kx, c) order per group. The caller has checked that
 // |rounded bias| + max|acc| * |multiplier| < 2^63 (the engine does at load). Binary weights (all -1
 // or +1) whose input range `x` has at most kMaxBinaryActBits bits run on the table-lookup binary kernel. A layer
-// that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2, one group, dilation
+// that declares accumulator_bits <= 16 runs on the int16-accumulator kernel (AVX2 or NEON, one group, dilation
 // 1 in x) when its integers prove it exact: x - z_x in [0, 255], int8 weights and
 // max(x - z_x) * ||w_m||_1 <= 2^15 - 1 for every channel m; otherwise on the int32 GEMM. With
-// Isa::Avx512Vnni or Isa::Amx, a layer the VNNI GEMM can run (see ConvKernel::Vnni) runs there instead of on
-// either int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice acc16's MACs per
-// instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile GEMM (ConvKernel::Amx).
+// Isa::Avx512Vnni, Isa::Amx, Isa::NeonDot or Isa::I8mm, a layer the quad GEMM can run (see ConvKernel::Vnni) runs
+// there instead of on either int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice (or on
+// I8mm four times) acc16's MACs per instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile
+// GEMM (ConvKernel::Amx). On Isa::Neon the quad GEMM (widening multiplies) takes the layers acc16 does not.
 // Binary layers keep the table-lookup kernel.
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);

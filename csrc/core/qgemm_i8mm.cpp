@@ -27,7 +27,8 @@ struct MatmulPass {
       for (int r = 0; r < 2 * kPairs; ++r) ar[r] = a.row[r0 + r] + s * a.seg_stride;
       for (int64_t o = 0; o < a.seg_steps / 2; ++o, wo += 128) {
         uint8x16_t av[kPairs];
-        for (int p = 0; p < kPairs; ++p) av[p] = vcombine_u8(vld1_u8(ar[2 * p] + 8 * o), vld1_u8(ar[2 * p + 1] + 8 * o));
+        for (int p = 0; p < kPairs; ++p)
+          av[p] = vcombine_u8(vld1_u8(ar[2 * p] + 8 * o), vld1_u8(ar[2 * p + 1] + 8 * o));
         const int8_t* wi = wo;
         for (int i = 0; i < 8; ++i) {
           const int8x16_t wv = vld1q_s8(wi);
@@ -44,7 +45,8 @@ struct MatmulPass {
         const int64x2_t x = vreinterpretq_s64_s32(acc[p][i]), y = vreinterpretq_s64_s32(acc[p][i + 1]);
         const int32x4_t s = vld1q_s32(start + 2 * i);
         vst1q_s32(c + 2 * p * ldc + 2 * i, vaddq_s32(s, vreinterpretq_s32_s64(vzip1q_s64(x, y))));
-        if (2 * p + 1 < RB) vst1q_s32(c + (2 * p + 1) * ldc + 2 * i, vaddq_s32(s, vreinterpretq_s32_s64(vzip2q_s64(x, y))));
+        if (2 * p + 1 < RB)
+          vst1q_s32(c + (2 * p + 1) * ldc + 2 * i, vaddq_s32(s, vreinterpretq_s32_s64(vzip2q_s64(x, y))));
       }
   }
 };

@@ -20,8 +20,9 @@ template <int RB>
 struct WideningPass {
   // Without GCC's scheduling before register allocation: with it the 24 accumulators, 4 weight and 4 product
   // registers do not fit the 32 and the inner loop spills (70 instructions instead of 63).
-  __attribute__((optimize("no-schedule-insns"))) static void run(const RowSource<uint8_t, kVnniRows>& a, int r0, const int8_t* w, const int32_t* start, int32_t* c,
-                  int64_t ldc) {
+  __attribute__((optimize("no-schedule-insns"))) static void run(const RowSource<uint8_t, kVnniRows>& a, int r0,
+                                                                 const int8_t* w, const int32_t* start, int32_t* c,
+                                                                 int64_t ldc) {
     int32x4_t acc[RB][8];  // [row][2 i]: channels 4i and 4i + 1, [2 i + 1]: 4i + 2 and 4i + 3
     for (int r = 0; r < RB; ++r)
       for (int i = 0; i < 8; ++i) acc[r][i] = vdupq_n_s32(0);
@@ -219,7 +220,8 @@ void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32
       const Requant4 q(e, m);
       for (int64_t r = 0; r < rows; ++r) {
         const int32x4_t a = vld1q_s32(acc + r * ldc + m);
-        const int64x2_t v0 = vaddq_s64(q.rounded(vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier)), 0), zero_point);
+        const int64x2_t product0 = vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier));
+        const int64x2_t v0 = vaddq_s64(q.rounded(product0, 0), zero_point);
         const int64x2_t v1 = vaddq_s64(q.rounded(vmull_high_s32(a, q.multiplier), 1), zero_point);
         const int32x4_t code = vsubq_s32(vminq_s32(vmaxq_s32(vqmovn_high_s64(vqmovn_s64(v0), v1), lo), hi), offset);
         Out* dst = out + r * m_all + m;
