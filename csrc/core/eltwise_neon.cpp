@@ -1,7 +1,7 @@
 // aarch64 NEON paths of the elementwise integer kernels (eltwise_kernels.h): 8 codes per step in two int32x4 vectors,
 // the products and the rounding shift in int64 lanes (SMULL, and SSHL / USHL by negative counts for the arithmetic
-// and the logical right shifts), the last count % 8 codes on the scalar loop. NEON has no gather: lookup_codes is the
-// scalar loop.
+// and the logical right shifts), the last count % 8 codes on the scalar loop. NEON has no gather: lookup_codes runs
+// uint8 to uint8 on TBL / TBX over a 256-byte table, and other storages on the scalar loop.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -192,6 +192,59 @@ void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
   clamp_by_vectors(in, count, lo, hi, out, [](auto... args) { return clamp_run(args...); });
 }
 
+// uint8 -> uint8 lookup through a 256-byte table in 16 registers: TBL on its first 64 bytes, TBX on the next three
+// (an index past a TBX table's 64 bytes leaves the lane as it was). The caller's table covers only the codes that
+// occur, so, as on AVX-512 VBMI, the bytes' table is filled for the range of stored bytes met so far: each 4 KiB
+// chunk is scanned for its min and max (in L1) before its lookup.
+void lookup_bytes(const uint8_t* src, uint8_t* dst, int64_t count, const int32_t* table, int64_t table_size,
+                  int64_t base, int32_t out_offset) {
+  alignas(16) uint8_t bytes[256] = {};
+  int filled_lo = 256, filled_hi = -1;  // bytes[b] = table[b + base] - out_offset for b in [filled_lo, filled_hi]
+  uint8x16x4_t quarters[4] = {};
+  constexpr int64_t kChunk = 4096;
+  for (int64_t c = 0; c < count; c += kChunk) {
+    const uint8_t* s = src + c;
+    uint8_t* d = dst + c;
+    const int64_t n = std::min(kChunk, count - c), whole = n / 16 * 16;
+    uint8x16_t lo = vdupq_n_u8(255), hi = vdupq_n_u8(0);
+    for (int64_t i = 0; i < whole; i += 16) {
+      const uint8x16_t v = vld1q_u8(s + i);
+      lo = vminq_u8(lo, v);
+      hi = vmaxq_u8(hi, v);
+    }
+    int b_lo = vminvq_u8(lo), b_hi = vmaxvq_u8(hi);
+    for (int64_t i = whole; i < n; ++i) {
+      b_lo = std::min<int>(b_lo, s[i]);
+      b_hi = std::max<int>(b_hi, s[i]);
+    }
+    if (b_lo < filled_lo || b_hi > filled_hi) {
+      filled_lo = std::min(filled_lo, b_lo);
+      filled_hi = std::max(filled_hi, b_hi);
+      for (int b = filled_lo; b <= filled_hi; ++b)
+        bytes[b] = static_cast<uint8_t>(int64_t{table[std::clamp<int64_t>(b + base, 0, table_size - 1)]} - out_offset);
+      for (int q = 0; q < 4; ++q)
+        for (int r = 0; r < 4; ++r) quarters[q].val[r] = vld1q_u8(bytes + 64 * q + 16 * r);
+    }
+    for (int64_t i = 0; i < whole; i += 16) {
+      const uint8x16_t v = vld1q_u8(s + i);
+      uint8x16_t out = vqtbl4q_u8(quarters[0], v);
+      out = vqtbx4q_u8(out, quarters[1], vsubq_u8(v, vdupq_n_u8(64)));
+      out = vqtbx4q_u8(out, quarters[2], vsubq_u8(v, vdupq_n_u8(128)));
+      out = vqtbx4q_u8(out, quarters[3], vsubq_u8(v, vdupq_n_u8(192)));
+      vst1q_u8(d + i, out);
+    }
+    for (int64_t i = whole; i < n; ++i) d[i] = bytes[s[i]];
+  }
+}
+
+void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t table_size, int64_t input_min, CodesOut out) {
+  if (in.storage == Storage::U8 && out.storage == Storage::U8 && table_size > 0)
+    lookup_bytes(static_cast<const uint8_t*>(in.data), static_cast<uint8_t*>(out.data), count, table, table_size,
+                 int64_t{in.offset} - input_min, out.offset);
+  else
+    lookup_codes_scalar(in, count, table, table_size, input_min, out);
+}
+
 // Per-channel constants of affine_codes, int64 [3][channels]: round_clamp's right and odd_right counts and half.
 std::vector<int64_t> affine_constants(int64_t channels, const uint8_t* shift) {
   std::vector<int64_t> c(static_cast<size_t>(3 * channels));
@@ -341,8 +394,7 @@ void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* max
 }  // namespace
 
 const EltwiseKernels* eltwise_kernels_neon() {
-  static constexpr EltwiseKernels kernels{requantize,         add,    mul,           clamp, lookup_codes_scalar,
-                                          affine,             sum_positions, max_positions};
+  static constexpr EltwiseKernels kernels{requantize, add, mul, clamp, lookup, affine, sum_positions, max_positions};
   return &kernels;
 }
 #else
