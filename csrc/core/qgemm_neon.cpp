@@ -202,40 +202,52 @@ struct Requant4 {
   }
 };
 
+// 4 codes as Out: int32 lanes, narrowed to uint8 (the stored codes of a uint8 output lie in [0, 255]), or floats.
+inline void store4(int32_t* dst, int32x4_t code) { vst1q_s32(dst, code); }
+inline void store4(float* dst, float32x4_t v) { vst1q_f32(dst, v); }
+inline void store4(uint8_t* dst, int32x4_t code) {
+  const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(code)), vdup_n_u16(0)));
+  vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
+}
+
+// The epilogues' loop: channels [0, full) four at a time, each block's constants(m) once, then for every row
+// code(constants, accumulators) stored as Out; the channels from `full` on by the scalar epilogue.
+template <typename Out, typename Constants, typename Code>
+void epilogue_by_fours(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out, int64_t full,
+                       Constants&& constants, Code&& code) {
+  const int64_t m_all = pc.g.m;
+  for (int64_t m = 0; m < full; m += 4) {
+    const auto k = constants(m);
+    for (int64_t r = 0; r < rows; ++r) store4(out + r * m_all + m, code(k, vld1q_s32(acc + r * ldc + m)));
+  }
+  if (full < m_all)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
+}
+
 template <typename Out>
 void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32_t* acc, int64_t ldc, int64_t rows,
                           Out* out) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t m_all = pc.g.m, m4 = m_all / 4 * 4;
+  const int64_t m4 = pc.g.m / 4 * 4;
   if constexpr (std::is_same_v<Out, float>) {
-    for (int64_t m = 0; m < m4; m += 4) {
-      const float32x4_t scale = vld1q_f32(e.scale.data() + m), bias = vld1q_f32(e.float_bias.data() + m);
-      for (int64_t r = 0; r < rows; ++r)
-        vst1q_f32(out + r * m_all + m, vfmaq_f32(bias, vcvtq_f32_s32(vld1q_s32(acc + r * ldc + m)), scale));
-    }
+    struct Affine {
+      float32x4_t scale, bias;
+    };
+    epilogue_by_fours(
+        pc, acc, ldc, rows, out, m4,
+        [&](int64_t m) { return Affine{vld1q_f32(e.scale.data() + m), vld1q_f32(e.float_bias.data() + m)}; },
+        [](const Affine& f, int32x4_t a) { return vfmaq_f32(f.bias, vcvtq_f32_s32(a), f.scale); });
   } else {
     const int64x2_t zero_point = vdupq_n_s64(e.zero_point);
     const int32x4_t lo = vdupq_n_s32(e.lo), hi = vdupq_n_s32(e.hi), offset = vdupq_n_s32(e.store_offset);
-    for (int64_t m = 0; m < m4; m += 4) {
-      const Requant4 q(e, m);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int32x4_t a = vld1q_s32(acc + r * ldc + m);
-        const int64x2_t product0 = vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier));
-        const int64x2_t v0 = vaddq_s64(q.rounded(product0, 0), zero_point);
-        const int64x2_t v1 = vaddq_s64(q.rounded(vmull_high_s32(a, q.multiplier), 1), zero_point);
-        const int32x4_t code = vsubq_s32(vminq_s32(vmaxq_s32(vqmovn_high_s64(vqmovn_s64(v0), v1), lo), hi), offset);
-        Out* dst = out + r * m_all + m;
-        if constexpr (std::is_same_v<Out, uint8_t>) {  // the stored codes of a uint8 output lie in [0, 255]
-          const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(code)), vdup_n_u16(0)));
-          vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
-        } else {
-          vst1q_s32(dst, code);
-        }
-      }
-    }
+    epilogue_by_fours(pc, acc, ldc, rows, out, m4, [&](int64_t m) { return Requant4(e, m); },
+                      [&](const Requant4& q, int32x4_t a) {
+                        const int64x2_t product0 = vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier));
+                        const int64x2_t v0 = vaddq_s64(q.rounded(product0, 0), zero_point);
+                        const int64x2_t v1 = vaddq_s64(q.rounded(vmull_high_s32(a, q.multiplier), 1), zero_point);
+                        return vsubq_s32(vminq_s32(vmaxq_s32(vqmovn_high_s64(vqmovn_s64(v0), v1), lo), hi), offset);
+                      });
   }
-  if (m4 < m_all)
-    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, m4, m_all, out + r * m_all);
 }
 
 // The requantization in double where pack_conv proved it exact (PackedConv::requant_scale, qgemm.cpp
@@ -245,56 +257,48 @@ void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32
 template <typename Out>
 void requantize_f64_neon(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
   const ConvEpilogue& e = pc.epi;
-  const int64_t m_all = pc.g.m, m4 = m_all / 4 * 4;
   const int32x4_t zp = vdupq_n_s32(e.zero_point - e.store_offset), lo = vdupq_n_s32(e.lo - e.store_offset),
                   hi = vdupq_n_s32(e.hi - e.store_offset);
-  for (int64_t m = 0; m < m4; m += 4) {
-    const float64x2_t scale[2] = {vld1q_f64(&pc.requant_scale[m]), vld1q_f64(&pc.requant_scale[m + 2])};
-    const float64x2_t offset[2] = {vld1q_f64(&pc.requant_offset[m]), vld1q_f64(&pc.requant_offset[m + 2])};
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32x4_t a = vld1q_s32(acc + r * ldc + m);
-      const int64x2_t y0 = vcvtnq_s64_f64(vfmaq_f64(offset[0], vcvtq_f64_s64(vmovl_s32(vget_low_s32(a))), scale[0]));
-      const int64x2_t y1 = vcvtnq_s64_f64(vfmaq_f64(offset[1], vcvtq_f64_s64(vmovl_high_s32(a)), scale[1]));
-      const int32x4_t code = vminq_s32(vmaxq_s32(vaddq_s32(vmovn_high_s64(vmovn_s64(y0), y1), zp), lo), hi);
-      Out* dst = out + r * m_all + m;
-      if constexpr (std::is_same_v<Out, uint8_t>) {  // the stored codes of a uint8 output lie in [0, 255]
-        const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(code)), vdup_n_u16(0)));
-        vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
-      } else {
-        vst1q_s32(dst, code);
-      }
-    }
-  }
-  if (m4 < m_all)
-    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, m4, m_all, out + r * m_all);
+  struct Scaled {
+    float64x2_t scale[2], offset[2];
+  };
+  epilogue_by_fours(
+      pc, acc, ldc, rows, out, pc.g.m / 4 * 4,
+      [&](int64_t m) {
+        return Scaled{{vld1q_f64(&pc.requant_scale[m]), vld1q_f64(&pc.requant_scale[m + 2])},
+                      {vld1q_f64(&pc.requant_offset[m]), vld1q_f64(&pc.requant_offset[m + 2])}};
+      },
+      [&](const Scaled& f, int32x4_t a) {
+        const float64x2_t x0 = vcvtq_f64_s64(vmovl_s32(vget_low_s32(a))), x1 = vcvtq_f64_s64(vmovl_high_s32(a));
+        const int64x2_t y0 = vcvtnq_s64_f64(vfmaq_f64(f.offset[0], x0, f.scale[0]));
+        const int64x2_t y1 = vcvtnq_s64_f64(vfmaq_f64(f.offset[1], x1, f.scale[1]));
+        return vminq_s32(vmaxq_s32(vaddq_s32(vmovn_high_s64(vmovn_s64(y0), y1), zp), lo), hi);
+      });
 }
 
 // The threshold epilogue (PackedConv::threshold_levels, S = levels - 1 thresholds): per 4 channels
 // out = lo + #{L : sign_m * acc > t_L[m]}, each compare's all-ones lanes subtracted.
 template <int S, typename Out>
 void threshold_epilogue_neon(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out) {
-  const int64_t m_all = pc.g.m, full = m_all / 8 * 8;
   const int32x4_t base = vdupq_n_s32(pc.epi.lo - pc.epi.store_offset);
-  for (int64_t m = 0; m < full; m += 4) {
-    const int32x4_t sign = vld1q_s32(&pc.level_signs[m]);
-    const int32_t* t = pc.level_thresholds.data() + (m / 16) * S * 16 + m % 16;
-    int32x4_t thr[S + 1];  // S = 0: a layer with one output code
-    for (int l = 0; l < S; ++l) thr[l] = vld1q_s32(t + l * 16);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32x4_t g = vmulq_s32(vld1q_s32(acc + r * ldc + m), sign);
-      int32x4_t v = base;
-      for (int l = 0; l < S; ++l) v = vsubq_s32(v, vreinterpretq_s32_u32(vcgtq_s32(g, thr[l])));
-      Out* dst = out + r * m_all + m;
-      if constexpr (std::is_same_v<Out, uint8_t>) {
-        const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(v)), vdup_n_u16(0)));
-        vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
-      } else {
-        vst1q_s32(dst, v);
-      }
-    }
-  }
-  if (full < m_all)
-    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
+  struct Levels {
+    int32x4_t sign, thr[S + 1];  // S = 0: a layer with one output code
+  };
+  epilogue_by_fours(
+      pc, acc, ldc, rows, out, pc.g.m / 8 * 8,
+      [&](int64_t m) {
+        Levels k;
+        k.sign = vld1q_s32(&pc.level_signs[m]);
+        const int32_t* t = pc.level_thresholds.data() + (m / 16) * S * 16 + m % 16;
+        for (int l = 0; l < S; ++l) k.thr[l] = vld1q_s32(t + l * 16);
+        return k;
+      },
+      [&](const Levels& k, int32x4_t a) {
+        const int32x4_t g = vmulq_s32(a, k.sign);
+        int32x4_t v = base;
+        for (int l = 0; l < S; ++l) v = vsubq_s32(v, vreinterpretq_s32_u32(vcgtq_s32(g, k.thr[l])));
+        return v;
+      });
 }
 
 template <typename Out>
