@@ -48,32 +48,44 @@ inline int64x2_t clamp64(int64x2_t v, int64x2_t lo, int64x2_t hi) {
   return vbslq_s64(vcgtq_s64(v, hi), hi, v);
 }
 
-// clamp(RS(v, s) + zo, lo, hi) of 2 int64 lanes, RS(v, s) = (v + half + ((v >>> odd) & 1)) >> s with the logical
-// shift by odd = 64 for s = 0 (USHL by -64 yields 0): the shifts as negative counts (right, odd_right).
-inline int64x2_t round_clamp(int64x2_t v, int64x2_t right, int64x2_t odd_right, int64x2_t half, int64x2_t zero_point,
-                             int64x2_t lo, int64x2_t hi) {
-  const uint64x2_t bit = vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right), vdupq_n_u64(1));
-  const int64x2_t odd = vreinterpretq_s64_u64(bit);
-  v = vaddq_s64(vshlq_s64(vaddq_s64(vaddq_s64(v, half), odd), right), zero_point);
-  return clamp64(v, lo, hi);
+// clamp(RS(v, s) + zo, lo, hi) of 2 int64 lanes (RoundingShift2).
+inline int64x2_t round_clamp(int64x2_t v, const RoundingShift2& round, int64x2_t zero_point, int64x2_t lo,
+                             int64x2_t hi) {
+  return clamp64(vaddq_s64(round(v), zero_point), lo, hi);
 }
-
-// The counts and the rounding constant of round_clamp for shift s.
-inline int64_t right_count(int s) { return -s; }
-inline int64_t odd_right_count(int s) { return -rounding_odd_shift(s); }
 
 // round_clamp with one shift for every lane.
 struct Requant2 {
-  int64x2_t right, odd_right, half, zero_point, lo, hi;
+  RoundingShift2 round;
+  int64x2_t zero_point, lo, hi;
   explicit Requant2(const Requant& r)
-      : right(vdupq_n_s64(right_count(r.shift))),
-        odd_right(vdupq_n_s64(odd_right_count(r.shift))),
-        half(vdupq_n_s64(rounding_half(r.shift))),
+      : round(vdupq_n_s64(r.shift)),
         zero_point(vdupq_n_s64(r.zero_point)),
         lo(vdupq_n_s64(r.lo)),
         hi(vdupq_n_s64(r.hi)) {}
-  int64x2_t operator()(int64x2_t v) const { return round_clamp(v, right, odd_right, half, zero_point, lo, hi); }
+  int64x2_t operator()(int64x2_t v) const { return round_clamp(v, round, zero_point, lo, hi); }
 };
+
+// The runs' loop: 8 codes per step, each 4 int32 lanes through code4(x) (one input) or code4(a, b) (two); returns
+// the codes done.
+template <typename In, typename Out, typename Code4>
+int64_t map8(const In* src, Out* dst, int64_t count, Code4&& code4) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 x = load8(src + i);
+    store8(dst + i, {code4(x.lo), code4(x.hi)});
+  }
+  return i;
+}
+template <typename A, typename B, typename Out, typename Code4>
+int64_t map8(const A* a, const B* b, Out* dst, int64_t count, Code4&& code4) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const Lanes8 xa = load8(a + i), xb = load8(b + i);
+    store8(dst + i, {code4(xa.lo, xb.lo), code4(xa.hi, xb.hi)});
+  }
+  return i;
+}
 
 // The requantized codes of 4 lanes from their int64 values (low and high pairs), less the output offset.
 inline int32x4_t codes4(int64x2_t v_lo, int64x2_t v_hi, const Requant2& q, int32x4_t out_offset) {
@@ -90,12 +102,7 @@ int64_t requantize_run(const In* src, Out* dst, int64_t count, ClampAdd sat, int
   const ClampAdd128 s(sat);
   const Requant2 q(r);
   const int32x4_t m = vdupq_n_s32(multiplier), offset = vdupq_n_s32(r.out_offset);
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    const Lanes8 x = s(load8(src + i));
-    store8(dst + i, {requant_product4(x.lo, m, q, offset), requant_product4(x.hi, m, q, offset)});
-  }
-  return i;
+  return map8(src, dst, count, [&](int32x4_t x) { return requant_product4(s(x), m, q, offset); });
 }
 
 void requantize(CodesIn in, int64_t count, int32_t in_zero_point, int32_t multiplier, int shift,
@@ -110,16 +117,12 @@ int64_t add_run(const A* a, const B* b, Out* dst, int64_t count, ClampAdd sat_a,
   const ClampAdd128 sa(sat_a), sb(sat_b);
   const Requant2 q(r);
   const int32x4_t ma = vdupq_n_s32(a_multiplier), mb = vdupq_n_s32(b_multiplier), offset = vdupq_n_s32(r.out_offset);
-  auto sum4 = [&](int32x4_t xa, int32x4_t xb) {
+  return map8(a, b, dst, count, [&](int32x4_t xa, int32x4_t xb) {
+    xa = sa(xa);
+    xb = sb(xb);
     return codes4(vmlal_s32(vmull_s32(vget_low_s32(xa), vget_low_s32(ma)), vget_low_s32(xb), vget_low_s32(mb)),
                   vmlal_high_s32(vmull_high_s32(xa, ma), xb, mb), q, offset);
-  };
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    const Lanes8 xa = sa(load8(a + i)), xb = sb(load8(b + i));
-    store8(dst + i, {sum4(xa.lo, xb.lo), sum4(xa.hi, xb.hi)});
-  }
-  return i;
+  });
 }
 
 // The same in int32 lanes where the ranges of a - za and b - zb keep every step within int32 (add_fits_int32):
@@ -133,19 +136,13 @@ int64_t add32_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add
                   zp = vdupq_n_s32(r.zero_point), lo = vdupq_n_s32(r.lo), hi = vdupq_n_s32(r.hi),
                   offset = vdupq_n_s32(r.out_offset), right = vdupq_n_s32(-r.shift),
                   odd_right = vdupq_n_s32(-rounding_odd_shift32(r.shift));
-  auto code4 = [&](int32x4_t xa, int32x4_t xb) {
+  return map8(a, b, dst, count, [&](int32x4_t xa, int32x4_t xb) {
     const int32x4_t v = vmlaq_s32(vmulq_s32(vaddq_s32(xa, ca), ma), vaddq_s32(xb, cb), mb);
     const int32x4_t odd =
         vreinterpretq_s32_u32(vandq_u32(vshlq_u32(vreinterpretq_u32_s32(v), odd_right), vdupq_n_u32(1)));
     const int32x4_t y = vaddq_s32(vshlq_s32(vaddq_s32(vaddq_s32(v, half), odd), right), zp);
     return vsubq_s32(vminq_s32(vmaxq_s32(y, lo), hi), offset);
-  };
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    const Lanes8 xa = load8(a + i), xb = load8(b + i);
-    store8(dst + i, {code4(xa.lo, xb.lo), code4(xa.hi, xb.hi)});
-  }
-  return i;
+  });
 }
 
 void add(CodesIn a, int32_t a_zero_point, int32_t a_multiplier, CodesIn b, int32_t b_zero_point, int32_t b_multiplier,
@@ -163,15 +160,9 @@ int64_t mul_run(const A* a, const B* b, Out* dst, int64_t count, int32_t a_add, 
   const Requant2 q(r);
   const int32x4_t ca = vdupq_n_s32(a_add), cb = vdupq_n_s32(b_add), m = vdupq_n_s32(multiplier),
                   offset = vdupq_n_s32(r.out_offset);
-  auto code4 = [&](int32x4_t xa, int32x4_t xb) {
+  return map8(a, b, dst, count, [&](int32x4_t xa, int32x4_t xb) {
     return requant_product4(vmulq_s32(vaddq_s32(xa, ca), vaddq_s32(xb, cb)), m, q, offset);
-  };
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    const Lanes8 xa = load8(a + i), xb = load8(b + i);
-    store8(dst + i, {code4(xa.lo, xb.lo), code4(xa.hi, xb.hi)});
-  }
-  return i;
+  });
 }
 
 void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64_t b_channels, int32_t multiplier,
@@ -182,10 +173,7 @@ void mul(CodesIn a, int32_t a_zero_point, CodesIn b, int32_t b_zero_point, int64
 
 template <typename In, typename Out>
 int64_t clamp_run(const In* src, Out* dst, int64_t count, ClampAdd bounds) {
-  const ClampAdd128 c(bounds);
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) store8(dst + i, c(load8(src + i)));
-  return i;
+  return map8(src, dst, count, ClampAdd128(bounds));
 }
 
 void clamp(CodesIn in, int64_t count, int32_t lo, int32_t hi, CodesOut out) {
@@ -245,31 +233,20 @@ void lookup(CodesIn in, int64_t count, const int32_t* table, int64_t table_size,
     lookup_codes_scalar(in, count, table, table_size, input_min, out);
 }
 
-// Per-channel constants of affine_codes, int64 [3][channels]: round_clamp's right and odd_right counts and half.
-std::vector<int64_t> affine_constants(int64_t channels, const uint8_t* shift) {
-  std::vector<int64_t> c(static_cast<size_t>(3 * channels));
-  for (int64_t ch = 0; ch < channels; ++ch) {
-    c[ch] = right_count(shift[ch]);
-    c[channels + ch] = odd_right_count(shift[ch]);
-    c[2 * channels + ch] = rounding_half(shift[ch]);
-  }
-  return c;
-}
-
 template <typename In, typename Out>
 void affine_run(const In* src, Out* dst, int64_t positions, int64_t channels, ClampAdd sat, const int32_t* multiplier,
                 const uint8_t* shift, const int64_t* bias, int32_t out_zero_point, int32_t lo, int32_t hi,
                 int32_t out_offset) {
-  const std::vector<int64_t> per_channel = affine_constants(channels, shift);
-  const int64_t* constants = per_channel.data();
+  const int64_t full = channels / 8 * 8;
+  std::vector<RoundingShift2> rounds;  // channels [c, c + 2): rounds[c / 2], once per call
+  rounds.reserve(static_cast<size_t>(full / 2));
+  for (int64_t c = 0; c < full; c += 2) rounds.emplace_back(int64x2_t{shift[c], shift[c + 1]});
   const ClampAdd128 s(sat);
   const int32x4_t offset = vdupq_n_s32(out_offset);
   const int64x2_t zp = vdupq_n_s64(out_zero_point), vlo = vdupq_n_s64(lo), vhi = vdupq_n_s64(hi);
-  const int64_t full = channels / 8 * 8;
-  // channels [c, c + 2): x * multiplier + bias, rounded and clamped with the channels' constants
+  // channels [c, c + 2): x * multiplier + bias, rounded and clamped with the channels' shifts
   auto pair = [&](int64x2_t product, int64_t c) {
-    return vmovn_s64(round_clamp(vaddq_s64(product, vld1q_s64(bias + c)), vld1q_s64(constants + c),
-                                 vld1q_s64(constants + channels + c), vld1q_s64(constants + 2 * channels + c), zp, vlo,
+    return vmovn_s64(round_clamp(vaddq_s64(product, vld1q_s64(bias + c)), rounds[static_cast<size_t>(c / 2)], zp, vlo,
                                  vhi));
   };
   auto four = [&](int32x4_t x, int64_t c) {

@@ -181,25 +181,15 @@ void depthwise_u8_neon(const PackedConv& pc, const uint8_t* x, int32_t x_sub, in
 // logical shift by odd = 64 for s = 0 (USHL by -64 yields 0), then zero_point, the clamp after a saturating narrowing
 // (the clamp bounds are int32) and store_offset. The float logits: FMLA is the fused fma of the scalar form.
 struct Requant4 {
-  int64x2_t bias[2], half[2], right[2], odd_right[2];
+  int64x2_t bias[2];
+  RoundingShift2 round[2];
   int32x4_t multiplier;
-  Requant4(const ConvEpilogue& e, int64_t m) {
-    multiplier = vld1q_s32(e.multiplier.data() + m);
-    const int32x4_t shift = vld1q_s32(e.shift.data() + m);
-    for (int h = 0; h < 2; ++h) {
-      const int64x2_t s = vmovl_s32(h ? vget_high_s32(shift) : vget_low_s32(shift));
-      bias[h] = vld1q_s64(e.bias.data() + m + 2 * h);
-      half[h] = vshrq_n_s64(vsubq_s64(vshlq_s64(vdupq_n_s64(1), s), vdupq_n_s64(1)), 1);
-      right[h] = vnegq_s64(s);
-      odd_right[h] = vbslq_s64(vceqzq_s64(s), vdupq_n_s64(-64), right[h]);
-    }
-  }
-  int64x2_t rounded(int64x2_t v, int h) const {
-    v = vaddq_s64(v, bias[h]);
-    const int64x2_t odd = vreinterpretq_s64_u64(vandq_u64(vshlq_u64(vreinterpretq_u64_s64(v), odd_right[h]),
-                                                          vdupq_n_u64(1)));
-    return vshlq_s64(vaddq_s64(vaddq_s64(v, half[h]), odd), right[h]);
-  }
+  Requant4(const ConvEpilogue& e, int64_t m)
+      : bias{vld1q_s64(e.bias.data() + m), vld1q_s64(e.bias.data() + m + 2)},
+        round{RoundingShift2(vmovl_s32(vld1_s32(e.shift.data() + m))),
+              RoundingShift2(vmovl_s32(vld1_s32(e.shift.data() + m + 2)))},
+        multiplier(vld1q_s32(e.multiplier.data() + m)) {}
+  int64x2_t rounded(int64x2_t v, int h) const { return round[h](vaddq_s64(v, bias[h])); }
 };
 
 // 4 codes as Out: int32 lanes, narrowed to uint8 (the stored codes of a uint8 output lie in [0, 255]), or floats.
