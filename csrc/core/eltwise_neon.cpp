@@ -276,7 +276,7 @@ void add_to_sums(int64_t* sums, int32x4_t v) {
   vst1q_s64(sums + 2, vaddw_high_s32(vld1q_s64(sums + 2), v));
 }
 
-void sum_u8(const uint8_t* src, int64_t positions, int64_t channels, int64_t* sums) {
+void sum_typed(const uint8_t* src, int64_t positions, int64_t channels, InputRange, int64_t* sums) {
   constexpr int64_t kRun = 257;
   const int64_t full = channels / 16 * 16;
   for (int64_t ch = 0; ch < full; ch += 16)
@@ -298,8 +298,8 @@ void sum_u8(const uint8_t* src, int64_t positions, int64_t channels, int64_t* su
     for (int64_t ch = full; ch < channels; ++ch) sums[ch] += src[p * channels + ch];
 }
 
-void sum_i32(const int32_t* src, int64_t positions, int64_t channels, int64_t run, int64_t* sums) {
-  const int64_t full = channels / 4 * 4;
+void sum_typed(const int32_t* src, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
+  const int64_t full = channels / 4 * 4, run = sum_run<int32_t>(stored);
   for (int64_t ch = 0; ch < full; ch += 4) {
     if (run < kMinSumRun) {
       int64x2_t lo = vld1q_s64(sums + ch), hi = vld1q_s64(sums + ch + 2);
@@ -324,15 +324,11 @@ void sum_i32(const int32_t* src, int64_t positions, int64_t channels, int64_t ru
 }
 
 void sum_positions(CodesIn in, int64_t positions, int64_t channels, InputRange stored, int64_t* sums) {
-  if (in.storage == Storage::U8)
-    sum_u8(static_cast<const uint8_t*>(in.data), positions, channels, sums);
-  else if (in.storage == Storage::I32)
-    sum_i32(static_cast<const int32_t*>(in.data), positions, channels, sum_run<int32_t>(stored), sums);
-  else
+  if (!with_vector_input(in, [&](auto src) { sum_typed(src, positions, channels, stored, sums); }))
     sum_positions_scalar(in, positions, channels, stored, sums);
 }
 
-void max_u8(const uint8_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
+void max_typed(const uint8_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
   const int64_t full = channels / 16 * 16;
   for (int64_t ch = 0; ch < full; ch += 16) {
     uint8x16_t m = vdupq_n_u8(0);
@@ -347,7 +343,7 @@ void max_u8(const uint8_t* src, int64_t positions, int64_t channels, int32_t* ma
     for (int64_t ch = full; ch < channels; ++ch) maxima[ch] = std::max<int32_t>(maxima[ch], src[p * channels + ch]);
 }
 
-void max_i32(const int32_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
+void max_typed(const int32_t* src, int64_t positions, int64_t channels, int32_t* maxima) {
   const int64_t full = channels / 4 * 4;
   for (int64_t ch = 0; ch < full; ch += 4) {
     int32x4_t m = vld1q_s32(maxima + ch);
@@ -360,11 +356,7 @@ void max_i32(const int32_t* src, int64_t positions, int64_t channels, int32_t* m
 
 void max_positions(CodesIn in, int64_t positions, int64_t channels, int32_t* maxima) {
   if (positions < 1) return;  // the uint8 vectors start from 0
-  if (in.storage == Storage::U8)
-    max_u8(static_cast<const uint8_t*>(in.data), positions, channels, maxima);
-  else if (in.storage == Storage::I32)
-    max_i32(static_cast<const int32_t*>(in.data), positions, channels, maxima);
-  else
+  if (!with_vector_input(in, [&](auto src) { max_typed(src, positions, channels, maxima); }))
     max_positions_scalar(in, positions, channels, maxima);
 }
 

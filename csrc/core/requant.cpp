@@ -17,12 +17,7 @@ namespace {
 // Calls f(typed pointer) for the storage of a code buffer.
 template <typename F>
 void with_input(const CodesIn& in, F&& f) {
-  if (in.storage == Storage::U8)
-    f(static_cast<const uint8_t*>(in.data));
-  else if (in.storage == Storage::I32)
-    f(static_cast<const int32_t*>(in.data));
-  else
-    throw std::invalid_argument("codes must be stored as U8 or I32");
+  if (!with_vector_input(in, f)) throw std::invalid_argument("codes must be stored as U8 or I32");
 }
 
 template <typename F>
