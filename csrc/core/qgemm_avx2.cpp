@@ -218,20 +218,13 @@ QCNN_AVX2 void depthwise_u8_avx2(const PackedConv& pc, const uint8_t* x, int32_t
                                  int32_t* acc, Workspace& ws) {
   const ConvGeom& g = pc.g;
   const int64_t c = g.c, ldc = c + 8, taps = g.k(), pairs = (taps + 1) / 2;
-  ws.border.assign(static_cast<size_t>(c), static_cast<uint8_t>(x_sub));
+  const int32_t* start = depthwise_u8_starts(pc, x_sub, rows, ldc, acc, ws);
   ws.taps.resize(static_cast<size_t>(2 * pairs));
-  int32_t* start = acc + rows * ldc;  // -x_sub * sum_t w[t][c]
-  for (int64_t ch = 0; ch < c; ++ch) start[ch] = -x_sub * pc.dw_sums[ch];
   const uint8_t** src = ws.taps.data();
   src[2 * pairs - 1] = ws.border.data();  // the odd tap's partner (its weights are 0)
   const int16_t* w = pc.dw_pairs.data();
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
-    for (int ky = 0, t = 0; ky < g.kh; ++ky)
-      for (int kx = 0; kx < g.kw; ++kx, ++t) {
-        const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh, ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
-        src[t] = iy < 0 || iy >= g.h || ix < 0 || ix >= g.w ? ws.border.data() : x + (iy * g.w + ix) * c;
-      }
+    depthwise_tap_rows(g, x, ws.border.data(), p0 + r, src);
     int32_t* row = acc + r * ldc;
     int64_t c0 = 0;
     for (; c0 + 16 <= c; c0 += 16) {

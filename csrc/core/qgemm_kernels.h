@@ -153,6 +153,28 @@ struct ConvKernels {
   }
 };
 
+// For the depthwise kernels on uint8 codes (ConvKernels::depthwise_u8): each channel's start, -x_sub * sum_t w[t][c],
+// in the C values after the tile's `rows` rows of acc (ldc apart), and ws.border, a row of x_sub for the taps in the
+// padding (x - x_sub = 0 there). Returns the starts.
+inline int32_t* depthwise_u8_starts(const PackedConv& pc, int32_t x_sub, int64_t rows, int64_t ldc, int32_t* acc,
+                                    Workspace& ws) {
+  ws.border.assign(static_cast<size_t>(pc.g.c), static_cast<uint8_t>(x_sub));
+  int32_t* start = acc + rows * ldc;
+  for (int64_t ch = 0; ch < pc.g.c; ++ch) start[ch] = -x_sub * pc.dw_sums[ch];
+  return start;
+}
+
+// The input pixels of output position p's taps in (ky, kx) order into src: `border` where a tap lies in the padding.
+inline void depthwise_tap_rows(const ConvGeom& g, const uint8_t* x, const uint8_t* border, int64_t p,
+                               const uint8_t** src) {
+  const int64_t oy = p / g.ow, ox = p % g.ow;
+  for (int ky = 0, t = 0; ky < g.kh; ++ky)
+    for (int kx = 0; kx < g.kw; ++kx, ++t) {
+      const int64_t iy = oy * g.sh - g.ph + int64_t{ky} * g.dh, ix = ox * g.sw - g.pw + int64_t{kx} * g.dw;
+      src[t] = iy < 0 || iy >= g.h || ix < 0 || ix >= g.w ? border : x + (iy * g.w + ix) * g.c;
+    }
+}
+
 // nullptr on builds for other architectures. The AVX-512 table (Isa::Avx512Vnni and Isa::Amx) is the AVX2 one with
 // the kernels AVX-512 does better replaced; the aarch64 tables are the scalar one with their quad GEMM in place.
 const ConvKernels* conv_kernels_avx2();
