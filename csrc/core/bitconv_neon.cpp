@@ -76,7 +76,8 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
 
 // quad[q] = sum_i v_{4q+i} << (B i) over n uint8 codes, 16 codes (4 quads) per step: v = (x - x_sub) & mask wraps
 // exactly in bytes, a uint16 lane b0 + 256 b1 becomes b0 + (b1 << B), a uint32 lane of two of those
-// p0 + 65536 p1 becomes p0 + (p1 << 2B). A last partial step reads a zero-filled copy (channels past n count as 0).
+// p0 + 65536 p1 becomes p0 + (p1 << 2B). A last partial step reads a copy filled with x_sub past its codes, so the
+// channels past n count as 0.
 void quad_values_neon(const uint8_t* src, int64_t n, int32_t x_sub, int bits, int64_t quads, uint32_t* quad) {
   const uint8x16_t sub = vdupq_n_u8(static_cast<uint8_t>(x_sub));
   const uint8x16_t mask = vdupq_n_u8(static_cast<uint8_t>((1 << bits) - 1));
@@ -88,15 +89,12 @@ void quad_values_neon(const uint8_t* src, int64_t n, int32_t x_sub, int bits, in
     if (len == 16) {
       v = vld1q_u8(src + c0);
     } else {
-      uint8_t tail[16] = {};
+      uint8_t tail[16];
+      std::memset(tail, static_cast<uint8_t>(x_sub), sizeof tail);
       std::memcpy(tail, src + c0, static_cast<size_t>(len));
       v = vld1q_u8(tail);
     }
     v = vandq_u8(vsubq_u8(v, sub), mask);
-    if (len < 16) {  // the copy's zeros minus x_sub are not zero: keep the first len lanes only
-      static constexpr uint8_t kIota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-      v = vandq_u8(v, vcltq_u8(vld1q_u8(kIota), vdupq_n_u8(static_cast<uint8_t>(len))));
-    }
     const uint16x8_t w = vreinterpretq_u16_u8(v);
     const uint16x8_t pairs = vorrq_u16(vandq_u16(w, vdupq_n_u16(0xFF)), vshlq_u16(vshrq_n_u16(w, 8), pair_shift));
     const uint32x4_t d = vreinterpretq_u32_u16(pairs);
