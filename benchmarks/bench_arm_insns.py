@@ -2,7 +2,7 @@
 end to end and per kernel family, on each aarch64 kernel path, and the MACs per instruction of the quad GEMMs.
 
 Models: bench_kernels.py's, on make demo's float baseline quantized post-training (W8: the int32-accumulator GEMM on
-every layer; binary-A2: binary weights, 2-bit activations; acc16: qcnn.search.accumulator's P = 16 plan, which
+every layer; binary-A1 / A2: binary weights, 1- / 2-bit activations; acc16: qcnn.search.accumulator's P = 16 plan, which
 declares 16-bit accumulators, and the same file with accumulator_bits removed), or runs/acc16_demo/model.qcnn (the
 retrained acc16 model of training/search_accumulator.py) where it exists.
 
@@ -14,7 +14,7 @@ plugin, with --profile, names each layer's kernel and MACs: "quad GEMM MACs/insn
 the quad GEMM (gemm neon / sdot / i8mm) by the instructions executed in its microkernels (padding included).
 
 Rows: ratio = anchor_insns / qcnn_insns per image (above 1: fewer instructions). Cases: each path against the scalar
-path on the same file; acc16 against its stripped file on the same path; binary-A2 against W8 on the same path.
+path on the same file; acc16 against its stripped file on the same path; binary-A1 and A2 against W8 on the same path.
 
   python benchmarks/bench_arm_insns.py [--json PATH] [--quick] [--images N]
 """
@@ -119,9 +119,10 @@ def build_models(quick: bool, tmp: Path) -> dict[str, Path]:
     float_model, cfg = load_float(baseline_dir(quick, tmp))
     calib = calibration_set(cfg)
     files = {}
-    binary_a2 = qconfig.load(ROOT / "configs" / "binary_study_a2.yaml").quant
-    built = {"W8": quantize_post_training(float_model, SCHEMES["W8"](), calib),
-             "binary-A2": quantize_post_training(float_model, binary_a2, calib)}
+    built = {"W8": quantize_post_training(float_model, SCHEMES["W8"](), calib)}
+    for bits in (1, 2):
+        binary = qconfig.load(ROOT / "configs" / f"binary_study_a{bits}.yaml").quant
+        built[f"binary-A{bits}"] = quantize_post_training(float_model, binary, calib)
     if not ACC16_RUN.is_file():
         built["acc16"] = acc16_model(float_model, calib)
     for name, model in built.items():
@@ -174,7 +175,8 @@ def main() -> None:
     for path in PATHS:
         row(f"acc16 on {path}", results["acc16", path], f"acc16 stripped on {path}", results["acc16 stripped", path],
             path)
-        row(f"binary-A2 on {path}", results["binary-A2", path], f"W8 on {path}", results["W8", path], path)
+        for binary in ("binary-A1", "binary-A2"):
+            row(f"{binary} on {path}", results[binary, path], f"W8 on {path}", results["W8", path], path)
     qemu_version = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     report("arm_insns", rows, args.json,
            extra={"instructions per image by kernel family": family_rows, "qemu": qemu_version,

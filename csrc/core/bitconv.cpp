@@ -17,15 +17,23 @@ constexpr int64_t kMaxTileRows = 128;
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int beta(int bits) { return 4 * ((1 << bits) - 1); }
 
+// Tables: [h + 2ph][quads][wq][16] bytes (bitconv.h). Popcount: [h + 2ph][wq][octets][B] bytes of bit planes, then
+// int32 sums of v: each pixel's [h + 2ph][wq], their kw-wide row windows [h + 2ph][ow] and each output position's
+// receptive field [oh][ow].
 struct ImageLayout {
-  int64_t wq, quad_stride, row_stride, total;  // strides in bytes
-  ImageLayout(const ConvGeom& g, int64_t quads, int lanes) {
-    wq = g.w + 2 * g.pw + (lanes - 1) * g.sw;
-    quad_stride = wq * kTableBytes;
-    row_stride = quads * quad_stride;
-    total = (g.h + 2 * g.ph) * row_stride;
+  int64_t wq, pixel_bytes, quad_stride, row_stride, sums_offset, windows_offset, fields_offset, total;  // in bytes
+  ImageLayout(const ConvGeom& g, const BitWeights& bw) {
+    const int64_t rows = g.h + 2 * g.ph, word = sizeof(int32_t);
+    wq = g.w + 2 * g.pw + (bw.lanes - 1) * g.sw;
+    pixel_bytes = bw.popcount ? bw.tap_steps * bw.act_bits : kTableBytes;
+    quad_stride = bw.popcount ? 0 : wq * kTableBytes;
+    row_stride = bw.popcount ? wq * pixel_bytes : bw.tap_steps * quad_stride;
+    sums_offset = round_up(rows * row_stride, word);
+    windows_offset = sums_offset + rows * wq * word;
+    fields_offset = windows_offset + rows * g.ow * word;
+    total = bw.popcount ? fields_offset + g.oh * g.ow * word : rows * row_stride;
   }
-  explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits.quads, pc.bits.lanes) {}
+  explicit ImageLayout(const PackedConv& pc) : ImageLayout(pc.g, pc.bits) {}
 };
 
 template <int R, int J>
@@ -39,9 +47,9 @@ void binary_kernel_scalar(const KernelArgs& a, const Slot* slots, const uint8_t*
         for (int i = 0; i < 16; ++i) {
           int32_t sum = 0;
           for (int64_t t = 0; t < a.taps; ++t)
-            for (int64_t q = 0; q < a.quads; ++q) {
+            for (int64_t q = 0; q < a.tap_steps; ++q) {
               const uint8_t pattern = patterns[j * a.group_stride + pattern_index(a, t, q) + i];
-              sum += base[a.step_offsets[t * a.quads + q] + pattern];
+              sum += base[a.step_offsets[t * a.tap_steps + q] + pattern];
             }
           acc[out * ldc + j * 16 + i] = sum - a.bias;
         }
@@ -55,12 +63,20 @@ const BinaryKernels& binary_kernels(Isa isa) {
                                     2,
                                     {{QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)},
                                      {QCNN_BINARY_ROW(binary_kernel_scalar, 1), QCNN_BINARY_ROW(binary_kernel_scalar, 2)}},
+                                    nullptr,
+                                    0,
+                                    {},
                                     nullptr};
   const BinaryKernels* vector = has_avx512(isa) ? binary_kernels_avx512()
                                : has_avx2(isa)   ? binary_kernels_avx2()
                                : has_neon(isa)   ? binary_kernels_neon()
                                                  : nullptr;
   return vector ? *vector : scalar;
+}
+
+int64_t slots_per_call(const PackedConv& pc) {
+  const BinaryKernels& k = binary_kernels(pc.isa);
+  return pc.bits.popcount ? k.popcount_slots : k.slots;
 }
 
 // quad[q] = sum_i v_{4q+i} << (B i) for q < quads, over the n channels at src (n < 4 quads zero-fills
@@ -84,7 +100,8 @@ void row_quads(const PackedConv& pc, const T* row, int32_t x_sub, uint32_t* quad
   const ConvGeom& g = pc.g;
   const BitWeights& bw = pc.bits;
   const bool whole_row = g.c % 4 == 0;
-  const int64_t runs = whole_row ? 1 : g.w, run = whole_row ? g.w * g.c : g.c, run_quads = whole_row ? g.w * bw.quads : bw.quads;
+  const int64_t runs = whole_row ? 1 : g.w, run = whole_row ? g.w * g.c : g.c;
+  const int64_t run_quads = whole_row ? g.w * bw.tap_steps : bw.tap_steps;
   const auto vector_quads = binary_kernels(pc.isa).quad_values_u8;
   for (int64_t i = 0; i < runs; ++i) {
     if constexpr (std::is_same_v<T, uint8_t>) {
@@ -112,7 +129,7 @@ void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vecto
   const ImageLayout layout(pc);
   const auto zero_table = static_cast<uint8_t>(beta(bw.act_bits));  // the table of v = 0
   image.resize(static_cast<size_t>(layout.total));
-  quad.resize(static_cast<size_t>(g.w * bw.quads));
+  quad.resize(static_cast<size_t>(g.w * bw.tap_steps));
   const int64_t left = g.pw, right = layout.wq - g.pw - g.w;  // border and spare tables of a row
   for (int64_t py = 0; py < g.h + 2 * g.ph; ++py) {
     uint8_t* row = image.data() + py * layout.row_stride;
@@ -125,7 +142,7 @@ void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vecto
     // locals: the byte stores below may alias anything, which would reload every member per table
     const uint8_t* tables = bw.tables.data();
     const uint32_t* values = quad.data();
-    const int64_t quads = bw.quads, w = g.w, quad_stride = layout.quad_stride;
+    const int64_t quads = bw.tap_steps, w = g.w, quad_stride = layout.quad_stride;
     for (int64_t q = 0; q < quads; ++q) {
       uint8_t* dst = row + q * quad_stride;
       zero_tables(dst, left, zero_table);
@@ -134,6 +151,78 @@ void bit_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vecto
       zero_tables(dst + (left + w) * kTableBytes, right, zero_table);
     }
   }
+}
+
+// The popcount form's planes and value sums of w pixels of c codes each (ImageLayout), v = (x - x_sub) masked to B
+// bits: bit i of byte (o, p) is bit p of channel 8 o + i's v (channels past c: 0).
+template <typename T>
+void pixel_planes(const T* src, int64_t w, int64_t c, int32_t x_sub, int bits, uint8_t* planes, int64_t pixel_bytes,
+                  int32_t* sums) {
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t ix = 0; ix < w; ++ix) {
+    uint8_t* dst = planes + ix * pixel_bytes;
+    std::memset(dst, 0, static_cast<size_t>(pixel_bytes));
+    int32_t sum = 0;
+    for (int64_t i = 0; i < c; ++i) {
+      const uint32_t v = static_cast<uint32_t>(static_cast<int64_t>(src[ix * c + i]) - x_sub) & mask;
+      sum += static_cast<int32_t>(v);
+      for (int b = 0; b < bits; ++b) dst[(i / 8) * bits + b] |= static_cast<uint8_t>(((v >> b) & 1) << (i % 8));
+    }
+    sums[ix] = sum;
+  }
+}
+
+template <typename T>
+void plane_image_typed(const PackedConv& pc, const T* x, int32_t x_sub, std::vector<uint8_t>& image) {
+  const ConvGeom& g = pc.g;
+  const BitWeights& bw = pc.bits;
+  const ImageLayout layout(pc);
+  image.resize(static_cast<size_t>(layout.total));
+  const auto vector_planes = binary_kernels(pc.isa).planes_u8;
+  for (int64_t py = 0; py < g.h + 2 * g.ph; ++py) {
+    uint8_t* row = image.data() + py * layout.row_stride;
+    auto* sums = reinterpret_cast<int32_t*>(image.data() + layout.sums_offset) + py * layout.wq;
+    const int64_t iy = py - g.ph;
+    if (iy < 0 || iy >= g.h) {  // the border: v = 0
+      std::memset(row, 0, static_cast<size_t>(layout.row_stride));
+      std::fill(sums, sums + layout.wq, 0);
+      continue;
+    }
+    const int64_t left = g.pw, right = layout.wq - g.pw - g.w;
+    std::memset(row, 0, static_cast<size_t>(left * layout.pixel_bytes));
+    std::fill(sums, sums + left, 0);
+    const T* src = x + iy * g.w * g.c;
+    uint8_t* planes = row + left * layout.pixel_bytes;
+    bool done = false;
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      if (vector_planes) {
+        vector_planes(src, g.w, g.c, x_sub, bw.act_bits, planes, layout.pixel_bytes, sums + left);
+        done = true;
+      }
+    }
+    if (!done) pixel_planes(src, g.w, g.c, x_sub, bw.act_bits, planes, layout.pixel_bytes, sums + left);
+    std::memset(row + (left + g.w) * layout.pixel_bytes, 0, static_cast<size_t>(right * layout.pixel_bytes));
+    std::fill(sums + left + g.w, sums + layout.wq, 0);
+  }
+  // each output position's sum of v, in two separable passes over the pixel sums
+  const auto* sums = reinterpret_cast<const int32_t*>(image.data() + layout.sums_offset);
+  auto* windows = reinterpret_cast<int32_t*>(image.data() + layout.windows_offset);
+  auto* fields = reinterpret_cast<int32_t*>(image.data() + layout.fields_offset);
+  const int64_t ow = g.ow, sw = g.sw;
+  std::fill(windows, windows + (g.h + 2 * g.ph) * ow, 0);
+  for (int64_t py = 0; py < g.h + 2 * g.ph; ++py)
+    for (int kx = 0; kx < g.kw; ++kx) {
+      const int32_t* src = sums + py * layout.wq + int64_t{kx} * g.dw;
+      int32_t* dst = windows + py * ow;
+      for (int64_t ox = 0; ox < ow; ++ox) dst[ox] += src[ox * sw];
+    }
+  std::fill(fields, fields + g.oh * ow, 0);
+  for (int64_t oy = 0; oy < g.oh; ++oy)
+    for (int ky = 0; ky < g.kh; ++ky) {
+      const int32_t* src = windows + (oy * g.sh + int64_t{ky} * g.dh) * ow;
+      int32_t* dst = fields + oy * ow;
+      for (int64_t ox = 0; ox < ow; ++ox) dst[ox] += src[ox];
+    }
 }
 
 }  // namespace
@@ -153,22 +242,41 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x) {
 BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa) {
   BitWeights bw;
   bw.act_bits = act_bits;
-  bw.lanes = binary_kernels(isa).lanes;
-  bw.quads = (g.c + 3) / 4;
+  const BinaryKernels& kernels = binary_kernels(isa);
+  bw.lanes = kernels.lanes;
   const int64_t groups = round_up(g.m, 16) / 16, taps = int64_t{g.kh} * g.kw;
-  bw.patterns.assign(static_cast<size_t>(groups * taps * bw.quads * kPatternBytes), 0);
+  if (kernels.popcount[act_bits - 1][0][0]) {
+    bw.popcount = true;
+    bw.tap_steps = (g.c + 7) / 8;
+    bw.patterns.assign(static_cast<size_t>(groups * taps * bw.tap_steps * kPlanePatternBytes), 0);
+    for (int64_t m = 0; m < g.m; ++m)
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t c = 0; c < g.c; ++c)
+          if (weight[m * g.k() + t * g.c + c] == 1)
+            bw.patterns[static_cast<size_t>((((m / 16) * taps + t) * bw.tap_steps + c / 8) * kPlanePatternBytes +
+                                            m % 16)] |= static_cast<uint8_t>(1u << (c % 8));
+    const ImageLayout layout(g, bw);
+    for (int ky = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx)
+        for (int64_t o = 0; o < bw.tap_steps; ++o)
+          bw.step_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride +
+                                    int64_t{kx} * g.dw * layout.pixel_bytes + o * act_bits);
+    return bw;
+  }
+  bw.tap_steps = (g.c + 3) / 4;
+  bw.patterns.assign(static_cast<size_t>(groups * taps * bw.tap_steps * kPatternBytes), 0);
   for (int64_t m = 0; m < g.m; ++m)
     for (int64_t t = 0; t < taps; ++t)
       for (int64_t c = 0; c < g.c; ++c)
         if (weight[m * g.k() + t * g.c + c] == 1) {
-          uint8_t* p = bw.patterns.data() + (((m / 16) * taps + t) * bw.quads + c / 4) * kPatternBytes + m % 16;
+          uint8_t* p = bw.patterns.data() + (((m / 16) * taps + t) * bw.tap_steps + c / 4) * kPatternBytes + m % 16;
           p[0] |= static_cast<uint8_t>(1u << (c % 4));
           p[16] = p[0];
         }
-  const ImageLayout layout(g, bw.quads, bw.lanes);
+  const ImageLayout layout(g, bw);
   for (int ky = 0; ky < g.kh; ++ky)
     for (int kx = 0; kx < g.kw; ++kx)
-      for (int64_t q = 0; q < bw.quads; ++q)
+      for (int64_t q = 0; q < bw.tap_steps; ++q)
         bw.step_offsets.push_back(int64_t{ky} * g.dh * layout.row_stride + int64_t{kx} * g.dw * kTableBytes +
                                   q * layout.quad_stride);
   const int b = beta(act_bits), values = 1 << (4 * act_bits);
@@ -188,7 +296,11 @@ BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bi
 
 void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image,
                std::vector<uint32_t>& quads) {
-  if (in == Storage::U8)
+  if (pc.bits.popcount && in == Storage::U8)
+    plane_image_typed(pc, static_cast<const uint8_t*>(x), x_sub, image);
+  else if (pc.bits.popcount)
+    plane_image_typed(pc, static_cast<const int32_t*>(x), x_sub, image);
+  else if (in == Storage::U8)
     bit_image_typed(pc, static_cast<const uint8_t*>(x), x_sub, image, quads);
   else
     bit_image_typed(pc, static_cast<const int32_t*>(x), x_sub, image, quads);
@@ -200,6 +312,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   const BitWeights& bw = pc.bits;
   const ImageLayout layout(pc);
   const int64_t taps = int64_t{g.kh} * g.kw, groups = round_up(g.m, 16) / 16;
+  const auto* fields = reinterpret_cast<const int32_t*>(image + layout.fields_offset);  // the popcount form's
   // Slots: `lanes` neighbours in a row; a row's (or the tile's) last outputs share one with padding lanes.
   scratch.resize(static_cast<size_t>(rows * kSlotWords));
   auto* slots = reinterpret_cast<Slot*>(scratch.data());
@@ -208,28 +321,36 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
     const int64_t p = p0 + r, oy = p / g.ow, ox = p % g.ow;
     const int64_t n = std::min<int64_t>({bw.lanes, rows - r, g.ow - ox});
     Slot& slot = slots[nslots++];
-    slot.offset = oy * g.sh * layout.row_stride + ox * g.sw * kTableBytes;
-    for (int lane = 0; lane < kMaxLanes; ++lane) slot.out[lane] = lane < n ? r + lane : -1;
+    slot.offset = oy * g.sh * layout.row_stride + ox * g.sw * layout.pixel_bytes;
+    for (int lane = 0; lane < kMaxLanes; ++lane) {
+      slot.out[lane] = lane < n ? r + lane : -1;
+      slot.value_sum[lane] = bw.popcount && lane < n ? fields[p + lane] : 0;
+    }
     r += n;
   }
   KernelArgs a{};
   a.image = image;
   a.step_offsets = bw.step_offsets.data();
   a.taps = taps;
-  a.quads = bw.quads;
-  a.lane1 = int64_t{g.sw} * kTableBytes;
-  a.group_stride = taps * bw.quads * kPatternBytes;
-  const int step_max = 2 * beta(bw.act_bits);
-  a.flush = 255 / step_max;
+  a.tap_steps = bw.tap_steps;
+  a.lane1 = int64_t{g.sw} * layout.pixel_bytes;
+  a.group_stride = taps * bw.tap_steps * (bw.popcount ? kPlanePatternBytes : kPatternBytes);
+  // the 16-bit sums: each step adds at most 2 beta (tables) or 2 (2^B - 1) bytes of at most 8 (popcount, planes
+  // weighted 2^(p + 1))
+  const int step_max = bw.popcount ? 16 * ((1 << bw.act_bits) - 1) : 2 * beta(bw.act_bits);
+  a.flush = bw.popcount ? kPopcountFlush : 255 / step_max;
   a.epoch = int64_t{65535 / step_max} / a.flush * a.flush;
-  a.bias = static_cast<int32_t>(beta(bw.act_bits) * taps * bw.quads);
+  a.bias = static_cast<int32_t>(beta(bw.act_bits) * taps * bw.tap_steps);
   const bool contiguous = g.sw == 1;
   const BinaryKernels& k = binary_kernels(pc.isa);
+  const int64_t per_call = slots_per_call(pc);
   for (int64_t b = 0; b < groups; b += kGroups) {
     const int jn = static_cast<int>(std::min<int64_t>(kGroups, groups - b));
-    for (int64_t s = 0; s < nslots; s += k.slots) {
-      const int sn = static_cast<int>(std::min<int64_t>(k.slots, nslots - s));
-      k.kernel[contiguous][sn - 1][jn - 1](a, slots + s, bw.patterns.data() + b * a.group_stride, acc + b * 16, ldc);
+    for (int64_t s = 0; s < nslots; s += per_call) {
+      const int sn = static_cast<int>(std::min<int64_t>(per_call, nslots - s));
+      const BinaryKernel kernel =
+          bw.popcount ? k.popcount[bw.act_bits - 1][sn - 1][jn - 1] : k.kernel[contiguous][sn - 1][jn - 1];
+      kernel(a, slots + s, bw.patterns.data() + b * a.group_stride, acc + b * 16, ldc);
     }
   }
 }
@@ -237,7 +358,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
 // Whole output rows, at least kTileRows positions, and where it fits in kMaxTileRows a slot count that fills
 // every microkernel call (a row's last slot is partial, and a call with fewer slots costs as much per step).
 int64_t bit_tile_rows(const PackedConv& pc) {
-  const int64_t ow = pc.g.ow, per_row = (ow + pc.bits.lanes - 1) / pc.bits.lanes, per_call = binary_kernels(pc.isa).slots;
+  const int64_t ow = pc.g.ow, per_row = (ow + pc.bits.lanes - 1) / pc.bits.lanes, per_call = slots_per_call(pc);
   const int64_t rows = std::max<int64_t>(1, (kTileRows + ow - 1) / ow);
   for (int64_t r = rows; r * ow <= kMaxTileRows; ++r)
     if (r * per_row % per_call == 0) return r * ow;

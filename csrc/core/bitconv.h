@@ -17,6 +17,12 @@
 //
 // On AVX-512 BW (Isa::Avx512Vnni, Isa::Amx) a zmm register holds the tables of four output pixels: 256 MACs per vpshufb.
 //
+// The popcount form (BitWeights::popcount; NEON at B = 1, where it takes fewer instructions than the tables): each
+// pixel holds B bit planes of its v in bytes of 8 channels, each weight row its +1 positions as bits, and with
+// S_p = popcount(bits & plane_p) summed over the receptive field an output is 2 sum_p 2^p S_p - sum v. An AND, a
+// CNT and an ADD do 16 channels x 8 input channels per plane; the sum of v of each output position is taken once
+// per image.
+//
 // Table image: [h + 2ph][quads][w + 2pw + (lanes - 1) sw][16] bytes, border and spare columns holding the
 // tables of v = 0 (every entry beta). The spare columns are the padding lanes of a row's last slot.
 #pragma once
@@ -34,7 +40,7 @@ int binary_act_bits(const ConvGeom& g, const int16_t* weight, InputRange x);
 // isa: the kernel's pixels per register (BitWeights::lanes) set the table image's spare columns.
 BitWeights pack_bit_weights(const ConvGeom& g, const int16_t* weight, int act_bits, Isa isa);
 
-// One image's table image (layout above); `quads` is scratch for a row's quads.
+// One image's table image or bit planes (layouts above and in bitconv.cpp); `quads` is scratch for a row's quads.
 void bit_image(const PackedConv& pc, const void* x, Storage in, int32_t x_sub, std::vector<uint8_t>& image,
                std::vector<uint32_t>& quads);
 

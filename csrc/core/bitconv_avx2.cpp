@@ -50,7 +50,7 @@ QCNN_AVX2 void binary_kernel_avx2(const KernelArgs& a, const Slot* slots, const 
   const uint8_t* base[R];
   for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
   int64_t epoch_steps = 0;
-  const int64_t steps = a.taps * a.quads;
+  const int64_t steps = a.taps * a.tap_steps;
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
     for (int64_t s = s0; s < s1; ++s) {
@@ -128,7 +128,10 @@ const BinaryKernels* binary_kernels_avx2() {
       2,
       {{QCNN_BINARY_ROW(binary_kernel_avx2, 1, , false), QCNN_BINARY_ROW(binary_kernel_avx2, 2, , false)},
        {QCNN_BINARY_ROW(binary_kernel_avx2, 1, , true), QCNN_BINARY_ROW(binary_kernel_avx2, 2, , true)}},
-      quad_values_avx2};
+      quad_values_avx2,
+      0,
+      {},
+      nullptr};
   return &kernels;
 }
 #else

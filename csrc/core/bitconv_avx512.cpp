@@ -43,7 +43,7 @@ QCNN_AVX512VNNI void binary_kernel_avx512(const KernelArgs& a, const Slot* slots
   for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
   int64_t epoch_steps = 0;
   bool first = true;
-  const int64_t steps = a.taps * a.quads;
+  const int64_t steps = a.taps * a.tap_steps;
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
     for (int64_t s = s0; s < s1; ++s) {
@@ -92,7 +92,10 @@ const BinaryKernels* binary_kernels_avx512() {
         QCNN_BINARY_ROW(binary_kernel_avx512, 3, , false), QCNN_BINARY_ROW(binary_kernel_avx512, 4, , false)},
        {QCNN_BINARY_ROW(binary_kernel_avx512, 1, , true), QCNN_BINARY_ROW(binary_kernel_avx512, 2, , true),
         QCNN_BINARY_ROW(binary_kernel_avx512, 3, , true), QCNN_BINARY_ROW(binary_kernel_avx512, 4, , true)}},
-      binary_kernels_avx2()->quad_values_u8};  // the AVX2 packing of the codes
+      binary_kernels_avx2()->quad_values_u8,  // the AVX2 packing of the codes
+      0,
+      {},
+      nullptr};
   return &kernels;
 }
 #else

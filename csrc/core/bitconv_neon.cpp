@@ -1,5 +1,6 @@
-// The binary kernel on aarch64 NEON (core/bitconv_kernels.h): TBL looks up 16 channels' sums in one output pixel's
-// table (BitWeights::lanes = 1), 64 MACs per lookup.
+// The binary kernels on aarch64 NEON (core/bitconv_kernels.h), one output pixel per slot (BitWeights::lanes = 1): TBL
+// looks up 16 channels' sums in the pixel's table, 64 MACs per lookup; the popcount form takes 16 channels' weight
+// bits over 8 input channels AND one bit plane of the pixel's, and CNT counts them, 128 MACs per plane.
 #include <algorithm>
 #include <cstring>
 
@@ -11,12 +12,13 @@ namespace qcnn {
 #ifdef QCNN_ARM
 namespace {
 
-// The 16-bit sums of R slots x J groups (channels 0-7, 8-15) into the int32 outputs, stored less the bias at the
-// first epoch, added after it; then zeroed.
+// The 16-bit sums of R slots x J groups (channels 0-7, 8-15) into the int32 outputs, stored less slot r's bias at
+// the first epoch, added after it; then zeroed.
 template <int R, int J>
-void widen_words(uint16x8_t (&words)[R][J][2], const Slot* slots, int32_t* acc, int64_t ldc, bool first, int32_t bias) {
-  const int32x4_t start = vdupq_n_s32(-bias);
-  for (int r = 0; r < R; ++r)
+void widen_words(uint16x8_t (&words)[R][J][2], const Slot* slots, int32_t* acc, int64_t ldc, bool first,
+                 const int64_t (&bias)[R]) {
+  for (int r = 0; r < R; ++r) {
+    const int32x4_t start = vdupq_n_s32(static_cast<int32_t>(-bias[r]));
     for (int j = 0; j < J; ++j) {
       if (slots[r].out[0] >= 0) {
         int32_t* dst = acc + slots[r].out[0] * ldc + j * 16;
@@ -28,6 +30,7 @@ void widen_words(uint16x8_t (&words)[R][J][2], const Slot* slots, int32_t* acc, 
       }
       words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
     }
+  }
 }
 
 // R slots x J groups (a group's patterns group_stride bytes apart): byte accumulators of biased table entries (at most
@@ -44,9 +47,11 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
     }
   const uint8_t* base[R];
   for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
+  int64_t bias[R];
+  std::fill(bias, bias + R, a.bias);
   int64_t epoch_steps = 0;
   bool first = true;
-  const int64_t steps = a.taps * a.quads;
+  const int64_t steps = a.taps * a.tap_steps;
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
     for (int64_t s = s0; s < s1; ++s) {
@@ -66,12 +71,63 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
         bytes[r][j] = vdupq_n_u8(0);
       }
     if ((epoch_steps += a.flush) == a.epoch) {
-      widen_words(words, slots, acc, ldc, first, a.bias);
+      widen_words(words, slots, acc, ldc, first, bias);
       first = false;
       epoch_steps = 0;
     }
   }
-  widen_words(words, slots, acc, ldc, first, a.bias);
+  widen_words(words, slots, acc, ldc, first, bias);
+}
+
+// The popcount form at 1 bit (at 2 bits the tables take fewer instructions: docs/BENCHMARKS.md), R slots x J groups:
+// with w = +1 on the set weight bits, sum_k w v = 2 popcount(bits & plane) - sum_k v. Per step (8 input channels of
+// one tap) LD1R replicates a pixel's plane byte, each group's 16 weight bytes AND it, CNT counts and ADD accumulates
+// into byte counters (at most 8 per step: kPopcountFlush steps), added into 16-bit sums as 2 count (USHLL) and
+// widened into the int32 outputs less the slot's sum of v every `epoch` steps. 3 x 6: 18 byte counters, 3 planes
+// and a weight register.
+template <int R, int J>
+void binary_popcount_neon(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
+  uint8x16_t counts[R][J];
+  uint16x8_t words[R][J][2];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      counts[r][j] = vdupq_n_u8(0);
+      words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
+    }
+  const uint8_t* base[R];
+  int64_t bias[R];
+  for (int r = 0; r < R; ++r) {
+    base[r] = a.image + slots[r].offset;
+    bias[r] = slots[r].value_sum[0];
+  }
+  int64_t epoch_steps = 0;
+  bool first = true;
+  const int64_t steps = a.taps * a.tap_steps;
+  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
+    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t offset = a.step_offsets[s];
+      const uint8_t* pt = patterns + s * kPlanePatternBytes;
+      uint8x16_t planes[R];
+      for (int r = 0; r < R; ++r) planes[r] = vld1q_dup_u8(base[r] + offset);
+      for (int j = 0; j < J; ++j) {
+        const uint8x16_t bits = vld1q_u8(pt + j * a.group_stride);
+        for (int r = 0; r < R; ++r) counts[r][j] = vaddq_u8(counts[r][j], vcntq_u8(vandq_u8(bits, planes[r])));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) {
+        words[r][j][0] = vaddq_u16(words[r][j][0], vshll_n_u8(vget_low_u8(counts[r][j]), 1));
+        words[r][j][1] = vaddq_u16(words[r][j][1], vshll_high_n_u8(counts[r][j], 1));
+        counts[r][j] = vdupq_n_u8(0);
+      }
+    if ((epoch_steps += a.flush) == a.epoch) {
+      widen_words(words, slots, acc, ldc, first, bias);
+      first = false;
+      epoch_steps = 0;
+    }
+  }
+  widen_words(words, slots, acc, ldc, first, bias);
 }
 
 // quad[q] = sum_i v_{4q+i} << (B i) over n uint8 codes, 16 codes (4 quads) per step: v = (x - x_sub) & mask wraps
@@ -110,6 +166,53 @@ void quad_values_neon(const uint8_t* src, int64_t n, int32_t x_sub, int bits, in
   }
 }
 
+// The popcount form's planes and value sums of w pixels of c uint8 codes (bitconv.cpp pixel_planes): CMTST selects
+// the codes with bit p set, AND weighs lane i by 2^(i % 8), and three pairwise adds (16 codes) or one ADDV (8) gather
+// each 8 lanes into a plane byte. A last partial octet reads a copy filled with x_sub past its codes (v = 0).
+void binary_planes_neon(const uint8_t* src, int64_t w, int64_t c, int32_t x_sub, int bits, uint8_t* planes,
+                        int64_t pixel_bytes, int32_t* sums) {
+  static const uint8_t kLaneBits[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t lane_bits = vld1q_u8(kLaneBits);
+  const uint8x16_t sub = vdupq_n_u8(static_cast<uint8_t>(x_sub));
+  const uint8x16_t mask = vdupq_n_u8(static_cast<uint8_t>((1 << bits) - 1));
+  auto octet = [&](uint8x8_t x, uint8_t* dst, uint32_t& sum) {
+    const uint8x8_t v = vand_u8(vsub_u8(x, vget_low_u8(sub)), vget_low_u8(mask));
+    sum += vaddlv_u8(v);
+    for (int p = 0; p < bits; ++p)
+      dst[p] = vaddv_u8(vand_u8(vtst_u8(v, vdup_n_u8(static_cast<uint8_t>(1 << p))), vget_low_u8(lane_bits)));
+  };
+  for (int64_t ix = 0; ix < w; ++ix) {
+    const uint8_t* px = src + ix * c;
+    uint8_t* dst = planes + ix * pixel_bytes;
+    uint32_t sum = 0;
+    int64_t c0 = 0;
+    for (; c0 + 16 <= c; c0 += 16, dst += 2 * bits) {
+      const uint8x16_t v = vandq_u8(vsubq_u8(vld1q_u8(px + c0), sub), mask);
+      sum += vaddlvq_u8(v);
+      for (int p = 0; p < bits; ++p) {
+        uint8x16_t m = vandq_u8(vtstq_u8(v, vdupq_n_u8(static_cast<uint8_t>(1 << p))), lane_bits);
+        m = vpaddq_u8(m, m);
+        m = vpaddq_u8(m, m);
+        m = vpaddq_u8(m, m);
+        dst[p] = vgetq_lane_u8(m, 0);
+        dst[bits + p] = vgetq_lane_u8(m, 1);
+      }
+    }
+    if (c0 + 8 <= c) {
+      octet(vld1_u8(px + c0), dst, sum);
+      c0 += 8;
+      dst += bits;
+    }
+    if (c0 < c) {
+      uint8_t tail[8];
+      std::memset(tail, static_cast<uint8_t>(x_sub), sizeof tail);
+      std::memcpy(tail, px + c0, static_cast<size_t>(c - c0));
+      octet(vld1_u8(tail), dst, sum);
+    }
+    sums[ix] = static_cast<int32_t>(sum);
+  }
+}
+
 }  // namespace
 
 const BinaryKernels* binary_kernels_neon() {
@@ -118,7 +221,11 @@ const BinaryKernels* binary_kernels_neon() {
       1,  // one pixel per slot: kContiguous (the second lane's place) does not matter
       {{QCNN_BINARY_ROW(binary_kernel_neon, 1, , false), QCNN_BINARY_ROW(binary_kernel_neon, 2, , false)},
        {QCNN_BINARY_ROW(binary_kernel_neon, 1, , true), QCNN_BINARY_ROW(binary_kernel_neon, 2, , true)}},
-      quad_values_neon};
+      quad_values_neon,
+      3,
+      {{QCNN_BINARY_ROW(binary_popcount_neon, 1), QCNN_BINARY_ROW(binary_popcount_neon, 2),
+        QCNN_BINARY_ROW(binary_popcount_neon, 3)}},  // 1 bit only
+      binary_planes_neon};
   return &kernels;
 }
 #else

@@ -854,7 +854,8 @@ std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int
 
 std::string conv_kernel_name(const PackedConv& pc) {
   switch (pc.kernel) {
-    case ConvKernel::Binary: return "binary a" + std::to_string(pc.bits.act_bits);
+    case ConvKernel::Binary:
+      return (pc.bits.popcount ? "binary popcount a" : "binary a") + std::to_string(pc.bits.act_bits);
     case ConvKernel::Acc16: return "gemm acc16";
     case ConvKernel::Amx: return "gemm amx";
     case ConvKernel::Vnni:

@@ -86,10 +86,13 @@ constexpr int kMaxThresholdLevels = 8;  // above, the 64-bit requantization is a
 struct BitWeights {
   int act_bits = 0;     // B; 0: the layer runs on a GEMM
   int lanes = 2;        // output pixels per register: 2 (AVX2, scalar), 4 (AVX-512) or 1 (NEON)
-  int64_t quads = 0;    // ceil(C / 4): table lookups per input pixel and tap
-  std::vector<uint8_t> patterns;  // [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels]: 4-bit sign patterns
-  std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T
-  std::vector<int64_t> step_offsets;  // [kh * kw][quads]: bytes from a pixel's tables to those of each tap and quad
+  bool popcount = false;  // the bit-plane form (bitconv.h) instead of the tables
+  int64_t tap_steps = 0;  // kernel steps per input pixel and tap: ceil(C / 4) quads, or ceil(C / 8) octets (popcount)
+  // Tables: [ceil(M / 16)][kh * kw][quads][2 lanes][16 channels] 4-bit sign patterns; popcount:
+  // [ceil(M / 16)][kh * kw][octets][16 channels] bytes of weight bits (bit i: channel 8 o + i has w = +1).
+  std::vector<uint8_t> patterns;
+  std::vector<uint8_t> tables;    // [2^(4B) quad values][16 patterns]: the biased sums T (not in the popcount form)
+  std::vector<int64_t> step_offsets;  // [kh * kw][tap_steps]: bytes from a pixel's data to that of each tap and step
 };
 
 // The kernel pack_conv chose for a layer, once: conv_image, conv_kernel_name and conv_scratch_bytes follow it.
@@ -161,7 +164,7 @@ struct PackedConv {
 // there instead of on either int16 GEMM, declared accumulator width or not: it accumulates in int32 at twice (or on
 // I8mm four times) acc16's MACs per instruction (docs/BENCHMARKS.md); with Isa::Amx the large ones run on the tile
 // GEMM (ConvKernel::Amx). On Isa::Neon the quad GEMM (widening multiplies) takes the layers acc16 does not.
-// Binary layers keep the table-lookup kernel.
+// Binary layers keep the binary kernel (tables, or on NEON at 1 bit the popcount form).
 PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi, Isa isa, InputRange x = {},
                      int accumulator_bits = 32);
 
@@ -202,8 +205,8 @@ int64_t count_accumulator_overflows(const ConvGeom& g, const int16_t* weight, co
 std::pair<int64_t, int64_t> conv_output_range(const ConvEpilogue& epi, const int16_t* weight, int64_t k,
                                               InputRange x);
 
-// The kernel pack_conv chose: "binary a1" / "a2" (activation bits), "gemm acc16", "gemm acc32", "gemm vnni",
-// "gemm amx" or "depthwise".
+// The kernel pack_conv chose: "binary a1" / "a2" (activation bits; "binary popcount a1" in the popcount form),
+// "gemm acc16", "gemm acc32", "gemm vnni", "gemm amx" or "depthwise".
 std::string conv_kernel_name(const PackedConv& pc);
 
 // Bytes of per-thread scratch conv_image uses for `pc` (row panel, accumulator tile, padded image).

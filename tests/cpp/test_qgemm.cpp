@@ -234,29 +234,31 @@ TEST_CASE("depthwise conv: every ISA path equals the direct reference", "[qgemm]
   }
 }
 
-// Binary weights with inputs of 1 to kMaxBinaryActBits bits: the table-lookup kernel. Wide fields
-// (up to 130 channels x 3 x 3 = 297 table steps) cross the AVX2 kernel's byte flush (every 10 or 31
-// steps), more than 96 output channels its 6-group blocks, and one field of 1,300 channels x 3 x 3
-// (2,925 steps at 2 bits) its 16-bit epoch (2,730 steps); odd output widths, strides and dilations pair
-// pixels with padding lanes.
+// Binary weights with inputs of 1 to kMaxBinaryActBits bits: the table-lookup kernels and NEON's popcount form.
+// Wide fields (up to 130 channels x 3 x 3 = 297 table steps) cross the byte flushes (tables every 10 or 31 steps,
+// popcount every 31), more than 96 output channels the 6-group blocks, and two fields their 16-bit epochs:
+// 1,300 channels x 3 x 3 at 2 bits (2,925 table steps, epoch 2,730; 1,467 popcount steps, epoch 1,364) and
+// 3,700 channels x 3 x 3 at 1 bit (8,325 table steps, epoch 8,184; 4,167 popcount steps, epoch 4,092); odd output
+// widths, strides and dilations pair pixels with padding lanes.
 TEST_CASE("binary kernel: binary weights equal the direct reference on every ISA path", "[qgemm][binary]") {
   std::mt19937 rng(11);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   for (Isa isa : kAllIsas) {
     if (!isa_supported(isa)) continue;
-    for (int trial = 0; trial < 121; ++trial) {
-      const bool epoch_case = trial == 120;
+    for (int trial = 0; trial < 122; ++trial) {
+      const bool epoch_case = trial >= 120, one_bit = trial == 121;
       const bool float_output = epoch_case || trial % 3 == 0;  // float: the exact sum, unclamped
       Case t = random_case(rng, float_output);
-      const int64_t c = epoch_case ? 1300 : trial % 10 == 0 ? pick(100, 130) : pick(1, 40);
+      const int64_t c = one_bit ? 3700 : epoch_case ? 1300 : trial % 10 == 0 ? pick(100, 130) : pick(1, 40);
       const int64_t m = epoch_case ? 17 : trial % 7 == 0 ? pick(90, 130) : pick(1, 30);
       const int kh = epoch_case ? 3 : pick(1, 3), kw = epoch_case ? 3 : pick(1, 3);
       const int dh = epoch_case ? 1 : pick(1, 2), dw = epoch_case ? 1 : pick(1, 2);
       const int64_t h = epoch_case ? 3 : pick(dh * (kh - 1) + 1, 9), w = epoch_case ? 3 : pick(dw * (kw - 1) + 1, 9);
       t.g = make_conv_geom(h, w, c, m, 1, kh, kw, pick(1, 2), pick(1, 2), pick(0, kh / 2 + 1), pick(0, kw / 2 + 1),
                            dh, dw);
-      const int bits = epoch_case ? 2 : pick(1, kMaxBinaryActBits);
-      const int32_t vmax = epoch_case ? 3 : pick(1 << (bits - 1), (1 << bits) - 1);  // needs exactly `bits` bits
+      const int bits = one_bit ? 1 : epoch_case ? 2 : pick(1, kMaxBinaryActBits);
+      // needs exactly `bits` bits
+      const int32_t vmax = epoch_case ? (1 << bits) - 1 : pick(1 << (bits - 1), (1 << bits) - 1);
       t.x_sub = pick(0, 255 - vmax);
       t.x.resize(static_cast<size_t>(h * w * c));
       for (auto& v : t.x) v = static_cast<uint8_t>(t.x_sub + (epoch_case ? vmax : pick(0, vmax)));

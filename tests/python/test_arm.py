@@ -86,8 +86,8 @@ INSN_PLUGIN = ROOT / "build" / "qemu_insn_count.so"
 
 
 # aarch64 encodings (mask, value) of the instructions the quad GEMMs are built on: SDOT by element (any Q, any lane)
-# and USMMLA.
-ENCODINGS = {"sdot": (0xBFC0F400, 0x0F80E000), "usmmla": (0xFFE0FC00, 0x4E80AC00)}
+# and USMMLA; and the binary popcount kernel's CNT (16 bytes).
+ENCODINGS = {"sdot": (0xBFC0F400, 0x0F80E000), "usmmla": (0xFFE0FC00, 0x4E80AC00), "cnt": (0xFFFFFC00, 0x4E205800)}
 
 
 def executed(model: Path, pixels: torch.Tensor, directory: Path, path: str) -> tuple[int, dict[str, int]]:
@@ -119,9 +119,33 @@ def test_instruction_counts(model_dir, tmp_path):
     for path in ARM_PATHS:
         totals[path], counts[path] = executed(model, pixels, tmp_path, path)
     assert totals["scalar"] > max(totals["neon"], totals["neondot"], totals["i8mm"]), totals
-    assert counts["scalar"] == {"sdot": 0, "usmmla": 0} and counts["neondot"]["usmmla"] == 0
+    assert counts["scalar"]["sdot"] == counts["scalar"]["usmmla"] == counts["neondot"]["usmmla"] == 0
     assert quad_macs <= 16 * counts["neondot"]["sdot"] <= 4 * quad_macs
     assert quad_macs <= 32 * counts["i8mm"]["usmmla"] <= 4 * quad_macs
+
+
+def test_binary_popcount(model_dir, tmp_path):
+    """Binary weights against 1-bit activations run on the popcount kernel on every NEON path (2-bit ones on the
+    tables): its CNTs cover the layers' MACs, 128 each (16 channels x 8 input channels), padding only adds."""
+    assert INSN_PLUGIN.is_file(), "build/qemu_insn_count.so (make setup)"
+    kernels = {}
+    for bits in (1, 2):
+        model = model_dir / f"binary_a{bits}.qcnn"
+        pixels = random_pixels(1, qcnn.load(model).input_shape, seed=4)
+        for path in ("neon", "neondot", "i8mm"):
+            report = run_infer_report(model, pixels, tmp_path, "--profile", command=qemu("max"),
+                                      env={"QCNN_ISA": path})[1]
+            kernels[bits, path] = [layer["kernel"] for layer in report["layers"] if layer["op"] in ("conv2d", "linear")]
+    for path in ("neon", "neondot", "i8mm"):
+        assert kernels[1, path][1:] == ["binary popcount a1"] * 2, kernels[1, path]
+        assert kernels[2, path][1:] == ["binary a2"] * 2, kernels[2, path]
+    model = model_dir / "binary_a1.qcnn"
+    pixels = random_pixels(1, qcnn.load(model).input_shape, seed=4)
+    report = run_infer_report(model, pixels, tmp_path, "--profile", command=qemu("max"), env={"QCNN_ISA": "neon"})[1]
+    binary_macs = sum(layer["macs_per_image"] for layer in report["layers"] if layer["kernel"].startswith("binary"))
+    assert binary_macs > 0
+    cnt = executed(model, pixels, tmp_path, "neon")[1]["cnt"]
+    assert binary_macs <= 128 * cnt <= 4 * binary_macs, (binary_macs, cnt)
 
 
 def test_embedding_example(model_dir, tmp_path):
