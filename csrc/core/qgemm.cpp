@@ -742,11 +742,15 @@ PackedConv pack_conv(const ConvGeom& g, const int16_t* weight, ConvEpilogue epi,
       pc.weights8.assign(static_cast<size_t>(blocks16 * pairs * 32), 0);
     for (int64_t m = 0; m < g.m; ++m)
       for (int64_t kk = 0; kk < k; ++kk) {
-        const int64_t at = ((m / 16) * pairs + packed_k(kk) / 2) * 32, lane = m % 16, half = packed_k(kk) % 2;
-        if (has_neon(isa))
-          pc.weights16[at + half * 16 + lane] = weight[m * k + kk];
-        else
+        const int64_t block = m / 16, lane = m % 16;
+        if (has_neon(isa)) {  // groups of kBlocks blocks (one microkernel call), [kp][blocks in the group x 16]
+          const int64_t first = block / kBlocks * kBlocks, in_group = std::min<int64_t>(kBlocks, blocks16 - first);
+          pc.weights16[first * pc.kp * 16 + packed_k(kk) * in_group * 16 + (block - first) * 16 + lane] =
+              weight[m * k + kk];
+        } else {
+          const int64_t at = (block * pairs + packed_k(kk) / 2) * 32, half = packed_k(kk) % 2;
           pc.weights8[at + lane * 2 + half] = static_cast<int8_t>(weight[m * k + kk]);
+        }
       }
   } else if (g.depthwise()) {  // [taps][C]
     const int64_t taps = k;

@@ -140,7 +140,8 @@ struct PackedConv {
   bool requant_unclamped = false;
   int32_t tie_free_out_add = 0, tie_free_out_lo = 0, tie_free_out_hi = 0;
   std::vector<int8_t> weights8;               // acc16: [M / 16 blocks][kp / 2][16][2]
-  std::vector<int16_t> weights16;             // acc16 on NEON (MLA multiplies int16 lanes): [M / 16 blocks][kp][16]
+  // acc16 on NEON (MLA multiplies int16 lanes): groups of kBlocks 16-channel blocks, [kp][the group's blocks x 16]
+  std::vector<int16_t> weights16;
   // The u8 x s8 VNNI GEMM (avx512vnni: one group, dilation 1 in x, int8 weights, a proven input range
   // at most 256 values wide): it reads u = x - z_x - x_lo in [0, 255] from a padded uint8 image (border
   // -x_lo, where x - z_x = 0) and starts each accumulator at x_lo * sum_k w[m][k], which undoes the shift.

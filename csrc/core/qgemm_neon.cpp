@@ -1,8 +1,10 @@
 // aarch64 Advanced SIMD (ARMv8.0, every aarch64 CPU) kernels of the convolutions (qgemm_kernels.h): the quad GEMM with
 // widening multiplies, the int16-accumulator GEMM, depthwise on uint8 codes and the requantizing and threshold
 // epilogues. Its table is the scalar one with these in place.
+#include <array>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "core/neon.h"
 #include "core/qgemm_kernels.h"
@@ -52,25 +54,39 @@ struct WideningPass {
   }
 };
 
-// The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x JB 16-channel blocks, c = sum over
-// k of a (uint8) times w (weights16's [block][k][16 channels]), 8 int16 lanes per MLA by element, twice the lanes of
-// the int32 path. The activations are the row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv proved
-// every partial sum of every channel inside int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap; they are
-// widened to int32 at the end.
-template <int R, int JB>
+// The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x J 16-channel blocks (a group of
+// weights16, [k][J x 16 channels]), c = sum over k of a (uint8) times w, 8 int16 lanes per MLA by element, twice the
+// lanes of the int32 path. The activations are the row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv
+// proved every partial sum of every channel inside int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap;
+// they are widened to int32 at the end. 3 x 48: 18 accumulators, 3 activation and 6 weight registers.
+// a, b = the two registers at byte kOffset from p in one LDP at an immediate offset (given the loads, GCC pairs only
+// some and spends an address add on others). The asm declares no memory read (a memory operand costs address adds
+// again): it reads packed weights, which nothing writes while a kernel runs.
+template <int kOffset>
+void load_pair(const int16_t* p, int16x8_t& a, int16x8_t& b) {
+  asm("ldp %q0, %q1, [%2, %3]" : "=w"(a), "=w"(b) : "r"(p), "i"(kOffset));
+}
+
+// wv[2 i], wv[2 i + 1] from byte kBase + 32 i.
+template <int kBase, size_t... I>
+void load_pairs(const int16_t* p, int16x8_t* wv, std::index_sequence<I...>) {
+  (load_pair<kBase + 32 * static_cast<int>(I)>(p, wv[2 * I], wv[2 * I + 1]), ...);
+}
+
+template <int R, int J>
 struct Acc16Pass {
-  static void run(const RowSource<uint8_t>& a, const int16_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
-    int16x8_t acc[R][2 * JB];
+  static constexpr int kWords = 2 * J;  // weight registers per k
+  static void run(const RowSource<uint8_t>& a, const int16_t* w, int32_t* c, int64_t ldc) {
+    int16x8_t acc[R][kWords];
     for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2 * JB; ++i) acc[r][i] = vdupq_n_s16(0);
-    const int16_t* wk[JB];  // each block's weights of the next k
-    for (int j = 0; j < JB; ++j) wk[j] = w + j * wblock;
+      for (int i = 0; i < kWords; ++i) acc[r][i] = vdupq_n_s16(0);
+    const int16_t* wk = w;  // the weights of the next k
     for (int64_t s = 0; s < a.segs; ++s) {
       const uint8_t* ar[R];
       for (int r = 0; r < R; ++r) ar[r] = a.row[r] + s * a.seg_stride;
       int64_t q = 0;
       int16x8_t av[R];
-      for (; q + 4 <= a.seg_steps; q += 4) {
+      for (; q + 4 <= a.seg_steps; q += 4, wk += 8 * kWords * 8) {
         for (int r = 0; r < R; ++r) av[r] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(ar[r] + 2 * q)));
         k_step<0>(acc, av, wk);
         k_step<1>(acc, av, wk);
@@ -81,43 +97,31 @@ struct Acc16Pass {
         k_step<6>(acc, av, wk);
         k_step<7>(acc, av, wk);
       }
-      for (; q < a.seg_steps; ++q) {
+      for (; q < a.seg_steps; ++q, wk += 2 * kWords * 8) {
         for (int r = 0; r < R; ++r) av[r] = vsetq_lane_s16(ar[r][2 * q + 1], vdupq_n_s16(ar[r][2 * q]), 1);
         k_step<0>(acc, av, wk);
         k_step<1>(acc, av, wk);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2 * JB; ++i) {
+      for (int i = 0; i < kWords; ++i) {
         vst1q_s32(c + r * ldc + 8 * i, vmovl_s16(vget_low_s16(acc[r][i])));
         vst1q_s32(c + r * ldc + 8 * i + 4, vmovl_high_s16(acc[r][i]));
       }
   }
-  // The k in lane L of av against its 16 channels' weights in each block, wk[j], which then move on to the next k.
+  // The k in lane L of av (k number L from wk) against its channels' weights.
   template <int L>
-  static void k_step(int16x8_t (&acc)[R][2 * JB], const int16x8_t (&av)[R], const int16_t* (&wk)[JB]) {
-    for (int j = 0; j < JB; ++j) {
-      const int16x8_t w0 = vld1q_s16(wk[j]), w1 = vld1q_s16(wk[j] + 8);
-      for (int r = 0; r < R; ++r) {
-        acc[r][2 * j] = vmlaq_laneq_s16(acc[r][2 * j], w0, av[r], L);
-        acc[r][2 * j + 1] = vmlaq_laneq_s16(acc[r][2 * j + 1], w1, av[r], L);
-      }
-      wk[j] += 16;
-    }
+  static void k_step(int16x8_t (&acc)[R][kWords], const int16x8_t (&av)[R], const int16_t* wk) {
+    int16x8_t wv[kWords];
+    load_pairs<L * kWords * 16>(wk, wv, std::make_index_sequence<J>());
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < kWords; ++i) acc[r][i] = vmlaq_laneq_s16(acc[r][i], wv[i], av[r], L);
   }
 };
 
-// The grid's R x J (J <= 3 blocks) in passes of at most 2 blocks: 3 rows x 32 channels, 12 accumulators (3 x 48 in one
-// pass spills them).
 template <int R, int J>
-void acc16_microkernel(const RowSource<uint8_t>& a, const int8_t* w, int64_t wblock, int32_t* c, int64_t ldc) {
-  const auto* w16 = reinterpret_cast<const int16_t*>(w);  // weights16, wblock bytes per block
-  if constexpr (J <= 2) {
-    Acc16Pass<R, J>::run(a, w16, wblock / 2, c, ldc);
-  } else {
-    Acc16Pass<R, 2>::run(a, w16, wblock / 2, c, ldc);
-    Acc16Pass<R, J - 2>::run(a, w16 + wblock, wblock / 2, c + 32, ldc);
-  }
+void acc16_microkernel(const RowSource<uint8_t>& a, const int8_t* w, int64_t, int32_t* c, int64_t ldc) {
+  Acc16Pass<R, J>::run(a, reinterpret_cast<const int16_t*>(w), c, ldc);
 }
 
 // Depthwise on uint8 codes (ConvKernels::depthwise_u8): per output position and 16 channels, each tap's codes widened
@@ -185,26 +189,55 @@ struct Requant4 {
   int64x2_t rounded(int64x2_t v, int h) const { return round[h](vaddq_s64(v, bias[h])); }
 };
 
-// 4 codes as Out: int32 lanes, narrowed to uint8 (the stored codes of a uint8 output lie in [0, 255]), or floats.
-inline void store4(int32_t* dst, int32x4_t code) { vst1q_s32(dst, code); }
-inline void store4(float* dst, float32x4_t v) { vst1q_f32(dst, v); }
-inline void store4(uint8_t* dst, int32x4_t code) {
-  const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(code)), vdup_n_u16(0)));
-  vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
+// N x 4 codes as Out: int32 lanes, narrowed to uint8 (the stored codes of a uint8 output lie in [0, 255]: UZP1 keeps
+// each lane's low half), or floats.
+template <int N>
+void store_fours(int32_t* dst, const int32x4_t (&codes)[N]) {
+  for (int i = 0; i < N; ++i) vst1q_s32(dst + 4 * i, codes[i]);
+}
+template <int N>
+void store_fours(float* dst, const float32x4_t (&codes)[N]) {
+  for (int i = 0; i < N; ++i) vst1q_f32(dst + 4 * i, codes[i]);
+}
+template <int N>
+void store_fours(uint8_t* dst, const int32x4_t (&codes)[N]) {
+  auto halves = [&](int i) { return vuzp1q_u16(vreinterpretq_u16_s32(codes[i]), vreinterpretq_u16_s32(codes[i + 1])); };
+  if constexpr (N == 4) {
+    vst1q_u8(dst, vuzp1q_u8(vreinterpretq_u8_u16(halves(0)), vreinterpretq_u8_u16(halves(2))));
+  } else if constexpr (N == 2) {
+    vst1_u8(dst, vmovn_u16(halves(0)));
+  } else {
+    static_assert(N == 1, "1, 2 or 4 fours");
+    const uint8x8_t bytes = vmovn_u16(vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(codes[0])), vdup_n_u16(0)));
+    vst1_lane_u32(reinterpret_cast<uint32_t*>(dst), vreinterpret_u32_u8(bytes), 0);
+  }
 }
 
-// The epilogues' loop: channels [0, full) four at a time, each block's constants(m) once, then for every row
-// code(constants, accumulators) stored as Out; the channels from `full` on by the scalar epilogue.
-template <typename Out, typename Constants, typename Code>
+// N blocks of 4 channels from m: constants(m + 4 i), then for every row code(constants, accumulators) stored as Out.
+template <int N, typename Out, typename Constants, typename Code, size_t... I>
+void epilogue_fours(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out, int64_t m,
+                    Constants& constants, Code& code, std::index_sequence<I...>) {
+  const std::array<decltype(constants(m)), N> k{constants(m + 4 * static_cast<int64_t>(I))...};
+  const int64_t m_all = pc.g.m;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* a = acc + r * ldc + m;
+    const decltype(code(k[0], vld1q_s32(a))) codes[N] = {code(k[I], vld1q_s32(a + 4 * I))...};
+    store_fours<N>(out + r * m_all + m, codes);
+  }
+}
+
+// The epilogues' loop: channels [0, full) in blocks of N x 4 (N: as many as the constants leave registers for),
+// then four at a time; the channels from `full` on by the scalar epilogue. The blocks take the rows' loop, the
+// narrowing and the store once per 4 N codes.
+template <int N, typename Out, typename Constants, typename Code>
 void epilogue_by_fours(const PackedConv& pc, const int32_t* acc, int64_t ldc, int64_t rows, Out* out, int64_t full,
                        Constants&& constants, Code&& code) {
-  const int64_t m_all = pc.g.m;
-  for (int64_t m = 0; m < full; m += 4) {
-    const auto k = constants(m);
-    for (int64_t r = 0; r < rows; ++r) store4(out + r * m_all + m, code(k, vld1q_s32(acc + r * ldc + m)));
-  }
-  if (full < m_all)
-    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, m_all, out + r * m_all);
+  int64_t m = 0;
+  for (; m + 4 * N <= full; m += 4 * N)
+    epilogue_fours<N>(pc, acc, ldc, rows, out, m, constants, code, std::make_index_sequence<N>());
+  for (; m < full; m += 4) epilogue_fours<1>(pc, acc, ldc, rows, out, m, constants, code, std::index_sequence<0>());
+  if (full < pc.g.m)
+    for (int64_t r = 0; r < rows; ++r) epilogue_scalar(pc, acc + r * ldc, full, pc.g.m, out + r * pc.g.m);
 }
 
 template <typename Out>
@@ -216,14 +249,14 @@ void requantize_rows_neon(const PackedConv& pc, const RequantBlock*, const int32
     struct Affine {
       float32x4_t scale, bias;
     };
-    epilogue_by_fours(
+    epilogue_by_fours<4>(
         pc, acc, ldc, rows, out, m4,
         [&](int64_t m) { return Affine{vld1q_f32(e.scale.data() + m), vld1q_f32(e.float_bias.data() + m)}; },
         [](const Affine& f, int32x4_t a) { return vfmaq_f32(f.bias, vcvtq_f32_s32(a), f.scale); });
   } else {
     const int64x2_t zero_point = vdupq_n_s64(e.zero_point);
     const int32x4_t lo = vdupq_n_s32(e.lo), hi = vdupq_n_s32(e.hi), offset = vdupq_n_s32(e.store_offset);
-    epilogue_by_fours(pc, acc, ldc, rows, out, m4, [&](int64_t m) { return Requant4(e, m); },
+    epilogue_by_fours<2>(pc, acc, ldc, rows, out, m4, [&](int64_t m) { return Requant4(e, m); },
                       [&](const Requant4& q, int32x4_t a) {
                         const int64x2_t product0 = vmull_s32(vget_low_s32(a), vget_low_s32(q.multiplier));
                         const int64x2_t v0 = vaddq_s64(q.rounded(product0, 0), zero_point);
@@ -245,7 +278,7 @@ void requantize_f64_neon(const PackedConv& pc, const int32_t* acc, int64_t ldc, 
   struct Scaled {
     float64x2_t scale[2], offset[2];
   };
-  epilogue_by_fours(
+  epilogue_by_fours<4>(
       pc, acc, ldc, rows, out, pc.g.m / 4 * 4,
       [&](int64_t m) {
         return Scaled{{vld1q_f64(&pc.requant_scale[m]), vld1q_f64(&pc.requant_scale[m + 2])},
@@ -267,7 +300,7 @@ void threshold_epilogue_neon(const PackedConv& pc, const int32_t* acc, int64_t l
   struct Levels {
     int32x4_t sign, thr[S + 1];  // S = 0: a layer with one output code
   };
-  epilogue_by_fours(
+  epilogue_by_fours<S <= 3 ? 4 : 2>(
       pc, acc, ldc, rows, out, pc.g.m / 8 * 8,
       [&](int64_t m) {
         Levels k;
