@@ -20,7 +20,7 @@ import torch
 
 import qcnn  # noqa: F401
 from common import machine, parser, report, row, time_call
-from qcnn.codebook import _ops as ops
+from qcnn._ops import codebook as ops
 
 # scikit-learn's Lloyd costs O(n k) per iteration: above this n * k it takes minutes, so it is skipped.
 SKLEARN_MAX_NK = 3e8

@@ -36,7 +36,7 @@ from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir
                           load_float, measure_inprocess, qcnn_load_runner, quantize_post_training)
 from common import parser, report
 from qcnn import config as qconfig, data
-from qcnn.export import read_qcnn, write_qcnn
+from qcnn.exporter import read_qcnn, write_qcnn
 from qcnn.search.accumulator_search import AccumulatorSearchConfig, accumulator
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ random images, qcnn W8A8, 3x224x224).
 - onnxruntime int8 (the anchor): the float net (its normalisation in the graph) exported to fp32 ONNX and quantized by
   onnxruntime's quantize_static (QDQ, per channel, QUInt8 activations, QInt8 weights, MinMax) on the calibration
   images of the qcnn model (bench_engine.quantize_onnx_int8);
-- qcnn onnx: qcnn.export.onnx_export.export_onnx of the qcnn model, calibrated on the same images (the values that
+- qcnn onnx: qcnn.exporter.onnx_export.export_onnx of the qcnn model, calibrated on the same images (the values that
   qcnn keeps wider than 8 bits get 8-bit grids, so that every layer fuses); with --exact also the export without
   calibration (those values stay float, their producers on float kernels). Its input is the normalised image,
   computed from the pixels inside each timed call.
@@ -44,8 +44,8 @@ from bench_torchvision import (BATCHES, BN_PASSES, CALIB_IMAGES, IMAGENET_MEAN, 
                                THREADS, PixelNet, export_onnx_fp32, float_net, measure, pixels, quantize_w8a8)
 from common import cpu_flags, parser, report, row
 from qcnn import data
-from qcnn.export import to_graph
-from qcnn.export.onnx_export import export_onnx
+from qcnn.exporter import to_graph
+from qcnn.exporter.onnx_export import export_onnx
 
 DEMO_NETS = tuple(f"demo-{scheme}" for scheme in SCHEMES)
 ANCHOR = "onnxruntime int8"

@@ -57,7 +57,7 @@ from tqdm import tqdm
 import qcnn
 from bench_engine import isa_env, ort_runner, quantize_onnx_int8
 from common import cpu_flags, parser, report, row
-from qcnn.export.qfile import read_qcnn
+from qcnn.exporter.qfile import read_qcnn
 from qcnn.quantize import calibrate_activations
 
 NETS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 import qcnn  # noqa: E402
 from qcnn import atomic, config as qconfig, data, engine, models  # noqa: E402
-from qcnn.export import ExportReport, to_graph  # noqa: E402
-from qcnn.export.runtime import MAX_THREADS  # noqa: E402
+from qcnn.exporter import ExportReport, to_graph  # noqa: E402
+from qcnn.exporter.runtime import MAX_THREADS  # noqa: E402
 from qcnn.search import fixed_point_search  # noqa: E402
 from train import run_script  # noqa: E402
 

@@ -30,6 +30,6 @@ from . import retrain  # noqa: E402,F401  (qcnn.retrain.run: Ji et al.'s loop on
 from .fold import fold_batchnorm  # noqa: E402,F401
 from .quantize import quant_report, quantize_  # noqa: E402,F401
 
-# Deployment: `qcnn.export(model, path)`, `qcnn.load(path)`, `qcnn.export_onnx(model, path)`.
-# (The function `qcnn.export` shadows the subpackage attribute; import from `qcnn.export` for the rest.)
-from .export import export, export_onnx, load  # noqa: E402,F401
+# Deployment: `qcnn.export(model, path)`, `qcnn.load(path)`, `qcnn.export_onnx(model, path)`; the exporter's parts
+# (graph, tracing, lowering, the .qcnn file, ONNX) are in qcnn.exporter.
+from .exporter import export, export_onnx, load  # noqa: E402,F401

@@ -151,7 +151,7 @@ def exported() -> dict[str, bytes]:
 
     sys.path.insert(0, str(ROOT / "tests" / "python"))
     from export_helpers import random_cnn_graph
-    from qcnn.export import lower_graph, write_qcnn
+    from qcnn.exporter import lower_graph, write_qcnn
 
     seeds = {}
     variants = [("codebook", 2, {}), ("uniform", 4, {}), ("fixed", 4, {}), ("binary", 1, {}),

@@ -17,7 +17,8 @@ from qcnn import models
 from qcnn.quantize import calibrate_activations
 
 from qcnn.data import write_idx  # noqa: F401  (the tests import it from here)
-from qcnn.export import Graph, Node, QParams, QuantWeight, _ops
+from qcnn._ops import int_ops as _ops
+from qcnn.exporter import Graph, Node, QParams, QuantWeight
 from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

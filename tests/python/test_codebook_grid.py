@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import qcnn
-from qcnn.export import Graph, Node, QParams, QuantWeight, lower_graph, read_qcnn, to_graph
-from qcnn.export._ops import huffman_decode, unpack_bits
+from qcnn.exporter import Graph, Node, QParams, QuantWeight, lower_graph, read_qcnn, to_graph
+from qcnn._ops.int_ops import huffman_decode, unpack_bits
 from qcnn.quantize import calibrate_activations
 from qcnn.quantizers import CodebookWeightQuantizer
 from qcnn.quantizers.weight import codebook_grid, codebook_level_limit, snap_to_grid

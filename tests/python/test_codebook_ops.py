@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qcnn  # noqa: F401
-from qcnn.codebook import _ops as ops
+from qcnn._ops import codebook as ops
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import qcnn
-from qcnn.export import read_qcnn, reference_forward, write_qcnn
-from qcnn.export.runtime import engine_isas
+from qcnn.exporter import read_qcnn, reference_forward, write_qcnn
+from qcnn._ops.engine import engine_isas
 
 from export_helpers import (MODELS, QCNN_INFER, export_model_set, random_cnn_graph, random_pixels, run_embed_example,
                             run_infer, write_idx)

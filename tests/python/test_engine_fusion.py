@@ -15,7 +15,7 @@ from torch import nn
 
 import qcnn
 from qcnn.data import FASHION_MEAN, FASHION_STD
-from qcnn.export.runtime import engine_isas
+from qcnn._ops.engine import engine_isas
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT

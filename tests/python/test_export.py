@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qcnn
-from qcnn.export import Graph, Node, QParams, lower_graph, read_qcnn, reference_forward, write_qcnn
+from qcnn.exporter import Graph, Node, QParams, lower_graph, read_qcnn, reference_forward, write_qcnn
 
 from export_helpers import (FASHION, MEAN, STD, act_qparams, decode_indices, quantize_weight, random_cnn_graph,
                             random_pixels, read_idx, write_idx)

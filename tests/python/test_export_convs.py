@@ -11,9 +11,9 @@ from torch import nn
 
 import qcnn
 from qcnn.data import FASHION_MEAN, FASHION_STD
-from qcnn.export import reference_forward, to_graph
-from qcnn.export.graph import Node
-from qcnn.export.qfile import read_qcnn, write_qcnn
+from qcnn.exporter import reference_forward, to_graph
+from qcnn.exporter.graph import Node
+from qcnn.exporter.qfile import read_qcnn, write_qcnn
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION_INPUT

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import qcnn
-from qcnn.export import Graph, lower_graph, to_graph
-from qcnn.export.onnx_export import export_onnx
+from qcnn.exporter import Graph, lower_graph, to_graph
+from qcnn.exporter.onnx_export import export_onnx
 from qcnn.quantize import calibrate_activations
 
 from export_helpers import FASHION, FASHION_INPUT, random_cnn_graph, random_pixels, read_idx

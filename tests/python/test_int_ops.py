@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qcnn  # noqa: F401
-from qcnn.export import _ops
+from qcnn._ops import int_ops as _ops
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

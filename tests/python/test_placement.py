@@ -207,7 +207,7 @@ def test_signed_hidden_activations_export_and_run_in_the_engine(tmp_path):
 
 def test_export_needs_the_input_spec_and_stores_it(tmp_path):
     from qcnn.data import FASHION_MNIST_INPUT, InputSpec, set_input_spec
-    from qcnn.export.qfile import read_qcnn
+    from qcnn.exporter.qfile import read_qcnn
 
     model = qcnn.quantize_(LinearBottleneck().eval(), QUANT)
     x = _images()

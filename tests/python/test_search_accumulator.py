@@ -15,7 +15,7 @@ import qcnn
 from qcnn import models
 from qcnn.config import ConfigError, QuantConfig, WeightQuantConfig, from_dict
 from qcnn.data import Splits, TensorLoader
-from qcnn.export import Graph, Node, QParams, QuantWeight, lower_graph, to_graph, write_qcnn
+from qcnn.exporter import Graph, Node, QParams, QuantWeight, lower_graph, to_graph, write_qcnn
 from qcnn.nn import QuantConv2d, QuantLinear
 from qcnn.quantizers.act import QuantAct
 from qcnn.quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budget, act_code_range,
@@ -233,7 +233,7 @@ def test_constraint_holds_after_fine_tuning_steps_and_exports_what_trained(tmp_p
 
 
 def test_export_declares_the_width_and_refuses_a_violating_model(tmp_path):
-    from qcnn.export.qfile import read_qcnn
+    from qcnn.exporter.qfile import read_qcnn
 
     torch.manual_seed(0)
     net = TinyNet().eval()
@@ -447,7 +447,7 @@ def test_script_end_to_end_reads_the_test_split_once_at_the_end(tmp_path, monkey
     assert summary["acc_bits"] == 12 and summary["overflows"] == 0
     assert summary["bits"] == {n: {"act_bits": a, "weight_bits": w} for n, (a, w) in plan.bits.items()}
     assert all(row["holds"] for row in summary["bound_check"])
-    from qcnn.export.qfile import read_qcnn
+    from qcnn.exporter.qfile import read_qcnn
     doc, _ = read_qcnn(run / "model.qcnn")
     assert [n["accumulator_bits"] for n in doc["nodes"] if n["op"] in ("conv2d", "linear")] == [12] * 6
     # config.yaml is a plain run config that rebuilds the fine-tuned model.

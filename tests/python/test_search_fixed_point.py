@@ -581,7 +581,7 @@ def test_plan_exports_and_the_engine_computes_what_the_fake_quant_model_does(sea
     weights wider than 8 bits (16-bit indices in the file) and activations wider than 8 bits (int32 codes)."""
     from dataclasses import replace
 
-    from qcnn.export import read_qcnn
+    from qcnn.exporter import read_qcnn
     net, _, plan = searched
     if wide:
         plan = FixedPointPlan([replace(l, w_bits=12, w_frac=l.w_frac + 12 - l.w_bits, a_bits=10,

@@ -6,7 +6,7 @@ from torch import nn
 
 import qcnn
 from qcnn import models
-from qcnn.export import Graph, reference_forward, to_graph
+from qcnn.exporter import Graph, reference_forward, to_graph
 from qcnn.quantize import calibrate_activations
 from export_helpers import FASHION_INPUT  # noqa: E402
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _ops
-from ._ops import distinct_values, kde_grid_density, kmeans_1d, kmeans_1d_optimal, lloyd_max, quantize_to_codebook
+from .._ops.codebook import (distinct_values, kde_grid_density, kmeans_1d, kmeans_1d_optimal, lloyd_max,
+                             quantize_to_codebook)
 
 __all__ = [
     "CodebookFit",
@@ -266,5 +266,3 @@ def cluster_change_fraction(old_indices: torch.Tensor, new_indices: torch.Tensor
     changed = torch.ne(old_indices.to(torch.int64), new_indices.to(old_indices.device, torch.int64))
     return float(changed.sum().item()) / old_indices.numel()
 
-
-del _ops

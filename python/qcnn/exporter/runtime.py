@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._ops.engine import open_engine
+
 
 def _pixels(pixels) -> torch.Tensor:
     """A torch tensor of the pixels (a NumPy array is taken as one); anything else is a TypeError naming it."""
@@ -18,13 +20,6 @@ def _pixels(pixels) -> torch.Tensor:
     if isinstance(pixels, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(pixels))
     raise TypeError(f"pixels must be a uint8 torch.Tensor or NumPy array [N, C, H, W], got {type(pixels).__name__}")
-
-
-def engine_isas() -> dict[str, bool]:
-    """Every kernel path the engine has, in QCNN_ISA's names from the most portable to the fastest, and whether this
-    CPU runs it (load() takes the last one it runs unless QCNN_ISA names another)."""
-    names, supported = torch.ops.qcnn.engine_isas()
-    return {name: name in supported for name in names}
 
 
 class LayerProfile(NamedTuple):
@@ -65,7 +60,7 @@ class IntegerModel(nn.Module):
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_threads", state.pop("threads", 0))  # pickles from before threads was a property
         self.__dict__.update(state)
-        self.engine = _engine(self.path, **self.limits)
+        self.engine = open_engine(self.path, **self.limits)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -163,10 +158,4 @@ def load(path: str | os.PathLike, *, threads: int = 0, max_macs_per_image: int |
     limits = {"max_macs_per_image": max_macs_per_image, "max_ops_per_image": max_ops_per_image,
               "max_activation_bytes_per_image": max_activation_bytes_per_image, "count_overflows": count_overflows,
               "fuse": fuse}
-    return IntegerModel(_engine(path, **limits), path, threads, limits)
-
-
-def _engine(path: Path, max_macs_per_image: int | None = None, max_ops_per_image: int | None = None,
-            max_activation_bytes_per_image: int | None = None, count_overflows: bool = False, fuse: bool = True):
-    return torch.classes.qcnn.Engine(str(path), max_macs_per_image, max_ops_per_image, max_activation_bytes_per_image,
-                                     count_overflows, fuse)
+    return IntegerModel(open_engine(path, **limits), path, threads, limits)

@@ -1,5 +1,5 @@
-"""Python entry points and fake (meta) kernels of the exporter's weight-index coding ops (pack_bits,
-huffman_*, and their inverses unpack_bits / huffman_decode). CPU kernels: csrc/ops/cpu/int_ops_kernel.cpp."""
+"""The exporter's weight-index coding ops of csrc/ops/int_ops.cpp (pack_bits, huffman_*, and their inverses
+unpack_bits / huffman_decode) with their fake (meta) kernels. CPU kernels: csrc/ops/cpu/int_ops_kernel.cpp."""
 from __future__ import annotations
 
 import torch

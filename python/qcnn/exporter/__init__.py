@@ -75,7 +75,7 @@ def to_graph(model, **trace_options) -> Graph:
     if isinstance(model, Graph):
         return model
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"qcnn.export: model must be a quantized torch.nn.Module or a qcnn.export.Graph, "
+        raise TypeError(f"qcnn.export: model must be a quantized torch.nn.Module or a qcnn.exporter.Graph, "
                         f"got {type(model).__name__}")
     from .trace import graph_from_model
 

@@ -1,4 +1,4 @@
-"""Raw codebook ops (torch.ops.qcnn.*) with their fake (meta) implementations.
+"""The codebook ops of csrc/ops/codebook.cpp (torch.ops.qcnn.*) with their fake (meta) kernels.
 
 Every fitting op takes values as [n] (one group) or [groups, n] and fits one codebook per row.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import check_one_device
+from . import check_one_device
 
 __all__ = [
     "kmeans_1d",

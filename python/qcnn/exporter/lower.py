@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._ops.int_ops import huffman_code_lengths, huffman_encode, pack_bits
 from ..quantizers.weight import codebook_level_limit
 from .graph import Graph, Node, QParams
 
@@ -260,8 +261,6 @@ class Lowering:
         self.tensors[f"{prefix}.levels"] = levels.to(torch.int16).contiguous()
         self.tensors[f"{prefix}.scale"] = scale.to(torch.float32).contiguous()
         scale = self.tensors[f"{prefix}.scale"].to(torch.float64)  # the requantization uses the stored scale
-        from ._ops import huffman_code_lengths, huffman_encode, pack_bits  # the compiled ops
-
         flat = w.indices.reshape(-1).contiguous()
         packed = pack_bits(flat, w.bits)
         coding = "packed"
