@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -38,10 +37,10 @@ from common import parser, report, time_call
 from qcnn import config as qconfig, data, models
 from qcnn import quantize as qz
 
+from qcnn.cli import demo as demo_script  # make demo's baseline step
+from qcnn.cli import train as train_script
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "training"))
-import demo as demo_script  # noqa: E402  (make demo's baseline step)
-import train as train_script  # noqa: E402
 
 BASELINE_CONFIG = ROOT / "configs" / "baseline.yaml"
 DEFAULT_INFER = demo_script.deploy_script.DEFAULT_INFER

@@ -1,16 +1,12 @@
 """Macro F1 (qcnn.engine.macro_f1, evaluate's 'f1') and the F1 and binary-weight study columns of training/results.py."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from qcnn import config as qconfig, engine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
-import results  # noqa: E402
+from qcnn.cli import results
 
 # labels 0 0 1 1 2, predictions 0 1 1 1 0:
 # class 0: TP 1, FP 1, FN 1 -> 2/4; class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: TP 0, FN 1 -> 0.

@@ -198,11 +198,7 @@ def test_convergence_rule():
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
 def test_demo_quick(tmp_path):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
-    import demo
-    import deploy
+    from qcnn.cli import demo, deploy
     if not deploy.DEFAULT_INFER.is_file():
         pytest.skip(f"{deploy.DEFAULT_INFER} not built (make setup builds it)")
     summary = demo.main(["--quick", "--out-dir", str(tmp_path)])
@@ -294,10 +290,7 @@ def test_loop_with_batchnorm_reestimation_resumes_exactly(tmp_path, monkeypatch)
 def test_refit_probe_reproduces_the_loop_and_localizes_the_refit(tmp_path):
     """training/refit_probe.py on a finished run: the kept state scores the run's recorded validation accuracy,
     refitting all layers scores what refit_weights on that state scores, and every layer gets its own row."""
-    import sys
-    from pathlib import Path
     from training_scripts import load_training_script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
     retrain_script, refit_probe = load_training_script("retrain"), load_training_script("refit_probe")
     cfg = _cfg(tmp_path, "probe", **CODEBOOK_QUANT)
     cfg.retrain.epochs_per_round = 1
