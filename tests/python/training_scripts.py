@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
+
+TRAINING = Path(__file__).resolve().parents[2] / "training"  # the programs' entry points, for subprocess runs
 
 
 def load_training_script(name: str):
