@@ -36,11 +36,11 @@ from bench_engine import (BASELINE_CONFIG, BATCH, SCHEMES, THREADS, baseline_dir
                           load_float, measure_inprocess, qcnn_load_runner, quantize_post_training)
 from common import parser, report
 from qcnn import config as qconfig, data
+from qcnn.cli import search_accumulator
 from qcnn.exporter import read_qcnn, write_qcnn
 from qcnn.search.accumulator_search import AccumulatorSearchConfig, accumulator
 
 ROOT = Path(__file__).resolve().parent.parent
-import search_accumulator  # noqa: E402  (training/, on the path through bench_engine)
 ACC16_CONFIG = ROOT / "configs" / "acc16_demo.yaml"
 BINARY_ACT_BITS = (1, 2, 4, 8)
 
