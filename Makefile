@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SOURCES := setup.py $(shell find csrc/core csrc/ops csrc/runtime -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 CORE_SOURCES := CMakeLists.txt $(shell find csrc tests/cpp tests/c_api benchmarks/arm -name '*.cpp' -o -name '*.h' -o -name '*.c' 2>/dev/null)
 
-.PHONY: setup demo test test-cpp test-arm test-python cuda-check bench clean arm
+.PHONY: setup demo test test-fast test-cpp test-arm test-python cuda-check bench clean arm
 
 setup: $(STAMPS)/apt $(STAMPS)/python $(STAMPS)/ext $(STAMPS)/cmake $(STAMPS)/arm
 
@@ -77,6 +77,11 @@ test-arm: $(STAMPS)/arm
 
 test-python: $(STAMPS)/ext
 	QCNN_REQUIRE_ARM=$$([ -f $(STAMPS)/arm ] && echo 1) $(PYTHON) -m pytest -q tests/python
+
+# The quick tier while working: the C++ tests and every Python test not marked slow (the programs' runs, the
+# benchmarks' quick runs, DDP, torch.compile, the tutorial, the aarch64 emulation). make test runs everything.
+test-fast: setup test-cpp
+	$(PYTHON) -m pytest -q -m "not slow" tests/python
 
 # No GPU on CI. With a CUDA build of torch (the pinned 2.14.1 is one) the whole extension is built a second
 # time with its CUDA kernels (QCNN_FORCE_CUDA, into build/cuda-ext) and loaded, without qcnn, by a check that

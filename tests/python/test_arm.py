@@ -30,9 +30,9 @@ QEMU = shutil.which("qemu-aarch64")
 BEST_PATH = {"cortex-a53": "neon", "cortex-a76": "neondot", "max": "i8mm"}
 ARM_PATHS = ("scalar", "neon", "neondot", "i8mm")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("QCNN_REQUIRE_ARM") != "1" and not (ARM_INFER.is_file() and QCNN_INFER.is_file() and QEMU),
-    reason="needs build/aarch64/qcnn-infer (make arm), build/qcnn-infer and qemu-aarch64 (make setup)")
+    reason="needs build/aarch64/qcnn-infer (make arm), build/qcnn-infer and qemu-aarch64 (make setup)")]
 
 
 def qemu(cpu: str) -> tuple:

@@ -335,6 +335,9 @@ def deployable(base, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
+
+
 def test_a_full_disk_leaves_every_old_file_whole_and_no_temporary(deployable, tmp_path):
     pytest.importorskip("onnx")
     run = tmp_path / "run"
@@ -353,6 +356,9 @@ def test_a_full_disk_leaves_every_old_file_whole_and_no_temporary(deployable, tm
     for name, content in old.items():
         assert (run / name).read_bytes() == content, name
     assert _temps(run) == []
+
+
+@pytest.mark.slow
 
 
 def test_deploy_on_a_full_disk_stops_with_one_line_naming_the_file(deployable, tmp_path):

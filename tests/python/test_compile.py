@@ -10,6 +10,8 @@ from torch import nn
 
 import qcnn
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this file out
+
 WEIGHTS = {
     "codebook": {"kind": "codebook", "bits": 4},
     "codebook_trained_centroids": {"kind": "codebook", "bits": 3, "train_centroids": True},

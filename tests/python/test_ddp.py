@@ -12,6 +12,8 @@ import yaml
 
 import qcnn
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this file out
+
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_QUANT_OPS = hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None
 

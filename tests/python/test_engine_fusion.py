@@ -129,6 +129,9 @@ def test_random_graphs_fused_equal_unfused(tmp_path, seed, weight):
     _assert_fused_equals_unfused(path, pixels)
 
 
+@pytest.mark.slow
+
+
 def test_every_kernel_path_fuses_bit_exactly(tmp_path):
     """The same file, fused and not, under each QCNN_ISA this CPU runs (the path is chosen at load)."""
     torch.manual_seed(11)

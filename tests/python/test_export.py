@@ -291,6 +291,9 @@ def trained(tmp_path_factory):
     return dict(graph=graph, path=path, report=report, px=test_px, labels=test_labels, ref=ref, dir=out)
 
 
+@pytest.mark.slow
+
+
 def test_trained_model_agreement_python(trained):
     acc_ref = (trained["ref"].argmax(1).numpy() == trained["labels"]).mean()
     assert acc_ref > 0.75  # the model did learn

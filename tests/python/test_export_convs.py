@@ -271,6 +271,7 @@ def test_mobilenet_v2_block_with_relu6_exports(tmp_path, cap):
                                          ("torchvision.models.densenet:DenseNet",
                                           {"growth_rate": 8, "block_config": (2, 2), "num_init_features": 16,
                                            "num_classes": 10})])
+@pytest.mark.slow
 def test_torchvision_models_export_and_run_in_both_runtimes(tmp_path, name, kwargs):
     pytest.importorskip("torchvision")
     ort = pytest.importorskip("onnxruntime")

@@ -103,6 +103,7 @@ def op_counts(model) -> dict:
 
 
 @pytest.mark.parametrize("weights,act_bits", [("u8", 8), ("c4", 8), ("u4", 8), ("binary", 2)])
+@pytest.mark.slow
 def test_every_layer_runs_on_integer_kernels(tmp_path, fashion, weights, act_bits):
     """With calibration images every conv and the linear layer fuse into integer kernels (QLinearConv, QGemm), the
     residual add and the average pool into QLinearAdd and QLinearAveragePool; 4-bit weights as int8 initializers."""

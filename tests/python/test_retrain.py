@@ -147,6 +147,7 @@ def test_a_misspelt_histogram_layer_stops_the_loop_before_round_0(tmp_path):
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
 @pytest.mark.parametrize("variant", ["iterative", "incremental"])
+@pytest.mark.slow
 def test_retrain_loop_resumes_exactly(tmp_path, variant):
     quant = dict(CODEBOOK_QUANT)
     if variant == "incremental":
@@ -197,6 +198,7 @@ def test_convergence_rule():
 
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="qcnn.ops.fake_quant / quantize_to_codebook not built yet")
+@pytest.mark.slow
 def test_demo_quick(tmp_path):
     from qcnn.cli import demo, deploy
     if not deploy.DEFAULT_INFER.is_file():
@@ -267,6 +269,7 @@ def test_batchnorm_reestimation_averages_the_batch_statistics_of_the_quantized_m
 
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+@pytest.mark.slow
 def test_loop_with_batchnorm_reestimation_resumes_exactly(tmp_path, monkeypatch):
     """retrain.bn_batches re-estimates BN after each refit; a run cut mid-round ends where an uncut one does."""
     from qcnn import quantize as qz
@@ -287,6 +290,7 @@ def test_loop_with_batchnorm_reestimation_resumes_exactly(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(not HAVE_QUANT_OPS, reason="quantization ops not built")
+@pytest.mark.slow
 def test_refit_probe_reproduces_the_loop_and_localizes_the_refit(tmp_path):
     """training/refit_probe.py on a finished run: the kept state scores the run's recorded validation accuracy,
     refitting all layers scores what refit_weights on that state scores, and every layer gets its own row."""
@@ -385,6 +389,9 @@ def _script_stderr(script: str, *args) -> str:
     return done.stderr
 
 
+@pytest.mark.slow
+
+
 def test_a_script_stops_on_a_bad_config_with_one_line_naming_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: q\nsearch: {acc_bits: 99}\n")
@@ -399,11 +406,15 @@ SMALL_DATA = "data: {train_subset: 64, val_subset: 32, test_subset: 32, batch_si
     ("{num_classes: 5}", "model.kwargs.num_classes: the model gives outputs of shape [5] per image; the data has 10"),
     ("{in_channels: 3}", "model: 'vgg_small' with kwargs {'in_channels': 3} cannot run on the data's [1, 28, 28]"),
 ])
+@pytest.mark.slow
 def test_train_refuses_a_model_that_does_not_fit_the_data_before_training(tmp_path, kwargs, message):
     config = tmp_path / "c.yaml"
     config.write_text(f"name: fit\nout_dir: {tmp_path}\n{SMALL_DATA}model: {{name: vgg_small, kwargs: {kwargs}}}\n")
     assert message in _script_stderr("train.py", "--config", config, "--no-progress")
     assert not (tmp_path / "fit" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
 
 
 def test_scripts_check_their_outputs_and_options_before_the_work(tmp_path):

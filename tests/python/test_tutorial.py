@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # make test-fast leaves this file out
+
 TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "TUTORIAL.md"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
