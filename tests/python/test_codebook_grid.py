@@ -18,7 +18,7 @@ from qcnn.exporter import Graph, Node, QParams, QuantWeight, lower_graph, read_q
 from qcnn._ops.int_ops import huffman_decode, unpack_bits
 from qcnn.quantize import calibrate_activations
 from qcnn.quantizers import CodebookWeightQuantizer
-from qcnn.quantizers.weight import codebook_grid, codebook_level_limit, snap_to_grid
+from qcnn.weight_format import codebook_grid, codebook_level_limit, snap_to_grid
 
 from export_helpers import FASHION_INPUT, FASHION, read_idx
 

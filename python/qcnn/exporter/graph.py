@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..weight_format import MAX_WEIGHT_BITS, WEIGHT_KINDS, QuantWeight  # noqa: F401  (the graph's weights)
+
 OPS = ("conv2d", "linear", "quant", "affine", "relu", "lut", "max_pool2d", "avg_pool2d", "adaptive_max_pool2d",
        "adaptive_avg_pool2d", "global_max_pool", "global_avg_pool", "flatten", "add", "mul", "concat", "gather_channels")
 # The elementwise functions of a `lut` node (the integer engine runs them as a table over the input codes).
 ELEMENTWISE = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "silu": F.silu, "sigmoid": torch.sigmoid,
                "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "elu": F.elu}
-WEIGHT_KINDS = ("codebook", "uniform", "fixed", "binary")
-MAX_WEIGHT_BITS = 16  # fixed-point weights of mixed-precision plans (docs/FORMAT.md section 3); the other kinds <= 8
 
 
 @dataclass(frozen=True)
@@ -47,113 +47,6 @@ class QParams:
     def to_json(self) -> dict:
         return {"scale": float(self.scale), "zero_point": int(self.zero_point), "qmin": int(self.qmin),
                 "qmax": int(self.qmax)}
-
-
-@dataclass
-class QuantWeight:
-    """Quantized weights: w[m, ...] = value(g(m), indices[m, ...]) with g(m) = 0 (one codebook) or m.
-
-    kind "codebook": value = codebook[g, idx] (float centroids).
-    kind "uniform" / "fixed" / "binary": value = scale[m] * levels[g, idx] (integer levels).
-    """
-    kind: str
-    indices: torch.Tensor                   # [M, C, kh, kw] or [M, F]: uint8 up to 8 bits, int32 above
-    bits: int
-    codebook: torch.Tensor | None = None    # float32 [G, k] (kind "codebook")
-    levels: torch.Tensor | None = None      # int32 [G, k] (other kinds)
-    scale: torch.Tensor | None = None       # float32 [M] (other kinds)
-
-    def __post_init__(self):
-        if self.kind not in WEIGHT_KINDS:
-            raise ValueError(f"QuantWeight.kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
-        if not 1 <= self.bits <= MAX_WEIGHT_BITS:
-            raise ValueError(f"QuantWeight.bits must be in [1, {MAX_WEIGHT_BITS}], got {self.bits}")
-        want = torch.uint8 if self.bits <= 8 else torch.int32
-        if self.indices.dtype != want:
-            raise TypeError(f"QuantWeight.indices must be {want} for {self.bits}-bit weights, got {self.indices.dtype}")
-        table = self.codebook if self.kind == "codebook" else self.levels
-        if table is None or table.dim() != 2:
-            raise ValueError(f"QuantWeight of kind {self.kind!r} needs a 2-D "
-                             f"{'codebook' if self.kind == 'codebook' else 'levels'} [G, k]")
-        m = self.indices.shape[0]
-        if table.shape[0] not in (1, m):
-            raise ValueError(f"QuantWeight table has {table.shape[0]} groups; expected 1 or {m}")
-        if table.shape[1] > 2 ** self.bits:
-            raise ValueError(f"QuantWeight has {table.shape[1]} entries, more than 2**bits = {2 ** self.bits}")
-        if self.indices.numel() and int(self.indices.max()) >= table.shape[1]:
-            raise ValueError("QuantWeight.indices reference entries beyond the table")
-        if self.kind != "codebook" and (self.scale is None or self.scale.shape != (m,)):
-            raise ValueError(f"QuantWeight of kind {self.kind!r} needs scale of shape [{m}]")
-
-    @property
-    def out_channels(self) -> int:
-        return self.indices.shape[0]
-
-    @property
-    def groups(self) -> int:
-        return (self.codebook if self.kind == "codebook" else self.levels).shape[0]
-
-    @property
-    def codes(self) -> int:
-        return (self.codebook if self.kind == "codebook" else self.levels).shape[1]
-
-    def integer_table(self, level_limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The deployed integer form (docs/FORMAT.md section 3): (scale float64 [M], levels int64 [G, k]) with
-        real weight = scale[m] * levels[g(m), index]. A codebook is read onto its integer grid, |level| <=
-        level_limit (default: the grid CodebookWeightQuantizer trains on, where this is exact)."""
-        from ..quantizers.weight import codebook_grid, codebook_level_limit
-
-        m = self.out_channels
-        if self.kind == "codebook":
-            limit = codebook_level_limit(self.bits) if level_limit is None else level_limit
-            group_scale, levels = codebook_grid(self.codebook, limit)
-            return group_scale.to(torch.float64).expand(m), levels
-        return self.scale.to(torch.float64), self.levels.to(torch.int64)
-
-    def gather(self, table: torch.Tensor) -> torch.Tensor:
-        """Each weight's entry of a per-group table [G, k] (levels or codebook), shaped [M, Kin]."""
-        m = self.out_channels
-        return torch.gather(table.expand(m, -1), 1, self.indices.reshape(m, -1).long())
-
-    def dequantize(self) -> torch.Tensor:
-        if self.kind == "codebook":
-            w = self.gather(self.codebook.to(torch.float32))
-        else:
-            w = self.gather(self.levels.to(torch.float32)) * self.scale.to(torch.float32)[:, None]
-        return w.reshape(self.indices.shape)
-
-    # Constructors from the usual quantizer outputs -------------------------------------------
-    @staticmethod
-    def from_codebook(indices: torch.Tensor, codebook: torch.Tensor) -> "QuantWeight":
-        cb = codebook.detach().to(torch.float32)
-        cb = cb[None] if cb.dim() == 1 else cb
-        bits = max(1, int(np.ceil(np.log2(cb.shape[1]))))
-        return QuantWeight("codebook", indices.to(torch.uint8), bits, codebook=cb)
-
-    @staticmethod
-    def from_integers(kind: str, w_int: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> "QuantWeight":
-        """Integer weights w_int in [qmin, qmax] with per-channel (or scalar) scale."""
-        if qmax < qmin:
-            raise ValueError(f"qmax {qmax} < qmin {qmin}")
-        w_int = w_int.detach().round().to(torch.int64)
-        if w_int.numel() and (int(w_int.min()) < qmin or int(w_int.max()) > qmax):
-            raise ValueError(f"integer weights outside [{qmin}, {qmax}]")
-        k = qmax - qmin + 1
-        bits = max(1, int(np.ceil(np.log2(k))))
-        m = w_int.shape[0]
-        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(m).clone()
-        levels = torch.arange(qmin, qmax + 1, dtype=torch.int32)[None]
-        return QuantWeight(kind, (w_int - qmin).to(torch.uint8 if bits <= 8 else torch.int32), bits, levels=levels,
-                           scale=scale)
-
-    @staticmethod
-    def binary(signs: torch.Tensor, alpha: torch.Tensor) -> "QuantWeight":
-        """Binary weights alpha[m] * sign, sign in {-1, +1} (index 0 = -1, 1 = +1)."""
-        idx = (signs.detach() > 0).to(torch.uint8)
-        m = signs.shape[0]
-        levels = torch.tensor([[-1, 1]], dtype=torch.int32)
-        return QuantWeight("binary", idx, 1, levels=levels,
-                           scale=torch.as_tensor(alpha, dtype=torch.float32).reshape(-1).expand(m).clone())
 
 
 def _relu(y: torch.Tensor, node: "Node") -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .._ops.int_ops import huffman_code_lengths, huffman_encode, pack_bits
-from ..quantizers.weight import codebook_level_limit
+from ..weight_format import codebook_level_limit
 from .graph import Graph, Node, QParams
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1

@@ -26,8 +26,6 @@ from torch import nn
 from ..fold import bn_affine, trace
 from ..nn.layers import QuantLayer
 from ..quantizers.act import FixedPointQuantizer, QuantAct
-from ..quantizers.weight import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,
-                                 UniformWeightQuantizer)
 from .graph import Graph, Node, QParams, QuantWeight
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
@@ -77,31 +75,7 @@ def quant_weight(layer: QuantLayer, name: str) -> QuantWeight:
     if not bool(wq.fitted):
         raise ValueError(f"layer {name!r}: the weight quantizer is not fitted yet; run the model once (or "
                          "qcnn.quantize.refit_weights) before exporting")
-    m = w.shape[0]
-    if isinstance(wq, CodebookWeightQuantizer):
-        if bool(wq.incremental) and not bool(wq.frozen.all()):
-            raise ValueError(f"layer {name!r}: incremental quantization has frozen only "
-                             f"{float(wq.frozen.float().mean()):.0%} of the weights; export needs all of them frozen")
-        return QuantWeight.from_codebook(*wq.deployed(w))
-    q = wq.quantize(w).detach().to(torch.float32)
-    if isinstance(wq, BinaryWeightQuantizer):
-        alpha = q.abs().reshape(m, -1).amax(dim=1)
-        return QuantWeight.binary(q, alpha)
-    if isinstance(wq, FixedPointWeightQuantizer):
-        top = 2 ** (wq.bits - 1) - 1
-        step = 2.0 ** -int(wq.frac_bits)
-        return QuantWeight.from_integers("fixed", torch.round(q / step), torch.full((m,), step), -top, top)
-    if isinstance(wq, UniformWeightQuantizer):
-        # value = scale * (code - zero_point), code in [qmin, qmax]: index = code - qmin, level = index + qmin - zp.
-        scale = wq.quantization_scale(w).to(torch.float32).reshape(-1).expand(m)
-        zp = wq.zero_point.reshape(-1).to(torch.int32)
-        ints = torch.round(q / scale.reshape((m,) + (1,) * (q.dim() - 1))).to(torch.int64)
-        zp_m = zp.expand(m).reshape((m,) + (1,) * (q.dim() - 1)).to(torch.int64)
-        indices = (ints + zp_m - wq.qmin).to(torch.uint8)
-        levels = (torch.arange(wq.qmin, wq.qmax + 1, dtype=torch.int32)[None] - zp[:, None]).contiguous()
-        bits = max(1, math.ceil(math.log2(wq.qmax - wq.qmin + 1)))
-        return QuantWeight("uniform", indices, bits, levels=levels, scale=scale.clone())
-    raise TypeError(f"layer {name!r}: no export for weight quantizer {type(wq).__name__}")
+    return wq.deployed_weight(w, name)
 
 
 def _is_stochastic_depth(fn) -> bool:

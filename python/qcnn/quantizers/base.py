@@ -7,15 +7,6 @@ from torch import nn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def require(condition: torch.Tensor, message: str) -> None:
-    """Raises ValueError(message) unless the one-element bool tensor `condition` holds; inside a compiled
-    graph (which cannot branch on it) the graph checks it and raises a RuntimeError with the message."""
-    if torch.compiler.is_compiling():
-        torch._assert_async(condition, message)
-    elif not bool(condition):
-        raise ValueError(message)
-
-
 class QuantizerModule(nn.Module):
     """A quantizer keeps its floating state (scales, clips, codebooks) in float32 when the model is converted
     with .half() / .bfloat16() / .to(dtype): the quantization grid is computed in float32 whatever the

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from .base import QuantizerModule, require
+from ..weight_format import QuantWeight, codebook_grid, codebook_level_limit, snap_to_grid
+from .base import QuantizerModule
 
 
 def _channel_view(t: torch.Tensor) -> torch.Tensor:
@@ -19,43 +20,6 @@ def _channel_view(t: torch.Tensor) -> torch.Tensor:
 
 def _broadcast_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-def codebook_level_limit(bits: int) -> int:
-    """Largest |integer level| of a codebook with `bits` index bits (docs/FORMAT.md section 3): 127 (int8)
-    from 7 bits on, 64 up to 6 bits, so that the u8 x s8 pair sums of AVX2's vpmaddubsw stay within int16
-    (2 * 255 * 64 < 2**15)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"codebook_level_limit: bits must be an int in [1, 8], got {bits!r}")
-    return 64 if bits <= 6 else 127
-
-
-def codebook_grid(codebook: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, levels) of the integer grid of each table (the last dimension) of `codebook`:
-    scale = max|c| / limit (1 for an all-zero table), levels = round(c / scale) in [-limit, limit].
-    scale is float32 [codebook.shape[:-1]], levels int64 like codebook."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 127:
-        raise ValueError(f"codebook_grid: limit must be an int in [1, 127], got {limit!r}")
-    if codebook.dim() not in (1, 2) or codebook.numel() == 0:
-        raise ValueError(f"codebook_grid: codebook must be a non-empty [k] or [groups, k], got shape "
-                         f"{tuple(codebook.shape)}")
-    c = codebook.detach().to(torch.float64)
-    require(torch.isfinite(c).all(), "codebook_grid: codebook contains NaN or infinite values")
-    peak = c.abs().amax(dim=-1)
-    # The scale keeps 17 significant bits, so scale * level (|level| <= 127, 7 bits) is exact in float32:
-    # the snapped codebook is exactly scale * level and yields this same scale again (snapping is idempotent).
-    mantissa, exponent = torch.frexp(peak / limit)
-    scale = torch.ldexp(torch.round(mantissa * 2.0 ** 17), exponent - 17).clamp(min=2.0 ** -126)
-    scale = torch.where(peak > 0, scale, torch.ones_like(scale))
-    levels = torch.round(c / scale.unsqueeze(-1)).clamp(-limit, limit).to(torch.int64)
-    return scale.to(torch.float32), levels
-
-
-def snap_to_grid(codebook: torch.Tensor, limit: int) -> torch.Tensor:
-    """The codebook moved onto its integer grid: scale * round(c / scale) per table (codebook_grid), in the
-    codebook's dtype. Monotone, so a sorted table stays sorted (entries may become equal)."""
-    scale, levels = codebook_grid(codebook, limit)
-    return (scale.to(torch.float64).unsqueeze(-1) * levels).to(codebook.dtype)
 
 
 ACCUMULATOR_BITS = (2, 32)
@@ -152,6 +116,11 @@ class WeightQuantizer(QuantizerModule):
 
     def describe(self) -> dict:
         return {"type": type(self).__name__}
+
+    def deployed_weight(self, weight: torch.Tensor, layer: str = "") -> QuantWeight:
+        """The weights the forward computes, as the exporter writes them (qcnn.weight_format.QuantWeight): indices
+        into per-channel or per-tensor level (or codebook) tables. `layer` names the layer in errors."""
+        raise TypeError(f"layer {layer!r}: no export for weight quantizer {type(self).__name__}")
 
 
 class UniformWeightQuantizer(WeightQuantizer):
@@ -382,6 +351,20 @@ class UniformWeightQuantizer(WeightQuantizer):
                 out["constrained_scale"] = self._last_scale.tolist()
         return out
 
+    @torch.no_grad()
+    def deployed_weight(self, weight: torch.Tensor, layer: str = "") -> QuantWeight:
+        # value = scale * (code - zero_point), code in [qmin, qmax]: index = code - qmin, level = index + qmin - zp.
+        m = weight.shape[0]
+        q = self.quantize(weight).detach().to(torch.float32)
+        scale = self.quantization_scale(weight).to(torch.float32).reshape(-1).expand(m)
+        zp = self.zero_point.reshape(-1).to(torch.int32)
+        ints = torch.round(q / scale.reshape((m,) + (1,) * (q.dim() - 1))).to(torch.int64)
+        zp_m = zp.expand(m).reshape((m,) + (1,) * (q.dim() - 1)).to(torch.int64)
+        indices = (ints + zp_m - self.qmin).to(torch.uint8)
+        levels = (torch.arange(self.qmin, self.qmax + 1, dtype=torch.int32)[None] - zp[:, None]).contiguous()
+        bits = max(1, math.ceil(math.log2(self.qmax - self.qmin + 1)))
+        return QuantWeight("uniform", indices, bits, levels=levels, scale=scale.clone())
+
 
 class BinaryWeightQuantizer(WeightQuantizer):
     """alpha * sign(w), alpha = mean|w| per output channel or per tensor (XNOR-Net/BWN); gradient passed
@@ -408,6 +391,11 @@ class BinaryWeightQuantizer(WeightQuantizer):
 
     def describe(self) -> dict:
         return {"type": "binary"}
+
+    @torch.no_grad()
+    def deployed_weight(self, weight: torch.Tensor, layer: str = "") -> QuantWeight:
+        q = self.quantize(weight).detach().to(torch.float32)
+        return QuantWeight.binary(q, q.abs().reshape(weight.shape[0], -1).amax(dim=1))
 
 
 class FixedPointWeightQuantizer(WeightQuantizer):
@@ -442,6 +430,14 @@ class FixedPointWeightQuantizer(WeightQuantizer):
 
     def describe(self) -> dict:
         return {"type": "fixed", "bits": self.bits, "frac_bits": int(self.frac_bits)}
+
+    @torch.no_grad()
+    def deployed_weight(self, weight: torch.Tensor, layer: str = "") -> QuantWeight:
+        q = self.quantize(weight).detach().to(torch.float32)
+        top = 2 ** (self.bits - 1) - 1
+        step = 2.0 ** -int(self.frac_bits)
+        return QuantWeight.from_integers("fixed", torch.round(q / step), torch.full((weight.shape[0],), step), -top,
+                                         top)
 
 
 WARM_START_METHODS = ("kmeans", "kde_kmeans")  # the codebook.fit methods that take init_centroids
@@ -634,6 +630,12 @@ class CodebookWeightQuantizer(WeightQuantizer):
         return {"type": "codebook", "bits": self.bits, "method": self.method,
                 "codebook": self.effective_codebook().detach().tolist(),
                 "frozen_fraction": float(self.frozen.float().mean())}
+
+    def deployed_weight(self, weight: torch.Tensor, layer: str = "") -> QuantWeight:
+        if bool(self.incremental) and not bool(self.frozen.all()):
+            raise ValueError(f"layer {layer!r}: incremental quantization has frozen only "
+                             f"{float(self.frozen.float().mean()):.0%} of the weights; export needs all of them frozen")
+        return QuantWeight.from_codebook(*self.deployed(weight))
 
 
 def build_weight_quantizer(cfg, weight_shape) -> WeightQuantizer:
