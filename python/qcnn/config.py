@@ -106,8 +106,9 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-class _Section:
-    """from_dict/to_dict/validate for the config dataclasses below."""
+class Section:
+    """from_dict/to_dict/validate for the config dataclasses below, and for the searches' configs
+    (qcnn.search), which are sections of the same kind."""
 
     @classmethod
     def from_dict(cls, data: Any, _path: str = ""):
@@ -119,8 +120,8 @@ class _Section:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in names:
-                raise ConfigError(_join(_path, str(key)), f"unknown key (allowed: {sorted(names)})")
-        kwargs = {k: _convert(v, hints[k], _join(_path, k)) for k, v in data.items()}
+                raise ConfigError(join_key(_path, str(key)), f"unknown key (allowed: {sorted(names)})")
+        kwargs = {k: _convert(v, hints[k], join_key(_path, k)) for k, v in data.items()}
         obj = cls(**kwargs)
         obj.validate(_path)
         return obj
@@ -137,11 +138,13 @@ class _Section:
         return obj
 
 
-def _join(path: str, key: str) -> str:
+def join_key(path: str, key: str) -> str:
+    """The key path of `key` under `path` (what a ConfigError names)."""
     return f"{path}.{key}" if path else key
 
 
-def _check_range(path: str, value, lo, hi) -> None:
+def check_range(path: str, value, lo, hi) -> None:
+    """A ConfigError naming `path` unless value is None or in [lo, hi]."""
     if value is not None and not lo <= value <= hi:
         raise ConfigError(path, f"must be in [{lo}, {hi}], got {value}")
 
@@ -154,7 +157,7 @@ CODEBOOK_METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_
 
 
 @dataclass
-class WeightQuantConfig(_Section):
+class WeightQuantConfig(Section):
     """How the weights of a layer are quantized.
 
     kind: uniform (bits, granularity, symmetric, calibration max|mse, learn_scale = LSQ), binary
@@ -190,35 +193,35 @@ class WeightQuantConfig(_Section):
 
     def validate(self, path: str = "") -> None:
         if self.accumulator_bits is not None:
-            key = _join(path, "accumulator_bits")
-            _check_range(key, self.accumulator_bits, 2, 32)
+            key = join_key(path, "accumulator_bits")
+            check_range(key, self.accumulator_bits, 2, 32)
             if self.kind != "uniform":
                 raise ConfigError(key, f"only applies to kind 'uniform', not {self.kind!r}")
             if not self.symmetric:
                 raise ConfigError(key, "needs symmetric: true (the L1 bound is on integer weights without a zero point)")
         if self.kind == "binary":
-            _check_range(_join(path, "bits"), self.bits, 1, 1)
+            check_range(join_key(path, "bits"), self.bits, 1, 1)
         elif self.kind == "fixed":
-            _check_range(_join(path, "bits"), self.bits, 2, 16)
-            _check_range(_join(path, "frac_bits"), self.frac_bits, -64, 64)
+            check_range(join_key(path, "bits"), self.bits, 2, 16)
+            check_range(join_key(path, "frac_bits"), self.frac_bits, -64, 64)
         elif self.kind == "codebook":
-            _check_range(_join(path, "bits"), self.bits, 1, 8)
+            check_range(join_key(path, "bits"), self.bits, 1, 8)
         else:
-            _check_range(_join(path, "bits"), self.bits, 2, 8)
+            check_range(join_key(path, "bits"), self.bits, 2, 8)
         if self.learn_scale and self.kind != "uniform":
-            raise ConfigError(_join(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
+            raise ConfigError(join_key(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
         if self.train_centroids and self.kind != "codebook":
-            raise ConfigError(_join(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
+            raise ConfigError(join_key(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
         if not self.track_weights and self.kind != "codebook":
-            raise ConfigError(_join(path, "track_weights"), f"only applies to kind 'codebook', not {self.kind!r}")
+            raise ConfigError(join_key(path, "track_weights"), f"only applies to kind 'codebook', not {self.kind!r}")
         if self.fit_options and self.kind != "codebook":
-            raise ConfigError(_join(path, "fit_options"), f"only applies to kind 'codebook', not {self.kind!r}")
+            raise ConfigError(join_key(path, "fit_options"), f"only applies to kind 'codebook', not {self.kind!r}")
         from . import codebook
         for key, value in self.fit_options.items():
             try:  # one option at a time, so that the error names its key
                 codebook.check_options(self.method, **{key: value})
             except (TypeError, ValueError) as err:
-                raise ConfigError(_join(_join(path, "fit_options"), key), str(err)) from None
+                raise ConfigError(join_key(join_key(path, "fit_options"), key), str(err)) from None
 
     def to_dict(self) -> dict:
         out = super().to_dict()
@@ -231,7 +234,7 @@ class WeightQuantConfig(_Section):
 
 
 @dataclass
-class ActQuantConfig(_Section):
+class ActQuantConfig(Section):
     """Uniform activation quantization with a learned clip: PACT (clip alpha) or LSQ (step size), initialized
     by an observer over `calibration_batches` batches (max, or a high percentile of |x|). signed: 'auto' (signed
     exactly when the calibration data has a negative value), true or false (negative values clip to 0)."""
@@ -243,12 +246,12 @@ class ActQuantConfig(_Section):
     percentile: float = 99.99
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "bits"), self.bits, 2 if self.signed is True else 1, 8)
-        _check_range(_join(path, "percentile"), self.percentile, 50.0, 100.0)
+        check_range(join_key(path, "bits"), self.bits, 2 if self.signed is True else 1, 8)
+        check_range(join_key(path, "percentile"), self.percentile, 50.0, 100.0)
 
 
 @dataclass
-class OverrideConfig(_Section):
+class OverrideConfig(Section):
     """Per-layer override. `pattern` is a glob on the module name (e.g. 'features.0', 'classifier.*') or a
     regex prefixed with 're:'. `weight` / `act` are partial mappings merged over the defaults, null for float,
     and left out to keep the default."""
@@ -259,16 +262,16 @@ class OverrideConfig(_Section):
 
     def validate(self, path: str = "") -> None:
         if not self.pattern:
-            raise ConfigError(_join(path, "pattern"), "must be a non-empty glob or 're:<regex>'")
+            raise ConfigError(join_key(path, "pattern"), "must be a non-empty glob or 're:<regex>'")
         if self.pattern.startswith("re:"):
             try:
                 re.compile(self.pattern[3:])
             except re.error as err:
-                raise ConfigError(_join(path, "pattern"), f"bad regex: {err}") from err
+                raise ConfigError(join_key(path, "pattern"), f"bad regex: {err}") from err
 
 
 @dataclass
-class QuantConfig(_Section):
+class QuantConfig(Section):
     """Default quantizers plus overrides. `weight` / `act` null means float. `input_act` quantizes the input
     of the first layer (the image; signed) and defaults to `act` with signed=True when left out."""
 
@@ -279,13 +282,13 @@ class QuantConfig(_Section):
     calibration_batches: int = 4
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "calibration_batches"), self.calibration_batches, 1, 10_000)
+        check_range(join_key(path, "calibration_batches"), self.calibration_batches, 1, 10_000)
         for i, override in enumerate(self.overrides):
-            resolve_weight(self.weight, override.weight, f"{_join(path, 'overrides')}[{i}].weight")
-            resolve_act(self.act, override.act, f"{_join(path, 'overrides')}[{i}].act")
+            resolve_weight(self.weight, override.weight, f"{join_key(path, 'overrides')}[{i}].weight")
+            resolve_act(self.act, override.act, f"{join_key(path, 'overrides')}[{i}].act")
 
 
-def _merge(default: _Section | None, partial: dict | None, cls, path: str):
+def _merge(default: Section | None, partial: dict | None, cls, path: str):
     if partial is None:
         return None
     if not partial:
@@ -304,7 +307,7 @@ def resolve_act(default: ActQuantConfig | None, partial: dict | None, path: str 
 
 
 @dataclass
-class DataConfig(_Section):
+class DataConfig(Section):
     path: str = "/usr/share/datasets/fashion-mnist"
     val_size: int = 5000
     seed: int = 0
@@ -319,17 +322,17 @@ class DataConfig(_Section):
 
     def validate(self, path: str = "") -> None:
         # 0 would leave nothing to select rounds on: every validation accuracy reads 0.
-        _check_range(_join(path, "val_size"), self.val_size, 1, 59_999)
-        _check_range(_join(path, "seed"), self.seed, 0, MAX_SEED)
-        _check_range(_join(path, "batch_size"), self.batch_size, 1, 1 << 16)
-        _check_range(_join(path, "eval_batch_size"), self.eval_batch_size, 1, 1 << 16)
-        _check_range(_join(path, "crop_padding"), self.crop_padding, 0, 8)
+        check_range(join_key(path, "val_size"), self.val_size, 1, 59_999)
+        check_range(join_key(path, "seed"), self.seed, 0, MAX_SEED)
+        check_range(join_key(path, "batch_size"), self.batch_size, 1, 1 << 16)
+        check_range(join_key(path, "eval_batch_size"), self.eval_batch_size, 1, 1 << 16)
+        check_range(join_key(path, "crop_padding"), self.crop_padding, 0, 8)
         for key in ("train_subset", "val_subset", "test_subset"):
-            _check_range(_join(path, key), getattr(self, key), 1, 60_000)
+            check_range(join_key(path, key), getattr(self, key), 1, 60_000)
 
 
 @dataclass
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """name: a registered model (qcnn.models.names()), 'torchvision.<builder>' (any torchvision.models builder,
     e.g. torchvision.resnet18) or 'package.module:Class' (an nn.Module class or a function annotated to return
     one). kwargs go to it; kwargs.input_adapter: gray28 fits a net made for 3-channel 224x224 images to 1-channel
@@ -343,17 +346,17 @@ class ModelConfig(_Section):
         try:
             models.check_name(self.name)
         except ValueError as err:
-            raise ConfigError(_join(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
+            raise ConfigError(join_key(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
         adapter = self.kwargs.get("input_adapter")
         if adapter is not None and adapter not in models.INPUT_ADAPTERS:
-            raise ConfigError(_join(path, "kwargs.input_adapter"), f"must be one of {sorted(models.INPUT_ADAPTERS)}, "
-                              f"got {adapter!r}")
+            raise ConfigError(join_key(path, "kwargs.input_adapter"),
+                              f"must be one of {sorted(models.INPUT_ADAPTERS)}, got {adapter!r}")
         try:
-            builder = models._builder(self.name)
+            builder = models.builder(self.name)
         except (ImportError, ValueError, TypeError) as err:
-            raise ConfigError(_join(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
+            raise ConfigError(join_key(path, "name"), str(err).removeprefix("qcnn.models.create: ")) from None
         _check_builder_kwargs(self.name, builder, {k: v for k, v in self.kwargs.items() if k != "input_adapter"},
-                              _join(path, "kwargs"))
+                              join_key(path, "kwargs"))
 
 
 def _signature(fn) -> inspect.Signature | None:
@@ -377,7 +380,7 @@ def _check_builder_kwargs(name: str, builder, kwargs: dict, path: str) -> None:
     missing = [n for n, p in sig.parameters.items() if p.default is p.empty and n not in kwargs
                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
     if missing:
-        raise ConfigError(_join(path, missing[0]), f"required by {name}, missing")
+        raise ConfigError(join_key(path, missing[0]), f"required by {name}, missing")
     if open_ended and name.startswith("torchvision."):
         # torchvision's builders pass **kwargs on to the model class they return (their documented interface)
         try:
@@ -393,20 +396,20 @@ def _check_builder_kwargs(name: str, builder, kwargs: dict, path: str) -> None:
         if param is None:
             if open_ended:
                 continue
-            raise ConfigError(_join(path, key), f"unknown keyword argument of {name} (allowed: {sorted(params)})")
+            raise ConfigError(join_key(path, key), f"unknown keyword argument of {name} (allowed: {sorted(params)})")
         annotation = param.annotation
         if annotation is param.empty or isinstance(annotation, str):
             annotation = type(param.default) if type(param.default) in (bool, int, float, str) else None
         if annotation is None or value is None and param.default is None:
             continue
         try:
-            _convert(value, annotation, _join(path, key))
+            _convert(value, annotation, join_key(path, key))
         except (TypeError, AttributeError):  # an annotation no config value is checked against (a class, a callable)
             pass
 
 
 @dataclass
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """Optimizer and schedule. In the retraining loop the schedule restarts every round (over
     retrain.epochs_per_round epochs, starting from retrain.lr)."""
 
@@ -425,20 +428,20 @@ class TrainingConfig(_Section):
     threads: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "epochs"), self.epochs, 1, 10_000)
-        _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
-        _check_range(_join(path, "momentum"), self.momentum, 0.0, 0.999)
-        _check_range(_join(path, "weight_decay"), self.weight_decay, 0.0, 1.0)
-        _check_range(_join(path, "step_size"), self.step_size, 1, 10_000)
-        _check_range(_join(path, "gamma"), self.gamma, 0.0, 1.0)
-        _check_range(_join(path, "warmup_fraction"), self.warmup_fraction, 0.0, 0.9)
-        _check_range(_join(path, "label_smoothing"), self.label_smoothing, 0.0, 0.5)
-        _check_range(_join(path, "threads"), self.threads, 1, 1024)
-        _check_range(_join(path, "seed"), self.seed, 0, MAX_SEED)
+        check_range(join_key(path, "epochs"), self.epochs, 1, 10_000)
+        check_range(join_key(path, "lr"), self.lr, 1e-8, 10.0)
+        check_range(join_key(path, "momentum"), self.momentum, 0.0, 0.999)
+        check_range(join_key(path, "weight_decay"), self.weight_decay, 0.0, 1.0)
+        check_range(join_key(path, "step_size"), self.step_size, 1, 10_000)
+        check_range(join_key(path, "gamma"), self.gamma, 0.0, 1.0)
+        check_range(join_key(path, "warmup_fraction"), self.warmup_fraction, 0.0, 0.9)
+        check_range(join_key(path, "label_smoothing"), self.label_smoothing, 0.0, 0.5)
+        check_range(join_key(path, "threads"), self.threads, 1, 1024)
+        check_range(join_key(path, "seed"), self.seed, 0, MAX_SEED)
 
 
 @dataclass
-class RetrainConfig(_Section):
+class RetrainConfig(Section):
     """Ji et al. 2015 supervised iterative quantization: each round refits codebooks (scales) on the latent
     weights, retrains `epochs_per_round` epochs and evaluates on the validation split; stop when the val
     accuracy gain (points) < acc_gain_threshold AND the cluster-change fraction < change_threshold, or after
@@ -468,25 +471,25 @@ with the new quantized weights (0: keep the statistics the last round trained)."
         return self.lr * self.lr_decay ** round_index
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "max_rounds"), self.max_rounds, 1, 1000)
-        _check_range(_join(path, "min_rounds"), self.min_rounds, 1, self.max_rounds)
-        _check_range(_join(path, "epochs_per_round"), self.epochs_per_round, 1, 1000)
-        _check_range(_join(path, "lr"), self.lr, 1e-8, 10.0)
-        _check_range(_join(path, "lr_decay"), self.lr_decay, 1e-3, 1.0)
-        _check_range(_join(path, "acc_gain_threshold"), self.acc_gain_threshold, 0.0, 100.0)
-        _check_range(_join(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
-        _check_range(_join(path, "bn_batches"), self.bn_batches, 0, 100_000)
+        check_range(join_key(path, "max_rounds"), self.max_rounds, 1, 1000)
+        check_range(join_key(path, "min_rounds"), self.min_rounds, 1, self.max_rounds)
+        check_range(join_key(path, "epochs_per_round"), self.epochs_per_round, 1, 1000)
+        check_range(join_key(path, "lr"), self.lr, 1e-8, 10.0)
+        check_range(join_key(path, "lr_decay"), self.lr_decay, 1e-3, 1.0)
+        check_range(join_key(path, "acc_gain_threshold"), self.acc_gain_threshold, 0.0, 100.0)
+        check_range(join_key(path, "change_threshold"), self.change_threshold, 0.0, 1.0)
+        check_range(join_key(path, "bn_batches"), self.bn_batches, 0, 100_000)
         fr = self.incremental_fractions
         for i, f in enumerate(fr):
-            _check_range(f"{_join(path, 'incremental_fractions')}[{i}]", f, 1e-6, 1.0)
+            check_range(f"{join_key(path, 'incremental_fractions')}[{i}]", f, 1e-6, 1.0)
         if self.incremental:
             if not fr or any(b < a for a, b in zip(fr, fr[1:])) or fr[-1] != 1.0:
-                raise ConfigError(_join(path, "incremental_fractions"),
+                raise ConfigError(join_key(path, "incremental_fractions"),
                                   f"must be non-decreasing and end at 1.0, got {fr}")
 
 
 @dataclass
-class RunConfig(_Section):
+class RunConfig(Section):
     """One experiment. `baseline` is the float model to start from (a runs/<name>/model.pt); null trains from
     scratch (train.py) or, for retrain.py, means runs/baseline/model.pt."""
 
@@ -501,7 +504,7 @@ class RunConfig(_Section):
 
     def validate(self, path: str = "") -> None:
         if self.name in ("", ".", "..") or any(c in self.name for c in "/\\\0"):
-            raise ConfigError(_join(path, "name"), "must be one path component (not empty, '.' or '..'; no '/', "
+            raise ConfigError(join_key(path, "name"), "must be one path component (not empty, '.' or '..'; no '/', "
                               f"'\\' or NUL), got {self.name!r}")
 
     @property
@@ -525,7 +528,7 @@ class _Loader(yaml.SafeLoader):
         elif index is None:  # a mapping key
             path = self._paths[-1]
         else:
-            path = _join(self._paths[-1], str(index.value))
+            path = join_key(self._paths[-1], str(index.value))
         event = self.peek_event()
         if isinstance(event, yaml.events.AliasEvent):
             raise ConfigError(path, f"YAML aliases are not allowed (*{event.anchor} at {_where(event.start_mark)})")
@@ -542,7 +545,7 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key, yaml.ScalarNode):
                 seen = first.setdefault((key.tag, key.value), key)
                 if seen is not key:
-                    raise ConfigError(_join(self._paths[-1], key.value), f"duplicate key at "
+                    raise ConfigError(join_key(self._paths[-1], key.value), f"duplicate key at "
                                       f"{_where(key.start_mark)} (first at {_where(seen.start_mark)})")
         return node
 
@@ -556,7 +559,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+.0123456789"))
 
 
-def _read_mapping(path: Path) -> dict:
+def read_mapping(path: Path) -> dict:
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)
     except ConfigError as err:
@@ -575,7 +578,7 @@ def _read_mapping(path: Path) -> dict:
 def load(path: str | Path) -> RunConfig:
     """Reads and validates a YAML run config; errors name the file and the key path."""
     path = Path(path)
-    data = _read_mapping(path)
+    data = read_mapping(path)
     if "search" in data:
         raise ConfigError("search", "a search script's config (training/search_fixed_point.py, "
                           "training/search_accumulator.py): read it with qcnn.config.load_with_search(path, "
@@ -590,7 +593,7 @@ def load_with_search(path: str | Path, search_config, check=None):
     """A search script's YAML file: a run config plus a `search:` section parsed by `search_config.from_dict`.
     `check(run_config, search)` may raise ConfigError for combinations; every error names the file and key path."""
     path = Path(path)
-    data = dict(_read_mapping(path))
+    data = dict(read_mapping(path))
     search = data.pop("search", None)
     try:
         cfg = from_dict(data)

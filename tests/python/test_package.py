@@ -74,3 +74,21 @@ def test_export_is_the_function_and_the_exporter_a_package():
     assert callable(qcnn.export) and qcnn.export is qcnn.exporter.export
     assert qcnn.exporter.graph.Graph is qcnn.exporter.Graph
     assert qcnn.load is qcnn.exporter.runtime.load
+
+
+def test_no_module_takes_another_modules_private_names():
+    """What a module shares has a public name: no `from qcnn.x import _helper` (nor `module._helper`) across
+    modules; the compiled extension `_C` is the one private module the package imports by name."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and (node.level or (node.module or "").startswith("qcnn")) for alias in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("qcnn")):
+                found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__") and a.name != "_C"]
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not found, found

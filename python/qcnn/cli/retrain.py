@@ -53,7 +53,7 @@ def check_baseline_split(cfg: qconfig.RunConfig, source: Path, script: str) -> N
     if not saved_path.is_file():
         return
     try:
-        saved = qconfig.DataConfig.from_dict(qconfig._read_mapping(saved_path).get("data"), "data")
+        saved = qconfig.DataConfig.from_dict(qconfig.read_mapping(saved_path).get("data"), "data")
     except qconfig.ConfigError as err:
         raise SystemExit(f"{script}: cannot read the float baseline's config {saved_path}: {err}") from err
     if saved.seed != cfg.data.seed or cfg.data.val_size > saved.val_size:

@@ -38,7 +38,8 @@ def check_name(name) -> None:
                      "(any torchvision.models builder, e.g. torchvision.resnet18) or 'package.module:Class'")
 
 
-def _builder(name: str) -> Callable[..., nn.Module]:
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The function that builds the model `name` (a registered name, or a torchvision one), before any call."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith("torchvision.") and ":" not in name:
@@ -47,11 +48,11 @@ def _builder(name: str) -> Callable[..., nn.Module]:
         except ImportError as err:
             raise ImportError(f"qcnn.models.create({name!r}) needs torchvision (pip install torchvision==0.29.1 "
                               f"with torch==2.14.1): {err}") from err
-        builder = name[len("torchvision."):]
+        torchvision_name = name[len("torchvision."):]
         try:
-            return torchvision.models.get_model_builder(builder)
+            return torchvision.models.get_model_builder(torchvision_name)
         except ValueError:
-            raise ValueError(f"qcnn.models.create: torchvision has no model builder {builder!r}; known: "
+            raise ValueError(f"qcnn.models.create: torchvision has no model builder {torchvision_name!r}; known: "
                              f"{sorted(torchvision.models.list_models())}") from None
     module_name, _, attr = name.partition(":")
     try:
@@ -88,9 +89,9 @@ def create(name: str, input_adapter: str | None = None, **kwargs) -> nn.Module:
     or a function annotated to return one). input_adapter='gray28' fits a net built for 3-channel 224x224 images
     to 1-channel 28x28 ones (adapt_to_gray28). Unknown names and keyword arguments are errors."""
     check_name(name)
-    builder = _builder(name)
+    builder_fn = builder(name)
     try:
-        model = builder(**kwargs)
+        model = builder_fn(**kwargs)
     except TypeError as err:
         raise TypeError(f"qcnn.models.create({name!r}): bad keyword arguments {sorted(kwargs)}: {err}") from err
     if not isinstance(model, nn.Module):

@@ -44,8 +44,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..config import (ActQuantConfig, ConfigError, QuantConfig, WeightQuantConfig, _check_range, _join,
-                      _Section)
+from ..config import (ActQuantConfig, ConfigError, QuantConfig, WeightQuantConfig, check_range, join_key,
+                      Section)
 from ..engine import unwrap
 from ..nn.layers import QuantLayer
 from ..quantize import input_readers, quantize_
@@ -69,7 +69,7 @@ def worst_case_accumulator_bits(k: int, act_bits: int, weight_bits: int, signed_
 
 
 @dataclass
-class AccumulatorSearchConfig(_Section):
+class AccumulatorSearchConfig(Section):
     """The `search:` section of training/search_accumulator.py's configs: qcnn.search.accumulator's options."""
 
     acc_bits: int = 16
@@ -79,12 +79,12 @@ class AccumulatorSearchConfig(_Section):
     l1_slack: float = 1.0
 
     def validate(self, path: str = "") -> None:
-        _check_range(_join(path, "acc_bits"), self.acc_bits, 2, 32)
-        _check_range(_join(path, "min_bits"), self.min_bits, 2, MAX_ENGINE_BITS)
-        _check_range(_join(path, "max_bits"), self.max_bits, self.min_bits, MAX_ENGINE_BITS)
-        _check_range(_join(path, "l1_slack"), self.l1_slack, 1.0, 1024.0)
+        check_range(join_key(path, "acc_bits"), self.acc_bits, 2, 32)
+        check_range(join_key(path, "min_bits"), self.min_bits, 2, MAX_ENGINE_BITS)
+        check_range(join_key(path, "max_bits"), self.max_bits, self.min_bits, MAX_ENGINE_BITS)
+        check_range(join_key(path, "l1_slack"), self.l1_slack, 1.0, 1024.0)
         if self.bound == "worst_case" and self.l1_slack != 1.0:
-            raise ConfigError(_join(path, "l1_slack"), "only applies to bound 'l1'")
+            raise ConfigError(join_key(path, "l1_slack"), "only applies to bound 'l1'")
 
 
 @dataclass

@@ -65,7 +65,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..config import ConfigError, _check_range, _join, _Section
+from ..config import ConfigError, check_range, join_key, Section
 from ..fold import set_submodule, trace
 from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..quantizers.act import (FIXED_POINT_BITS, FIXED_POINT_FRAC_BITS, FixedPointAct, FixedPointQuantizer,
@@ -290,7 +290,7 @@ def _reject_batchnorm(model: nn.Module, owner: str) -> None:
 
 # ------------------------------------------------------------------------------------------- search config
 @dataclass
-class FixedPointSearchConfig(_Section):
+class FixedPointSearchConfig(Section):
     """The `search:` section of a fixed-point search config (training/search_fixed_point.py); the fields are
     qcnn.search.fixed_point's keyword arguments."""
 
@@ -304,14 +304,14 @@ class FixedPointSearchConfig(_Section):
 
     def validate(self, path: str = "") -> None:
         if not 0.0 <= self.budget < 1.0:
-            raise ConfigError(_join(path, "budget"), f"must be in [0, 1), got {self.budget}")
-        _check_range(_join(path, "start_bits"), self.start_bits, *FIXED_POINT_BITS)
-        _check_range(_join(path, "max_batches"), self.max_batches, 1, 1 << 40)
-        _check_range(_join(path, "calibration_batches"), self.calibration_batches, 1, 1 << 40)
-        _check_range(_join(path, "cache_bytes"), self.cache_bytes, 0, 1 << 50)
-        _check_range(_join(path, "local_min_gain"), self.local_min_gain, 0.0, 1.0)
+            raise ConfigError(join_key(path, "budget"), f"must be in [0, 1), got {self.budget}")
+        check_range(join_key(path, "start_bits"), self.start_bits, *FIXED_POINT_BITS)
+        check_range(join_key(path, "max_batches"), self.max_batches, 1, 1 << 40)
+        check_range(join_key(path, "calibration_batches"), self.calibration_batches, 1, 1 << 40)
+        check_range(join_key(path, "cache_bytes"), self.cache_bytes, 0, 1 << 50)
+        check_range(join_key(path, "local_min_gain"), self.local_min_gain, 0.0, 1.0)
         if self.schedule not in SCHEDULES:
-            raise ConfigError(_join(path, "schedule"), f"must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+            raise ConfigError(join_key(path, "schedule"), f"must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
 
 # --------------------------------------------------------------------------------------- the traced forward
