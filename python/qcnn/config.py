@@ -152,9 +152,6 @@ def check_range(path: str, value, lo, hi) -> None:
 # numpy's seeds are uint32.
 MAX_SEED = 2**32 - 1
 
-WEIGHT_KINDS = ("uniform", "binary", "fixed", "codebook")
-CODEBOOK_METHODS = ("kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max")
-
 
 @dataclass
 class WeightQuantConfig(Section):

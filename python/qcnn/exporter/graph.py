@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..weight_format import MAX_WEIGHT_BITS, WEIGHT_KINDS, QuantWeight  # noqa: F401  (the graph's weights)
+from ..weight_format import QuantWeight
 
 OPS = ("conv2d", "linear", "quant", "affine", "relu", "lut", "max_pool2d", "avg_pool2d", "adaptive_max_pool2d",
        "adaptive_avg_pool2d", "global_max_pool", "global_avg_pool", "flatten", "add", "mul", "concat", "gather_channels")
