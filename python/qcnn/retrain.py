@@ -10,9 +10,11 @@ incremental_fractions[r] of each layer's weights at their quantized values, larg
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +26,61 @@ from .config import ConfigError, RunConfig, dump
 from .data import set_input_spec
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "qcnn.checkpoint"
+# 1: the checkpoint names its format and version. A checkpoint without them (written before, version 0) has the
+# same fields and resumes; a later version is refused with the version it needs.
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class FloatState:
+    """Where float training stands: the epochs done and their records (epochs.jsonl). A checkpoint's `loop`."""
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    kind = "float"
+
+    @property
+    def data_epoch(self) -> int:  # the loader epoch of the next batch order
+        return self.epoch
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, loop: dict) -> "FloatState":
+        """From a checkpoint's `loop`, once _check_float_loop has checked it."""
+        return cls(**{f.name: loop[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class RetrainState:
+    """Where the retraining loop stands: the round and its epoch, the loader epoch over all rounds, the current
+    round's refit information (None before its first epoch), the finished rounds' records, whether the loop has
+    converged, the round of the best validation accuracy, and the current round's per-epoch training figures.
+    A checkpoint's `loop`."""
+    round: int = 0
+    epoch: int = 0
+    global_epoch: int = 0
+    round_info: dict | None = None
+    rounds: list[dict] = field(default_factory=list)
+    done: bool = False
+    best_round: int | None = None
+    train_stats: list[dict] = field(default_factory=list)
+    kind = "retrain"
+
+    @property
+    def data_epoch(self) -> int:
+        return self.global_epoch
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, loop: dict) -> "RetrainState":
+        """From a checkpoint's `loop`, once _check_retrain_loop has checked it (which takes train_stats as
+        optional: read as none where it is absent)."""
+        return cls(**{f.name: loop.get(f.name, []) if f.name == "train_stats" else loop[f.name]
+                      for f in dataclasses.fields(cls)})
 
 
 def _wrap_ddp(model: nn.Module) -> nn.Module:
@@ -43,18 +100,20 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     atomic.write_file(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _save(cfg: RunConfig, model: nn.Module, optimizer, scheduler, state: dict, loader, best_model=None) -> None:
+def _save(cfg: RunConfig, model: nn.Module, optimizer, scheduler, state: FloatState | RetrainState, loader,
+          best_model=None) -> None:
     if not engine.is_main():
         return
     engine.atomic_save({
+        "format": {"name": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION},
         "config": cfg.to_dict(),
         "model": engine.unwrap(model).state_dict(),
         "best_model": best_model,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": engine.rng_state(),
-        "data_order": {"seed": getattr(loader, "seed", None), "epoch": state.get("global_epoch", state.get("epoch"))},
-        "loop": state,
+        "data_order": {"seed": getattr(loader, "seed", None), "epoch": state.data_epoch},
+        "loop": state.to_dict(),
     }, cfg.run_dir / CHECKPOINT)
 
 
@@ -76,7 +135,7 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "loop")
-OPTIONAL_CHECKPOINT_KEYS = ("best_model", "data_order")
+OPTIONAL_CHECKPOINT_KEYS = ("best_model", "data_order", "format")
 
 
 def _read_checkpoint(path: Path, kind: str) -> dict | None:
@@ -85,6 +144,14 @@ def _read_checkpoint(path: Path, kind: str) -> dict | None:
     ckpt = engine.load_checkpoint(path, CHECKPOINT_KEYS)
     fields = engine.CheckpointFields(path)
     fields.mapping(ckpt, "", CHECKPOINT_KEYS, OPTIONAL_CHECKPOINT_KEYS)
+    if "format" in ckpt:  # absent: version 0, the same fields
+        fmt = fields.mapping(ckpt["format"], "format", ("name", "version"), ())
+        fields.equal(fmt["name"], CHECKPOINT_FORMAT, "format.name")
+        version = fields.integer(fmt["version"], "format.version", 0, 2 ** 31 - 1)
+        if version > CHECKPOINT_VERSION:
+            fields.fail("format.version", f"= {version}: written by a newer qcnn (this one reads versions 0 to "
+                                          f"{CHECKPOINT_VERSION}); resume with that qcnn, or delete the checkpoint "
+                                          "to start over")
     fields.mapping(ckpt["config"], "config")
     loop = ckpt["loop"]
     if not isinstance(loop, dict) or loop.get("kind") != kind:
@@ -281,7 +348,7 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.training
-    state = {"kind": "float", "epoch": 0, "history": []}
+    state = FloatState()
     steps = engine.batches_per_epoch(train_loader)
     ckpt = _begin(cfg, model, "float", resume, steps)
     ddp = _wrap_ddp(model)
@@ -289,12 +356,12 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["loop"]
+        state = FloatState.from_dict(ckpt["loop"])
     done_now = 0
-    while state["epoch"] < tcfg.epochs:
+    while state.epoch < tcfg.epochs:
         if stop_after_epochs is not None and done_now >= stop_after_epochs:
-            return {"finished": False, "history": state["history"]}
-        epoch = state["epoch"]
+            return {"finished": False, "history": state.history}
+        epoch = state.epoch
         engine.set_loader_epoch(train_loader, epoch)
         t0 = time.perf_counter()
         stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler, label_smoothing=tcfg.label_smoothing,
@@ -304,24 +371,24 @@ def train_float(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, r
         record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"],
                   "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
                   "seconds": time.perf_counter() - t0}
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
+        state.history.append(record)
+        state.epoch = epoch + 1
         if engine.is_main():
             print(f"[{cfg.name}] epoch {epoch + 1}/{tcfg.epochs} train loss {stats['loss']:.4f} "
                   f"acc {stats['acc']:.2f} | val loss {val['loss']:.4f} acc {val['acc']:.2f} "
                   f"F1 {val['f1']:.2f} ({record['seconds']:.0f}s)", flush=True)
-            _write_jsonl(run_dir / "epochs.jsonl", state["history"])
+            _write_jsonl(run_dir / "epochs.jsonl", state.history)
         _save(cfg, ddp, optimizer, scheduler, state, train_loader)
         done_now += 1
-    return {"finished": True, "history": state["history"]}
+    return {"finished": True, "history": state.history}
 
 
 # ---------------------------------------------------------------------------------- retraining loop
-def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) -> dict:
+def _round_start(model: nn.Module, cfg: RunConfig, state: RetrainState, train_loader) -> dict:
     """Calibration (round 0), refit on rank 0 (or incremental freezing), broadcast, BatchNorm re-estimation
     (retrain.bn_batches). Returns the round info."""
     rcfg = cfg.retrain
-    r = state["round"]
+    r = state.round
     info = None
     if engine.is_main():
         if rcfg.incremental:
@@ -340,12 +407,12 @@ def _round_start(model: nn.Module, cfg: RunConfig, state: dict, train_loader) ->
     return info
 
 
-def _stop_reason(cfg: RunConfig, state: dict) -> str:
-    if not state["done"]:
+def _stop_reason(cfg: RunConfig, state: RetrainState) -> str:
+    if not state.done:
         return ""
     if cfg.retrain.incremental:
         return " (all weights frozen)"
-    return " (round limit)" if len(state["rounds"]) >= cfg.retrain.max_rounds else " (converged)"
+    return " (round limit)" if len(state.rounds) >= cfg.retrain.max_rounds else " (converged)"
 
 
 def _converged(cfg: RunConfig, rounds: list[dict]) -> bool:
@@ -384,30 +451,29 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
     run_dir.mkdir(parents=True, exist_ok=True)
     rcfg, tcfg = cfg.retrain, cfg.training
     epochs = rcfg.epochs_per_round
-    state = {"kind": "retrain", "round": 0, "epoch": 0, "global_epoch": 0, "round_info": None, "rounds": [],
-             "done": False, "best_round": None}
+    state = RetrainState()
     ckpt = _begin(cfg, model, "retrain", resume, steps)
     best_model = None  # the state after the round with the best validation accuracy so far
     if ckpt is not None:
-        state = ckpt["loop"]
+        state = RetrainState.from_dict(ckpt["loop"])
         best_model = ckpt.get("best_model")
     ddp = _wrap_ddp(model)
     optimizer = scheduler = None
-    if ckpt is not None and state["round_info"] is not None:
-        optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "retrain", state["round"], steps)
+    if ckpt is not None and state.round_info is not None:
+        optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "retrain", state.round, steps)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
     done_now = 0
-    while not state["done"]:
-        r = state["round"]
-        if state["round_info"] is None:
+    while not state.done:
+        r = state.round
+        if state.round_info is None:
             t0 = time.perf_counter()
-            engine.set_loader_epoch(train_loader, state["global_epoch"])
+            engine.set_loader_epoch(train_loader, state.global_epoch)
             info = _round_start(model, cfg, state, train_loader)
             before = engine.evaluate(model, val_loader)
             info.update(val_acc_before=before["acc"], val_f1_before=before["f1"], val_loss_before=before["loss"],
                         fit_seconds=time.perf_counter() - t0)
-            state["round_info"] = info
+            state.round_info = info
             optimizer, scheduler = _optimizer_and_schedule(ddp, cfg, "retrain", r, steps)
             if engine.is_main():
                 change = info["change_fraction"]
@@ -415,58 +481,58 @@ def run(model: nn.Module, cfg: RunConfig, train_loader, val_loader, *, resume: b
                       f"{'-' if change is None else f'{change:.4f}'}, val acc before retraining {before['acc']:.2f} "
                       f"(F1 {before['f1']:.2f})",
                       flush=True)
-        while state["epoch"] < epochs:
+        while state.epoch < epochs:
             if stop_after_epochs is not None and done_now >= stop_after_epochs:
-                return {"finished": False, "rounds": state["rounds"]}
-            engine.set_loader_epoch(train_loader, state["global_epoch"])
+                return {"finished": False, "rounds": state.rounds}
+            engine.set_loader_epoch(train_loader, state.global_epoch)
             stats = engine.train_epoch(ddp, train_loader, optimizer, scheduler,
                                        label_smoothing=tcfg.label_smoothing,
-                                       desc=f"round {r} epoch {state['epoch'] + 1}/{epochs}", progress=progress)
+                                       desc=f"round {r} epoch {state.epoch + 1}/{epochs}", progress=progress)
             engine.sync_state(model)
-            state["epoch"] += 1
-            state["global_epoch"] += 1
-            state.setdefault("train_stats", []).append(stats)
-            finished_round = state["epoch"] == epochs
+            state.epoch += 1
+            state.global_epoch += 1
+            state.train_stats.append(stats)
+            finished_round = state.epoch == epochs
             if finished_round:
                 _finish_round(model, cfg, state, val_loader, stats)
-                if state["best_round"] == state["rounds"][-1]["round"]:
+                if state.best_round == state.rounds[-1]["round"]:
                     best_model = copy.deepcopy(model.state_dict())
             _save(cfg, ddp, optimizer, scheduler, state, train_loader, best_model)
             done_now += 1
             if finished_round:
                 break
-    last = state["rounds"][-1]["round"]
+    last = state.rounds[-1]["round"]
     keep_best = rcfg.keep_best and not rcfg.incremental  # INQ's earlier rounds still have float weights
-    if keep_best and state["best_round"] != last:
+    if keep_best and state.best_round != last:
         model.load_state_dict(best_model)
         if engine.is_main():
-            print(f"[{cfg.name}] keeping round {state['best_round']} (best validation accuracy), not round {last}",
+            print(f"[{cfg.name}] keeping round {state.best_round} (best validation accuracy), not round {last}",
                   flush=True)
-    return {"finished": True, "rounds": state["rounds"], "best_round": state["best_round"] if keep_best else last}
+    return {"finished": True, "rounds": state.rounds, "best_round": state.best_round if keep_best else last}
 
 
-def _finish_round(model: nn.Module, cfg: RunConfig, state: dict, val_loader, stats: dict) -> None:
+def _finish_round(model: nn.Module, cfg: RunConfig, state: RetrainState, val_loader, stats: dict) -> None:
     val = engine.evaluate(model, val_loader)
-    info = state["round_info"]
-    record = {"round": state["round"], "val_acc": val["acc"], "val_f1": val["f1"], "val_loss": val["loss"],
+    info = state.round_info
+    record = {"round": state.round, "val_acc": val["acc"], "val_f1": val["f1"], "val_loss": val["loss"],
               "train_loss": stats["loss"], "train_acc": stats["acc"], **info,
               "quantizers": qz.quant_report(model)}
-    state["rounds"].append(record)
-    if val["acc"] > max((r["val_acc"] for r in state["rounds"][:-1]), default=-1.0):
-        state["best_round"] = record["round"]
-    state["done"] = _converged(cfg, state["rounds"])
-    state["round"] += 1
-    state["epoch"] = 0
-    state["round_info"] = None
-    state["train_stats"] = []
+    state.rounds.append(record)
+    if val["acc"] > max((r["val_acc"] for r in state.rounds[:-1]), default=-1.0):
+        state.best_round = record["round"]
+    state.done = _converged(cfg, state.rounds)
+    state.round += 1
+    state.epoch = 0
+    state.round_info = None
+    state.train_stats = []
     if engine.is_main():
         change = record["change_fraction"]
         print(f"[{cfg.name}] round {record['round']}: val acc {val['acc']:.2f} F1 {val['f1']:.2f} "
               f"loss {val['loss']:.4f} "
               f"change {'-' if change is None else f'{change:.4f}'}{_stop_reason(cfg, state)}",
               flush=True)
-        _write_jsonl(cfg.run_dir / "rounds.jsonl", state["rounds"])
-        plot_rounds(state["rounds"], cfg.run_dir / "accuracy.png", title=cfg.name)
+        _write_jsonl(cfg.run_dir / "rounds.jsonl", state.rounds)
+        plot_rounds(state.rounds, cfg.run_dir / "accuracy.png", title=cfg.name)
         layer = cfg.retrain.histogram_layer or qz.default_histogram_layer(model)
         plot_weight_histogram(model, layer, cfg.run_dir / "histogram.png")
 

@@ -201,6 +201,12 @@ EDITS = [
     ("boundary", put("loop", "round_info", {}), r"loop.round_info = \{\}, expected None \(no epoch of loop.round"),
     ("boundary", put("best_model", None), r"best_model must be a mapping, got None"),
     ("boundary", _wrong_best_model, r"best_model does not fit this model"),
+    # the format
+    ("float", put("format", "version", retrain.CHECKPOINT_VERSION + 1),
+     r"format.version = 2: written by a newer qcnn \(this one reads versions 0 to 1\)"),
+    ("float", put("format", "version", "1"), r"format.version must be an integer, got '1'"),
+    ("float", put("format", "name", "other"), r"format.name = 'other', expected 'qcnn.checkpoint'"),
+    ("float", put("format", [1]), r"format must be a mapping, got \[1\]"),
 ]
 
 
@@ -230,6 +236,25 @@ def test_the_unedited_checkpoints_pass_the_checks(base, kind):
     fields = engine.CheckpointFields("x")
     retrain._check_checkpoint(copy.deepcopy(base["checkpoints"][kind]), cfg, _model(cfg),
                               "float" if kind == "float" else "retrain", len(base["splits"].train), fields)
+
+
+def test_checkpoints_record_their_format_and_earlier_ones_resume_exactly(base, tmp_path):
+    """A checkpoint names its format and version; one written before they were recorded (no `format`, version 0:
+    the same fields) resumes to the state that resuming the recorded one reaches, bit for bit."""
+    for ckpt in base["checkpoints"].values():
+        assert ckpt["format"] == {"name": retrain.CHECKPOINT_FORMAT, "version": retrain.CHECKPOINT_VERSION}
+    finished = {}
+    for name, strip in (("recorded", False), ("version0", True)):
+        ckpt = copy.deepcopy(base["checkpoints"]["mid_round"])
+        if strip:
+            del ckpt["format"]
+        cfg = base["cfg"]["mid_round"].replace(out_dir=str(tmp_path / name))
+        engine.atomic_save(ckpt, cfg.run_dir / retrain.CHECKPOINT)
+        model = _model(cfg)
+        assert _train(cfg, base["splits"], model, resume=True)["finished"]
+        finished[name] = model.state_dict()
+    assert finished["recorded"].keys() == finished["version0"].keys()
+    assert all(torch.equal(finished["recorded"][k], finished["version0"][k]) for k in finished["recorded"])
 
 
 def test_an_adam_state_of_the_wrong_kind_is_named(base):
