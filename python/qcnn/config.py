@@ -21,15 +21,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from . import atomic
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the file (when known) and the key path."""
-
-    def __init__(self, path: str, message: str, file: str | None = None):
-        self.key_path, self.file, self.message = path, file, message
-        where = f"{file}: " if file else ""
-        super().__init__(f"{where}{path or '<root>'}: {message}")
+from .config_errors import ConfigError, check_range, join_key
+from .codebook import METHODS
+from .quantizers.weight_kinds import weight_kind, weight_kind_names
 
 
 def _type_name(tp) -> str:
@@ -138,17 +132,6 @@ class Section:
         return obj
 
 
-def join_key(path: str, key: str) -> str:
-    """The key path of `key` under `path` (what a ConfigError names)."""
-    return f"{path}.{key}" if path else key
-
-
-def check_range(path: str, value, lo, hi) -> None:
-    """A ConfigError naming `path` unless value is None or in [lo, hi]."""
-    if value is not None and not lo <= value <= hi:
-        raise ConfigError(path, f"must be in [{lo}, {hi}], got {value}")
-
-
 # numpy's seeds are uint32.
 MAX_SEED = 2**32 - 1
 
@@ -174,14 +157,14 @@ class WeightQuantConfig(Section):
     declares P on the layer. Left out of to_dict() when null.
     """
 
-    kind: Literal["uniform", "binary", "fixed", "codebook"] = "codebook"
+    kind: str = "codebook"
     bits: int = 4
     granularity: Literal["tensor", "channel"] = "channel"
     symmetric: bool = True
     calibration: Literal["max", "mse"] = "mse"
     learn_scale: bool = False
     frac_bits: Optional[int] = None
-    method: Literal["kmeans", "kmeans_optimal", "lloyd_max", "kde_kmeans", "kde_lloyd_max"] = "kmeans"
+    method: Literal[METHODS] = "kmeans"
     train_centroids: bool = False
     fit_options: dict[str, Any] = field(default_factory=dict)
     warm_start: bool = True
@@ -189,36 +172,19 @@ class WeightQuantConfig(Section):
     accumulator_bits: Optional[int] = None
 
     def validate(self, path: str = "") -> None:
-        if self.accumulator_bits is not None:
-            key = join_key(path, "accumulator_bits")
-            check_range(key, self.accumulator_bits, 2, 32)
-            if self.kind != "uniform":
-                raise ConfigError(key, f"only applies to kind 'uniform', not {self.kind!r}")
-            if not self.symmetric:
-                raise ConfigError(key, "needs symmetric: true (the L1 bound is on integer weights without a zero point)")
-        if self.kind == "binary":
-            check_range(join_key(path, "bits"), self.bits, 1, 1)
-        elif self.kind == "fixed":
-            check_range(join_key(path, "bits"), self.bits, 2, 16)
-            check_range(join_key(path, "frac_bits"), self.frac_bits, -64, 64)
-        elif self.kind == "codebook":
-            check_range(join_key(path, "bits"), self.bits, 1, 8)
-        else:
-            check_range(join_key(path, "bits"), self.bits, 2, 8)
-        if self.learn_scale and self.kind != "uniform":
-            raise ConfigError(join_key(path, "learn_scale"), f"only applies to kind 'uniform', not {self.kind!r}")
-        if self.train_centroids and self.kind != "codebook":
-            raise ConfigError(join_key(path, "train_centroids"), f"only applies to kind 'codebook', not {self.kind!r}")
-        if not self.track_weights and self.kind != "codebook":
-            raise ConfigError(join_key(path, "track_weights"), f"only applies to kind 'codebook', not {self.kind!r}")
-        if self.fit_options and self.kind != "codebook":
-            raise ConfigError(join_key(path, "fit_options"), f"only applies to kind 'codebook', not {self.kind!r}")
-        from . import codebook
-        for key, value in self.fit_options.items():
-            try:  # one option at a time, so that the error names its key
-                codebook.check_options(self.method, **{key: value})
-            except (TypeError, ValueError) as err:
-                raise ConfigError(join_key(join_key(path, "fit_options"), key), str(err)) from None
+        """The kind is a registered one (qcnn.quantizers.weight_kinds); options of another kind are refused,
+        naming the key; then the kind's range of bits and its own checks."""
+        names = weight_kind_names()
+        if self.kind not in names:
+            raise ConfigError(join_key(path, "kind"), f"must be one of {list(names)}, got {self.kind!r}")
+        kind = weight_kind(self.kind)
+        for other in names:
+            for key, is_set in weight_kind(other).options.items():
+                if other != self.kind and key not in kind.options and is_set(self):
+                    raise ConfigError(join_key(path, key), f"only applies to kind {other!r}, not {self.kind!r}")
+        check_range(join_key(path, "bits"), self.bits, *kind.bits)
+        if kind.validate is not None:
+            kind.validate(self, path)
 
     def to_dict(self) -> dict:
         out = super().to_dict()

@@ -17,7 +17,8 @@ from .config import ConfigError, QuantConfig, resolve_act, resolve_weight
 from .fold import set_submodule, trace
 from .nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from .quantizers.act import QuantAct, build_act_quantizer
-from .quantizers.weight import CodebookWeightQuantizer, bind_accumulator_input, build_weight_quantizer
+from .quantizers.weight import bind_accumulator_input, build_weight_quantizer
+from .quantizers.weight_codebook import CodebookWeightQuantizer
 
 
 def _matches(pattern: str, name: str) -> bool:

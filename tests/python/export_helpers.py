@@ -19,7 +19,7 @@ from qcnn.quantize import calibrate_activations
 from qcnn.data import write_idx  # noqa: F401  (the tests import it from here)
 from qcnn._ops import int_ops as _ops
 from qcnn.exporter import Graph, Node, QParams, QuantWeight
-from qcnn.quantizers.weight import codebook_level_limit, snap_to_grid
+from qcnn.weight_format import codebook_level_limit, snap_to_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 QCNN_INFER = Path(__file__).resolve().parents[2] / "build" / "qcnn-infer"

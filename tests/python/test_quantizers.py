@@ -9,7 +9,7 @@ import qcnn
 if not (hasattr(qcnn.ops, "fake_quant") and importlib.util.find_spec("qcnn.codebook") is not None):
     pytest.skip("qcnn.ops.fake_quant / qcnn.codebook not built yet", allow_module_level=True)
 
-from qcnn.quantizers.weight import snap_to_grid  # noqa: E402
+from qcnn.weight_format import snap_to_grid  # noqa: E402
 from qcnn.quantizers import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,  # noqa: E402
                              QuantAct, UniformWeightQuantizer)
 

@@ -18,8 +18,8 @@ from qcnn.data import Splits, TensorLoader
 from qcnn.exporter import Graph, Node, QParams, QuantWeight, lower_graph, to_graph, write_qcnn
 from qcnn.nn import QuantConv2d, QuantLinear
 from qcnn.quantizers.act import QuantAct
-from qcnn.quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budget, act_code_range,
-                                    bind_accumulator_input)
+from qcnn.quantizers import UniformWeightQuantizer
+from qcnn.quantizers.weight import accumulator_l1_budget, act_code_range, bind_accumulator_input
 from qcnn.search.accumulator_search import (AccumulatorPlan, AccumulatorSearchConfig, accumulator, accumulator_report,
                                             worst_case_accumulator_bits)
 

@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..quantizers.weight_codebook import CodebookWeightQuantizer
+from ..quantizers.weight_kinds import kind_of
+
 FLOAT_BITS = 32
 INT8_BITS = 8
 CODEBOOK_LEVEL_BITS = 16  # levels are stored as I16 (docs/FORMAT.md section 3)
@@ -181,19 +184,12 @@ def _bits(quantizer, what: str, layer_name: str) -> int:
 
 
 def _weight_format(quantizer) -> str:
-    from ..quantizers.weight import (BinaryWeightQuantizer, CodebookWeightQuantizer, FixedPointWeightQuantizer,
-                                     UniformWeightQuantizer)
     if quantizer is None:
         return "float"
-    for cls, label in ((BinaryWeightQuantizer, "binary"), (CodebookWeightQuantizer, "codebook"),
-                       (FixedPointWeightQuantizer, "fixed"), (UniformWeightQuantizer, "uniform")):
-        if isinstance(quantizer, cls):
-            return label
-    return type(quantizer).__name__
+    return kind_of(quantizer) or type(quantizer).__name__
 
 
 def _codebook_bits(quantizer, weight_bits: int) -> int:
-    from ..quantizers.weight import CodebookWeightQuantizer
     if not isinstance(quantizer, CodebookWeightQuantizer):
         return 0
     tables = quantizer.codebook.shape[0] if quantizer.codebook.dim() == 2 else 1

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 from qcnn import atomic
+from qcnn.quantizers.weight_kinds import weight_kind
 from . import REPO_ROOT as ROOT
 from .train import run_script
 
@@ -23,13 +24,7 @@ def _weights(q: dict | None) -> str:
     w = (q or {}).get("weight")
     if not w:
         return "float"
-    if w["kind"] == "binary":
-        return "binary"
-    if w["kind"] == "codebook":
-        return f"{w['bits']}-bit {w['method']} ({w['granularity']})" + (", trained centroids" if w.get("train_centroids") else "")
-    if w["kind"] == "fixed":
-        return f"Q fixed {w['bits']}-bit"
-    return f"{w['bits']}-bit uniform ({w['granularity']}{', LSQ' if w.get('learn_scale') else ''})"
+    return weight_kind(w["kind"]).label(w)
 
 
 def _acts(q: dict | None) -> str:

@@ -50,8 +50,8 @@ from ..engine import unwrap
 from ..nn.layers import QuantLayer
 from ..quantize import input_readers, quantize_
 from ..quantizers.act import QuantAct
-from ..quantizers.weight import (UniformWeightQuantizer, accumulator_l1_budget, act_code_range,
-                                 check_accumulator_bits)
+from ..quantizers.weight import accumulator_l1_budget, act_code_range, check_accumulator_bits
+from ..quantizers.weight_uniform import UniformWeightQuantizer
 
 PLAN_FORMAT = "qcnn.accumulator_plan"
 PLAN_VERSION = 1

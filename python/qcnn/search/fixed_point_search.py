@@ -69,7 +69,7 @@ from ..fold import set_submodule
 from ..nn.layers import QuantConv2d, QuantLayer, QuantLinear
 from ..quantizers.act import (FIXED_POINT_BITS, FIXED_POINT_FRAC_BITS, FixedPointAct, FixedPointQuantizer,
                               check_fixed_point_format)
-from ..quantizers.weight import FixedPointWeightQuantizer
+from ..quantizers.weight_fixed import FixedPointWeightQuantizer
 from .cached_eval import CachedScorer, TracedForward, Untraceable, loader_batches
 
 COMPONENTS = ("weights", "biases", "activations")
