@@ -33,11 +33,12 @@ void widen_words(uint16x8_t (&words)[R][J][2], const Slot* slots, int32_t* acc, 
   }
 }
 
-// R slots x J groups (a group's patterns group_stride bytes apart): byte accumulators of biased table entries (at most
-// 2 beta per step) in registers, added into 16-bit ones (UADDW) every `flush` steps, those widened into the int32
-// outputs every `epoch` steps. 2 x 6: 12 byte accumulators, 2 tables and a pattern in registers.
-template <int R, int J, bool kContiguous>
-void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
+// The steps of both binary kernels: R slots x J groups of byte accumulators, step(s, bytes) adding step s into them,
+// added into 16-bit sums every `flush` steps (each byte times 2^kShift: UADDW, or USHLL and ADD), those widened into
+// the int32 outputs less each slot's bias every `epoch` steps.
+template <int R, int J, int kShift, typename Step>
+void accumulate_steps(const KernelArgs& a, const Slot* slots, const int64_t (&bias)[R], int32_t* acc, int64_t ldc,
+                      Step&& step) {
   uint8x16_t bytes[R][J];
   uint16x8_t words[R][J][2];
   for (int r = 0; r < R; ++r)
@@ -45,29 +46,21 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
       bytes[r][j] = vdupq_n_u8(0);
       words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
     }
-  const uint8_t* base[R];
-  for (int r = 0; r < R; ++r) base[r] = a.image + slots[r].offset;
-  int64_t bias[R];
-  std::fill(bias, bias + R, a.bias);
   int64_t epoch_steps = 0;
   bool first = true;
   const int64_t steps = a.taps * a.tap_steps;
   for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
     const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.step_offsets[s];
-      const uint8_t* pt = patterns + s * kPatternBytes;
-      uint8x16_t table[R];
-      for (int r = 0; r < R; ++r) table[r] = vld1q_u8(base[r] + offset);
-      for (int j = 0; j < J; ++j) {
-        const uint8x16_t pattern = vld1q_u8(pt + j * a.group_stride);
-        for (int r = 0; r < R; ++r) bytes[r][j] = vaddq_u8(bytes[r][j], vqtbl1q_u8(table[r], pattern));
-      }
-    }
+    for (int64_t s = s0; s < s1; ++s) step(s, bytes);
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < J; ++j) {
-        words[r][j][0] = vaddw_u8(words[r][j][0], vget_low_u8(bytes[r][j]));
-        words[r][j][1] = vaddw_high_u8(words[r][j][1], bytes[r][j]);
+        if constexpr (kShift == 0) {
+          words[r][j][0] = vaddw_u8(words[r][j][0], vget_low_u8(bytes[r][j]));
+          words[r][j][1] = vaddw_high_u8(words[r][j][1], bytes[r][j]);
+        } else {
+          words[r][j][0] = vaddq_u16(words[r][j][0], vshll_n_u8(vget_low_u8(bytes[r][j]), kShift));
+          words[r][j][1] = vaddq_u16(words[r][j][1], vshll_high_n_u8(bytes[r][j], kShift));
+        }
         bytes[r][j] = vdupq_n_u8(0);
       }
     if ((epoch_steps += a.flush) == a.epoch) {
@@ -79,55 +72,51 @@ void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* p
   widen_words(words, slots, acc, ldc, first, bias);
 }
 
+// The tables, R slots x J groups (a group's patterns group_stride bytes apart): byte accumulators of biased table
+// entries (at most 2 beta per step). 2 x 6: 12 byte accumulators, 2 tables and a pattern in registers.
+template <int R, int J, bool kContiguous>
+void binary_kernel_neon(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
+  const uint8_t* base[R];
+  int64_t bias[R];
+  for (int r = 0; r < R; ++r) {
+    base[r] = a.image + slots[r].offset;
+    bias[r] = a.bias;
+  }
+  accumulate_steps<R, J, 0>(a, slots, bias, acc, ldc, [&](int64_t s, uint8x16_t (&bytes)[R][J]) {
+    const int64_t offset = a.step_offsets[s];
+    const uint8_t* pt = patterns + s * kPatternBytes;
+    uint8x16_t table[R];
+    for (int r = 0; r < R; ++r) table[r] = vld1q_u8(base[r] + offset);
+    for (int j = 0; j < J; ++j) {
+      const uint8x16_t pattern = vld1q_u8(pt + j * a.group_stride);
+      for (int r = 0; r < R; ++r) bytes[r][j] = vaddq_u8(bytes[r][j], vqtbl1q_u8(table[r], pattern));
+    }
+  });
+}
+
 // The popcount form at 1 bit (at 2 bits the tables take fewer instructions: docs/BENCHMARKS.md), R slots x J groups:
 // with w = +1 on the set weight bits, sum_k w v = 2 popcount(bits & plane) - sum_k v. Per step (8 input channels of
 // one tap) LD1R replicates a pixel's plane byte, each group's 16 weight bytes AND it, CNT counts and ADD accumulates
-// into byte counters (at most 8 per step: kPopcountFlush steps), added into 16-bit sums as 2 count (USHLL) and
-// widened into the int32 outputs less the slot's sum of v every `epoch` steps. 3 x 6: 18 byte counters, 3 planes
-// and a weight register.
+// into byte counters (at most 8 per step: kPopcountFlush steps), 2 count into the 16-bit sums, the slot's sum of v
+// its bias. 3 x 6: 18 byte counters, 3 planes and a weight register.
 template <int R, int J>
 void binary_popcount_neon(const KernelArgs& a, const Slot* slots, const uint8_t* patterns, int32_t* acc, int64_t ldc) {
-  uint8x16_t counts[R][J];
-  uint16x8_t words[R][J][2];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      counts[r][j] = vdupq_n_u8(0);
-      words[r][j][0] = words[r][j][1] = vdupq_n_u16(0);
-    }
   const uint8_t* base[R];
   int64_t bias[R];
   for (int r = 0; r < R; ++r) {
     base[r] = a.image + slots[r].offset;
     bias[r] = slots[r].value_sum[0];
   }
-  int64_t epoch_steps = 0;
-  bool first = true;
-  const int64_t steps = a.taps * a.tap_steps;
-  for (int64_t s0 = 0; s0 < steps; s0 += a.flush) {
-    const int64_t s1 = std::min<int64_t>(steps, s0 + a.flush);
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t offset = a.step_offsets[s];
-      const uint8_t* pt = patterns + s * kPlanePatternBytes;
-      uint8x16_t planes[R];
-      for (int r = 0; r < R; ++r) planes[r] = vld1q_dup_u8(base[r] + offset);
-      for (int j = 0; j < J; ++j) {
-        const uint8x16_t bits = vld1q_u8(pt + j * a.group_stride);
-        for (int r = 0; r < R; ++r) counts[r][j] = vaddq_u8(counts[r][j], vcntq_u8(vandq_u8(bits, planes[r])));
-      }
+  accumulate_steps<R, J, 1>(a, slots, bias, acc, ldc, [&](int64_t s, uint8x16_t (&counts)[R][J]) {
+    const int64_t offset = a.step_offsets[s];
+    const uint8_t* pt = patterns + s * kPlanePatternBytes;
+    uint8x16_t planes[R];
+    for (int r = 0; r < R; ++r) planes[r] = vld1q_dup_u8(base[r] + offset);
+    for (int j = 0; j < J; ++j) {
+      const uint8x16_t bits = vld1q_u8(pt + j * a.group_stride);
+      for (int r = 0; r < R; ++r) counts[r][j] = vaddq_u8(counts[r][j], vcntq_u8(vandq_u8(bits, planes[r])));
     }
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < J; ++j) {
-        words[r][j][0] = vaddq_u16(words[r][j][0], vshll_n_u8(vget_low_u8(counts[r][j]), 1));
-        words[r][j][1] = vaddq_u16(words[r][j][1], vshll_high_n_u8(counts[r][j], 1));
-        counts[r][j] = vdupq_n_u8(0);
-      }
-    if ((epoch_steps += a.flush) == a.epoch) {
-      widen_words(words, slots, acc, ldc, first, bias);
-      first = false;
-      epoch_steps = 0;
-    }
-  }
-  widen_words(words, slots, acc, ldc, first, bias);
+  });
 }
 
 // quad[q] = sum_i v_{4q+i} << (B i) over n uint8 codes, 16 codes (4 quads) per step: v = (x - x_sub) & mask wraps
