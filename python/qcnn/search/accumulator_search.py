@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ from ..quantize import input_readers, quantize_
 from ..quantizers.act import QuantAct
 from ..quantizers.weight import accumulator_l1_budget, act_code_range, check_accumulator_bits
 from ..quantizers.weight_uniform import UniformWeightQuantizer
+from .plan import Plan, PlanLayer
 
 PLAN_FORMAT = "qcnn.accumulator_plan"
 PLAN_VERSION = 1
@@ -88,7 +89,7 @@ class AccumulatorSearchConfig(Section):
 
 
 @dataclass
-class LayerAccumulator:
+class LayerAccumulator(PlanLayer):
     """One layer of an AccumulatorPlan.
 
     k: terms per accumulator (C_in/groups * kh * kw, or in_features); input_code_range X = max|x - z_x|;
@@ -97,8 +98,8 @@ class LayerAccumulator:
     (data-free); guaranteed_acc = X * min(T, K * W), the bound on |acc| the installed constraint proves
     (<= 2^(P-1) - 1); bound: 'worst_case' when the pair meets the data-free bound, else 'l1'."""
 
-    name: str
-    kind: str
+    PLAN: ClassVar[str] = "AccumulatorPlan"
+
     k: int
     signed_input: bool
     act_bits: int
@@ -113,11 +114,7 @@ class LayerAccumulator:
     guaranteed_acc: int
 
     def __post_init__(self) -> None:
-        where = f"AccumulatorPlan layer {self.name!r}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"AccumulatorPlan: a layer name must be a non-empty string, got {self.name!r}")
-        if self.kind not in ("conv", "linear"):
-            raise ValueError(f"{where}: kind must be 'conv' or 'linear', got {self.kind!r}")
+        where = self.check_identity()
         if self.bound not in BOUNDS:
             raise ValueError(f"{where}: bound must be one of {list(BOUNDS)}, got {self.bound!r}")
         check_accumulator_bits(where, self.acc_bits)
@@ -125,21 +122,18 @@ class LayerAccumulator:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_ENGINE_BITS:
                 raise ValueError(f"{where}: {key} must be an int in [2, {MAX_ENGINE_BITS}], got {value!r}")
-        for key in ("k", "input_code_range", "weight_max", "l1_budget", "solve_l1", "worst_case_acc",
-                    "guaranteed_acc"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{where}: {key} must be an int >= 0, got {value!r}")
+        self.check_counts(where, ("k", "input_code_range", "weight_max", "l1_budget", "solve_l1", "worst_case_acc",
+                                  "guaranteed_acc"))
         if self.guaranteed_acc > 2 ** (self.acc_bits - 1) - 1:
             raise ValueError(f"{where}: guaranteed_acc {self.guaranteed_acc} exceeds 2^(P-1) - 1 for P = {self.acc_bits}")
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 @dataclass
-class AccumulatorPlan:
+class AccumulatorPlan(Plan):
     """Per-layer bit widths for a P-bit accumulator, and the quantization config that installs them."""
+
+    FORMAT: ClassVar[str] = PLAN_FORMAT
+    VERSION: ClassVar[int] = PLAN_VERSION
 
     acc_bits: int
     rule: str
@@ -150,11 +144,7 @@ class AccumulatorPlan:
         check_accumulator_bits("AccumulatorPlan", self.acc_bits)
         if self.rule not in BOUNDS:
             raise ValueError(f"AccumulatorPlan: rule must be one of {list(BOUNDS)}, got {self.rule!r}")
-        if not self.layers:
-            raise ValueError("AccumulatorPlan: layers must not be empty")
-        names = [layer.name for layer in self.layers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"AccumulatorPlan: duplicate layer names in {names}")
+        self.check_layers(LayerAccumulator)
         if any(layer.acc_bits != self.acc_bits for layer in self.layers):
             raise ValueError("AccumulatorPlan: every layer must have the plan's acc_bits")
 
@@ -196,20 +186,13 @@ class AccumulatorPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "acc_bits": self.acc_bits, "rule": self.rule,
-                "base": self.base.to_dict(), "layers": [layer.to_dict() for layer in self.layers]}
+        return self.document(acc_bits=self.acc_bits, rule=self.rule, base=self.base.to_dict(),
+                             layers=[layer.to_dict() for layer in self.layers])
 
     @classmethod
     def from_dict(cls, data: dict) -> "AccumulatorPlan":
-        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or data.get("version") != PLAN_VERSION:
-            raise ValueError(f"AccumulatorPlan.from_dict: not a {PLAN_FORMAT} version {PLAN_VERSION} document")
-        layers = data.get("layers")
-        if not isinstance(layers, list):
-            raise ValueError("AccumulatorPlan.from_dict: 'layers' must be a list")
-        try:
-            rows = [LayerAccumulator(**row) for row in layers]
-        except TypeError as err:
-            raise ValueError(f"AccumulatorPlan.from_dict: bad layer entry ({err})") from err
+        data = cls.read_document(data, ("acc_bits", "rule", "base", "layers"))
+        rows = [LayerAccumulator.from_dict(row) for row in data["layers"]]
         return cls(data.get("acc_bits"), data.get("rule"), rows, QuantConfig.from_dict(data.get("base"), _path="base"))
 
 

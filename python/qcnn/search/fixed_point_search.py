@@ -53,12 +53,11 @@ sum_l MACs_l * BW_w * BW_a (the issue's cost model).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, ClassVar, Iterable, Optional
 
 import torch
 import torch.fx
@@ -71,6 +70,7 @@ from ..quantizers.act import (FIXED_POINT_BITS, FIXED_POINT_FRAC_BITS, FixedPoin
                               check_fixed_point_format)
 from ..quantizers.weight_fixed import FixedPointWeightQuantizer
 from .cached_eval import CachedScorer, TracedForward, Untraceable, loader_batches
+from .plan import Plan, PlanLayer
 
 COMPONENTS = ("weights", "biases", "activations")
 SCHEDULES = ("layers", "size")  # the budget's growth over the layers: Goyal et al.'s i/L, or by value count
@@ -102,12 +102,12 @@ def _valid_format(bits: int, frac_bits: int) -> bool:
 
 # --------------------------------------------------------------------------------------------------- the plan
 @dataclass
-class LayerFixedPoint:
+class LayerFixedPoint(PlanLayer):
     """The formats of one layer, and what the cost metrics count: weight and bias counts, input activations
     per image and multiply-accumulates per image. b_bits/b_frac are None for a layer without bias."""
 
-    name: str
-    kind: str  # "conv" or "linear"
+    PLAN: ClassVar[str] = "FixedPointPlan"
+
     w_bits: int
     w_frac: int
     b_bits: Optional[int]
@@ -120,21 +120,14 @@ class LayerFixedPoint:
     macs: int
 
     def __post_init__(self) -> None:
-        where = f"FixedPointPlan layer {self.name!r}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"FixedPointPlan: a layer name must be a non-empty string, got {self.name!r}")
-        if self.kind not in ("conv", "linear"):
-            raise ValueError(f"{where}: kind must be 'conv' or 'linear', got {self.kind!r}")
+        where = self.check_identity()
         check_fixed_point_format(f"{where} (weights: w_bits, w_frac)", self.w_bits, self.w_frac)
         check_fixed_point_format(f"{where} (activations: a_bits, a_frac)", self.a_bits, self.a_frac)
         if (self.b_bits is None) != (self.b_frac is None):
             raise ValueError(f"{where}: b_bits and b_frac must both be set or both be None")
         if self.b_bits is not None:
             check_fixed_point_format(f"{where} (biases: b_bits, b_frac)", self.b_bits, self.b_frac)
-        for key in ("weight_count", "bias_count", "act_count", "macs"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{where}: {key} must be an int >= 0, got {value!r}")
+        self.check_counts(where, ("weight_count", "bias_count", "act_count", "macs"))
         if (self.b_bits is None) != (self.bias_count == 0):
             raise ValueError(f"{where}: b_bits is {self.b_bits} but bias_count is {self.bias_count}")
 
@@ -143,19 +136,6 @@ class LayerFixedPoint:
         bits = getattr(self, f"{prefix}_bits")
         return None if bits is None else (bits, getattr(self, f"{prefix}_frac"))
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LayerFixedPoint":
-        if not isinstance(data, dict):
-            raise TypeError(f"FixedPointPlan: a layer must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
-        if unknown or missing:
-            raise ValueError(f"FixedPointPlan layer {data.get('name')!r}: unknown keys {unknown}, "
-                             f"missing keys {missing}")
-        return cls(**data)
 
 
 def _component_prefix(component: str) -> str:
@@ -166,21 +146,18 @@ def _component_prefix(component: str) -> str:
 
 
 @dataclass
-class FixedPointPlan:
+class FixedPointPlan(Plan):
     """The result of qcnn.search.fixed_point: one LayerFixedPoint per conv/linear layer in network order, and the
     search's statistics (val accuracies before/after, relative drop, seconds, candidates evaluated, history)."""
+
+    FORMAT: ClassVar[str] = PLAN_FORMAT
+    VERSION: ClassVar[int] = PLAN_VERSION
 
     layers: list[LayerFixedPoint]
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.layers, list) or not all(isinstance(l, LayerFixedPoint) for l in self.layers):
-            raise TypeError("FixedPointPlan: layers must be a list of LayerFixedPoint")
-        names = [layer.name for layer in self.layers]
-        if not names:
-            raise ValueError("FixedPointPlan: a plan needs at least one layer")
-        if len(set(names)) != len(names):
-            raise ValueError(f"FixedPointPlan: layer names repeat: {names}")
+        self.check_layers(LayerFixedPoint)
         if not isinstance(self.stats, dict):
             raise TypeError(f"FixedPointPlan: stats must be a dict, got {type(self.stats).__name__}")
 
@@ -234,21 +211,11 @@ class FixedPointPlan:
 
     # ----------------------------------------------------------------------------------- serialization
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "layers": [layer.to_dict() for layer in self.layers],
-                "stats": copy.deepcopy(self.stats)}
+        return self.document(layers=[layer.to_dict() for layer in self.layers], stats=copy.deepcopy(self.stats))
 
     @classmethod
     def from_dict(cls, data: dict) -> "FixedPointPlan":
-        if not isinstance(data, dict):
-            raise TypeError(f"FixedPointPlan.from_dict: expected a mapping, got {type(data).__name__}")
-        if data.get("format") != PLAN_FORMAT or data.get("version") != PLAN_VERSION:
-            raise ValueError(f"FixedPointPlan.from_dict: format/version must be {PLAN_FORMAT!r}/{PLAN_VERSION}, got "
-                             f"{data.get('format')!r}/{data.get('version')!r}")
-        unknown = sorted(set(data) - {"format", "version", "layers", "stats"})
-        if unknown:
-            raise ValueError(f"FixedPointPlan.from_dict: unknown keys {unknown}")
-        if not isinstance(data.get("layers"), list):
-            raise ValueError("FixedPointPlan.from_dict: 'layers' must be a list")
+        data = cls.read_document(data, ("layers", "stats"))
         return cls([LayerFixedPoint.from_dict(layer) for layer in data["layers"]], copy.deepcopy(data.get("stats", {})))
 
     def table(self) -> str:
