@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from . import atomic
+from . import atomic, models
 from .config_errors import ConfigError, check_range, join_key
 from .codebook import METHODS
 from .quantizers.weight_kinds import weight_kind, weight_kind_names
@@ -305,7 +305,6 @@ class ModelConfig(Section):
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str = "") -> None:
-        from . import models
         try:
             models.check_name(self.name)
         except ValueError as err:

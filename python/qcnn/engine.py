@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atomic
+from .quantizers.act import QuantAct
+from .quantizers.weight import WeightQuantizer
 
 try:
     from tqdm.auto import tqdm
@@ -110,9 +112,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 def build_optimizer(model: nn.Module, tcfg, lr: float) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters of `model`. The quantizers' own parameters
     (learned scales and clips, trained centroids) get no weight decay: it would pull a step size toward 0."""
-    from .quantizers.act import QuantAct
-    from .quantizers.weight import WeightQuantizer
-
     quantizer_params = {id(p) for m in model.modules() if isinstance(m, (WeightQuantizer, QuantAct))
                         for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..engine import unwrap
 from ..quantizers.weight_codebook import CodebookWeightQuantizer
 from ..quantizers.weight_kinds import kind_of
 
@@ -209,7 +210,6 @@ def cost(model: nn.Module, input_shape, *, example: torch.Tensor | None = None) 
     positive ints or has more than MAX_INPUT_ELEMENTS elements, if `example` does not have that shape, if the
     model has no nn.Conv2d / nn.Linear that runs on this input, or if the model cannot run on it.
     """
-    from ..engine import unwrap
     if not isinstance(model, nn.Module):
         raise TypeError(f"cost: model must be a torch.nn.Module, got {type(model).__name__}")
     shape = _check_input_shape(input_shape)

@@ -6,7 +6,10 @@ import json
 import platform
 from pathlib import Path
 
-from qcnn import atomic
+import yaml
+
+import qcnn
+from qcnn import atomic, config as qconfig, models
 from qcnn.quantizers.weight_kinds import weight_kind
 from . import REPO_ROOT as ROOT
 from .train import run_script
@@ -102,8 +105,6 @@ def theoretical_speedups(run_dir: Path) -> dict | None:
     image (bit widths come from the config; no weights are needed). None without a config.yaml."""
     if not (run_dir / "config.yaml").is_file():
         return None
-    import qcnn
-    from qcnn import config as qconfig, models
     cfg = qconfig.load(run_dir / "config.yaml")
     model = models.create(cfg.model.name, **cfg.model.kwargs)
     if cfg.quant is not None:
@@ -130,7 +131,6 @@ def measured_binary_speedups(bench_json: Path) -> tuple[str | None, dict[int, fl
     benchmarks/bench_kernels.py's JSON ((None, {}) when absent)."""
     if not bench_json.is_file():
         return None, {}
-    from qcnn import config as qconfig
     doc = json.loads(bench_json.read_text())
     rows = [r for r in doc["rows"] if "hidden_act_bits" in r and not r.get("forced_isa")]  # the engine's own path
     top = max((r["threads"] for r in rows), default=0)
@@ -230,8 +230,6 @@ def refit_table(summaries: list[dict]) -> str:
 def refit_probe_table(runs_dir: Path) -> str:
     """training/refit_probe.py's measurements (runs/<name>/refit_probe.json): the next refit, all layers and each
     layer alone, with and without BatchNorm re-estimation."""
-    import json
-
     probes = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/refit_probe.json"))]
     if not probes:
         return "(no refit probe run yet: python training/refit_probe.py --run runs/refit_warm)"
@@ -251,8 +249,6 @@ def refit_probe_table(runs_dir: Path) -> str:
 
 def _net(s: dict, runs_dir: Path) -> str:
     """A torchvision run's network: its builder and the width multiplier its config.yaml gives it."""
-    import yaml
-
     config = runs_dir / s["name"] / "config.yaml"
     kwargs = (yaml.safe_load(config.read_text()).get("model") or {}).get("kwargs") or {} if config.is_file() else {}
     width = kwargs.get("width_mult")

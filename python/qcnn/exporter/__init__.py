@@ -7,11 +7,14 @@ from pathlib import Path
 import torch
 
 from ..engine import unwrap
+from ..quantizers.act import QuantAct
+from ..quantizers.weight import WeightQuantizer
 from .graph import Graph, Node, QParams, QuantWeight, reference_forward
 from . import onnx_export
 from .lower import lower_graph, quantize_multiplier
 from .qfile import read_qcnn, write_qcnn
 from .runtime import IntegerModel, LayerProfile, load
+from .trace import graph_from_model
 
 __all__ = ["export", "load", "export_onnx", "ExportReport", "Graph", "Node", "QParams", "QuantWeight",
            "reference_forward", "lower_graph", "quantize_multiplier", "read_qcnn", "write_qcnn", "IntegerModel",
@@ -55,9 +58,6 @@ def _graph_float_bytes(graph: Graph) -> int:
 def _model_float_bytes(model: torch.nn.Module) -> int:
     """float32 bytes of the model's own floating-point parameters and buffers (its quantizers' state,
     codebooks and clips, is not part of the float model)."""
-    from ..quantizers.act import QuantAct
-    from ..quantizers.weight import WeightQuantizer
-
     total = 0
     for module in model.modules():
         if isinstance(module, (WeightQuantizer, QuantAct)):
@@ -77,8 +77,6 @@ def to_graph(model, **trace_options) -> Graph:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"qcnn.export: model must be a quantized torch.nn.Module or a qcnn.exporter.Graph, "
                         f"got {type(model).__name__}")
-    from .trace import graph_from_model
-
     return graph_from_model(unwrap(model), **trace_options)
 
 

@@ -23,6 +23,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import InputSpec
 from ..fold import bn_affine, trace
 from ..nn.layers import QuantLayer
 from ..quantizers.act import FixedPointQuantizer, QuantAct
@@ -534,8 +535,6 @@ def graph_from_model(model: nn.Module, input_shape: tuple[int, int, int] | None 
     input_shape (C, H, W) and mean/std (the per-channel normalisation of pixels / 255 the model was trained
     with) default to what the model records (qcnn.data.set_input_spec; qcnn.retrain.run records its
     loader's); with neither, a missing one is a ValueError: there is no silent default."""
-    from ..data import InputSpec
-
     recorded = getattr(model, "qcnn_input_spec", None)
     given = {"input_shape": input_shape, "mean": mean, "std": std}
     missing = [key for key, value in given.items() if value is None]

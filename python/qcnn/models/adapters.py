@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..fold import set_submodule, trace
+
 
 def _stem(model: nn.Module) -> tuple[list[str], str | None]:
     """(module names in the order the fx graph calls them, the name of the first conv that reads the input)."""
-    from ..fold import trace
-
     graph = trace(model, "adapt_to_gray28", "to find its stem")
     modules = dict(model.named_modules())
     order = [str(n.target) for n in graph.nodes if n.op == "call_module"]
@@ -20,8 +20,6 @@ def adapt_to_gray28(model: nn.Module) -> nn.Module:
     downsamples (ResNet's 7x7 stride 2, MobileNet's 3x3 stride 2) becomes a 3x3 stride-1 conv with padding 1;
     a max pooling right after it (ResNet's) is removed. So a 28x28 image keeps enough resolution for the
     net's later stride-2 stages. Returns `model`."""
-    from ..fold import set_submodule
-
     order, stem = _stem(model)
     if stem is None:
         raise ValueError(f"adapt_to_gray28: {type(model).__name__} has no nn.Conv2d reading its input")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..codebook import cluster_change_fraction
 from ..weight_format import QuantWeight
 from .act import FixedPointQuantizer, QuantAct
 from .base import QuantizerModule
@@ -94,7 +95,6 @@ class WeightQuantizer(QuantizerModule):
         new = self.assignment(w)
         change = None
         if bool(self.fitted):
-            from ..codebook import cluster_change_fraction
             change = float(cluster_change_fraction(self.fit_assignment, new))
         self.fit_assignment.copy_(new)
         self.fitted.fill_(True)
