@@ -312,7 +312,7 @@ void bit_accumulate(const PackedConv& pc, const uint8_t* image, int64_t p0, int6
   const BitWeights& bw = pc.bits;
   const ImageLayout layout(pc);
   const int64_t taps = int64_t{g.kh} * g.kw, groups = round_up(g.m, 16) / 16;
-  const auto* fields = reinterpret_cast<const int32_t*>(image + layout.fields_offset);  // the popcount form's
+  const auto* fields = bw.popcount ? reinterpret_cast<const int32_t*>(image + layout.fields_offset) : nullptr;
   // Slots: `lanes` neighbours in a row; a row's (or the tile's) last outputs share one with padding lanes.
   scratch.resize(static_cast<size_t>(rows * kSlotWords));
   auto* slots = reinterpret_cast<Slot*>(scratch.data());

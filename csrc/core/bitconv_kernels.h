@@ -27,7 +27,7 @@ constexpr int64_t kSlotWords = sizeof(Slot) / sizeof(int64_t);
 
 struct KernelArgs {
   const uint8_t* image;
-  const int64_t* step_offsets;  // [taps * quads] bytes
+  const int64_t* step_offsets;  // [taps * tap_steps] bytes
   int64_t taps, tap_steps, lane1, group_stride;  // lane1: bytes from one lane's pixel to the next
   int flush;         // steps (one table per lane) before the byte accumulators could wrap
   int64_t epoch;     // steps before the 16-bit accumulators could wrap, a multiple of flush

@@ -54,11 +54,6 @@ struct WideningPass {
   }
 };
 
-// The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x J 16-channel blocks (a group of
-// weights16, [k][J x 16 channels]), c = sum over k of a (uint8) times w, 8 int16 lanes per MLA by element, twice the
-// lanes of the int32 path. The activations are the row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv
-// proved every partial sum of every channel inside int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap;
-// they are widened to int32 at the end. 3 x 48: 18 accumulators, 3 activation and 6 weight registers.
 // a, b = the two registers at byte kOffset from p in one LDP at an immediate offset (given the loads, GCC pairs only
 // some and spends an address add on others). The asm declares no memory read (a memory operand costs address adds
 // again): it reads packed weights, which nothing writes while a kernel runs.
@@ -73,6 +68,11 @@ void load_pairs(const int16_t* p, int16x8_t* wv, std::index_sequence<I...>) {
   (load_pair<kBase + 32 * static_cast<int>(I)>(p, wv[2 * I], wv[2 * I + 1]), ...);
 }
 
+// The int16-accumulator GEMM (ConvKernel::Acc16; de Bruin et al.): rows [0, R) x J 16-channel blocks (a group of
+// weights16, [k][J x 16 channels]), c = sum over k of a (uint8) times w, 8 int16 lanes per MLA by element, twice the
+// lanes of the int32 path. The activations are the row's next 8 bytes (4 pairs) widened once, taken by lane. pack_conv
+// proved every partial sum of every channel inside int16 (max x * ||w_m||_1 <= 2^15 - 1), so the lanes never wrap;
+// they are widened to int32 at the end. 3 x 48: 18 accumulators, 3 activation and 6 weight registers.
 template <int R, int J>
 struct Acc16Pass {
   static constexpr int kWords = 2 * J;  // weight registers per k

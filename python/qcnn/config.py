@@ -21,8 +21,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from . import atomic, models
-from .config_errors import ConfigError, check_range, join_key
 from .codebook import METHODS
+from .config_errors import ConfigError, check_range, join_key
 from .quantizers.weight_kinds import weight_kind, weight_kind_names
 
 

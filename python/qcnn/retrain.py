@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,28 +33,35 @@ CHECKPOINT_FORMAT = "qcnn.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-@dataclass
-class FloatState:
-    """Where float training stands: the epochs done and their records (epochs.jsonl). A checkpoint's `loop`."""
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    kind = "float"
-
-    @property
-    def data_epoch(self) -> int:  # the loader epoch of the next batch order
-        return self.epoch
+class LoopState:
+    """What the two loops' states share: their `kind` (a checkpoint's loop.kind) and the round trip through a
+    checkpoint's `loop`."""
+    kind: ClassVar[str]
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, loop: dict) -> "FloatState":
-        """From a checkpoint's `loop`, once _check_float_loop has checked it."""
-        return cls(**{f.name: loop[f.name] for f in dataclasses.fields(cls)})
+    def from_dict(cls, loop: dict):
+        """From a checkpoint's `loop`, once its check (_check_float_loop, _check_retrain_loop) has passed: a field
+        the check takes as optional keeps its default where it is absent."""
+        return cls(**{f.name: loop[f.name] for f in dataclasses.fields(cls) if f.name in loop})
 
 
 @dataclass
-class RetrainState:
+class FloatState(LoopState):
+    """Where float training stands: the epochs done and their records (epochs.jsonl). A checkpoint's `loop`."""
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    kind: ClassVar[str] = "float"
+
+    @property
+    def data_epoch(self) -> int:  # the loader epoch of the next batch order
+        return self.epoch
+
+
+@dataclass
+class RetrainState(LoopState):
     """Where the retraining loop stands: the round and its epoch, the loader epoch over all rounds, the current
     round's refit information (None before its first epoch), the finished rounds' records, whether the loop has
     converged, the round of the best validation accuracy, and the current round's per-epoch training figures.
@@ -65,22 +73,12 @@ class RetrainState:
     rounds: list[dict] = field(default_factory=list)
     done: bool = False
     best_round: int | None = None
-    train_stats: list[dict] = field(default_factory=list)
-    kind = "retrain"
+    train_stats: list[dict] = field(default_factory=list)  # optional in a checkpoint
+    kind: ClassVar[str] = "retrain"
 
     @property
     def data_epoch(self) -> int:
         return self.global_epoch
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, loop: dict) -> "RetrainState":
-        """From a checkpoint's `loop`, once _check_retrain_loop has checked it (which takes train_stats as
-        optional: read as none where it is absent)."""
-        return cls(**{f.name: loop.get(f.name, []) if f.name == "train_stats" else loop[f.name]
-                      for f in dataclasses.fields(cls)})
 
 
 def _wrap_ddp(model: nn.Module) -> nn.Module:
